@@ -1,0 +1,377 @@
+//! Types shared by the eBPF programs and user space.
+//!
+//! Everything here crosses the kernel boundary: `#[repr(C)]`, fixed-width integers,
+//! explicit padding, no `bool`/`enum`/`Option`. Sizes are asserted at compile time so
+//! both sides agree byte for byte.
+#![no_std]
+
+/// Offset value meaning "this field does not exist on the running kernel".
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// A bit field inside a kernel struct: `(word at byte_off >> shift) & ((1 << width) - 1)`,
+/// the word being 8 bytes read little-endian (x86_64, arm64). Unused when `byte_off == NO_FIELD`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitField {
+    pub byte_off: u32,
+    pub shift: u8,
+    pub width: u8,
+    pub _pad: [u8; 2],
+}
+
+impl BitField {
+    pub const NONE: BitField = BitField { byte_off: NO_FIELD, shift: 0, width: 0, _pad: [0; 2] };
+}
+
+/// How the owners of a port are counted on this kernel.
+/// Kernels up to 6.7: `inet_bind_bucket.owners`. 6.8 and later: the sum of
+/// `inet_bind2_bucket.owners` over `inet_bind_bucket.bhash2`.
+pub const OWNERS_ON_TB: u32 = 0;
+pub const OWNERS_ON_TB2: u32 = 1;
+
+/// Kernel struct layout, resolved from BTF by user space at start-up and handed to the
+/// eBPF programs as the global `LAYOUT`. Offsets are in bytes from the start of the named
+/// struct; `NO_FIELD` when the running kernel lacks the field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    // Reaching a socket from a file descriptor: task->files->fdt->fd[n]->private_data.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub socket_file: u32,
+    // Reaching the caller's netns: task->nsproxy->net_ns.
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
+    // struct net
+    pub net_ns_inum: u32,
+    pub net_hash_mix: u32,
+    /// `net->ipv4.tcp_death_row.hashinfo` (a pointer), from the start of `struct net`.
+    pub net_hashinfo: u32,
+    /// `net->ipv4.ip_local_ports.range`, from the start of `struct net`.
+    pub net_port_range: u32,
+    /// 1: `range` is one u32 (lo | hi << 16, 6.3+); 0: `int range[2]`.
+    pub port_range_packed: u32,
+    // struct inet_hashinfo
+    pub hashinfo_bhash: u32,
+    pub hashinfo_bhash_size: u32,
+    pub bind_hashbucket_size: u32,
+    pub bind_hashbucket_chain: u32,
+    // struct sock / sock_common / inet_sock / inet_connection_sock
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_net: u32,
+    pub sk_bind_node: u32,
+    pub sk_protocol: u32,
+    pub sk_protocol_size: u32,
+    pub sk_type: u32,
+    pub sk_socket: u32,
+    pub sk_userlocks: BitField,
+    pub sk_reuse: BitField,
+    pub sk_reuseport: BitField,
+    /// `inet_sock.bind_address_no_port` bit field (before 6.6) or the
+    /// `INET_FLAGS_BIND_ADDRESS_NO_PORT` bit of `inet_sock.inet_flags` (6.6+).
+    pub inet_bind_address_no_port: BitField,
+    pub icsk_bind_hash: u32,
+    pub icsk_bind2_hash: u32,
+    // struct inet_bind_bucket
+    pub tb_net: u32,
+    pub tb_l3mdev: u32,
+    pub tb_port: u32,
+    pub tb_fastreuse: u32,
+    pub tb_fastreuseport: u32,
+    pub tb_node: u32,
+    pub tb_owners: u32,
+    pub tb_bhash2: u32,
+    // struct inet_bind2_bucket
+    pub tb2_bhash_node: u32,
+    pub tb2_owners: u32,
+    pub tb2_deathrow: u32,
+    pub tb2_fastreuse: u32,
+    pub tb2_fastreuseport: u32,
+    pub tb2_family: u32,
+    pub tb2_v6_rcv_saddr: u32,
+    pub tb2_rcv_saddr: u32,
+    /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
+    pub owners_mode: u32,
+    /// 1 when this layout was filled in by user space (the eBPF side refuses to run on the
+    /// all-zero default).
+    pub valid: u32,
+}
+
+impl Layout {
+    /// The value compiled into the eBPF object; user space overrides it before loading.
+    pub const UNSET: Layout = Layout {
+        task_files: NO_FIELD,
+        files_fdt: NO_FIELD,
+        fdt_max_fds: NO_FIELD,
+        fdt_fd: NO_FIELD,
+        file_private_data: NO_FIELD,
+        socket_sk: NO_FIELD,
+        socket_file: NO_FIELD,
+        task_nsproxy: NO_FIELD,
+        nsproxy_net_ns: NO_FIELD,
+        net_ns_inum: NO_FIELD,
+        net_hash_mix: NO_FIELD,
+        net_hashinfo: NO_FIELD,
+        net_port_range: NO_FIELD,
+        port_range_packed: 0,
+        hashinfo_bhash: NO_FIELD,
+        hashinfo_bhash_size: NO_FIELD,
+        bind_hashbucket_size: 0,
+        bind_hashbucket_chain: NO_FIELD,
+        sk_family: NO_FIELD,
+        sk_state: NO_FIELD,
+        sk_num: NO_FIELD,
+        sk_dport: NO_FIELD,
+        sk_rcv_saddr: NO_FIELD,
+        sk_daddr: NO_FIELD,
+        sk_v6_rcv_saddr: NO_FIELD,
+        sk_v6_daddr: NO_FIELD,
+        sk_net: NO_FIELD,
+        sk_bind_node: NO_FIELD,
+        sk_protocol: NO_FIELD,
+        sk_protocol_size: 0,
+        sk_type: NO_FIELD,
+        sk_socket: NO_FIELD,
+        sk_userlocks: BitField::NONE,
+        sk_reuse: BitField::NONE,
+        sk_reuseport: BitField::NONE,
+        inet_bind_address_no_port: BitField::NONE,
+        icsk_bind_hash: NO_FIELD,
+        icsk_bind2_hash: NO_FIELD,
+        tb_net: NO_FIELD,
+        tb_l3mdev: NO_FIELD,
+        tb_port: NO_FIELD,
+        tb_fastreuse: NO_FIELD,
+        tb_fastreuseport: NO_FIELD,
+        tb_node: NO_FIELD,
+        tb_owners: NO_FIELD,
+        tb_bhash2: NO_FIELD,
+        tb2_bhash_node: NO_FIELD,
+        tb2_owners: NO_FIELD,
+        tb2_deathrow: NO_FIELD,
+        tb2_fastreuse: NO_FIELD,
+        tb2_fastreuseport: NO_FIELD,
+        tb2_family: NO_FIELD,
+        tb2_v6_rcv_saddr: NO_FIELD,
+        tb2_rcv_saddr: NO_FIELD,
+        owners_mode: OWNERS_ON_TB,
+        valid: 0,
+    };
+}
+
+/// Operations after which an event is emitted. Values, not an enum: they cross the
+/// kernel boundary as a `u8`.
+pub mod op {
+    pub const BIND: u8 = 1;
+    pub const LISTEN: u8 = 2;
+    pub const CONNECT: u8 = 3;
+    pub const ACCEPT: u8 = 4;
+    pub const CLOSE: u8 = 5;
+    /// An owner left without a syscall of ours seeing it (TIME-WAIT expiry, RST, netns
+    /// exit); only the kprobe/fentry backends see it.
+    pub const RELEASE: u8 = 6;
+    /// A TIME-WAIT socket took over the port from a closing socket.
+    pub const TIMEWAIT: u8 = 7;
+}
+
+/// Which hook family produced an event (for diagnostics only; the model is the same).
+pub mod hook {
+    pub const TRACEPOINT: u8 = 1;
+    pub const KPROBE: u8 = 2;
+    pub const FENTRY: u8 = 3;
+}
+
+/// Flags in [`Event::flags`].
+pub mod flag {
+    /// A bucket for (netns, port) was found after the operation.
+    pub const BUCKET_PRESENT: u16 = 1 << 0;
+    /// The owner walk hit its bound: `owners` is a lower bound.
+    pub const OWNERS_TRUNCATED: u16 = 1 << 1;
+    /// The socket had a local port (inet_num != 0) before the operation.
+    pub const HAD_PORT: u16 = 1 << 2;
+    /// `SO_REUSEADDR` on the socket.
+    pub const REUSEADDR: u16 = 1 << 3;
+    /// `SO_REUSEPORT` on the socket.
+    pub const REUSEPORT: u16 = 1 << 4;
+    /// `IP_BIND_ADDRESS_NO_PORT` on the socket.
+    pub const BIND_ADDRESS_NO_PORT: u16 = 1 << 5;
+    /// The port in the event is the only port of the netns's ephemeral range (used for
+    /// failures of an ephemeral search, where no single port was asked for).
+    pub const PORT_FROM_RANGE: u16 = 1 << 6;
+    /// The socket's own information (address, options) could be read.
+    pub const SOCK_KNOWN: u16 = 1 << 7;
+}
+
+/// The state of the bind bucket of (netns, port) as read after an operation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BucketState {
+    /// Kernel address of the bucket (identity only; 0 when absent).
+    pub tb: u64,
+    pub owners: u32,
+    pub l3mdev: i32,
+    pub port: u16,
+    pub fastreuse: i8,
+    pub fastreuseport: i8,
+    pub _pad: [u8; 4],
+}
+
+/// One event: after operation `op` on a TCP socket, the bucket of the port it holds,
+/// held, or asked for. Backend-neutral: every probe backend fills the same fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    /// Kernel address of the socket (identity only).
+    pub sock: u64,
+    /// Kernel address of its `struct net` (identity only).
+    pub net: u64,
+    pub bucket: BucketState,
+    /// Thread group id (the process id users know) and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    /// Inode number of the network namespace (as in /proc/PID/ns/net).
+    pub netns: u32,
+    /// 0 on success, else the positive errno of the failed syscall.
+    pub errno: i32,
+    /// The netns's ephemeral port range at the time.
+    pub range_lo: u16,
+    pub range_hi: u16,
+    /// AF_INET or AF_INET6 (0 when unknown).
+    pub family: u16,
+    /// The port the event is about (host order).
+    pub port: u16,
+    /// Local and remote address of the socket after the operation (IPv4 in the first
+    /// four bytes, network order) and the remote port (host order).
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+    pub rport: u16,
+    /// `flag::*` bits.
+    pub flags: u16,
+    pub op: u8,
+    /// TCP state of the socket after the operation (kernel numbering, TCP_ESTABLISHED = 1).
+    pub sk_state: u8,
+    pub hook: u8,
+    pub _pad: [u8; 1],
+    pub comm: [u8; 16],
+}
+
+/// Records of a bind-table snapshot, tagged by `kind`.
+pub mod rec {
+    /// A bucket (`inet_bind_bucket`).
+    pub const BUCKET: u8 = 1;
+    /// A per-address bucket (`inet_bind2_bucket`), after its port's BUCKET (verbose only).
+    pub const ADDR: u8 = 2;
+    /// An owner socket, after its BUCKET or ADDR (verbose only).
+    pub const OWNER: u8 = 3;
+    /// The last record of a walk; `owners` holds the number of buckets seen.
+    pub const END: u8 = 4;
+}
+
+/// Snapshot flags in [`SnapRecord::flags`].
+pub mod snapflag {
+    pub const OWNERS_TRUNCATED: u8 = 1 << 0;
+    /// The walk stopped early (a chain longer than the bound or the step budget spent).
+    pub const WALK_TRUNCATED: u8 = 1 << 1;
+    pub const REUSEADDR: u8 = 1 << 2;
+    pub const REUSEPORT: u8 = 1 << 3;
+}
+
+/// One record of a snapshot walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapRecord {
+    /// Kernel address of the bucket / address bucket / socket.
+    pub addr: u64,
+    pub netns: u32,
+    pub owners: u32,
+    pub l3mdev: i32,
+    pub port: u16,
+    pub family: u16,
+    /// Local address (ADDR, OWNER); IPv4 in the first four bytes.
+    pub laddr: [u8; 16],
+    pub fastreuse: i8,
+    pub fastreuseport: i8,
+    pub kind: u8,
+    pub flags: u8,
+    /// TCP state (OWNER).
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Arguments of a snapshot request, written by user space into the `SNAP_REQ` array
+/// before it makes the trigger syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapRequest {
+    /// Only the thread with this tid triggers a walk.
+    pub tid: u32,
+    /// 0 = every netns.
+    pub netns: u32,
+    /// 0 = every port.
+    pub port: u16,
+    /// 1 = also emit ADDR and OWNER records.
+    pub verbose: u8,
+    pub _pad: [u8; 1],
+    /// Bounds: at most this many buckets in one chain and owners per bucket.
+    pub max_chain: u32,
+    pub max_owners: u32,
+    pub _pad2: u32,
+    /// Sequence number echoed in the END record's `addr` field.
+    pub seq: u64,
+}
+
+/// Filter configuration of the event programs, in the `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// 0 = every netns, else only this netns inode.
+    pub netns: u32,
+    /// 1 when `PORTS` (a hash map of u16 ports) filters events.
+    pub filter_ports: u32,
+    /// Our own tgid: its syscalls are not traced.
+    pub self_tgid: u32,
+    /// Bound on the owner walk per event.
+    pub max_owners: u32,
+}
+
+impl Config {
+    pub const DEFAULT: Config = Config { netns: 0, filter_ports: 0, self_tgid: 0, max_owners: 4096 };
+}
+
+/// The syscall `getpgid(SNAP_TRIGGER_PID)` made by the tool runs the snapshot walk.
+pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
+
+const _: () = assert!(core::mem::size_of::<BitField>() == 8);
+const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
+const _: () = assert!(core::mem::size_of::<Event>() == 128);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<SnapRequest>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all these types are `#[repr(C)]`, `Copy`, made only of integers and arrays
+    // of integers with explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for Layout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SnapRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SnapRequest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Config {}
+}
