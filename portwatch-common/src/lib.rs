@@ -340,7 +340,7 @@ pub struct Config {
     pub netns: u32,
     /// 1 when `PORTS` (a hash map of u16 ports) filters events.
     pub filter_ports: u32,
-    /// Our own tgid: its syscalls are not traced.
+    /// A tgid whose syscalls are not traced (0: none).
     pub self_tgid: u32,
     /// Bound on the owner walk per event.
     pub max_owners: u32,
@@ -348,6 +348,33 @@ pub struct Config {
 
 impl Config {
     pub const DEFAULT: Config = Config { netns: 0, filter_ports: 0, self_tgid: 0, max_owners: 4096 };
+}
+
+/// Offsets of the tracepoint fields the programs read, from the tracepoints' `format`
+/// files in tracefs (global `TP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpOffsets {
+    /// `syscalls:sys_enter_*`: offset of the first argument; arguments are 8 bytes apart.
+    pub sys_enter_args: u32,
+    /// `syscalls:sys_exit_*`: offset of `ret`.
+    pub sys_exit_ret: u32,
+    /// `sock:inet_sock_set_state`: offsets of `skaddr`, `newstate` and `protocol`.
+    pub set_state_skaddr: u32,
+    pub set_state_newstate: u32,
+    pub set_state_protocol: u32,
+    pub _pad: u32,
+}
+
+impl TpOffsets {
+    pub const UNSET: TpOffsets = TpOffsets {
+        sys_enter_args: NO_FIELD,
+        sys_exit_ret: NO_FIELD,
+        set_state_skaddr: NO_FIELD,
+        set_state_newstate: NO_FIELD,
+        set_state_protocol: NO_FIELD,
+        _pad: 0,
+    };
 }
 
 /// The syscall `getpgid(SNAP_TRIGGER_PID)` made by the tool runs the snapshot walk.
@@ -359,6 +386,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
 
 #[cfg(feature = "user")]
 mod user {
@@ -374,4 +402,6 @@ mod user {
     unsafe impl aya::Pod for SnapRequest {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TpOffsets {}
 }

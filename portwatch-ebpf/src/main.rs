@@ -1,5 +1,21 @@
+//! portwatch's eBPF programs. One file per hook family:
+//! - `tracepoint.rs`: syscall enter/exit tracepoints and `sock:inet_sock_set_state`;
+//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool;
+//! - `kernel.rs`: reading kernel structs through the BTF-derived `LAYOUT`;
+//! - `emit.rs`: building and sending events (shared by every backend).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod emit;
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod snapshot;
+#[cfg(target_arch = "bpf")]
+mod tracepoint;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

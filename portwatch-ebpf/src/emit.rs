@@ -1,0 +1,173 @@
+//! Building and sending events; shared by every hook family so all backends emit the
+//! same model.
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use portwatch_common::{flag, Config, Event};
+
+use crate::{
+    kernel::{lookup_bucket, net_inum, port_range, sock_info},
+    maps::{Known, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
+};
+
+/// The runtime configuration (defaults when user space has not written it).
+#[inline(always)]
+pub fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::DEFAULT,
+    }
+}
+
+/// Whether events of this netns are wanted.
+#[inline(always)]
+pub fn netns_wanted(cfg: &Config, netns: u32) -> bool {
+    cfg.netns == 0 || cfg.netns == netns
+}
+
+/// Whether events of this port are wanted.
+#[inline(always)]
+pub fn port_wanted(cfg: &Config, port: u16) -> bool {
+    if cfg.filter_ports == 0 {
+        return true;
+    }
+    // SAFETY: a plain lookup; the value is not kept.
+    unsafe { PORTS.get(&port).is_some() }
+}
+
+/// What an event is about.
+pub struct Subject {
+    pub op: u8,
+    pub hook: u8,
+    /// The socket (0 when it is gone or unknown).
+    pub sk: u64,
+    pub net: u64,
+    pub netns: u32,
+    /// The port whose bucket is reported (0: none could be attributed).
+    pub port: u16,
+    pub errno: i32,
+    pub flags: u16,
+}
+
+/// Finds the bucket of the subject's port, fills in an event and sends it. Counts a drop
+/// when the ring buffer is full.
+#[inline(always)]
+pub fn send(cfg: &Config, s: &Subject) {
+    let mut flags = s.flags;
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_drop();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot big enough
+    // for an Event; every field is written before submit.
+    unsafe {
+        let e = &mut *ev;
+        *e = Event::default();
+        e.ts_ns = bpf_ktime_get_ns();
+        e.sock = s.sk;
+        e.net = s.net;
+        let pid_tgid = bpf_get_current_pid_tgid();
+        e.pid = (pid_tgid >> 32) as u32;
+        e.tid = pid_tgid as u32;
+        e.netns = s.netns;
+        e.errno = s.errno;
+        let (lo, hi) = port_range(s.net);
+        e.range_lo = lo;
+        e.range_hi = hi;
+        e.port = s.port;
+        e.op = s.op;
+        e.hook = s.hook;
+        e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        if s.sk != 0 {
+            if let Some(si) = sock_info(s.sk) {
+                e.family = si.family;
+                e.sk_state = si.state;
+                e.laddr = si.laddr;
+                e.raddr = si.raddr;
+                e.rport = si.rport;
+                flags |= flag::SOCK_KNOWN;
+                if si.reuse {
+                    flags |= flag::REUSEADDR;
+                }
+                if si.reuseport {
+                    flags |= flag::REUSEPORT;
+                }
+                if si.no_port {
+                    flags |= flag::BIND_ADDRESS_NO_PORT;
+                }
+            }
+        }
+        if let Some((b, truncated)) = lookup_bucket(s.net, s.port, cfg.max_owners) {
+            e.bucket = b;
+            flags |= flag::BUCKET_PRESENT;
+            if truncated {
+                flags |= flag::OWNERS_TRUNCATED;
+            }
+        }
+        e.flags = flags;
+    }
+    entry.submit(0);
+}
+
+/// Sends an event on behalf of a socket we knew, with the attribution saved then
+/// (used where the kernel already cleared the socket's port, or in softirq context).
+#[inline(always)]
+pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Known) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count_drop();
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: as in `send`.
+    unsafe {
+        let e = &mut *ev;
+        *e = Event::default();
+        e.ts_ns = bpf_ktime_get_ns();
+        e.sock = sk;
+        e.net = k.net;
+        e.pid = k.tgid;
+        e.tid = 0;
+        e.netns = k.netns;
+        let (lo, hi) = port_range(k.net);
+        e.range_lo = lo;
+        e.range_hi = hi;
+        e.port = k.port;
+        e.family = k.family;
+        e.op = op;
+        e.hook = hook;
+        e.comm = k.comm;
+        let mut flags = flag::HAD_PORT;
+        if let Some((b, truncated)) = lookup_bucket(k.net, k.port, cfg.max_owners) {
+            e.bucket = b;
+            flags |= flag::BUCKET_PRESENT;
+            if truncated {
+                flags |= flag::OWNERS_TRUNCATED;
+            }
+        }
+        e.flags = flags;
+    }
+    entry.submit(0);
+}
+
+/// Remembers a socket that holds `port`, for attributing its later release.
+#[inline(always)]
+pub fn remember(sk: u64, net: u64, port: u16, family: u16) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let k = Known {
+        net,
+        netns: net_inum(net),
+        tgid: (pid_tgid >> 32) as u32,
+        port,
+        family,
+        _pad: [0; 4],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = SOCKS.insert(&sk, &k, 0);
+}
+
+#[inline(always)]
+fn count_drop() {
+    if let Some(p) = DROPS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU in this context.
+        unsafe { *p += 1 };
+    }
+}

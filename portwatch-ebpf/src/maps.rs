@@ -1,0 +1,82 @@
+//! Globals and maps shared by every program.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use portwatch_common::{Config, Layout, SnapRequest, TpOffsets};
+
+/// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
+#[no_mangle]
+pub static LAYOUT: Layout = Layout::UNSET;
+
+/// Tracepoint field offsets, from tracefs format files.
+#[no_mangle]
+pub static TP: TpOffsets = TpOffsets::UNSET;
+
+/// Runtime filters (index 0), changeable while attached.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Ports to report when `Config::filter_ports` is set.
+#[map]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Events to user space.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Events that did not fit into `EVENTS` (per CPU, index 0).
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscalls in flight: what the enter hook saw, keyed by pid_tgid.
+#[map]
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Sockets we reported, so a later release (where the kernel already cleared the port)
+/// can be attributed: socket address -> what we knew.
+#[map]
+pub static SOCKS: LruHashMap<u64, Known> = LruHashMap::with_max_entries(65536, 0);
+
+/// Snapshot request (index 0), written by user space before it triggers a walk.
+#[map]
+pub static SNAP_REQ: Array<SnapRequest> = Array::with_max_entries(1, 0);
+
+/// Snapshot records to user space.
+#[map]
+pub static SNAP_RB: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
+
+/// Scratch space of the bounded walks (one slot per CPU). Walk state lives in map memory,
+/// not on the stack: the verifier then treats counters as unknown values and the
+/// `bpf_loop` callbacks converge instead of being explored value by value. Tracing
+/// programs do not nest on one CPU (`bpf_prog_active`), so one slot per CPU suffices.
+#[map]
+pub static OWNER_WALK: PerCpuArray<crate::kernel::OwnerWalk> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static CHAIN_WALK: PerCpuArray<crate::kernel::ChainWalk> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SNAP_WALK: PerCpuArray<crate::snapshot::Walk> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    pub sk: u64,
+    pub net: u64,
+    pub netns: u32,
+    /// Port asked for by bind() (host order), or the socket's port at close().
+    pub port: u16,
+    pub op: u8,
+    pub had_port: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Known {
+    pub net: u64,
+    pub netns: u32,
+    pub tgid: u32,
+    pub port: u16,
+    pub family: u16,
+    pub _pad: [u8; 4],
+    pub comm: [u8; 16],
+}

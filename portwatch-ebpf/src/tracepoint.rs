@@ -1,0 +1,281 @@
+//! The tracepoint backend: syscall enter/exit of bind, listen, connect, accept, accept4
+//! and close, plus `sock:inet_sock_set_state` for releases outside those syscalls.
+//! The enter hook resolves the fd to its socket and remembers what it saw; the exit hook
+//! reports the bucket of the port involved, looked up in the bind hash table.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use portwatch_common::{flag, hook, op, NO_FIELD};
+
+use crate::{
+    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
+    kernel::{is_tcp, layout_ready, net_inum, port_range, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
+    maps::{Pending, PENDING, SOCKS, TP},
+};
+
+const EINPROGRESS: i64 = 115;
+const TCP_CLOSE: i32 = 7;
+const IPPROTO_TCP: u16 = 6;
+
+/// Reads one field of the global `TP` (see `layout!`).
+macro_rules! tp_off {
+    ($f:ident) => {
+        // SAFETY: TP is a plain static in .rodata; reading it is always valid.
+        unsafe { core::ptr::read_volatile(&TP.$f) }
+    };
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: u32) -> Option<u64> {
+    let base = tp_off!(sys_enter_args);
+    if base == NO_FIELD {
+        return None;
+    }
+    // SAFETY: reads 8 bytes of the tracepoint record at an offset taken from its format.
+    unsafe { ctx.read_at::<u64>((base + n * 8) as usize).ok() }
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> Option<i64> {
+    let off = tp_off!(sys_exit_ret);
+    if off == NO_FIELD {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<i64>(off as usize).ok() }
+}
+
+/// Enter side shared by bind/connect/listen/close: remember the socket of `fd`.
+#[inline(always)]
+fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
+    if !layout_ready() {
+        return None;
+    }
+    let fd = arg(ctx, 0)? as i64;
+    let sk = sock_from_fd(fd)?;
+    if !is_tcp(sk) {
+        return None;
+    }
+    let net = sk_net(sk)?;
+    let netns = net_inum(net);
+    let cfg = config();
+    if !netns_wanted(&cfg, netns) {
+        return None;
+    }
+    let cur = sk_num(sk);
+    let mut port = 0u16;
+    if which == op::BIND {
+        // struct sockaddr_in / sockaddr_in6: family (u16) then port (be16) for both.
+        let uaddr = arg(ctx, 1)?;
+        // SAFETY: a fault-tolerant read of user memory passed to the syscall.
+        let hdr: [u8; 4] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 4]).ok()? };
+        let family = u16::from_ne_bytes([hdr[0], hdr[1]]);
+        if family == AF_INET || family == AF_INET6 {
+            port = u16::from_be_bytes([hdr[2], hdr[3]]);
+        }
+    } else if which == op::CLOSE {
+        if cur == 0 {
+            return None;
+        }
+        port = cur;
+    }
+    let p = Pending { sk, net, netns, port, op: which, had_port: (cur != 0) as u8 };
+    let key = bpf_get_current_pid_tgid();
+    PENDING.insert(&key, &p, 0).ok()
+}
+
+/// Exit side: report the bucket of the port involved.
+#[inline(always)]
+fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copy out the value; the entry is removed right after.
+    let p = unsafe { *PENDING.get(&key)? };
+    let _ = PENDING.remove(&key);
+    if p.op != which {
+        return None;
+    }
+    let rc = ret(ctx)?;
+    let cfg = config();
+    let ok = rc == 0 || (which == op::CONNECT && rc == -EINPROGRESS);
+    let errno = if ok { 0 } else { (-rc) as i32 };
+    let mut flags = if p.had_port != 0 { flag::HAD_PORT } else { 0 };
+    let now = sk_num(p.sk);
+    let port = if which == op::CLOSE {
+        p.port
+    } else if ok {
+        now
+    } else if which == op::BIND && p.port != 0 {
+        p.port
+    } else if now != 0 {
+        now
+    } else {
+        // An ephemeral search failed: name the port when the range holds just one.
+        let (lo, hi) = port_range(p.net);
+        if lo != 0 && lo == hi {
+            flags |= flag::PORT_FROM_RANGE;
+            lo
+        } else {
+            0
+        }
+    };
+    if ok && port == 0 {
+        // bind() with IP_BIND_ADDRESS_NO_PORT and port 0 takes no port: nothing changed.
+        return None;
+    }
+    if port != 0 && !port_wanted(&cfg, port) {
+        return None;
+    }
+    if ok && which != op::CLOSE {
+        let family = crate::kernel::field::<u16>(p.sk, crate::kernel::layout!(sk_family)).unwrap_or(0);
+        remember(p.sk, p.net, port, family);
+    }
+    if which == op::CLOSE {
+        let _ = SOCKS.remove(&p.sk);
+    }
+    let s = Subject {
+        op: which,
+        hook: hook::TRACEPOINT,
+        // After close the socket may be freed: do not read it.
+        sk: if which == op::CLOSE { 0 } else { p.sk },
+        net: p.net,
+        netns: p.netns,
+        port,
+        errno,
+        flags,
+    };
+    send(&cfg, &s);
+    Some(())
+}
+
+#[tracepoint]
+pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    let _ = enter(&ctx, op::BIND);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    let _ = exit(&ctx, op::BIND);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = enter(&ctx, op::CONNECT);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = exit(&ctx, op::CONNECT);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    let _ = enter(&ctx, op::LISTEN);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    let _ = exit(&ctx, op::LISTEN);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let _ = enter(&ctx, op::CLOSE);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_close(ctx: TracePointContext) -> u32 {
+    let _ = exit(&ctx, op::CLOSE);
+    0
+}
+
+/// accept()/accept4() return the new fd: its socket joined the listener's bucket.
+#[inline(always)]
+fn accepted(ctx: &TracePointContext) -> Option<()> {
+    if !layout_ready() {
+        return None;
+    }
+    let fd = ret(ctx)?;
+    let sk = sock_from_fd(fd)?;
+    if !is_tcp(sk) {
+        return None;
+    }
+    let net = sk_net(sk)?;
+    let netns = net_inum(net);
+    let cfg = config();
+    if !netns_wanted(&cfg, netns) {
+        return None;
+    }
+    let port = sk_num(sk);
+    if port == 0 || !port_wanted(&cfg, port) {
+        return None;
+    }
+    let family = crate::kernel::field::<u16>(sk, crate::kernel::layout!(sk_family)).unwrap_or(0);
+    remember(sk, net, port, family);
+    let s = Subject { op: op::ACCEPT, hook: hook::TRACEPOINT, sk, net, netns, port, errno: 0, flags: 0 };
+    send(&cfg, &s);
+    Some(())
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = accepted(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = accepted(&ctx);
+    0
+}
+
+/// `->TCP_CLOSE` fires after `inet_put_port()` released the port (the kernel has cleared
+/// the socket's port by then, hence the saved attribution). Covers releases no syscall
+/// of ours sees: RST, connect() failures, process exit of connected sockets.
+#[inline(always)]
+fn set_state(ctx: &TracePointContext) -> Option<()> {
+    if !layout_ready() {
+        return None;
+    }
+    let off_sk = tp_off!(set_state_skaddr);
+    let off_new = tp_off!(set_state_newstate);
+    let off_proto = tp_off!(set_state_protocol);
+    if off_sk == NO_FIELD || off_new == NO_FIELD || off_proto == NO_FIELD {
+        return None;
+    }
+    // SAFETY: reads of the tracepoint record at offsets taken from its format.
+    let newstate: i32 = unsafe { ctx.read_at(off_new as usize).ok()? };
+    if newstate != TCP_CLOSE {
+        return None;
+    }
+    // SAFETY: as above.
+    let proto: u16 = unsafe { ctx.read_at(off_proto as usize).ok()? };
+    if proto != IPPROTO_TCP {
+        return None;
+    }
+    // SAFETY: as above.
+    let sk: u64 = unsafe { ctx.read_at(off_sk as usize).ok()? };
+    // SAFETY: copy out the value; the entry is removed right after.
+    let k = unsafe { *SOCKS.get(&sk)? };
+    let _ = SOCKS.remove(&sk);
+    let cfg = config();
+    if !netns_wanted(&cfg, k.netns) || !port_wanted(&cfg, k.port) {
+        return None;
+    }
+    send_known(&cfg, op::RELEASE, hook::TRACEPOINT, sk, &k);
+    Some(())
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = set_state(&ctx);
+    0
+}

@@ -1,0 +1,369 @@
+//! Probe backends: loading the eBPF object with the kernel's layout, choosing and
+//! attaching a backend (fentry > kprobe > tracepoint), and reading what the programs send.
+//!
+//! Every backend emits the same `portwatch_common::Event`; which hook produced an event
+//! never leaks into the model.
+pub mod features;
+pub mod object;
+pub mod tracefs;
+
+use std::{fmt, os::fd::AsRawFd};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use portwatch_common::{Config, Event, Layout, TpOffsets};
+use thiserror::Error;
+
+use crate::{
+    btf::{LayoutError, Resolved},
+    decode::{decode_event, DecodeError},
+};
+
+/// What the user asked for with `--probe`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeChoice {
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+/// A concrete backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Backend {
+    pub const PREFERENCE: [Backend; 3] = [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Fentry => "fentry",
+            Backend::Kprobe => "kprobe",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(String),
+    #[error("the eBPF object has no {what} `{name}` (build mismatch; rebuild portwatch)")]
+    Missing { what: &'static str, name: String },
+    #[error("program `{prog}`: {action} failed: {reason}")]
+    Program { prog: String, action: &'static str, reason: String },
+    #[error("map `{map}`: {reason}")]
+    Map { map: String, reason: String },
+    #[error("the {backend} backend cannot run on this kernel: {reason}")]
+    Refused { backend: Backend, reason: String },
+    #[error("no probe backend could attach: {0}")]
+    NoneWorks(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// One attempt of `--probe auto`, for the feature report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attempt {
+    pub backend: Backend,
+    /// None: it worked; Some(reason): refused.
+    pub refused: Option<String>,
+}
+
+/// Options for a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Attach event programs with this backend choice (None: snapshot only).
+    pub probe: Option<ProbeChoice>,
+    /// Netns inode to report (0 = all).
+    pub netns: u32,
+    /// Ports to report (empty = all).
+    pub ports: Vec<u16>,
+    /// Bound of the per-event owner walk.
+    pub max_owners: u32,
+    /// Size of the event ring buffer in bytes (power of two, multiple of the page size).
+    pub ring_bytes: Option<u32>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { probe: None, netns: 0, ports: Vec::new(), max_owners: 65536, ring_bytes: None }
+    }
+}
+
+/// A loaded eBPF object with its attached programs. Dropping it detaches everything.
+pub struct Session {
+    ebpf: Ebpf,
+    events: Option<RingBuf<MapData>>,
+    pub backend: Option<Backend>,
+    pub attempts: Vec<Attempt>,
+    pub resolved: Resolved,
+    /// Warnings worth showing (e.g. an optional hook missing).
+    pub warnings: Vec<String>,
+    snap: Option<crate::snapshot::Snapshotter>,
+    pub tracefs_mounted_by_us: bool,
+}
+
+/// Syscall tracepoints of the tracepoint backend: (program, tracepoint, required).
+const TRACEPOINTS: [(&str, &str, &str, bool); 11] = [
+    ("sys_enter_bind", "syscalls", "sys_enter_bind", true),
+    ("sys_exit_bind", "syscalls", "sys_exit_bind", true),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect", true),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect", true),
+    ("sys_enter_listen", "syscalls", "sys_enter_listen", true),
+    ("sys_exit_listen", "syscalls", "sys_exit_listen", true),
+    ("sys_enter_close", "syscalls", "sys_enter_close", true),
+    ("sys_exit_close", "syscalls", "sys_exit_close", true),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept", false),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4", true),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state", true),
+];
+
+impl Session {
+    /// Resolves the layout, loads the object and attaches what `opts` asks for.
+    pub fn open(opts: &SessionOptions) -> Result<Session, BackendError> {
+        let resolved = crate::btf::host_layout()?;
+        let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
+        let tp = tp_offsets(&tracefs_root)?;
+        let mut ebpf = load_object(&resolved.layout, &tp, opts.ring_bytes)?;
+        write_config(&mut ebpf, opts)?;
+        let mut warnings = Vec::new();
+        if mounted {
+            warnings.push(format!("mounted tracefs at {} (it was not mounted)", tracefs_root.display()));
+        }
+        let mut attempts = Vec::new();
+        let mut backend = None;
+        if let Some(choice) = opts.probe {
+            let order: Vec<Backend> = match choice {
+                ProbeChoice::Auto => Backend::PREFERENCE.to_vec(),
+                ProbeChoice::Fentry => vec![Backend::Fentry],
+                ProbeChoice::Kprobe => vec![Backend::Kprobe],
+                ProbeChoice::Tracepoint => vec![Backend::Tracepoint],
+            };
+            for b in order {
+                match attach(&mut ebpf, b, &resolved, &mut warnings) {
+                    Ok(()) => {
+                        attempts.push(Attempt { backend: b, refused: None });
+                        backend = Some(b);
+                        break;
+                    }
+                    Err(reason) => {
+                        attempts.push(Attempt { backend: b, refused: Some(reason.clone()) });
+                        if choice != ProbeChoice::Auto {
+                            return Err(BackendError::Refused { backend: b, reason });
+                        }
+                    }
+                }
+            }
+            if backend.is_none() {
+                return Err(BackendError::NoneWorks(attempts_summary(&attempts)));
+            }
+        }
+        let events = if backend.is_some() {
+            let map = ebpf.take_map("EVENTS").ok_or(BackendError::Missing { what: "map", name: "EVENTS".into() })?;
+            Some(RingBuf::try_from(map).map_err(|e| BackendError::Map { map: "EVENTS".into(), reason: e.to_string() })?)
+        } else {
+            None
+        };
+        let snap = crate::snapshot::Snapshotter::new(&mut ebpf)?;
+        Ok(Session {
+            ebpf,
+            events,
+            backend,
+            attempts,
+            resolved,
+            warnings,
+            snap: Some(snap),
+            tracefs_mounted_by_us: mounted,
+        })
+    }
+
+    /// One line: the backend chosen and why the better ones were refused.
+    pub fn backend_summary(&self) -> String {
+        match self.backend {
+            Some(b) => {
+                let refused: Vec<String> = self
+                    .attempts
+                    .iter()
+                    .filter_map(|a| a.refused.as_ref().map(|r| format!("{}: {}", a.backend, r)))
+                    .collect();
+                if refused.is_empty() {
+                    format!("backend: {b}")
+                } else {
+                    format!("backend: {b} ({})", refused.join("; "))
+                }
+            }
+            None => "backend: none (snapshot only)".into(),
+        }
+    }
+
+    /// Changes the netns filter while attached (0 = all).
+    pub fn set_netns(&mut self, netns: u32) -> Result<(), BackendError> {
+        let mut cfg = read_config(&self.ebpf)?;
+        cfg.netns = netns;
+        let mut arr: Array<_, Config> = Array::try_from(
+            self.ebpf.map_mut("CONFIG").ok_or(BackendError::Missing { what: "map", name: "CONFIG".into() })?,
+        )
+        .map_err(|e| BackendError::Map { map: "CONFIG".into(), reason: e.to_string() })?;
+        arr.set(0, cfg, 0).map_err(|e| BackendError::Map { map: "CONFIG".into(), reason: e.to_string() })
+    }
+
+    /// Everything the programs sent since the last call.
+    pub fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                out.push(decode_event(&item)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// File descriptor of the event ring buffer, for polling.
+    pub fn events_fd(&self) -> Option<i32> {
+        self.events.as_ref().map(|rb| rb.as_raw_fd())
+    }
+
+    /// Events lost because the ring buffer was full (sum over CPUs).
+    pub fn dropped(&self) -> Result<u64, BackendError> {
+        let map = self.ebpf.map("DROPS").ok_or(BackendError::Missing { what: "map", name: "DROPS".into() })?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|e| BackendError::Map { map: "DROPS".into(), reason: e.to_string() })?;
+        let vals = arr.get(&0, 0).map_err(|e| BackendError::Map { map: "DROPS".into(), reason: e.to_string() })?;
+        Ok(vals.iter().sum())
+    }
+
+    /// A racy snapshot of the bind table (see `snapshot`).
+    pub fn snapshot(&mut self, req: &crate::snapshot::SnapOptions) -> Result<crate::model::Snapshot, BackendError> {
+        let snap = self.snap.as_mut().ok_or_else(|| BackendError::Snapshot("snapshot program not loaded".into()))?;
+        snap.take(&mut self.ebpf, &self.resolved, req)
+    }
+}
+
+fn attempts_summary(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| format!("{}: {}", a.backend, a.refused.as_deref().unwrap_or("ok")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Tracepoint record offsets from tracefs.
+fn tp_offsets(root: &std::path::Path) -> Result<TpOffsets, BackendError> {
+    Ok(TpOffsets {
+        sys_enter_args: tracefs::field_offset(root, "syscalls", "sys_enter_bind", "fd")?,
+        sys_exit_ret: tracefs::field_offset(root, "syscalls", "sys_exit_bind", "ret")?,
+        set_state_skaddr: tracefs::field_offset(root, "sock", "inet_sock_set_state", "skaddr")?,
+        set_state_newstate: tracefs::field_offset(root, "sock", "inet_sock_set_state", "newstate")?,
+        set_state_protocol: tracefs::field_offset(root, "sock", "inet_sock_set_state", "protocol")?,
+        _pad: 0,
+    })
+}
+
+fn load_object(layout: &Layout, tp: &TpOffsets, ring_bytes: Option<u32>) -> Result<Ebpf, BackendError> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global("LAYOUT", layout, true).override_global("TP", tp, true);
+    if let Some(bytes) = ring_bytes {
+        loader.map_max_entries("EVENTS", bytes);
+    }
+    loader.load(object::OBJECT).map_err(|e| BackendError::Load(error_chain(&e)))
+}
+
+fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendError> {
+    let cfg = Config {
+        netns: opts.netns,
+        filter_ports: (!opts.ports.is_empty()) as u32,
+        self_tgid: 0,
+        max_owners: opts.max_owners,
+    };
+    {
+        let mut arr: Array<_, Config> = Array::try_from(
+            ebpf.map_mut("CONFIG").ok_or(BackendError::Missing { what: "map", name: "CONFIG".into() })?,
+        )
+        .map_err(|e| BackendError::Map { map: "CONFIG".into(), reason: e.to_string() })?;
+        arr.set(0, cfg, 0).map_err(|e| BackendError::Map { map: "CONFIG".into(), reason: e.to_string() })?;
+    }
+    if !opts.ports.is_empty() {
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(
+            ebpf.map_mut("PORTS").ok_or(BackendError::Missing { what: "map", name: "PORTS".into() })?,
+        )
+        .map_err(|e| BackendError::Map { map: "PORTS".into(), reason: e.to_string() })?;
+        for p in &opts.ports {
+            ports.insert(*p, 1, 0).map_err(|e| BackendError::Map { map: "PORTS".into(), reason: e.to_string() })?;
+        }
+    }
+    Ok(())
+}
+
+fn read_config(ebpf: &Ebpf) -> Result<Config, BackendError> {
+    let arr: Array<_, Config> =
+        Array::try_from(ebpf.map("CONFIG").ok_or(BackendError::Missing { what: "map", name: "CONFIG".into() })?)
+            .map_err(|e| BackendError::Map { map: "CONFIG".into(), reason: e.to_string() })?;
+    arr.get(&0, 0).map_err(|e| BackendError::Map { map: "CONFIG".into(), reason: e.to_string() })
+}
+
+/// Attaches one backend; on failure returns the reason (programs attached so far are
+/// detached when the session is dropped).
+fn attach(ebpf: &mut Ebpf, b: Backend, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), String> {
+    match b {
+        Backend::Tracepoint => attach_tracepoints(ebpf, warnings),
+        Backend::Kprobe => features::kprobe_refusal(resolved),
+        Backend::Fentry => features::fentry_refusal(resolved),
+    }
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, warnings: &mut Vec<String>) -> Result<(), String> {
+    for (prog, category, name, required) in TRACEPOINTS {
+        let result = (|| -> Result<(), String> {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| format!("program {prog} missing from the object"))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            p.load().map_err(|e| format!("{prog}: BPF_PROG_LOAD: {}", error_chain(&e)))?;
+            p.attach(category, name).map_err(|e| format!("{category}:{name}: attach: {}", error_chain(&e)))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {}
+            Err(e) if !required => warnings.push(format!("optional tracepoint skipped: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    s
+}

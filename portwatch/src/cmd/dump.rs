@@ -1,0 +1,48 @@
+//! `portwatch dump`: the bind hash table once, like the article's dump_bhash.py.
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use portwatch::{
+    backend::SessionOptions,
+    snapshot::SnapOptions,
+    views::dump::{render_json, render_table},
+};
+
+/// The walk takes no kernel locks (like the drgn script it replaces): a bucket changing
+/// during the walk may show either state; a chain cut short is reported as truncated.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Network namespace: a PID, a path such as /proc/PID/ns/net or /run/netns/NAME, or
+    /// `all`. Default: the caller's.
+    #[arg(long, value_name = "PID|PATH|all")]
+    netns: Option<String>,
+    /// Only this port.
+    #[arg(long, value_parser = super::parse_port)]
+    port: Option<u16>,
+    /// One JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also list each port's per-address buckets and their owner sockets.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+pub fn run(a: DumpArgs) -> Result<ExitCode> {
+    let netns = super::netns_arg(a.netns.as_deref(), "/proc/self/ns/net")?;
+    let mut session = super::open_session(&SessionOptions::default())?;
+    let snap = session
+        .snapshot(&SnapOptions {
+            netns: netns.inode().unwrap_or(0),
+            port: a.port.unwrap_or(0),
+            verbose: a.verbose,
+            ..SnapOptions::default()
+        })
+        .context("walking the bind hash table")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&render_json(&snap, a.verbose))?);
+    } else {
+        print!("{}", render_table(&snap, netns.inode().is_none(), a.verbose));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,46 @@
+//! One module per subcommand: argument parsing and wiring; the logic lives in the library.
+pub mod dump;
+pub mod probes;
+pub mod quiz;
+pub mod top;
+pub mod trace;
+
+use anyhow::{Context as _, Result};
+use portwatch::{
+    backend::{Session, SessionOptions},
+    netns::{resolve_netns, NetnsFilter},
+    privileges::require_bpf,
+};
+
+/// Parses `--port P[,P...]`: each a number 1..=65535.
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u32>() {
+        Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("invalid port `{s}`: expected a number from 1 to 65535")),
+    }
+}
+
+/// Resolves `--netns`, defaulting to `default`.
+pub fn netns_arg(spec: Option<&str>, default: &str) -> Result<NetnsFilter> {
+    let spec = spec.unwrap_or(default);
+    resolve_netns(spec).with_context(|| format!("--netns {spec}"))
+}
+
+/// Checks privileges, then opens a session, printing warnings on stderr.
+pub fn open_session(opts: &SessionOptions) -> Result<Session> {
+    require_bpf()?;
+    let session = Session::open(opts).context("starting the eBPF programs")?;
+    for w in &session.warnings {
+        eprintln!("portwatch: {w}");
+    }
+    Ok(session)
+}
+
+/// Writes the ready file once everything is attached.
+pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("creating --ready-file {}", p.display()))?;
+    }
+    Ok(())
+}

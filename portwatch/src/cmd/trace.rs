@@ -1,0 +1,131 @@
+//! `portwatch trace`: a stream of bucket state transitions.
+use std::{
+    io::Write as _,
+    os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use portwatch::{
+    backend::{ProbeChoice, Session, SessionOptions},
+    format::{header, human_line, json_line, Clock},
+    reducer::Reducer,
+};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Only these local ports (comma-separated); filtered in the kernel.
+    #[arg(long, value_delimiter = ',', value_parser = super::parse_port)]
+    port: Vec<u16>,
+    /// Network namespace: a PID, a path such as /proc/PID/ns/net or /run/netns/NAME, or `all`.
+    #[arg(long, value_name = "PID|PATH|all")]
+    netns: Option<String>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Probe backend; `auto` tries fentry, then kprobe, then tracepoint.
+    #[arg(long, value_enum, default_value = "auto")]
+    probe: ProbeChoice,
+    /// Create this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+    /// Stop after this many transitions.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+}
+
+/// The ring buffer's fd, for readiness polling.
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+pub fn run(a: TraceArgs) -> Result<ExitCode> {
+    let netns = super::netns_arg(a.netns.as_deref(), "all")?;
+    let opts = SessionOptions {
+        probe: Some(a.probe),
+        netns: netns.inode().unwrap_or(0),
+        ports: a.port.clone(),
+        ..SessionOptions::default()
+    };
+    let mut session = super::open_session(&opts)?;
+    eprintln!("portwatch: {}", session.backend_summary());
+    eprintln!(
+        "portwatch: kernel {}, owners counted {}",
+        session.resolved.kernel_release, session.resolved.owners_mode
+    );
+    let clock = Clock::new().context("reading the clocks")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(stream(&mut session, &a, &clock))?;
+    // Dropping the session detaches every program.
+    drop(session);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<()> {
+    let fd = session.events_fd().context("no event ring buffer (no backend attached)")?;
+    // SAFETY: the fd belongs to the session's ring buffer, which stays open (and the same
+    // file description) for as long as `afd` lives: `afd` is dropped at the end of this
+    // function, while `session` outlives it.
+    let afd = unsafe { AsyncFd::register(Fd(fd)) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    super::write_ready_file(a.ready_file.as_deref())?;
+    let mut reducer = Reducer::new();
+    let mut out = std::io::stdout().lock();
+    if !a.json {
+        writeln!(out, "{}", header())?;
+        out.flush()?;
+    }
+    let mut printed = 0u64;
+    let mut dropped_seen = 0u64;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = tick.tick() => {
+                let d = session.dropped()?;
+                if d > dropped_seen {
+                    eprintln!("portwatch: {} events dropped (ring buffer full); transitions may be missing", d - dropped_seen);
+                    dropped_seen = d;
+                }
+            }
+            guard = afd.readable() => {
+                let mut guard = guard.context("waiting for events")?;
+                guard.clear_ready();
+            }
+        }
+        for ev in session.drain()? {
+            for t in reducer.apply(&ev) {
+                if a.json {
+                    writeln!(out, "{}", json_line(&t, clock)?)?;
+                } else {
+                    writeln!(out, "{}", human_line(&t, clock))?;
+                }
+                printed += 1;
+                if a.count.is_some_and(|c| printed >= c) {
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
+        }
+        out.flush()?;
+    }
+    let d = session.dropped()?;
+    if d > 0 {
+        eprintln!("portwatch: {d} events dropped in total");
+    }
+    Ok(())
+}
