@@ -1,1 +1,11 @@
 pub mod model;
+pub mod netns;
+pub mod quiz;
+pub mod btf;
+pub mod views;
+pub mod decode;
+pub mod reducer;
+pub mod format;
+pub mod backend;
+pub mod privileges;
+pub mod snapshot;

@@ -91,10 +91,13 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
     }
     let mut printed = 0u64;
     let mut dropped_seen = 0u64;
-    loop {
+    let mut stop = false;
+    while !stop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            // Events of syscalls that returned before the signal are already in the ring
+            // buffer: drain them once more below, then stop.
+            _ = sigint.recv() => stop = true,
+            _ = sigterm.recv() => stop = true,
             _ = tick.tick() => {
                 let d = session.dropped()?;
                 if d > dropped_seen {

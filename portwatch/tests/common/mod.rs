@@ -1,0 +1,130 @@
+//! Helpers for the root integration tests: a root guard that skips loudly (and fails
+//! under CI), and a `portwatch` child process wrapper that is ended by pid on drop.
+#![allow(dead_code)]
+
+use std::{
+    io::Read as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// True when the test may run. Not root: prints why it skips; under CI (CI=true) a
+/// skip is a failure, since CI runs as root and must exercise these tests.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+        panic!("{test}: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for namespaces); CI must run tests as root");
+    }
+    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test`, which runs these tests as root)");
+    false
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portwatch")
+}
+
+/// A running `portwatch` with piped output, ended by SIGINT (then SIGKILL) by pid.
+pub struct Running {
+    child: Option<Child>,
+    pub ready: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts `portwatch ARGS --ready-file F` and waits until F exists.
+    pub fn start(args: &[&str]) -> Running {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ready = dir.path().join("ready");
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg("--ready-file").arg(&ready);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawning portwatch");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("portwatch {args:?} exited early with {status}: {err}");
+            }
+            assert!(Instant::now() < deadline, "portwatch {args:?} not ready after 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Running { child: Some(child), ready, _dir: dir }
+    }
+
+    /// Sends SIGINT, waits for exit, returns (exit code, stdout, stderr).
+    pub fn stop(mut self) -> (i32, String, String) {
+        let mut child = self.child.take().expect("child");
+        // SAFETY: kill on the pid of the child we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("portwatch did not exit within 20 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("collecting output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parses JSON lines.
+pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// The path of a netns by inode that a child process can open: the netns thread's
+/// /proc/PID/task/TID/ns/net.
+pub fn netns_path(ns: &portwatch::netns::PrivateNetns) -> String {
+    let tid = ns.run(|| {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
+    })
+    .expect("netns thread");
+    format!("/proc/{}/task/{}/ns/net", std::process::id(), tid)
+}
+
+pub fn v4(a: &str, port: u16) -> socket2::SockAddr {
+    let ip: std::net::Ipv4Addr = a.parse().expect("ipv4");
+    std::net::SocketAddr::from((ip, port)).into()
+}
+
+/// A TCP socket inside `ns`.
+pub fn tcp(ns: &portwatch::netns::PrivateNetns) -> socket2::Socket {
+    ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket")
+}
+
+/// A listener on 0.0.0.0:port inside `ns`.
+pub fn listener(ns: &portwatch::netns::PrivateNetns, port: u16) -> socket2::Socket {
+    let l = tcp(ns);
+    l.bind(&v4("0.0.0.0", port)).expect("bind listener");
+    l.listen(128).expect("listen");
+    l
+}

@@ -1,0 +1,188 @@
+//! Root integration tests of `portwatch trace`: each scenario in its own fresh network
+//! namespace, the tracer filtered to it, values asserted as this kernel produces them.
+mod common;
+
+use std::time::Duration;
+
+use common::{json_lines, listener, netns_path, require_root, tcp, v4, Running};
+use portwatch::netns::PrivateNetns;
+use serde_json::Value;
+
+/// Runs `workload` in a fresh netns (port range `range`) with `portwatch trace --json`
+/// attached to it, returns the transitions.
+fn traced(range: (u16, u16), extra: &[&str], workload: impl FnOnce(&PrivateNetns)) -> Vec<Value> {
+    let ns = PrivateNetns::with_port_range(range.0, range.1).expect("private netns");
+    let path = netns_path(&ns);
+    let mut args = vec!["trace", "--json", "--probe", "auto", "--netns", path.as_str()];
+    args.extend_from_slice(extra);
+    let run = Running::start(&args);
+    workload(&ns);
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, out, err) = run.stop();
+    assert_eq!(code, 0, "trace exit code; stderr: {err}");
+    assert!(err.contains("backend: "), "stderr names the backend: {err}");
+    let lines = json_lines(&out);
+    for l in &lines {
+        assert_eq!(l["netns"].as_u64(), Some(ns.inode() as u64), "only our netns: {l}");
+    }
+    lines
+}
+
+fn find<'a>(lines: &'a [Value], kind: &str, port: u64) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["kind"] == kind && l["port"] == port).collect()
+}
+
+fn summary(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{} {} {} fr={} owners={} errno={}", l["port"], l["kind"], l["op"], l["fastreuse"], l["owners"], l["errno"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn connect_creates_minus_one_plain_bind_moves_to_zero_last_close_destroys() {
+    if !require_root("connect_creates_minus_one_plain_bind_moves_to_zero_last_close_destroys") {
+        return;
+    }
+    let lines = traced((60000, 60000), &[], |ns| {
+        let l = listener(ns, 1234);
+        let s1 = tcp(ns);
+        s1.connect(&v4("127.0.0.1", 1234)).expect("connect");
+        let s2 = tcp(ns);
+        s2.bind(&v4("127.2.2.2", 60000)).expect("plain bind of another address on 60000");
+        let (c, _) = l.accept().expect("accept");
+        drop(c);
+        drop(s1);
+        drop(s2);
+        drop(l);
+    });
+    let s = summary(&lines);
+    // connect(): the port's bucket is created at -1 with one owner.
+    let created = find(&lines, "bucket_created", 60000);
+    assert_eq!(created.len(), 1, "{s}");
+    assert_eq!(created[0]["op"], "connect", "{s}");
+    assert_eq!(created[0]["fastreuse"], -1, "{s}");
+    assert_eq!(created[0]["fastreuseport"], -1, "{s}");
+    assert_eq!(created[0]["owners"], 1, "{s}");
+    assert!(created[0]["pid"].as_u64().unwrap_or(0) > 0, "{s}");
+    // plain bind() of another address: owner added, fastreuse -1 -> 0.
+    let added = find(&lines, "owner_added", 60000);
+    assert_eq!(added.len(), 1, "{s}");
+    assert_eq!(added[0]["op"], "bind", "{s}");
+    assert_eq!(added[0]["owners"], 2, "{s}");
+    let changed = find(&lines, "fastreuse_changed", 60000);
+    assert_eq!(changed.len(), 1, "{s}");
+    assert_eq!(changed[0]["from"], -1, "{s}");
+    assert_eq!(changed[0]["to"], 0, "{s}");
+    assert_eq!(changed[0]["fastreuse"], 0, "{s}");
+    // closing the owners: the last one destroys the bucket (the server side holds the
+    // TIME-WAIT, on port 1234).
+    let destroyed = find(&lines, "bucket_destroyed", 60000);
+    assert_eq!(destroyed.len(), 1, "exactly one destruction: {s}");
+    assert_eq!(destroyed[0]["owners"], 0, "{s}");
+    assert_eq!(destroyed[0]["fastreuse"], Value::Null, "{s}");
+    // The destruction comes after the creation.
+    let pos = |k: &str| lines.iter().position(|l| l["kind"] == k && l["port"] == 60000).unwrap_or(usize::MAX);
+    assert!(pos("bucket_created") < pos("owner_added"), "{s}");
+    assert!(pos("owner_added") < pos("bucket_destroyed"), "{s}");
+}
+
+#[test]
+fn bind_conflict_is_bind_failed_with_eaddrinuse() {
+    if !require_root("bind_conflict_is_bind_failed_with_eaddrinuse") {
+        return;
+    }
+    let lines = traced((32768, 60999), &[], |ns| {
+        let a = tcp(ns);
+        a.bind(&v4("127.0.0.1", 5000)).expect("first bind");
+        let b = tcp(ns);
+        let err = b.bind(&v4("127.0.0.1", 5000)).expect_err("second bind must conflict");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        drop(a);
+        drop(b);
+    });
+    let s = summary(&lines);
+    let failed = find(&lines, "bind_failed", 5000);
+    assert_eq!(failed.len(), 1, "{s}");
+    assert_eq!(failed[0]["errno"], 98, "{s}");
+    assert_eq!(failed[0]["errno_name"], "EADDRINUSE", "{s}");
+    // The bucket that made it fail: one owner, bound without SO_REUSEADDR: 0.
+    assert_eq!(failed[0]["owners"], 1, "{s}");
+    assert_eq!(failed[0]["fastreuse"], 0, "{s}");
+    assert_eq!(find(&lines, "bucket_created", 5000).len(), 1, "{s}");
+    assert_eq!(find(&lines, "bucket_destroyed", 5000).len(), 1, "{s}");
+}
+
+#[test]
+fn quiz3_connect_fails_with_eaddrnotavail_on_60000() {
+    if !require_root("quiz3_connect_fails_with_eaddrnotavail_on_60000") {
+        return;
+    }
+    let lines = traced((60000, 60000), &["--port", "60000"], |ns| {
+        let l = listener(ns, 1234);
+        let s1 = tcp(ns);
+        s1.bind(&v4("127.1.1.1", 0)).expect("s1 bind");
+        s1.connect(&v4("127.9.9.9", 1234)).expect("s1 connect");
+        let s2 = tcp(ns);
+        let err = s2.connect(&v4("127.9.9.9", 1234)).expect_err("s2 connect must fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL));
+        let (c, _) = l.accept().expect("accept");
+        drop(c);
+        drop(s1);
+        drop(s2);
+    });
+    let s = summary(&lines);
+    for l in &lines {
+        assert_eq!(l["port"], 60000, "--port 60000 filters in the kernel: {s}");
+    }
+    let created = find(&lines, "bucket_created", 60000);
+    assert_eq!(created.len(), 1, "{s}");
+    assert_eq!(created[0]["op"], "bind", "{s}");
+    assert_eq!(created[0]["fastreuse"], 0, "{s}");
+    assert_eq!(created[0]["owners"], 1, "{s}");
+    let failed = find(&lines, "connect_failed", 60000);
+    assert_eq!(failed.len(), 1, "{s}");
+    assert_eq!(failed[0]["errno"], 99, "{s}");
+    assert_eq!(failed[0]["errno_name"], "EADDRNOTAVAIL", "{s}");
+    assert_eq!(failed[0]["port_from_range"], true, "{s}");
+    // The bucket that made it fail: s1's, bound by bind(): 0, one owner.
+    assert_eq!(failed[0]["fastreuse"], 0, "{s}");
+    assert_eq!(failed[0]["owners"], 1, "{s}");
+}
+
+#[test]
+fn port_filter_that_matches_nothing_reports_nothing() {
+    if !require_root("port_filter_that_matches_nothing_reports_nothing") {
+        return;
+    }
+    let lines = traced((60000, 60000), &["--port", "9"], |ns| {
+        let l = listener(ns, 1234);
+        let s1 = tcp(ns);
+        s1.connect(&v4("127.0.0.1", 1234)).expect("connect");
+        drop(s1);
+        drop(l);
+    });
+    assert!(lines.is_empty(), "nothing on port 9: {}", summary(&lines));
+}
+
+#[test]
+fn human_output_has_a_header_and_one_line_per_transition() {
+    if !require_root("human_output_has_a_header_and_one_line_per_transition") {
+        return;
+    }
+    let ns = PrivateNetns::with_port_range(60000, 60000).expect("netns");
+    let path = netns_path(&ns);
+    let run = Running::start(&["trace", "--netns", &path]);
+    let a = tcp(&ns);
+    a.bind(&v4("127.0.0.1", 7000)).expect("bind");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, out, err) = run.stop();
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("TIME(UTC)"), "{out}");
+    assert_eq!(lines.len(), 3, "header, created, destroyed: {out}");
+    assert!(lines[1].contains("bucket_created") && lines[1].contains("7000"), "{out}");
+    assert!(lines[2].contains("bucket_destroyed"), "{out}");
+}
