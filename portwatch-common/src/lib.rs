@@ -377,6 +377,43 @@ impl TpOffsets {
     };
 }
 
+/// Argument positions of the kernel functions the kprobe/fentry backends hook, derived
+/// from BTF by user space (global `ARGS`). `NO_ARG` when the function or parameter is
+/// absent on the running kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArgPos {
+    /// `inet_csk_get_port(sk, snum)`.
+    pub get_port_sk: u32,
+    pub get_port_snum: u32,
+    /// `__inet_hash_connect(death_row, sk, port_offset, check_established)`.
+    pub hash_connect_sk: u32,
+    /// `__inet_inherit_port(sk, child)`.
+    pub inherit_sk: u32,
+    pub inherit_child: u32,
+    /// `inet_put_port(sk)`.
+    pub put_port_sk: u32,
+    /// `inet_twsk_hashdance_schedule(tw, sk, hashinfo, timeo)` / `inet_twsk_hashdance(tw, sk, hashinfo)`.
+    pub hashdance_sk: u32,
+    /// `inet_twsk_bind_unhash(tw, hashinfo)`.
+    pub bind_unhash_tw: u32,
+}
+
+pub const NO_ARG: u32 = u32::MAX;
+
+impl ArgPos {
+    pub const UNSET: ArgPos = ArgPos {
+        get_port_sk: NO_ARG,
+        get_port_snum: NO_ARG,
+        hash_connect_sk: NO_ARG,
+        inherit_sk: NO_ARG,
+        inherit_child: NO_ARG,
+        put_port_sk: NO_ARG,
+        hashdance_sk: NO_ARG,
+        bind_unhash_tw: NO_ARG,
+    };
+}
+
 /// The syscall `getpgid(SNAP_TRIGGER_PID)` made by the tool runs the snapshot walk.
 pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
 
@@ -387,6 +424,7 @@ const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);
 
 #[cfg(feature = "user")]
 mod user {
@@ -404,4 +442,6 @@ mod user {
     unsafe impl aya::Pod for Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TpOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ArgPos {}
 }

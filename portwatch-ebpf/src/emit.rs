@@ -45,6 +45,8 @@ pub struct Subject {
     pub port: u16,
     pub errno: i32,
     pub flags: u16,
+    /// Not caused by the current task (timer/softirq context): no pid/comm.
+    pub anon: bool,
 }
 
 /// Finds the bucket of the subject's port, fills in an event and sends it. Counts a drop
@@ -65,9 +67,12 @@ pub fn send(cfg: &Config, s: &Subject) {
         e.ts_ns = bpf_ktime_get_ns();
         e.sock = s.sk;
         e.net = s.net;
-        let pid_tgid = bpf_get_current_pid_tgid();
-        e.pid = (pid_tgid >> 32) as u32;
-        e.tid = pid_tgid as u32;
+        if !s.anon {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            e.pid = (pid_tgid >> 32) as u32;
+            e.tid = pid_tgid as u32;
+            e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        }
         e.netns = s.netns;
         e.errno = s.errno;
         let (lo, hi) = port_range(s.net);
@@ -76,7 +81,6 @@ pub fn send(cfg: &Config, s: &Subject) {
         e.port = s.port;
         e.op = s.op;
         e.hook = s.hook;
-        e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
         if s.sk != 0 {
             if let Some(si) = sock_info(s.sk) {
                 e.family = si.family;

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{Config, Layout, SnapRequest, TpOffsets};
+use portwatch_common::{ArgPos, Config, Layout, SnapRequest, TpOffsets};
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
 #[no_mangle]
@@ -12,6 +12,10 @@ pub static LAYOUT: Layout = Layout::UNSET;
 /// Tracepoint field offsets, from tracefs format files.
 #[no_mangle]
 pub static TP: TpOffsets = TpOffsets::UNSET;
+
+/// Argument positions of hooked kernel functions, from BTF.
+#[no_mangle]
+pub static ARGS: ArgPos = ArgPos::UNSET;
 
 /// Runtime filters (index 0), changeable while attached.
 #[map]
@@ -29,7 +33,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Syscalls in flight: what the enter hook saw, keyed by pid_tgid.
+/// Calls in flight: what the enter hook saw, keyed by pid_tgid (tracepoints) or
+/// pid_tgid with the hook's id in the top bits (kernel-function hooks, which can be
+/// interrupted by a softirq running another hooked function on the same task).
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
@@ -62,6 +68,8 @@ pub static SNAP_WALK: PerCpuArray<crate::snapshot::Walk> = PerCpuArray::with_max
 pub struct Pending {
     pub sk: u64,
     pub net: u64,
+    /// A second pointer some hooks need (the listener of an accepted child).
+    pub aux: u64,
     pub netns: u32,
     /// Port asked for by bind() (host order), or the socket's port at close().
     pub port: u16,

@@ -81,7 +81,7 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         }
         port = cur;
     }
-    let p = Pending { sk, net, netns, port, op: which, had_port: (cur != 0) as u8 };
+    let p = Pending { sk, net, aux: 0, netns, port, op: which, had_port: (cur != 0) as u8 };
     let key = bpf_get_current_pid_tgid();
     PENDING.insert(&key, &p, 0).ok()
 }
@@ -144,6 +144,7 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         port,
         errno,
         flags,
+        anon: false,
     };
     send(&cfg, &s);
     Some(())
@@ -220,7 +221,7 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
     }
     let family = crate::kernel::field::<u16>(sk, crate::kernel::layout!(sk_family)).unwrap_or(0);
     remember(sk, net, port, family);
-    let s = Subject { op: op::ACCEPT, hook: hook::TRACEPOINT, sk, net, netns, port, errno: 0, flags: 0 };
+    let s = Subject { op: op::ACCEPT, hook: hook::TRACEPOINT, sk, net, netns, port, errno: 0, flags: 0, anon: false };
     send(&cfg, &s);
     Some(())
 }

@@ -9,3 +9,4 @@ pub mod format;
 pub mod backend;
 pub mod privileges;
 pub mod snapshot;
+pub mod observer;

@@ -4,6 +4,7 @@
 //! Every backend emits the same `portwatch_common::Event`; which hook produced an event
 //! never leaks into the model.
 pub mod features;
+pub mod kfuncs;
 pub mod object;
 pub mod tracefs;
 
@@ -14,7 +15,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use portwatch_common::{Config, Event, Layout, TpOffsets};
+use portwatch_common::{ArgPos, Config, Event, Layout, TpOffsets};
 use thiserror::Error;
 
 use crate::{
@@ -145,7 +146,8 @@ impl Session {
         let resolved = crate::btf::host_layout()?;
         let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
         let tp = tp_offsets(&tracefs_root)?;
-        let mut ebpf = load_object(&resolved.layout, &tp, opts.ring_bytes)?;
+        let args = features::arg_positions(&resolved);
+        let mut ebpf = load_object(&resolved.layout, &tp, &args, opts.ring_bytes)?;
         write_config(&mut ebpf, opts)?;
         let mut warnings = Vec::new();
         if mounted {
@@ -280,9 +282,12 @@ fn tp_offsets(root: &std::path::Path) -> Result<TpOffsets, BackendError> {
     })
 }
 
-fn load_object(layout: &Layout, tp: &TpOffsets, ring_bytes: Option<u32>) -> Result<Ebpf, BackendError> {
+fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, ring_bytes: Option<u32>) -> Result<Ebpf, BackendError> {
     let mut loader = EbpfLoader::new();
-    loader.override_global("LAYOUT", layout, true).override_global("TP", tp, true);
+    loader
+        .override_global("LAYOUT", layout, true)
+        .override_global("TP", tp, true)
+        .override_global("ARGS", args, true);
     if let Some(bytes) = ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
@@ -327,8 +332,20 @@ fn read_config(ebpf: &Ebpf) -> Result<Config, BackendError> {
 fn attach(ebpf: &mut Ebpf, b: Backend, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), String> {
     match b {
         Backend::Tracepoint => attach_tracepoints(ebpf, warnings),
-        Backend::Kprobe => features::kprobe_refusal(resolved),
-        Backend::Fentry => features::fentry_refusal(resolved),
+        Backend::Kprobe => {
+            let r = kfuncs::attach_kprobes(ebpf, resolved, warnings);
+            if r.is_err() {
+                kfuncs::unload_all(ebpf, true);
+            }
+            r
+        }
+        Backend::Fentry => {
+            let r = kfuncs::attach_fentry(ebpf, resolved, warnings);
+            if r.is_err() {
+                kfuncs::unload_all(ebpf, false);
+            }
+            r
+        }
     }
 }
 
@@ -340,7 +357,7 @@ fn attach_tracepoints(ebpf: &mut Ebpf, warnings: &mut Vec<String>) -> Result<(),
                 .ok_or_else(|| format!("program {prog} missing from the object"))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            p.load().map_err(|e| format!("{prog}: BPF_PROG_LOAD: {}", error_chain(&e)))?;
+            p.load().map_err(|e| format!("{prog}: {}", load_reason(&e)))?;
             p.attach(category, name).map_err(|e| format!("{category}:{name}: attach: {}", error_chain(&e)))?;
             Ok(())
         })();
@@ -351,6 +368,31 @@ fn attach_tracepoints(ebpf: &mut Ebpf, warnings: &mut Vec<String>) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// A short reason for a program that would not load: the errno's name, and the last
+/// lines of the verifier's log when it has one.
+pub fn load_reason(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let errno = io_error.raw_os_error().unwrap_or(0);
+            let name = crate::decode::errno_name(errno);
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+            let hint = match errno {
+                libc::EPERM => " (the kernel refuses this program type here)",
+                libc::EACCES => " (rejected by the verifier)",
+                _ => "",
+            };
+            if tail.is_empty() {
+                format!("BPF_PROG_LOAD {name}{hint}")
+            } else {
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("BPF_PROG_LOAD {name}{hint}; verifier: {}", tail.join(" | "))
+            }
+        }
+        other => error_chain(other),
+    }
 }
 
 /// "a: b: c" from an error and its sources.
@@ -365,5 +407,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         }
         cur = src.source();
     }
-    s
+    // aya appends the verifier log even when the kernel gave none.
+    let trimmed = s.trim_end();
+    let trimmed = trimmed.strip_suffix("Verifier output:").unwrap_or(trimmed).trim_end();
+    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    trimmed.to_string()
 }

@@ -26,11 +26,15 @@ pub struct DumpArgs {
     /// Also list each port's per-address buckets and their owner sockets.
     #[arg(short, long)]
     verbose: bool,
+    /// Print the in-kernel walk time on stderr (`walk_ms=...`).
+    #[arg(long, hide = true)]
+    timing: bool,
 }
 
 pub fn run(a: DumpArgs) -> Result<ExitCode> {
     let netns = super::netns_arg(a.netns.as_deref(), "/proc/self/ns/net")?;
     let mut session = super::open_session(&SessionOptions::default())?;
+    let started = std::time::Instant::now();
     let snap = session
         .snapshot(&SnapOptions {
             netns: netns.inode().unwrap_or(0),
@@ -39,6 +43,12 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
             ..SnapOptions::default()
         })
         .context("walking the bind hash table")?;
+    if a.timing {
+        eprintln!("walk_ms={:.3}", started.elapsed().as_secs_f64() * 1e3);
+    }
+    if snap.truncated {
+        eprintln!("portwatch: the walk was cut short (a bound was hit): counts are lower bounds");
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&render_json(&snap, a.verbose))?);
     } else {

@@ -1,12 +1,131 @@
-//! `portwatch top`: wired to the TUI in views::top.
-use std::process::ExitCode;
+//! `portwatch top`: live table of bind buckets (views::top) fed by a session: rescans by
+//! snapshot every interval, the event stream in between.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
+use portwatch::{
+    backend::{ProbeChoice, Session, SessionOptions},
+    model::{Snapshot, Transition},
+    netns::{current_netns_inode, read_port_range_in, NetnsFilter, NetnsTarget},
+    reducer::Reducer,
+    snapshot::SnapOptions,
+    views::top::{run_top, TopOptions, TopSource},
+};
 
+/// The table is a racy lock-free snapshot (like the article's drgn script) kept current
+/// by the event stream between rescans.
 #[derive(Debug, Args)]
-pub struct TopArgs {}
+pub struct TopArgs {
+    /// Network namespace: a PID, a path such as /proc/PID/ns/net or /run/netns/NAME, or
+    /// `all` (default). The header's port-range pressure is for this netns (the caller's
+    /// with `all`).
+    #[arg(long, value_name = "PID|PATH|all")]
+    netns: Option<String>,
+    /// Only this port.
+    #[arg(long, value_parser = super::parse_port)]
+    port: Option<u16>,
+    /// Seconds between rescans.
+    #[arg(long, default_value = "1", value_parser = parse_interval)]
+    interval: f64,
+    /// Print the table once and exit (also what happens, every interval, when stdout is
+    /// not a terminal).
+    #[arg(long)]
+    once: bool,
+    /// Probe backend; `auto` tries fentry, then kprobe, then tracepoint.
+    #[arg(long, value_enum, default_value = "auto")]
+    probe: ProbeChoice,
+    /// Create this file once every program is attached.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+}
 
-pub fn run(_a: TopArgs) -> Result<ExitCode> {
-    anyhow::bail!("top: not wired yet")
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid interval `{s}`: seconds from 0.05 to 3600")),
+    }
+}
+
+struct SessionSource {
+    session: Session,
+    reducer: Reducer,
+    snap: SnapOptions,
+    header_netns: u32,
+    header_path: Option<PathBuf>,
+    summary: String,
+}
+
+impl TopSource for SessionSource {
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        let snap = self.session.snapshot(&self.snap).context("rescanning the bind table")?;
+        Ok(snap)
+    }
+
+    fn transitions(&mut self) -> Result<Vec<Transition>> {
+        let mut out = Vec::new();
+        for ev in self.session.drain()? {
+            out.extend(self.reducer.apply(&ev));
+        }
+        Ok(out)
+    }
+
+    fn port_range(&mut self, netns: u32) -> Result<(u16, u16)> {
+        let r = match &self.header_path {
+            Some(p) if netns == self.header_netns => read_port_range_in(NetnsTarget::Path(p)),
+            _ => read_port_range_in(NetnsTarget::Inode(netns)),
+        };
+        r.with_context(|| format!("reading ip_local_port_range of netns {netns}"))
+    }
+
+    fn header_netns(&self) -> u32 {
+        self.header_netns
+    }
+
+    fn backend_summary(&self) -> String {
+        self.summary.clone()
+    }
+
+    fn dropped_events(&self) -> u64 {
+        self.session.dropped().unwrap_or(0)
+    }
+}
+
+pub fn run(a: TopArgs) -> Result<ExitCode> {
+    let netns = super::netns_arg(a.netns.as_deref(), "all")?;
+    let (filter, header_netns, header_path, label) = match &netns {
+        NetnsFilter::All => {
+            let me = current_netns_inode().context("reading this process's netns")?;
+            (0, me, Some(PathBuf::from("/proc/self/ns/net")), "all".to_string())
+        }
+        NetnsFilter::One { inode, path } => (*inode, *inode, Some(path.clone()), format!("{inode} ({})", path.display())),
+    };
+    let session = super::open_session(&SessionOptions {
+        probe: Some(a.probe),
+        netns: filter,
+        ports: a.port.into_iter().collect(),
+        ..SessionOptions::default()
+    })?;
+    let summary = session.backend_summary();
+    if a.once || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!("portwatch: {summary}");
+    }
+    let mut src = SessionSource {
+        session,
+        reducer: Reducer::new(),
+        snap: SnapOptions { netns: filter, port: a.port.unwrap_or(0), ..SnapOptions::default() },
+        header_netns,
+        header_path,
+        summary,
+    };
+    super::write_ready_file(a.ready_file.as_deref())?;
+    let opts = TopOptions {
+        interval: Duration::from_secs_f64(a.interval),
+        once: a.once,
+        netns_label: label,
+        port: a.port,
+        show_netns: matches!(netns, NetnsFilter::All),
+    };
+    run_top(&mut src, &opts)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,18 @@ pub struct TraceArgs {
     /// Stop after this many transitions.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Size of the event ring buffer in bytes (a power of two, at least the page size);
+    /// for tests and benchmarks that provoke loss.
+    #[arg(long, hide = true, value_parser = parse_ring_bytes)]
+    ring_bytes: Option<u32>,
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let page = 4096u32;
+    match s.parse::<u32>() {
+        Ok(n) if n >= page && n.is_power_of_two() => Ok(n),
+        _ => Err(format!("invalid ring size `{s}`: a power of two of at least {page} bytes")),
+    }
 }
 
 /// The ring buffer's fd, for readiness polling.
@@ -53,6 +65,7 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
         probe: Some(a.probe),
         netns: netns.inode().unwrap_or(0),
         ports: a.port.clone(),
+        ring_bytes: a.ring_bytes,
         ..SessionOptions::default()
     };
     let mut session = super::open_session(&opts)?;

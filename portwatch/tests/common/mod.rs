@@ -128,3 +128,56 @@ pub fn listener(ns: &portwatch::netns::PrivateNetns, port: u16) -> socket2::Sock
     l.listen(128).expect("listen");
     l
 }
+
+/// Runs `portwatch ARGS` to completion: (exit code, stdout, stderr). A panic in the child
+/// is a test failure whatever the exit code.
+pub fn run_portwatch(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running portwatch {args:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "portwatch {args:?} panicked: {stderr}");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+/// Runs `PROG ARGS` inside the network namespace at `netns_path` with
+/// `nsenter --net=PATH` (util-linux): (exit code, stdout, stderr).
+pub fn run_in_netns(netns_path: &str, prog: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns_path}"))
+        .arg("--")
+        .arg(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running nsenter (util-linux) for {prog} {args:?}: {e}; install util-linux"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit and returns the new soft
+/// limit. Panics (naming the fix) when even the hard limit is below `need`.
+pub fn raise_nofile_limit(need: u64) -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `lim`, a valid, exclusively borrowed rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit only reads `lim`; raising the soft limit up to the hard limit
+        // needs no privilege.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+        assert_eq!(rc, 0, "setrlimit(RLIMIT_NOFILE, {}): {}", lim.rlim_max, std::io::Error::last_os_error());
+    }
+    let soft = lim.rlim_cur as u64;
+    assert!(
+        soft >= need,
+        "RLIMIT_NOFILE hard limit is {soft} but this test needs {need} open files; raise it (e.g. `ulimit -Hn {need}` as root, or LimitNOFILE= in the service)"
+    );
+    soft
+}

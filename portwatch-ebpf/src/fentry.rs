@@ -1,0 +1,142 @@
+//! The fentry backend: fentry/fexit pairs (BPF trampolines, lower overhead than kprobes)
+//! on the kernel functions of `kfunc.rs`. Argument positions come from BTF (`ARGS`).
+use aya_ebpf::{
+    macros::{fentry, fexit},
+    programs::{FEntryContext, FExitContext},
+};
+use portwatch_common::{hook::FENTRY, NO_ARG};
+
+use crate::{kfunc, maps::ARGS};
+
+macro_rules! argpos {
+    ($f:ident) => {
+        // SAFETY: ARGS is a plain static in .rodata; reading it is always valid.
+        unsafe { core::ptr::read_volatile(&ARGS.$f) }
+    };
+}
+
+/// Argument `n`. Each is loaded at a constant context offset and passed through
+/// `black_box` before choosing: the verifier refuses a context load at a computed offset.
+#[inline(always)]
+fn arg(ctx: &FEntryContext, n: u32) -> Option<u64> {
+    let a0 = core::hint::black_box(ctx.arg::<u64>(0));
+    let a1 = core::hint::black_box(ctx.arg::<u64>(1));
+    let a2 = core::hint::black_box(ctx.arg::<u64>(2));
+    let a3 = core::hint::black_box(ctx.arg::<u64>(3));
+    match n {
+        0 => Some(a0),
+        1 => Some(a1),
+        2 => Some(a2),
+        3 => Some(a3),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn ret(ctx: &FExitContext) -> i64 {
+    match ctx.ret::<u64>() {
+        Ok(v) => v as i32 as i64,
+        Err(_) => -1,
+    }
+}
+
+#[fentry(function = "inet_csk_get_port")]
+pub fn fe_get_port(ctx: FEntryContext) -> u32 {
+    let (s, n) = (argpos!(get_port_sk), argpos!(get_port_snum));
+    if s != NO_ARG && n != NO_ARG {
+        if let (Some(sk), Some(snum)) = (arg(&ctx, s), arg(&ctx, n)) {
+            kfunc::get_port_entry(sk, snum as u16);
+        }
+    }
+    0
+}
+
+#[fexit(function = "inet_csk_get_port")]
+pub fn fx_get_port(ctx: FExitContext) -> u32 {
+    kfunc::get_port_return(FENTRY, ret(&ctx));
+    0
+}
+
+#[fentry(function = "__inet_hash_connect")]
+pub fn fe_hash_connect(ctx: FEntryContext) -> u32 {
+    if let Some(sk) = arg(&ctx, argpos!(hash_connect_sk)) {
+        kfunc::hash_connect_entry(sk);
+    }
+    0
+}
+
+#[fexit(function = "__inet_hash_connect")]
+pub fn fx_hash_connect(ctx: FExitContext) -> u32 {
+    kfunc::hash_connect_return(FENTRY, ret(&ctx));
+    0
+}
+
+#[fentry(function = "__inet_inherit_port")]
+pub fn fe_inherit(ctx: FEntryContext) -> u32 {
+    if let (Some(l), Some(c)) = (arg(&ctx, argpos!(inherit_sk)), arg(&ctx, argpos!(inherit_child))) {
+        kfunc::inherit_entry(l, c);
+    }
+    0
+}
+
+#[fexit(function = "__inet_inherit_port")]
+pub fn fx_inherit(ctx: FExitContext) -> u32 {
+    kfunc::inherit_return(FENTRY, ret(&ctx));
+    0
+}
+
+#[fentry(function = "inet_put_port")]
+pub fn fe_put_port(ctx: FEntryContext) -> u32 {
+    if let Some(sk) = arg(&ctx, argpos!(put_port_sk)) {
+        kfunc::put_port_entry(sk);
+    }
+    0
+}
+
+#[fexit(function = "inet_put_port")]
+pub fn fx_put_port(_ctx: FExitContext) -> u32 {
+    kfunc::put_port_return(FENTRY);
+    0
+}
+
+#[fentry(function = "inet_twsk_hashdance_schedule")]
+pub fn fe_hashdance_schedule(ctx: FEntryContext) -> u32 {
+    if let Some(sk) = arg(&ctx, argpos!(hashdance_sk)) {
+        kfunc::hashdance_entry(sk);
+    }
+    0
+}
+
+#[fexit(function = "inet_twsk_hashdance_schedule")]
+pub fn fx_hashdance_schedule(_ctx: FExitContext) -> u32 {
+    kfunc::hashdance_return(FENTRY);
+    0
+}
+
+#[fentry(function = "inet_twsk_hashdance")]
+pub fn fe_hashdance(ctx: FEntryContext) -> u32 {
+    if let Some(sk) = arg(&ctx, argpos!(hashdance_sk)) {
+        kfunc::hashdance_entry(sk);
+    }
+    0
+}
+
+#[fexit(function = "inet_twsk_hashdance")]
+pub fn fx_hashdance(_ctx: FExitContext) -> u32 {
+    kfunc::hashdance_return(FENTRY);
+    0
+}
+
+#[fentry(function = "inet_twsk_bind_unhash")]
+pub fn fe_tw_unhash(ctx: FEntryContext) -> u32 {
+    if let Some(tw) = arg(&ctx, argpos!(bind_unhash_tw)) {
+        kfunc::tw_unhash_entry(tw);
+    }
+    0
+}
+
+#[fexit(function = "inet_twsk_bind_unhash")]
+pub fn fx_tw_unhash(_ctx: FExitContext) -> u32 {
+    kfunc::tw_unhash_return(FENTRY);
+    0
+}

@@ -1,0 +1,320 @@
+//! `portwatch top` driven by a fake, animated data source: no eBPF, no root.
+//!
+//! ```text
+//! cargo run -p portwatch --example top_demo                  # the live TUI
+//! cargo run -p portwatch --example top_demo -- --once        # one plain table
+//! cargo run -p portwatch --example top_demo -- --interval 2 | cat   # plain, every 2 s
+//! cargo run -p portwatch --example top_demo -- --panic-after 2  # the terminal survives a panic
+//! ```
+//!
+//! The fake plays a loop of the article's story in one namespace with
+//! `ip_local_port_range 60000 60009`: connect()s create buckets at -1, a plain bind()
+//! moves one to 0, SO_REUSEADDR binds, failures with EADDRINUSE / EADDRNOTAVAIL, closes,
+//! and TIME-WAIT sockets that expire silently (only a rescan notices them).
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use portwatch::{
+    model::{BucketInfo, BucketKey, BucketRow, Op, Snapshot, SockOpts, Transition, TransitionKind},
+    views::top::{run_top, TopOptions, TopSource},
+};
+
+const NETNS: u32 = 4026532999;
+const RANGE: (u16, u16) = (60000, 60009);
+const STEP: Duration = Duration::from_millis(400);
+
+struct DemoSource {
+    started: Instant,
+    steps_done: u64,
+    buckets: BTreeMap<u16, BucketInfo>,
+    pending: Vec<Transition>,
+    rng: u64,
+    /// Panic (inside `transitions`) this long after start: shows the panic hook restores
+    /// the terminal.
+    panic_after: Option<Duration>,
+}
+
+impl DemoSource {
+    fn new() -> Self {
+        let mut buckets = BTreeMap::new();
+        let listener = BucketInfo {
+            fastreuse: 0,
+            fastreuseport: -1,
+            owners: 1,
+            owners_truncated: false,
+        };
+        buckets.insert(1234, listener);
+        buckets.insert(22, listener);
+        DemoSource {
+            started: Instant::now(),
+            steps_done: 0,
+            buckets,
+            pending: Vec::new(),
+            rng: 0x9e37_79b9,
+            panic_after: None,
+        }
+    }
+
+    fn next_rand(&mut self, n: u64) -> u64 {
+        // xorshift64: deterministic, good enough for a demo.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % n
+    }
+
+    fn emit(
+        &mut self,
+        kind: TransitionKind,
+        op: Op,
+        port: u16,
+        from: Option<i8>,
+        to: Option<i8>,
+        errno: i32,
+    ) {
+        let comm = match op {
+            Op::Connect => "curl",
+            Op::Bind | Op::Listen => "quiz",
+            _ => "demo",
+        };
+        let remote = (op == Op::Connect).then(|| {
+            let r = 8 + port % 2;
+            format!("127.{r}.{r}.{r}:1234")
+        });
+        self.pending.push(Transition {
+            ts_ns: self.started.elapsed().as_nanos() as u64,
+            kind,
+            op,
+            key: BucketKey {
+                netns: NETNS,
+                l3mdev: 0,
+                port,
+            },
+            after: self.buckets.get(&port).copied(),
+            from,
+            to,
+            errno,
+            pid: 4000 + u32::from(port % 100),
+            comm: comm.to_owned(),
+            local: Some(format!("127.0.0.1:{port}")),
+            remote,
+            opts: SockOpts {
+                reuseaddr: op == Op::Bind && port.is_multiple_of(2),
+                ..SockOpts::default()
+            },
+            port_from_range: RANGE.0 == RANGE.1,
+        });
+    }
+
+    /// One step of the story on a random port of the range.
+    fn step(&mut self) {
+        let port = RANGE.0 + self.next_rand(u64::from(RANGE.1 - RANGE.0) + 1) as u16;
+        let action = self.next_rand(6);
+        match (self.buckets.get(&port).copied(), action) {
+            (None, 0..=3) => {
+                self.buckets.insert(
+                    port,
+                    BucketInfo {
+                        fastreuse: -1,
+                        fastreuseport: -1,
+                        owners: 1,
+                        owners_truncated: false,
+                    },
+                );
+                self.emit(
+                    TransitionKind::BucketCreated,
+                    Op::Connect,
+                    port,
+                    None,
+                    None,
+                    0,
+                );
+            }
+            (None, _) => {
+                self.buckets.insert(
+                    port,
+                    BucketInfo {
+                        fastreuse: 0,
+                        fastreuseport: -1,
+                        owners: 1,
+                        owners_truncated: false,
+                    },
+                );
+                self.emit(TransitionKind::BucketCreated, Op::Bind, port, None, None, 0);
+            }
+            (Some(b), 0 | 1) if b.fastreuse == -1 => {
+                self.bump(port, 1);
+                self.emit(TransitionKind::OwnerAdded, Op::Connect, port, None, None, 0);
+            }
+            (Some(b), 2) if b.fastreuse == -1 => {
+                self.bump(port, 1);
+                if let Some(b) = self.buckets.get_mut(&port) {
+                    b.fastreuse = 0;
+                }
+                self.emit(TransitionKind::OwnerAdded, Op::Bind, port, None, None, 0);
+                self.emit(
+                    TransitionKind::FastreuseChanged,
+                    Op::Bind,
+                    port,
+                    Some(-1),
+                    Some(0),
+                    0,
+                );
+            }
+            (Some(b), 2) => {
+                let _ = b;
+                self.emit(
+                    TransitionKind::BindFailed,
+                    Op::Bind,
+                    port,
+                    None,
+                    None,
+                    libc::EADDRINUSE,
+                );
+            }
+            (Some(b), 3) if b.fastreuse != -1 => {
+                self.emit(
+                    TransitionKind::ConnectFailed,
+                    Op::Connect,
+                    port,
+                    None,
+                    None,
+                    libc::EADDRNOTAVAIL,
+                );
+            }
+            (Some(b), 4) if b.owners > 1 => {
+                self.bump(port, -1);
+                self.emit(TransitionKind::OwnerRemoved, Op::Close, port, None, None, 0);
+            }
+            (Some(_), 4) => {
+                self.buckets.remove(&port);
+                self.emit(
+                    TransitionKind::BucketDestroyed,
+                    Op::Close,
+                    port,
+                    None,
+                    None,
+                    0,
+                );
+            }
+            (Some(_), _) => {
+                // A TIME-WAIT socket expires: no syscall, no event; only a rescan sees it.
+                if self.buckets.get(&port).is_some_and(|b| b.owners > 1) {
+                    self.bump(port, -1);
+                } else {
+                    self.buckets.remove(&port);
+                }
+            }
+        }
+    }
+
+    fn bump(&mut self, port: u16, delta: i32) {
+        if let Some(b) = self.buckets.get_mut(&port) {
+            b.owners = b.owners.saturating_add_signed(delta);
+        }
+    }
+
+    fn advance(&mut self) {
+        let due = self.started.elapsed().as_millis() / STEP.as_millis();
+        while u128::from(self.steps_done) < due {
+            self.step();
+            self.steps_done += 1;
+        }
+    }
+}
+
+impl TopSource for DemoSource {
+    fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+        self.advance();
+        Ok(Snapshot {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(&port, &info)| BucketRow {
+                    key: BucketKey {
+                        netns: NETNS,
+                        l3mdev: 0,
+                        port,
+                    },
+                    info,
+                    addresses: Vec::new(),
+                })
+                .collect(),
+            truncated: false,
+            slots: 65536,
+        })
+    }
+
+    fn transitions(&mut self) -> anyhow::Result<Vec<Transition>> {
+        if self
+            .panic_after
+            .is_some_and(|d| self.started.elapsed() >= d)
+        {
+            panic!("top_demo: deliberate panic (--panic-after) to check the terminal is restored");
+        }
+        self.advance();
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)> {
+        if netns != NETNS {
+            bail!("the demo knows only netns {NETNS}, not {netns}");
+        }
+        Ok(RANGE)
+    }
+
+    fn header_netns(&self) -> u32 {
+        NETNS
+    }
+
+    fn backend_summary(&self) -> String {
+        "backend: demo (fake data, no eBPF)".to_owned()
+    }
+
+    fn dropped_events(&self) -> u64 {
+        0
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut src = DemoSource::new();
+    let mut opts = TopOptions {
+        netns_label: format!("{NETNS} (demo)"),
+        ..TopOptions::default()
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--once" => opts.once = true,
+            "--interval" => {
+                let v = args
+                    .next()
+                    .context("--interval needs a number of seconds, e.g. --interval 2")?;
+                let secs: f64 = v
+                    .parse()
+                    .with_context(|| format!("--interval {v}: not a number of seconds"))?;
+                if !(0.1..=3600.0).contains(&secs) {
+                    bail!("--interval {v}: use 0.1 to 3600 seconds");
+                }
+                opts.interval = Duration::from_secs_f64(secs);
+            }
+            "--panic-after" => {
+                let v = args
+                    .next()
+                    .context("--panic-after needs a number of seconds")?;
+                let secs: f64 = v
+                    .parse()
+                    .with_context(|| format!("--panic-after {v}: not a number of seconds"))?;
+                src.panic_after = Some(Duration::from_secs_f64(secs.max(0.0)));
+            }
+            other => bail!(
+                "unknown argument {other:?} (known: --once, --interval SECS, --panic-after SECS)"
+            ),
+        }
+    }
+    run_top(&mut src, &opts)
+}

@@ -1,0 +1,667 @@
+//! `portwatch top`: a live, sorted, filterable table of bind buckets, fed by a
+//! [`TopSource`] (the eBPF engine in production, fakes in tests and in
+//! `examples/top_demo.rs`).
+//!
+//! - On a terminal: a ratatui TUI ([`run_tui`]) that pulls transitions every tick
+//!   ([`TICK`]) and rescans every `interval`.
+//! - With `--once`, or when stdout is not a terminal: the same columns as a plain table,
+//!   once or every interval ([`run_plain`]), until SIGINT/SIGTERM.
+
+pub mod app;
+pub mod term;
+pub mod ui;
+
+use std::{
+    io::{self, IsTerminal, Write},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use crossterm::event::Event;
+use ratatui::{backend::Backend, layout::Rect, Terminal};
+
+use self::app::{KeyOutcome, RangeState, TopApp};
+use crate::{
+    model::{Snapshot, Transition},
+    views::dump::{plain_table, table_to_string, EMPTY_MESSAGE, TRUNCATED_FOOTER},
+};
+
+/// Where `top` gets its data. The lead's eBPF engine implements it; tests use fakes.
+pub trait TopSource {
+    /// A fresh walk (already filtered by netns/port).
+    fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
+    /// Events since the previous call.
+    fn transitions(&mut self) -> anyhow::Result<Vec<Transition>>;
+    /// `ip_local_port_range` of that netns.
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)>;
+    /// The netns whose pressure the header shows.
+    fn header_netns(&self) -> u32;
+    /// E.g. "backend: tracepoint (fentry: EPERM; kprobe: kernel has no kprobes)".
+    fn backend_summary(&self) -> String;
+    fn dropped_events(&self) -> u64;
+}
+
+/// How often the TUI pulls transitions and redraws.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Options of `portwatch top` that the view needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopOptions {
+    /// Rescan interval (`--interval`, default 1 s).
+    pub interval: Duration,
+    /// `--once`: print the table once and exit.
+    pub once: bool,
+    /// What `--netns` selected, for the header, e.g. "all" or "4026531840 (pid 1)".
+    pub netns_label: String,
+    /// `--port`, shown in the header (the source already filters by it).
+    pub port: Option<u16>,
+    /// Always show the NETNS column (`--netns all`); otherwise only when rows of several
+    /// namespaces are shown.
+    pub show_netns: bool,
+}
+
+impl Default for TopOptions {
+    fn default() -> Self {
+        TopOptions {
+            interval: Duration::from_secs(1),
+            once: false,
+            netns_label: "self".to_owned(),
+            port: None,
+            show_netns: false,
+        }
+    }
+}
+
+/// Terminal input for the TUI loop (crossterm in production, scripted in tests).
+pub trait EventSource {
+    /// The next input event, waiting at most `timeout`; `None` on timeout.
+    fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<Event>>;
+}
+
+/// Reads terminal events with crossterm.
+#[derive(Debug, Default)]
+pub struct CrosstermEvents;
+
+impl EventSource for CrosstermEvents {
+    fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<Event>> {
+        match crossterm::event::poll(timeout) {
+            Ok(true) => Ok(Some(
+                crossterm::event::read().context("reading a terminal event")?,
+            )),
+            Ok(false) => Ok(None),
+            // A signal (SIGTERM, SIGWINCH) interrupted the wait: the loop checks its flag.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e).context("waiting for terminal input"),
+        }
+    }
+}
+
+/// Runs `top`: the TUI on a terminal, else plain tables (once with `--once`, or every
+/// interval until SIGINT/SIGTERM).
+pub fn run_top(src: &mut dyn TopSource, opts: &TopOptions) -> anyhow::Result<()> {
+    let stdout = io::stdout();
+    if opts.once {
+        let stop = AtomicBool::new(false);
+        return run_plain(src, opts, &mut stdout.lock(), &stop);
+    }
+    let signals = term::SignalGuard::install()?;
+    if !stdout.is_terminal() {
+        return run_plain(src, opts, &mut stdout.lock(), signals.flag());
+    }
+    let guard = term::TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(ratatui::backend::CrosstermBackend::new(io::stdout()))
+        .context("setting up the terminal for the live view")?;
+    terminal.clear().context("clearing the terminal")?;
+    let result = run_tui(
+        &mut terminal,
+        src,
+        opts,
+        &mut CrosstermEvents,
+        signals.flag(),
+    );
+    drop(terminal);
+    drop(guard);
+    result
+}
+
+/// Pulls a snapshot and the port range into `app`. Transitions are pulled first so the
+/// walk has the last word.
+fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<()> {
+    let snap = src.snapshot().context("walking the bind hash table")?;
+    app.apply_snapshot(snap, now);
+    let netns = app.header_netns;
+    app.set_port_range(match src.port_range(netns) {
+        Ok((lo, hi)) => RangeState::Known(lo, hi),
+        Err(e) => RangeState::Failed(format!("{e:#}")),
+    });
+    app.dropped = src.dropped_events();
+    Ok(())
+}
+
+fn pull_transitions(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<()> {
+    let ts = src.transitions().context("reading bucket transitions")?;
+    app.apply_transitions(ts, now);
+    app.dropped = src.dropped_events();
+    Ok(())
+}
+
+/// One plain frame: the three header lines, then the table with the TUI's columns.
+pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
+    let cols = ui::Columns::for_app(app, opts);
+    let titles = cols.titles();
+    let first = cols.first_numeric();
+    let mut table = plain_table(&titles, &[first, first + 1, first + 2, first + 3]);
+    for row in app.view() {
+        table.add_row(cols.cells(row, now));
+    }
+    let mut out = String::new();
+    out.push_str(&ui::title_line(app, opts));
+    out.push('\n');
+    out.push_str(&ui::pressure_line(app, opts));
+    out.push('\n');
+    out.push_str(&ui::status_line(app));
+    out.push('\n');
+    out.push_str(&table_to_string(&table));
+    if app.view_len() == 0 {
+        out.push_str(EMPTY_MESSAGE);
+        out.push('\n');
+    }
+    if app.truncated {
+        out.push_str(TRUNCATED_FOOTER);
+        out.push('\n');
+    }
+    out
+}
+
+/// Plain output: one table with `opts.once`, else a table every interval (transitions
+/// are pulled every [`TICK`] in between, so LAST CHANGE is filled) until `stop` is set.
+/// A closed pipe (`| head`) ends the loop quietly.
+pub fn run_plain(
+    src: &mut dyn TopSource,
+    opts: &TopOptions,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut app = TopApp::new(src.header_netns(), src.backend_summary());
+    let interval = opts.interval.max(TICK);
+    let mut first = true;
+    loop {
+        let now = Instant::now();
+        if !opts.once {
+            pull_transitions(&mut app, src, now)?;
+        }
+        rescan(&mut app, src, now)?;
+        app.refresh_view();
+        let mut frame = String::new();
+        if !first {
+            frame.push('\n');
+        }
+        frame.push_str(&render_plain(&app, opts, now));
+        first = false;
+        match out.write_all(frame.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("writing the table to stdout"),
+        }
+        if opts.once {
+            return Ok(());
+        }
+        let next = now + interval;
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(TICK));
+            pull_transitions(&mut app, src, Instant::now())?;
+        }
+    }
+}
+
+/// The TUI loop on any ratatui backend: pull transitions every [`TICK`], rescan every
+/// `opts.interval` (and right after un-pausing), handle keys while waiting for the next
+/// tick, draw every tick and after each key. Returns on `q`/Esc/Ctrl-C or when `stop` is
+/// set (SIGTERM).
+pub fn run_tui<B: Backend>(
+    terminal: &mut Terminal<B>,
+    src: &mut dyn TopSource,
+    opts: &TopOptions,
+    events: &mut dyn EventSource,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut app = TopApp::new(src.header_netns(), src.backend_summary());
+    let interval = opts.interval.max(TICK);
+    let mut next_scan = Instant::now();
+    let mut next_tick = Instant::now();
+    // While paused the screen is frozen, ages included.
+    let mut frozen_at: Option<Instant> = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let shown_at = if app.paused {
+            *frozen_at.get_or_insert(now)
+        } else {
+            now
+        };
+        if !app.paused {
+            frozen_at = None;
+        }
+        if now >= next_tick {
+            if !app.paused {
+                pull_transitions(&mut app, src, now)?;
+                if now >= next_scan {
+                    rescan(&mut app, src, now)?;
+                    next_scan = now + interval;
+                }
+            }
+            next_tick = now + TICK;
+        }
+        let size = terminal.size().context("reading the terminal size")?;
+        app.page = ui::page_size(Rect::new(0, 0, size.width, size.height));
+        app.refresh_view();
+        terminal
+            .draw(|f| ui::draw(f, &app, opts, shown_at))
+            .context("drawing the screen")?;
+
+        // Wait for keys until the next tick; a key that changes the view redraws now.
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let left = next_tick.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match events.next_event(left)? {
+                None => break,
+                Some(Event::Key(key)) => match app.handle_key(key) {
+                    KeyOutcome::Quit => return Ok(()),
+                    KeyOutcome::Nothing => {}
+                    KeyOutcome::Redraw => break,
+                    KeyOutcome::Resume => {
+                        next_scan = Instant::now();
+                        next_tick = next_scan;
+                        break;
+                    }
+                },
+                Some(Event::Resize(..)) => break,
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::model::{BucketInfo, BucketKey, BucketRow, Op, SockOpts, TransitionKind};
+
+    const NS: u32 = 4026532000;
+
+    fn key(port: u16) -> BucketKey {
+        BucketKey {
+            netns: NS,
+            l3mdev: 0,
+            port,
+        }
+    }
+    fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
+        BucketInfo {
+            fastreuse: fr,
+            fastreuseport: frp,
+            owners,
+            owners_truncated: false,
+        }
+    }
+
+    /// Serves scripted snapshots (the last one repeats) and transition batches.
+    struct FakeSource {
+        snapshots: VecDeque<Snapshot>,
+        batches: VecDeque<Vec<Transition>>,
+        range: Result<(u16, u16), String>,
+        snapshot_calls: usize,
+        transition_calls: usize,
+        fail_snapshot: bool,
+    }
+
+    impl FakeSource {
+        fn new(snapshots: Vec<Snapshot>, batches: Vec<Vec<Transition>>) -> Self {
+            FakeSource {
+                snapshots: snapshots.into(),
+                batches: batches.into(),
+                range: Ok((60000, 60001)),
+                snapshot_calls: 0,
+                transition_calls: 0,
+                fail_snapshot: false,
+            }
+        }
+    }
+
+    impl TopSource for FakeSource {
+        fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
+            self.snapshot_calls += 1;
+            if self.fail_snapshot {
+                anyhow::bail!("map bhash_walk not loaded");
+            }
+            let s = if self.snapshots.len() > 1 {
+                self.snapshots.pop_front()
+            } else {
+                self.snapshots.front().cloned()
+            };
+            Ok(s.unwrap_or_default())
+        }
+        fn transitions(&mut self) -> anyhow::Result<Vec<Transition>> {
+            self.transition_calls += 1;
+            Ok(self.batches.pop_front().unwrap_or_default())
+        }
+        fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)> {
+            assert_eq!(netns, NS);
+            self.range.clone().map_err(|e| anyhow::anyhow!(e))
+        }
+        fn header_netns(&self) -> u32 {
+            NS
+        }
+        fn backend_summary(&self) -> String {
+            "backend: fake".to_owned()
+        }
+        fn dropped_events(&self) -> u64 {
+            0
+        }
+    }
+
+    fn snap(rows: &[(u16, BucketInfo)]) -> Snapshot {
+        Snapshot {
+            buckets: rows
+                .iter()
+                .map(|(p, i)| BucketRow {
+                    key: key(*p),
+                    info: *i,
+                    addresses: vec![],
+                })
+                .collect(),
+            truncated: false,
+            slots: 65536,
+        }
+    }
+
+    fn created(port: u16, i: BucketInfo) -> Transition {
+        Transition {
+            ts_ns: 1,
+            kind: TransitionKind::BucketCreated,
+            op: Op::Connect,
+            key: key(port),
+            after: Some(i),
+            from: None,
+            to: None,
+            errno: 0,
+            pid: 1,
+            comm: "curl".into(),
+            local: None,
+            remote: Some("127.9.9.9:1234".into()),
+            opts: SockOpts::default(),
+            port_from_range: true,
+        }
+    }
+
+    #[test]
+    fn once_prints_one_table_with_the_tui_columns() {
+        let mut src = FakeSource::new(
+            vec![snap(&[(60000, info(-1, -1, 2)), (1234, info(0, -1, 1))])],
+            vec![],
+        );
+        let opts = TopOptions {
+            once: true,
+            ..TopOptions::default()
+        };
+        let mut out = Vec::new();
+        run_plain(&mut src, &opts, &mut out, &AtomicBool::new(false)).expect("run");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("portwatch top │ backend: fake │ netns self"),
+            "{text}"
+        );
+        assert!(lines[1].contains("ip_local_port_range 60000-60001 (2 ports): 1 free, 1 shared by connect(), 0 blocked"), "{text}");
+        let hdr: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            hdr,
+            [
+                "TCP-PORT",
+                "FASTREUSE",
+                "FASTREUSEPORT",
+                "#OWNERS",
+                "AGE",
+                "LAST",
+                "CHANGE"
+            ]
+        );
+        assert_eq!(
+            lines[4].split_whitespace().collect::<Vec<_>>(),
+            ["1234", "0", "-1", "1", "-"]
+        );
+        assert_eq!(
+            lines[5].split_whitespace().collect::<Vec<_>>(),
+            ["60000", "-1", "-1", "2", "-"]
+        );
+        assert_eq!(lines.len(), 6, "{text}");
+        assert_eq!((src.snapshot_calls, src.transition_calls), (1, 0));
+    }
+
+    #[test]
+    fn once_on_empty_snapshot_and_failing_range() {
+        let mut src = FakeSource::new(
+            vec![Snapshot {
+                truncated: true,
+                ..Snapshot::default()
+            }],
+            vec![],
+        );
+        src.range = Err("cannot read ip_local_port_range of netns 4026532000".into());
+        let opts = TopOptions {
+            once: true,
+            ..TopOptions::default()
+        };
+        let mut out = Vec::new();
+        run_plain(&mut src, &opts, &mut out, &AtomicBool::new(false)).expect("run");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(
+            text.contains("unavailable (cannot read ip_local_port_range of netns 4026532000)"),
+            "{text}"
+        );
+        assert!(text.contains(EMPTY_MESSAGE));
+        assert!(text.trim_end().ends_with(TRUNCATED_FOOTER), "{text}");
+    }
+
+    #[test]
+    fn snapshot_errors_propagate_with_context() {
+        let mut src = FakeSource::new(vec![], vec![]);
+        src.fail_snapshot = true;
+        let opts = TopOptions {
+            once: true,
+            ..TopOptions::default()
+        };
+        let err = run_plain(&mut src, &opts, &mut Vec::new(), &AtomicBool::new(false))
+            .expect_err("fails");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("walking the bind hash table") && msg.contains("bhash_walk"),
+            "{msg}"
+        );
+    }
+
+    /// A writer that fails like a closed pipe.
+    struct ClosedPipe;
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_loop_repeats_until_stopped_and_ends_on_closed_pipe() {
+        let mut src = FakeSource::new(
+            vec![snap(&[(80, info(0, -1, 1))])],
+            vec![vec![], vec![created(60000, info(-1, -1, 1))]],
+        );
+        let opts = TopOptions {
+            interval: Duration::from_millis(100),
+            ..TopOptions::default()
+        };
+        // Stop from another thread after a few frames.
+        let stop = AtomicBool::new(false);
+        let mut out = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(450));
+                stop.store(true, Ordering::SeqCst);
+            });
+            run_plain(&mut src, &opts, &mut out, &stop).expect("run");
+        });
+        let text = String::from_utf8(out).expect("utf8");
+        let frames = text.matches("portwatch top │").count();
+        assert!((3..=6).contains(&frames), "{frames} frames:\n{text}");
+        assert!(src.transition_calls >= frames);
+        // The event-created bucket shows until the next rescan replaces it.
+        assert!(
+            text.contains("created -1/-1 (connect)") || text.contains("60000"),
+            "{text}"
+        );
+
+        let mut src = FakeSource::new(vec![snap(&[(80, info(0, -1, 1))])], vec![]);
+        run_plain(
+            &mut src,
+            &TopOptions::default(),
+            &mut ClosedPipe,
+            &AtomicBool::new(false),
+        )
+        .expect("broken pipe is a normal end");
+    }
+
+    /// Scripted input; `None` waits out the timeout like a real idle terminal. When the
+    /// script is exhausted, presses `q`.
+    struct Keys(VecDeque<Option<Event>>);
+    impl EventSource for Keys {
+        fn next_event(&mut self, timeout: Duration) -> anyhow::Result<Option<Event>> {
+            match self.0.pop_front() {
+                Some(None) => {
+                    std::thread::sleep(timeout);
+                    Ok(None)
+                }
+                Some(ev) => Ok(ev),
+                None => Ok(Some(Event::Key(KeyEvent::from(KeyCode::Char('q'))))),
+            }
+        }
+    }
+    fn k(c: char) -> Option<Event> {
+        Some(Event::Key(KeyEvent::from(KeyCode::Char(c))))
+    }
+
+    fn screen(term: &Terminal<TestBackend>) -> String {
+        let buf = term.backend().buffer();
+        let w = usize::from(buf.area.width);
+        buf.content()
+            .chunks(w)
+            .map(|r| r.iter().map(|c| c.symbol()).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn tui_loop_applies_events_filters_and_quits() {
+        let mut src = FakeSource::new(
+            vec![snap(&[(80, info(0, -1, 1)), (8080, info(1, -1, 2))])],
+            vec![vec![], vec![created(60000, info(-1, -1, 1))]],
+        );
+        let mut term = Terminal::new(TestBackend::new(120, 30)).expect("terminal");
+        let opts = TopOptions::default();
+        // tick 1: no key (timeout); tick 2: transitions arrive; then filter on 8080.
+        let mut keys = Keys(
+            vec![
+                None,
+                None,
+                k('/'),
+                k('8'),
+                k('0'),
+                k('8'),
+                k('0'),
+                Some(Event::Key(KeyEvent::from(KeyCode::Enter))),
+            ]
+            .into(),
+        );
+        run_tui(
+            &mut term,
+            &mut src,
+            &opts,
+            &mut keys,
+            &AtomicBool::new(false),
+        )
+        .expect("tui");
+        let s = screen(&term);
+        assert!(s.contains("filter: \"8080\""), "{s}");
+        assert!(s.contains("│8080"), "{s}");
+        assert!(!s.contains("│80 "), "{s}");
+        // The pane still lists the created bucket.
+        assert!(s.contains(":60000  created -1/-1 (connect)  pid 1 curl  → 127.9.9.9:1234  (only port of the range)"), "{s}");
+        assert!(src.snapshot_calls >= 1 && src.transition_calls >= 2);
+    }
+
+    #[test]
+    fn tui_loop_pause_stops_pulling_and_stop_flag_exits() {
+        let mut src = FakeSource::new(vec![snap(&[(80, info(0, -1, 1))])], vec![]);
+        let mut term = Terminal::new(TestBackend::new(100, 24)).expect("terminal");
+        let mut keys = Keys(vec![k('p'), None, None, None].into());
+        // After 'p' and three idle ticks, the default 'q' ends it.
+        run_tui(
+            &mut term,
+            &mut src,
+            &TopOptions::default(),
+            &mut keys,
+            &AtomicBool::new(false),
+        )
+        .expect("tui");
+        assert_eq!(src.snapshot_calls, 1, "paused: no rescans");
+        assert!(screen(&term).contains("PAUSED"));
+
+        let stop = AtomicBool::new(true);
+        let mut keys = Keys(VecDeque::new());
+        run_tui(
+            &mut term,
+            &mut src,
+            &TopOptions::default(),
+            &mut keys,
+            &stop,
+        )
+        .expect("stop flag");
+
+        // Ctrl-C quits.
+        let mut keys = Keys(
+            vec![Some(Event::Key(KeyEvent::new(
+                KeyCode::Char('c'),
+                KeyModifiers::CONTROL,
+            )))]
+            .into(),
+        );
+        run_tui(
+            &mut term,
+            &mut src,
+            &TopOptions::default(),
+            &mut keys,
+            &AtomicBool::new(false),
+        )
+        .expect("ctrl-c");
+    }
+}
