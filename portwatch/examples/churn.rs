@@ -296,7 +296,9 @@ fn main() -> Result<()> {
         elapsed = started.elapsed().as_secs_f64();
         total
     };
-    let done = Done { done: true, elapsed_s: elapsed, counters, held: held.len() as u64 };
+    let mut kept = held.len() as u64;
+    HELD.with_lock(|h| kept += h.len() as u64);
+    let done = Done { done: true, elapsed_s: elapsed, counters, held: kept };
     writeln!(out, "{}", serde_json::to_string(&done)?)?;
     out.flush()?;
     // Keep every socket (and the netns) until the driver closes stdin.

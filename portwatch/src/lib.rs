@@ -10,3 +10,4 @@ pub mod backend;
 pub mod privileges;
 pub mod snapshot;
 pub mod observer;
+pub mod selftest;

@@ -28,6 +28,10 @@ enum Command {
     Quiz(cmd::quiz::QuizArgs),
     /// Report which probe backends this kernel allows and why (no tracing).
     Probes(cmd::probes::ProbesArgs),
+    /// Run scripted scenarios against a backend and check the transitions (used by the
+    /// VM test matrix).
+    #[command(hide = true)]
+    Selftest(cmd::selftest::SelftestArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Command::Top(a) => cmd::top::run(a),
         Command::Quiz(a) => cmd::quiz::run(a),
         Command::Probes(a) => cmd::probes::run(a),
+        Command::Selftest(a) => cmd::selftest::run(a),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 pub mod dump;
 pub mod probes;
 pub mod quiz;
+pub mod selftest;
 pub mod top;
 pub mod trace;
 

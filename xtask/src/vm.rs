@@ -1,0 +1,674 @@
+//! `cargo xtask vm`: boot Debian's stock cloud kernels under qemu (TCG) with a busybox
+//! initramfs that runs portwatch commands, and report a kernel x command matrix.
+//!
+//! Building blocks for the matrix logic on top:
+//! - [`prepare_kernels`]: newest Debian cloud kernel of each series (apt, cached in
+//!   `target/vm-cache/`);
+//! - [`boot_and_run`] / [`boot_and_run_with`]: one guest boot running a list of
+//!   [`GuestCmd`], parsed into a [`GuestRun`] (full log in `target/vm-results/`);
+//! - [`render_matrix`] / [`MatrixReport`]: the table and its JSON form.
+
+mod initramfs;
+mod kernels;
+mod qemu;
+mod serial;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+pub use initramfs::{GuestCmd, GuestFile};
+pub use kernels::KernelImage;
+use serde::Serialize;
+pub use serial::CmdResult;
+
+/// Arguments of `cargo xtask vm`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmArgs {
+    /// Kernel series to boot (newest Debian cloud kernel of each, found with apt).
+    #[arg(long, value_delimiter = ',', default_value = "6.1,6.12")]
+    pub kernels: Vec<String>,
+    /// Seconds before a guest is killed and reported as failed.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+    /// Keep the work directories (initramfs) under target/vm-work/.
+    #[arg(long)]
+    pub keep: bool,
+    /// JSON results file [default: target/vm-results/results.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Do not build portwatch; use the existing target/release/portwatch.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Guests booted at the same time (each qemu TCG guest keeps one host core busy;
+    /// measured on the 2-core build machine: 2 at a time 14-25 s wall for 6.1+6.12,
+    /// one at a time 18-34 s).
+    #[arg(long, default_value_t = 2)]
+    pub jobs: usize,
+    /// Guest command NAME=PROGRAM ARGS... (repeatable; replaces the default list).
+    #[arg(long = "cmd", value_name = "NAME=PROGRAM ARGS")]
+    pub cmds: Vec<String>,
+    /// Also fail when a guest command exits non-zero (by default only boot failures,
+    /// timeouts and unfinished commands fail).
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// Result of one guest boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestRun {
+    pub kernel: KernelImage,
+    /// `uname -r` printed inside the guest; `None` if init never got that far.
+    pub kernel_release: Option<String>,
+    pub results: Vec<CmdResult>,
+    /// From qemu start to qemu exit (or kill).
+    #[serde(rename = "duration_secs", serialize_with = "secs")]
+    pub duration: Duration,
+    pub log_path: PathBuf,
+    /// Guest uptime when init started: the kernel's own boot time under TCG.
+    pub kernel_boot_secs: Option<f64>,
+    /// Guest time spent running the commands (uptime at the end minus at the start).
+    pub commands_secs: Option<f64>,
+    /// The guest's init ran to its end (`@@PW-DONE@@`).
+    pub completed: bool,
+    /// qemu was killed at the timeout.
+    pub timed_out: bool,
+    /// Init warnings (mount failures...) and parser warnings.
+    pub warnings: Vec<String>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 100.0).round() / 100.0)
+}
+
+impl GuestRun {
+    /// Boot problems: empty when the guest booted, ran every command and powered off.
+    pub fn boot_problems(&self, cmds: &[GuestCmd]) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.timed_out {
+            p.push(format!(
+                "timed out after {:.0} s",
+                self.duration.as_secs_f64()
+            ));
+        }
+        match &self.kernel_release {
+            None => p.push("init never printed uname -r (kernel or init failed)".to_owned()),
+            Some(r) if *r != self.kernel.release => {
+                p.push(format!("guest runs {r}, expected {}", self.kernel.release))
+            }
+            Some(_) => {}
+        }
+        if !self.completed && !self.timed_out {
+            p.push("guest stopped before @@PW-DONE@@".to_owned());
+        }
+        for c in cmds {
+            match self.result(&c.name) {
+                None => p.push(format!("{}: never ran", c.name)),
+                Some(r) if r.rc.is_none() => p.push(format!("{}: did not finish", c.name)),
+                Some(_) => {}
+            }
+        }
+        p
+    }
+
+    pub fn result(&self, name: &str) -> Option<&CmdResult> {
+        self.results.iter().find(|r| r.name == name)
+    }
+}
+
+/// Where things go, and what goes into the guest.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub timeout: Duration,
+    /// Host files copied into the guest (with their shared libraries).
+    pub files: Vec<GuestFile>,
+    /// Serial logs go to `<results_dir>/<kernel release>.log`.
+    pub results_dir: PathBuf,
+    /// Scratch space for the initramfs (a subdirectory per boot).
+    pub work_dir: PathBuf,
+    /// Keep the per-boot work subdirectory.
+    pub keep: bool,
+    /// Log file name suffix, for booting one kernel more than once in a run:
+    /// `<results_dir>/<release>-<tag>.log` instead of `<release>.log`.
+    pub log_tag: Option<String>,
+}
+
+impl BootOptions {
+    /// Defaults for this repository: target/release/portwatch as /usr/bin/portwatch,
+    /// logs in target/vm-results, scratch in target/vm-work.
+    pub fn for_repo(timeout: Duration) -> Result<Self> {
+        let target = target_dir()?;
+        let pw = target.join("release").join("portwatch");
+        if !pw.is_file() {
+            bail!(
+                "{} is missing; build it with `cargo build --release -p portwatch`",
+                pw.display()
+            );
+        }
+        Ok(Self {
+            timeout,
+            files: vec![GuestFile {
+                host: pw,
+                guest: "/usr/bin/portwatch".into(),
+                with_libs: true,
+            }],
+            results_dir: target.join("vm-results"),
+            work_dir: target.join("vm-work"),
+            keep: false,
+            log_tag: None,
+        })
+    }
+}
+
+/// The default guest commands (the lead replaces them with the backend matrix).
+pub fn default_cmds() -> Vec<GuestCmd> {
+    vec![
+        GuestCmd::new("portwatch-version", ["portwatch", "--version"]),
+        GuestCmd::new("portwatch-probes", ["portwatch", "probes"]),
+        GuestCmd::new("uname-r", ["uname", "-r"]),
+        GuestCmd::new("proc-version", ["cat", "/proc/version"]),
+        GuestCmd::new("btf-vmlinux", ["ls", "/sys/kernel/btf/vmlinux"]),
+    ]
+}
+
+/// The workspace root: the parent of xtask's manifest dir, or (when this file is
+/// compiled elsewhere) the nearest ancestor of the current directory holding
+/// portwatch/Cargo.toml.
+pub fn workspace_root() -> Result<PathBuf> {
+    let is_root = |p: &Path| {
+        p.join("portwatch").join("Cargo.toml").is_file() && p.join("Cargo.toml").is_file()
+    };
+    if let Some(p) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        if is_root(p) {
+            return Ok(p.to_owned());
+        }
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    cwd.ancestors()
+        .find(|p| is_root(p))
+        .map(Path::to_owned)
+        .with_context(|| {
+            format!(
+                "no portwatch workspace above {}; run from the repository",
+                cwd.display()
+            )
+        })
+}
+
+fn target_dir() -> Result<PathBuf> {
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Ok(PathBuf::from(t));
+    }
+    Ok(workspace_root()?.join("target"))
+}
+
+/// Newest Debian cloud kernel of each series (e.g. `["6.1", "6.12"]`), downloaded and
+/// unpacked into target/vm-cache/ unless already there.
+pub fn prepare_kernels(series: &[&str]) -> Result<Vec<KernelImage>> {
+    kernels::prepare_kernels_in(&target_dir()?.join("vm-cache"), series)
+}
+
+/// Boots `kernel` with the repository's default guest files (see
+/// [`BootOptions::for_repo`]) and runs `cmds`. A timeout is not an `Err`: the run comes
+/// back with `timed_out` set and whatever the log holds; see [`GuestRun::boot_problems`].
+#[allow(dead_code)] // API for the matrix logic built on top of `run`.
+pub fn boot_and_run(
+    kernel: &KernelImage,
+    cmds: &[GuestCmd],
+    timeout: Duration,
+) -> Result<GuestRun> {
+    boot_and_run_with(kernel, cmds, &BootOptions::for_repo(timeout)?)
+}
+
+/// [`boot_and_run`] with explicit options.
+pub fn boot_and_run_with(
+    kernel: &KernelImage,
+    cmds: &[GuestCmd],
+    opts: &BootOptions,
+) -> Result<GuestRun> {
+    for c in cmds {
+        c.validate()?;
+    }
+    let busybox = initramfs::find_busybox()?;
+    static BOOTS: AtomicUsize = AtomicUsize::new(0);
+    let work = opts.work_dir.join(format!(
+        "{}-{}-{}",
+        kernel.release,
+        std::process::id(),
+        BOOTS.fetch_add(1, Ordering::SeqCst)
+    ));
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let initrd = work.join("initramfs.cpio.gz");
+    let archive = initramfs::build_archive(&busybox, &opts.files, cmds)?;
+    initramfs::write_gzip(&archive, &initrd)?;
+    let log_path = opts.results_dir.join(match &opts.log_tag {
+        Some(tag) => format!("{}-{tag}.log", kernel.release),
+        None => format!("{}.log", kernel.release),
+    });
+    let run = qemu::boot(&kernel.vmlinuz, &initrd, opts.timeout, &log_path);
+    if !opts.keep {
+        let _ = fs::remove_dir_all(&work);
+    }
+    let q = run.with_context(|| format!("booting {}", kernel.package))?;
+    let parsed = serial::parse_log(&q.log);
+    let mut warnings = parsed.warnings;
+    let qemu_err = q.stderr.trim();
+    if !qemu_err.is_empty() {
+        warnings.push(format!("qemu stderr: {qemu_err}"));
+    }
+    if !parsed.done && !q.timed_out {
+        if let Some(st) = q.exit {
+            warnings.push(format!("qemu exited ({st}) before the guest finished"));
+        }
+    }
+    Ok(GuestRun {
+        kernel: kernel.clone(),
+        kernel_release: parsed.kernel_release,
+        results: parsed.results,
+        duration: q.duration,
+        log_path,
+        kernel_boot_secs: parsed.uptime_start,
+        commands_secs: parsed
+            .uptime_start
+            .zip(parsed.uptime_end)
+            .map(|(a, b)| ((b - a) * 100.0).round() / 100.0),
+        completed: parsed.done,
+        timed_out: q.timed_out,
+        warnings,
+    })
+}
+
+/// One kernel's row in the JSON report.
+#[derive(Debug, Serialize)]
+pub struct RunReport<'a> {
+    #[serde(flatten)]
+    pub run: &'a GuestRun,
+    /// Empty when the boot itself worked.
+    pub boot_problems: Vec<String>,
+}
+
+/// The JSON results file.
+#[derive(Debug, Serialize)]
+pub struct MatrixReport<'a> {
+    pub commands: &'a [GuestCmd],
+    pub jobs: usize,
+    pub total_secs: f64,
+    pub runs: Vec<RunReport<'a>>,
+}
+
+impl<'a> MatrixReport<'a> {
+    pub fn new(cmds: &'a [GuestCmd], runs: &'a [GuestRun], jobs: usize, total: Duration) -> Self {
+        Self {
+            commands: cmds,
+            jobs,
+            total_secs: (total.as_secs_f64() * 100.0).round() / 100.0,
+            runs: runs
+                .iter()
+                .map(|r| RunReport {
+                    run: r,
+                    boot_problems: r.boot_problems(cmds),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn cell(run: &GuestRun, name: &str) -> String {
+    let Some(r) = run.result(name) else {
+        return "FAIL not run".to_owned();
+    };
+    let status = match r.rc {
+        Some(0) => "ok".to_owned(),
+        Some(rc) => format!("FAIL rc={rc}"),
+        None if run.timed_out => "FAIL timeout".to_owned(),
+        None => "FAIL unfinished".to_owned(),
+    };
+    match r.secs {
+        Some(t) => format!("{status} {t:.1}s"),
+        None => status,
+    }
+}
+
+/// The kernel x command table (rows: kernels; columns: boot time, then one per command).
+pub fn render_matrix(cmds: &[GuestCmd], runs: &[GuestRun]) -> String {
+    let mut header = vec![
+        "kernel".to_owned(),
+        "uname -r".to_owned(),
+        "boot".to_owned(),
+    ];
+    header.extend(cmds.iter().map(|c| c.name.clone()));
+    let mut rows = vec![header];
+    for r in runs {
+        let problems = r.boot_problems(cmds);
+        let boot = if r.timed_out {
+            format!("TIMEOUT {:.0}s", r.duration.as_secs_f64())
+        } else if problems.is_empty() {
+            format!("ok {:.1}s", r.duration.as_secs_f64())
+        } else {
+            format!("FAIL {:.1}s", r.duration.as_secs_f64())
+        };
+        let mut row = vec![
+            r.kernel.series.clone(),
+            r.kernel_release.clone().unwrap_or_else(|| "?".into()),
+            boot,
+        ];
+        row.extend(cmds.iter().map(|c| cell(r, &c.name)));
+        rows.push(row);
+    }
+    let ncol = rows[0].len();
+    let widths: Vec<usize> = (0..ncol)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&sep.join("  "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn build_portwatch(root: &Path) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("vm: cargo build --release -p portwatch");
+    let st = Command::new(cargo)
+        .args(["build", "--release", "-p", "portwatch"])
+        .current_dir(root)
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build --release -p portwatch failed ({st}); fix the build or pass --no-build");
+    }
+    Ok(())
+}
+
+/// Boots every kernel, at most `jobs` at a time (a work queue: a free slot takes the
+/// next kernel). Results come back in the order of `kernels`.
+pub fn run_all(
+    kernels: &[KernelImage],
+    cmds: &[GuestCmd],
+    opts: &BootOptions,
+    jobs: usize,
+) -> Vec<Result<GuestRun>> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<GuestRun>>>> =
+        kernels.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(kernels.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(k) = kernels.get(i) else { break };
+                let r = boot_and_run_with(k, cmds, opts);
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(kernels)
+        .map(|(slot, k)| {
+            slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                Err(anyhow::anyhow!(
+                    "the boot of {} reported nothing",
+                    k.package
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `cargo xtask vm`.
+pub fn run(args: &VmArgs) -> Result<()> {
+    let started = Instant::now();
+    qemu::check_qemu()?;
+    initramfs::find_busybox()?;
+    let cmds = if args.cmds.is_empty() {
+        default_cmds()
+    } else {
+        args.cmds
+            .iter()
+            .map(|c| GuestCmd::parse(c))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = cmds.iter().find(|c| !seen.insert(c.name.as_str())) {
+        bail!(
+            "guest command name {:?} is used twice; names must be unique",
+            dup.name
+        );
+    }
+    let root = workspace_root()?;
+    if !args.no_build {
+        build_portwatch(&root)?;
+    }
+    let series: Vec<&str> = args.kernels.iter().map(String::as_str).collect();
+    let kernels = prepare_kernels(&series)?;
+    let mut opts = BootOptions::for_repo(Duration::from_secs(args.timeout))?;
+    opts.keep = args.keep;
+
+    eprintln!(
+        "vm: booting {} kernel(s), {} at a time, timeout {} s",
+        kernels.len(),
+        args.jobs.max(1),
+        args.timeout
+    );
+    let boot_start = Instant::now();
+    let mut runs = Vec::new();
+    let mut errors = Vec::new();
+    for (k, r) in kernels
+        .iter()
+        .zip(run_all(&kernels, &cmds, &opts, args.jobs))
+    {
+        match r {
+            Ok(run) => {
+                let opt = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.1}"));
+                eprintln!(
+                    "vm: {} -> uname -r {} in {:.1} s (kernel boot {} s, commands {} s; log {})",
+                    k.package,
+                    run.kernel_release.as_deref().unwrap_or("?"),
+                    run.duration.as_secs_f64(),
+                    opt(run.kernel_boot_secs),
+                    opt(run.commands_secs),
+                    run.log_path.display()
+                );
+                runs.push(run);
+            }
+            Err(e) => errors.push(format!("{}: {e:#}", k.package)),
+        }
+    }
+    let boot_wall = boot_start.elapsed();
+
+    println!("{}", render_matrix(&cmds, &runs));
+    println!(
+        "boot wall time {:.1} s ({} at a time); total {:.1} s",
+        boot_wall.as_secs_f64(),
+        args.jobs.max(1),
+        started.elapsed().as_secs_f64()
+    );
+    let out = match &args.out {
+        Some(p) => p.clone(),
+        None => opts.results_dir.join("results.json"),
+    };
+    if let Some(d) = out.parent() {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let report = MatrixReport::new(&cmds, &runs, args.jobs.max(1), boot_wall);
+    let json = serde_json::to_string_pretty(&report).context("serialising the VM results")?;
+    fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
+    println!("results: {}", out.display());
+
+    for r in &runs {
+        for p in r.boot_problems(&cmds) {
+            errors.push(format!(
+                "{}: {p} (log {})",
+                r.kernel.package,
+                r.log_path.display()
+            ));
+        }
+        if args.strict {
+            for c in r.results.iter().filter(|c| c.rc.is_some() && !c.ok()) {
+                errors.push(format!(
+                    "{}: {} exited with rc {}",
+                    r.kernel.package,
+                    c.name,
+                    c.rc.unwrap_or(-1)
+                ));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!("VM matrix failed:\n  {}", errors.join("\n  "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kimg(series: &str, release: &str) -> KernelImage {
+        KernelImage {
+            series: series.into(),
+            package: format!("linux-image-{release}"),
+            release: release.into(),
+            vmlinuz: PathBuf::from(format!("/c/vmlinuz-{release}")),
+        }
+    }
+
+    fn grun(
+        series: &str,
+        release: &str,
+        results: Vec<CmdResult>,
+        completed: bool,
+        timed_out: bool,
+    ) -> GuestRun {
+        GuestRun {
+            kernel: kimg(series, release),
+            kernel_release: completed.then(|| release.to_owned()),
+            results,
+            duration: Duration::from_millis(5400),
+            log_path: PathBuf::from(format!("/r/{release}.log")),
+            kernel_boot_secs: Some(4.0),
+            commands_secs: Some(1.0),
+            completed,
+            timed_out,
+            warnings: vec![],
+        }
+    }
+
+    fn res(name: &str, rc: Option<i32>) -> CmdResult {
+        CmdResult {
+            name: name.into(),
+            rc,
+            output: String::new(),
+            secs: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn matrix_marks_ok_fail_and_timeouts() {
+        let cmds = vec![GuestCmd::new("a", ["true"]), GuestCmd::new("b", ["false"])];
+        let runs = vec![
+            grun(
+                "6.1",
+                "6.1.0-56-cloud-amd64",
+                vec![res("a", Some(0)), res("b", Some(1))],
+                true,
+                false,
+            ),
+            grun(
+                "6.12",
+                "6.12.117+deb12-cloud-amd64",
+                vec![res("a", None)],
+                false,
+                true,
+            ),
+        ];
+        let t = render_matrix(&cmds, &runs);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert!(
+            lines[0].starts_with("kernel") && lines[0].contains(" a ") && lines[0].ends_with('b')
+        );
+        assert!(lines[2].contains("6.1.0-56-cloud-amd64") && lines[2].contains("ok 5.4s"));
+        assert!(
+            lines[2].contains("ok 0.5s") && lines[2].ends_with("FAIL rc=1 0.5s"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("TIMEOUT")
+                && lines[3].contains("FAIL timeout 0.5s")
+                && lines[3].ends_with("FAIL not run"),
+            "{t}"
+        );
+        assert!(runs[0].boot_problems(&cmds).is_empty());
+        let p = runs[1].boot_problems(&cmds);
+        assert!(
+            p.iter().any(|s| s.contains("timed out"))
+                && p.iter().any(|s| s.starts_with("b: never ran")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_kernel_is_a_boot_problem() {
+        let mut r = grun("6.1", "6.1.0-56-cloud-amd64", vec![], true, false);
+        r.kernel_release = Some("6.18.0".into());
+        assert!(r
+            .boot_problems(&[])
+            .iter()
+            .any(|p| p.contains("guest runs 6.18.0")));
+    }
+
+    #[test]
+    fn json_report_has_rc_output_and_seconds() {
+        let cmds = vec![GuestCmd::new("a", ["true"])];
+        let runs = vec![grun(
+            "6.1",
+            "6.1.0-56-cloud-amd64",
+            vec![res("a", Some(0))],
+            true,
+            false,
+        )];
+        let rep = MatrixReport::new(&cmds, &runs, 2, Duration::from_millis(6123));
+        let v: serde_json::Value = serde_json::to_value(&rep).unwrap();
+        assert_eq!(v["total_secs"], 6.12);
+        assert_eq!(v["runs"][0]["duration_secs"], 5.4);
+        assert_eq!(v["runs"][0]["kernel_release"], "6.1.0-56-cloud-amd64");
+        assert_eq!(v["runs"][0]["results"][0]["rc"], 0);
+        assert_eq!(v["runs"][0]["kernel"]["series"], "6.1");
+        assert_eq!(
+            v["runs"][0]["boot_problems"].as_array().map(Vec::len),
+            Some(0)
+        );
+        assert_eq!(v["commands"][0]["argv"][0], "true");
+    }
+
+    #[test]
+    fn default_cmds_are_valid_and_unique() {
+        let c = default_cmds();
+        assert!(c.iter().all(|c| c.validate().is_ok()));
+        let names: std::collections::HashSet<_> = c.iter().map(|c| &c.name).collect();
+        assert_eq!(names.len(), c.len());
+        assert!(c.iter().any(|c| c.argv == ["uname", "-r"]));
+    }
+}
