@@ -323,14 +323,20 @@ pub struct SnapRequest {
     pub port: u16,
     /// 1 = also emit ADDR and OWNER records.
     pub verbose: u8,
-    pub _pad: [u8; 1],
+    /// `SNAP_WALK` (the whole table) or `SNAP_LOOKUP` (the one bucket of (`net`, `port`)).
+    pub mode: u8,
     /// Bounds: at most this many buckets in one chain and owners per bucket.
     pub max_chain: u32,
     pub max_owners: u32,
     pub _pad2: u32,
     /// Sequence number echoed in the END record's `addr` field.
     pub seq: u64,
+    /// `SNAP_LOOKUP`: kernel address of the `struct net` (from an event).
+    pub net: u64,
 }
+
+pub const SNAP_WALK: u8 = 0;
+pub const SNAP_LOOKUP: u8 = 1;
 
 /// Filter configuration of the event programs, in the `CONFIG` global.
 #[repr(C)]
@@ -421,7 +427,7 @@ const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<SnapRequest>() == 32);
+const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);

@@ -82,30 +82,21 @@ pub fn send(cfg: &Config, s: &Subject) {
         e.op = s.op;
         e.hook = s.hook;
         if s.sk != 0 {
-            if let Some(si) = sock_info(s.sk) {
-                e.family = si.family;
-                e.sk_state = si.state;
-                e.laddr = si.laddr;
-                e.raddr = si.raddr;
-                e.rport = si.rport;
-                flags |= flag::SOCK_KNOWN;
-                if si.reuse {
-                    flags |= flag::REUSEADDR;
-                }
-                if si.reuseport {
-                    flags |= flag::REUSEPORT;
-                }
-                if si.no_port {
-                    flags |= flag::BIND_ADDRESS_NO_PORT;
-                }
-            }
+            let si = sock_info(s.sk);
+            e.family = si.family;
+            e.sk_state = si.state;
+            e.laddr = si.laddr;
+            e.raddr = si.raddr;
+            e.rport = si.rport;
+            // Flags by arithmetic, not branches (see kernel::zfield).
+            flags |= flag::SOCK_KNOWN
+                | (((si.reuse != 0) as u16) * flag::REUSEADDR)
+                | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
+                | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
         }
         if let Some((b, truncated)) = lookup_bucket(s.net, s.port, cfg.max_owners) {
             e.bucket = b;
-            flags |= flag::BUCKET_PRESENT;
-            if truncated {
-                flags |= flag::OWNERS_TRUNCATED;
-            }
+            flags |= flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED);
         }
         e.flags = flags;
     }
@@ -142,10 +133,7 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Known) {
         let mut flags = flag::HAD_PORT;
         if let Some((b, truncated)) = lookup_bucket(k.net, k.port, cfg.max_owners) {
             e.bucket = b;
-            flags |= flag::BUCKET_PRESENT;
-            if truncated {
-                flags |= flag::OWNERS_TRUNCATED;
-            }
+            flags |= flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED);
         }
         e.flags = flags;
     }

@@ -15,21 +15,37 @@ macro_rules! argpos {
     };
 }
 
-/// Argument `n`. Each is loaded at a constant context offset and passed through
-/// `black_box` before choosing: the verifier refuses a context load at a computed offset.
+/// Argument `n` of a function with at least `N` parameters. Only arguments below `N`
+/// are loaded: the verifier rejects reading a parameter the function does not have.
+/// Each is loaded at a constant context offset and passed through `black_box` before
+/// choosing, as the verifier refuses a context load at a computed offset.
 #[inline(always)]
-fn arg(ctx: &FEntryContext, n: u32) -> Option<u64> {
-    let a0 = core::hint::black_box(ctx.arg::<u64>(0));
-    let a1 = core::hint::black_box(ctx.arg::<u64>(1));
-    let a2 = core::hint::black_box(ctx.arg::<u64>(2));
-    let a3 = core::hint::black_box(ctx.arg::<u64>(3));
-    match n {
-        0 => Some(a0),
-        1 => Some(a1),
-        2 => Some(a2),
-        3 => Some(a3),
-        _ => None,
+fn arg<const N: u32>(ctx: &FEntryContext, n: u32) -> Option<u64> {
+    if n >= N {
+        return None;
     }
+    let a0 = core::hint::black_box(ctx.arg::<u64>(0));
+    if n == 0 {
+        return Some(a0);
+    }
+    if N < 2 {
+        return None;
+    }
+    let a1 = core::hint::black_box(ctx.arg::<u64>(1));
+    if n == 1 {
+        return Some(a1);
+    }
+    if N < 3 {
+        return None;
+    }
+    let a2 = core::hint::black_box(ctx.arg::<u64>(2));
+    if n == 2 {
+        return Some(a2);
+    }
+    if N < 4 {
+        return None;
+    }
+    Some(core::hint::black_box(ctx.arg::<u64>(3)))
 }
 
 #[inline(always)]
@@ -44,7 +60,7 @@ fn ret(ctx: &FExitContext) -> i64 {
 pub fn fe_get_port(ctx: FEntryContext) -> u32 {
     let (s, n) = (argpos!(get_port_sk), argpos!(get_port_snum));
     if s != NO_ARG && n != NO_ARG {
-        if let (Some(sk), Some(snum)) = (arg(&ctx, s), arg(&ctx, n)) {
+        if let (Some(sk), Some(snum)) = (arg::<2>(&ctx, s), arg::<2>(&ctx, n)) {
             kfunc::get_port_entry(sk, snum as u16);
         }
     }
@@ -59,7 +75,7 @@ pub fn fx_get_port(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "__inet_hash_connect")]
 pub fn fe_hash_connect(ctx: FEntryContext) -> u32 {
-    if let Some(sk) = arg(&ctx, argpos!(hash_connect_sk)) {
+    if let Some(sk) = arg::<4>(&ctx, argpos!(hash_connect_sk)) {
         kfunc::hash_connect_entry(sk);
     }
     0
@@ -73,7 +89,7 @@ pub fn fx_hash_connect(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "__inet_inherit_port")]
 pub fn fe_inherit(ctx: FEntryContext) -> u32 {
-    if let (Some(l), Some(c)) = (arg(&ctx, argpos!(inherit_sk)), arg(&ctx, argpos!(inherit_child))) {
+    if let (Some(l), Some(c)) = (arg::<2>(&ctx, argpos!(inherit_sk)), arg::<2>(&ctx, argpos!(inherit_child))) {
         kfunc::inherit_entry(l, c);
     }
     0
@@ -87,7 +103,7 @@ pub fn fx_inherit(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "inet_put_port")]
 pub fn fe_put_port(ctx: FEntryContext) -> u32 {
-    if let Some(sk) = arg(&ctx, argpos!(put_port_sk)) {
+    if let Some(sk) = arg::<1>(&ctx, argpos!(put_port_sk)) {
         kfunc::put_port_entry(sk);
     }
     0
@@ -101,7 +117,7 @@ pub fn fx_put_port(_ctx: FExitContext) -> u32 {
 
 #[fentry(function = "inet_twsk_hashdance_schedule")]
 pub fn fe_hashdance_schedule(ctx: FEntryContext) -> u32 {
-    if let Some(sk) = arg(&ctx, argpos!(hashdance_sk)) {
+    if let Some(sk) = arg::<3>(&ctx, argpos!(hashdance_sk)) {
         kfunc::hashdance_entry(sk);
     }
     0
@@ -115,7 +131,7 @@ pub fn fx_hashdance_schedule(_ctx: FExitContext) -> u32 {
 
 #[fentry(function = "inet_twsk_hashdance")]
 pub fn fe_hashdance(ctx: FEntryContext) -> u32 {
-    if let Some(sk) = arg(&ctx, argpos!(hashdance_sk)) {
+    if let Some(sk) = arg::<3>(&ctx, argpos!(hashdance_sk)) {
         kfunc::hashdance_entry(sk);
     }
     0
@@ -129,7 +145,7 @@ pub fn fx_hashdance(_ctx: FExitContext) -> u32 {
 
 #[fentry(function = "inet_twsk_bind_unhash")]
 pub fn fe_tw_unhash(ctx: FEntryContext) -> u32 {
-    if let Some(tw) = arg(&ctx, argpos!(bind_unhash_tw)) {
+    if let Some(tw) = arg::<2>(&ctx, argpos!(bind_unhash_tw)) {
         kfunc::tw_unhash_entry(tw);
     }
     0

@@ -42,6 +42,39 @@ pub fn field<T>(base: u64, off: u32) -> Option<T> {
     rd::<T>(base + off as u64)
 }
 
+/// Reads a `T` at `base + off` without branching on the outcome: the helper zero-fills
+/// the destination when the read faults, and a missing field (a constant the verifier
+/// knows from .rodata) reads as zero. Branch-free reads keep the verifier's path count
+/// small on older kernels, whose pruning is weaker.
+#[inline(always)]
+pub fn zfield<T: Copy>(base: u64, off: u32) -> T {
+    let mut v = core::mem::MaybeUninit::<T>::zeroed();
+    if off != NO_FIELD {
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `v` and zero-fills
+        // it on a fault; any source address is allowed.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                v.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+                (base + off as u64) as *const c_void,
+            );
+        }
+    }
+    // SAFETY: zero-initialised, then possibly overwritten by the helper: a valid T for
+    // the plain integer/array types used here.
+    unsafe { v.assume_init() }
+}
+
+/// A bit field read without branching on the outcome (0 when absent or unreadable).
+#[inline(always)]
+pub fn zbits(base: u64, bf: BitField) -> u64 {
+    if bf.byte_off == NO_FIELD || bf.width == 0 || bf.width > 63 || bf.shift > 63 {
+        return 0;
+    }
+    let word: u64 = zfield(base, bf.byte_off);
+    (word >> bf.shift) & ((1u64 << bf.width) - 1)
+}
+
 /// Reads a bit field (see `BitField`).
 #[inline(always)]
 pub fn bits(base: u64, bf: BitField) -> Option<u64> {
@@ -124,66 +157,68 @@ pub fn sk_net(sk: u64) -> Option<u64> {
 
 #[inline(always)]
 pub fn net_inum(net: u64) -> u32 {
-    field(net, layout!(net_ns_inum)).unwrap_or(0)
+    zfield(net, layout!(net_ns_inum))
 }
 
 #[inline(always)]
 pub fn sk_num(sk: u64) -> u16 {
-    field(sk, layout!(sk_num)).unwrap_or(0)
+    zfield(sk, layout!(sk_num))
 }
 
 /// The netns's ephemeral port range `(lo, hi)`.
 #[inline(always)]
 pub fn port_range(net: u64) -> (u16, u16) {
     if layout!(port_range_packed) == 1 {
-        let r: u32 = field(net, layout!(net_port_range)).unwrap_or(0);
+        let r: u32 = zfield(net, layout!(net_port_range));
         ((r & 0xffff) as u16, (r >> 16) as u16)
     } else {
-        let r: [i32; 2] = field(net, layout!(net_port_range)).unwrap_or([0, 0]);
+        let r: [i32; 2] = zfield(net, layout!(net_port_range));
         (r[0] as u16, r[1] as u16)
     }
 }
 
-/// What we read of a socket for an event.
+/// What we read of a socket for an event. The socket options are raw bit-field values
+/// (non-zero: set), combined into flags without branches by the caller.
 pub struct SockInfo {
     pub family: u16,
     pub state: u8,
     pub rport: u16,
     pub laddr: [u8; 16],
     pub raddr: [u8; 16],
-    pub reuse: bool,
-    pub reuseport: bool,
-    pub no_port: bool,
+    pub reuse: u64,
+    pub reuseport: u64,
+    pub no_port: u64,
 }
 
 #[inline(always)]
-pub fn sock_info(sk: u64) -> Option<SockInfo> {
-    let family: u16 = field(sk, layout!(sk_family))?;
-    let state: u8 = field(sk, layout!(sk_state)).unwrap_or(0);
-
-    let rport_be: u16 = field(sk, layout!(sk_dport)).unwrap_or(0);
+pub fn sock_info(sk: u64) -> SockInfo {
+    let family: u16 = zfield(sk, layout!(sk_family));
+    let rport_be: u16 = zfield(sk, layout!(sk_dport));
     let mut laddr = [0u8; 16];
     let mut raddr = [0u8; 16];
     if family == AF_INET6 {
-        laddr = field(sk, layout!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-        raddr = field(sk, layout!(sk_v6_daddr)).unwrap_or([0; 16]);
+        laddr = zfield(sk, layout!(sk_v6_rcv_saddr));
+        raddr = zfield(sk, layout!(sk_v6_daddr));
     } else {
-        let l: [u8; 4] = field(sk, layout!(sk_rcv_saddr)).unwrap_or([0; 4]);
-        let r: [u8; 4] = field(sk, layout!(sk_daddr)).unwrap_or([0; 4]);
+        let l: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
+        let r: [u8; 4] = zfield(sk, layout!(sk_daddr));
         laddr[..4].copy_from_slice(&l);
         raddr[..4].copy_from_slice(&r);
     }
-    Some(SockInfo {
+    SockInfo {
         family,
-        state,
+        state: zfield(sk, layout!(sk_state)),
         rport: u16::from_be(rport_be),
         laddr,
         raddr,
-        reuse: bits(sk, layout!(sk_reuse)).unwrap_or(0) != 0,
-        reuseport: bits(sk, layout!(sk_reuseport)).unwrap_or(0) != 0,
-        no_port: bits(sk, layout!(inet_bind_address_no_port)).unwrap_or(0) != 0,
-    })
+        reuse: zbits(sk, layout!(sk_reuse)),
+        reuseport: zbits(sk, layout!(sk_reuseport)),
+        no_port: zbits(sk, layout!(inet_bind_address_no_port)),
+    }
 }
+
+/// The largest owner count one walk can establish (bpf_loop's 1 << 23 iterations).
+const MAX_OWNERS: u32 = (1 << 22) - 2;
 
 /// State of the bounded walk over a bucket's owners (for `bpf_loop`).
 #[repr(C)]
@@ -226,6 +261,8 @@ extern "C" fn owner_step(_index: u64, _ctx: *mut c_void) -> i64 {
 /// `max` cut the count short.
 #[inline(always)]
 pub fn count_owners(tb: u64, max: u32) -> (u32, bool) {
+    // bpf_loop refuses more than 1 << 23 iterations; two steps per owner at most.
+    let max = if max > MAX_OWNERS { MAX_OWNERS } else { max };
     let Some(p) = OWNER_WALK.get_ptr_mut(0) else { return (0, true) };
     {
         // SAFETY: this CPU's scratch slot; no other program runs on this CPU meanwhile.
@@ -320,10 +357,10 @@ pub fn bucket_state(tb: u64, max_owners: u32) -> (BucketState, bool) {
     let st = BucketState {
         tb,
         owners,
-        l3mdev: field(tb, layout!(tb_l3mdev)).unwrap_or(0),
-        port: field(tb, layout!(tb_port)).unwrap_or(0),
-        fastreuse: field(tb, layout!(tb_fastreuse)).unwrap_or(0),
-        fastreuseport: field(tb, layout!(tb_fastreuseport)).unwrap_or(0),
+        l3mdev: zfield(tb, layout!(tb_l3mdev)),
+        port: zfield(tb, layout!(tb_port)),
+        fastreuse: zfield(tb, layout!(tb_fastreuse)),
+        fastreuseport: zfield(tb, layout!(tb_fastreuseport)),
         _pad: [0; 4],
     };
     (st, truncated)

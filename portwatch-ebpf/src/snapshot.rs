@@ -11,10 +11,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, OWNERS_ON_TB2, SNAP_TRIGGER_PID};
+use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, OWNERS_ON_TB2, SNAP_LOOKUP, SNAP_TRIGGER_PID};
 
 use crate::{
-    kernel::{bits, current_net, field, layout, layout_ready, net_inum, rd, AF_INET6},
+    kernel::{bits, current_net, field, layout, layout_ready, lookup_bucket, net_inum, rd, AF_INET6},
     maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
 };
 
@@ -260,6 +260,10 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     if req.tid == 0 || req.tid != tid {
         return None;
     }
+    if req.mode == SNAP_LOOKUP {
+        lookup(&req);
+        return Some(());
+    }
     let net = current_net()?;
     let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
     let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
@@ -327,6 +331,36 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     // If even END does not fit, user space sees no END and reports the walk as lost.
     let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
     Some(())
+}
+
+/// One bucket, found by hash: a cheap re-read where a backend cannot see the moment
+/// of a change (e.g. close() whose release runs after the syscall's exit on kernels
+/// that defer the final fput).
+#[inline(always)]
+fn lookup(req: &SnapRequest) {
+    let mut end_flags = 0u8;
+    if let Some((b, truncated)) = lookup_bucket(req.net, req.port, req.max_owners) {
+        let r = SnapRecord {
+            addr: b.tb,
+            netns: net_inum(req.net),
+            owners: b.owners,
+            l3mdev: b.l3mdev,
+            port: b.port,
+            family: 0,
+            laddr: [0; 16],
+            fastreuse: b.fastreuse,
+            fastreuseport: b.fastreuseport,
+            kind: rec::BUCKET,
+            flags: if truncated { snapflag::OWNERS_TRUNCATED } else { 0 },
+            state: 0,
+            _pad: [0; 3],
+        };
+        if SNAP_RB.output::<SnapRecord>(&r, 0).is_err() {
+            end_flags |= snapflag::WALK_TRUNCATED;
+        }
+    }
+    let end = SnapRecord { addr: req.seq, kind: rec::END, flags: end_flags, ..SnapRecord::default() };
+    let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
 }
 
 #[tracepoint]

@@ -87,9 +87,17 @@ struct Args {
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
-    let (lo, hi) = s.split_once('-').ok_or_else(|| format!("`{s}`: expected LO-HI"))?;
-    let lo: u16 = lo.trim().parse().map_err(|_| format!("`{s}`: bad low port"))?;
-    let hi: u16 = hi.trim().parse().map_err(|_| format!("`{s}`: bad high port"))?;
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}`: expected LO-HI"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: bad low port"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: bad high port"))?;
     if lo == 0 || lo > hi {
         return Err(format!("`{s}`: need 1 <= LO <= HI"));
     }
@@ -183,7 +191,8 @@ fn main() -> Result<()> {
             for _ in 0..args.workers {
                 let l = ns.socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
                 l.set_reuse_address(reuse)?;
-                l.bind(&sa(Ipv4Addr::LOCALHOST, 0)).context("binding a listener")?;
+                l.bind(&sa(Ipv4Addr::LOCALHOST, 0))
+                    .context("binding a listener")?;
                 l.listen(4096).context("listen")?;
                 listeners.push(l);
             }
@@ -242,7 +251,11 @@ fn main() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut elapsed = 0.0f64;
     let counters = if args.mode == Mode::Hold {
-        Counters { listens_ok: held.len() as u64, binds_ok: held.len() as u64, ..Counters::default() }
+        Counters {
+            listens_ok: held.len() as u64,
+            binds_ok: held.len() as u64,
+            ..Counters::default()
+        }
     } else {
         let listeners = Arc::new(listeners);
         let barrier = Arc::new(Barrier::new(args.workers + 1));
@@ -259,7 +272,11 @@ fn main() -> Result<()> {
                 workers: args.workers,
                 base: args.base,
                 count: args.count,
-                rate_per_worker: if args.rate == 0 { 0 } else { (args.rate / args.workers as u32).max(1) },
+                rate_per_worker: if args.rate == 0 {
+                    0
+                } else {
+                    (args.rate / args.workers as u32).max(1)
+                },
             };
             handles.push(std::thread::spawn(move || -> Result<Counters> {
                 nix::sched::setns(ns_file.as_fd(), CloneFlags::CLONE_NEWNET)
@@ -270,7 +287,8 @@ fn main() -> Result<()> {
         }
         barrier.wait();
         let started = Instant::now();
-        let timed = matches!(args.mode, Mode::Bind | Mode::Connect) || (args.mode == Mode::Soak && args.seconds > 0.0);
+        let timed = matches!(args.mode, Mode::Bind | Mode::Connect)
+            || (args.mode == Mode::Soak && args.seconds > 0.0);
         if timed {
             std::thread::sleep(Duration::from_secs_f64(args.seconds));
             stop.store(true, Ordering::Relaxed);
@@ -298,7 +316,12 @@ fn main() -> Result<()> {
     };
     let mut kept = held.len() as u64;
     HELD.with_lock(|h| kept += h.len() as u64);
-    let done = Done { done: true, elapsed_s: elapsed, counters, held: kept };
+    let done = Done {
+        done: true,
+        elapsed_s: elapsed,
+        counters,
+        held: kept,
+    };
     writeln!(out, "{}", serde_json::to_string(&done)?)?;
     out.flush()?;
     // Keep every socket (and the netns) until the driver closes stdin.
@@ -325,7 +348,10 @@ fn tcp_socket(reuse: bool) -> std::io::Result<Socket> {
 
 /// Raise RLIMIT_NOFILE (soft and, as root, hard) to at least `want`.
 fn raise_nofile(want: u64) -> Result<()> {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `rl` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
@@ -365,7 +391,11 @@ fn worker(a: &WorkerArgs, listeners: &[Socket], stop: &AtomicBool) -> Result<Cou
                     Ok(()) => c.binds_ok += 1,
                     Err(_) => c.binds_failed += 1,
                 }
-                let bound = s.local_addr().ok().and_then(|l| l.as_socket()).is_some_and(|l| l.port() != 0);
+                let bound = s
+                    .local_addr()
+                    .ok()
+                    .and_then(|l| l.as_socket())
+                    .is_some_and(|l| l.port() != 0);
                 drop(s);
                 if bound {
                     c.closes_bound += 1;
@@ -374,7 +404,9 @@ fn worker(a: &WorkerArgs, listeners: &[Socket], stop: &AtomicBool) -> Result<Cou
             }
         }
         Mode::Connect => {
-            let l = listeners.get(a.index).context("no listener for this worker")?;
+            let l = listeners
+                .get(a.index)
+                .context("no listener for this worker")?;
             let target = l.local_addr().context("listener address")?;
             while !stop.load(Ordering::Relaxed) {
                 let cl = tcp_socket(a.reuse).context("socket()")?;
@@ -436,14 +468,23 @@ impl Rng {
 
 const SOAK_MAX_PER_PORT: usize = 4;
 
-fn soak_worker(a: &WorkerArgs, listeners: &[Socket], stop: &AtomicBool, c: &mut Counters) -> Result<()> {
-    let l = listeners.get(a.index).context("no listener for this worker")?;
+fn soak_worker(
+    a: &WorkerArgs,
+    listeners: &[Socket],
+    stop: &AtomicBool,
+    c: &mut Counters,
+) -> Result<()> {
+    let l = listeners
+        .get(a.index)
+        .context("no listener for this worker")?;
     let target = l.local_addr().context("listener address")?;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (a.index as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
+    let mut rng =
+        Rng(0x9e37_79b9_7f4a_7c15 ^ (a.index as u64 + 1).wrapping_mul(0x1234_5678_9abc_def1));
     // Sockets this worker holds, per port offset.
     let mut held: Vec<Vec<Socket>> = (0..a.count).map(|_| Vec::new()).collect();
     let mut accepted: std::collections::VecDeque<Socket> = std::collections::VecDeque::new();
-    let pace = (a.rate_per_worker > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(a.rate_per_worker)));
+    let pace = (a.rate_per_worker > 0)
+        .then(|| Duration::from_secs_f64(1.0 / f64::from(a.rate_per_worker)));
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Some(p) = pace {
@@ -480,7 +521,11 @@ fn soak_worker(a: &WorkerArgs, listeners: &[Socket], stop: &AtomicBool, c: &mut 
                         c.accepts_ok += 1;
                         accepted.push_back(srv);
                     }
-                    let local = s.local_addr().ok().and_then(|x| x.as_socket()).map(|x| x.port());
+                    let local = s
+                        .local_addr()
+                        .ok()
+                        .and_then(|x| x.as_socket())
+                        .map(|x| x.port());
                     match local {
                         Some(p) if p >= a.base && u32::from(p - a.base) < a.count => {
                             held[usize::from(p - a.base)].push(s);

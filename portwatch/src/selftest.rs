@@ -18,9 +18,11 @@ use crate::{
     observer::SessionObserver,
 };
 
-/// A transition reduced to what must agree across backends (no time, pid, op).
+/// A transition reduced to what must agree across backends (no time, pid; `op` is kept
+/// for diagnosis but not compared: backends see a release from different places).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Step {
+    pub op: String,
     pub port: u16,
     pub kind: String,
     pub fastreuse: Option<i8>,
@@ -32,6 +34,7 @@ pub struct Step {
 impl Step {
     fn of(t: &Transition) -> Step {
         Step {
+            op: t.op.as_str().to_string(),
             port: t.key.port,
             kind: t.kind.as_str().to_string(),
             fastreuse: t.after.map(|a| a.fastreuse),
@@ -252,9 +255,10 @@ pub fn render(r: &SelftestReport) -> String {
         s.push_str(&format!("  {verdict} {}\n", sc.name));
         for st in &sc.steps {
             s.push_str(&format!(
-                "      port {} {} fastreuse {} owners {}{}\n",
+                "      port {} {} ({}) fastreuse {} owners {}{}\n",
                 st.port,
                 st.kind,
+                st.op,
                 st.fastreuse.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
                 st.owners,
                 if st.errno != 0 { format!(" errno {}", st.errno) } else { String::new() }

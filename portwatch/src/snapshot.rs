@@ -9,7 +9,7 @@ use aya::{
     programs::TracePoint,
     Ebpf,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_TRIGGER_PID};
+use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID, SNAP_WALK};
 
 use crate::{
     backend::{error_chain, BackendError},
@@ -76,22 +76,39 @@ impl Snapshotter {
 
     /// Runs one walk and collects its records.
     pub fn take(&mut self, ebpf: &mut Ebpf, resolved: &Resolved, opts: &SnapOptions) -> Result<Snapshot, BackendError> {
+        let req = SnapRequest {
+            netns: opts.netns,
+            port: opts.port,
+            verbose: opts.verbose as u8,
+            mode: SNAP_WALK,
+            max_chain: opts.max_chain,
+            max_owners: opts.max_owners,
+            ..SnapRequest::default()
+        };
+        let (records, end) = self.request(ebpf, req)?;
+        let tb2_v6 = resolved.layout.tb2_v6_rcv_saddr != NO_FIELD;
+        let mut snap = assemble(&records, tb2_v6);
+        snap.slots = end.netns;
+        snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
+        Ok(snap)
+    }
+
+    /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
+    /// `struct net` taken from an event. `None`: no such bucket now.
+    pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Option<SnapRecord>, BackendError> {
+        let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, ..SnapRequest::default() };
+        let (records, _) = self.request(ebpf, req)?;
+        Ok(records.into_iter().find(|r| r.kind == rec::BUCKET))
+    }
+
+    /// Writes the request, makes the trigger syscall, collects the records up to END.
+    fn request(&mut self, ebpf: &mut Ebpf, mut req: SnapRequest) -> Result<(Vec<SnapRecord>, SnapRecord), BackendError> {
         // Records of an earlier, abandoned walk must not mix into this one.
         while self.rb.next().is_some() {}
         self.seq += 1;
         // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() } as u32;
-        let req = SnapRequest {
-            tid,
-            netns: opts.netns,
-            port: opts.port,
-            verbose: opts.verbose as u8,
-            _pad: [0],
-            max_chain: opts.max_chain,
-            max_owners: opts.max_owners,
-            _pad2: 0,
-            seq: self.seq,
-        };
+        req.tid = unsafe { libc::gettid() } as u32;
+        req.seq = self.seq;
         {
             let mut arr: Array<_, SnapRequest> = Array::try_from(
                 ebpf.map_mut("SNAP_REQ").ok_or(BackendError::Missing { what: "map", name: "SNAP_REQ".into() })?,
@@ -104,27 +121,19 @@ impl Snapshotter {
         // SAFETY: getpgid has no memory-safety preconditions.
         unsafe { libc::getpgid(SNAP_TRIGGER_PID) };
         let mut records = Vec::new();
-        let mut end = None;
         while let Some(item) = self.rb.next() {
             let r = decode_snap_record(&item)?;
             if r.kind == rec::END {
                 if r.addr == self.seq {
-                    end = Some(r);
+                    return Ok((records, r));
                 }
                 break;
             }
             records.push(r);
         }
-        let Some(end) = end else {
-            return Err(BackendError::Snapshot(
-                "the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)".into(),
-            ));
-        };
-        let tb2_v6 = resolved.layout.tb2_v6_rcv_saddr != NO_FIELD;
-        let mut snap = assemble(&records, tb2_v6);
-        snap.slots = end.netns;
-        snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
-        Ok(snap)
+        Err(BackendError::Snapshot(
+            "the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)".into(),
+        ))
     }
 }
 

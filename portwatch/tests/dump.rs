@@ -31,7 +31,9 @@ fn bound(ip: &str, port: u16, reuseaddr: bool, reuseport: bool) -> Socket {
     let s = new_tcp();
     s.set_reuse_address(reuseaddr).expect("SO_REUSEADDR");
     s.set_reuse_port(reuseport).expect("SO_REUSEPORT");
-    s.bind(&v4(ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port} (reuseaddr={reuseaddr}, reuseport={reuseport}): {e}"));
+    s.bind(&v4(ip, port)).unwrap_or_else(|e| {
+        panic!("bind {ip}:{port} (reuseaddr={reuseaddr}, reuseport={reuseport}): {e}")
+    });
     s
 }
 
@@ -42,13 +44,18 @@ fn listening(ip: &str, port: u16, reuseaddr: bool, reuseport: bool) -> Socket {
 }
 
 fn local_port(s: &Socket) -> u16 {
-    s.local_addr().expect("getsockname").as_socket().expect("an inet address").port()
+    s.local_addr()
+        .expect("getsockname")
+        .as_socket()
+        .expect("an inet address")
+        .port()
 }
 
 /// Connects a client to `ip:port`, accepts it on `l`: (client, accepted server side).
 fn connected(l: &Socket, ip: &str, port: u16) -> (Socket, Socket) {
     let c = new_tcp();
-    c.connect(&v4(ip, port)).unwrap_or_else(|e| panic!("connect {ip}:{port}: {e}"));
+    c.connect(&v4(ip, port))
+        .unwrap_or_else(|e| panic!("connect {ip}:{port}: {e}"));
     let (a, _) = l.accept().expect("accept");
     (c, a)
 }
@@ -60,7 +67,9 @@ fn connected(l: &Socket, ip: &str, port: u16) -> (Socket, Socket) {
 fn close_server_first(client: Socket, server: Socket) {
     drop(server);
     let mut buf = [0u8; 16];
-    let n = (&client).read(&mut buf).expect("client read until the server's FIN");
+    let n = (&client)
+        .read(&mut buf)
+        .expect("client read until the server's FIN");
     assert_eq!(n, 0, "the server sent no data, the client must see EOF");
     drop(client);
 }
@@ -86,10 +95,17 @@ fn dump_json(args: &[&str]) -> Vec<Value> {
 fn by_port(rows: &[Value], netns: u32) -> BTreeMap<u16, &Value> {
     let mut m = BTreeMap::new();
     for r in rows {
-        assert_eq!(r["netns"].as_u64(), Some(u64::from(netns)), "only our netns: {r}");
+        assert_eq!(
+            r["netns"].as_u64(),
+            Some(u64::from(netns)),
+            "only our netns: {r}"
+        );
         assert_eq!(r["l3mdev"], 0, "no VRF here: {r}");
         assert_eq!(r["owners_truncated"], false, "owners must be exact: {r}");
-        let port = r["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or_else(|| panic!("port: {r}"));
+        let port = r["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("port: {r}"));
         assert!(m.insert(port, r).is_none(), "port {port} listed twice");
     }
     m
@@ -98,9 +114,15 @@ fn by_port(rows: &[Value], netns: u32) -> BTreeMap<u16, &Value> {
 /// (fastreuse, fastreuseport, owners) of a row.
 fn state(r: &Value) -> (i64, i64, u64) {
     (
-        r["fastreuse"].as_i64().unwrap_or_else(|| panic!("fastreuse: {r}")),
-        r["fastreuseport"].as_i64().unwrap_or_else(|| panic!("fastreuseport: {r}")),
-        r["owners"].as_u64().unwrap_or_else(|| panic!("owners: {r}")),
+        r["fastreuse"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("fastreuse: {r}")),
+        r["fastreuseport"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("fastreuseport: {r}")),
+        r["owners"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("owners: {r}")),
     )
 }
 
@@ -117,7 +139,11 @@ struct SsView {
 }
 
 fn parse_ss(out: &str) -> SsView {
-    let mut v = SsView { per_port: BTreeMap::new(), per_state: BTreeMap::new(), lines: 0 };
+    let mut v = SsView {
+        per_port: BTreeMap::new(),
+        per_state: BTreeMap::new(),
+        lines: 0,
+    };
     for line in out.lines().filter(|l| !l.trim().is_empty()) {
         // State Recv-Q Send-Q Local:Port Peer:Port
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -146,30 +172,54 @@ fn require_tools(test: &str) {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
-        assert!(found, "{test}: `{tool}` not found in PATH; install util-linux (nsenter) and iproute2 (ss)");
+        assert!(
+            found,
+            "{test}: `{tool}` not found in PATH; install util-linux (nsenter) and iproute2 (ss)"
+        );
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // 1. Scale: 10,000 sockets on about 2,000 ports, mixed states.
 
-/// Bound-only ports: each holds 5 sockets on 4 local addresses (plain and SO_REUSEADDR,
-/// two SO_REUSEADDR sockets sharing 127.0.0.4).
-const BOUND_PORTS: std::ops::Range<u16> = 10000..10600;
-const BOUND_PER_PORT: u32 = 5;
+/// Bound-only ports, cycling through three layouts (see [`bound_layout`]).
+const BOUND_PORTS: std::ops::Range<u16> = 10000..11050;
 /// Listener ports (0.0.0.0:P), each with accepted connections.
 const LISTEN_PORTS: std::ops::Range<u16> = 20000..20400;
 /// Connections kept ESTABLISHED (client + accepted server side: 2 sockets each).
-const ESTABLISHED: u32 = 2500;
+const ESTABLISHED: u32 = 2600;
 /// Connections closed server side first: the server side stays in TIME-WAIT on the
 /// listener's port (1 socket each), the client side goes away.
 const TIME_WAIT: u32 = 1600;
-/// The ephemeral range configured in the namespace for the clients.
+/// The ephemeral range configured in the namespace for the clients. connect() prefers
+/// even ports and shares a -1/-1 bucket between different remotes, so about half of it
+/// ends up used.
 const EPHEMERAL: (u16, u16) = (40000, 40999);
-const TOTAL: u32 = (BOUND_PORTS.end - BOUND_PORTS.start) as u32 * BOUND_PER_PORT
-    + (LISTEN_PORTS.end - LISTEN_PORTS.start) as u32
-    + 2 * ESTABLISHED
-    + TIME_WAIT;
+const TOTAL: u32 = 10_000;
+
+/// The bound-only sockets of the i-th bound port: (local address, SO_REUSEADDR).
+/// Several local addresses on one port, with and without SO_REUSEADDR, and two
+/// SO_REUSEADDR sockets sharing one address (allowed: both set it, neither listens).
+fn bound_layout(i: usize) -> &'static [(&'static str, bool)] {
+    match i % 3 {
+        0 => &[
+            ("127.0.0.1", false),
+            ("127.0.0.2", false),
+            ("127.0.0.3", true),
+            ("127.0.0.4", true),
+            ("127.0.0.4", true),
+        ],
+        1 => &[("127.0.0.1", false), ("127.0.0.2", true)],
+        _ => &[("127.0.0.5", false)],
+    }
+}
+
+fn bound_sockets() -> u32 {
+    BOUND_PORTS
+        .enumerate()
+        .map(|(i, _)| bound_layout(i).len() as u32)
+        .sum()
+}
 
 /// What the test created: the live sockets and, per port, how many sockets hold it.
 struct Built {
@@ -184,18 +234,16 @@ fn build_scale() -> Built {
     let mut keep = Vec::with_capacity(TOTAL as usize);
     let mut expected: BTreeMap<u16, u32> = BTreeMap::new();
     let mut bound_only: BTreeMap<u16, u32> = BTreeMap::new();
-    for port in BOUND_PORTS {
-        // Plain binds on two addresses, SO_REUSEADDR on a third, and two SO_REUSEADDR
-        // sockets sharing a fourth (allowed: both set it and neither listens).
-        keep.push(bound("127.0.0.1", port, false, false));
-        keep.push(bound("127.0.0.2", port, false, false));
-        keep.push(bound("127.0.0.3", port, true, false));
-        keep.push(bound("127.0.0.4", port, true, false));
-        keep.push(bound("127.0.0.4", port, true, false));
-        *expected.entry(port).or_default() += BOUND_PER_PORT;
-        *bound_only.entry(port).or_default() += BOUND_PER_PORT;
+    for (i, port) in BOUND_PORTS.enumerate() {
+        for &(ip, reuseaddr) in bound_layout(i) {
+            keep.push(bound(ip, port, reuseaddr, false));
+            *expected.entry(port).or_default() += 1;
+            *bound_only.entry(port).or_default() += 1;
+        }
     }
-    let listeners: Vec<(u16, Socket)> = LISTEN_PORTS.map(|p| (p, listening("0.0.0.0", p, true, false))).collect();
+    let listeners: Vec<(u16, Socket)> = LISTEN_PORTS
+        .map(|p| (p, listening("0.0.0.0", p, true, false)))
+        .collect();
     for (p, _) in &listeners {
         *expected.entry(*p).or_default() += 1;
     }
@@ -212,15 +260,26 @@ fn build_scale() -> Built {
         let (p, l) = &listeners[(i % n) as usize];
         let (c, a) = connected(l, "127.0.0.1", *p);
         let eph = local_port(&c);
-        assert!((EPHEMERAL.0..=EPHEMERAL.1).contains(&eph), "client port {eph} outside the configured range {EPHEMERAL:?}");
-        assert_eq!(local_port(&a), *p, "the accepted side holds the listener's port");
+        assert!(
+            (EPHEMERAL.0..=EPHEMERAL.1).contains(&eph),
+            "client port {eph} outside the configured range {EPHEMERAL:?}"
+        );
+        assert_eq!(
+            local_port(&a),
+            *p,
+            "the accepted side holds the listener's port"
+        );
         *expected.entry(eph).or_default() += 1;
         *expected.entry(*p).or_default() += 1;
         keep.push(c);
         keep.push(a);
     }
     keep.extend(listeners.into_iter().map(|(_, l)| l));
-    Built { keep, expected, bound_only }
+    Built {
+        keep,
+        expected,
+        bound_only,
+    }
 }
 
 /// Polls `ss` until only LISTEN, ESTAB and TIME-WAIT remain (the LAST-ACK clients are
@@ -231,11 +290,19 @@ fn settle(path: &str, lines: usize) -> SsView {
         let (code, out, err) = ss_in(path, &[]);
         assert_eq!(code, 0, "ss -tanH in the netns failed: {err}");
         let v = parse_ss(&out);
-        let transient = v.per_state.keys().any(|s| !matches!(s.as_str(), "LISTEN" | "ESTAB" | "TIME-WAIT"));
+        let transient = v
+            .per_state
+            .keys()
+            .any(|s| !matches!(s.as_str(), "LISTEN" | "ESTAB" | "TIME-WAIT"));
         if !transient && v.lines == lines {
             return v;
         }
-        assert!(Instant::now() < deadline, "sockets did not settle within 20 s: {:?}, {} lines, want {lines}", v.per_state, v.lines);
+        assert!(
+            Instant::now() < deadline,
+            "sockets did not settle within 20 s: {:?}, {} lines, want {lines}",
+            v.per_state,
+            v.lines
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -246,6 +313,12 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
         return;
     }
     require_tools("ten_thousand_sockets_every_port_counted_exactly");
+    let listeners = (LISTEN_PORTS.end - LISTEN_PORTS.start) as u32;
+    assert_eq!(
+        bound_sockets() + listeners + 2 * ESTABLISHED + TIME_WAIT,
+        TOTAL,
+        "the plan adds up"
+    );
     // Open at the same time: bound, listeners, established pairs; plus slack for other
     // tests of this binary running in parallel.
     let open = TOTAL - TIME_WAIT;
@@ -256,16 +329,35 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
     let built = ns.run(build_scale).expect("netns thread");
     let build_time = t0.elapsed();
     assert_eq!(built.keep.len() as u32, open);
-    assert_eq!(built.expected.values().sum::<u32>(), TOTAL, "the test's own bookkeeping");
+    assert_eq!(
+        built.expected.values().sum::<u32>(),
+        TOTAL,
+        "the test's own bookkeeping"
+    );
 
     let listed = TOTAL - built.bound_only.values().sum::<u32>();
     let t_ss = Instant::now();
     let ss = settle(&path, listed as usize);
     let ss_time = t_ss.elapsed();
     // ss agrees with what the test meant to build.
-    assert_eq!(ss.per_state.get("LISTEN").copied(), Some((LISTEN_PORTS.end - LISTEN_PORTS.start) as u32), "{:?}", ss.per_state);
-    assert_eq!(ss.per_state.get("ESTAB").copied(), Some(2 * ESTABLISHED), "{:?}", ss.per_state);
-    assert_eq!(ss.per_state.get("TIME-WAIT").copied(), Some(TIME_WAIT), "{:?}", ss.per_state);
+    assert_eq!(
+        ss.per_state.get("LISTEN").copied(),
+        Some(listeners),
+        "{:?}",
+        ss.per_state
+    );
+    assert_eq!(
+        ss.per_state.get("ESTAB").copied(),
+        Some(2 * ESTABLISHED),
+        "{:?}",
+        ss.per_state
+    );
+    assert_eq!(
+        ss.per_state.get("TIME-WAIT").copied(),
+        Some(TIME_WAIT),
+        "{:?}",
+        ss.per_state
+    );
 
     // One more ss run, timed on its own, for the report.
     let t_ss1 = Instant::now();
@@ -274,7 +366,10 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
     assert_eq!(code, 0, "{err}");
     let ss = {
         let again = parse_ss(&ss_out);
-        assert_eq!(again.per_port, ss.per_port, "the namespace is static once settled");
+        assert_eq!(
+            again.per_port, ss.per_port,
+            "the namespace is static once settled"
+        );
         again
     };
     // Bound-only sockets: listed by `ss state bound-inactive` where ss and the kernel
@@ -302,21 +397,44 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
     let mut wrong = Vec::new();
     let mut wrong_ss = Vec::new();
     for (port, row) in &got {
-        let owners = row["owners"].as_u64().unwrap_or_else(|| panic!("owners: {row}"));
+        let owners = row["owners"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("owners: {row}"));
         let want = u64::from(built.expected[port]);
         if owners != want {
             wrong.push(format!("port {port}: dump {owners}, created {want}"));
         }
-        let from_ss = u64::from(ss.per_port.get(port).copied().unwrap_or(0) + bound_only.get(port).copied().unwrap_or(0));
+        let from_ss = u64::from(
+            ss.per_port.get(port).copied().unwrap_or(0)
+                + bound_only.get(port).copied().unwrap_or(0),
+        );
         if owners != from_ss {
             wrong_ss.push(format!("port {port}: dump {owners}, ss {from_ss}"));
         }
     }
-    assert!(wrong.is_empty(), "{} ports with wrong owners, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(20)]);
-    assert!(wrong_ss.is_empty(), "{} ports disagree with ss, e.g. {:?}", wrong_ss.len(), &wrong_ss[..wrong_ss.len().min(20)]);
-    let ss_ports: BTreeSet<u16> = ss.per_port.keys().chain(bound_only.keys()).copied().collect();
+    assert!(
+        wrong.is_empty(),
+        "{} ports with wrong owners, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(20)]
+    );
+    assert!(
+        wrong_ss.is_empty(),
+        "{} ports disagree with ss, e.g. {:?}",
+        wrong_ss.len(),
+        &wrong_ss[..wrong_ss.len().min(20)]
+    );
+    let ss_ports: BTreeSet<u16> = ss
+        .per_port
+        .keys()
+        .chain(bound_only.keys())
+        .copied()
+        .collect();
     assert_eq!(ss_ports, ports, "ss and the dump list the same ports");
-    assert_eq!(got.values().map(|r| state(r).2).sum::<u64>(), u64::from(TOTAL));
+    assert_eq!(
+        got.values().map(|r| state(r).2).sum::<u64>(),
+        u64::from(TOTAL)
+    );
 
     // The bucket state of each kind of port, as 6.18 produces it.
     for (port, row) in &got {
@@ -406,20 +524,45 @@ fn fastreuse_values_as_this_kernel_sets_them() {
     assert_eq!(got, want);
 
     // Transitions of the connect()-created bucket on 50000.
-    let plain = ns.run(|| bound("127.3.3.3", 50000, false, false)).expect("netns thread");
-    let got = states(&by_port(&dump_json(&["--netns", &path, "--port", "50000"]), ns.inode()));
-    assert_eq!(got.get(&50000), Some(&(0, 0, 3)), "plain bind of another address: -1 -> 0");
+    let plain = ns
+        .run(|| bound("127.3.3.3", 50000, false, false))
+        .expect("netns thread");
+    let got = states(&by_port(
+        &dump_json(&["--netns", &path, "--port", "50000"]),
+        ns.inode(),
+    ));
+    assert_eq!(
+        got.get(&50000),
+        Some(&(0, 0, 3)),
+        "plain bind of another address: -1 -> 0"
+    );
     drop(plain);
-    let got = states(&by_port(&dump_json(&["--netns", &path, "--port", "50000"]), ns.inode()));
+    let got = states(&by_port(
+        &dump_json(&["--netns", &path, "--port", "50000"]),
+        ns.inode(),
+    ));
     // 6.18 "tcp: Update bind bucket state on port release": the remaining owners are all
     // connect()-bound (SOCK_CONNECT_BIND), so the bucket returns to -1/-1. Earlier kernels
     // keep 0 until the bucket dies.
-    assert_eq!(got.get(&50000), Some(&(-1, -1, 2)), "back to -1 once the bind()-bound owner left");
-    let reuse = ns.run(|| bound("127.4.4.4", 50000, true, false)).expect("netns thread");
-    let got = states(&by_port(&dump_json(&["--netns", &path, "--port", "50000"]), ns.inode()));
+    assert_eq!(
+        got.get(&50000),
+        Some(&(-1, -1, 2)),
+        "back to -1 once the bind()-bound owner left"
+    );
+    let reuse = ns
+        .run(|| bound("127.4.4.4", 50000, true, false))
+        .expect("netns thread");
+    let got = states(&by_port(
+        &dump_json(&["--netns", &path, "--port", "50000"]),
+        ns.inode(),
+    ));
     // SO_REUSEADDR bind of another address keeps fastreuse -1 (as the article says), but
     // inet_csk_update_fastreuse sets fastreuseport to 0 (the socket has no SO_REUSEPORT).
-    assert_eq!(got.get(&50000), Some(&(-1, 0, 3)), "SO_REUSEADDR bind keeps fastreuse -1");
+    assert_eq!(
+        got.get(&50000),
+        Some(&(-1, 0, 3)),
+        "SO_REUSEADDR bind keeps fastreuse -1"
+    );
     drop(reuse);
     drop(keep);
 }
@@ -429,7 +572,9 @@ fn fastreuse_values_as_this_kernel_sets_them() {
 
 /// (address, [(local, state, reuseaddr, reuseport)]) of a verbose row, sorted.
 fn addresses(row: &Value) -> BTreeMap<String, BTreeSet<(String, String, bool, bool)>> {
-    let list = row["addresses"].as_array().unwrap_or_else(|| panic!("-v rows have `addresses`: {row}"));
+    let list = row["addresses"]
+        .as_array()
+        .unwrap_or_else(|| panic!("-v rows have `addresses`: {row}"));
     let mut m = BTreeMap::new();
     for a in list {
         let owners = a["owners"]
@@ -438,17 +583,37 @@ fn addresses(row: &Value) -> BTreeMap<String, BTreeSet<(String, String, bool, bo
             .iter()
             .map(|o| {
                 (
-                    o["local"].as_str().unwrap_or_else(|| panic!("local: {o}")).to_owned(),
-                    o["state"].as_str().unwrap_or_else(|| panic!("state: {o}")).to_owned(),
-                    o["reuseaddr"].as_bool().unwrap_or_else(|| panic!("reuseaddr: {o}")),
-                    o["reuseport"].as_bool().unwrap_or_else(|| panic!("reuseport: {o}")),
+                    o["local"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("local: {o}"))
+                        .to_owned(),
+                    o["state"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("state: {o}"))
+                        .to_owned(),
+                    o["reuseaddr"]
+                        .as_bool()
+                        .unwrap_or_else(|| panic!("reuseaddr: {o}")),
+                    o["reuseport"]
+                        .as_bool()
+                        .unwrap_or_else(|| panic!("reuseport: {o}")),
                 )
             })
             .collect::<BTreeSet<_>>();
         let n = a["owners"].as_array().map(Vec::len).unwrap_or(0);
-        assert_eq!(owners.len(), n, "owners listed once each (distinct here): {a}");
-        let addr = a["address"].as_str().unwrap_or_else(|| panic!("address: {a}")).to_owned();
-        assert!(m.insert(addr, owners).is_none(), "address listed twice: {row}");
+        assert_eq!(
+            owners.len(),
+            n,
+            "owners listed once each (distinct here): {a}"
+        );
+        let addr = a["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("address: {a}"))
+            .to_owned();
+        assert!(
+            m.insert(addr, owners).is_none(),
+            "address listed twice: {row}"
+        );
     }
     m
 }
@@ -487,7 +652,11 @@ fn verbose_lists_addresses_and_owner_sockets() {
     loop {
         let (_, out, _) = ss_in(&path, &[]);
         let v = parse_ss(&out);
-        if v.per_state.get("TIME-WAIT") == Some(&1) && v.per_state.keys().all(|s| matches!(s.as_str(), "LISTEN" | "ESTAB" | "TIME-WAIT")) {
+        if v.per_state.get("TIME-WAIT") == Some(&1)
+            && v.per_state
+                .keys()
+                .all(|s| matches!(s.as_str(), "LISTEN" | "ESTAB" | "TIME-WAIT"))
+        {
             break;
         }
         assert!(Instant::now() < deadline, "no settled TIME-WAIT: {out}");
@@ -495,34 +664,68 @@ fn verbose_lists_addresses_and_owner_sockets() {
     }
     let rows = dump_json(&["--netns", &path, "-v"]);
     let got = by_port(&rows, ns.inode());
-    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1234, 6000, 6001, 50000]);
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        vec![1234, 6000, 6001, 50000]
+    );
 
     let want_6000: BTreeMap<String, BTreeSet<_>> = [
-        ("127.0.0.1".to_owned(), [o("127.0.0.1:6000", "CLOSE", false, false)].into()),
-        ("127.0.0.2".to_owned(), [o("127.0.0.2:6000", "CLOSE", true, false)].into()),
+        (
+            "127.0.0.1".to_owned(),
+            [o("127.0.0.1:6000", "CLOSE", false, false)].into(),
+        ),
+        (
+            "127.0.0.2".to_owned(),
+            [o("127.0.0.2:6000", "CLOSE", true, false)].into(),
+        ),
     ]
     .into();
-    assert_eq!(addresses(got[&6000]), want_6000, "two local addresses, two rows: {}", got[&6000]);
+    assert_eq!(
+        addresses(got[&6000]),
+        want_6000,
+        "two local addresses, two rows: {}",
+        got[&6000]
+    );
     assert_eq!(state(got[&6000]).2, 2);
 
     // The accepted sockets inherit the listener's options; the TIME-WAIT socket is
     // listed by its own state name.
     let want_1234: BTreeMap<String, BTreeSet<_>> = [
-        ("0.0.0.0".to_owned(), [o("0.0.0.0:1234", "LISTEN", false, false)].into()),
-        ("127.0.0.1".to_owned(), [o("127.0.0.1:1234", "ESTABLISHED", false, false)].into()),
-        ("127.0.0.2".to_owned(), [o("127.0.0.2:1234", "TIME_WAIT", false, false)].into()),
+        (
+            "0.0.0.0".to_owned(),
+            [o("0.0.0.0:1234", "LISTEN", false, false)].into(),
+        ),
+        (
+            "127.0.0.1".to_owned(),
+            [o("127.0.0.1:1234", "ESTABLISHED", false, false)].into(),
+        ),
+        (
+            "127.0.0.2".to_owned(),
+            [o("127.0.0.2:1234", "TIME_WAIT", false, false)].into(),
+        ),
     ]
     .into();
     assert_eq!(addresses(got[&1234]), want_1234, "{}", got[&1234]);
     assert_eq!(state(got[&1234]).2, 3, "listener, accepted, TIME-WAIT");
 
-    let want_6001: BTreeMap<String, BTreeSet<_>> =
-        [("127.0.0.1".to_owned(), [o("127.0.0.1:6001", "CLOSE", true, true)].into())].into();
+    let want_6001: BTreeMap<String, BTreeSet<_>> = [(
+        "127.0.0.1".to_owned(),
+        [o("127.0.0.1:6001", "CLOSE", true, true)].into(),
+    )]
+    .into();
     assert_eq!(addresses(got[&6001]), want_6001, "{}", got[&6001]);
 
-    let want_50000: BTreeMap<String, BTreeSet<_>> =
-        [("127.0.0.1".to_owned(), [o("127.0.0.1:50000", "ESTABLISHED", false, false)].into())].into();
-    assert_eq!(addresses(got[&50000]), want_50000, "the TIME-WAIT was the server's, the client is gone: {}", got[&50000]);
+    let want_50000: BTreeMap<String, BTreeSet<_>> = [(
+        "127.0.0.1".to_owned(),
+        [o("127.0.0.1:50000", "ESTABLISHED", false, false)].into(),
+    )]
+    .into();
+    assert_eq!(
+        addresses(got[&50000]),
+        want_50000,
+        "the TIME-WAIT was the server's, the client is gone: {}",
+        got[&50000]
+    );
 
     // Every row: owners = the sum over its addresses.
     for (port, row) in &got {
@@ -548,7 +751,10 @@ fn verbose_lists_addresses_and_owner_sockets() {
     }
     // Without -v: no address rows, no `addresses` key.
     let rows = dump_json(&["--netns", &path]);
-    assert!(rows.iter().all(|r| r.get("addresses").is_none()), "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.get("addresses").is_none()),
+        "{rows:?}"
+    );
     drop(keep);
 }
 
@@ -568,7 +774,13 @@ fn port_filter_netns_all_and_default_netns() {
         .run(|| {
             let l = listening("0.0.0.0", 7100, false, false);
             let (c, a) = connected(&l, "127.0.0.1", 7100);
-            vec![l, c, a, bound("127.0.0.1", 7101, false, false), bound("127.0.0.1", 7102, true, false)]
+            vec![
+                l,
+                c,
+                a,
+                bound("127.0.0.1", 7101, false, false),
+                bound("127.0.0.1", 7102, true, false),
+            ]
         })
         .expect("netns thread");
     let ours: BTreeSet<u16> = [7100, 7101, 7102, 50000].into();
@@ -576,10 +788,18 @@ fn port_filter_netns_all_and_default_netns() {
     // --port P: that port only.
     let rows = dump_json(&["--netns", &path, "--port", "7101"]);
     let got = by_port(&rows, inode);
-    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![7101], "{rows:?}");
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        vec![7101],
+        "{rows:?}"
+    );
     assert_eq!(state(got[&7101]), (0, 0, 1));
     let rows = dump_json(&["--netns", &path, "--port", "7100"]);
-    assert_eq!(states(&by_port(&rows, inode)), [(7100, (0, 0, 2))].into(), "listener + accepted");
+    assert_eq!(
+        states(&by_port(&rows, inode)),
+        [(7100, (0, 0, 2))].into(),
+        "listener + accepted"
+    );
     // A port nobody uses: no rows, still success.
     assert!(dump_json(&["--netns", &path, "--port", "7199"]).is_empty());
 
@@ -588,12 +808,19 @@ fn port_filter_netns_all_and_default_netns() {
     assert_eq!(code, 0, "{err}");
     let mut lines = out.lines();
     let header = lines.next().unwrap_or_default();
-    assert!(header.split_whitespace().next() == Some("NETNS"), "first column is NETNS: {header}");
-    assert!(header.contains("TCP-PORT") && header.contains("FASTREUSE") && header.contains("#OWNERS"), "{header}");
+    assert!(
+        header.split_whitespace().next() == Some("NETNS"),
+        "first column is NETNS: {header}"
+    );
+    assert!(
+        header.contains("TCP-PORT") && header.contains("FASTREUSE") && header.contains("#OWNERS"),
+        "{header}"
+    );
     let mine: BTreeSet<u16> = lines
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.first() == Some(&inode.to_string().as_str())).then(|| f[1].parse::<u16>().expect("port column"))
+            (f.first() == Some(&inode.to_string().as_str()))
+                .then(|| f[1].parse::<u16>().expect("port column"))
         })
         .collect();
     assert_eq!(mine, ours, "--netns all shows our namespace's rows:\n{out}");
@@ -609,14 +836,22 @@ fn port_filter_netns_all_and_default_netns() {
     let (code, out, err) = run_in_netns(&path, common::bin(), &["dump", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let rows: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON array: {e}: {out}"));
+    let rows: Vec<Value> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON array: {e}: {out}"));
     let got = by_port(&rows, inode);
-    assert_eq!(got.keys().copied().collect::<BTreeSet<_>>(), ours, "only this namespace's ports");
+    assert_eq!(
+        got.keys().copied().collect::<BTreeSet<_>>(),
+        ours,
+        "only this namespace's ports"
+    );
     // And the table without --netns has no NETNS column.
     let (code, out, err) = run_in_netns(&path, common::bin(), &["dump"]);
     assert_eq!(code, 0, "{err}");
     let header = out.lines().next().unwrap_or_default();
-    assert!(header.starts_with("TCP-PORT"), "no NETNS column for one namespace: {out}");
+    assert!(
+        header.starts_with("TCP-PORT"),
+        "no NETNS column for one namespace: {out}"
+    );
     assert_eq!(out.lines().count(), 1 + ours.len(), "{out}");
     drop(keep);
 }
@@ -630,7 +865,10 @@ fn bad_arguments_fail_cleanly() {
     let (code, _, err) = run_portwatch(&["dump", "--netns", "/tmp"]);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("/tmp is not a network namespace"), "{err}");
-    assert!(err.contains("/proc/PID/ns/net"), "the message says what is expected: {err}");
+    assert!(
+        err.contains("/proc/PID/ns/net"),
+        "the message says what is expected: {err}"
+    );
 
     let (code, _, err) = run_portwatch(&["dump", "--netns", "/nonexistent/ns"]);
     assert_ne!(code, 0, "{err}");
@@ -640,7 +878,13 @@ fn bad_arguments_fail_cleanly() {
         let (code, out, err) = run_portwatch(&["dump", "--port", bad]);
         assert_ne!(code, 0, "--port {bad}: {out} {err}");
         assert!(out.is_empty(), "nothing on stdout for --port {bad}: {out}");
-        assert!(err.contains(&format!("invalid port `{bad}`")), "--port {bad}: {err}");
-        assert!(err.contains("1 to 65535"), "--port {bad}: the message gives the valid range: {err}");
+        assert!(
+            err.contains(&format!("invalid port `{bad}`")),
+            "--port {bad}: {err}"
+        );
+        assert!(
+            err.contains("1 to 65535"),
+            "--port {bad}: the message gives the valid range: {err}"
+        );
     }
 }

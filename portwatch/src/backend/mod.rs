@@ -15,7 +15,7 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use portwatch_common::{ArgPos, Config, Event, Layout, TpOffsets};
+use portwatch_common::{flag, op, ArgPos, Config, Event, Layout, TpOffsets};
 use thiserror::Error;
 
 use crate::{
@@ -123,6 +123,7 @@ pub struct Session {
     pub warnings: Vec<String>,
     snap: Option<crate::snapshot::Snapshotter>,
     pub tracefs_mounted_by_us: bool,
+    max_owners: u32,
 }
 
 /// Syscall tracepoints of the tracepoint backend: (program, tracepoint, required).
@@ -197,6 +198,7 @@ impl Session {
             warnings,
             snap: Some(snap),
             tracefs_mounted_by_us: mounted,
+            max_owners: opts.max_owners,
         })
     }
 
@@ -231,6 +233,11 @@ impl Session {
     }
 
     /// Everything the programs sent since the last call.
+    ///
+    /// The tracepoint backend reports close() at the syscall's exit; kernels before 6.15
+    /// release the socket after that (the final fput runs on the way back to user space),
+    /// so a close event whose bucket still shows the port is followed by a re-read of that
+    /// bucket, sent as a second close event when it changed.
     pub fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
         let mut out = Vec::new();
         if let Some(rb) = self.events.as_mut() {
@@ -238,7 +245,48 @@ impl Session {
                 out.push(decode_event(&item)?);
             }
         }
+        if self.backend == Some(Backend::Tracepoint) && out.iter().any(needs_reread) {
+            let mut merged = Vec::with_capacity(out.len() + 1);
+            for ev in out {
+                let again = if needs_reread(&ev) { self.reread(&ev)? } else { None };
+                merged.push(ev);
+                merged.extend(again);
+            }
+            out = merged;
+        }
         Ok(out)
+    }
+
+    /// The event `ev` with its bucket read again now, if that differs.
+    fn reread(&mut self, ev: &Event) -> Result<Option<Event>, BackendError> {
+        let snap = self.snap.as_mut().ok_or_else(|| BackendError::Snapshot("snapshot program not loaded".into()))?;
+        let now = snap.lookup(&mut self.ebpf, ev.net, ev.port, self.max_owners)?;
+        let mut again = *ev;
+        match now {
+            Some(r) => {
+                if r.addr == ev.bucket.tb && r.owners == ev.bucket.owners && r.fastreuse == ev.bucket.fastreuse
+                    && r.fastreuseport == ev.bucket.fastreuseport
+                {
+                    return Ok(None);
+                }
+                again.bucket.tb = r.addr;
+                again.bucket.owners = r.owners;
+                again.bucket.fastreuse = r.fastreuse;
+                again.bucket.fastreuseport = r.fastreuseport;
+                again.bucket.l3mdev = r.l3mdev;
+                again.flags |= flag::BUCKET_PRESENT;
+                if r.flags & portwatch_common::snapflag::OWNERS_TRUNCATED != 0 {
+                    again.flags |= flag::OWNERS_TRUNCATED;
+                } else {
+                    again.flags &= !flag::OWNERS_TRUNCATED;
+                }
+            }
+            None => {
+                again.bucket = Default::default();
+                again.flags &= !flag::BUCKET_PRESENT;
+            }
+        }
+        Ok(Some(again))
     }
 
     /// File descriptor of the event ring buffer, for polling.
@@ -260,6 +308,10 @@ impl Session {
         let snap = self.snap.as_mut().ok_or_else(|| BackendError::Snapshot("snapshot program not loaded".into()))?;
         snap.take(&mut self.ebpf, &self.resolved, req)
     }
+}
+
+fn needs_reread(ev: &Event) -> bool {
+    ev.op == op::CLOSE && ev.errno == 0 && ev.flags & flag::BUCKET_PRESENT != 0 && ev.net != 0
 }
 
 fn attempts_summary(attempts: &[Attempt]) -> String {
@@ -378,7 +430,14 @@ pub fn load_reason(e: &aya::programs::ProgramError) -> String {
             let errno = io_error.raw_os_error().unwrap_or(0);
             let name = crate::decode::errno_name(errno);
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+            // The log ends with statistics; the reason is the last lines before them.
+            let stats = ["verification time", "stack depth", "processed ", "max_states_per_insn"];
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s)))
+                .rev()
+                .take(3)
+                .collect();
             let hint = match errno {
                 libc::EPERM => " (the kernel refuses this program type here)",
                 libc::EACCES => " (rejected by the verifier)",

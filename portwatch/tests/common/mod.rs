@@ -174,7 +174,7 @@ pub fn raise_nofile_limit(need: u64) -> u64 {
         let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
         assert_eq!(rc, 0, "setrlimit(RLIMIT_NOFILE, {}): {}", lim.rlim_max, std::io::Error::last_os_error());
     }
-    let soft = lim.rlim_cur as u64;
+    let soft: u64 = lim.rlim_cur;
     assert!(
         soft >= need,
         "RLIMIT_NOFILE hard limit is {soft} but this test needs {need} open files; raise it (e.g. `ulimit -Hn {need}` as root, or LimitNOFILE= in the service)"
