@@ -132,7 +132,8 @@ fn is_failure(kind: TransitionKind) -> bool {
 
 /// One aligned, greppable line for a transition (no trailing newline).
 pub fn human_line(t: &Transition, clock: &Clock) -> String {
-    let who = format!("{}/{}", t.pid, t.comm);
+    // pid 0: no task caused it (timer or softirq, e.g. TIME-WAIT expiry).
+    let who = if t.pid == 0 && t.comm.is_empty() { "[kernel]".to_string() } else { format!("{}/{}", t.pid, t.comm) };
     let ns = format!("ns:{}", t.key.netns);
     let port = if t.key.l3mdev != 0 {
         format!("port {} vrf:{}", t.key.port, t.key.l3mdev)

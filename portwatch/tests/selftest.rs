@@ -16,8 +16,39 @@ fn selftest_scenarios_pass_with_the_auto_backend() {
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert!(out.status.success(), "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     let scenarios = v["scenarios"].as_array().expect("scenarios");
-    assert_eq!(scenarios.len(), 4);
+    assert_eq!(scenarios.len(), 5);
     for s in scenarios {
         assert_eq!(s["failures"].as_array().map(|f| f.len()), Some(0), "{s}");
+    }
+}
+
+#[test]
+fn probes_reports_each_backend_and_kprobe_programs_pass_the_verifier_here() {
+    if !require_root("probes_reports_each_backend_and_kprobe_programs_pass_the_verifier_here") {
+        return;
+    }
+    let out = Command::new(bin()).args(["probes", "--json"]).output().expect("probes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let attempts = v["attempts"].as_array().expect("attempts");
+    let order: Vec<&str> = attempts.iter().filter_map(|a| a["backend"].as_str()).collect();
+    // auto tries the best first and stops at the first that works.
+    assert_eq!(order.first(), Some(&"fentry"), "{v}");
+    let chosen = v["chosen"].as_str().expect("a backend is chosen");
+    assert_eq!(order.last(), Some(&chosen));
+    for a in attempts {
+        if a["backend"] != chosen {
+            assert!(a["refused"].as_str().is_some_and(|r| !r.is_empty()), "a refusal names its reason: {a}");
+        }
+    }
+    let kprobe = attempts.iter().find(|a| a["backend"] == "kprobe");
+    if let Some(k) = kprobe {
+        if let Some(reason) = k["refused"].as_str() {
+            if reason.contains("no kprobes") {
+                // A kernel without kprobes: the programs must still have been verified.
+                assert!(reason.contains("passed the verifier"), "{reason}");
+            }
+        }
     }
 }
