@@ -1,1 +1,100 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | run | test` (alias in .cargo/config.toml).
+//!
+//! - `setup`: install what is missing (apt packages, nightly rust-src, bpf-linker).
+//! - `run [-- ARGS]`: setup, release build, run portwatch as root (default args: `quiz`).
+//! - `test [-- CARGO_TEST_ARGS]`: setup, build, `cargo test --workspace` as root, VM matrix.
+
+mod cmd;
+mod run;
+mod setup;
+mod test;
+/// The VM kernel matrix (written separately; see its module docs).
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test portwatch; installs missing prerequisites first",
+    bin_name = "cargo xtask"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Install what the build and tests need (only what is missing): apt packages,
+    /// nightly rust-src, bpf-linker 0.13.0 for LLVM 22.
+    Setup,
+    /// Setup, `cargo build --release -p portwatch`, then run it as root
+    /// (through `sudo -E` when not root). Default arguments: `quiz`.
+    Run(run::RunArgs),
+    /// Setup, build, `cargo test --workspace` (test binaries as root), then the VM matrix.
+    Test(test::TestArgs),
+    /// Boot stock Debian kernels under qemu and run portwatch in each (the VM matrix).
+    Vm(vm::VmArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Cmd::Setup => setup::run().map(|_| ()),
+        Cmd::Run(args) => run::run(args),
+        Cmd::Test(args) => test::run(args),
+        Cmd::Vm(args) => vm::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The cause chain, without anyhow's backtrace (noise for a task runner).
+            eprintln!("xtask: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_args_after_double_dash() {
+        let cli = Cli::try_parse_from(["xtask", "run", "--", "dump", "--json"]).unwrap();
+        match cli.command {
+            Cmd::Run(a) => assert_eq!(a.args, vec!["dump", "--json"]),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["xtask", "run"]).unwrap();
+        match cli.command {
+            Cmd::Run(a) => assert!(a.args.is_empty()),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_args() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--no-vm", "--", "model"]).unwrap();
+        match cli.command {
+            Cmd::Test(a) => {
+                assert!(a.no_vm);
+                assert_eq!(a.cargo_test_args, vec!["model"]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

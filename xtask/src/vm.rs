@@ -7,10 +7,20 @@
 //! - [`boot_and_run`] / [`boot_and_run_with`]: one guest boot running a list of
 //!   [`GuestCmd`], parsed into a [`GuestRun`] (full log in `target/vm-results/`);
 //! - [`render_matrix`] / [`MatrixReport`]: the table and its JSON form.
+//!
+//! The default run (no `--cmd`) is the backend matrix: in every guest, and on the host,
+//! `portwatch probes --json`, `portwatch selftest --probe B --json` for each backend and
+//! `portwatch quiz --all --json`; [`matrix`] turns their JSON into kernel x backend ->
+//! pass / FAIL / refused, checks that the passing backends agree, summarises the quizzes
+//! and state checks, and renders the tables (target/vm-results/matrix.{json,md}, and the
+//! README section with `--update-readme`).
 
+mod host;
 mod initramfs;
 mod kernels;
+pub mod matrix;
 mod qemu;
+mod readme;
 mod serial;
 
 use std::{
@@ -49,17 +59,26 @@ pub struct VmArgs {
     #[arg(long)]
     pub no_build: bool,
     /// Guests booted at the same time (each qemu TCG guest keeps one host core busy;
-    /// measured on the 2-core build machine: 2 at a time 14-25 s wall for 6.1+6.12,
-    /// one at a time 18-34 s).
+    /// measured on the 2-core build machine with the default matrix, 2 at a time: about
+    /// 35 s wall for 6.1+6.12, plus about 5 s for the host row).
     #[arg(long, default_value_t = 2)]
     pub jobs: usize,
     /// Guest command NAME=PROGRAM ARGS... (repeatable; replaces the default list).
     #[arg(long = "cmd", value_name = "NAME=PROGRAM ARGS")]
     pub cmds: Vec<String>,
     /// Also fail when a guest command exits non-zero (by default only boot failures,
-    /// timeouts and unfinished commands fail).
+    /// timeouts and unfinished commands fail). Only for `--cmd` runs: the default
+    /// matrix judges every command itself.
     #[arg(long)]
     pub strict: bool,
+    /// Replace the README section between `<!-- vm-matrix:begin -->` and
+    /// `<!-- vm-matrix:end -->` with the matrix (adds the section if absent).
+    #[arg(long, conflicts_with = "cmds")]
+    pub update_readme: bool,
+    /// Leave out the host row (by default the same commands run on this machine, as
+    /// root, with target/release/portwatch).
+    #[arg(long)]
+    pub no_host: bool,
 }
 
 /// Result of one guest boot.
@@ -168,15 +187,9 @@ impl BootOptions {
     }
 }
 
-/// The default guest commands (the lead replaces them with the backend matrix).
+/// The default guest commands: the backend matrix's (see [`matrix::matrix_cmds`]).
 pub fn default_cmds() -> Vec<GuestCmd> {
-    vec![
-        GuestCmd::new("portwatch-version", ["portwatch", "--version"]),
-        GuestCmd::new("portwatch-probes", ["portwatch", "probes"]),
-        GuestCmd::new("uname-r", ["uname", "-r"]),
-        GuestCmd::new("proc-version", ["cat", "/proc/version"]),
-        GuestCmd::new("btf-vmlinux", ["ls", "/sys/kernel/btf/vmlinux"]),
-    ]
+    matrix::matrix_cmds()
 }
 
 /// The workspace root: the parent of xtask's manifest dir, or (when this file is
@@ -436,18 +449,102 @@ pub fn run_all(
         .collect()
 }
 
+/// The guest runs as matrix rows (the label is the kernel series).
+fn guest_inputs(runs: &[GuestRun], cmds: &[GuestCmd]) -> Vec<matrix::KernelInput> {
+    runs.iter()
+        .map(|r| matrix::KernelInput {
+            label: r.kernel.series.clone(),
+            host: false,
+            release: Some(r.kernel.release.clone()),
+            secs: Some((r.duration.as_secs_f64() * 10.0).round() / 10.0),
+            boot_problems: r
+                .boot_problems(cmds)
+                .into_iter()
+                .map(|p| format!("{p} (log {})", r.log_path.display()))
+                .collect(),
+            results: r.results.clone(),
+        })
+        .collect()
+}
+
+/// The host row: the matrix commands run here with the release binary. `Ok(None)` with
+/// a note when it cannot run (not root, or `--no-host`).
+fn host_input(
+    args: &VmArgs,
+    cmds: &[GuestCmd],
+    binary: &Path,
+) -> Result<std::result::Result<matrix::KernelInput, String>> {
+    if args.no_host {
+        return Ok(Err("host row left out (--no-host)".to_owned()));
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(Err(
+            "host row skipped: loading eBPF programs needs root; run `cargo xtask vm` as root \
+             (or pass --no-host)"
+                .to_owned(),
+        ));
+    }
+    let release = host::release()?;
+    eprintln!(
+        "vm: host {release}: running the matrix commands with {}",
+        binary.display()
+    );
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for c in cmds {
+        let r = host::run_one(c, binary, Duration::from_secs(args.timeout))?;
+        eprintln!(
+            "vm: host {}: rc {} in {:.1} s",
+            c.name,
+            r.rc.map_or_else(|| "none (killed)".to_owned(), |rc| rc.to_string()),
+            r.secs.unwrap_or(0.0)
+        );
+        results.push(r);
+    }
+    Ok(Ok(matrix::KernelInput {
+        label: format!("host ({})", host::series_of(&release)),
+        host: true,
+        release: Some(release),
+        secs: Some((started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
+        boot_problems: Vec::new(),
+        results,
+    }))
+}
+
+/// target/vm-results/matrix.json.
+#[derive(Debug, Serialize)]
+struct MatrixFile<'a> {
+    command: &'a str,
+    date: &'a str,
+    commands: &'a [GuestCmd],
+    notes: &'a [String],
+    total_secs: f64,
+    #[serde(flatten)]
+    matrix: &'a matrix::Matrix,
+    failures: Vec<String>,
+}
+
+/// How this xtask was invoked, for the "produced by" line.
+fn invocation() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+        .trim_end()
+        .to_owned()
+}
+
 /// `cargo xtask vm`.
 pub fn run(args: &VmArgs) -> Result<()> {
     let started = Instant::now();
     qemu::check_qemu()?;
     initramfs::find_busybox()?;
-    let cmds = if args.cmds.is_empty() {
-        default_cmds()
-    } else {
+    let custom = !args.cmds.is_empty();
+    let cmds = if custom {
         args.cmds
             .iter()
             .map(|c| GuestCmd::parse(c))
             .collect::<Result<Vec<_>>>()?
+    } else {
+        default_cmds()
     };
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = cmds.iter().find(|c| !seen.insert(c.name.as_str())) {
@@ -464,6 +561,18 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let kernels = prepare_kernels(&series)?;
     let mut opts = BootOptions::for_repo(Duration::from_secs(args.timeout))?;
     opts.keep = args.keep;
+
+    // The host row first, so it does not compete for the cores with the guests.
+    let host = if custom {
+        None
+    } else {
+        let binary = opts
+            .files
+            .first()
+            .map(|f| f.host.clone())
+            .context("no portwatch binary configured for the guests")?;
+        Some(host_input(args, &cmds, &binary)?)
+    };
 
     eprintln!(
         "vm: booting {} kernel(s), {} at a time, timeout {} s",
@@ -516,27 +625,107 @@ pub fn run(args: &VmArgs) -> Result<()> {
     fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
     println!("results: {}", out.display());
 
-    for r in &runs {
-        for p in r.boot_problems(&cmds) {
-            errors.push(format!(
-                "{}: {p} (log {})",
-                r.kernel.package,
-                r.log_path.display()
-            ));
-        }
-        if args.strict {
-            for c in r.results.iter().filter(|c| c.rc.is_some() && !c.ok()) {
+    let Some(host) = host else {
+        // `--cmd`: the plain kernel x command table is the whole report.
+        for r in &runs {
+            for p in r.boot_problems(&cmds) {
                 errors.push(format!(
-                    "{}: {} exited with rc {}",
+                    "{}: {p} (log {})",
                     r.kernel.package,
-                    c.name,
-                    c.rc.unwrap_or(-1)
+                    r.log_path.display()
                 ));
             }
+            if args.strict {
+                for c in r.results.iter().filter(|c| c.rc.is_some() && !c.ok()) {
+                    errors.push(format!(
+                        "{}: {} exited with rc {}",
+                        r.kernel.package,
+                        c.name,
+                        c.rc.unwrap_or(-1)
+                    ));
+                }
+            }
         }
+        if !errors.is_empty() {
+            bail!("VM matrix failed:\n  {}", errors.join("\n  "));
+        }
+        return Ok(());
+    };
+
+    let mut inputs = guest_inputs(&runs, &cmds);
+    let mut notes = Vec::new();
+    match host {
+        Ok(h) => inputs.push(h),
+        Err(note) => notes.push(note),
     }
-    if !errors.is_empty() {
-        bail!("VM matrix failed:\n  {}", errors.join("\n  "));
+    let m = matrix::Matrix::new(&inputs, errors);
+    println!();
+    print!("{}", matrix::render_text(&m));
+    for n in &notes {
+        println!("note: {n}");
+    }
+
+    let command = invocation();
+    let date = readme::today_utc();
+    let mut kernels_line: Vec<String> = m
+        .rows
+        .iter()
+        .map(|r| match (&r.release, r.host) {
+            (Some(rel), true) => format!("host {rel}"),
+            (Some(rel), false) => format!("Debian {rel}"),
+            (None, _) => r.label.clone(),
+        })
+        .collect();
+    kernels_line.dedup();
+    let mut produced_by = format!(
+        "Produced by `{command}` on {date} ({}; qemu TCG guests, busybox initramfs).",
+        kernels_line.join(", ")
+    );
+    for n in &notes {
+        produced_by.push_str(&format!(" Note: {n}."));
+    }
+    let md = matrix::render_markdown(&m, &produced_by);
+    let failures = m.failures();
+    let file = MatrixFile {
+        command: &command,
+        date: &date,
+        commands: &cmds,
+        notes: &notes,
+        total_secs: (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+        matrix: &m,
+        failures: failures.clone(),
+    };
+    let mjson = opts.results_dir.join("matrix.json");
+    let mmd = opts.results_dir.join("matrix.md");
+    let text = serde_json::to_string_pretty(&file).context("serialising the matrix")?;
+    fs::write(&mjson, text + "\n").with_context(|| format!("writing {}", mjson.display()))?;
+    fs::write(&mmd, &md).with_context(|| format!("writing {}", mmd.display()))?;
+    println!("matrix: {} and {}", mjson.display(), mmd.display());
+
+    if args.update_readme {
+        let path = root.join("README.md");
+        let old = fs::read_to_string(&path)
+            .with_context(|| format!("reading {} for --update-readme", path.display()))?;
+        let new = readme::replace_section(&old, &md)
+            .with_context(|| format!("updating {}", path.display()))?;
+        if new != old {
+            fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+        }
+        println!(
+            "README: section between {} and {} updated in {}",
+            readme::BEGIN,
+            readme::END,
+            path.display()
+        );
+    }
+
+    println!("total {:.1} s", started.elapsed().as_secs_f64());
+    if !failures.is_empty() {
+        bail!(
+            "VM matrix failed ({} problem(s)):\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
     }
     Ok(())
 }
@@ -664,11 +853,52 @@ mod tests {
     }
 
     #[test]
+    fn guest_runs_become_matrix_rows() {
+        let cmds = default_cmds();
+        let ok = grun(
+            "6.1",
+            "6.1.0-56-cloud-amd64",
+            cmds.iter().map(|c| res(&c.name, Some(0))).collect(),
+            true,
+            false,
+        );
+        let hung = grun("6.12", "6.12.117+deb12-cloud-amd64", vec![], false, true);
+        let rows = guest_inputs(&[ok, hung], &cmds);
+        assert_eq!(rows[0].label, "6.1");
+        assert_eq!(rows[0].release.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert!(!rows[0].host && rows[0].boot_problems.is_empty());
+        assert_eq!(rows[0].results.len(), cmds.len());
+        assert!(rows[1].boot_problems[0].starts_with("timed out"));
+        assert!(rows[1]
+            .boot_problems
+            .iter()
+            .all(|p| p.ends_with("(log /r/6.12.117+deb12-cloud-amd64.log)")));
+    }
+
+    #[test]
+    fn update_readme_is_only_for_the_matrix() {
+        #[derive(clap::Parser, Debug)]
+        struct P {
+            #[command(flatten)]
+            vm: VmArgs,
+        }
+        use clap::Parser;
+        let p = P::try_parse_from(["vm", "--update-readme", "--no-host"]).unwrap();
+        assert!(p.vm.update_readme && p.vm.no_host && p.vm.cmds.is_empty());
+        assert!(P::try_parse_from(["vm", "--update-readme", "--cmd", "a=true"]).is_err());
+    }
+
+    #[test]
     fn default_cmds_are_valid_and_unique() {
         let c = default_cmds();
         assert!(c.iter().all(|c| c.validate().is_ok()));
         let names: std::collections::HashSet<_> = c.iter().map(|c| &c.name).collect();
         assert_eq!(names.len(), c.len());
-        assert!(c.iter().any(|c| c.argv == ["uname", "-r"]));
+        assert!(c
+            .iter()
+            .any(|c| c.argv == ["portwatch", "probes", "--json"]));
+        assert!(c
+            .iter()
+            .any(|c| c.argv == ["portwatch", "quiz", "--all", "--json"]));
     }
 }

@@ -59,6 +59,24 @@ impl fmt::Display for Backend {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::gist;
+
+    #[test]
+    fn refusals_are_cut_to_their_gist() {
+        assert_eq!(
+            gist("inet_csk_get_port: BPF_PROG_LOAD EPERM (the kernel refuses this program type here)"),
+            "BPF_PROG_LOAD EPERM"
+        );
+        assert_eq!(
+            gist("kernel has no kprobes (no kprobe_events in tracefs; the programs passed the verifier)"),
+            "kernel has no kprobes"
+        );
+        assert_eq!(gist("kp_get_port: BPF_PROG_LOAD EACCES; verifier: x"), "BPF_PROG_LOAD EACCES");
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum BackendError {
     #[error(transparent)]
@@ -221,6 +239,22 @@ impl Session {
         }
     }
 
+    /// Like `backend_summary`, with each refusal cut to its gist (for headers):
+    /// e.g. "backend: tracepoint (fentry: BPF_PROG_LOAD EPERM; kprobe: kernel has no kprobes)".
+    pub fn backend_short(&self) -> String {
+        let Some(b) = self.backend else { return "backend: none (snapshot only)".into() };
+        let refused: Vec<String> = self
+            .attempts
+            .iter()
+            .filter_map(|a| a.refused.as_ref().map(|r| format!("{}: {}", a.backend, gist(r))))
+            .collect();
+        if refused.is_empty() {
+            format!("backend: {b}")
+        } else {
+            format!("backend: {b} ({})", refused.join("; "))
+        }
+    }
+
     /// Changes the netns filter while attached (0 = all).
     pub fn set_netns(&mut self, netns: u32) -> Result<(), BackendError> {
         let mut cfg = read_config(&self.ebpf)?;
@@ -308,6 +342,17 @@ impl Session {
         let snap = self.snap.as_mut().ok_or_else(|| BackendError::Snapshot("snapshot program not loaded".into()))?;
         snap.take(&mut self.ebpf, &self.resolved, req)
     }
+}
+
+/// The gist of a refusal: without the function it was about and without explanations
+/// in parentheses or after a semicolon.
+fn gist(reason: &str) -> String {
+    let r = match reason.find("BPF_PROG_LOAD") {
+        Some(i) => &reason[i..],
+        None => reason,
+    };
+    let r = r.split(" (").next().unwrap_or(r);
+    r.split(';').next().unwrap_or(r).trim().to_string()
 }
 
 fn needs_reread(ev: &Event) -> bool {

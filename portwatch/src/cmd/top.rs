@@ -106,9 +106,9 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
         ports: a.port.into_iter().collect(),
         ..SessionOptions::default()
     })?;
-    let summary = session.backend_summary();
+    let summary = session.backend_short();
     if a.once || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        eprintln!("portwatch: {summary}");
+        eprintln!("portwatch: {}", session.backend_summary());
     }
     let mut src = SessionSource {
         session,
