@@ -27,7 +27,7 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Events to user space.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
 /// Events that did not fit into `EVENTS` (per CPU, index 0).
 #[map]

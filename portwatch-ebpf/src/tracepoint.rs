@@ -81,6 +81,10 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         }
         port = cur;
     }
+    // Where the port is already known, a port filter applies here, before the map insert.
+    if port != 0 && !port_wanted(&cfg, port) {
+        return None;
+    }
     let p = Pending { sk, net, aux: 0, netns, port, op: which, had_port: (cur != 0) as u8 };
     let key = bpf_get_current_pid_tgid();
     PENDING.insert(&key, &p, 0).ok()

@@ -19,7 +19,9 @@
 //! - `ports`: bind each port of `--base`..`--base+--count` exactly once, then close it
 //!   (workers interleave the ports); every port is used once, so every bind and every
 //!   close is one event of its own bucket.
-//! - `hold`: `--count` listening sockets on ports `--base`.. (for dump/top benchmarks).
+//! - `hold`: `--count` listening sockets on ports `--base`.. (for dump/top benchmarks);
+//!   beyond its RLIMIT_NOFILE it starts helper processes of itself that enter the same
+//!   netns and hold the rest (raising the hard limit needs CAP_SYS_RESOURCE).
 //! - `soak`: random bind (random SO_REUSEADDR, random 127.0.0.{1..4}) / listen / close /
 //!   connect+accept over `--count` ports from `--base` (also the netns' ephemeral range,
 //!   so connect() picks from them), paced at `--rate` operations per second in total,
@@ -56,6 +58,10 @@ enum Mode {
     Ports,
     Hold,
     Soak,
+    /// Internal: a helper process of `hold` (one process cannot hold more sockets than
+    /// its RLIMIT_NOFILE allows, and raising the hard limit needs CAP_SYS_RESOURCE).
+    #[value(hide = true)]
+    HoldPart,
 }
 
 #[derive(Debug, Parser)]
@@ -84,6 +90,9 @@ struct Args {
     /// soak: operations per second in total (0: as fast as possible).
     #[arg(long, default_value_t = 5000)]
     rate: u32,
+    /// hold-part: the netns to enter (set by the `hold` parent).
+    #[arg(long, hide = true)]
+    netns_path: Option<String>,
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -162,12 +171,15 @@ fn main() -> Result<()> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    if args.mode == Mode::HoldPart {
+        return hold_part(&args);
+    }
     let need_fds = match args.mode {
-        Mode::Hold => u64::from(args.count) + 1024,
+        Mode::Hold => u64::from(args.count) + FD_RESERVE,
         Mode::Soak => u64::from(args.count) * 8 + 1024,
         _ => 4096,
     };
-    raise_nofile(need_fds)?;
+    let fd_limit = raise_nofile(need_fds)?;
     let range = if args.mode == Mode::Soak {
         let hi = u32::from(args.base) + args.count.saturating_sub(1);
         let hi = u16::try_from(hi).context("--base + --count goes past port 65535")?;
@@ -186,6 +198,8 @@ fn main() -> Result<()> {
     let reuse = args.reuseaddr;
     let mut held: Vec<Socket> = Vec::new();
     let mut listeners: Vec<Socket> = Vec::new();
+    let mut helpers = Helpers(Vec::new());
+    let mut held_by_helpers = 0u64;
     match args.mode {
         Mode::Connect => {
             for _ in 0..args.workers {
@@ -212,7 +226,9 @@ fn main() -> Result<()> {
             }
         }
         Mode::Hold => {
-            for i in 0..args.count {
+            let per_proc = fd_limit.saturating_sub(FD_RESERVE).max(1) as u32;
+            let own = args.count.min(per_proc);
+            for i in 0..own {
                 let port = u32::from(args.base) + i;
                 let port = u16::try_from(port).context("--base + --count goes past port 65535")?;
                 let l = ns.socket(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -222,8 +238,36 @@ fn main() -> Result<()> {
                 l.listen(16).context("listen")?;
                 held.push(l);
             }
+            // The rest in helper processes (same program, `--mode hold-part`).
+            let exe = std::env::current_exe().context("finding the churn executable")?;
+            let mut next = own;
+            while next < args.count {
+                let n = (args.count - next).min(per_proc);
+                let base = u16::try_from(u32::from(args.base) + next).context("port past 65535")?;
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["--mode", "hold-part", "--netns-path", &netns_path])
+                    .args(["--base", &base.to_string(), "--count", &n.to_string()])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped());
+                if reuse {
+                    cmd.arg("--reuseaddr");
+                }
+                let mut child = cmd.spawn().context("starting a hold-part helper")?;
+                let mut line = String::new();
+                if let Some(out) = child.stdout.take() {
+                    std::io::BufReader::new(out)
+                        .read_line(&mut line)
+                        .context("reading a helper's stdout")?;
+                }
+                helpers.0.push(child);
+                if line.trim() != "ready" {
+                    bail!("a hold-part helper failed (ports {base}.. x{n}); see its stderr");
+                }
+                held_by_helpers += u64::from(n);
+                next += n;
+            }
         }
-        Mode::Bind | Mode::Ports => {}
+        Mode::Bind | Mode::Ports | Mode::HoldPart => {}
     }
 
     let mut out = std::io::stdout().lock();
@@ -251,9 +295,10 @@ fn main() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut elapsed = 0.0f64;
     let counters = if args.mode == Mode::Hold {
+        let n = held.len() as u64 + held_by_helpers;
         Counters {
-            listens_ok: held.len() as u64,
-            binds_ok: held.len() as u64,
+            listens_ok: n,
+            binds_ok: n,
             ..Counters::default()
         }
     } else {
@@ -314,7 +359,7 @@ fn main() -> Result<()> {
         elapsed = started.elapsed().as_secs_f64();
         total
     };
-    let mut kept = held.len() as u64;
+    let mut kept = held.len() as u64 + held_by_helpers;
     HELD.with_lock(|h| kept += h.len() as u64);
     let done = Done {
         done: true,
@@ -331,6 +376,7 @@ fn main() -> Result<()> {
         }
     }
     drop(held);
+    drop(helpers);
     Ok(())
 }
 
@@ -346,8 +392,10 @@ fn tcp_socket(reuse: bool) -> std::io::Result<Socket> {
     Ok(s)
 }
 
-/// Raise RLIMIT_NOFILE (soft and, as root, hard) to at least `want`.
-fn raise_nofile(want: u64) -> Result<()> {
+/// Raise RLIMIT_NOFILE's soft limit to `want`, or to the hard limit when that is lower
+/// (raising the hard limit needs CAP_SYS_RESOURCE, which root may lack in containers).
+/// Returns the soft limit in force afterwards.
+fn raise_nofile(want: u64) -> Result<u64> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -357,17 +405,68 @@ fn raise_nofile(want: u64) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
     }
     if rl.rlim_cur >= want {
-        return Ok(());
+        return Ok(rl.rlim_cur);
     }
-    rl.rlim_cur = want;
-    rl.rlim_max = rl.rlim_max.max(want);
+    rl.rlim_cur = want.min(rl.rlim_max);
     // SAFETY: `rl` is a valid rlimit; the kernel only reads it.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
-            format!("setrlimit(RLIMIT_NOFILE, {want}): run as root or raise `ulimit -n` (and fs.nr_open) first")
-        });
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setrlimit(RLIMIT_NOFILE, soft {})", rl.rlim_cur));
     }
+    Ok(rl.rlim_cur)
+}
+
+/// File descriptors kept free for everything that is not a held socket.
+const FD_RESERVE: u64 = 256;
+
+/// `hold-part`: enter the netns of the `hold` parent, hold `--count` listeners from
+/// `--base`, print `ready`, wait for EOF on stdin.
+fn hold_part(args: &Args) -> Result<()> {
+    let path = args
+        .netns_path
+        .as_deref()
+        .context("hold-part needs --netns-path")?;
+    let f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns({path})"))?;
+    let mut held = Vec::new();
+    for i in 0..args.count {
+        let port = u16::try_from(u32::from(args.base) + i).context("port past 65535")?;
+        held.push(
+            listener(args.reuseaddr, port).with_context(|| format!("listener on port {port}"))?,
+        );
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    for l in std::io::stdin().lock().lines() {
+        if l.is_err() {
+            break;
+        }
+    }
+    drop(held);
     Ok(())
+}
+
+fn listener(reuse: bool, port: u16) -> std::io::Result<Socket> {
+    let l = tcp_socket(reuse)?;
+    l.bind(&sa(Ipv4Addr::LOCALHOST, port))?;
+    l.listen(16)?;
+    Ok(l)
+}
+
+/// Helper processes of `hold`, each holding part of the sockets; they exit when their
+/// stdin (held here) closes.
+struct Helpers(Vec<std::process::Child>);
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            c.stdin.take();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
 }
 
 struct WorkerArgs {
@@ -446,7 +545,7 @@ fn worker(a: &WorkerArgs, listeners: &[Socket], stop: &AtomicBool) -> Result<Cou
             }
         }
         Mode::Soak => soak_worker(a, listeners, stop, &mut c)?,
-        Mode::Hold => {}
+        Mode::Hold | Mode::HoldPart => {}
     }
     Ok(c)
 }

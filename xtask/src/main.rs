@@ -4,9 +4,11 @@
 //! - `run [-- ARGS]`: setup, release build, run portwatch as root (default args: `quiz`).
 //! - `test [-- CARGO_TEST_ARGS]`: setup, build, `cargo test --workspace` as root, VM matrix.
 
+mod bench;
 mod cmd;
 mod run;
 mod setup;
+mod soak;
 mod test;
 /// The VM kernel matrix (written separately; see its module docs).
 mod vm;
@@ -38,6 +40,11 @@ enum Cmd {
     Test(test::TestArgs),
     /// Boot stock Debian kernels under qemu and run portwatch in each (the VM matrix).
     Vm(vm::VmArgs),
+    /// Benchmarks (root): tracing overhead, capture and drop accounting, dump vs ss,
+    /// top CPU; prints a table and writes JSON.
+    Bench(bench::BenchArgs),
+    /// Soak (root): trace attached to a long churn; RSS, drops, dump vs trace final states.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +54,8 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Vm(args) => vm::run(args),
+        Cmd::Bench(args) => bench::run(args),
+        Cmd::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
