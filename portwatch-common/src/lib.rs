@@ -12,6 +12,7 @@ pub const NO_FIELD: u32 = u32::MAX;
 /// the word being 8 bytes read little-endian (x86_64, arm64). Unused when `byte_off == NO_FIELD`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct BitField {
     pub byte_off: u32,
     pub shift: u8,
@@ -34,6 +35,7 @@ pub const OWNERS_ON_TB2: u32 = 1;
 /// struct; `NO_FIELD` when the running kernel lacks the field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Layout {
     // Reaching a socket from a file descriptor: task->files->fdt->fd[n]->private_data.
     pub task_files: u32,

@@ -104,7 +104,7 @@ pub enum LayoutError {
 }
 
 /// Which member of `struct inet_bind2_bucket` tells its address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Tb2Family {
     /// `unsigned short family` (AF_INET / AF_INET6), 6.1 to 6.x.
     Family,
@@ -116,7 +116,7 @@ pub enum Tb2Family {
 }
 
 /// Where `IP_BIND_ADDRESS_NO_PORT` lives in `struct inet_sock`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NoPortSource {
     /// The `bind_address_no_port` bit field (before 6.6).
     BitField,
@@ -126,7 +126,7 @@ pub enum NoPortSource {
 
 /// The BTF signature of `inet_csk_update_fastreuse`: `(tb, sk)` before 6.18,
 /// `(sk, tb, tb2)` from 6.18.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateFastreuse {
     /// Parameter names in order ("" for an unnamed parameter).
     pub params: Vec<String>,
@@ -151,7 +151,7 @@ impl UpdateFastreuse {
 }
 
 /// The layout plus the facts user space needs to pick probes and explain output.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resolved {
     pub layout: Layout,
     pub kernel_release: String,

@@ -11,3 +11,4 @@ pub mod privileges;
 pub mod snapshot;
 pub mod observer;
 pub mod selftest;
+pub mod layout_cache;

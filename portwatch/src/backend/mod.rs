@@ -162,11 +162,11 @@ const TRACEPOINTS: [(&str, &str, &str, bool); 11] = [
 impl Session {
     /// Resolves the layout, loads the object and attaches what `opts` asks for.
     pub fn open(opts: &SessionOptions) -> Result<Session, BackendError> {
-        let resolved = crate::btf::host_layout()?;
+        let resolved = crate::layout_cache::host_layout_cached()?;
         let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
         let tp = tp_offsets(&tracefs_root)?;
         let args = features::arg_positions(&resolved);
-        let mut ebpf = load_object(&resolved.layout, &tp, &args, opts.ring_bytes)?;
+        let mut ebpf = load_object(&resolved.layout, &tp, &args, opts)?;
         write_config(&mut ebpf, opts)?;
         let mut warnings = Vec::new();
         if mounted {
@@ -379,14 +379,26 @@ fn tp_offsets(root: &std::path::Path) -> Result<TpOffsets, BackendError> {
     })
 }
 
-fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, ring_bytes: Option<u32>) -> Result<Ebpf, BackendError> {
+fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, opts: &SessionOptions) -> Result<Ebpf, BackendError> {
     let mut loader = EbpfLoader::new();
+    // No CO-RE relocations to apply (offsets come from our own BTF reading), so aya need
+    // not parse the kernel's BTF again (~70 ms); fentry attachment loads it when needed.
     loader
+        .btf(None)
         .override_global("LAYOUT", layout, true)
         .override_global("TP", tp, true)
         .override_global("ARGS", args, true);
-    if let Some(bytes) = ring_bytes {
+    if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
+    }
+    if opts.probe.is_none() {
+        // Snapshot only: the event maps are never used; keep their creation cheap.
+        let page = 4096;
+        loader
+            .map_max_entries("EVENTS", page)
+            .map_max_entries("PENDING", 1)
+            .map_max_entries("SOCKS", 1)
+            .map_max_entries("PORTS", 1);
     }
     loader.load(object::OBJECT).map_err(|e| BackendError::Load(error_chain(&e)))
 }

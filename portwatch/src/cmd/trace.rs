@@ -96,6 +96,11 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     super::write_ready_file(a.ready_file.as_deref())?;
+    // Test hook (tests/reliability.rs): panic once attached, to check that a crash leaves
+    // no program behind. Not a user option.
+    if std::env::var_os("PORTWATCH_TEST_PANIC_AFTER_ATTACH").is_some_and(|v| v == "1") {
+        panic!("PORTWATCH_TEST_PANIC_AFTER_ATTACH=1: induced panic after attaching");
+    }
     let mut reducer = Reducer::new();
     let mut out = std::io::stdout().lock();
     if !a.json {

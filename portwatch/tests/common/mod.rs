@@ -181,3 +181,159 @@ pub fn raise_nofile_limit(need: u64) -> u64 {
     );
     soft
 }
+
+// ---- Added for tests/reliability.rs and tests/top_tmux.rs -------------------------------
+
+/// How a stopped `portwatch` ended: exit code (None when killed by a signal), the signal,
+/// and its output.
+#[derive(Debug)]
+pub struct Ended {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Running {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("child still owned")
+    }
+
+    /// Sends `signal` (None: none, just wait, e.g. for a child that ends by itself) and
+    /// waits up to 20 s for the exit.
+    pub fn end_with(mut self, signal: Option<i32>) -> Ended {
+        use std::os::unix::process::ExitStatusExt as _;
+        let mut child = self.child.take().expect("child");
+        if let Some(sig) = signal {
+            // SAFETY: kill on the pid of the child we spawned and have not reaped yet.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("portwatch did not exit within 20 s (signal {signal:?})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().expect("collecting output");
+        Ended {
+            code: out.status.code(),
+            signal: out.status.signal(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// One program of `bpftool -j prog show`.
+#[derive(Clone, Debug)]
+pub struct LoadedProg {
+    pub id: u32,
+    /// As the kernel keeps it: at most 15 characters.
+    pub name: String,
+    /// bpftool's `pids` (empty when bpftool cannot tell: it needs BPF iterators).
+    pub pids: Vec<u32>,
+}
+
+/// Every loaded BPF program, from `bpftool -j prog show`.
+pub fn loaded_progs() -> Vec<LoadedProg> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running bpftool: {e}; install it (`apt-get install bpftool`, or `cargo xtask setup`)"));
+    assert!(out.status.success(), "bpftool -j prog show: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Array(Vec::new())
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bpftool output is not JSON: {e}: {text}"))
+    };
+    v.as_array()
+        .expect("bpftool prog show: a JSON array")
+        .iter()
+        .map(|p| LoadedProg {
+            id: p["id"].as_u64().expect("program id") as u32,
+            name: p["name"].as_str().unwrap_or("").to_owned(),
+            pids: p["pids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x["pid"].as_u64()).map(|x| x as u32).collect())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// `prog_id:` values in the fdinfo of `pid`'s file descriptors (bpf-prog fds and
+/// bpf_link fds both name one): the programs that process holds.
+pub fn held_prog_ids(pid: u32) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids
+}
+
+/// Program id -> pids holding it through an fd, over every process in /proc.
+pub fn prog_holders() -> std::collections::HashMap<u32, Vec<u32>> {
+    let mut m: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        for id in held_prog_ids(pid) {
+            m.entry(id).or_default().push(pid);
+        }
+    }
+    m
+}
+
+/// Waits up to `timeout` until none of `ids` is loaded any more (the kernel frees
+/// programs shortly after the last reference goes); returns those still loaded.
+pub fn wait_progs_gone(ids: &std::collections::BTreeSet<u32>, timeout: Duration) -> Vec<LoadedProg> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<LoadedProg> = loaded_progs().into_iter().filter(|p| ids.contains(&p.id)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Names (as the kernel truncates them, 15 characters) that portwatch's programs start with.
+pub const PORTWATCH_PROG_PREFIXES: [&str; 5] = ["sys_enter_", "sys_exit_", "inet_sock_set_s", "snapshot_trigge", "inet_"];
+
+/// The highest program id loaded now (0 when none): programs loaded later have larger ids.
+pub fn max_prog_id() -> u32 {
+    loaded_progs().iter().map(|p| p.id).max().unwrap_or(0)
+}
+
+/// Programs with an id above `after` that look like portwatch's and that no live process
+/// holds, still loaded after `timeout`: what a dead portwatch left behind. (Programs of
+/// processes that just exited are freed within the timeout; concurrent portwatch runs
+/// hold theirs.)
+pub fn orphan_progs_after(after: u32, timeout: Duration) -> Vec<LoadedProg> {
+    let holders = prog_holders();
+    let orphans: std::collections::BTreeSet<u32> = loaded_progs()
+        .into_iter()
+        .filter(|p| p.id > after && !holders.contains_key(&p.id))
+        .filter(|p| PORTWATCH_PROG_PREFIXES.iter().any(|pre| p.name.starts_with(pre)))
+        .map(|p| p.id)
+        .collect();
+    wait_progs_gone(&orphans, timeout)
+}
