@@ -75,9 +75,6 @@ pub fn send(cfg: &Config, s: &Subject) {
         }
         e.netns = s.netns;
         e.errno = s.errno;
-        let (lo, hi) = port_range(s.net);
-        e.range_lo = lo;
-        e.range_hi = hi;
         e.port = s.port;
         e.op = s.op;
         e.hook = s.hook;
@@ -94,13 +91,26 @@ pub fn send(cfg: &Config, s: &Subject) {
                 | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
                 | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
         }
-        if let Some((b, truncated)) = lookup_bucket(s.net, s.port, cfg.max_owners) {
-            e.bucket = b;
-            flags |= flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED);
-        }
+        flags |= with_bucket(e, s.net, s.port, cfg.max_owners);
         e.flags = flags;
     }
     entry.submit(0);
+}
+
+/// Fills in the netns's port range and the bucket of (net, port); returns the flags
+/// that say what was found.
+#[inline(always)]
+fn with_bucket(e: &mut Event, net: u64, port: u16, max_owners: u32) -> u16 {
+    let (lo, hi) = port_range(net);
+    e.range_lo = lo;
+    e.range_hi = hi;
+    match lookup_bucket(net, port, max_owners) {
+        Some((b, truncated)) => {
+            e.bucket = b;
+            flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED)
+        }
+        None => 0,
+    }
 }
 
 /// Sends an event on behalf of a socket we knew, with the attribution saved then
@@ -122,20 +132,12 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Known) {
         e.pid = k.tgid;
         e.tid = 0;
         e.netns = k.netns;
-        let (lo, hi) = port_range(k.net);
-        e.range_lo = lo;
-        e.range_hi = hi;
         e.port = k.port;
         e.family = k.family;
         e.op = op;
         e.hook = hook;
         e.comm = k.comm;
-        let mut flags = flag::HAD_PORT;
-        if let Some((b, truncated)) = lookup_bucket(k.net, k.port, cfg.max_owners) {
-            e.bucket = b;
-            flags |= flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED);
-        }
-        e.flags = flags;
+        e.flags = flag::HAD_PORT | with_bucket(e, k.net, k.port, cfg.max_owners);
     }
     entry.submit(0);
 }

@@ -198,21 +198,25 @@ pub fn put_port_return(hook: u8) {
     let _ = SOCKS.remove(&p.sk);
     match known {
         Some(k) => send_known(&cfg, op::RELEASE, hook, p.sk, &k),
-        None => {
-            let s = Subject {
-                op: op::RELEASE,
-                hook,
-                sk: 0,
-                net: p.net,
-                netns: p.netns,
-                port: p.port,
-                errno: 0,
-                flags: flag::HAD_PORT,
-                anon: true,
-            };
-            send(&cfg, &s);
-        }
+        None => release_anon(&cfg, hook, &p),
     }
+}
+
+/// An owner left, with no task to blame and the socket not to be read any more.
+#[inline(always)]
+fn release_anon(cfg: &portwatch_common::Config, hook: u8, p: &Pending) {
+    let s = Subject {
+        op: op::RELEASE,
+        hook,
+        sk: 0,
+        net: p.net,
+        netns: p.netns,
+        port: p.port,
+        errno: 0,
+        flags: flag::HAD_PORT,
+        anon: true,
+    };
+    send(cfg, &s);
 }
 
 // inet_twsk_hashdance[_schedule]: the TIME-WAIT socket joins the closing socket's bucket.
@@ -251,19 +255,7 @@ pub fn tw_unhash_entry(tw: u64) {
 pub fn tw_unhash_return(hook: u8) {
     let Some(p) = take(H_TW_UNHASH) else { return };
     let cfg = config();
-    if !port_wanted(&cfg, p.port) {
-        return;
+    if port_wanted(&cfg, p.port) {
+        release_anon(&cfg, hook, &p);
     }
-    let s = Subject {
-        op: op::RELEASE,
-        hook,
-        sk: 0,
-        net: p.net,
-        netns: p.netns,
-        port: p.port,
-        errno: 0,
-        flags: flag::HAD_PORT,
-        anon: true,
-    };
-    send(&cfg, &s);
 }

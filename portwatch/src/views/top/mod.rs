@@ -8,6 +8,8 @@
 //!   once or every interval ([`run_plain`]), until SIGINT/SIGTERM.
 
 pub mod app;
+#[cfg(test)]
+mod fixtures;
 pub mod term;
 pub mod ui;
 
@@ -304,25 +306,13 @@ mod tests {
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
     use ratatui::backend::TestBackend;
 
-    use super::*;
-    use crate::model::{BucketInfo, BucketKey, BucketRow, Op, SockOpts, TransitionKind};
+    use super::{fixtures::info, *};
+    use crate::model::{BucketInfo, BucketKey, Op, TransitionKind};
 
     const NS: u32 = 4026532000;
 
     fn key(port: u16) -> BucketKey {
-        BucketKey {
-            netns: NS,
-            l3mdev: 0,
-            port,
-        }
-    }
-    fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
-        BucketInfo {
-            fastreuse: fr,
-            fastreuseport: frp,
-            owners,
-            owners_truncated: false,
-        }
+        fixtures::key(NS, port)
     }
 
     /// Serves scripted snapshots (the last one repeats) and transition batches.
@@ -381,36 +371,18 @@ mod tests {
     }
 
     fn snap(rows: &[(u16, BucketInfo)]) -> Snapshot {
-        Snapshot {
-            buckets: rows
-                .iter()
-                .map(|(p, i)| BucketRow {
-                    key: key(*p),
-                    info: *i,
-                    addresses: vec![],
-                })
-                .collect(),
-            truncated: false,
-            slots: 65536,
-        }
+        let rows: Vec<(BucketKey, BucketInfo)> = rows.iter().map(|(p, i)| (key(*p), *i)).collect();
+        fixtures::snap(&rows)
     }
 
     fn created(port: u16, i: BucketInfo) -> Transition {
         Transition {
-            ts_ns: 1,
-            kind: TransitionKind::BucketCreated,
-            op: Op::Connect,
-            key: key(port),
-            after: Some(i),
-            from: None,
-            to: None,
-            errno: 0,
             pid: 1,
             comm: "curl".into(),
             local: None,
             remote: Some("127.9.9.9:1234".into()),
-            opts: SockOpts::default(),
             port_from_range: true,
+            ..fixtures::tr(TransitionKind::BucketCreated, Op::Connect, key(port), Some(i))
         }
     }
 

@@ -399,38 +399,9 @@ mod tests {
 
     use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
 
-    use super::*;
-    use crate::model::{BucketInfo, BucketKey, BucketRow, Op, Snapshot, SockOpts, Transition};
+    use super::{super::fixtures::{info, key, snap}, *};
+    use crate::model::{Op, SockOpts, Transition};
 
-    fn key(netns: u32, port: u16) -> BucketKey {
-        BucketKey {
-            netns,
-            l3mdev: 0,
-            port,
-        }
-    }
-    fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
-        BucketInfo {
-            fastreuse: fr,
-            fastreuseport: frp,
-            owners,
-            owners_truncated: false,
-        }
-    }
-    fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
-        Snapshot {
-            buckets: rows
-                .iter()
-                .map(|(k, i)| BucketRow {
-                    key: *k,
-                    info: *i,
-                    addresses: vec![],
-                })
-                .collect(),
-            truncated: false,
-            slots: 65536,
-        }
-    }
     fn opts() -> TopOptions {
         TopOptions {
             netns_label: "4026531840 (self)".into(),
