@@ -27,6 +27,10 @@ use crate::bench::{
 /// Arguments of `cargo xtask soak`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SoakArgs {
+    /// Fail unless the final states agree, the tracer's memory stayed bounded and its
+    /// drop count was read (used by `cargo xtask test`).
+    #[arg(long)]
+    pub check: bool,
     /// How long the churn runs.
     #[arg(long, default_value_t = 1.0)]
     pub minutes: f64,
@@ -233,5 +237,26 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         );
     }
     println!("JSON report: {}", path_out.display());
+    if args.check {
+        let mut problems = Vec::new();
+        if report.mismatch_count > 0 {
+            problems.push(format!("{} ports where dump and the trace stream disagree", report.mismatch_count));
+        }
+        if let (Some(start), Some(end)) = (report.rss_start_kib, report.rss_end_kib) {
+            // Bounded: the tracer may settle a little above its start, not keep growing.
+            if end > start + start / 5 + 8192 {
+                problems.push(format!("tracer RSS grew from {start} KiB to {end} KiB"));
+            }
+        } else {
+            problems.push("tracer RSS could not be sampled".to_string());
+        }
+        if report.dropped.is_none() {
+            problems.push("the tracer's drop count could not be read".to_string());
+        }
+        if !problems.is_empty() {
+            bail!("soak check failed: {}", problems.join("; "));
+        }
+        println!("soak check: passed (no mismatches, RSS bounded, drops accounted)");
+    }
     Ok(())
 }

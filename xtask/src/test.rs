@@ -135,6 +135,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         Stage::Failed(cmd::describe_status(st))
     };
 
+    let soak = soak_stage();
+
     let vm = if args.no_vm {
         Stage::Skipped("--no-vm")
     } else {
@@ -143,13 +145,40 @@ pub fn run(args: &TestArgs) -> Result<()> {
 
     println!("xtask test summary:");
     println!("  cargo test --workspace: {cargo_test}");
+    println!("  soak (60 s):            {soak}");
     println!("  VM kernel matrix:       {vm}");
-    match (&cargo_test, &vm) {
-        (Stage::Failed(_), _) | (_, Stage::Failed(_)) => {
+    match (&cargo_test, &soak, &vm) {
+        (Stage::Failed(_), _, _) | (_, Stage::Failed(_), _) | (_, _, Stage::Failed(_)) => {
             bail!("tests failed (see the summary above)")
         }
         _ => Ok(()),
     }
+}
+
+/// One minute of churn across 1,000 ports with `trace` attached (`cargo xtask soak
+/// --minutes 1 --check`): final states agree with a fresh dump, RSS stays bounded.
+fn soak_stage() -> Stage {
+    if !cmd::is_root() {
+        return Stage::Skipped("needs root; run `sudo -E cargo xtask soak --check`");
+    }
+    let args = match <SoakDefaults as clap::Parser>::try_parse_from(["soak", "--minutes", "1", "--check"]) {
+        Ok(a) => a.soak,
+        Err(e) => return Stage::Failed(format!("soak arguments: {e}")),
+    };
+    println!("xtask: soak (cargo xtask soak --minutes 1 --check)");
+    match crate::soak::run(&args) {
+        Ok(()) => Stage::Passed,
+        Err(e) => {
+            eprintln!("xtask: soak failed: {e:#}");
+            Stage::Failed("see the soak output above".to_string())
+        }
+    }
+}
+
+#[derive(clap::Parser, Debug)]
+struct SoakDefaults {
+    #[command(flatten)]
+    soak: crate::soak::SoakArgs,
 }
 
 // ================================================================ VM MATRIX
