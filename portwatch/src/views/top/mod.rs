@@ -141,11 +141,13 @@ fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Re
     Ok(())
 }
 
-fn pull_transitions(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<()> {
+/// Applies the transitions that arrived; returns how many.
+fn pull_transitions(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<usize> {
     let ts = src.transitions().context("reading bucket transitions")?;
+    let n = ts.len();
     app.apply_transitions(ts, now);
     app.dropped = src.dropped_events();
-    Ok(())
+    Ok(n)
 }
 
 /// One plain frame: the three header lines, then the table with the TUI's columns.
@@ -239,6 +241,10 @@ pub fn run_tui<B: Backend>(
     let interval = opts.interval.max(TICK);
     let mut next_scan = Instant::now();
     let mut next_tick = Instant::now();
+    // Sorting, filtering and drawing happen only when something changed, and once a
+    // second for ages and fading highlights: an idle screen costs next to nothing.
+    let mut dirty = true;
+    let mut next_paint = Instant::now();
     // While paused the screen is frozen, ages included.
     let mut frozen_at: Option<Instant> = None;
     loop {
@@ -256,20 +262,30 @@ pub fn run_tui<B: Backend>(
         }
         if now >= next_tick {
             if !app.paused {
-                pull_transitions(&mut app, src, now)?;
+                if pull_transitions(&mut app, src, now)? > 0 {
+                    dirty = true;
+                }
                 if now >= next_scan {
                     rescan(&mut app, src, now)?;
                     next_scan = now + interval;
+                    dirty = true;
                 }
             }
             next_tick = now + TICK;
         }
-        let size = terminal.size().context("reading the terminal size")?;
-        app.page = ui::page_size(Rect::new(0, 0, size.width, size.height));
-        app.refresh_view();
-        terminal
-            .draw(|f| ui::draw(f, &app, opts, shown_at))
-            .context("drawing the screen")?;
+        if now >= next_paint {
+            dirty = true;
+        }
+        if dirty {
+            let size = terminal.size().context("reading the terminal size")?;
+            app.page = ui::page_size(Rect::new(0, 0, size.width, size.height));
+            app.refresh_view();
+            terminal
+                .draw(|f| ui::draw(f, &app, opts, shown_at))
+                .context("drawing the screen")?;
+            dirty = false;
+            next_paint = now + Duration::from_secs(1);
+        }
 
         // Wait for keys until the next tick; a key that changes the view redraws now.
         loop {
@@ -285,14 +301,21 @@ pub fn run_tui<B: Backend>(
                 Some(Event::Key(key)) => match app.handle_key(key) {
                     KeyOutcome::Quit => return Ok(()),
                     KeyOutcome::Nothing => {}
-                    KeyOutcome::Redraw => break,
+                    KeyOutcome::Redraw => {
+                        dirty = true;
+                        break;
+                    }
                     KeyOutcome::Resume => {
                         next_scan = Instant::now();
                         next_tick = next_scan;
+                        dirty = true;
                         break;
                     }
                 },
-                Some(Event::Resize(..)) => break,
+                Some(Event::Resize(..)) => {
+                    dirty = true;
+                    break;
+                }
                 Some(_) => {}
             }
         }
