@@ -20,11 +20,14 @@ enum Command {
     /// changed, bucket destroyed, failed bind/connect) as they happen.
     Trace(cmd::trace::TraceArgs),
     /// Print the bind hash table once (the replacement for the article's dump_bhash.py).
+    #[command(after_help = SNAPSHOT_NOTE)]
     Dump(cmd::dump::DumpArgs),
     /// Live table of bind buckets with recent transitions.
+    #[command(after_help = TOP_NOTE)]
     Top(cmd::top::TopArgs),
     /// Replay the article's quizzes in private network namespaces with the tracer attached:
     /// the article's expectation vs. what this kernel does.
+    #[command(after_help = QUIZ_NOTE)]
     Quiz(cmd::quiz::QuizArgs),
     /// Report which probe backends this kernel allows and why (no tracing).
     Probes(cmd::probes::ProbesArgs),
@@ -33,6 +36,22 @@ enum Command {
     #[command(hide = true)]
     Selftest(cmd::selftest::SelftestArgs),
 }
+
+const SNAPSHOT_NOTE: &str = "The table is a racy snapshot, like the article's drgn script: the walk takes no \
+kernel locks, so a bucket that changes during the walk may show either state; every walk is \
+bounded, and a chain or owner list cut short is reported (counts shown as lower bounds). \
+Needs CAP_BPF and CAP_PERFMON (root).";
+
+const TOP_NOTE: &str = "Keys: q/Esc quit, s next sort column, r reverse, / or f filter (a port, or part of a \
+netns id), p pause, j/k or arrows move, PgUp/PgDn, g/G first/last. Rows come from a racy \
+lock-free snapshot every --interval, kept current by the event stream in between. The header \
+shows, for the selected netns, how many ports of ip_local_port_range are free, shared by \
+connect() (bucket -1/-1) or blocked for connect(). Needs CAP_BPF and CAP_PERFMON (root).";
+
+const QUIZ_NOTE: &str = "Each replay runs in a fresh private network namespace created by portwatch (lo up, \
+ip_local_port_range 60000 60000 set inside it only, a listener on *:1234); the host's sysctls \
+are never touched. Exit status: 0 when every replay ran (differences from the article are \
+findings about this kernel), 1 when one could not run, 3 with --strict when one differs.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
