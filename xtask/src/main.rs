@@ -1,7 +1,7 @@
 //! Project automation: `cargo xtask setup | run | test` (alias in .cargo/config.toml).
 //!
 //! - `setup`: install what is missing (apt packages, nightly rust-src, bpf-linker).
-//! - `run [-- ARGS]`: setup, release build, run portwatch as root (default args: `quiz`).
+//! - `run [-- ARGS]`: setup, release build, run portwatch as root (default args: `quiz --all`).
 //! - `test [-- CARGO_TEST_ARGS]`: setup, build, `cargo test --workspace` as root, VM matrix.
 
 mod bench;
@@ -34,7 +34,7 @@ enum Cmd {
     /// nightly rust-src, bpf-linker 0.13.0 for LLVM 22.
     Setup,
     /// Setup, `cargo build --release -p portwatch`, then run it as root
-    /// (through `sudo -E` when not root). Default arguments: `quiz`.
+    /// (through `sudo -E` when not root). Default arguments: `quiz --all`.
     Run(run::RunArgs),
     /// Setup, build, `cargo test --workspace` (test binaries as root), then the VM matrix.
     Test(test::TestArgs),

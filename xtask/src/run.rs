@@ -7,11 +7,11 @@ use anyhow::{Context, Result};
 use crate::{cmd, setup};
 
 /// Arguments used when none are given.
-pub const DEFAULT_ARGS: &[&str] = &["quiz"];
+pub const DEFAULT_ARGS: &[&str] = &["quiz", "--all"];
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Arguments for portwatch (default: `quiz`). Put them after `--`.
+    /// Arguments for portwatch (default: `quiz --all`, the quizzes and the state checks). Put them after `--`.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn default_args_when_none() {
-        assert_eq!(effective_args(&[]), vec!["quiz".to_string()]);
+        assert_eq!(effective_args(&[]), vec!["quiz".to_string(), "--all".to_string()]);
         let user = vec!["dump".to_string(), "--json".to_string()];
         assert_eq!(effective_args(&user), user);
     }
