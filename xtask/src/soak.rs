@@ -138,7 +138,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             Err(e) => bail!("the tracer went away during the soak: {e:#}"),
         }
         let n = rss.len();
-        if n % 30 == 0 {
+        if n.is_multiple_of(30) {
             eprintln!(
                 "soak: {n} s, tracer VmRSS {} KiB",
                 rss.last().copied().unwrap_or(0)
