@@ -53,21 +53,12 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     if !layout_ready() {
         return None;
     }
-    let fd = arg(ctx, 0)? as i64;
-    let sk = sock_from_fd(fd)?;
-    if !is_tcp(sk) {
-        return None;
-    }
-    let net = sk_net(sk)?;
-    let netns = net_inum(net);
     let cfg = config();
-    if !netns_wanted(&cfg, netns) {
-        return None;
-    }
-    let cur = sk_num(sk);
     let mut port = 0u16;
     if which == op::BIND {
         // struct sockaddr_in / sockaddr_in6: family (u16) then port (be16) for both.
+        // Read first: an explicit port the filter rejects ends here, before the walk
+        // from the fd to the socket (the costly part for the busy, unwanted case).
         let uaddr = arg(ctx, 1)?;
         // SAFETY: a fault-tolerant read of user memory passed to the syscall.
         let hdr: [u8; 4] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 4]).ok()? };
@@ -75,15 +66,30 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         if family == AF_INET || family == AF_INET6 {
             port = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
-    } else if which == op::CLOSE {
+        if port != 0 && !port_wanted(&cfg, port) {
+            return None;
+        }
+    }
+    let fd = arg(ctx, 0)? as i64;
+    let sk = sock_from_fd(fd)?;
+    if !is_tcp(sk) {
+        return None;
+    }
+    let net = sk_net(sk)?;
+    let netns = net_inum(net);
+    if !netns_wanted(&cfg, netns) {
+        return None;
+    }
+    let cur = sk_num(sk);
+    if which == op::CLOSE {
         if cur == 0 {
             return None;
         }
         port = cur;
-    }
-    // Where the port is already known, a port filter applies here, before the map insert.
-    if port != 0 && !port_wanted(&cfg, port) {
-        return None;
+        // The port is known now: a port filter applies here, before the map insert.
+        if !port_wanted(&cfg, port) {
+            return None;
+        }
     }
     let p = Pending { sk, net, aux: 0, netns, port, op: which, had_port: (cur != 0) as u8 };
     let key = bpf_get_current_pid_tgid();
