@@ -79,7 +79,12 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(stream(&mut session, &a, &clock))?;
+    match rt.block_on(stream(&mut session, &a, &clock)) {
+        Ok(()) => {}
+        // `portwatch trace | head`: the reader left; that ends the stream, not an error.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
+        Err(e) => return Err(e),
+    }
     // Dropping the session detaches every program.
     drop(session);
     Ok(ExitCode::SUCCESS)
@@ -102,7 +107,9 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
         panic!("PORTWATCH_TEST_PANIC_AFTER_ATTACH=1: induced panic after attaching");
     }
     let mut reducer = Reducer::new();
-    let mut out = std::io::stdout().lock();
+    // Stdout is line-buffered: one write(2) per line would cost more than the tracing
+    // itself at high event rates. Buffer, and flush once per batch of events.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if !a.json {
         writeln!(out, "{}", header())?;
         out.flush()?;
