@@ -180,10 +180,16 @@ fn require_tools(test: &str) {
 }
 
 // ---------------------------------------------------------------------------------------
-// 1. Scale: 10,000 sockets on about 2,000 ports, mixed states.
+// 1. Scale: 10,000 sockets on exactly 2,000 ports, mixed states.
 
-/// Bound-only ports, cycling through three layouts (see [`bound_layout`]).
-const BOUND_PORTS: std::ops::Range<u16> = 10000..11050;
+/// Bound-only ports start here, cycling through three layouts (see [`bound_layout`]);
+/// how many there are is decided once the clients' ephemeral ports are known, so that
+/// the namespace ends with exactly [`PORTS`] ports.
+const BOUND_START: u16 = 10000;
+/// Bound-only sockets in all.
+const BOUND_SOCKETS: u32 = 2800;
+/// Ports in use in the namespace at the end.
+const PORTS: usize = 2000;
 /// Listener ports (0.0.0.0:P), each with accepted connections.
 const LISTEN_PORTS: std::ops::Range<u16> = 20000..20400;
 /// Connections kept ESTABLISHED (client + accepted server side: 2 sockets each).
@@ -214,11 +220,14 @@ fn bound_layout(i: usize) -> &'static [(&'static str, bool)] {
     }
 }
 
-fn bound_sockets() -> u32 {
-    BOUND_PORTS
-        .enumerate()
-        .map(|(i, _)| bound_layout(i).len() as u32)
-        .sum()
+/// How many sockets the i-th of `ports` bound ports gets so that `total` sockets cover
+/// them all: its layout's size, cut so that every later port still gets one.
+fn bound_share(i: usize, ports: usize, placed: u32, total: u32) -> usize {
+    let later = (ports - i - 1) as u32;
+    let room = total.saturating_sub(placed).saturating_sub(later);
+    let last = i + 1 == ports;
+    let want = if last { room } else { room.min(bound_layout(i).len() as u32) };
+    want.max(1) as usize
 }
 
 /// What the test created: the live sockets and, per port, how many sockets hold it.
@@ -234,13 +243,6 @@ fn build_scale() -> Built {
     let mut keep = Vec::with_capacity(TOTAL as usize);
     let mut expected: BTreeMap<u16, u32> = BTreeMap::new();
     let mut bound_only: BTreeMap<u16, u32> = BTreeMap::new();
-    for (i, port) in BOUND_PORTS.enumerate() {
-        for &(ip, reuseaddr) in bound_layout(i) {
-            keep.push(bound(ip, port, reuseaddr, false));
-            *expected.entry(port).or_default() += 1;
-            *bound_only.entry(port).or_default() += 1;
-        }
-    }
     let listeners: Vec<(u16, Socket)> = LISTEN_PORTS
         .map(|p| (p, listening("0.0.0.0", p, true, false)))
         .collect();
@@ -275,6 +277,31 @@ fn build_scale() -> Built {
         keep.push(a);
     }
     keep.extend(listeners.into_iter().map(|(_, l)| l));
+    // Bound-only sockets fill the namespace up to exactly PORTS ports.
+    let bound_ports = PORTS - expected.len();
+    assert!(
+        bound_ports >= 1 && bound_ports as u32 <= BOUND_SOCKETS,
+        "{} ports already in use: cannot place {BOUND_SOCKETS} bound sockets on the rest of {PORTS}",
+        expected.len()
+    );
+    let mut placed = 0u32;
+    for i in 0..bound_ports {
+        let port = BOUND_START + i as u16;
+        let share = bound_share(i, bound_ports, placed, BOUND_SOCKETS);
+        let layout = bound_layout(i);
+        for k in 0..share {
+            // Beyond its layout (only the last port, if at all), extra distinct addresses.
+            let (ip, reuseaddr) = match layout.get(k) {
+                Some(&(ip, r)) => (ip.to_string(), r),
+                None => (format!("127.1.{}.{}", k / 250, k % 250 + 1), false),
+            };
+            keep.push(bound(&ip, port, reuseaddr, false));
+            *expected.entry(port).or_default() += 1;
+            *bound_only.entry(port).or_default() += 1;
+            placed += 1;
+        }
+    }
+    assert_eq!(placed, BOUND_SOCKETS, "bound sockets placed");
     Built {
         keep,
         expected,
@@ -315,7 +342,7 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
     require_tools("ten_thousand_sockets_every_port_counted_exactly");
     let listeners = (LISTEN_PORTS.end - LISTEN_PORTS.start) as u32;
     assert_eq!(
-        bound_sockets() + listeners + 2 * ESTABLISHED + TIME_WAIT,
+        BOUND_SOCKETS + listeners + 2 * ESTABLISHED + TIME_WAIT,
         TOTAL,
         "the plan adds up"
     );
@@ -329,6 +356,7 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
     let built = ns.run(build_scale).expect("netns thread");
     let build_time = t0.elapsed();
     assert_eq!(built.keep.len() as u32, open);
+    assert_eq!(built.expected.len(), PORTS, "exactly {PORTS} ports in use");
     assert_eq!(
         built.expected.values().sum::<u32>(),
         TOTAL,
@@ -439,7 +467,7 @@ fn ten_thousand_sockets_every_port_counted_exactly() {
     // The bucket state of each kind of port, as 6.18 produces it.
     for (port, row) in &got {
         let (fr, frp, _) = state(row);
-        let want = if BOUND_PORTS.contains(port) || LISTEN_PORTS.contains(port) {
+        let want = if built.bound_only.contains_key(port) || LISTEN_PORTS.contains(port) {
             // bind() with or without SO_REUSEADDR: 0 on 6.18 (a new bucket never takes
             // the "first owner" branch that would set +1).
             (0, 0)
