@@ -186,3 +186,39 @@ fn human_output_has_a_header_and_one_line_per_transition() {
     assert!(lines[1].contains("bucket_created") && lines[1].contains("7000"), "{out}");
     assert!(lines[2].contains("bucket_destroyed"), "{out}");
 }
+
+#[test]
+fn ipv6_sockets_are_traced_with_their_addresses() {
+    if !require_root("ipv6_sockets_are_traced_with_their_addresses") {
+        return;
+    }
+    let v6 = |a: &str| -> socket2::SockAddr { a.parse::<std::net::SocketAddr>().expect("v6 literal").into() };
+    let lines = traced((32768, 60999), &["--port", "7777"], |ns| {
+        let tcp6 = || ns.socket(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("v6 socket");
+        let l = tcp6();
+        l.bind(&v6("[::1]:7777")).expect("bind [::1]:7777");
+        l.listen(8).expect("listen");
+        let c = tcp6();
+        c.connect(&v6("[::1]:7777")).expect("connect");
+        let (a, _) = l.accept().expect("accept");
+        let d = tcp6();
+        let err = d.bind(&v6("[::1]:7777")).expect_err("conflicting bind");
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        drop(a);
+        drop(c);
+        drop(d);
+        drop(l);
+    });
+    let s = summary(&lines);
+    let created = find(&lines, "bucket_created", 7777);
+    assert_eq!(created.len(), 1, "{s}");
+    assert_eq!(created[0]["local"], "[::1]:7777", "{s}");
+    let accepted = find(&lines, "owner_added", 7777);
+    assert!(
+        accepted.iter().any(|l| l["op"] == "accept" && l["remote"].as_str().is_some_and(|r| r.starts_with("[::1]:"))),
+        "{s}"
+    );
+    let failed = find(&lines, "bind_failed", 7777);
+    assert_eq!(failed.len(), 1, "{s}");
+    assert_eq!(failed[0]["errno"], 98, "{s}");
+}
