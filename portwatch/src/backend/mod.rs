@@ -122,11 +122,25 @@ pub struct SessionOptions {
     pub max_owners: u32,
     /// Size of the event ring buffer in bytes (power of two, multiple of the page size).
     pub ring_bytes: Option<u32>,
+    /// Size of the snapshot ring buffer; `None`: big enough for whole-table walks
+    /// (`dump`, `top`). Sessions that only look up single buckets pass a small one: the
+    /// ring is mapped into the process and counts in its memory.
+    pub snapshot_ring_bytes: Option<u32>,
 }
+
+/// A snapshot ring for sessions that only look up single buckets.
+pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { probe: None, netns: 0, ports: Vec::new(), max_owners: 65536, ring_bytes: None }
+        SessionOptions {
+            probe: None,
+            netns: 0,
+            ports: Vec::new(),
+            max_owners: 65536,
+            ring_bytes: None,
+            snapshot_ring_bytes: None,
+        }
     }
 }
 
@@ -390,6 +404,9 @@ fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, opts: &SessionOpt
         .override_global("ARGS", args, true);
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
+    }
+    if let Some(bytes) = opts.snapshot_ring_bytes {
+        loader.map_max_entries("SNAP_RB", bytes);
     }
     if opts.probe.is_none() {
         // Snapshot only: the event maps are never used; keep their creation cheap.

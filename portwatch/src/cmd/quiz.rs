@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, SessionOptions},
+    backend::{ProbeChoice, SessionOptions, LOOKUP_RING_BYTES},
     observer::SessionObserver,
     quiz::{quiz_ids, render_quizzes, render_states, run_quizzes, run_states, summary_line, to_json},
 };
@@ -45,6 +45,7 @@ pub fn run(a: QuizArgs) -> Result<ExitCode> {
         probe: Some(a.probe),
         // Nothing until the first quiz names its namespace.
         netns: u32::MAX,
+        snapshot_ring_bytes: Some(LOOKUP_RING_BYTES),
         ..SessionOptions::default()
     })?;
     eprintln!("portwatch: {}", session.backend_summary());

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, SessionOptions},
+    backend::{ProbeChoice, SessionOptions, LOOKUP_RING_BYTES},
     selftest,
 };
 
@@ -23,6 +23,7 @@ pub fn run(a: SelftestArgs) -> Result<ExitCode> {
     let mut session = super::open_session(&SessionOptions {
         probe: Some(a.probe),
         netns: u32::MAX,
+        snapshot_ring_bytes: Some(LOOKUP_RING_BYTES),
         ..SessionOptions::default()
     })?;
     eprintln!("portwatch: {}", session.backend_summary());

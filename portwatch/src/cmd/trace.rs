@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, Session, SessionOptions},
+    backend::{ProbeChoice, Session, SessionOptions, LOOKUP_RING_BYTES},
     format::{header, human_line, json_line, Clock},
     reducer::Reducer,
 };
@@ -66,6 +66,7 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
         netns: netns.inode().unwrap_or(0),
         ports: a.port.clone(),
         ring_bytes: a.ring_bytes,
+        snapshot_ring_bytes: Some(LOOKUP_RING_BYTES),
         ..SessionOptions::default()
     };
     let mut session = super::open_session(&opts)?;
