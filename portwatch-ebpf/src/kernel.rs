@@ -161,6 +161,11 @@ pub fn net_inum(net: u64) -> u32 {
 }
 
 #[inline(always)]
+pub fn sk_family(sk: u64) -> u16 {
+    zfield(sk, layout!(sk_family))
+}
+
+#[inline(always)]
 pub fn sk_num(sk: u64) -> u16 {
     zfield(sk, layout!(sk_num))
 }

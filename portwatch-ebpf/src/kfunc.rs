@@ -14,7 +14,7 @@ use portwatch_common::{flag, op};
 
 use crate::{
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
-    kernel::{field, is_tcp, layout, layout_ready, net_inum, port_range, sk_net, sk_num},
+    kernel::{field, is_tcp, layout, layout_ready, net_inum, port_range, sk_family, sk_net, sk_num},
     maps::{Pending, PENDING, SOCKS},
 };
 
@@ -57,11 +57,6 @@ fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
     let cur = sk_num(sk);
     let p = Pending { sk, net, aux, netns, port, op: which, had_port: (cur != 0) as u8 };
     PENDING.insert(&key(hook_id), &p, 0).ok()
-}
-
-#[inline(always)]
-fn sk_family(sk: u64) -> u16 {
-    field::<u16>(sk, layout!(sk_family)).unwrap_or(0)
 }
 
 /// The port a failed ephemeral search was about: the range's only port, if so.

@@ -30,8 +30,6 @@ pub struct Walk {
     tb: u64,
     /// Next per-address bucket node (TB2 mode).
     tb2_node: u64,
-    /// Current per-address bucket (verbose).
-    tb2: u64,
     /// Next owner node.
     owner: u64,
     seq: u64,
@@ -73,7 +71,6 @@ fn begin_bucket(w: &mut Walk) {
     w.tb = tb;
     w.owners = 0;
     w.owners_truncated = 0;
-    w.tb2 = 0;
     let net: u64 = field(tb, layout!(tb_net)).unwrap_or(0);
     w.cur_netns = net_inum(net);
     w.cur_port = field(tb, layout!(tb_port)).unwrap_or(0);
@@ -274,7 +271,6 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         node: 0,
         tb: 0,
         tb2_node: 0,
-        tb2: 0,
         owner: 0,
         seq: req.seq,
         slot: 0,

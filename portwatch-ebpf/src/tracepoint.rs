@@ -11,7 +11,7 @@ use portwatch_common::{flag, hook, op, NO_FIELD};
 
 use crate::{
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
-    kernel::{is_tcp, layout_ready, net_inum, port_range, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
+    kernel::{is_tcp, layout_ready, net_inum, port_range, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
     maps::{Pending, PENDING, SOCKS, TP},
 };
 
@@ -138,8 +138,7 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         return None;
     }
     if ok && which != op::CLOSE {
-        let family = crate::kernel::field::<u16>(p.sk, crate::kernel::layout!(sk_family)).unwrap_or(0);
-        remember(p.sk, p.net, port, family);
+        remember(p.sk, p.net, port, sk_family(p.sk));
     }
     if which == op::CLOSE {
         let _ = SOCKS.remove(&p.sk);
@@ -229,8 +228,7 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
     if port == 0 || !port_wanted(&cfg, port) {
         return None;
     }
-    let family = crate::kernel::field::<u16>(sk, crate::kernel::layout!(sk_family)).unwrap_or(0);
-    remember(sk, net, port, family);
+    remember(sk, net, port, sk_family(sk));
     let s = Subject { op: op::ACCEPT, hook: hook::TRACEPOINT, sk, net, netns, port, errno: 0, flags: 0, anon: false };
     send(&cfg, &s);
     Some(())

@@ -122,6 +122,14 @@ pub fn fmt_addr(family: u16, addr: &[u8; 16], port: u16) -> String {
     }
 }
 
+/// `errno_name`, or `errno N` when the number has no name here.
+pub fn errno_label(errno: i32) -> String {
+    match errno_name(errno) {
+        "E?" => format!("errno {errno}"),
+        name => name.to_string(),
+    }
+}
+
 /// Symbolic name of a (positive) errno value as Linux numbers it, "E?" when unknown.
 pub fn errno_name(errno: i32) -> &'static str {
     match errno.unsigned_abs() as i32 {

@@ -133,11 +133,16 @@ impl Reducer {
             .insert(key.l3mdev);
     }
 
-    fn remove(&mut self, key: &BucketKey) {
+    /// Remembers that the destruction of `key` was reported.
+    fn mark_gone(&mut self, key: BucketKey) {
         if self.gone.len() >= MAX_GONE {
             self.gone.clear();
         }
-        self.gone.insert(*key);
+        self.gone.insert(key);
+    }
+
+    fn remove(&mut self, key: &BucketKey) {
+        self.mark_gone(*key);
         self.known.remove(key);
         if let Some(set) = self.by_port.get_mut(&(key.netns, key.port)) {
             set.remove(&key.l3mdev);
@@ -289,10 +294,7 @@ impl Reducer {
                         kind: TransitionKind::BucketDestroyed,
                         ..base.clone()
                     });
-                    if self.gone.len() >= MAX_GONE {
-                        self.gone.clear();
-                    }
-                    self.gone.insert(key);
+                    self.mark_gone(key);
                 }
             }
         }

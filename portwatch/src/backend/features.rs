@@ -7,9 +7,7 @@ use crate::btf::Resolved;
 
 /// Whether the kernel was built with kprobes (tracefs exposes kprobe_events then).
 pub fn kprobes_available() -> bool {
-    ["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"]
-        .iter()
-        .any(|p| Path::new(p).exists())
+    super::tracefs::CANDIDATES.iter().any(|root| Path::new(root).join("kprobe_events").exists())
 }
 
 /// Position of parameter `name` of `func` in the BTF signature.

@@ -2,63 +2,73 @@
 //! fentry.rs). A hook the running kernel lacks is skipped with a warning when optional;
 //! a required one refuses the backend with the reason.
 use aya::{
-    programs::{FEntry, FExit, KProbe},
+    programs::{FEntry, FExit, KProbe, Program, ProgramError},
     Btf, Ebpf,
 };
 
 use super::{
     error_chain, load_reason,
-    features::{kprobes_available, missing_args, Hook, HOOKS},
+    features::{arg_positions, kprobes_available, missing_args, Hook, HOOKS},
 };
 use crate::btf::Resolved;
 
-fn hashdance_variant_wanted(h: &Hook, resolved: &Resolved) -> bool {
-    // Only one of the two hashdance functions exists on a kernel; try the one present.
-    h.func != "inet_twsk_hashdance" || !resolved.has_function("inet_twsk_hashdance_schedule")
-}
-
-/// Loads (verifier) and attaches every kprobe/kretprobe pair.
-pub fn attach_kprobes(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), String> {
-    let args = super::features::arg_positions(resolved);
-    let missing = missing_args(&args);
+/// The hooks this kernel can take, in order. Every required function and argument
+/// must exist (else the backend is refused with the reason); a missing optional one is
+/// skipped with a warning. Of the two hashdance variants only the one present is kept.
+fn present_hooks(resolved: &Resolved, backend: &str, warnings: &mut Vec<String>) -> Result<Vec<&'static Hook>, String> {
+    let missing = missing_args(&arg_positions(resolved));
     if !missing.is_empty() {
         return Err(format!("BTF lacks the parameters {}", missing.join(", ")));
     }
-    // Load everything first: the verifier's verdict is known even where attaching is
-    // impossible (kernels without kprobes).
-    let mut loaded = Vec::new();
-    for h in HOOKS.iter().filter(|h| hashdance_variant_wanted(h, resolved)) {
+    let mut hooks = Vec::new();
+    for h in HOOKS.iter() {
+        if h.func == "inet_twsk_hashdance" && resolved.has_function("inet_twsk_hashdance_schedule") {
+            continue;
+        }
         if !resolved.has_function(h.func) {
             if h.required {
                 return Err(format!("kernel has no function {}", h.func));
             }
-            warnings.push(format!("kprobe: kernel has no {}: changes it makes are not seen", h.func));
+            warnings.push(format!("{backend}: kernel has no {}: changes it makes are not seen", h.func));
             continue;
         }
-        for prog in [h.kprobe.0, h.kprobe.1] {
-            let p: &mut KProbe = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| format!("program {prog} missing from the object"))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        hooks.push(h);
+    }
+    Ok(hooks)
+}
+
+/// The program `name` of the object, as program type `T`.
+fn prog<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(|e: ProgramError| e.to_string())
+}
+
+/// Loads (verifier) and attaches every kprobe/kretprobe pair.
+pub fn attach_kprobes(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), String> {
+    let hooks = present_hooks(resolved, "kprobe", warnings)?;
+    // Load everything first: the verifier's verdict is known even where attaching is
+    // impossible (kernels without kprobes).
+    for h in &hooks {
+        for name in [h.kprobe.0, h.kprobe.1] {
+            let p: &mut KProbe = prog(ebpf, name)?;
             if p.fd().is_err() {
-                p.load().map_err(|e| format!("{prog}: {}", load_reason(&e)))?;
+                p.load().map_err(|e| format!("{name}: {}", load_reason(&e)))?;
             }
         }
-        loaded.push(h);
     }
     if !kprobes_available() {
         return Err("kernel has no kprobes (no kprobe_events in tracefs; the programs passed the verifier)".into());
     }
-    for h in loaded {
-        for prog in [h.kprobe.0, h.kprobe.1] {
-            let p: &mut KProbe = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| format!("program {prog} missing from the object"))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    for h in &hooks {
+        for name in [h.kprobe.0, h.kprobe.1] {
+            let p: &mut KProbe = prog(ebpf, name)?;
             if let Err(e) = p.attach(h.func, 0) {
-                let msg = format!("{prog} on {}: attach: {}", h.func, error_chain(&e));
+                let msg = format!("{name} on {}: attach: {}", h.func, error_chain(&e));
                 if h.required {
                     return Err(msg);
                 }
@@ -71,33 +81,14 @@ pub fn attach_kprobes(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<S
 
 /// Loads and attaches every fentry/fexit pair (needs BTF trampolines).
 pub fn attach_fentry(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), String> {
-    let args = super::features::arg_positions(resolved);
-    let missing = missing_args(&args);
-    if !missing.is_empty() {
-        return Err(format!("BTF lacks the parameters {}", missing.join(", ")));
-    }
+    let hooks = present_hooks(resolved, "fentry", warnings)?;
     let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {}", error_chain(&e)))?;
-    for h in HOOKS.iter().filter(|h| hashdance_variant_wanted(h, resolved)) {
-        if !resolved.has_function(h.func) {
-            if h.required {
-                return Err(format!("kernel has no function {}", h.func));
-            }
-            warnings.push(format!("fentry: kernel has no {}: changes it makes are not seen", h.func));
-            continue;
-        }
+    for h in hooks {
         let result = (|| -> Result<(), String> {
-            let entry: &mut FEntry = ebpf
-                .program_mut(h.fentry.0)
-                .ok_or_else(|| format!("program {} missing from the object", h.fentry.0))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            let entry: &mut FEntry = prog(ebpf, h.fentry.0)?;
             entry.load(h.func, &btf).map_err(|e| load_reason(&e))?;
             entry.attach().map_err(|e| format!("{} attach: {}", h.fentry.0, error_chain(&e)))?;
-            let exit: &mut FExit = ebpf
-                .program_mut(h.fentry.1)
-                .ok_or_else(|| format!("program {} missing from the object", h.fentry.1))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            let exit: &mut FExit = prog(ebpf, h.fentry.1)?;
             exit.load(h.func, &btf).map_err(|e| load_reason(&e))?;
             exit.attach().map_err(|e| format!("{} attach: {}", h.fentry.1, error_chain(&e)))?;
             Ok(())

@@ -154,7 +154,6 @@ pub struct Session {
     /// Warnings worth showing (e.g. an optional hook missing).
     pub warnings: Vec<String>,
     snap: Option<crate::snapshot::Snapshotter>,
-    pub tracefs_mounted_by_us: bool,
     max_owners: u32,
 }
 
@@ -229,38 +228,27 @@ impl Session {
             resolved,
             warnings,
             snap: Some(snap),
-            tracefs_mounted_by_us: mounted,
             max_owners: opts.max_owners,
         })
     }
 
     /// One line: the backend chosen and why the better ones were refused.
     pub fn backend_summary(&self) -> String {
-        match self.backend {
-            Some(b) => {
-                let refused: Vec<String> = self
-                    .attempts
-                    .iter()
-                    .filter_map(|a| a.refused.as_ref().map(|r| format!("{}: {}", a.backend, r)))
-                    .collect();
-                if refused.is_empty() {
-                    format!("backend: {b}")
-                } else {
-                    format!("backend: {b} ({})", refused.join("; "))
-                }
-            }
-            None => "backend: none (snapshot only)".into(),
-        }
+        self.summary_with(|r| r.to_string())
     }
 
     /// Like `backend_summary`, with each refusal cut to its gist (for headers):
     /// e.g. "backend: tracepoint (fentry: BPF_PROG_LOAD EPERM; kprobe: kernel has no kprobes)".
     pub fn backend_short(&self) -> String {
+        self.summary_with(gist)
+    }
+
+    fn summary_with(&self, reason: impl Fn(&str) -> String) -> String {
         let Some(b) = self.backend else { return "backend: none (snapshot only)".into() };
         let refused: Vec<String> = self
             .attempts
             .iter()
-            .filter_map(|a| a.refused.as_ref().map(|r| format!("{}: {}", a.backend, gist(r))))
+            .filter_map(|a| a.refused.as_deref().map(|r| format!("{}: {}", a.backend, reason(r))))
             .collect();
         if refused.is_empty() {
             format!("backend: {b}")

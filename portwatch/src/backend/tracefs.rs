@@ -19,7 +19,8 @@ pub enum TracefsError {
     MissingField { tp: String, field: String, path: PathBuf },
 }
 
-const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+/// Where tracefs is mounted, the usual place first.
+pub const CANDIDATES: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// The tracefs mount point, mounting it at /sys/kernel/tracing when no mount exists
 /// (tracepoint attachment needs it). Returns the path and whether we mounted it.

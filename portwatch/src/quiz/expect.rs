@@ -5,6 +5,8 @@ use std::net::SocketAddrV4;
 
 use serde::Serialize;
 
+use crate::decode::errno_label;
+
 /// The syscall an outcome is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,32 +62,13 @@ impl fmt::Display for Outcome {
                     f,
                     "{}() fails {} ({errno})",
                     call.as_str(),
-                    errno_name(*errno)
+                    errno_label(*errno)
                 )
             }
         }
     }
 }
 
-/// Symbolic name of the errnos these experiments can produce.
-pub fn errno_name(errno: i32) -> String {
-    let name = match errno {
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::EINVAL => "EINVAL",
-        libc::EPERM => "EPERM",
-        libc::EACCES => "EACCES",
-        libc::EISCONN => "EISCONN",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::EAGAIN => "EAGAIN",
-        libc::EINPROGRESS => "EINPROGRESS",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::EMFILE => "EMFILE",
-        _ => return format!("errno {errno}"),
-    };
-    name.to_owned()
-}
 
 /// The article's outcome for one socket and the one-line reason a learner should take away.
 #[derive(Clone, Copy, Debug)]
@@ -230,8 +213,8 @@ mod tests {
             errno: 98,
         };
         assert_eq!(fail.to_string(), "bind() fails EADDRINUSE (98)");
-        assert_eq!(errno_name(99), "EADDRNOTAVAIL");
-        assert_eq!(errno_name(4242), "errno 4242");
+        assert_eq!(errno_label(99), "EADDRNOTAVAIL");
+        assert_eq!(errno_label(4242), "errno 4242");
         let ok = Outcome::Connected {
             local: a([127, 0, 0, 1], 60000),
             peer: a([127, 8, 8, 8], 1234),

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
-use super::expect::{errno_name, fmt_fastreuse, StateVerdict, Verdict};
+use super::expect::{fmt_fastreuse, StateVerdict, Verdict};
+use crate::decode::errno_label;
 use super::results::{Observed, QuizReport, QuizResult, StateCheckResult, StatesReport};
 use super::scenarios::{QuizKind, LISTEN_PORT, QUIZ_PORT};
 use crate::model::{Transition, TransitionKind};
@@ -37,7 +38,7 @@ pub fn transition_line(t: &Transition) -> String {
             }
         }
         TransitionKind::BindFailed | TransitionKind::ConnectFailed => {
-            let _ = write!(s, " {} ({})", errno_name(t.errno), t.errno);
+            let _ = write!(s, " {} ({})", errno_label(t.errno), t.errno);
         }
         _ => {}
     }

@@ -7,7 +7,8 @@ use std::os::fd::AsRawFd;
 use anyhow::Context;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::expect::{compare, compare_fastreuse, errno_name, Call, Outcome, StateVerdict, Verdict};
+use super::expect::{compare, compare_fastreuse, Call, Outcome, StateVerdict, Verdict};
+use crate::decode::errno_label;
 use super::results::{
     Observed, QuizReport, QuizResult, SocketResult, StateCheckResult, StateStepResult,
     StatesReport, TimelineEntry,
@@ -433,7 +434,7 @@ fn run_check(
                     result.error = Some(format!(
                         "{} failed: {} ({errno}); the article's check expects it to succeed",
                         r.code,
-                        errno_name(errno)
+                        errno_label(errno)
                     ));
                 }
                 Ok(None) => {}

@@ -11,6 +11,7 @@ use std::{
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
+    decode::errno_label,
     model::{BucketInfo, BucketKey, Snapshot, Transition, TransitionKind},
     views::{connect_can_share, fmt_reuse},
 };
@@ -267,15 +268,6 @@ pub fn sort_keys(
     });
 }
 
-/// A short errno name such as `EADDRINUSE`.
-pub fn errno_name(errno: i32) -> String {
-    let e = nix::errno::Errno::from_raw(errno.saturating_abs());
-    if e == nix::errno::Errno::UnknownErrno {
-        format!("errno {errno}")
-    } else {
-        format!("{e:?}")
-    }
-}
 
 /// What a transition did to its bucket, in words, e.g. `fastreuse -1→0 (bind)`.
 /// `old` is the row's state before the transition, when known.
@@ -322,7 +314,7 @@ pub fn describe(t: &Transition, old: Option<&BucketInfo>) -> String {
             } else {
                 "connect"
             };
-            let mut s = format!("{call} failed {}", errno_name(t.errno));
+            let mut s = format!("{call} failed {}", errno_label(t.errno));
             if !t.comm.is_empty() {
                 let _ = write!(s, " ({})", t.comm);
             }
@@ -1251,9 +1243,9 @@ mod tests {
         assert_eq!(describe(&rm, None), "owner removed (release)");
         let d = tr(TransitionKind::BucketDestroyed, Op::Timewait, k, None);
         assert_eq!(describe(&d, None), "destroyed (timewait)");
-        assert_eq!(errno_name(99), "EADDRNOTAVAIL");
-        assert_eq!(errno_name(-98), "EADDRINUSE");
-        assert_eq!(errno_name(100000), "errno 100000");
+        assert_eq!(errno_label(99), "EADDRNOTAVAIL");
+        assert_eq!(errno_label(-98), "EADDRINUSE");
+        assert_eq!(errno_label(100000), "errno 100000");
         assert_eq!(
             describe_rescan(&info(0, -1, 2), &info(-1, -1, 1)),
             "fastreuse 0→-1, owners 2→1 (rescan)"
