@@ -12,3 +12,4 @@ pub mod snapshot;
 pub mod observer;
 pub mod selftest;
 pub mod layout_cache;
+pub mod export;

@@ -29,6 +29,9 @@ enum Command {
     /// the article's expectation vs. what this kernel does.
     #[command(after_help = QUIZ_NOTE)]
     Quiz(cmd::quiz::QuizArgs),
+    /// Serve port pressure and bind/connect failures as Prometheus metrics (/metrics).
+    #[command(after_help = EXPORT_NOTE)]
+    Export(cmd::export::ExportArgs),
     /// Report which probe backends this kernel allows and why (no tracing).
     Probes(cmd::probes::ProbesArgs),
     /// Run scripted scenarios against a backend and check the transitions (used by the
@@ -48,6 +51,11 @@ lock-free snapshot every --interval, kept current by the event stream in between
 shows, for the selected netns, how many ports of ip_local_port_range are free, shared by \
 connect() (bucket -1/-1) or blocked for connect(). Needs CAP_BPF and CAP_PERFMON (root).";
 
+const EXPORT_NOTE: &str = "Serves /metrics (Prometheus text format, or OpenMetrics by content negotiation) and a \
+help page at /, on loopback unless --listen says otherwise, until SIGINT or SIGTERM. Needs CAP_BPF and \
+CAP_PERFMON (root) to start; once the programs are attached it drops every capability scraping does \
+not need (it prints which it keeps and why).";
+
 const QUIZ_NOTE: &str = "Each replay runs in a fresh private network namespace created by portwatch (lo up, \
 ip_local_port_range 60000 60000 set inside it only, a listener on *:1234); the host's sysctls \
 are never touched. Exit status: 0 when every replay ran (differences from the article are \
@@ -60,6 +68,7 @@ fn main() -> ExitCode {
         Command::Dump(a) => cmd::dump::run(a),
         Command::Top(a) => cmd::top::run(a),
         Command::Quiz(a) => cmd::quiz::run(a),
+        Command::Export(a) => cmd::export::run(a),
         Command::Probes(a) => cmd::probes::run(a),
         Command::Selftest(a) => cmd::selftest::run(a),
     };
