@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use crate::cmd;
 
 /// Debian packages: LLVM 22 for bpf-linker, bpftool to inspect programs, iproute2 and
-/// tmux for the tests and demos, qemu + busybox for the VM kernel matrix, strace.
+/// tmux for the tests and demos, qemu + busybox for the VM kernel matrix, strace,
+/// prometheus (server and promtool) for the export tests.
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "bpftool",
@@ -19,6 +20,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "strace",
+    "prometheus",
 ];
 
 /// The bpf-linker release known to work with aya 0.14 and nightly's LLVM 22.
