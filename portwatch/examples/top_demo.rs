@@ -14,12 +14,16 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
 use portwatch::{
-    model::{BucketInfo, BucketKey, BucketRow, Op, Snapshot, SockOpts, Transition, TransitionKind},
+    model::{
+        BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, Scope, SeenBucket,
+        Snapshot, SockOpts, SocketEvent, Task,
+    },
     views::top::{run_top, TopOptions, TopSource},
 };
 
@@ -27,13 +31,22 @@ const NETNS: u32 = 4026532999;
 const RANGE: (u16, u16) = (60000, 60009);
 const STEP: Duration = Duration::from_millis(400);
 
+fn bucket(fastreuse: i8, owners: u32) -> BucketInfo {
+    BucketInfo {
+        fastreuse: Fastreuse(fastreuse),
+        fastreuseport: Fastreuse(-1),
+        owners: OwnerCount::exact(owners),
+    }
+}
+
+/// A fake kernel: its buckets, and the events a tracer would have sent about them.
 struct DemoSource {
     started: Instant,
     steps_done: u64,
     buckets: BTreeMap<u16, BucketInfo>,
-    pending: Vec<Transition>,
+    pending: Vec<SocketEvent>,
     rng: u64,
-    /// Panic (inside `transitions`) this long after start: shows the panic hook restores
+    /// Panic (inside `events`) this long after start: shows the panic hook restores
     /// the terminal.
     panic_after: Option<Duration>,
 }
@@ -41,14 +54,8 @@ struct DemoSource {
 impl DemoSource {
     fn new() -> Self {
         let mut buckets = BTreeMap::new();
-        let listener = BucketInfo {
-            fastreuse: 0,
-            fastreuseport: -1,
-            owners: 1,
-            owners_truncated: false,
-        };
-        buckets.insert(1234, listener);
-        buckets.insert(22, listener);
+        buckets.insert(1234, bucket(0, 1));
+        buckets.insert(22, bucket(0, 1));
         DemoSource {
             started: Instant::now(),
             steps_done: 0,
@@ -67,40 +74,34 @@ impl DemoSource {
         self.rng % n
     }
 
-    fn emit(
-        &mut self,
-        kind: TransitionKind,
-        op: Op,
-        port: u16,
-        from: Option<i8>,
-        to: Option<i8>,
-        errno: i32,
-    ) {
+    /// The event of `op` on `port` as the tracer reports it: the bucket after the call.
+    fn emit(&mut self, op: Op, port: u16, errno: i32) {
         let comm = match op {
             Op::Connect => "curl",
             Op::Bind | Op::Listen => "quiz",
             _ => "demo",
         };
         let remote = (op == Op::Connect).then(|| {
-            let r = 8 + port % 2;
-            format!("127.{r}.{r}.{r}:1234")
+            let r = 8 + (port % 2) as u8;
+            SocketAddr::from(([127, r, r, r], 1234))
         });
-        self.pending.push(Transition {
+        self.pending.push(SocketEvent {
             ts_ns: self.started.elapsed().as_nanos() as u64,
-            kind,
             op,
-            key: BucketKey {
-                netns: NETNS,
+            netns: NETNS,
+            port,
+            bucket: self.buckets.get(&port).map(|&info| SeenBucket {
+                id: 0,
                 l3mdev: 0,
-                port,
+                info,
+            }),
+            errno: Errno::new(errno),
+            had_port: op == Op::Close,
+            task: Task::Process {
+                pid: 4000 + u32::from(port % 100),
+                comm: comm.to_owned(),
             },
-            after: self.buckets.get(&port).copied(),
-            from,
-            to,
-            errno,
-            pid: 4000 + u32::from(port % 100),
-            comm: comm.to_owned(),
-            local: Some(format!("127.0.0.1:{port}")),
+            local: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             remote,
             opts: SockOpts {
                 reuseaddr: op == Op::Bind && port.is_multiple_of(2),
@@ -116,94 +117,40 @@ impl DemoSource {
         let action = self.next_rand(6);
         match (self.buckets.get(&port).copied(), action) {
             (None, 0..=3) => {
-                self.buckets.insert(
-                    port,
-                    BucketInfo {
-                        fastreuse: -1,
-                        fastreuseport: -1,
-                        owners: 1,
-                        owners_truncated: false,
-                    },
-                );
-                self.emit(
-                    TransitionKind::BucketCreated,
-                    Op::Connect,
-                    port,
-                    None,
-                    None,
-                    0,
-                );
+                self.buckets.insert(port, bucket(-1, 1));
+                self.emit(Op::Connect, port, 0);
             }
             (None, _) => {
-                self.buckets.insert(
-                    port,
-                    BucketInfo {
-                        fastreuse: 0,
-                        fastreuseport: -1,
-                        owners: 1,
-                        owners_truncated: false,
-                    },
-                );
-                self.emit(TransitionKind::BucketCreated, Op::Bind, port, None, None, 0);
+                self.buckets.insert(port, bucket(0, 1));
+                self.emit(Op::Bind, port, 0);
             }
-            (Some(b), 0 | 1) if b.fastreuse == -1 => {
+            (Some(b), 0 | 1) if b.fastreuse == Fastreuse(-1) => {
                 self.bump(port, 1);
-                self.emit(TransitionKind::OwnerAdded, Op::Connect, port, None, None, 0);
+                self.emit(Op::Connect, port, 0);
             }
-            (Some(b), 2) if b.fastreuse == -1 => {
+            (Some(b), 2) if b.fastreuse == Fastreuse(-1) => {
+                // A plain bind() of another address: one more owner, -1 -> 0.
                 self.bump(port, 1);
                 if let Some(b) = self.buckets.get_mut(&port) {
-                    b.fastreuse = 0;
+                    b.fastreuse = Fastreuse(0);
                 }
-                self.emit(TransitionKind::OwnerAdded, Op::Bind, port, None, None, 0);
-                self.emit(
-                    TransitionKind::FastreuseChanged,
-                    Op::Bind,
-                    port,
-                    Some(-1),
-                    Some(0),
-                    0,
-                );
+                self.emit(Op::Bind, port, 0);
             }
-            (Some(b), 2) => {
-                let _ = b;
-                self.emit(
-                    TransitionKind::BindFailed,
-                    Op::Bind,
-                    port,
-                    None,
-                    None,
-                    libc::EADDRINUSE,
-                );
+            (Some(_), 2) => self.emit(Op::Bind, port, libc::EADDRINUSE),
+            (Some(b), 3) if b.fastreuse != Fastreuse(-1) => {
+                self.emit(Op::Connect, port, libc::EADDRNOTAVAIL);
             }
-            (Some(b), 3) if b.fastreuse != -1 => {
-                self.emit(
-                    TransitionKind::ConnectFailed,
-                    Op::Connect,
-                    port,
-                    None,
-                    None,
-                    libc::EADDRNOTAVAIL,
-                );
-            }
-            (Some(b), 4) if b.owners > 1 => {
+            (Some(b), 4) if b.owners.n > 1 => {
                 self.bump(port, -1);
-                self.emit(TransitionKind::OwnerRemoved, Op::Close, port, None, None, 0);
+                self.emit(Op::Close, port, 0);
             }
             (Some(_), 4) => {
                 self.buckets.remove(&port);
-                self.emit(
-                    TransitionKind::BucketDestroyed,
-                    Op::Close,
-                    port,
-                    None,
-                    None,
-                    0,
-                );
+                self.emit(Op::Close, port, 0);
             }
             (Some(_), _) => {
                 // A TIME-WAIT socket expires: no syscall, no event; only a rescan sees it.
-                if self.buckets.get(&port).is_some_and(|b| b.owners > 1) {
+                if self.buckets.get(&port).is_some_and(|b| b.owners.n > 1) {
                     self.bump(port, -1);
                 } else {
                     self.buckets.remove(&port);
@@ -214,7 +161,7 @@ impl DemoSource {
 
     fn bump(&mut self, port: u16, delta: i32) {
         if let Some(b) = self.buckets.get_mut(&port) {
-            b.owners = b.owners.saturating_add_signed(delta);
+            b.owners.n = b.owners.n.saturating_add_signed(delta);
         }
     }
 
@@ -249,7 +196,14 @@ impl TopSource for DemoSource {
         })
     }
 
-    fn transitions(&mut self) -> anyhow::Result<Vec<Transition>> {
+    fn scope(&self) -> Scope {
+        Scope {
+            netns: Some(NETNS),
+            port: None,
+        }
+    }
+
+    fn events(&mut self) -> anyhow::Result<Vec<SocketEvent>> {
         if self
             .panic_after
             .is_some_and(|d| self.started.elapsed() >= d)

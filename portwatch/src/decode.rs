@@ -1,11 +1,18 @@
-//! Decoding of the raw records the eBPF programs write into ring buffers, and small
-//! helpers that turn kernel values into text (addresses, errno names, TCP states).
+//! Decoding, once, of the raw records the eBPF programs write into ring buffers: bytes
+//! into the `#[repr(C)]` structs of `portwatch_common`, and those into the typed values of
+//! [`crate::model`] ([`socket_event`], [`snapshot`]). Nothing past this module reads a
+//! raw record.
 //!
 //! Everything here is pure: no syscalls, no root, unit-tested.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{op, rec, Event, SnapRecord};
+use portwatch_common::{flag, op, rec, snapflag, Event, SnapRecord};
+
+use crate::model::{
+    AddrRow, BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, OwnerRow,
+    SeenBucket, Snapshot, SockOpts, SocketEvent, Task, TcpState,
+};
 
 /// `AF_INET` as the kernel numbers it.
 pub const AF_INET: u16 = 2;
@@ -71,9 +78,8 @@ pub fn decode_snap_record(buf: &[u8]) -> Result<SnapRecord, DecodeError> {
     }
 }
 
-/// Maps a kernel-boundary `op::*` value to the model's [`crate::model::Op`].
-pub fn op_of(v: u8) -> Result<crate::model::Op, DecodeError> {
-    use crate::model::Op;
+/// Maps a kernel-boundary `op::*` value to the model's [`Op`].
+fn op_of(v: u8) -> Result<Op, DecodeError> {
     Ok(match v {
         op::BIND => Op::Bind,
         op::LISTEN => Op::Listen,
@@ -86,110 +92,147 @@ pub fn op_of(v: u8) -> Result<crate::model::Op, DecodeError> {
     })
 }
 
-/// The task name up to its first NUL, invalid UTF-8 replaced.
-pub fn comm_str(comm: &[u8; 16]) -> String {
+/// The typed event of a raw one. Rejects unknown `op` values.
+pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
+    let has = |f: u16| ev.flags & f != 0;
+    let errno = Errno::new(ev.errno);
+    // A socket whose bind/connect failed holds no port: its address says nothing then.
+    let sock_known = has(flag::SOCK_KNOWN) && (errno.is_none() || has(flag::HAD_PORT));
+    Ok(SocketEvent {
+        ts_ns: ev.ts_ns,
+        op: op_of(ev.op)?,
+        netns: ev.netns,
+        port: ev.port,
+        bucket: has(flag::BUCKET_PRESENT).then(|| SeenBucket {
+            id: ev.bucket.tb,
+            l3mdev: ev.bucket.l3mdev,
+            info: BucketInfo {
+                fastreuse: Fastreuse(ev.bucket.fastreuse),
+                fastreuseport: Fastreuse(ev.bucket.fastreuseport),
+                owners: OwnerCount {
+                    n: ev.bucket.owners,
+                    truncated: has(flag::OWNERS_TRUNCATED),
+                },
+            },
+        }),
+        errno,
+        had_port: has(flag::HAD_PORT),
+        task: task(ev.pid, &ev.comm),
+        local: sock_known.then(|| socket_addr(ev.family, &ev.laddr, ev.port)).flatten(),
+        remote: (sock_known && ev.rport != 0)
+            .then(|| socket_addr(ev.family, &ev.raddr, ev.rport))
+            .flatten(),
+        opts: SockOpts {
+            reuseaddr: has(flag::REUSEADDR),
+            reuseport: has(flag::REUSEPORT),
+            bind_address_no_port: has(flag::BIND_ADDRESS_NO_PORT),
+        },
+        port_from_range: has(flag::PORT_FROM_RANGE),
+    })
+}
+
+/// The task of an event: the eBPF side leaves pid and comm zero for events no task
+/// caused (timer or softirq context).
+fn task(pid: u32, comm: &[u8; 16]) -> Task {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    if pid == 0 && end == 0 {
+        return Task::Kernel;
+    }
+    Task::Process {
+        pid,
+        comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+    }
 }
 
-/// The address alone (no port): `127.0.0.1`, `::1`; v4-mapped v6 printed as v4.
-/// Unknown families print as `?`.
-pub fn fmt_ip(family: u16, addr: &[u8; 16]) -> String {
+/// The address of `family`: IPv4 in the first 4 bytes, IPv6 in all 16; a v4-mapped IPv6
+/// address is the IPv4 address it maps. `None` for other families.
+fn ip(family: u16, addr: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        AF_INET => Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).to_string(),
-        AF_INET6 => {
-            let a6 = Ipv6Addr::from(*addr);
-            match a6.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => a6.to_string(),
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*addr)).to_canonical()),
+        _ => None,
+    }
+}
+
+fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    ip(family, addr).map(|ip| SocketAddr::new(ip, port))
+}
+
+/// Groups the records of one walk into a [`Snapshot`] sorted by key. ADDR and OWNER
+/// records precede the BUCKET record they belong to (the walker learns the owner count
+/// only at the end of a bucket). `tb2_v6_addr`: the kernel's per-address buckets keep
+/// their address in the IPv6 field (v4-mapped for IPv4), so ADDR records carry 16 bytes;
+/// otherwise they carry an IPv4 address.
+pub fn snapshot(records: &[SnapRecord], tb2_v6_addr: bool) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let mut addrs: Vec<AddrRow> = Vec::new();
+    // Owners seen before any ADDR record (kernels whose owners hang off the bucket).
+    let mut loose: Vec<(Option<IpAddr>, OwnerRow)> = Vec::new();
+    for r in records {
+        match r.kind {
+            rec::ADDR => {
+                let family = if tb2_v6_addr { AF_INET6 } else { AF_INET };
+                let has_state = r.owners != 0;
+                addrs.push(AddrRow {
+                    address: ip(family, &r.laddr),
+                    fastreuse: has_state.then_some(Fastreuse(r.fastreuse)),
+                    fastreuseport: has_state.then_some(Fastreuse(r.fastreuseport)),
+                    owners: Vec::new(),
+                });
             }
-        }
-        _ => "?".to_string(),
-    }
-}
-
-/// `127.0.0.1:60000`, `[::1]:60000`; v4-mapped v6 printed as v4; unknown family `?:port`.
-pub fn fmt_addr(family: u16, addr: &[u8; 16], port: u16) -> String {
-    match family {
-        AF_INET6 => {
-            let a6 = Ipv6Addr::from(*addr);
-            match a6.to_ipv4_mapped() {
-                Some(v4) => format!("{v4}:{port}"),
-                None => format!("[{a6}]:{port}"),
+            rec::OWNER => {
+                let owner = OwnerRow {
+                    local: socket_addr(r.family, &r.laddr, r.port),
+                    state: TcpState::from_kernel(r.state),
+                    reuseaddr: r.flags & snapflag::REUSEADDR != 0,
+                    reuseport: r.flags & snapflag::REUSEPORT != 0,
+                };
+                match addrs.last_mut() {
+                    Some(a) => a.owners.push(owner),
+                    None => loose.push((ip(r.family, &r.laddr), owner)),
+                }
             }
+            rec::BUCKET => {
+                for (address, owner) in loose.drain(..) {
+                    match addrs.iter_mut().find(|a| a.address == address) {
+                        Some(a) => a.owners.push(owner),
+                        None => addrs.push(AddrRow {
+                            address,
+                            fastreuse: None,
+                            fastreuseport: None,
+                            owners: vec![owner],
+                        }),
+                    }
+                }
+                let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
+                snap.truncated |= truncated;
+                snap.buckets.push(BucketRow {
+                    key: BucketKey {
+                        netns: r.netns,
+                        l3mdev: r.l3mdev,
+                        port: r.port,
+                    },
+                    info: BucketInfo {
+                        fastreuse: Fastreuse(r.fastreuse),
+                        fastreuseport: Fastreuse(r.fastreuseport),
+                        owners: OwnerCount {
+                            n: r.owners,
+                            truncated,
+                        },
+                    },
+                    addresses: std::mem::take(&mut addrs),
+                });
+            }
+            _ => {}
         }
-        _ => format!("{}:{port}", fmt_ip(family, addr)),
     }
-}
-
-/// `errno_name`, or `errno N` when the number has no name here.
-pub fn errno_label(errno: i32) -> String {
-    match errno_name(errno) {
-        "E?" => format!("errno {errno}"),
-        name => name.to_string(),
-    }
-}
-
-/// Symbolic name of a (positive) errno value as Linux numbers it, "E?" when unknown.
-pub fn errno_name(errno: i32) -> &'static str {
-    match errno.unsigned_abs() as i32 {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EINTR => "EINTR",
-        libc::EBADF => "EBADF",
-        libc::EAGAIN => "EAGAIN",
-        libc::ENOMEM => "ENOMEM",
-        libc::EACCES => "EACCES",
-        libc::EFAULT => "EFAULT",
-        libc::EINVAL => "EINVAL",
-        libc::EMFILE => "EMFILE",
-        libc::ENFILE => "ENFILE",
-        libc::ENOBUFS => "ENOBUFS",
-        libc::ENOTSOCK => "ENOTSOCK",
-        libc::EDESTADDRREQ => "EDESTADDRREQ",
-        libc::EPROTOTYPE => "EPROTOTYPE",
-        libc::EOPNOTSUPP => "EOPNOTSUPP",
-        libc::EAFNOSUPPORT => "EAFNOSUPPORT",
-        libc::EADDRINUSE => "EADDRINUSE",
-        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
-        libc::ENETDOWN => "ENETDOWN",
-        libc::ENETUNREACH => "ENETUNREACH",
-        libc::ECONNABORTED => "ECONNABORTED",
-        libc::ECONNRESET => "ECONNRESET",
-        libc::EISCONN => "EISCONN",
-        libc::ENOTCONN => "ENOTCONN",
-        libc::ETIMEDOUT => "ETIMEDOUT",
-        libc::ECONNREFUSED => "ECONNREFUSED",
-        libc::EHOSTUNREACH => "EHOSTUNREACH",
-        libc::EALREADY => "EALREADY",
-        libc::EINPROGRESS => "EINPROGRESS",
-        _ => "E?",
-    }
-}
-
-/// Name of a TCP state in kernel numbering (`TCP_ESTABLISHED` = 1), "?" when unknown.
-pub fn tcp_state_name(state: u8) -> &'static str {
-    match state {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        13 => "BOUND_INACTIVE",
-        _ => "?",
-    }
+    snap.buckets.sort_by_key(|b| b.key);
+    snap
 }
 
 #[cfg(test)]
 mod tests {
-    use portwatch_common::{flag, BucketState};
+    use portwatch_common::BucketState;
 
     use super::*;
 
@@ -350,74 +393,177 @@ mod tests {
         let mut c = [0u8; 16];
         c[..4].copy_from_slice(b"curl");
         c[5] = b'x';
-        assert_eq!(comm_str(&c), "curl");
-        assert_eq!(comm_str(&[b'a'; 16]), "a".repeat(16));
-        assert_eq!(comm_str(&[0; 16]), "");
+        assert_eq!(task(1, &c).comm(), Some("curl"));
+        assert_eq!(task(1, &[b'a'; 16]).comm(), Some("a".repeat(16).as_str()));
+        assert_eq!(task(1, &[0; 16]).comm(), Some(""));
         let mut bad = [0u8; 16];
         bad[0] = 0xff;
         bad[1] = b'z';
-        assert_eq!(comm_str(&bad), "\u{fffd}z");
+        assert_eq!(task(1, &bad).comm(), Some("\u{fffd}z"));
+        // No pid and no name: no task caused the event.
+        assert_eq!(task(0, &[0; 16]), Task::Kernel);
+        assert_eq!(task(0, &c).pid(), Some(0));
     }
 
     #[test]
     fn addresses() {
+        let sa = |family, addr: &[u8; 16], port| socket_addr(family, addr, port).map(|a| a.to_string());
         let mut v4 = [0u8; 16];
         v4[..4].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(fmt_addr(AF_INET, &v4, 60000), "127.0.0.1:60000");
+        assert_eq!(sa(AF_INET, &v4, 60000).as_deref(), Some("127.0.0.1:60000"));
         let lo6 = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(fmt_addr(AF_INET6, &lo6, 60000), "[::1]:60000");
+        assert_eq!(sa(AF_INET6, &lo6, 60000).as_deref(), Some("[::1]:60000"));
         let mapped = Ipv4Addr::new(127, 2, 2, 2).to_ipv6_mapped().octets();
-        assert_eq!(fmt_addr(AF_INET6, &mapped, 80), "127.2.2.2:80");
-        assert_eq!(fmt_addr(AF_INET6, &[0; 16], 1234), "[::]:1234");
-        assert_eq!(fmt_addr(AF_INET, &[0; 16], 1234), "0.0.0.0:1234");
-        assert_eq!(fmt_addr(0, &v4, 1), "?:1");
-        assert_eq!(fmt_ip(AF_INET, &v4), "127.0.0.1");
-        assert_eq!(fmt_ip(AF_INET6, &lo6), "::1");
+        assert_eq!(sa(AF_INET6, &mapped, 80).as_deref(), Some("127.2.2.2:80"));
+        assert_eq!(sa(AF_INET6, &[0; 16], 1234).as_deref(), Some("[::]:1234"));
+        assert_eq!(sa(AF_INET, &[0; 16], 1234).as_deref(), Some("0.0.0.0:1234"));
+        // An address of an unknown family is no address.
+        assert_eq!(sa(0, &v4, 1), None);
+        assert_eq!(ip(AF_INET, &v4).map(|a| a.to_string()).as_deref(), Some("127.0.0.1"));
+        assert_eq!(ip(AF_INET6, &lo6).map(|a| a.to_string()).as_deref(), Some("::1"));
     }
 
     #[test]
-    fn errno_names() {
-        assert_eq!(errno_name(98), "EADDRINUSE");
-        assert_eq!(errno_name(99), "EADDRNOTAVAIL");
-        assert_eq!(errno_name(111), "ECONNREFUSED");
-        assert_eq!(errno_name(22), "EINVAL");
-        assert_eq!(errno_name(13), "EACCES");
-        assert_eq!(errno_name(1), "EPERM");
-        assert_eq!(errno_name(110), "ETIMEDOUT");
-        assert_eq!(errno_name(106), "EISCONN");
-        assert_eq!(errno_name(114), "EALREADY");
-        assert_eq!(errno_name(9), "EBADF");
-        assert_eq!(errno_name(88), "ENOTSOCK");
-        assert_eq!(errno_name(97), "EAFNOSUPPORT");
-        assert_eq!(errno_name(115), "EINPROGRESS");
-        assert_eq!(errno_name(-98), "EADDRINUSE");
-        assert_eq!(errno_name(0), "E?");
-        assert_eq!(errno_name(4095), "E?");
-        assert_eq!(errno_name(i32::MIN), "E?");
+    fn socket_event_is_typed() {
+        let e = socket_event(&sample_event()).expect("decodes");
+        assert_eq!(e.op, Op::Connect);
+        assert_eq!((e.netns, e.port, e.ts_ns), (4026532290, 60000, 123_456_789));
+        assert_eq!(
+            e.bucket,
+            Some(SeenBucket {
+                id: 0xffff_8880_dead_beef,
+                l3mdev: 0,
+                info: BucketInfo {
+                    fastreuse: Fastreuse(-1),
+                    fastreuseport: Fastreuse(-1),
+                    owners: OwnerCount::exact(2),
+                },
+            })
+        );
+        assert_eq!(e.errno, None);
+        assert!(!e.had_port);
+        assert_eq!(e.task, Task::Process { pid: 4242, comm: "python3".into() });
+        assert_eq!(e.local.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:60000"));
+        assert_eq!(e.remote.map(|a| a.to_string()).as_deref(), Some("127.9.9.9:1234"));
+        assert_eq!(e.opts, SockOpts::default());
+        assert!(!e.port_from_range);
+
+        let mut raw = sample_event();
+        raw.flags = flag::OWNERS_TRUNCATED
+            | flag::REUSEADDR
+            | flag::REUSEPORT
+            | flag::BIND_ADDRESS_NO_PORT
+            | flag::PORT_FROM_RANGE
+            | flag::SOCK_KNOWN;
+        raw.errno = 99;
+        raw.pid = 0;
+        raw.comm = [0; 16];
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.bucket, None, "no BUCKET_PRESENT: no bucket");
+        assert_eq!(e.errno, Errno::new(99));
+        assert_eq!(e.task, Task::Kernel);
+        assert_eq!(
+            e.opts,
+            SockOpts {
+                reuseaddr: true,
+                reuseport: true,
+                bind_address_no_port: true
+            }
+        );
+        assert!(e.port_from_range);
+        // A failed socket that had no port holds none: its addresses say nothing.
+        assert_eq!((e.local, e.remote), (None, None));
+        raw.flags |= flag::HAD_PORT;
+        let e = socket_event(&raw).expect("decodes");
+        assert!(e.had_port && e.local.is_some() && e.remote.is_some());
+        // Unknown socket: no addresses; no remote port: no remote.
+        raw.flags &= !flag::SOCK_KNOWN;
+        assert_eq!(socket_event(&raw).expect("decodes").local, None);
+        let mut raw = sample_event();
+        raw.rport = 0;
+        assert_eq!(socket_event(&raw).expect("decodes").remote, None);
+        raw.op = 0;
+        assert_eq!(socket_event(&raw), Err(DecodeError::UnknownOp(0)));
     }
 
-    #[test]
-    fn tcp_states() {
-        let want = [
-            "?",
-            "ESTABLISHED",
-            "SYN_SENT",
-            "SYN_RECV",
-            "FIN_WAIT1",
-            "FIN_WAIT2",
-            "TIME_WAIT",
-            "CLOSE",
-            "CLOSE_WAIT",
-            "LAST_ACK",
-            "LISTEN",
-            "CLOSING",
-            "NEW_SYN_RECV",
-            "BOUND_INACTIVE",
-            "?",
-        ];
-        for (i, w) in want.iter().enumerate() {
-            assert_eq!(tcp_state_name(i as u8), *w, "state {i}");
+    fn rec(kind: u8, port: u16, owners: u32) -> SnapRecord {
+        SnapRecord {
+            kind,
+            port,
+            owners,
+            netns: 7,
+            ..Default::default()
         }
-        assert_eq!(tcp_state_name(255), "?");
+    }
+
+    #[test]
+    fn snapshot_groups_addresses_and_owners_under_their_bucket() {
+        let mut a = rec(rec::ADDR, 60000, 1);
+        a.laddr[10] = 0xff;
+        a.laddr[11] = 0xff;
+        a.laddr[12..16].copy_from_slice(&[127, 0, 0, 1]);
+        let mut o = rec(rec::OWNER, 60000, 0);
+        o.family = 2;
+        o.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        o.state = 1;
+        o.flags = snapflag::REUSEADDR;
+        let mut b = rec(rec::BUCKET, 60000, 1);
+        b.fastreuse = -1;
+        b.fastreuseport = -1;
+        let b2 = rec(rec::BUCKET, 1234, 2);
+        let snap = snapshot(&[a, o, b, b2], true);
+        assert_eq!(snap.buckets.len(), 2);
+        // Sorted by key: 1234 first.
+        assert_eq!(snap.buckets[0].key.port, 1234);
+        assert!(snap.buckets[0].addresses.is_empty());
+        let row = &snap.buckets[1];
+        assert_eq!(row.info.fastreuse, Fastreuse(-1));
+        assert_eq!(row.info.owners, OwnerCount::exact(1));
+        assert_eq!(row.addresses.len(), 1);
+        assert_eq!(row.addresses[0].address, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(row.addresses[0].fastreuse, Some(Fastreuse(0)));
+        assert_eq!(
+            row.addresses[0].owners[0].local,
+            Some(SocketAddr::from(([127, 0, 0, 1], 60000)))
+        );
+        assert!(row.addresses[0].owners[0].reuseaddr);
+        assert_eq!(row.addresses[0].owners[0].state, TcpState::Established);
+    }
+
+    #[test]
+    fn snapshot_groups_loose_owners_by_address() {
+        let mut o1 = rec(rec::OWNER, 80, 0);
+        o1.family = 2;
+        o1.laddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let o2 = o1;
+        let mut o3 = o1;
+        o3.laddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let b = rec(rec::BUCKET, 80, 3);
+        let snap = snapshot(&[o1, o2, o3, b], false);
+        let row = &snap.buckets[0];
+        assert_eq!(row.addresses.len(), 2);
+        assert_eq!(row.addresses[0].owners.len(), 2);
+        assert_eq!(row.addresses[0].fastreuse, None);
+        assert!(!snap.truncated);
+    }
+
+    #[test]
+    fn snapshot_reports_truncation() {
+        let mut b = rec(rec::BUCKET, 80, 4096);
+        b.flags = snapflag::OWNERS_TRUNCATED;
+        let snap = snapshot(&[b], false);
+        assert!(snap.truncated);
+        assert_eq!(snap.buckets[0].info.owners, OwnerCount::at_least(4096));
+    }
+
+    #[test]
+    fn snapshot_addr_records_follow_the_kernels_address_field() {
+        let mut a = rec(rec::ADDR, 80, 0);
+        a.laddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        let b = rec(rec::BUCKET, 80, 0);
+        let snap = snapshot(&[a, b], false);
+        assert_eq!(snap.buckets[0].addresses[0].address, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))));
+        // No owners on this per-address bucket: no per-address state either.
+        assert_eq!(snap.buckets[0].addresses[0].fastreuseport, None);
     }
 }

@@ -5,7 +5,7 @@ pub mod btf;
 pub mod views;
 pub mod decode;
 pub mod reducer;
-pub mod format;
+pub mod render;
 pub mod backend;
 pub mod privileges;
 pub mod snapshot;

@@ -4,6 +4,7 @@ use anyhow::Context as _;
 
 use crate::{
     backend::Session,
+    decode,
     model::{BucketInfo, Transition},
     quiz::Observer,
     reducer::Reducer,
@@ -36,9 +37,9 @@ impl Observer for SessionObserver<'_> {
 
     fn collect(&mut self) -> anyhow::Result<Vec<Transition>> {
         let mut out = Vec::new();
-        for ev in self.session.drain().context("reading events")? {
-            if ev.netns == self.netns {
-                out.extend(self.reducer.apply(&ev));
+        for raw in self.session.drain().context("reading events")? {
+            if raw.netns == self.netns {
+                out.extend(self.reducer.apply(&decode::socket_event(&raw)?));
             }
         }
         Ok(out)

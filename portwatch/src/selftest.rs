@@ -8,55 +8,66 @@
 //! as observations, not checked.
 use std::{net::SocketAddr, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     backend::Session,
-    model::{Transition, TransitionKind},
+    model::{Errno, Fastreuse, Op, Transition, TransitionKind},
     netns::PrivateNetns,
-    quiz::Observer,
     observer::SessionObserver,
+    quiz::Observer,
 };
 
-/// A transition reduced to what must agree across backends (no time, pid; `op` is kept
-/// for diagnosis but not compared: backends see a release from different places).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Step {
-    pub op: String,
+/// A transition of a scenario's port reduced to what must agree across backends (no
+/// time, no pid; `op` is kept for diagnosis but not compared: backends see a release
+/// from different places).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScenarioTransition {
+    pub op: Op,
     pub port: u16,
-    pub kind: String,
-    pub fastreuse: Option<i8>,
-    pub fastreuseport: Option<i8>,
+    pub kind: TransitionKind,
+    pub fastreuse: Option<Fastreuse>,
+    pub fastreuseport: Option<Fastreuse>,
+    /// The owner count after it (0 without a bucket).
     pub owners: u32,
-    pub errno: i32,
+    #[serde(with = "crate::model::errno_or_zero")]
+    pub errno: Option<Errno>,
 }
 
-impl Step {
-    fn of(t: &Transition) -> Step {
-        Step {
-            op: t.op.as_str().to_string(),
+impl ScenarioTransition {
+    fn of(t: &Transition) -> ScenarioTransition {
+        ScenarioTransition {
+            op: t.op,
             port: t.key.port,
-            kind: t.kind.as_str().to_string(),
+            kind: t.kind,
             fastreuse: t.after.map(|a| a.fastreuse),
             fastreuseport: t.after.map(|a| a.fastreuseport),
-            owners: t.after.map(|a| a.owners).unwrap_or(0),
+            owners: t.after.map_or(0, |a| a.owners.n),
             errno: t.errno,
         }
     }
+
+    /// Equal in everything but `op`: what backends must agree on.
+    pub fn agrees_with(&self, other: &ScenarioTransition) -> bool {
+        ScenarioTransition { op: other.op, ..self.clone() } == *other
+    }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// One scenario's outcome. Its serde form is part of `portwatch selftest --json`, read
+/// back by xtask.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScenarioResult {
-    pub name: &'static str,
+    pub name: String,
     /// Transitions of the scenario's port(s), in order.
-    pub steps: Vec<Step>,
+    pub steps: Vec<ScenarioTransition>,
     /// Failed checks (empty: passed).
     pub failures: Vec<String>,
     /// Kernel-dependent values worth reporting (e.g. fastreuse after SO_REUSEADDR).
     pub observations: Vec<(String, String)>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What `portwatch selftest --json` prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SelftestReport {
     pub kernel: String,
     pub backend: String,
@@ -82,7 +93,7 @@ fn tcp(ns: &PrivateNetns) -> anyhow::Result<socket2::Socket> {
 struct Ctx<'a, 'b> {
     obs: &'a mut SessionObserver<'b>,
     ports: Vec<u16>,
-    steps: Vec<Step>,
+    steps: Vec<ScenarioTransition>,
     failures: Vec<String>,
 }
 
@@ -92,7 +103,7 @@ impl Ctx<'_, '_> {
         std::thread::sleep(Duration::from_millis(20));
         for t in self.obs.collect()? {
             if self.ports.contains(&t.key.port) {
-                self.steps.push(Step::of(&t));
+                self.steps.push(ScenarioTransition::of(&t));
             }
         }
         Ok(())
@@ -104,14 +115,14 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn expect_kinds(&mut self, port: u16, want: &[&str]) {
-        let got: Vec<&str> = self.steps.iter().filter(|s| s.port == port).map(|s| s.kind.as_str()).collect();
+    fn expect_kinds(&mut self, port: u16, want: &[TransitionKind]) {
+        let got: Vec<TransitionKind> = self.steps.iter().filter(|s| s.port == port).map(|s| s.kind).collect();
         let ok = got == want;
         self.check(ok, format!("port {port}: transitions {got:?}, expected {want:?}"));
     }
 
-    fn find(&self, port: u16, kind: TransitionKind) -> Option<&Step> {
-        self.steps.iter().find(|s| s.port == port && s.kind == kind.as_str())
+    fn find(&self, port: u16, kind: TransitionKind) -> Option<&ScenarioTransition> {
+        self.steps.iter().find(|s| s.port == port && s.kind == kind)
     }
 }
 
@@ -135,7 +146,7 @@ fn scenario(
             Vec::new()
         }
     };
-    ScenarioResult { name, steps: ctx.steps, failures: ctx.failures, observations }
+    ScenarioResult { name: name.to_owned(), steps: ctx.steps, failures: ctx.failures, observations }
 }
 
 /// Runs every scenario against `session` (its backend already attached).
@@ -166,16 +177,23 @@ pub fn run(session: &mut Session) -> SelftestReport {
         c.expect_kinds(
             60000,
             // A bind() without SO_REUSEPORT also takes fastreuseport from -1 to 0.
-            &["bucket_created", "owner_added", "fastreuse_changed", "fastreuseport_changed", "owner_removed", "bucket_destroyed"],
+            &[
+                TransitionKind::BucketCreated,
+                TransitionKind::OwnerAdded,
+                TransitionKind::FastreuseChanged,
+                TransitionKind::FastreuseportChanged,
+                TransitionKind::OwnerRemoved,
+                TransitionKind::BucketDestroyed,
+            ],
         );
         let created = c.find(60000, TransitionKind::BucketCreated).cloned();
         c.check(
-            created.as_ref().is_some_and(|s| s.fastreuse == Some(-1) && s.fastreuseport == Some(-1) && s.owners == 1),
+            created.as_ref().is_some_and(|s| s.fastreuse == Some(Fastreuse(-1)) && s.fastreuseport == Some(Fastreuse(-1)) && s.owners == 1),
             format!("connect() must create 60000 at -1/-1 with one owner, got {created:?}"),
         );
         let changed = c.find(60000, TransitionKind::FastreuseChanged).cloned();
         c.check(
-            changed.as_ref().is_some_and(|s| s.fastreuse == Some(0) && s.owners == 2),
+            changed.as_ref().is_some_and(|s| s.fastreuse == Some(Fastreuse(0)) && s.owners == 2),
             format!("plain bind() of another address must move 60000 to 0 with two owners, got {changed:?}"),
         );
         Ok(Vec::new())
@@ -195,10 +213,13 @@ pub fn run(session: &mut Session) -> SelftestReport {
         drop(a);
         drop(b);
         c.collect()?;
-        c.expect_kinds(5000, &["bucket_created", "bind_failed", "bucket_destroyed"]);
+        c.expect_kinds(
+            5000,
+            &[TransitionKind::BucketCreated, TransitionKind::BindFailed, TransitionKind::BucketDestroyed],
+        );
         let f = c.find(5000, TransitionKind::BindFailed).cloned();
         c.check(
-            f.as_ref().is_some_and(|s| s.errno == libc::EADDRINUSE && s.owners == 1 && s.fastreuse == Some(0)),
+            f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRINUSE) && s.owners == 1 && s.fastreuse == Some(Fastreuse(0))),
             format!("bind_failed must carry errno 98 and the bucket 0/1, got {f:?}"),
         );
         Ok(Vec::new())
@@ -221,7 +242,7 @@ pub fn run(session: &mut Session) -> SelftestReport {
         c.collect()?;
         let f = c.find(60000, TransitionKind::ConnectFailed).cloned();
         c.check(
-            f.as_ref().is_some_and(|s| s.errno == libc::EADDRNOTAVAIL && s.fastreuse == Some(0) && s.owners == 1),
+            f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRNOTAVAIL) && s.fastreuse == Some(Fastreuse(0)) && s.owners == 1),
             format!("connect_failed must carry errno 99 and the bucket 0/1, got {f:?}"),
         );
         drop(s2);
@@ -237,7 +258,7 @@ pub fn run(session: &mut Session) -> SelftestReport {
         c.collect()?;
         let first = c.find(6000, TransitionKind::BucketCreated).cloned();
         c.check(first.is_some(), "SO_REUSEADDR bind must create the bucket");
-        let fr = first.and_then(|s| s.fastreuse).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+        let fr = first.and_then(|s| s.fastreuse).map_or_else(|| "?".to_owned(), |v| v.to_string());
         drop(a);
         c.collect()?;
         // The article shows +1; 6.18 leaves 0 (bhash2 linked before the test): observed.
@@ -274,7 +295,7 @@ fn timewait_purge(obs: &mut SessionObserver<'_>, backend: &str) -> ScenarioResul
         std::thread::sleep(Duration::from_millis(50));
         obs.collect()?;
         let before = obs.bucket(ns.inode(), 1234)?;
-        let held = before.is_some_and(|b| b.owners >= 1);
+        let held = before.is_some_and(|b| b.owners.n >= 1);
         if !held {
             anyhow::bail!("no TIME-WAIT owner on port 1234 before the namespace exit: {before:?}");
         }
@@ -301,32 +322,5 @@ fn timewait_purge(obs: &mut SessionObserver<'_>, backend: &str) -> ScenarioResul
         }
         Err(e) => failures.push(format!("could not run: {e:#}")),
     }
-    ScenarioResult { name, steps: Vec::new(), failures, observations }
-}
-
-/// Human-readable report.
-pub fn render(r: &SelftestReport) -> String {
-    let mut s = format!("selftest on kernel {} with the {} backend\n", r.kernel, r.backend);
-    for sc in &r.scenarios {
-        let verdict = if sc.failures.is_empty() { "PASS" } else { "FAIL" };
-        s.push_str(&format!("  {verdict} {}\n", sc.name));
-        for st in &sc.steps {
-            s.push_str(&format!(
-                "      port {} {} ({}) fastreuse {} owners {}{}\n",
-                st.port,
-                st.kind,
-                st.op,
-                st.fastreuse.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                st.owners,
-                if st.errno != 0 { format!(" errno {}", st.errno) } else { String::new() }
-            ));
-        }
-        for f in &sc.failures {
-            s.push_str(&format!("      failed: {f}\n"));
-        }
-        for (k, v) in &sc.observations {
-            s.push_str(&format!("      observed: {k} = {v}\n"));
-        }
-    }
-    s
+    ScenarioResult { name: name.to_owned(), steps: Vec::new(), failures, observations }
 }

@@ -1,5 +1,6 @@
 //! Snapshot engine: asks the in-kernel walker (`portwatch-ebpf/src/snapshot.rs`) for a
-//! copy of the bind hash table and turns its records into a `model::Snapshot`.
+//! copy of the bind hash table; [`crate::decode::snapshot`] turns its records into a
+//! `model::Snapshot`.
 //!
 //! The walk takes no kernel locks, exactly like the article's drgn script: a bucket that
 //! changes during the walk may be seen in either state, and a chain cut short is reported
@@ -14,11 +15,9 @@ use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LO
 use crate::{
     backend::{error_chain, BackendError},
     btf::Resolved,
-    decode::{decode_snap_record, fmt_addr, fmt_ip, tcp_state_name},
-    model::{AddrRow, BucketInfo, BucketKey, BucketRow, OwnerRow, Snapshot},
+    decode::decode_snap_record,
+    model::Snapshot,
 };
-
-const AF_INET6: u16 = 10;
 
 /// What to walk.
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +86,7 @@ impl Snapshotter {
         };
         let (records, end) = self.request(ebpf, req)?;
         let tb2_v6 = resolved.layout.tb2_v6_rcv_saddr != NO_FIELD;
-        let mut snap = assemble(&records, tb2_v6);
+        let mut snap = crate::decode::snapshot(&records, tb2_v6);
         snap.slots = end.netns;
         snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
         Ok(snap)
@@ -134,129 +133,5 @@ impl Snapshotter {
         Err(BackendError::Snapshot(
             "the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)".into(),
         ))
-    }
-}
-
-/// Groups walk records into buckets. ADDR and OWNER records precede the BUCKET record
-/// they belong to (the walker learns the owner count only at the end of a bucket).
-pub fn assemble(records: &[SnapRecord], tb2_v6: bool) -> Snapshot {
-    let mut snap = Snapshot::default();
-    let mut addrs: Vec<AddrRow> = Vec::new();
-    // Owners seen before any ADDR record (kernels whose owners hang off the bucket).
-    let mut loose: Vec<(String, OwnerRow)> = Vec::new();
-    for r in records {
-        match r.kind {
-            rec::ADDR => {
-                let address = if tb2_v6 { fmt_ip(AF_INET6, &r.laddr) } else { fmt_ip(2, &r.laddr) };
-                let has_state = r.owners != 0;
-                addrs.push(AddrRow {
-                    address,
-                    fastreuse: has_state.then_some(r.fastreuse),
-                    fastreuseport: has_state.then_some(r.fastreuseport),
-                    owners: Vec::new(),
-                });
-            }
-            rec::OWNER => {
-                let owner = OwnerRow {
-                    local: fmt_addr(r.family, &r.laddr, r.port),
-                    state: tcp_state_name(r.state).to_string(),
-                    reuseaddr: r.flags & snapflag::REUSEADDR != 0,
-                    reuseport: r.flags & snapflag::REUSEPORT != 0,
-                };
-                match addrs.last_mut() {
-                    Some(a) => a.owners.push(owner),
-                    None => loose.push((fmt_ip(r.family, &r.laddr), owner)),
-                }
-            }
-            rec::BUCKET => {
-                for (address, owner) in loose.drain(..) {
-                    match addrs.iter_mut().find(|a| a.address == address) {
-                        Some(a) => a.owners.push(owner),
-                        None => addrs.push(AddrRow { address, fastreuse: None, fastreuseport: None, owners: vec![owner] }),
-                    }
-                }
-                let owners_truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
-                snap.truncated |= owners_truncated;
-                snap.buckets.push(BucketRow {
-                    key: BucketKey { netns: r.netns, l3mdev: r.l3mdev, port: r.port },
-                    info: BucketInfo {
-                        fastreuse: r.fastreuse,
-                        fastreuseport: r.fastreuseport,
-                        owners: r.owners,
-                        owners_truncated,
-                    },
-                    addresses: std::mem::take(&mut addrs),
-                });
-            }
-            _ => {}
-        }
-    }
-    snap.buckets.sort_by_key(|b| b.key);
-    snap
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rec(kind: u8, port: u16, owners: u32) -> SnapRecord {
-        SnapRecord { kind, port, owners, netns: 7, ..Default::default() }
-    }
-
-    #[test]
-    fn groups_addresses_and_owners_under_their_bucket() {
-        let mut a = rec(rec::ADDR, 60000, 1);
-        a.laddr[10] = 0xff;
-        a.laddr[11] = 0xff;
-        a.laddr[12..16].copy_from_slice(&[127, 0, 0, 1]);
-        let mut o = rec(rec::OWNER, 60000, 0);
-        o.family = 2;
-        o.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        o.state = 1;
-        o.flags = snapflag::REUSEADDR;
-        let mut b = rec(rec::BUCKET, 60000, 1);
-        b.fastreuse = -1;
-        b.fastreuseport = -1;
-        let b2 = rec(rec::BUCKET, 1234, 2);
-        let snap = assemble(&[a, o, b, b2], true);
-        assert_eq!(snap.buckets.len(), 2);
-        // Sorted by key: 1234 first.
-        assert_eq!(snap.buckets[0].key.port, 1234);
-        assert!(snap.buckets[0].addresses.is_empty());
-        let row = &snap.buckets[1];
-        assert_eq!(row.info.fastreuse, -1);
-        assert_eq!(row.info.owners, 1);
-        assert_eq!(row.addresses.len(), 1);
-        assert_eq!(row.addresses[0].address, "127.0.0.1");
-        assert_eq!(row.addresses[0].fastreuse, Some(0));
-        assert_eq!(row.addresses[0].owners[0].local, "127.0.0.1:60000");
-        assert!(row.addresses[0].owners[0].reuseaddr);
-        assert_eq!(row.addresses[0].owners[0].state, "ESTABLISHED");
-    }
-
-    #[test]
-    fn loose_owners_are_grouped_by_address() {
-        let mut o1 = rec(rec::OWNER, 80, 0);
-        o1.family = 2;
-        o1.laddr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        let o2 = o1;
-        let mut o3 = o1;
-        o3.laddr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        let b = rec(rec::BUCKET, 80, 3);
-        let snap = assemble(&[o1, o2, o3, b], false);
-        let row = &snap.buckets[0];
-        assert_eq!(row.addresses.len(), 2);
-        assert_eq!(row.addresses[0].owners.len(), 2);
-        assert_eq!(row.addresses[0].fastreuse, None);
-        assert!(!snap.truncated);
-    }
-
-    #[test]
-    fn truncation_is_reported() {
-        let mut b = rec(rec::BUCKET, 80, 4096);
-        b.flags = snapflag::OWNERS_TRUNCATED;
-        let snap = assemble(&[b], false);
-        assert!(snap.truncated);
-        assert!(snap.buckets[0].info.owners_truncated);
     }
 }

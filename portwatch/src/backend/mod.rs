@@ -490,7 +490,7 @@ pub fn load_reason(e: &aya::programs::ProgramError) -> String {
     match e {
         aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             let errno = io_error.raw_os_error().unwrap_or(0);
-            let name = crate::decode::errno_name(errno);
+            let name = crate::model::Errno::new(errno).map_or_else(|| "errno 0".to_owned(), |e| e.to_string());
             let log = verifier_log.to_string();
             // The log ends with statistics; the reason is the last lines before them.
             let stats = ["verification time", "stack depth", "processed ", "max_states_per_insn"];

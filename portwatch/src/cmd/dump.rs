@@ -3,11 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use portwatch::{
-    backend::SessionOptions,
-    snapshot::SnapOptions,
-    views::dump::{render_json, render_table},
-};
+use portwatch::{backend::SessionOptions, render, snapshot::SnapOptions};
 
 /// The walk takes no kernel locks (like the drgn script it replaces): a bucket changing
 /// during the walk may show either state; a chain cut short is reported as truncated.
@@ -50,9 +46,9 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         eprintln!("portwatch: the walk was cut short (a bound was hit): counts are lower bounds");
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&render_json(&snap, a.verbose))?);
+        println!("{}", serde_json::to_string_pretty(&render::json::dump(&snap, a.verbose))?);
     } else {
-        print!("{}", render_table(&snap, netns.inode().is_none(), a.verbose));
+        print!("{}", render::table::dump(&snap, netns.inode().is_none(), a.verbose));
     }
     Ok(ExitCode::SUCCESS)
 }

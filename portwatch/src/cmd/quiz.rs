@@ -6,7 +6,8 @@ use clap::Args;
 use portwatch::{
     backend::{ProbeChoice, SessionOptions, LOOKUP_RING_BYTES},
     observer::SessionObserver,
-    quiz::{quiz_ids, render_quizzes, render_states, run_quizzes, run_states, summary_line, to_json},
+    quiz::{quiz_ids, run_quizzes, run_states, QuizReport, QuizRunReport, StatesReport},
+    render::quiz::{render_quizzes, render_states, summary_line},
 };
 
 /// Each replay runs in its own private network namespace (lo up,
@@ -56,32 +57,38 @@ pub fn run(a: QuizArgs) -> Result<ExitCode> {
         None
     };
     let states = if a.states || a.all { Some(run_states(&mut obs).context("replaying the state checks")?) } else { None };
+    let report = QuizRunReport {
+        backend: session.backend.map(|b| b.as_str().to_owned()),
+        quizzes,
+        states,
+    };
     if a.json {
-        let v = serde_json::json!({
-            "quizzes": quizzes.as_ref().map(to_json).transpose()?.map(|s| serde_json::from_str::<serde_json::Value>(&s)).transpose()?,
-            "states": states.as_ref().map(to_json).transpose()?.map(|s| serde_json::from_str::<serde_json::Value>(&s)).transpose()?,
-            "backend": session.backend,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        if let Some(q) = &quizzes {
+        if let Some(q) = &report.quizzes {
             print!("{}", render_quizzes(q));
         }
-        if let Some(s) = &states {
+        if let Some(s) = &report.states {
             print!("{}", render_states(s));
         }
-        if quizzes.is_some() && states.is_some() {
-            println!("{}", summary_line(quizzes.as_ref(), states.as_ref()));
+        if report.quizzes.is_some() && report.states.is_some() {
+            println!("{}", summary_line(report.quizzes.as_ref(), report.states.as_ref()));
         }
     }
-    let all_ran = quizzes.as_ref().is_none_or(|q| q.all_ran()) && states.as_ref().is_none_or(|s| s.all_ran());
-    let differs = quizzes.as_ref().is_some_and(|q| !q.differences().is_empty())
-        || states.as_ref().is_some_and(|s| !s.differences().is_empty());
-    Ok(if !all_ran {
+    Ok(exit_code(report.quizzes.as_ref(), report.states.as_ref(), a.strict))
+}
+
+/// 1 when a replay could not run, 3 with `--strict` when the kernel differs from the
+/// article, else 0.
+fn exit_code(quizzes: Option<&QuizReport>, states: Option<&StatesReport>, strict: bool) -> ExitCode {
+    let all_ran = quizzes.is_none_or(|q| q.all_ran()) && states.is_none_or(|s| s.all_ran());
+    let differs = quizzes.is_some_and(|q| !q.differences().is_empty())
+        || states.is_some_and(|s| !s.differences().is_empty());
+    if !all_ran {
         ExitCode::from(1)
-    } else if a.strict && differs {
+    } else if strict && differs {
         ExitCode::from(3)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

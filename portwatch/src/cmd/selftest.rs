@@ -31,7 +31,7 @@ pub fn run(a: SelftestArgs) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print!("{}", selftest::render(&report));
+        print!("{}", portwatch::render::selftest::report(&report));
     }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

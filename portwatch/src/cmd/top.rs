@@ -1,14 +1,14 @@
 //! `portwatch top`: live table of bind buckets (views::top) fed by a session: rescans by
-//! snapshot every interval, the event stream in between.
+//! snapshot every interval, the decoded event stream in between.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
     backend::{ProbeChoice, Session, SessionOptions},
-    model::{Snapshot, Transition},
+    decode,
+    model::{Scope, Snapshot, SocketEvent},
     netns::{current_netns_inode, read_port_range_in, NetnsFilter, NetnsTarget},
-    reducer::Reducer,
     snapshot::SnapOptions,
     views::top::{run_top, TopOptions, TopSource},
 };
@@ -49,7 +49,6 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 struct SessionSource {
     session: Session,
-    reducer: Reducer,
     snap: SnapOptions,
     header_netns: u32,
     header_path: Option<PathBuf>,
@@ -62,12 +61,16 @@ impl TopSource for SessionSource {
         Ok(snap)
     }
 
-    fn transitions(&mut self) -> Result<Vec<Transition>> {
-        let mut out = Vec::new();
-        for ev in self.session.drain()? {
-            out.extend(self.reducer.apply(&ev));
+    fn scope(&self) -> Scope {
+        Scope {
+            netns: (self.snap.netns != 0).then_some(self.snap.netns),
+            port: (self.snap.port != 0).then_some(self.snap.port),
         }
-        Ok(out)
+    }
+
+    fn events(&mut self) -> Result<Vec<SocketEvent>> {
+        let raw = self.session.drain()?;
+        Ok(raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?)
     }
 
     fn port_range(&mut self, netns: u32) -> Result<(u16, u16)> {
@@ -112,7 +115,6 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     }
     let mut src = SessionSource {
         session,
-        reducer: Reducer::new(),
         snap: SnapOptions { netns: filter, port: a.port.unwrap_or(0), ..SnapOptions::default() },
         header_netns,
         header_path,

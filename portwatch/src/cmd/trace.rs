@@ -11,8 +11,13 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
     backend::{ProbeChoice, Session, SessionOptions, LOOKUP_RING_BYTES},
-    format::{header, human_line, json_line, Clock},
+    decode,
     reducer::Reducer,
+    render::{
+        json,
+        time::Clock,
+        transition::{trace_header, trace_line},
+    },
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -112,7 +117,7 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
     // itself at high event rates. Buffer, and flush once per batch of events.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     if !a.json {
-        writeln!(out, "{}", header())?;
+        writeln!(out, "{}", trace_header())?;
         out.flush()?;
     }
     let mut printed = 0u64;
@@ -136,12 +141,12 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
                 guard.clear_ready();
             }
         }
-        for ev in session.drain()? {
-            for t in reducer.apply(&ev) {
+        for raw in session.drain()? {
+            for t in reducer.apply(&decode::socket_event(&raw)?) {
                 if a.json {
-                    writeln!(out, "{}", json_line(&t, clock)?)?;
+                    writeln!(out, "{}", json::transition_line(&t, clock)?)?;
                 } else {
-                    writeln!(out, "{}", human_line(&t, clock))?;
+                    writeln!(out, "{}", trace_line(&t, clock))?;
                 }
                 printed += 1;
                 if a.count.is_some_and(|c| printed >= c) {
@@ -158,3 +163,4 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
     }
     Ok(())
 }
+

@@ -1,14 +1,13 @@
 //! Outcomes of a socket in a quiz, the article's expectations, and their comparison.
 
-use std::fmt;
 use std::net::SocketAddrV4;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::decode::errno_label;
+use crate::model::{Errno, Fastreuse};
 
 /// The syscall an outcome is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Call {
     Socket,
@@ -31,7 +30,7 @@ impl Call {
 }
 
 /// What became of one socket of a quiz.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
     /// Every call succeeded and the socket is connected.
@@ -43,7 +42,7 @@ pub enum Outcome {
     Bound { local: SocketAddrV4 },
     /// `call` failed with `errno` (the socket's later steps were not run, as in the
     /// article's Python, where the exception stops the snippet).
-    Failed { call: Call, errno: i32 },
+    Failed { call: Call, errno: Errno },
 }
 
 impl Outcome {
@@ -51,24 +50,6 @@ impl Outcome {
         !matches!(self, Outcome::Failed { .. })
     }
 }
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Connected { local, peer } => write!(f, "ok {local} -> {peer}"),
-            Outcome::Bound { local } => write!(f, "ok bound {local}"),
-            Outcome::Failed { call, errno } => {
-                write!(
-                    f,
-                    "{}() fails {} ({errno})",
-                    call.as_str(),
-                    errno_label(*errno)
-                )
-            }
-        }
-    }
-}
-
 
 /// The article's outcome for one socket and the one-line reason a learner should take away.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +59,7 @@ pub struct Expected {
 }
 
 /// Article vs observation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Same,
@@ -122,7 +103,7 @@ pub fn compare(article: &Outcome, observed: Option<&Outcome>) -> Verdict {
 
 /// Verdict of one state-machine step: the article's fastreuse after the step vs the value
 /// read from the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StateVerdict {
     Same,
@@ -132,20 +113,11 @@ pub enum StateVerdict {
     NotObserved,
 }
 
-pub fn compare_fastreuse(article: i8, observed: Option<i8>) -> StateVerdict {
+pub fn compare_fastreuse(article: Fastreuse, observed: Option<Fastreuse>) -> StateVerdict {
     match observed {
         None => StateVerdict::NotObserved,
         Some(v) if v == article => StateVerdict::Same,
         Some(_) => StateVerdict::Finding,
-    }
-}
-
-/// `-1`, `0`, `+1` as the article writes them.
-pub fn fmt_fastreuse(v: i8) -> String {
-    if v > 0 {
-        format!("+{v}")
-    } else {
-        v.to_string()
     }
 }
 
@@ -172,18 +144,18 @@ mod tests {
         assert_eq!(compare(&art, Some(&other_port)), Verdict::Differs);
         let fail = Outcome::Failed {
             call: Call::Connect,
-            errno: libc::EADDRNOTAVAIL,
+            errno: Errno::EADDRNOTAVAIL,
         };
         assert_eq!(compare(&art, Some(&fail)), Verdict::Differs);
         assert_eq!(compare(&fail, Some(&fail)), Verdict::Same);
         let bind_fail = Outcome::Failed {
             call: Call::Bind,
-            errno: libc::EADDRNOTAVAIL,
+            errno: Errno::EADDRNOTAVAIL,
         };
         assert_eq!(compare(&fail, Some(&bind_fail)), Verdict::Differs);
         let other_errno = Outcome::Failed {
             call: Call::Connect,
-            errno: libc::EADDRINUSE,
+            errno: Errno::EADDRINUSE,
         };
         assert_eq!(compare(&fail, Some(&other_errno)), Verdict::Differs);
         assert_eq!(compare(&fail, None), Verdict::NotRun);
@@ -207,30 +179,24 @@ mod tests {
     }
 
     #[test]
-    fn outcome_display_and_errno_names() {
+    fn outcome_success() {
         let fail = Outcome::Failed {
             call: Call::Bind,
-            errno: 98,
+            errno: Errno::EADDRINUSE,
         };
-        assert_eq!(fail.to_string(), "bind() fails EADDRINUSE (98)");
-        assert_eq!(errno_label(99), "EADDRNOTAVAIL");
-        assert_eq!(errno_label(4242), "errno 4242");
         let ok = Outcome::Connected {
             local: a([127, 0, 0, 1], 60000),
             peer: a([127, 8, 8, 8], 1234),
         };
-        assert_eq!(ok.to_string(), "ok 127.0.0.1:60000 -> 127.8.8.8:1234");
         assert!(ok.is_ok() && !fail.is_ok());
     }
 
     #[test]
-    fn fastreuse_compare_and_format() {
-        assert_eq!(compare_fastreuse(1, Some(0)), StateVerdict::Finding);
-        assert_eq!(compare_fastreuse(-1, Some(-1)), StateVerdict::Same);
-        assert_eq!(compare_fastreuse(0, None), StateVerdict::NotObserved);
-        assert_eq!(fmt_fastreuse(1), "+1");
-        assert_eq!(fmt_fastreuse(0), "0");
-        assert_eq!(fmt_fastreuse(-1), "-1");
+    fn fastreuse_compare() {
+        let f = Fastreuse;
+        assert_eq!(compare_fastreuse(f(1), Some(f(0))), StateVerdict::Finding);
+        assert_eq!(compare_fastreuse(f(-1), Some(f(-1))), StateVerdict::Same);
+        assert_eq!(compare_fastreuse(f(0), None), StateVerdict::NotObserved);
     }
 
     #[test]
@@ -244,10 +210,16 @@ mod tests {
         assert_eq!(j["local"], "127.0.0.1:60000");
         let f = serde_json::to_value(Outcome::Failed {
             call: Call::Connect,
-            errno: 99,
+            errno: Errno::EADDRNOTAVAIL,
         })
         .unwrap();
         assert_eq!(f["call"], "connect");
         assert_eq!(f["errno"], 99);
+        // Reports are read back (xtask): the JSON round-trips.
+        assert_eq!(serde_json::from_value::<Outcome>(f).ok(), Some(Outcome::Failed {
+            call: Call::Connect,
+            errno: Errno::EADDRNOTAVAIL,
+        }));
+        assert_eq!(serde_json::from_value::<Outcome>(j).ok(), Some(ok));
     }
 }

@@ -5,21 +5,20 @@
 //! - [`scenarios`]: the quizzes and checks as data;
 //! - [`expect`]: outcomes, verdicts;
 //! - [`runner`]: runs them with real sockets;
-//! - [`results`]: serializable results;
-//! - [`report`]: terminal rendering.
+//! - [`results`]: the results, whose serde form is the `--json` output.
+//!
+//! Their text rendering is [`crate::render::quiz`].
 //!
 //! Bucket states come from an [`Observer`] (the eBPF tracer in the binary); without one,
 //! [`NullObserver`] lets the quizzes run and compare syscall outcomes only.
 
 pub mod expect;
-pub mod report;
 pub mod results;
 pub mod runner;
 pub mod scenarios;
 
 pub use expect::{Call, Outcome, StateVerdict, Verdict};
-pub use report::{render_quizzes, render_states, summary_line, to_json};
-pub use results::{QuizReport, QuizResult, StateCheckResult, StatesReport};
+pub use results::{QuizReport, QuizResult, QuizRunReport, StateCheckResult, StatesReport};
 pub use runner::{run_quizzes, run_states};
 pub use scenarios::quiz_ids;
 

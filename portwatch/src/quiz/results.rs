@@ -1,13 +1,14 @@
-//! Serializable results of quiz and state-machine runs.
+//! Results of quiz and state-machine runs. Their serde form is the JSON of
+//! `portwatch quiz --json`, which xtask reads back with these same types.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::expect::{Outcome, StateVerdict, Verdict};
 use super::scenarios::{QuizKind, Sock};
-use crate::model::{BucketInfo, Transition};
+use crate::model::{BucketInfo, Errno, Fastreuse, Transition};
 
 /// Transitions the observer reported after one step.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TimelineEntry {
     /// "setup listen", "s1 connect", "cleanup close s1", ...
     pub label: String,
@@ -15,7 +16,7 @@ pub struct TimelineEntry {
 }
 
 /// One client socket of a quiz.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SocketResult {
     pub socket: Sock,
     pub article: Outcome,
@@ -26,7 +27,7 @@ pub struct SocketResult {
     pub why: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QuizResult {
     pub id: String,
     pub kind: QuizKind,
@@ -47,7 +48,7 @@ pub struct QuizResult {
     pub observer_error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QuizReport {
     /// `uname -r`.
     pub kernel: String,
@@ -80,7 +81,7 @@ impl QuizReport {
 }
 
 /// What the observer said about the bucket after a step.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "bucket", rename_all = "snake_case")]
 pub enum Observed {
     Present {
@@ -95,7 +96,7 @@ pub enum Observed {
 }
 
 impl Observed {
-    pub fn fastreuse(&self) -> Option<i8> {
+    pub fn fastreuse(&self) -> Option<Fastreuse> {
         match self {
             Observed::Present { info } => Some(info.fastreuse),
             _ => None,
@@ -104,26 +105,27 @@ impl Observed {
 }
 
 /// One step of a state check.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateStepResult {
     pub label: String,
     pub code: String,
-    /// Result of the syscall; every state step is expected to succeed.
-    pub call_errno: Option<i32>,
+    /// The syscall's error; every state step is expected to succeed.
+    pub call_errno: Option<Errno>,
     /// Article's fastreuse after the step (`None`: not checked).
-    pub article: Option<i8>,
+    pub article: Option<Fastreuse>,
     /// `None` when the step was not checked or not run.
     pub observed: Option<Observed>,
     pub verdict: Option<StateVerdict>,
     pub why: String,
-    pub transitions: Vec<crate::model::Transition>,
+    pub transitions: Vec<Transition>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateCheckResult {
     pub id: String,
     pub title: String,
-    pub from: i8,
+    /// The fastreuse the check starts from.
+    pub from: Fastreuse,
     pub port: u16,
     pub netns: Option<u32>,
     pub notation: Vec<String>,
@@ -159,7 +161,7 @@ impl StateCheckResult {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatesReport {
     pub kernel: String,
     pub checks: Vec<StateCheckResult>,
@@ -184,4 +186,14 @@ impl StatesReport {
     pub fn observed(&self) -> bool {
         self.checks.iter().any(StateCheckResult::observed_any)
     }
+}
+
+/// What `portwatch quiz --json` prints: the quizzes and/or the state checks that were
+/// asked for, and the backend that observed them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QuizRunReport {
+    /// `fentry`, `kprobe` or `tracepoint`; `None` when no tracer was attached.
+    pub backend: Option<String>,
+    pub quizzes: Option<QuizReport>,
+    pub states: Option<StatesReport>,
 }

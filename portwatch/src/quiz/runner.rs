@@ -8,17 +8,16 @@ use anyhow::Context;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::expect::{compare, compare_fastreuse, Call, Outcome, StateVerdict, Verdict};
-use crate::decode::errno_label;
 use super::results::{
     Observed, QuizReport, QuizResult, SocketResult, StateCheckResult, StateStepResult,
     StatesReport, TimelineEntry,
 };
 use super::scenarios::{
-    Action, Quiz, Sock, StateCheck, Step, LISTEN_PORT, QUIZZES, QUIZ_PORT, STATES_BASE_PORT,
+    Action, Quiz, Sock, SocketStep, StateCheck, LISTEN_PORT, QUIZZES, QUIZ_PORT, STATES_BASE_PORT,
     STATE_CHECKS,
 };
 use super::{kernel_release, Observer};
-use crate::model::Transition;
+use crate::model::{Errno, Transition};
 use crate::netns::PrivateNetns;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,10 +88,6 @@ pub fn run_states(obs: &mut dyn Observer) -> anyhow::Result<StatesReport> {
     })
 }
 
-fn errno_of(e: &io::Error) -> i32 {
-    e.raw_os_error().unwrap_or(libc::EIO)
-}
-
 fn set_bind_address_no_port(s: &Socket) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: the fd is open (borrowed from `s`), the option value points to a live c_int
@@ -125,8 +120,9 @@ fn apply(sock: &Socket, action: Action, port_under_test: u16) -> io::Result<()> 
     }
 }
 
-/// One run: a private netns, its observer, the listener and two client sockets.
-struct Session<'o> {
+/// One replay (a quiz or a state check): a private netns, its observer, the listener and
+/// two client sockets.
+struct Replay<'o> {
     ns: PrivateNetns,
     obs: &'o mut dyn Observer,
     /// The single ephemeral port of this run.
@@ -138,7 +134,7 @@ struct Session<'o> {
     observer_error: Option<String>,
 }
 
-impl<'o> Session<'o> {
+impl<'o> Replay<'o> {
     /// A fresh netns whose only ephemeral port is `port`. Its handle goes to `pins`: the
     /// caller keeps every namespace of a run alive until the run ends, so no two runs share
     /// an inode number (the kernel recycles the numbers of dead namespaces, and the
@@ -155,7 +151,7 @@ impl<'o> Session<'o> {
             ns.ns_file()
                 .context("pinning the private network namespace")?,
         );
-        let mut s = Session {
+        let mut s = Replay {
             ns,
             obs,
             port,
@@ -224,7 +220,7 @@ impl<'o> Session<'o> {
 
     /// Run one step. `Ok(None)`: skipped because the socket failed earlier.
     /// `Ok(Some(Err(errno)))`: the syscall failed. `Err`: the netns itself failed.
-    fn step(&mut self, step: &Step) -> anyhow::Result<Option<Result<(), i32>>> {
+    fn step(&mut self, step: &SocketStep) -> anyhow::Result<Option<Result<(), Errno>>> {
         let i = step.sock.index();
         if self.failed[i].is_some() {
             return Ok(None);
@@ -245,7 +241,7 @@ impl<'o> Session<'o> {
                 apply(sock, action, self.port)
             }
         };
-        let res = res.map_err(|e| errno_of(&e));
+        let res = res.map_err(|e| Errno::of_io(&e));
         if let Err(errno) = res {
             self.failed[i] = Some(Outcome::Failed {
                 call: step.action.call(),
@@ -264,7 +260,7 @@ impl<'o> Session<'o> {
         let Some(s) = self.socks[i].as_ref() else {
             return Outcome::Failed {
                 call: Call::Socket,
-                errno: libc::EBADF,
+                errno: Errno::EBADF,
             };
         };
         let local = match s.local_addr().map(|a| a.as_socket_ipv4()) {
@@ -272,13 +268,13 @@ impl<'o> Session<'o> {
             Ok(None) => {
                 return Outcome::Failed {
                     call: Call::Getsockname,
-                    errno: libc::EAFNOSUPPORT,
+                    errno: Errno::EAFNOSUPPORT,
                 }
             }
             Err(e) => {
                 return Outcome::Failed {
                     call: Call::Getsockname,
-                    errno: errno_of(&e),
+                    errno: Errno::of_io(&e),
                 }
             }
         };
@@ -338,7 +334,7 @@ fn run_quiz(
         error: None,
         observer_error: None,
     };
-    let mut s = Session::open(QUIZ_PORT, obs, pins)?;
+    let mut s = Replay::open(QUIZ_PORT, obs, pins)?;
     result.netns = Some(s.ns.inode());
     let mut observed: [Option<Outcome>; 2] = [None, None];
     match s.listen() {
@@ -405,7 +401,7 @@ fn run_check(
         error: None,
         observer_error: None,
     };
-    let mut s = Session::open(port, obs, pins)?;
+    let mut s = Replay::open(port, obs, pins)?;
     let inode = s.ns.inode();
     result.netns = Some(inode);
     if let Err(e) = s.listen() {
@@ -432,9 +428,8 @@ fn run_check(
                 Ok(Some(Err(errno))) => {
                     r.call_errno = Some(errno);
                     result.error = Some(format!(
-                        "{} failed: {} ({errno}); the article's check expects it to succeed",
-                        r.code,
-                        errno_label(errno)
+                        "{} failed: {errno:#}; the article's check expects it to succeed",
+                        r.code
                     ));
                 }
                 Ok(None) => {}
@@ -469,7 +464,9 @@ fn run_check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{BucketInfo, BucketKey, Op, SockOpts, TransitionKind};
+    use crate::model::{
+        BucketInfo, BucketKey, Fastreuse, Op, OwnerCount, SockOpts, Task, TransitionKind,
+    };
     use crate::netns::tests::root_or_skip;
     use crate::netns::PORT_RANGE_SYSCTL;
     use crate::quiz::NullObserver;
@@ -545,7 +542,7 @@ mod tests {
         let inodes: HashSet<u32> = report.quizzes.iter().map(|q| q.netns.unwrap()).collect();
         assert_eq!(inodes.len(), 11, "each quiz has its own netns");
         assert!(!inodes.contains(&host_ns));
-        let text = crate::quiz::render_quizzes(&report);
+        let text = crate::render::quiz::render_quizzes(&report);
         println!("{text}");
         assert!(
             text.trim_end()
@@ -590,17 +587,17 @@ mod tests {
                     l3mdev: 0,
                     port,
                 },
+                before: None,
                 after: Some(BucketInfo {
-                    fastreuse: 0,
-                    fastreuseport: -1,
-                    owners: 1,
-                    owners_truncated: false,
+                    fastreuse: Fastreuse(0),
+                    fastreuseport: Fastreuse(-1),
+                    owners: OwnerCount::exact(1),
                 }),
-                from: None,
-                to: None,
-                errno: 0,
-                pid: 1,
-                comm: "t".into(),
+                errno: None,
+                task: Task::Process {
+                    pid: 1,
+                    comm: "t".into(),
+                },
                 local: None,
                 remote: None,
                 opts: SockOpts::default(),
@@ -616,10 +613,9 @@ mod tests {
         fn bucket(&mut self, netns: u32, _port: u16) -> anyhow::Result<Option<BucketInfo>> {
             assert_eq!(netns, self.netns);
             Ok(Some(BucketInfo {
-                fastreuse: self.fastreuse,
-                fastreuseport: -1,
-                owners: 1,
-                owners_truncated: false,
+                fastreuse: Fastreuse(self.fastreuse),
+                fastreuseport: Fastreuse(-1),
+                owners: OwnerCount::exact(1),
             }))
         }
     }
@@ -679,7 +675,7 @@ mod tests {
             for st in &c.steps {
                 match st.article {
                     Some(a) => {
-                        let want = if a == 0 {
+                        let want = if a == Fastreuse(0) {
                             StateVerdict::Same
                         } else {
                             StateVerdict::Finding
@@ -727,7 +723,7 @@ mod tests {
         assert_eq!(ports.len(), r.checks.len());
         let inodes: HashSet<u32> = r.checks.iter().map(|c| c.netns.unwrap()).collect();
         assert_eq!(inodes.len(), r.checks.len(), "each check has its own netns");
-        let text = crate::quiz::render_states(&r);
+        let text = crate::render::quiz::render_states(&r);
         println!("{text}");
         assert!(
             text.trim_end()

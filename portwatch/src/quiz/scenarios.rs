@@ -1,14 +1,15 @@
 //! The article's quizzes and state-machine checks, as data.
 //!
-//! Source: "The quantum state of a TCP port" (2023), restated in shared/seed/brief.md.
+//! Source: the article "The quantum state of a TCP port" (Cloudflare blog, 2023).
 //! Every quiz runs with exactly one ephemeral port (60000) and a listener on *:1234.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::expect::{Call, Expected, Outcome};
+use crate::model::{Errno, Fastreuse};
 
 /// The single ephemeral port of the quizzes.
 pub const QUIZ_PORT: u16 = 60000;
@@ -18,7 +19,7 @@ pub const LISTEN_PORT: u16 = 1234;
 pub const STATES_BASE_PORT: u16 = 60100;
 
 /// One of the two client sockets of a quiz.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sock {
     S1,
@@ -135,24 +136,24 @@ impl Action {
     }
 }
 
-/// One step of a scenario.
+/// One step of a scenario: an action on one of the client sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Step {
+pub struct SocketStep {
     pub sock: Sock,
     pub action: Action,
 }
 
-const fn step(sock: Sock, action: Action) -> Step {
-    Step { sock, action }
+const fn step(sock: Sock, action: Action) -> SocketStep {
+    SocketStep { sock, action }
 }
 
-impl Step {
+impl SocketStep {
     /// The step as the article writes it (Python).
     pub fn code(&self) -> String {
         self.code_at(None)
     }
 
-    /// As [`Step::code`], with the port under test filled in when given.
+    /// As [`SocketStep::code`], with the port under test filled in when given.
     pub fn code_at(&self, under_test: Option<u16>) -> String {
         let s = self.sock.name();
         let py = |a: &Addr| format!("(('{}', {}))", a.ip, a.port_text(under_test));
@@ -193,7 +194,7 @@ impl Step {
 
 /// Shorthand of one socket's steps: `s1: bind 127.1.1.1:0, connect 127.9.9.9:1234`
 /// (`PORT` for the port under test unless `under_test` is given).
-pub fn notation(steps: &[Step], sock: Sock, under_test: Option<u16>) -> String {
+pub fn notation(steps: &[SocketStep], sock: Sock, under_test: Option<u16>) -> String {
     let parts: Vec<String> = steps
         .iter()
         .filter(|s| s.sock == sock)
@@ -203,7 +204,7 @@ pub fn notation(steps: &[Step], sock: Sock, under_test: Option<u16>) -> String {
 }
 
 /// A quiz of the article, or the article's fix of one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuizKind {
     Quiz,
@@ -215,7 +216,7 @@ pub struct Quiz {
     pub id: &'static str,
     pub kind: QuizKind,
     pub title: &'static str,
-    pub steps: &'static [Step],
+    pub steps: &'static [SocketStep],
     /// Article's outcome for s1 and s2.
     pub expected: [Expected; 2],
 }
@@ -229,7 +230,7 @@ impl Quiz {
     }
 
     pub fn code(&self) -> Vec<String> {
-        self.steps.iter().map(Step::code).collect()
+        self.steps.iter().map(SocketStep::code).collect()
     }
 }
 
@@ -275,7 +276,7 @@ const fn ok(local_ip: Ipv4Addr, peer: SocketAddrV4, why: &'static str) -> Expect
         why,
     }
 }
-const fn fails(call: Call, errno: i32, why: &'static str) -> Expected {
+const fn fails(call: Call, errno: Errno, why: &'static str) -> Expected {
     Expected {
         outcome: Outcome::Failed { call, errno },
         why,
@@ -285,8 +286,8 @@ const fn fails(call: Call, errno: i32, why: &'static str) -> Expected {
 use Action::{Bind, BindAddressNoPort, Connect, ReuseAddr, Socket};
 use Sock::{S1, S2};
 
-const EADDRINUSE: i32 = libc::EADDRINUSE;
-const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+const EADDRINUSE: Errno = Errno::EADDRINUSE;
+const EADDRNOTAVAIL: Errno = Errno::EADDRNOTAVAIL;
 
 /// The eight quizzes and three fixes, in the article's order.
 pub static QUIZZES: &[Quiz] = &[
@@ -489,10 +490,10 @@ pub fn quiz_ids() -> Vec<&'static str> {
 /// One step of a state-machine check with the article's fastreuse after it.
 #[derive(Clone, Copy, Debug)]
 pub struct StateStep {
-    pub step: Step,
+    pub step: SocketStep,
     /// Article's fastreuse of the port under test after this step; `None`: not checked
     /// (socket(), setsockopt()).
-    pub expect: Option<i8>,
+    pub expect: Option<Fastreuse>,
     pub why: &'static str,
 }
 
@@ -506,7 +507,7 @@ const fn st(sock: Sock, action: Action) -> StateStep {
 const fn chk(sock: Sock, action: Action, expect: i8, why: &'static str) -> StateStep {
     StateStep {
         step: step(sock, action),
-        expect: Some(expect),
+        expect: Some(Fastreuse(expect)),
         why,
     }
 }
@@ -517,7 +518,7 @@ const fn chk(sock: Sock, action: Action, expect: i8, why: &'static str) -> State
 pub struct StateCheck {
     pub id: &'static str,
     /// The state s1 puts the bucket in.
-    pub from: i8,
+    pub from: Fastreuse,
     pub title: &'static str,
     pub steps: &'static [StateStep],
 }
@@ -530,7 +531,7 @@ const WHY_REUSE_CREATES: &str = "bind() with SO_REUSEADDR creates the bucket in 
 pub static STATE_CHECKS: &[StateCheck] = &[
     StateCheck {
         id: "-1/connect",
-        from: -1,
+        from: Fastreuse(-1),
         title: "from -1: connect() to another remote",
         steps: &[
             st(S1, Socket),
@@ -546,7 +547,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "-1/no-port-bind",
-        from: -1,
+        from: Fastreuse(-1),
         title: "from -1: IP_BIND_ADDRESS_NO_PORT bind of another IP, then connect()",
         steps: &[
             st(S1, Socket),
@@ -569,7 +570,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "-1/bind",
-        from: -1,
+        from: Fastreuse(-1),
         title: "from -1: plain bind() of another IP on the port",
         steps: &[
             st(S1, Socket),
@@ -585,7 +586,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "-1/reuseaddr-bind",
-        from: -1,
+        from: Fastreuse(-1),
         title: "from -1: SO_REUSEADDR bind() of another IP on the port",
         steps: &[
             st(S1, Socket),
@@ -602,7 +603,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "0/bind",
-        from: 0,
+        from: Fastreuse(0),
         title: "from 0: plain bind() of another IP on the port",
         steps: &[
             st(S1, Socket),
@@ -618,7 +619,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "0/reuseaddr-bind",
-        from: 0,
+        from: Fastreuse(0),
         title: "from 0: SO_REUSEADDR bind() of another IP on the port",
         steps: &[
             st(S1, Socket),
@@ -635,7 +636,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "+1/reuseaddr-bind",
-        from: 1,
+        from: Fastreuse(1),
         title: "from +1: SO_REUSEADDR bind() of another IP on the port",
         steps: &[
             st(S1, Socket),
@@ -653,7 +654,7 @@ pub static STATE_CHECKS: &[StateCheck] = &[
     },
     StateCheck {
         id: "+1/bind",
-        from: 1,
+        from: Fastreuse(1),
         title: "from +1: plain bind() of another IP on the port",
         steps: &[
             st(S1, Socket),
@@ -681,7 +682,7 @@ impl StateCheck {
 
     /// The shorthand per socket with the port under test filled in.
     pub fn notation_at(&self, port: u16) -> Vec<String> {
-        let steps: Vec<Step> = self.steps.iter().map(|s| s.step).collect();
+        let steps: Vec<SocketStep> = self.steps.iter().map(|s| s.step).collect();
         Sock::ALL
             .iter()
             .map(|s| notation(&steps, *s, Some(port)))
@@ -769,7 +770,7 @@ mod tests {
                 .expected
                 .iter()
                 .map(|e| match e.outcome {
-                    Outcome::Failed { call, errno } => Some((call, errno)),
+                    Outcome::Failed { call, errno } => Some((call, errno.number())),
                     _ => None,
                 })
                 .collect()
@@ -829,7 +830,7 @@ mod tests {
     #[test]
     fn state_checks_match_the_articles_state_machine() {
         for c in STATE_CHECKS {
-            let checked: Vec<i8> = c.steps.iter().filter_map(|s| s.expect).collect();
+            let checked: Vec<Fastreuse> = c.steps.iter().filter_map(|s| s.expect).collect();
             assert_eq!(
                 checked.first(),
                 Some(&c.from),
@@ -856,6 +857,7 @@ mod tests {
                 .filter_map(|s| s.expect)
                 .next_back()
                 .unwrap()
+                .get()
         };
         assert_eq!(last("-1/connect"), -1);
         assert_eq!(last("-1/no-port-bind"), -1);

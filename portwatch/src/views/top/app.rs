@@ -1,19 +1,19 @@
-//! State of `portwatch top`: rows keyed by [`BucketKey`], merging of transitions and
-//! rescans, sorting, filtering, scrolling, the recent-transitions ring and the port
-//! pressure of the header netns. Pure logic: no terminal, no I/O, time passed in.
+//! State of `portwatch top` apart from drawing: the bucket states (held by the one
+//! [`Reducer`], fed with events and reconciled with rescans), per-row UI metadata (last
+//! change, highlight), sorting, filtering, scrolling, the recent-transitions ring and the
+//! port pressure of the header netns. Pure logic: no terminal, no I/O, time passed in.
 
 use std::{
-    collections::{HashMap, VecDeque},
-    fmt::Write as _,
+    collections::{HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
-    decode::errno_label,
-    model::{BucketInfo, BucketKey, Snapshot, Transition, TransitionKind},
-    views::{connect_can_share, fmt_reuse},
+    model::{BucketInfo, BucketKey, Scope, Snapshot, SocketEvent, Transition, TransitionKind},
+    reducer::Reducer,
+    render::columns::Column,
 };
 
 /// How many transitions the recent pane keeps (a ring: allocated once, never grows).
@@ -23,42 +23,51 @@ pub const HIGHLIGHT_FOR: Duration = Duration::from_millis(1500);
 /// Longest filter text accepted.
 pub const FILTER_MAX: usize = 32;
 
-/// Which cells of a row changed (for highlighting).
+/// Which cells of a row changed (for highlighting): the value columns whose cell text
+/// changed, or the whole bucket when it is new.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Changed {
-    pub fastreuse: bool,
-    pub fastreuseport: bool,
-    pub owners: bool,
+    /// Bit `i` set: the cell of `Column::ALL[i]` changed.
+    cells: u16,
     /// The bucket is new (created since the first scan).
     pub new: bool,
 }
 
 impl Changed {
     pub fn any(self) -> bool {
-        self.fastreuse || self.fastreuseport || self.owners || self.new
+        self.cells != 0 || self.new
     }
 
-    fn between(old: Option<&BucketInfo>, new: &BucketInfo) -> Changed {
-        match old {
-            None => Changed {
+    /// Whether the cell of `column` changed.
+    pub fn column(self, column: Column) -> bool {
+        Column::ALL
+            .iter()
+            .position(|c| *c == column)
+            .is_some_and(|i| self.cells & (1 << i) != 0)
+    }
+
+    fn between(key: &BucketKey, old: Option<&BucketInfo>, new: &BucketInfo) -> Changed {
+        let Some(old) = old else {
+            return Changed {
+                cells: 0,
                 new: true,
-                ..Changed::default()
-            },
-            Some(o) => Changed {
-                fastreuse: o.fastreuse != new.fastreuse,
-                fastreuseport: o.fastreuseport != new.fastreuseport,
-                owners: o.owners != new.owners || o.owners_truncated != new.owners_truncated,
-                new: false,
-            },
+            };
+        };
+        let mut cells = 0;
+        for (i, c) in Column::ALL.iter().enumerate() {
+            if !c.identifies() && c.cell(key, old) != c.cell(key, new) {
+                cells |= 1 << i;
+            }
         }
+        Changed { cells, new: false }
     }
 }
 
-/// The last change seen on a bucket: when (as received here) and what.
+/// The last change seen on a bucket: when it arrived here, and the transition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastChange {
     pub at: Instant,
-    pub what: String,
+    pub transition: Transition,
 }
 
 /// One entry of the recent-transitions pane.
@@ -66,30 +75,39 @@ pub struct LastChange {
 pub struct RecentEntry {
     /// When it arrived here.
     pub at: Instant,
-    /// What it did, described against the row's state before it (see [`describe`]).
-    pub what: String,
     pub transition: Transition,
 }
 
-/// One bucket row of the live table.
-#[derive(Clone, Debug)]
-pub struct RowState {
-    pub key: BucketKey,
-    pub info: BucketInfo,
+/// What `top` keeps about a bucket beside its state: UI metadata only.
+#[derive(Clone, Debug, Default)]
+pub struct RowMeta {
     pub last_change: Option<LastChange>,
-    /// Cells changed by the latest change (see [`RowState::highlight`]).
+    /// Cells changed by the latest change (see [`TopRow::highlight`]).
     pub changed: Changed,
     pub changed_at: Option<Instant>,
-    /// Rescan generation in which this row was last seen.
-    generation: u64,
 }
 
-impl RowState {
+/// One bucket row of the live table: the reducer's state and the row's metadata.
+#[derive(Clone, Copy, Debug)]
+pub struct TopRow<'a> {
+    pub key: BucketKey,
+    pub info: BucketInfo,
+    meta: Option<&'a RowMeta>,
+}
+
+impl<'a> TopRow<'a> {
+    pub fn last_change(&self) -> Option<&'a LastChange> {
+        self.meta.and_then(|m| m.last_change.as_ref())
+    }
+
     /// The cells to highlight at `now`: those of the latest change, for [`HIGHLIGHT_FOR`].
     pub fn highlight(&self, now: Instant) -> Changed {
-        match self.changed_at {
-            Some(at) if now.saturating_duration_since(at) < HIGHLIGHT_FOR => self.changed,
-            _ => Changed::default(),
+        match self.meta {
+            Some(m) => match m.changed_at {
+                Some(at) if now.saturating_duration_since(at) < HIGHLIGHT_FOR => m.changed,
+                _ => Changed::default(),
+            },
+            None => Changed::default(),
         }
     }
 }
@@ -185,7 +203,7 @@ pub fn pressure<'a>(
             continue;
         }
         let slot = &mut scratch[usize::from(key.port)];
-        let state = if connect_can_share(info) {
+        let state = if info.connect_can_share() {
             PORT_SHARED
         } else {
             PORT_BLOCKED
@@ -231,11 +249,13 @@ fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("")
 }
 
-/// Sorts `keys` (rows of `rows`) by `sort`; `reverse` flips the whole order. Ties are
-/// broken by (netns, port, l3mdev), so the order is total and deterministic.
+/// Sorts `keys` by `sort` over the bucket states of `buckets` and the last changes of
+/// `meta`; `reverse` flips the whole order. Ties are broken by (netns, port, l3mdev), so
+/// the order is total and deterministic.
 pub fn sort_keys(
     keys: &mut [BucketKey],
-    rows: &HashMap<BucketKey, RowState>,
+    buckets: &Reducer,
+    meta: &HashMap<BucketKey, RowMeta>,
     sort: SortKey,
     reverse: bool,
 ) {
@@ -243,16 +263,18 @@ pub fn sort_keys(
     let base = |a: &BucketKey, b: &BucketKey| {
         (a.netns, a.port, a.l3mdev).cmp(&(b.netns, b.port, b.l3mdev))
     };
+    let changed_at = |k: &BucketKey| meta.get(k).and_then(|m| m.last_change.as_ref()).map(|c| c.at);
     keys.sort_unstable_by(|a, b| {
-        let (ra, rb) = (rows.get(a), rows.get(b));
-        let primary = match (sort, ra, rb) {
+        let (ia, ib) = (buckets.get(a), buckets.get(b));
+        let primary = match (sort, ia, ib) {
             (SortKey::Port, _, _) => (a.port, a.netns, a.l3mdev).cmp(&(b.port, b.netns, b.l3mdev)),
             (SortKey::Netns, _, _) => Ordering::Equal,
-            (SortKey::Owners, Some(x), Some(y)) => y.info.owners.cmp(&x.info.owners),
-            (SortKey::Fastreuse, Some(x), Some(y)) => (x.info.fastreuse, x.info.fastreuseport)
-                .cmp(&(y.info.fastreuse, y.info.fastreuseport)),
-            (SortKey::LastChange, Some(x), Some(y)) => match (&x.last_change, &y.last_change) {
-                (Some(p), Some(q)) => q.at.cmp(&p.at),
+            (SortKey::Owners, Some(x), Some(y)) => y.owners.n.cmp(&x.owners.n),
+            (SortKey::Fastreuse, Some(x), Some(y)) => {
+                (x.fastreuse, x.fastreuseport).cmp(&(y.fastreuse, y.fastreuseport))
+            }
+            (SortKey::LastChange, _, _) => match (changed_at(a), changed_at(b)) {
+                (Some(p), Some(q)) => q.cmp(&p),
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => Ordering::Equal,
@@ -266,88 +288,6 @@ pub fn sort_keys(
             ord
         }
     });
-}
-
-
-/// What a transition did to its bucket, in words, e.g. `fastreuse -1→0 (bind)`.
-/// `old` is the row's state before the transition, when known.
-pub fn describe(t: &Transition, old: Option<&BucketInfo>) -> String {
-    let op = t.op.as_str();
-    let owners_move = |what: &str| match (old, t.after) {
-        (Some(o), Some(a)) => format!("owners {}→{} ({op})", o.owners, a.owners),
-        _ => format!("{what} ({op})"),
-    };
-    let field_move = |name: &str, old_v: Option<i8>, new_v: Option<i8>| {
-        let from = t.from.or(old_v);
-        let to = t.to.or(new_v);
-        match (from, to) {
-            (Some(f), Some(v)) => format!("{name} {}→{} ({op})", fmt_reuse(f), fmt_reuse(v)),
-            (None, Some(v)) => format!("{name} →{} ({op})", fmt_reuse(v)),
-            _ => format!("{name} changed ({op})"),
-        }
-    };
-    match t.kind {
-        TransitionKind::BucketCreated => match t.after {
-            Some(a) => format!(
-                "created {}/{} ({op})",
-                fmt_reuse(a.fastreuse),
-                fmt_reuse(a.fastreuseport)
-            ),
-            None => format!("created ({op})"),
-        },
-        TransitionKind::OwnerAdded => owners_move("owner added"),
-        TransitionKind::OwnerRemoved => owners_move("owner removed"),
-        TransitionKind::FastreuseChanged => field_move(
-            "fastreuse",
-            old.map(|o| o.fastreuse),
-            t.after.map(|a| a.fastreuse),
-        ),
-        TransitionKind::FastreuseportChanged => field_move(
-            "fastreuseport",
-            old.map(|o| o.fastreuseport),
-            t.after.map(|a| a.fastreuseport),
-        ),
-        TransitionKind::BucketDestroyed => format!("destroyed ({op})"),
-        TransitionKind::BindFailed | TransitionKind::ConnectFailed => {
-            let call = if t.kind == TransitionKind::BindFailed {
-                "bind"
-            } else {
-                "connect"
-            };
-            let mut s = format!("{call} failed {}", errno_label(t.errno));
-            if !t.comm.is_empty() {
-                let _ = write!(s, " ({})", t.comm);
-            }
-            s
-        }
-    }
-}
-
-/// Differences between two states found by a rescan, e.g. `owners 2→1 (rescan)`.
-fn describe_rescan(old: &BucketInfo, new: &BucketInfo) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    if old.fastreuse != new.fastreuse {
-        parts.push(format!(
-            "fastreuse {}→{}",
-            fmt_reuse(old.fastreuse),
-            fmt_reuse(new.fastreuse)
-        ));
-    }
-    if old.fastreuseport != new.fastreuseport {
-        parts.push(format!(
-            "fastreuseport {}→{}",
-            fmt_reuse(old.fastreuseport),
-            fmt_reuse(new.fastreuseport)
-        ));
-    }
-    if old.owners != new.owners || old.owners_truncated != new.owners_truncated {
-        parts.push(format!(
-            "owners {}→{}",
-            crate::views::fmt_owners(old),
-            crate::views::fmt_owners(new)
-        ));
-    }
-    format!("{} (rescan)", parts.join(", "))
 }
 
 /// The `ip_local_port_range` of the header netns, as last asked.
@@ -374,7 +314,9 @@ pub enum KeyOutcome {
 /// The whole state of `portwatch top`.
 #[derive(Debug)]
 pub struct TopApp {
-    rows: HashMap<BucketKey, RowState>,
+    /// The bucket states: the one owner of them.
+    buckets: Reducer,
+    meta: HashMap<BucketKey, RowMeta>,
     view: Vec<BucketKey>,
     view_dirty: bool,
     pub sort: SortKey,
@@ -401,13 +343,13 @@ pub struct TopApp {
     pub truncated: bool,
     pub scans: u64,
     pub last_scan: Option<Instant>,
-    generation: u64,
 }
 
 impl TopApp {
     pub fn new(header_netns: u32, backend: String) -> TopApp {
         TopApp {
-            rows: HashMap::with_capacity(1024),
+            buckets: Reducer::new(),
+            meta: HashMap::with_capacity(1024),
             view: Vec::with_capacity(1024),
             view_dirty: true,
             sort: SortKey::Port,
@@ -428,20 +370,25 @@ impl TopApp {
             truncated: false,
             scans: 0,
             last_scan: None,
-            generation: 0,
         }
     }
 
-    pub fn row(&self, key: &BucketKey) -> Option<&RowState> {
-        self.rows.get(key)
+    /// The row of a bucket the reducer knows.
+    pub fn row(&self, key: &BucketKey) -> Option<TopRow<'_>> {
+        let info = *self.buckets.get(key)?;
+        Some(TopRow {
+            key: *key,
+            info,
+            meta: self.meta.get(key),
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.buckets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.buckets.is_empty()
     }
 
     /// Recent transitions, newest first.
@@ -453,123 +400,78 @@ impl TopApp {
         self.recent.len()
     }
 
-    /// Applies events in order: update the row, insert on creation, remove on destruction;
-    /// a failed bind/connect only records the failure as the bucket's last change.
-    pub fn apply_transitions(&mut self, transitions: Vec<Transition>, now: Instant) {
-        if transitions.is_empty() {
+    /// Feeds events to the reducer, in order; each transition becomes its bucket's last
+    /// change (highlighting the cells it changed) and an entry of the recent pane. A
+    /// failed bind/connect on a port without a bucket only goes to the pane.
+    pub fn apply_events(&mut self, events: Vec<SocketEvent>, now: Instant) {
+        if events.is_empty() {
             return;
         }
-        for t in transitions {
-            let what = self.apply_one(&t, now);
-            if self.recent.len() == RECENT_CAPACITY {
-                self.recent.pop_front();
+        for ev in &events {
+            for t in self.buckets.apply(ev) {
+                self.note(&t, now);
+                if self.recent.len() == RECENT_CAPACITY {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(RecentEntry { at: now, transition: t });
             }
-            self.recent.push_back(RecentEntry {
-                at: now,
-                what,
-                transition: t,
-            });
         }
         self.view_dirty = true;
         self.update_pressure();
     }
 
-    /// Applies one transition; returns its description.
-    fn apply_one(&mut self, t: &Transition, now: Instant) -> String {
-        let old = self.rows.get(&t.key).map(|r| r.info);
-        let what = describe(t, old.as_ref());
-        let failure = matches!(
-            t.kind,
-            TransitionKind::BindFailed | TransitionKind::ConnectFailed
-        );
-        if t.kind == TransitionKind::BucketDestroyed || (!failure && t.after.is_none()) {
-            self.rows.remove(&t.key);
-            return what;
-        }
+    /// Records `t` in the metadata of its row (the reducer already applied it).
+    fn note(&mut self, t: &Transition, now: Instant) {
         let Some(after) = t.after else {
-            // A failure on a port without a bucket: nothing to show in the table.
-            if let Some(row) = self.rows.get_mut(&t.key) {
-                row.last_change = Some(LastChange {
+            if t.kind == TransitionKind::BucketDestroyed {
+                self.meta.remove(&t.key);
+            } else if self.buckets.get(&t.key).is_some() {
+                self.meta.entry(t.key).or_default().last_change = Some(LastChange {
                     at: now,
-                    what: what.clone(),
+                    transition: t.clone(),
                 });
             }
-            return what;
+            return;
         };
-        let generation = self.generation;
-        let row = self.rows.entry(t.key).or_insert_with(|| RowState {
-            key: t.key,
-            info: after,
-            last_change: None,
-            changed: Changed::default(),
-            changed_at: None,
-            generation,
-        });
-        let changed = Changed::between(old.as_ref(), &after);
-        row.info = after;
-        row.last_change = Some(LastChange {
+        let changed = Changed::between(&t.key, t.before.as_ref(), &after);
+        let meta = self.meta.entry(t.key).or_default();
+        meta.last_change = Some(LastChange {
             at: now,
-            what: what.clone(),
+            transition: t.clone(),
         });
         if changed.any() {
-            row.changed = changed;
-            row.changed_at = Some(now);
+            meta.changed = changed;
+            meta.changed_at = Some(now);
         }
-        what
     }
 
-    /// Replaces the rows with a fresh walk: it also catches what the event stream missed
-    /// (TIME-WAIT expiry, dropped events). Differences become last changes "(rescan)".
-    pub fn apply_snapshot(&mut self, snap: Snapshot, now: Instant) {
-        self.generation += 1;
-        let generation = self.generation;
+    /// Reconciles the bucket states with a fresh walk of `scope`, which catches what the
+    /// event stream missed (TIME-WAIT expiry, dropped events): each bucket it corrects gets
+    /// that correction as its last change ("(rescan)"), except on the first walk, which
+    /// only fills the table. `ts_ns` is the kernel monotonic time of the walk.
+    pub fn apply_snapshot(&mut self, snap: Snapshot, scope: Scope, ts_ns: u64, now: Instant) {
         let first = self.scans == 0;
-        for b in snap.buckets {
-            match self.rows.get_mut(&b.key) {
-                Some(row) => {
-                    let changed = Changed::between(Some(&row.info), &b.info);
-                    if changed.any() {
-                        row.last_change = Some(LastChange {
-                            at: now,
-                            what: describe_rescan(&row.info, &b.info),
-                        });
-                        row.changed = changed;
-                        row.changed_at = Some(now);
-                        row.info = b.info;
-                    }
-                    row.generation = generation;
-                }
+        let corrections = self.buckets.reconcile(&snap, scope, ts_ns);
+        // A bucket corrected in several fields has one correction per field, each with the
+        // whole state before and after: the first one says it all.
+        let mut done: HashSet<BucketKey> = HashSet::with_capacity(corrections.len());
+        for t in corrections {
+            if !done.insert(t.key) {
+                continue;
+            }
+            match t.after {
                 None => {
-                    let (last_change, changed, changed_at) = if first {
-                        (None, Changed::default(), None)
-                    } else {
-                        (
-                            Some(LastChange {
-                                at: now,
-                                what: "appeared (rescan)".to_owned(),
-                            }),
-                            Changed {
-                                new: true,
-                                ..Changed::default()
-                            },
-                            Some(now),
-                        )
-                    };
-                    self.rows.insert(
-                        b.key,
-                        RowState {
-                            key: b.key,
-                            info: b.info,
-                            last_change,
-                            changed,
-                            changed_at,
-                            generation,
-                        },
-                    );
+                    self.meta.remove(&t.key);
                 }
+                Some(after) if !first => {
+                    let meta = self.meta.entry(t.key).or_default();
+                    meta.changed = Changed::between(&t.key, t.before.as_ref(), &after);
+                    meta.changed_at = Some(now);
+                    meta.last_change = Some(LastChange { at: now, transition: t });
+                }
+                Some(_) => {}
             }
         }
-        self.rows.retain(|_, r| r.generation == generation);
         self.truncated = snap.truncated;
         self.scans += 1;
         self.last_scan = Some(now);
@@ -587,7 +489,7 @@ impl TopApp {
     fn update_pressure(&mut self) {
         self.pressure = match self.range {
             RangeState::Known(lo, hi) => Some(pressure(
-                self.rows.values().map(|r| (&r.key, &r.info)),
+                self.buckets.known(),
                 self.header_netns,
                 lo,
                 hi,
@@ -603,17 +505,21 @@ impl TopApp {
         if self.view_dirty {
             self.view.clear();
             let filter = self.filter.as_str();
-            self.view
-                .extend(self.rows.keys().filter(|k| matches_filter(k, filter)));
-            sort_keys(&mut self.view, &self.rows, self.sort, self.reverse);
+            self.view.extend(
+                self.buckets
+                    .known()
+                    .map(|(k, _)| *k)
+                    .filter(|k| matches_filter(k, filter)),
+            );
+            sort_keys(&mut self.view, &self.buckets, &self.meta, self.sort, self.reverse);
             self.view_dirty = false;
         }
         self.clamp_scroll();
     }
 
     /// The sorted, filtered rows (call [`TopApp::refresh_view`] first).
-    pub fn view(&self) -> impl Iterator<Item = &RowState> + '_ {
-        self.view.iter().filter_map(|k| self.rows.get(k))
+    pub fn view(&self) -> impl Iterator<Item = TopRow<'_>> + '_ {
+        self.view.iter().filter_map(|k| self.row(k))
     }
 
     pub fn view_len(&self) -> usize {
@@ -621,7 +527,7 @@ impl TopApp {
     }
 
     /// The rows on screen: `page` rows from `offset`.
-    pub fn visible(&self) -> impl Iterator<Item = &RowState> + '_ {
+    pub fn visible(&self) -> impl Iterator<Item = TopRow<'_>> + '_ {
         self.view().skip(self.offset).take(self.page.max(1))
     }
 
@@ -708,24 +614,23 @@ impl TopApp {
     }
 }
 
-/// A duration as a short age: `3.2s`, `42s`, `5m03s`, `2h05m`.
-pub fn fmt_age(d: Duration) -> String {
-    let s = d.as_secs();
-    if s < 10 {
-        format!("{}.{}s", s, d.subsec_millis() / 100)
-    } else if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{super::fixtures::{info, key, snap, tr}, *};
-    use crate::model::Op;
+    use super::{
+        super::fixtures::{ev, failed, info, key, snap},
+        *,
+    };
+    use crate::{model::Op, render::transition::describe};
+
+    /// A rescan of every namespace.
+    fn rescan(app: &mut TopApp, snap: Snapshot, now: Instant) {
+        app.apply_snapshot(snap, Scope::ALL, 0, now);
+    }
+
+    /// A row's last change as `top` shows it.
+    fn what(r: &TopRow<'_>) -> Option<String> {
+        r.last_change().map(|c| describe(&c.transition))
+    }
 
     fn press(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -823,7 +728,7 @@ mod tests {
     fn sorting_by_each_key_and_reverse() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        app.apply_snapshot(
+        rescan(&mut app, 
             snap(&[
                 (key(2, 80), info(0, -1, 1)),
                 (key(1, 443), info(1, -1, 5)),
@@ -846,22 +751,12 @@ mod tests {
         app.refresh_view();
         assert_eq!(ports(&app), [22, 80, 443]);
         // Last change: change 80 then 443; 22 never changed.
-        app.apply_transitions(
-            vec![tr(
-                TransitionKind::OwnerAdded,
-                Op::Accept,
-                key(2, 80),
-                Some(info(0, -1, 2)),
-            )],
+        app.apply_events(
+                vec![ev(Op::Accept, key(2, 80), Some(info(0, -1, 2)))],
             t0 + Duration::from_secs(1),
         );
-        app.apply_transitions(
-            vec![tr(
-                TransitionKind::OwnerAdded,
-                Op::Accept,
-                key(1, 443),
-                Some(info(1, -1, 6)),
-            )],
+        app.apply_events(
+                vec![ev(Op::Accept, key(1, 443), Some(info(1, -1, 6)))],
             t0 + Duration::from_secs(2),
         );
         app.sort = SortKey::LastChange;
@@ -901,73 +796,57 @@ mod tests {
     fn merge_creates_updates_and_destroys() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        app.apply_snapshot(snap(&[(key(1, 1234), info(0, -1, 1))]), t0);
+        rescan(&mut app, snap(&[(key(1, 1234), info(0, -1, 1))]), t0);
         let r = app.row(&key(1, 1234)).expect("row");
-        assert_eq!(r.last_change, None, "first scan is not a change");
+        assert!(r.last_change().is_none(), "first scan is not a change");
         assert!(!r.highlight(t0).any());
 
         let t1 = t0 + Duration::from_millis(100);
-        app.apply_transitions(
+        app.apply_events(
             vec![
-                tr(
-                    TransitionKind::BucketCreated,
-                    Op::Connect,
-                    key(1, 60000),
-                    Some(info(-1, -1, 1)),
-                ),
-                tr(
-                    TransitionKind::OwnerAdded,
-                    Op::Connect,
-                    key(1, 60000),
-                    Some(info(-1, -1, 2)),
-                ),
+                ev(Op::Connect, key(1, 60000), Some(info(-1, -1, 1))),
+                ev(Op::Connect, key(1, 60000), Some(info(-1, -1, 2))),
             ],
             t1,
         );
         let r = app.row(&key(1, 60000)).expect("created");
         assert_eq!(r.info, info(-1, -1, 2));
         assert_eq!(
-            r.last_change.as_ref().map(|c| c.what.as_str()),
+            what(&r).as_deref(),
             Some("owners 1→2 (connect)")
         );
-        assert!(r.highlight(t1).owners);
+        assert!(r.highlight(t1).column(Column::Owners));
         assert!(!r.highlight(t1 + HIGHLIGHT_FOR).any(), "highlight expires");
 
-        let mut t = tr(
-            TransitionKind::FastreuseChanged,
-            Op::Bind,
-            key(1, 60000),
-            Some(info(0, -1, 3)),
-        );
-        t.from = Some(-1);
-        t.to = Some(0);
-        app.apply_transitions(vec![t], t1);
+        // A plain bind(): one more owner, and -1 -> 0.
+        app.apply_events(vec![ev(Op::Bind, key(1, 60000), Some(info(0, -1, 3)))], t1);
         let r = app.row(&key(1, 60000)).expect("row");
         assert_eq!(
-            r.last_change.as_ref().map(|c| c.what.as_str()),
+            what(&r).as_deref(),
             Some("fastreuse -1→0 (bind)")
         );
         let h = r.highlight(t1);
-        assert!(h.fastreuse && h.owners && !h.fastreuseport && !h.new);
+        assert!(
+            h.column(Column::Fastreuse)
+                && h.column(Column::Owners)
+                && !h.column(Column::Fastreuseport)
+                && !h.new
+        );
 
-        app.apply_transitions(
-            vec![tr(
-                TransitionKind::BucketDestroyed,
-                Op::Close,
-                key(1, 60000),
-                None,
-            )],
+        app.apply_events(
+                vec![ev(Op::Close, key(1, 60000), None)],
             t1,
         );
         assert!(app.row(&key(1, 60000)).is_none());
         assert_eq!(app.len(), 1);
-        assert_eq!(app.recent_len(), 4);
-        let pane: Vec<&str> = app.recent().map(|e| e.what.as_str()).collect();
+        assert_eq!(app.recent_len(), 5);
+        let pane: Vec<String> = app.recent().map(|e| describe(&e.transition)).collect();
         assert_eq!(
             pane,
             [
                 "destroyed (close)",
                 "fastreuse -1→0 (bind)",
+                "owners 2→3 (bind)",
                 "owners 1→2 (connect)",
                 "created -1/-1 (connect)"
             ]
@@ -983,21 +862,14 @@ mod tests {
     fn failures_mark_last_change_without_touching_state() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        app.apply_snapshot(snap(&[(key(1, 60000), info(0, -1, 1))]), t0);
-        let mut t = tr(
-            TransitionKind::BindFailed,
-            Op::Bind,
-            key(1, 60000),
-            Some(info(0, -1, 1)),
-        );
-        t.errno = -98;
-        let mut miss = tr(TransitionKind::ConnectFailed, Op::Connect, key(1, 5), None);
-        miss.errno = 99;
-        app.apply_transitions(vec![t, miss], t0);
+        rescan(&mut app, snap(&[(key(1, 60000), info(0, -1, 1))]), t0);
+        let t = failed(Op::Bind, key(1, 60000), Some(info(0, -1, 1)), -98);
+        let miss = failed(Op::Connect, key(1, 5), None, 99);
+        app.apply_events(vec![t, miss], t0);
         let r = app.row(&key(1, 60000)).expect("row");
         assert_eq!(r.info, info(0, -1, 1));
         assert_eq!(
-            r.last_change.as_ref().map(|c| c.what.as_str()),
+            what(&r).as_deref(),
             Some("bind failed EADDRINUSE (nc)")
         );
         assert!(
@@ -1011,7 +883,7 @@ mod tests {
     fn rescan_replaces_rows_and_reports_what_events_missed() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        app.apply_snapshot(
+        rescan(&mut app, 
             snap(&[
                 (key(1, 80), info(0, -1, 3)),
                 (key(1, 60000), info(-1, -1, 1)),
@@ -1022,26 +894,26 @@ mod tests {
         // TIME-WAIT expiry: port 60000 vanished, port 80 lost an owner, 9000 appeared.
         let mut s = snap(&[(key(1, 80), info(0, -1, 2)), (key(1, 9000), info(0, 0, 1))]);
         s.truncated = true;
-        app.apply_snapshot(s, t1);
+        rescan(&mut app, s, t1);
         assert!(app.row(&key(1, 60000)).is_none());
         let r = app.row(&key(1, 80)).expect("80");
-        assert_eq!(r.info.owners, 2);
+        assert_eq!(r.info.owners.n, 2);
         assert_eq!(
-            r.last_change.as_ref().map(|c| c.what.as_str()),
+            what(&r).as_deref(),
             Some("owners 3→2 (rescan)")
         );
         let r = app.row(&key(1, 9000)).expect("9000");
         assert!(r.highlight(t1).new);
         assert_eq!(
-            r.last_change.as_ref().map(|c| c.what.as_str()),
+            what(&r).as_deref(),
             Some("appeared (rescan)")
         );
         assert!(app.truncated);
         assert_eq!(app.scans, 2);
         // An unchanged rescan keeps the last change and does not re-highlight.
-        app.apply_snapshot(snap(&[(key(1, 80), info(0, -1, 2))]), t1 + HIGHLIGHT_FOR);
+        rescan(&mut app, snap(&[(key(1, 80), info(0, -1, 2))]), t1 + HIGHLIGHT_FOR);
         let r = app.row(&key(1, 80)).expect("80");
-        assert_eq!(r.last_change.as_ref().map(|c| c.at), Some(t1));
+        assert_eq!(r.last_change().map(|c| c.at), Some(t1));
         assert!(!r.highlight(t1 + HIGHLIGHT_FOR).any());
     }
 
@@ -1051,13 +923,8 @@ mod tests {
         let mut app = TopApp::new(1, String::new());
         let cap = app.recent.capacity();
         for i in 0..(RECENT_CAPACITY as u16 + 50) {
-            app.apply_transitions(
-                vec![tr(
-                    TransitionKind::BucketCreated,
-                    Op::Bind,
-                    key(1, i),
-                    Some(info(0, -1, 1)),
-                )],
+            app.apply_events(
+                vec![ev(Op::Bind, key(1, i), Some(info(0, -1, 1)))],
                 t0,
             );
         }
@@ -1074,22 +941,14 @@ mod tests {
     fn pressure_follows_merges_and_range() {
         let t0 = Instant::now();
         let mut app = TopApp::new(7, String::new());
-        app.apply_snapshot(snap(&[(key(7, 60000), info(-1, -1, 1))]), t0);
+        rescan(&mut app, snap(&[(key(7, 60000), info(-1, -1, 1))]), t0);
         assert_eq!(app.pressure, None, "range not known yet");
         app.set_port_range(RangeState::Known(60000, 60001));
         assert_eq!(
             app.pressure.map(|p| (p.free, p.shared, p.blocked)),
             Some((1, 1, 0))
         );
-        let mut t = tr(
-            TransitionKind::FastreuseChanged,
-            Op::Bind,
-            key(7, 60000),
-            Some(info(0, -1, 2)),
-        );
-        t.from = Some(-1);
-        t.to = Some(0);
-        app.apply_transitions(vec![t], t0);
+        app.apply_events(vec![ev(Op::Bind, key(7, 60000), Some(info(0, -1, 2)))], t0);
         assert_eq!(
             app.pressure.map(|p| (p.free, p.shared, p.blocked)),
             Some((1, 0, 1))
@@ -1102,7 +961,7 @@ mod tests {
     fn filter_input_keys() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        app.apply_snapshot(
+        rescan(&mut app, 
             snap(&[
                 (key(1, 80), info(0, -1, 1)),
                 (key(1, 8080), info(0, -1, 1)),
@@ -1185,7 +1044,7 @@ mod tests {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
         let rows: Vec<_> = (1..=50).map(|p| (key(1, p), info(0, -1, 1))).collect();
-        app.apply_snapshot(snap(&rows), t0);
+        rescan(&mut app, snap(&rows), t0);
         app.page = 10;
         app.refresh_view();
         app.handle_key(press(KeyCode::Char('k')));
@@ -1205,59 +1064,9 @@ mod tests {
         assert_eq!((app.selected, app.offset), (0, 0));
         // Rows disappearing pull the selection back inside the view.
         app.handle_key(press(KeyCode::End));
-        app.apply_snapshot(snap(&rows[..5]), t0);
+        rescan(&mut app, snap(&rows[..5]), t0);
         app.refresh_view();
         assert_eq!((app.selected, app.offset), (4, 0));
-    }
-
-    #[test]
-    fn descriptions() {
-        let k = key(1, 60000);
-        let created = tr(
-            TransitionKind::BucketCreated,
-            Op::Connect,
-            k,
-            Some(info(-1, -1, 1)),
-        );
-        assert_eq!(describe(&created, None), "created -1/-1 (connect)");
-        let mut frp = tr(
-            TransitionKind::FastreuseportChanged,
-            Op::Listen,
-            k,
-            Some(info(0, 1, 1)),
-        );
-        assert_eq!(
-            describe(&frp, Some(&info(0, -1, 1))),
-            "fastreuseport -1→+1 (listen)"
-        );
-        frp.from = Some(0);
-        frp.to = Some(1);
-        assert_eq!(describe(&frp, None), "fastreuseport 0→+1 (listen)");
-        let rm = tr(
-            TransitionKind::OwnerRemoved,
-            Op::Release,
-            k,
-            Some(info(0, -1, 1)),
-        );
-        assert_eq!(describe(&rm, Some(&info(0, -1, 2))), "owners 2→1 (release)");
-        assert_eq!(describe(&rm, None), "owner removed (release)");
-        let d = tr(TransitionKind::BucketDestroyed, Op::Timewait, k, None);
-        assert_eq!(describe(&d, None), "destroyed (timewait)");
-        assert_eq!(errno_label(99), "EADDRNOTAVAIL");
-        assert_eq!(errno_label(-98), "EADDRINUSE");
-        assert_eq!(errno_label(100000), "errno 100000");
-        assert_eq!(
-            describe_rescan(&info(0, -1, 2), &info(-1, -1, 1)),
-            "fastreuse 0→-1, owners 2→1 (rescan)"
-        );
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(fmt_age(Duration::from_millis(3250)), "3.2s");
-        assert_eq!(fmt_age(Duration::from_secs(42)), "42s");
-        assert_eq!(fmt_age(Duration::from_secs(303)), "5m03s");
-        assert_eq!(fmt_age(Duration::from_secs(7500)), "2h05m");
     }
 
     mod props {
@@ -1266,12 +1075,11 @@ mod tests {
         use super::*;
 
         fn arb_info() -> impl Strategy<Value = BucketInfo> {
-            (-1i8..=1, -1i8..=1, 0u32..5, any::<bool>()).prop_map(|(fr, frp, owners, t)| {
+            (-1i8..=1, -1i8..=1, 0u32..5, any::<bool>()).prop_map(|(fr, frp, n, truncated)| {
                 BucketInfo {
-                    fastreuse: fr,
-                    fastreuseport: frp,
-                    owners,
-                    owners_truncated: t,
+                    fastreuse: crate::model::Fastreuse(fr),
+                    fastreuseport: crate::model::Fastreuse(frp),
+                    owners: crate::model::OwnerCount { n, truncated },
                 }
             })
         }
@@ -1282,19 +1090,19 @@ mod tests {
                 port,
             })
         }
-        fn arb_transition() -> impl Strategy<Value = Transition> {
-            let kinds = prop_oneof![
-                Just(TransitionKind::BucketCreated),
-                Just(TransitionKind::OwnerAdded),
-                Just(TransitionKind::OwnerRemoved),
-                Just(TransitionKind::FastreuseChanged),
-                Just(TransitionKind::FastreuseportChanged),
-                Just(TransitionKind::BucketDestroyed),
-                Just(TransitionKind::BindFailed),
-                Just(TransitionKind::ConnectFailed),
+        fn arb_event() -> impl Strategy<Value = SocketEvent> {
+            let ops = prop_oneof![
+                Just(Op::Bind),
+                Just(Op::Listen),
+                Just(Op::Connect),
+                Just(Op::Accept),
+                Just(Op::Close),
+                Just(Op::Release),
+                Just(Op::Timewait),
             ];
-            (kinds, arb_key(), proptest::option::of(arb_info()))
-                .prop_map(|(kind, k, after)| tr(kind, Op::Bind, k, after))
+            let errno = prop_oneof![3 => Just(0i32), 1 => Just(98i32)];
+            (ops, arb_key(), proptest::option::of(arb_info()), errno)
+                .prop_map(|(op, k, after, e)| failed(op, k, after, e))
         }
 
         proptest! {
@@ -1320,14 +1128,14 @@ mod tests {
             #[test]
             fn a_rescan_has_the_last_word(
                 first in proptest::collection::vec((arb_key(), arb_info()), 0..30),
-                events in proptest::collection::vec(arb_transition(), 0..40),
+                events in proptest::collection::vec(arb_event(), 0..40),
                 last in proptest::collection::vec((arb_key(), arb_info()), 0..30),
             ) {
                 let t0 = Instant::now();
                 let mut app = TopApp::new(1, String::new());
-                app.apply_snapshot(snap(&first), t0);
-                app.apply_transitions(events, t0);
-                app.apply_snapshot(snap(&last), t0);
+                rescan(&mut app, snap(&first), t0);
+                app.apply_events(events, t0);
+                rescan(&mut app, snap(&last), t0);
                 // Later duplicates win, as in a map.
                 let expected: HashMap<BucketKey, BucketInfo> = last.iter().copied().collect();
                 prop_assert_eq!(app.len(), expected.len());
@@ -1343,7 +1151,7 @@ mod tests {
             ) {
                 let t0 = Instant::now();
                 let mut app = TopApp::new(1, String::new());
-                app.apply_snapshot(snap(&rows), t0);
+                rescan(&mut app, snap(&rows), t0);
                 for _ in 0..sort_steps {
                     app.handle_key(press(KeyCode::Char('s')));
                 }
@@ -1356,7 +1164,7 @@ mod tests {
                     prop_assert!(fwd.windows(2).all(|w| w[0].port <= w[1].port));
                 }
                 if app.sort == SortKey::Owners {
-                    let owners: Vec<u32> = app.view().map(|r| r.info.owners).collect();
+                    let owners: Vec<u32> = app.view().map(|r| r.info.owners.n).collect();
                     prop_assert!(owners.windows(2).all(|w| w[0] >= w[1]));
                 }
                 app.handle_key(press(KeyCode::Char('r')));

@@ -1,12 +1,19 @@
 //! Builders shared by the `top` test modules (app, ui, run loop).
-use crate::model::{BucketInfo, BucketKey, BucketRow, Op, Snapshot, SockOpts, Transition, TransitionKind};
+use crate::model::{
+    BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, SeenBucket, Snapshot,
+    SockOpts, SocketEvent, Task,
+};
 
 pub fn key(netns: u32, port: u16) -> BucketKey {
     BucketKey { netns, l3mdev: 0, port }
 }
 
 pub fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
-    BucketInfo { fastreuse: fr, fastreuseport: frp, owners, owners_truncated: false }
+    BucketInfo {
+        fastreuse: Fastreuse(fr),
+        fastreuseport: Fastreuse(frp),
+        owners: OwnerCount::exact(owners),
+    }
 }
 
 pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
@@ -17,22 +24,27 @@ pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
     }
 }
 
-/// A transition by pid 42 (`nc`) from 127.0.0.1 on the key's port.
-pub fn tr(kind: TransitionKind, op: Op, k: BucketKey, after: Option<BucketInfo>) -> Transition {
-    Transition {
+/// An event of pid 42 (`nc`) from 127.0.0.1 on the key's port: after `op`, the key's
+/// bucket is `after` (`None`: no bucket). Close/release/timewait are of a socket that
+/// held the port; bind/connect/listen of one that had none (so they add an owner).
+pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
+    SocketEvent {
         ts_ns: 1,
-        kind,
         op,
-        key: k,
-        after,
-        from: None,
-        to: None,
-        errno: 0,
-        pid: 42,
-        comm: "nc".into(),
-        local: Some(format!("127.0.0.1:{}", k.port)),
+        netns: k.netns,
+        port: k.port,
+        bucket: after.map(|info| SeenBucket { id: 0, l3mdev: k.l3mdev, info }),
+        errno: None,
+        had_port: matches!(op, Op::Close | Op::Release | Op::Timewait),
+        task: Task::Process { pid: 42, comm: "nc".into() },
+        local: Some(std::net::SocketAddr::from(([127, 0, 0, 1], k.port))),
         remote: None,
         opts: SockOpts::default(),
         port_from_range: false,
     }
+}
+
+/// As [`ev`], for a call that failed with `errno`.
+pub fn failed(op: Op, k: BucketKey, after: Option<BucketInfo>, errno: i32) -> SocketEvent {
+    SocketEvent { errno: Errno::new(errno), ..ev(op, k, after) }
 }

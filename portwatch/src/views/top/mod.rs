@@ -1,8 +1,9 @@
 //! `portwatch top`: a live, sorted, filterable table of bind buckets, fed by a
-//! [`TopSource`] (the eBPF engine in production, fakes in tests and in
-//! `examples/top_demo.rs`).
+//! [`TopSource`] (an eBPF session in production, fakes in tests and in
+//! `examples/top_demo.rs`). Events go through the reducer ([`app::TopApp`] holds it) and
+//! rescans reconcile it: one owner of bucket state.
 //!
-//! - On a terminal: a ratatui TUI ([`run_tui`]) that pulls transitions every tick
+//! - On a terminal: a ratatui TUI ([`run_tui`]) that pulls events every tick
 //!   ([`TICK`]) and rescans every `interval`.
 //! - With `--once`, or when stdout is not a terminal: the same columns as a plain table,
 //!   once or every interval ([`run_plain`]), until SIGINT/SIGTERM.
@@ -25,16 +26,21 @@ use ratatui::{backend::Backend, layout::Rect, Terminal};
 
 use self::app::{KeyOutcome, RangeState, TopApp};
 use crate::{
-    model::{Snapshot, Transition},
-    views::dump::{plain_table, table_to_string, EMPTY_MESSAGE, TRUNCATED_FOOTER},
+    model::{Scope, Snapshot, SocketEvent},
+    render::{
+        table::{bucket_table, footer, table_to_string},
+        time::monotonic_now_ns,
+    },
 };
 
-/// Where `top` gets its data. The lead's eBPF engine implements it; tests use fakes.
+/// Where `top` gets its data: an eBPF session in production, fakes in tests.
 pub trait TopSource {
     /// A fresh walk (already filtered by netns/port).
     fn snapshot(&mut self) -> anyhow::Result<Snapshot>;
-    /// Events since the previous call.
-    fn transitions(&mut self) -> anyhow::Result<Vec<Transition>>;
+    /// What every walk covers (the netns/port filter).
+    fn scope(&self) -> Scope;
+    /// Events since the previous call, decoded.
+    fn events(&mut self) -> anyhow::Result<Vec<SocketEvent>>;
     /// `ip_local_port_range` of that netns.
     fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)>;
     /// The netns whose pressure the header shows.
@@ -44,7 +50,7 @@ pub trait TopSource {
     fn dropped_events(&self) -> u64;
 }
 
-/// How often the TUI pulls transitions and redraws.
+/// How often the TUI pulls events and redraws.
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// Options of `portwatch top` that the view needs.
@@ -127,11 +133,12 @@ pub fn run_top(src: &mut dyn TopSource, opts: &TopOptions) -> anyhow::Result<()>
     result
 }
 
-/// Pulls a snapshot and the port range into `app`. Transitions are pulled first so the
-/// walk has the last word.
+/// Pulls a snapshot and the port range into `app`. Events are pulled first so the walk
+/// has the last word.
 fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<()> {
     let snap = src.snapshot().context("walking the bind hash table")?;
-    app.apply_snapshot(snap, now);
+    let ts_ns = monotonic_now_ns().context("reading the time of the walk")?;
+    app.apply_snapshot(snap, src.scope(), ts_ns, now);
     let netns = app.header_netns;
     app.set_port_range(match src.port_range(netns) {
         Ok((lo, hi)) => RangeState::Known(lo, hi),
@@ -141,11 +148,11 @@ fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Re
     Ok(())
 }
 
-/// Applies the transitions that arrived; returns how many.
-fn pull_transitions(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<usize> {
-    let ts = src.transitions().context("reading bucket transitions")?;
-    let n = ts.len();
-    app.apply_transitions(ts, now);
+/// Applies the events that arrived; returns how many.
+fn pull_events(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<usize> {
+    let evs = src.events().context("reading bucket events")?;
+    let n = evs.len();
+    app.apply_events(evs, now);
     app.dropped = src.dropped_events();
     Ok(n)
 }
@@ -153,11 +160,9 @@ fn pull_transitions(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> 
 /// One plain frame: the three header lines, then the table with the TUI's columns.
 pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
     let cols = ui::Columns::for_app(app, opts);
-    let titles = cols.titles();
-    let first = cols.first_numeric();
-    let mut table = plain_table(&titles, &[first, first + 1, first + 2, first + 3]);
+    let mut table = bucket_table(&cols.bucket, &ui::META_TITLES);
     for row in app.view() {
-        table.add_row(cols.cells(row, now));
+        table.add_row(cols.cells(&row, now));
     }
     let mut out = String::new();
     out.push_str(&ui::title_line(app, opts));
@@ -167,19 +172,12 @@ pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
     out.push_str(&ui::status_line(app));
     out.push('\n');
     out.push_str(&table_to_string(&table));
-    if app.view_len() == 0 {
-        out.push_str(EMPTY_MESSAGE);
-        out.push('\n');
-    }
-    if app.truncated {
-        out.push_str(TRUNCATED_FOOTER);
-        out.push('\n');
-    }
+    footer(&mut out, app.view_len() == 0, app.truncated);
     out
 }
 
-/// Plain output: one table with `opts.once`, else a table every interval (transitions
-/// are pulled every [`TICK`] in between, so LAST CHANGE is filled) until `stop` is set.
+/// Plain output: one table with `opts.once`, else a table every interval (events are
+/// pulled every [`TICK`] in between, so LAST CHANGE is filled) until `stop` is set.
 /// A closed pipe (`| head`) ends the loop quietly.
 pub fn run_plain(
     src: &mut dyn TopSource,
@@ -193,7 +191,7 @@ pub fn run_plain(
     loop {
         let now = Instant::now();
         if !opts.once {
-            pull_transitions(&mut app, src, now)?;
+            pull_events(&mut app, src, now)?;
         }
         rescan(&mut app, src, now)?;
         app.refresh_view();
@@ -221,12 +219,12 @@ pub fn run_plain(
                 break;
             }
             std::thread::sleep(left.min(TICK));
-            pull_transitions(&mut app, src, Instant::now())?;
+            pull_events(&mut app, src, Instant::now())?;
         }
     }
 }
 
-/// The TUI loop on any ratatui backend: pull transitions every [`TICK`], rescan every
+/// The TUI loop on any ratatui backend: pull events every [`TICK`], rescan every
 /// `opts.interval` (and right after un-pausing), handle keys while waiting for the next
 /// tick, draw every tick and after each key. Returns on `q`/Esc/Ctrl-C or when `stop` is
 /// set (SIGTERM).
@@ -262,7 +260,7 @@ pub fn run_tui<B: Backend>(
         }
         if now >= next_tick {
             if !app.paused {
-                if pull_transitions(&mut app, src, now)? > 0 {
+                if pull_events(&mut app, src, now)? > 0 {
                     dirty = true;
                 }
                 if now >= next_scan {
@@ -330,7 +328,8 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::{fixtures::info, *};
-    use crate::model::{BucketInfo, BucketKey, Op, TransitionKind};
+    use crate::render::table::{EMPTY_MESSAGE, TRUNCATED_FOOTER};
+    use crate::model::{BucketInfo, BucketKey, Op, Task};
 
     const NS: u32 = 4026532000;
 
@@ -341,21 +340,21 @@ mod tests {
     /// Serves scripted snapshots (the last one repeats) and transition batches.
     struct FakeSource {
         snapshots: VecDeque<Snapshot>,
-        batches: VecDeque<Vec<Transition>>,
+        batches: VecDeque<Vec<SocketEvent>>,
         range: Result<(u16, u16), String>,
         snapshot_calls: usize,
-        transition_calls: usize,
+        event_calls: usize,
         fail_snapshot: bool,
     }
 
     impl FakeSource {
-        fn new(snapshots: Vec<Snapshot>, batches: Vec<Vec<Transition>>) -> Self {
+        fn new(snapshots: Vec<Snapshot>, batches: Vec<Vec<SocketEvent>>) -> Self {
             FakeSource {
                 snapshots: snapshots.into(),
                 batches: batches.into(),
                 range: Ok((60000, 60001)),
                 snapshot_calls: 0,
-                transition_calls: 0,
+                event_calls: 0,
                 fail_snapshot: false,
             }
         }
@@ -374,8 +373,14 @@ mod tests {
             };
             Ok(s.unwrap_or_default())
         }
-        fn transitions(&mut self) -> anyhow::Result<Vec<Transition>> {
-            self.transition_calls += 1;
+        fn scope(&self) -> Scope {
+            Scope {
+                netns: Some(NS),
+                port: None,
+            }
+        }
+        fn events(&mut self) -> anyhow::Result<Vec<SocketEvent>> {
+            self.event_calls += 1;
             Ok(self.batches.pop_front().unwrap_or_default())
         }
         fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)> {
@@ -398,14 +403,17 @@ mod tests {
         fixtures::snap(&rows)
     }
 
-    fn created(port: u16, i: BucketInfo) -> Transition {
-        Transition {
-            pid: 1,
-            comm: "curl".into(),
+    /// connect() of pid 1 (`curl`) to 127.9.9.9:1234 from the only port of the range.
+    fn created(port: u16, i: BucketInfo) -> SocketEvent {
+        SocketEvent {
+            task: Task::Process {
+                pid: 1,
+                comm: "curl".into(),
+            },
             local: None,
-            remote: Some("127.9.9.9:1234".into()),
+            remote: Some(std::net::SocketAddr::from(([127, 9, 9, 9], 1234))),
             port_from_range: true,
-            ..fixtures::tr(TransitionKind::BucketCreated, Op::Connect, key(port), Some(i))
+            ..fixtures::ev(Op::Connect, key(port), Some(i))
         }
     }
 
@@ -450,7 +458,7 @@ mod tests {
             ["60000", "-1", "-1", "2", "-"]
         );
         assert_eq!(lines.len(), 6, "{text}");
-        assert_eq!((src.snapshot_calls, src.transition_calls), (1, 0));
+        assert_eq!((src.snapshot_calls, src.event_calls), (1, 0));
     }
 
     #[test]
@@ -529,7 +537,7 @@ mod tests {
         let text = String::from_utf8(out).expect("utf8");
         let frames = text.matches("portwatch top │").count();
         assert!((3..=6).contains(&frames), "{frames} frames:\n{text}");
-        assert!(src.transition_calls >= frames);
+        assert!(src.event_calls >= frames);
         // The event-created bucket shows until the next rescan replaces it.
         assert!(
             text.contains("created -1/-1 (connect)") || text.contains("60000"),
@@ -583,7 +591,7 @@ mod tests {
         );
         let mut term = Terminal::new(TestBackend::new(120, 30)).expect("terminal");
         let opts = TopOptions::default();
-        // tick 1: no key (timeout); tick 2: transitions arrive; then filter on 8080.
+        // tick 1: no key (timeout); tick 2: events arrive; then filter on 8080.
         let mut keys = Keys(
             vec![
                 None,
@@ -611,7 +619,7 @@ mod tests {
         assert!(!s.contains("│80 "), "{s}");
         // The pane still lists the created bucket.
         assert!(s.contains(":60000  created -1/-1 (connect)  pid 1 curl  → 127.9.9.9:1234  (only port of the range)"), "{s}");
-        assert!(src.snapshot_calls >= 1 && src.transition_calls >= 2);
+        assert!(src.snapshot_calls >= 1 && src.event_calls >= 2);
     }
 
     #[test]

@@ -13,74 +13,54 @@ use ratatui::{
 };
 
 use super::{
-    app::{fmt_age, RangeState, RecentEntry, RowState, TopApp, RECENT_CAPACITY},
+    app::{RangeState, TopApp, TopRow, RECENT_CAPACITY},
     TopOptions,
 };
 use crate::{
     model::TransitionKind,
-    views::{fmt_owners, fmt_reuse, needs_columns},
+    render::{
+        columns::{Column, Shown},
+        time::{age, interval},
+        transition::{describe, recent_line},
+    },
 };
 
-/// Which optional columns the table shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The table's columns: the bucket columns ([`Column`], shared with `dump`), then AGE
+/// and LAST CHANGE from the row's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Columns {
-    pub netns: bool,
-    pub l3mdev: bool,
+    pub bucket: Vec<Column>,
 }
+
+/// The titles after the bucket columns.
+pub const META_TITLES: [&str; 2] = ["AGE", "LAST CHANGE"];
 
 impl Columns {
     /// NETNS when asked for (`--netns all`) or when rows of several namespaces are shown;
     /// L3MDEV when any row belongs to a VRF.
     pub fn for_app(app: &TopApp, opts: &TopOptions) -> Columns {
-        let (several, l3) = needs_columns(app.view().map(|r| &r.key));
+        let shown = Shown::for_keys(app.view().map(|r| r.key), opts.show_netns);
         Columns {
-            netns: opts.show_netns || several,
-            l3mdev: l3,
+            bucket: Column::shown(shown),
         }
     }
 
     /// Column titles, in order.
-    pub fn titles(self) -> Vec<&'static str> {
-        let mut v = Vec::with_capacity(8);
-        if self.netns {
-            v.push("NETNS");
-        }
-        v.push("TCP-PORT");
-        if self.l3mdev {
-            v.push("L3MDEV");
-        }
-        v.extend([
-            "FASTREUSE",
-            "FASTREUSEPORT",
-            "#OWNERS",
-            "AGE",
-            "LAST CHANGE",
-        ]);
-        v
-    }
-
-    /// Index of the first numeric column (FASTREUSE).
-    pub fn first_numeric(self) -> usize {
-        1 + usize::from(self.netns) + usize::from(self.l3mdev)
+    pub fn titles(&self) -> Vec<&'static str> {
+        self.bucket
+            .iter()
+            .map(|c| c.title())
+            .chain(META_TITLES)
+            .collect()
     }
 
     /// Cell texts of one row, matching [`Columns::titles`].
-    pub fn cells(self, row: &RowState, now: Instant) -> Vec<String> {
-        let mut v = Vec::with_capacity(8);
-        if self.netns {
-            v.push(row.key.netns.to_string());
-        }
-        v.push(row.key.port.to_string());
-        if self.l3mdev {
-            v.push(row.key.l3mdev.to_string());
-        }
-        v.push(fmt_reuse(row.info.fastreuse));
-        v.push(fmt_reuse(row.info.fastreuseport));
-        v.push(fmt_owners(&row.info));
-        match &row.last_change {
+    pub fn cells(&self, row: &TopRow<'_>, now: Instant) -> Vec<String> {
+        let mut v: Vec<String> = self.bucket.iter().map(|c| c.cell(&row.key, &row.info)).collect();
+        match row.last_change() {
             Some(c) => {
-                v.push(fmt_age(now.saturating_duration_since(c.at)));
-                v.push(c.what.clone());
+                v.push(age(now.saturating_duration_since(c.at)));
+                v.push(describe(&c.transition));
             }
             None => {
                 v.push("-".to_owned());
@@ -88,6 +68,11 @@ impl Columns {
             }
         }
         v
+    }
+
+    /// Whether the NETNS column is shown (the recent pane then shows namespaces too).
+    pub fn netns(&self) -> bool {
+        self.bucket.contains(&Column::Netns)
     }
 }
 
@@ -97,21 +82,12 @@ pub fn title_line(app: &TopApp, opts: &TopOptions) -> String {
         "portwatch top │ {} │ netns {} │ every {}",
         app.backend,
         opts.netns_label,
-        fmt_interval(opts)
+        interval(opts.interval)
     );
     if let Some(p) = opts.port {
         s.push_str(&format!(" │ port {p}"));
     }
     s
-}
-
-fn fmt_interval(opts: &TopOptions) -> String {
-    let d = opts.interval;
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }
 
 /// Second header line: port pressure of the header netns.
@@ -181,42 +157,6 @@ pub fn footer_line(app: &TopApp) -> String {
     }
 }
 
-/// One line of the transitions pane.
-pub fn transition_text(e: &RecentEntry, now: Instant, netns: bool) -> String {
-    let t = &e.transition;
-    let mut s = format!("{:>6}  ", fmt_age(now.saturating_duration_since(e.at)));
-    if netns {
-        s.push_str(&format!("{:>10}  ", t.key.netns));
-    }
-    s.push_str(&format!(":{:<5}  {}", t.key.port, e.what));
-    if t.pid != 0 || !t.comm.is_empty() {
-        s.push_str(&format!("  pid {} {}", t.pid, t.comm));
-    }
-    match (&t.local, &t.remote) {
-        (Some(l), Some(r)) => s.push_str(&format!("  {l} → {r}")),
-        (Some(l), None) => s.push_str(&format!("  {l}")),
-        (None, Some(r)) => s.push_str(&format!("  → {r}")),
-        (None, None) => {}
-    }
-    let mut opts = Vec::new();
-    if t.opts.reuseaddr {
-        opts.push("REUSEADDR");
-    }
-    if t.opts.reuseport {
-        opts.push("REUSEPORT");
-    }
-    if t.opts.bind_address_no_port {
-        opts.push("BIND_ADDRESS_NO_PORT");
-    }
-    if !opts.is_empty() {
-        s.push_str(&format!("  [{}]", opts.join(",")));
-    }
-    if t.port_from_range {
-        s.push_str("  (only port of the range)");
-    }
-    s
-}
-
 /// Splits the screen: header (3 lines), table, transitions pane, footer (1 line).
 pub fn areas(area: Rect) -> [Rect; 4] {
     let pane = (area.height / 3).clamp(3, 12);
@@ -268,8 +208,8 @@ pub fn draw(frame: &mut Frame, app: &TopApp, opts: &TopOptions, now: Instant) {
         header,
     );
 
-    draw_table(frame, app, cols, table_area, now);
-    draw_pane(frame, app, cols, pane, now);
+    draw_table(frame, app, &cols, table_area, now);
+    draw_pane(frame, app, cols.netns(), pane, now);
 
     let footer_style = if app.input.is_some() {
         Style::new().fg(Color::Black).bg(Color::Cyan)
@@ -282,19 +222,13 @@ pub fn draw(frame: &mut Frame, app: &TopApp, opts: &TopOptions, now: Instant) {
     );
 }
 
-fn draw_table(frame: &mut Frame, app: &TopApp, cols: Columns, area: Rect, now: Instant) {
+fn draw_table(frame: &mut Frame, app: &TopApp, cols: &Columns, area: Rect, now: Instant) {
     let titles = cols.titles();
-    let first_num = cols.first_numeric();
-    let widths: Vec<Constraint> = titles
+    let widths: Vec<Constraint> = cols
+        .bucket
         .iter()
-        .map(|t| match *t {
-            "NETNS" => Constraint::Length(10),
-            "TCP-PORT" => Constraint::Length(8),
-            "L3MDEV" => Constraint::Length(6),
-            "AGE" => Constraint::Length(6),
-            "LAST CHANGE" => Constraint::Min(12),
-            other => Constraint::Length(other.len() as u16),
-        })
+        .map(|c| Constraint::Length(c.width()))
+        .chain([Constraint::Length(6), Constraint::Min(12)])
         .collect();
     let header = Row::new(titles.iter().map(|t| Cell::from(*t)))
         .style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
@@ -302,19 +236,14 @@ fn draw_table(frame: &mut Frame, app: &TopApp, cols: Columns, area: Rect, now: I
     let rows = app.visible().enumerate().map(|(i, row)| {
         let hl = row.highlight(now);
         let cells = cols
-            .cells(row, now)
+            .cells(&row, now)
             .into_iter()
             .enumerate()
-            .map(|(c, text)| {
-                let style = if hl.new && c < first_num {
-                    NEW
-                } else if (c == first_num && hl.fastreuse)
-                    || (c == first_num + 1 && hl.fastreuseport)
-                    || (c == first_num + 2 && hl.owners)
-                {
-                    CHANGED
-                } else {
-                    Style::new()
+            .map(|(i, text)| {
+                let style = match cols.bucket.get(i) {
+                    Some(c) if hl.new && c.identifies() => NEW,
+                    Some(c) if hl.column(*c) => CHANGED,
+                    _ => Style::new(),
                 };
                 Cell::from(text).style(style)
             });
@@ -353,7 +282,7 @@ fn draw_table(frame: &mut Frame, app: &TopApp, cols: Columns, area: Rect, now: I
     }
 }
 
-fn draw_pane(frame: &mut Frame, app: &TopApp, cols: Columns, area: Rect, now: Instant) {
+fn draw_pane(frame: &mut Frame, app: &TopApp, netns: bool, area: Rect, now: Instant) {
     let title = format!(
         " recent transitions ({}/{RECENT_CAPACITY}) ",
         app.recent_len()
@@ -375,7 +304,8 @@ fn draw_pane(frame: &mut Frame, app: &TopApp, cols: Columns, area: Rect, now: In
                 }
                 _ => Style::new(),
             };
-            Line::from(Span::styled(transition_text(e, now, cols.netns), style))
+            let text = recent_line(&e.transition, now.saturating_duration_since(e.at), netns);
+            Line::from(Span::styled(text, style))
         })
         .collect();
     let lines = if lines.is_empty() {
@@ -399,8 +329,11 @@ mod tests {
 
     use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
 
-    use super::{super::fixtures::{info, key, snap}, *};
-    use crate::model::{Op, SockOpts, Transition};
+    use super::{
+        super::fixtures::{ev, info, key, snap},
+        *,
+    };
+    use crate::model::{Errno, Op, Scope, SockOpts, SocketEvent, Task};
 
     fn opts() -> TopOptions {
         TopOptions {
@@ -441,34 +374,32 @@ mod tests {
                 (key(4026531840, 1234), info(0, -1, 1)),
                 (key(4026531840, 60000), info(-1, -1, 2)),
             ]),
+            Scope::ALL,
+            0,
             t0,
         );
         app.set_port_range(RangeState::Known(60000, 60000));
         app.dropped = 3;
         let t1 = t0 + Duration::from_secs(1);
-        let mut t = Transition {
-            ts_ns: 5,
-            kind: TransitionKind::FastreuseChanged,
-            op: Op::Bind,
-            key: key(4026531840, 60000),
-            after: Some(info(0, -1, 3)),
-            from: Some(-1),
-            to: Some(0),
-            errno: 0,
-            pid: 77,
-            comm: "quiz".into(),
-            local: Some("127.0.0.1:60000".into()),
-            remote: None,
+        // A plain bind() with SO_REUSEADDR: one more owner and -1 -> 0; then a bind()
+        // that fails.
+        let bind = SocketEvent {
+            task: Task::Process {
+                pid: 77,
+                comm: "quiz".into(),
+            },
             opts: SockOpts {
                 reuseaddr: true,
                 ..SockOpts::default()
             },
-            port_from_range: false,
+            ..ev(Op::Bind, key(4026531840, 60000), Some(info(0, -1, 3)))
         };
-        app.apply_transitions(vec![t.clone()], t1);
-        t.kind = TransitionKind::BindFailed;
-        t.errno = 98;
-        app.apply_transitions(vec![t], t1);
+        app.apply_events(vec![bind.clone()], t1);
+        let fail = SocketEvent {
+            errno: Errno::new(98),
+            ..bind
+        };
+        app.apply_events(vec![fail], t1);
 
         let term = render(&mut app, &opts(), t1, 130, 30);
         let buf = term.backend().buffer();
@@ -534,6 +465,8 @@ mod tests {
                 (key(111, 80), info(0, -1, 1)),
                 (key(222, 80), info(1, -1, 4)),
             ]),
+            Scope::ALL,
+            0,
             t0,
         );
         term = render(&mut app, &opts(), t0, 100, 20);
@@ -569,7 +502,7 @@ mod tests {
         );
         assert!(find(&l, "0/2 buckets").is_some());
 
-        app.apply_snapshot(snap(&[]), t0);
+        app.apply_snapshot(snap(&[]), Scope::ALL, 0, t0);
         app.filter.clear();
         app.handle_key(crossterm::event::KeyEvent::from(
             crossterm::event::KeyCode::Char('s'),
@@ -582,7 +515,7 @@ mod tests {
     fn tiny_terminal_does_not_panic() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, "b".into());
-        app.apply_snapshot(snap(&[(key(1, 80), info(0, -1, 1))]), t0);
+        app.apply_snapshot(snap(&[(key(1, 80), info(0, -1, 1))]), Scope::ALL, 0, t0);
         for (w, h) in [(1, 1), (10, 3), (20, 8), (0, 0)] {
             let _ = render(&mut app, &opts(), t0, w, h);
         }

@@ -1,19 +1,27 @@
 //! Terminal rendering of quiz and state-check results, readable without the article.
+//! (Their JSON is the serde form of the report types in [`crate::quiz::results`].)
 
-use std::fmt::Write as _;
+use std::{fmt, fmt::Write as _};
 
 use comfy_table::{presets, ContentArrangement, Table};
-use serde::Serialize;
 
-use super::expect::{fmt_fastreuse, StateVerdict, Verdict};
-use crate::decode::errno_label;
-use super::results::{Observed, QuizReport, QuizResult, StateCheckResult, StatesReport};
-use super::scenarios::{QuizKind, LISTEN_PORT, QUIZ_PORT};
-use crate::model::{Transition, TransitionKind};
+use super::transition::timeline_line;
+use crate::quiz::{
+    expect::{Outcome, StateVerdict, Verdict},
+    results::{Observed, QuizReport, QuizResult, StateCheckResult, StatesReport},
+    scenarios::{QuizKind, LISTEN_PORT, QUIZ_PORT},
+};
 
-/// Pretty JSON of a report.
-pub fn to_json<T: Serialize>(report: &T) -> serde_json::Result<String> {
-    serde_json::to_string_pretty(report)
+/// `ok 127.0.0.1:60000 -> 127.8.8.8:1234`, `ok bound 127.0.0.1:60000`,
+/// `bind() fails EADDRINUSE (98)`.
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Connected { local, peer } => write!(f, "ok {local} -> {peer}"),
+            Outcome::Bound { local } => write!(f, "ok bound {local}"),
+            Outcome::Failed { call, errno } => write!(f, "{}() fails {errno:#}", call.as_str()),
+        }
+    }
 }
 
 fn table(header: &[&str]) -> Table {
@@ -26,48 +34,6 @@ fn table(header: &[&str]) -> Table {
 
 fn indent(text: &str, by: &str) -> String {
     text.lines().map(|l| format!("{by}{l}\n")).collect()
-}
-
-/// One bucket transition as a line: `port 60000 bucket_created fastreuse -1 owners 1`.
-pub fn transition_line(t: &Transition) -> String {
-    let mut s = format!("port {} {}", t.key.port, t.kind.as_str());
-    match t.kind {
-        TransitionKind::FastreuseChanged | TransitionKind::FastreuseportChanged => {
-            if let (Some(from), Some(to)) = (t.from, t.to) {
-                let _ = write!(s, " {} -> {}", fmt_fastreuse(from), fmt_fastreuse(to));
-            }
-        }
-        TransitionKind::BindFailed | TransitionKind::ConnectFailed => {
-            let _ = write!(s, " {} ({})", errno_label(t.errno), t.errno);
-        }
-        _ => {}
-    }
-    match t.after {
-        Some(info) => {
-            let _ = write!(
-                s,
-                " fastreuse {} owners {}{}",
-                fmt_fastreuse(info.fastreuse),
-                info.owners,
-                if info.owners_truncated { "+" } else { "" }
-            );
-            if info.fastreuseport != info.fastreuse {
-                let _ = write!(s, " fastreuseport {}", fmt_fastreuse(info.fastreuseport));
-            }
-        }
-        None if t.kind != TransitionKind::BucketDestroyed => s.push_str(" (no bucket)"),
-        None => {}
-    }
-    match (&t.local, &t.remote) {
-        (Some(l), Some(r)) => {
-            let _ = write!(s, " [{l} -> {r}]");
-        }
-        (Some(l), None) => {
-            let _ = write!(s, " [{l}]");
-        }
-        _ => {}
-    }
-    s
 }
 
 fn render_quiz(out: &mut String, q: &QuizResult) {
@@ -113,7 +79,7 @@ fn render_quiz(out: &mut String, q: &QuizResult) {
         .flat_map(|e| {
             e.transitions
                 .iter()
-                .map(move |t| format!("    after {}: {}", e.label, transition_line(t)))
+                .map(move |t| format!("    after {}: {}", e.label, timeline_line(t)))
         })
         .collect();
     match q.netns {
@@ -163,7 +129,7 @@ pub fn render_quizzes(r: &QuizReport) -> String {
 fn observed_cell(o: &Option<Observed>) -> String {
     match o {
         None => "-".to_owned(),
-        Some(Observed::Present { info }) => fmt_fastreuse(info.fastreuse),
+        Some(Observed::Present { info }) => info.fastreuse.to_string(),
         Some(Observed::Absent) => "no bucket".to_owned(),
         Some(Observed::Unavailable { .. }) => "not observed".to_owned(),
     }
@@ -185,7 +151,7 @@ fn render_check(out: &mut String, c: &StateCheckResult, kernel: &str) {
         };
         t.add_row(vec![
             s.code.clone(),
-            fmt_fastreuse(article),
+            article.to_string(),
             observed_cell(&s.observed),
             verdict.to_owned(),
         ]);
@@ -197,11 +163,11 @@ fn render_check(out: &mut String, c: &StateCheckResult, kernel: &str) {
     for s in c.findings() {
         let seen = match &s.observed {
             Some(Observed::Present { info }) => {
-                format!("fastreuse {}", fmt_fastreuse(info.fastreuse))
+                format!("fastreuse {}", info.fastreuse)
             }
             _ => "no bucket".to_owned(),
         };
-        let article = s.article.map(fmt_fastreuse).unwrap_or_default();
+        let article = s.article.map(|a| a.to_string()).unwrap_or_default();
         let _ = writeln!(
             out,
             "  finding (kernel {kernel}): after {} the bucket has {seen} where the article shows {article}",
@@ -212,7 +178,7 @@ fn render_check(out: &mut String, c: &StateCheckResult, kernel: &str) {
         let _ = writeln!(
             out,
             "  note: the start state {} was not reached ({}), so later steps start elsewhere",
-            fmt_fastreuse(c.from),
+            c.from,
             observed_cell(&first.observed)
         );
     }
@@ -229,7 +195,7 @@ fn render_check(out: &mut String, c: &StateCheckResult, kernel: &str) {
         .flat_map(|s| {
             s.transitions
                 .iter()
-                .map(move |t| format!("    after {}: {}", s.label, transition_line(t)))
+                .map(move |t| format!("    after {}: {}", s.label, timeline_line(t)))
         })
         .collect();
     if !transitions.is_empty() {
@@ -336,8 +302,11 @@ pub fn summary_line(quizzes: Option<&QuizReport>, states: Option<&StatesReport>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{BucketInfo, BucketKey, Op, SockOpts};
-    use crate::quiz::expect::{Call, Outcome};
+    use crate::model::{
+        BucketInfo, BucketKey, Errno, Fastreuse, Op, OwnerCount, SockOpts, Task, Transition,
+        TransitionKind,
+    };
+    use crate::quiz::expect::Call;
     use crate::quiz::results::{SocketResult, StateStepResult, TimelineEntry};
     use crate::quiz::scenarios::{Sock, QUIZZES};
     use std::net::{Ipv4Addr, SocketAddrV4};
@@ -352,17 +321,17 @@ mod tests {
                 l3mdev: 0,
                 port: 60000,
             },
+            before: None,
             after: after.map(|(f, o)| BucketInfo {
-                fastreuse: f,
-                fastreuseport: f,
-                owners: o,
-                owners_truncated: false,
+                fastreuse: Fastreuse(f),
+                fastreuseport: Fastreuse(f),
+                owners: OwnerCount::exact(o),
             }),
-            from: None,
-            to: None,
-            errno: 0,
-            pid: 7,
-            comm: "portwatch".into(),
+            errno: None,
+            task: Task::Process {
+                pid: 7,
+                comm: "portwatch".into(),
+            },
             local: None,
             remote: None,
             opts: SockOpts::default(),
@@ -370,27 +339,26 @@ mod tests {
         }
     }
 
+    fn errno(n: i32) -> Errno {
+        Errno::new(n).expect("non-zero")
+    }
+
     #[test]
-    fn transition_lines() {
-        assert_eq!(
-            transition_line(&tr(TransitionKind::BucketCreated, Some((-1, 1)))),
-            "port 60000 bucket_created fastreuse -1 owners 1"
-        );
-        let mut t = tr(TransitionKind::FastreuseChanged, Some((0, 2)));
-        t.from = Some(1);
-        t.to = Some(0);
-        t.local = Some("127.2.2.2:60000".into());
-        assert_eq!(
-            transition_line(&t),
-            "port 60000 fastreuse_changed +1 -> 0 fastreuse 0 owners 2 [127.2.2.2:60000]"
-        );
-        let mut f = tr(TransitionKind::ConnectFailed, Some((0, 1)));
-        f.errno = 99;
-        assert!(transition_line(&f).starts_with("port 60000 connect_failed EADDRNOTAVAIL (99)"));
-        assert_eq!(
-            transition_line(&tr(TransitionKind::BucketDestroyed, None)),
-            "port 60000 bucket_destroyed"
-        );
+    fn outcome_display() {
+        let fail = Outcome::Failed {
+            call: Call::Bind,
+            errno: errno(98),
+        };
+        assert_eq!(fail.to_string(), "bind() fails EADDRINUSE (98)");
+        let ok = Outcome::Connected {
+            local: a([127, 0, 0, 1], 60000),
+            peer: a([127, 8, 8, 8], 1234),
+        };
+        assert_eq!(ok.to_string(), "ok 127.0.0.1:60000 -> 127.8.8.8:1234");
+        let bound = Outcome::Bound {
+            local: a([127, 0, 0, 1], 60000),
+        };
+        assert_eq!(bound.to_string(), "ok bound 127.0.0.1:60000");
     }
 
     fn a(ip: [u8; 4], port: u16) -> SocketAddrV4 {
@@ -437,7 +405,7 @@ mod tests {
             "3",
             Outcome::Failed {
                 call: Call::Connect,
-                errno: 99,
+                errno: errno(99),
             },
         );
         let bad = quiz_result(
@@ -504,7 +472,7 @@ mod tests {
         StateCheckResult {
             id: id.into(),
             title: "t".into(),
-            from: article,
+            from: Fastreuse(article),
             port: 60106,
             netns: Some(1),
             notation: vec!["s1: SO_REUSEADDR, bind 127.1.1.1:60106".into()],
@@ -512,7 +480,7 @@ mod tests {
                 label: "s1 bind".into(),
                 code: "s1.bind(('127.1.1.1', 60106))".into(),
                 call_errno: None,
-                article: Some(article),
+                article: Some(Fastreuse(article)),
                 observed: Some(observed),
                 verdict: Some(verdict),
                 why: "w".into(),
@@ -526,10 +494,9 @@ mod tests {
     #[test]
     fn states_rendering_flags_findings_with_kernel() {
         let info = |f: i8| BucketInfo {
-            fastreuse: f,
-            fastreuseport: -1,
-            owners: 1,
-            owners_truncated: false,
+            fastreuse: Fastreuse(f),
+            fastreuseport: Fastreuse(-1),
+            owners: OwnerCount::exact(1),
         };
         let r = StatesReport {
             kernel: "6.18.44".into(),
@@ -597,11 +564,11 @@ mod tests {
                 "5",
                 Outcome::Failed {
                     call: Call::Bind,
-                    errno: 98,
+                    errno: errno(98),
                 },
             )],
         };
-        let v: serde_json::Value = serde_json::from_str(&to_json(&report).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string_pretty(&report).unwrap()).unwrap();
         let q = &v["quizzes"][0];
         assert_eq!(q["id"], "5");
         assert_eq!(q["verdict"], "same");

@@ -1,0 +1,19 @@
+//! The user-space model: what a bucket is, what an event and a transition are, what a
+//! snapshot holds. Every value is typed (no pre-formatted text); [`crate::decode`]
+//! produces these values from the kernel's raw records, and [`crate::render`] is the one
+//! place they become text or JSON. Backend-neutral and free of kernel addresses except
+//! as opaque identities.
+
+mod bucket;
+mod errno;
+mod event;
+mod snapshot;
+mod tcp_state;
+mod transition;
+
+pub use bucket::{BucketInfo, BucketKey, Fastreuse, OwnerCount};
+pub use errno::{errno_or_zero, Errno};
+pub use event::{SeenBucket, SocketEvent};
+pub use snapshot::{AddrRow, BucketRow, OwnerRow, Scope, Snapshot};
+pub use tcp_state::TcpState;
+pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};

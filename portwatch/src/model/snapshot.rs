@@ -1,0 +1,84 @@
+//! A racy copy of the bind hash table and the part of it a walk covered.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BucketInfo, BucketKey, Fastreuse, TcpState};
+
+/// One owner socket in a verbose snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRow {
+    /// Its local address and port; `None` when its address family could not be read.
+    pub local: Option<SocketAddr>,
+    pub state: TcpState,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+}
+
+/// One per-address bucket (bhash2) in a verbose snapshot, or the owners of one address
+/// on kernels whose owners hang off the port's bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrRow {
+    /// `None` when the owners' address family could not be read.
+    pub address: Option<IpAddr>,
+    /// Per-address state (6.18+ keeps its own); `None` where the kernel has none.
+    pub fastreuse: Option<Fastreuse>,
+    pub fastreuseport: Option<Fastreuse>,
+    pub owners: Vec<OwnerRow>,
+}
+
+/// One bucket in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRow {
+    pub key: BucketKey,
+    pub info: BucketInfo,
+    /// Verbose only.
+    pub addresses: Vec<AddrRow>,
+}
+
+/// A racy (lock-free) copy of the bind hash table, like the article's drgn script makes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Sorted by key.
+    pub buckets: Vec<BucketRow>,
+    /// The walk hit a bound somewhere: some chain or owner list was cut short.
+    pub truncated: bool,
+    /// Slots of the bind hash table walked.
+    pub slots: u32,
+}
+
+/// The buckets a walk covered: one network namespace or all, one port or all. A bucket
+/// in scope but missing from the walk is gone; one outside it is simply not covered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scope {
+    /// `None`: every namespace.
+    pub netns: Option<u32>,
+    /// `None`: every port.
+    pub port: Option<u16>,
+}
+
+impl Scope {
+    /// Every bucket of every namespace.
+    pub const ALL: Scope = Scope { netns: None, port: None };
+
+    /// Whether the walk covered `key`.
+    pub fn contains(&self, key: &BucketKey) -> bool {
+        self.netns.is_none_or(|ns| ns == key.netns) && self.port.is_none_or(|p| p == key.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_covers_its_netns_and_port() {
+        let k = BucketKey { netns: 7, l3mdev: 3, port: 80 };
+        assert!(Scope::ALL.contains(&k));
+        assert!(Scope { netns: Some(7), port: None }.contains(&k));
+        assert!(!Scope { netns: Some(8), port: None }.contains(&k));
+        assert!(Scope { netns: Some(7), port: Some(80) }.contains(&k));
+        assert!(!Scope { netns: None, port: Some(81) }.contains(&k));
+    }
+}

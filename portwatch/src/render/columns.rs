@@ -1,0 +1,177 @@
+//! The columns of the bucket table, defined once for `dump` and `top` (text table, TUI):
+//! each column has a title, an alignment, a width for the TUI, and one conversion from a
+//! model row to its cell. A new column is one variant here (plus its JSON key in
+//! [`super::json`] when `dump --json` should carry it).
+
+use crate::model::{AddrRow, BucketInfo, BucketKey, OwnerRow};
+
+/// A column of the bucket table, in display order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Column {
+    /// Shown when several namespaces are (or `--netns all`).
+    Netns,
+    Port,
+    /// Shown when a bucket belongs to a VRF.
+    L3mdev,
+    Fastreuse,
+    Fastreuseport,
+    Owners,
+}
+
+/// Which optional columns a table shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shown {
+    pub netns: bool,
+    pub l3mdev: bool,
+}
+
+impl Shown {
+    /// NETNS when `force_netns` or when the keys span several namespaces; L3MDEV when any
+    /// key belongs to a VRF.
+    pub fn for_keys(keys: impl IntoIterator<Item = BucketKey>, force_netns: bool) -> Shown {
+        let mut first_ns = None;
+        let mut several_ns = false;
+        let mut any_l3 = false;
+        for k in keys {
+            match first_ns {
+                None => first_ns = Some(k.netns),
+                Some(ns) if ns != k.netns => several_ns = true,
+                Some(_) => {}
+            }
+            any_l3 |= k.l3mdev != 0;
+        }
+        Shown {
+            netns: force_netns || several_ns,
+            l3mdev: any_l3,
+        }
+    }
+}
+
+impl Column {
+    pub const ALL: [Column; 6] = [
+        Column::Netns,
+        Column::Port,
+        Column::L3mdev,
+        Column::Fastreuse,
+        Column::Fastreuseport,
+        Column::Owners,
+    ];
+
+    /// The columns a table shows, in order.
+    pub fn shown(shown: Shown) -> Vec<Column> {
+        Column::ALL
+            .into_iter()
+            .filter(|c| match c {
+                Column::Netns => shown.netns,
+                Column::L3mdev => shown.l3mdev,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The header, as the article's `dump_bhash.py` names it where it has the column.
+    pub fn title(self) -> &'static str {
+        match self {
+            Column::Netns => "NETNS",
+            Column::Port => "TCP-PORT",
+            Column::L3mdev => "L3MDEV",
+            Column::Fastreuse => "FASTREUSE",
+            Column::Fastreuseport => "FASTREUSEPORT",
+            Column::Owners => "#OWNERS",
+        }
+    }
+
+    /// Right-aligned (the bucket's values) rather than left-aligned (its identity).
+    pub fn numeric(self) -> bool {
+        matches!(self, Column::Fastreuse | Column::Fastreuseport | Column::Owners)
+    }
+
+    /// Part of the bucket's identity (highlighted as a whole when a bucket is new).
+    pub fn identifies(self) -> bool {
+        !self.numeric()
+    }
+
+    /// Width in the TUI.
+    pub fn width(self) -> u16 {
+        match self {
+            Column::Netns => 10,
+            Column::Port => 8,
+            Column::L3mdev => 6,
+            other => other.title().len() as u16,
+        }
+    }
+
+    /// The cell of a bucket.
+    pub fn cell(self, key: &BucketKey, info: &BucketInfo) -> String {
+        match self {
+            Column::Netns => key.netns.to_string(),
+            Column::Port => key.port.to_string(),
+            Column::L3mdev => key.l3mdev.to_string(),
+            Column::Fastreuse => info.fastreuse.to_string(),
+            Column::Fastreuseport => info.fastreuseport.to_string(),
+            Column::Owners => info.owners.to_string(),
+        }
+    }
+
+    /// The cell of a per-address bucket, in the indented rows under its port (verbose
+    /// `dump`): its address in the port column, its own state where the kernel keeps one.
+    pub fn addr_cell(self, a: &AddrRow) -> String {
+        let opt = |v: Option<crate::model::Fastreuse>| v.map(|v| v.to_string()).unwrap_or_default();
+        match self {
+            Column::Port => match a.address {
+                Some(ip) => format!("  addr {ip}"),
+                None => "  addr ?".to_owned(),
+            },
+            Column::Fastreuse => opt(a.fastreuse),
+            Column::Fastreuseport => opt(a.fastreuseport),
+            Column::Owners => a.owners.len().to_string(),
+            Column::Netns | Column::L3mdev => String::new(),
+        }
+    }
+
+    /// The cell of an owner socket, in the rows under its address (verbose `dump`): the
+    /// socket in the port column, nothing elsewhere.
+    pub fn owner_cell(self, o: &OwnerRow) -> String {
+        if self != Column::Port {
+            return String::new();
+        }
+        let mut s = match o.local {
+            Some(a) => format!("    {a} {}", o.state),
+            None => format!("    ? {}", o.state),
+        };
+        if o.reuseaddr {
+            s.push_str(" REUSEADDR");
+        }
+        if o.reuseport {
+            s.push_str(" REUSEPORT");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(netns: u32, l3mdev: i32, port: u16) -> BucketKey {
+        BucketKey { netns, l3mdev, port }
+    }
+
+    #[test]
+    fn columns_needed_only_when_ambiguous() {
+        let (a, b, c, d) = (k(1, 0, 80), k(1, 0, 81), k(2, 0, 80), k(1, 5, 80));
+        let shown = |keys: &[BucketKey]| {
+            let s = Shown::for_keys(keys.iter().copied(), false);
+            (s.netns, s.l3mdev)
+        };
+        assert_eq!(shown(&[a, b]), (false, false));
+        assert_eq!(shown(&[a, c]), (true, false));
+        assert_eq!(shown(&[a, d]), (false, true));
+        assert_eq!(shown(&[]), (false, false));
+        assert!(Shown::for_keys([a], true).netns);
+        assert_eq!(
+            Column::shown(Shown { netns: true, l3mdev: false }),
+            [Column::Netns, Column::Port, Column::Fastreuse, Column::Fastreuseport, Column::Owners]
+        );
+    }
+}

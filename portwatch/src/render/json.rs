@@ -1,0 +1,285 @@
+//! JSON outputs: one object per transition (`trace --json`) and the `dump --json`
+//! document. Key names and order are fixed (scripts and xtask read them); values are
+//! plain numbers (fastreuse -1/0/1) and the address strings of [`std::net::SocketAddr`].
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{table::sorted_buckets, time::Clock};
+use crate::model::{AddrRow, Snapshot, Transition};
+
+/// The JSON object of one transition; keys in this order, names fixed.
+#[derive(Serialize)]
+struct TransitionLine<'a> {
+    ts_ns: u64,
+    time: String,
+    netns: u32,
+    port: u16,
+    l3mdev: i32,
+    kind: &'static str,
+    op: &'static str,
+    fastreuse: Option<i8>,
+    fastreuseport: Option<i8>,
+    owners: u32,
+    owners_truncated: bool,
+    from: Option<i8>,
+    to: Option<i8>,
+    pid: u32,
+    comm: &'a str,
+    errno: i32,
+    errno_name: Option<&'static str>,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    reuseaddr: bool,
+    reuseport: bool,
+    bind_address_no_port: bool,
+    port_from_range: bool,
+}
+
+/// One JSON object (one line, no trailing newline) for a transition. `time` is RFC 3339
+/// UTC with milliseconds; `from`/`to` are set for `*_changed`; `pid` 0 and `comm` ""
+/// when no task caused it; `errno` 0 and `errno_name` null on success (`errno_name` is
+/// also null for a number without a name).
+pub fn transition_line(t: &Transition, clock: &Clock) -> serde_json::Result<String> {
+    let change = t.change();
+    let j = TransitionLine {
+        ts_ns: t.ts_ns,
+        time: clock.rfc3339(t.ts_ns),
+        netns: t.key.netns,
+        port: t.key.port,
+        l3mdev: t.key.l3mdev,
+        kind: t.kind.as_str(),
+        op: t.op.as_str(),
+        fastreuse: t.after.map(|a| a.fastreuse.get()),
+        fastreuseport: t.after.map(|a| a.fastreuseport.get()),
+        owners: t.after.map_or(0, |a| a.owners.n),
+        owners_truncated: t.after.is_some_and(|a| a.owners.truncated),
+        from: change.map(|(f, _)| f.get()),
+        to: change.map(|(_, to)| to.get()),
+        pid: t.task.pid().unwrap_or(0),
+        comm: t.task.comm().unwrap_or(""),
+        errno: t.errno.map_or(0, |e| e.number()),
+        errno_name: t.errno.and_then(|e| e.name()),
+        local: t.local,
+        remote: t.remote,
+        reuseaddr: t.opts.reuseaddr,
+        reuseport: t.opts.reuseport,
+        bind_address_no_port: t.opts.bind_address_no_port,
+        port_from_range: t.port_from_range,
+    };
+    serde_json::to_string(&j)
+}
+
+fn addr_json(a: &AddrRow) -> Value {
+    json!({
+        "address": a.address,
+        "fastreuse": a.fastreuse,
+        "fastreuseport": a.fastreuseport,
+        "owners": a.owners.iter().map(|o| json!({
+            "local": o.local,
+            "state": o.state.to_string(),
+            "reuseaddr": o.reuseaddr,
+            "reuseport": o.reuseport,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The `dump --json` document: ONE array of bucket objects, sorted like the table, with
+/// the stable keys `netns`, `port`, `l3mdev`, `fastreuse`, `fastreuseport`, `owners`,
+/// `owners_truncated`, and (verbose only) `addresses`.
+pub fn dump(snap: &Snapshot, verbose: bool) -> Value {
+    let items = sorted_buckets(snap)
+        .into_iter()
+        .map(|b| {
+            let mut obj = json!({
+                "netns": b.key.netns,
+                "port": b.key.port,
+                "l3mdev": b.key.l3mdev,
+                "fastreuse": b.info.fastreuse,
+                "fastreuseport": b.info.fastreuseport,
+                "owners": b.info.owners.n,
+                "owners_truncated": b.info.owners.truncated,
+            });
+            if verbose {
+                obj["addresses"] = Value::Array(b.addresses.iter().map(addr_json).collect());
+            }
+            obj
+        })
+        .collect();
+    Value::Array(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        model::TransitionKind,
+        render::{
+            table::tests::{bucket, snap, verbose_bucket},
+            time::tests::clock,
+            transition::tests::{connect_failed, destroyed, fr_changed},
+        },
+    };
+
+    fn parse(t: &Transition) -> serde_json::Map<String, Value> {
+        let s = transition_line(t, &clock()).expect("serialises");
+        assert!(!s.contains('\n'));
+        match serde_json::from_str::<Value>(&s).expect("valid JSON") {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    const KEYS: [&str; 23] = [
+        "ts_ns",
+        "time",
+        "netns",
+        "port",
+        "l3mdev",
+        "kind",
+        "op",
+        "fastreuse",
+        "fastreuseport",
+        "owners",
+        "owners_truncated",
+        "from",
+        "to",
+        "pid",
+        "comm",
+        "errno",
+        "errno_name",
+        "local",
+        "remote",
+        "reuseaddr",
+        "reuseport",
+        "bind_address_no_port",
+        "port_from_range",
+    ];
+
+    #[test]
+    fn json_changed() {
+        let m = parse(&fr_changed());
+        let mut got: Vec<&str> = m.keys().map(String::as_str).collect();
+        got.sort_unstable();
+        let mut want = KEYS.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
+        assert_eq!(m["ts_ns"], 5_347_000_000u64);
+        assert_eq!(m["time"], "2024-05-01T14:02:11.347Z");
+        assert_eq!(m["netns"], 4026532290u32);
+        assert_eq!(m["port"], 60000);
+        assert_eq!(m["l3mdev"], 0);
+        assert_eq!(m["kind"], "fastreuse_changed");
+        assert_eq!(m["op"], "bind");
+        assert_eq!(m["fastreuse"], 0);
+        assert_eq!(m["fastreuseport"], -1);
+        assert_eq!(m["owners"], 2);
+        assert_eq!(m["owners_truncated"], false);
+        assert_eq!(m["from"], -1);
+        assert_eq!(m["to"], 0);
+        assert_eq!(m["pid"], 4242);
+        assert_eq!(m["comm"], "python3");
+        assert_eq!(m["errno"], 0);
+        assert_eq!(m["errno_name"], Value::Null);
+        assert_eq!(m["local"], "127.2.2.2:60000");
+        assert_eq!(m["remote"], Value::Null);
+        assert_eq!(m["reuseaddr"], true);
+        assert_eq!(m["reuseport"], false);
+        assert_eq!(m["bind_address_no_port"], false);
+        assert_eq!(m["port_from_range"], false);
+    }
+
+    #[test]
+    fn json_key_order_is_stable() {
+        let s = transition_line(&fr_changed(), &clock()).expect("serialises");
+        let mut last = 0;
+        for k in KEYS {
+            let at = s.find(&format!("\"{k}\":")).expect("key present");
+            assert!(at >= last, "key {k} out of order in {s}");
+            last = at;
+        }
+    }
+
+    #[test]
+    fn json_failure_and_destroyed() {
+        let m = parse(&connect_failed());
+        assert_eq!(m["kind"], "connect_failed");
+        assert_eq!(m["errno"], 99);
+        assert_eq!(m["errno_name"], "EADDRNOTAVAIL");
+        assert_eq!(m["fastreuse"], 0);
+        assert_eq!(m["owners"], 1);
+        assert_eq!(m["from"], Value::Null);
+        assert_eq!(m["to"], Value::Null);
+        assert_eq!(m["remote"], "127.9.9.9:1234");
+        assert_eq!(m["port_from_range"], true);
+
+        let m = parse(&destroyed());
+        assert_eq!(m["kind"], "bucket_destroyed");
+        assert_eq!(m["op"], "close");
+        assert_eq!(m["fastreuse"], Value::Null);
+        assert_eq!(m["fastreuseport"], Value::Null);
+        assert_eq!(m["owners"], 0);
+        assert_eq!(m["local"], Value::Null);
+        assert_eq!(m["errno_name"], Value::Null);
+    }
+
+    #[test]
+    fn json_vrf_truncated_kernel_task_and_fastreuse_plus_one() {
+        let mut t = fr_changed();
+        t.key.l3mdev = 7;
+        if let Some(a) = t.after.as_mut() {
+            a.owners.truncated = true;
+            a.fastreuse = crate::model::Fastreuse(1);
+        }
+        t.task = crate::model::Task::Kernel;
+        let m = parse(&t);
+        assert_eq!(m["l3mdev"], 7);
+        assert_eq!(m["owners_truncated"], true);
+        assert_eq!(m["fastreuse"], 1, "JSON keeps the number");
+        assert_eq!(m["to"], 1);
+        assert_eq!((m["pid"].as_u64(), m["comm"].as_str()), (Some(0), Some("")));
+        let t = Transition {
+            kind: TransitionKind::OwnerAdded,
+            ..fr_changed()
+        };
+        assert_eq!(parse(&t)["from"], Value::Null, "from/to only for *_changed");
+    }
+
+    #[test]
+    fn dump_json_is_one_sorted_array_with_stable_keys() {
+        let mut b = bucket(2, 443, 1, -1, 3);
+        b.info.owners.truncated = true;
+        let s = snap(vec![b, bucket(1, 80, 0, 0, 1)]);
+        let v = dump(&s, false);
+        let arr = v.as_array().expect("array");
+        assert_eq!(arr.len(), 2);
+        assert_eq!(
+            arr[0],
+            json!({"netns":1,"port":80,"l3mdev":0,"fastreuse":0,"fastreuseport":0,
+                   "owners":1,"owners_truncated":false})
+        );
+        assert_eq!(arr[1]["owners_truncated"], json!(true));
+        assert_eq!(arr[1]["fastreuse"], json!(1));
+        assert!(arr[1].get("addresses").is_none());
+    }
+
+    #[test]
+    fn verbose_dump_json_has_addresses_and_owners() {
+        let v = dump(&snap(vec![verbose_bucket()]), true);
+        let addrs = &v[0]["addresses"];
+        assert_eq!(addrs.as_array().map(Vec::len), Some(2));
+        assert_eq!(addrs[0]["address"], json!("127.0.0.1"));
+        assert_eq!(addrs[0]["fastreuse"], json!(-1));
+        assert_eq!(
+            addrs[0]["owners"][0],
+            json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false})
+        );
+        assert_eq!(addrs[1]["fastreuse"], Value::Null);
+        assert_eq!(addrs[1]["owners"], json!([]));
+        assert_eq!(dump(&snap(vec![]), true), json!([]));
+    }
+}

@@ -1,0 +1,259 @@
+//! Plain (borderless, grep/awk friendly) tables with comfy-table, and the `dump` table
+//! (like the article's drgn script `dump_bhash.py`: `TCP-PORT  FASTREUSE  #OWNERS`, plus
+//! FASTREUSEPORT).
+
+use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
+
+use super::columns::{Column, Shown};
+use crate::model::{BucketRow, Snapshot};
+
+/// Printed instead of rows when the snapshot holds no bucket.
+pub const EMPTY_MESSAGE: &str = "no TCP bind buckets";
+/// Printed under the table when the walk hit a bound.
+pub const TRUNCATED_FOOTER: &str = "walk truncated: counts are lower bounds";
+
+/// A borderless table with two spaces between columns; the columns at `right_aligned`
+/// are right-aligned.
+pub fn plain_table(titles: &[&str], right_aligned: &[usize]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(titles.iter().map(|h| Cell::new(*h)));
+    for i in 0..titles.len() {
+        if let Some(col) = table.column_mut(i) {
+            col.set_padding((0, 2));
+            if right_aligned.contains(&i) {
+                col.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+    }
+    table
+}
+
+/// A plain table of bucket `columns` followed by `extra` titles (left-aligned).
+pub fn bucket_table(columns: &[Column], extra: &[&str]) -> Table {
+    let titles: Vec<&str> = columns.iter().map(|c| c.title()).chain(extra.iter().copied()).collect();
+    let right: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.numeric())
+        .map(|(i, _)| i)
+        .collect();
+    plain_table(&titles, &right)
+}
+
+/// Renders a comfy table without trailing blanks on each line.
+pub fn table_to_string(table: &Table) -> String {
+    let mut out = String::new();
+    for line in table.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The lines under a table: the empty message, the truncation footer.
+pub fn footer(out: &mut String, empty: bool, truncated: bool) {
+    if empty {
+        out.push_str(EMPTY_MESSAGE);
+        out.push('\n');
+    }
+    if truncated {
+        out.push_str(TRUNCATED_FOOTER);
+        out.push('\n');
+    }
+}
+
+/// Buckets sorted by (netns, port, l3mdev): the order of `dump`'s table and JSON.
+pub fn sorted_buckets(snap: &Snapshot) -> Vec<&BucketRow> {
+    let mut rows: Vec<&BucketRow> = snap.buckets.iter().collect();
+    rows.sort_by_key(|b| (b.key.netns, b.key.port, b.key.l3mdev));
+    rows
+}
+
+/// The `dump` table. `show_netns` adds a first NETNS column (several namespaces shown);
+/// `verbose` adds, under each bucket, its per-address buckets and their owner sockets as
+/// indented rows. An L3MDEV column appears when any bucket belongs to a VRF.
+pub fn dump(snap: &Snapshot, show_netns: bool, verbose: bool) -> String {
+    let rows = sorted_buckets(snap);
+    let shown = Shown {
+        netns: show_netns,
+        l3mdev: Shown::for_keys(rows.iter().map(|b| b.key), false).l3mdev,
+    };
+    let columns = Column::shown(shown);
+    let mut table = bucket_table(&columns, &[]);
+    for b in &rows {
+        table.add_row(columns.iter().map(|c| c.cell(&b.key, &b.info)));
+        if verbose {
+            for a in &b.addresses {
+                table.add_row(columns.iter().map(|c| c.addr_cell(a)));
+                for o in &a.owners {
+                    table.add_row(columns.iter().map(|c| c.owner_cell(o)));
+                }
+            }
+        }
+    }
+    let mut out = table_to_string(&table);
+    footer(&mut out, rows.is_empty(), snap.truncated);
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::model::{AddrRow, BucketInfo, BucketKey, Fastreuse, OwnerCount, OwnerRow, TcpState};
+
+    pub(crate) fn bucket(netns: u32, port: u16, fr: i8, frp: i8, owners: u32) -> BucketRow {
+        BucketRow {
+            key: BucketKey {
+                netns,
+                l3mdev: 0,
+                port,
+            },
+            info: BucketInfo {
+                fastreuse: Fastreuse(fr),
+                fastreuseport: Fastreuse(frp),
+                owners: OwnerCount::exact(owners),
+            },
+            addresses: vec![],
+        }
+    }
+
+    pub(crate) fn snap(buckets: Vec<BucketRow>) -> Snapshot {
+        Snapshot {
+            buckets,
+            truncated: false,
+            slots: 65536,
+        }
+    }
+
+    /// Words of each non-empty line, to compare tables without caring about padding.
+    fn words(s: &str) -> Vec<Vec<String>> {
+        s.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().map(str::to_owned).collect())
+            .collect()
+    }
+
+    #[test]
+    fn table_has_article_columns_sorted_by_port() {
+        let s = snap(vec![bucket(7, 60000, -1, -1, 2), bucket(7, 1234, 0, -1, 1)]);
+        let out = dump(&s, false, false);
+        assert_eq!(
+            words(&out),
+            vec![
+                vec!["TCP-PORT", "FASTREUSE", "FASTREUSEPORT", "#OWNERS"],
+                vec!["1234", "0", "-1", "1"],
+                vec!["60000", "-1", "-1", "2"],
+            ]
+        );
+        assert!(!out.contains(TRUNCATED_FOOTER));
+        assert!(!out.contains(EMPTY_MESSAGE));
+    }
+
+    #[test]
+    fn netns_column_first_and_sorted_by_netns_then_port() {
+        let s = snap(vec![
+            bucket(9, 80, 1, -1, 1),
+            bucket(3, 443, 0, 0, 4),
+            bucket(3, 22, 0, -1, 1),
+        ]);
+        let out = dump(&s, true, false);
+        let w = words(&out);
+        assert_eq!(
+            w[0],
+            vec!["NETNS", "TCP-PORT", "FASTREUSE", "FASTREUSEPORT", "#OWNERS"]
+        );
+        assert_eq!(w[1], vec!["3", "22", "0", "-1", "1"]);
+        assert_eq!(w[2], vec!["3", "443", "0", "0", "4"]);
+        assert_eq!(w[3], vec!["9", "80", "+1", "-1", "1"]);
+    }
+
+    #[test]
+    fn truncated_walk_shows_lower_bounds_and_footer() {
+        let mut b = bucket(1, 5000, 0, -1, 64);
+        b.info.owners.truncated = true;
+        let mut s = snap(vec![b]);
+        s.truncated = true;
+        let out = dump(&s, false, false);
+        assert!(out.contains("≥64"), "{out}");
+        assert_eq!(out.lines().last(), Some(TRUNCATED_FOOTER));
+    }
+
+    #[test]
+    fn empty_snapshot_prints_header_and_message() {
+        let out = dump(&snap(vec![]), false, false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].starts_with("TCP-PORT"));
+        assert_eq!(lines[1], EMPTY_MESSAGE);
+    }
+
+    pub(crate) fn verbose_bucket() -> BucketRow {
+        let lo: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 60000));
+        let mut b = bucket(1, 60000, -1, -1, 2);
+        b.addresses = vec![
+            AddrRow {
+                address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                fastreuse: Some(Fastreuse(-1)),
+                fastreuseport: Some(Fastreuse(-1)),
+                owners: vec![
+                    OwnerRow {
+                        local: Some(lo),
+                        state: TcpState::Established,
+                        reuseaddr: true,
+                        reuseport: false,
+                    },
+                    OwnerRow {
+                        local: Some(lo),
+                        state: TcpState::TimeWait,
+                        reuseaddr: false,
+                        reuseport: true,
+                    },
+                ],
+            },
+            AddrRow {
+                address: Some(IpAddr::V4(Ipv4Addr::new(127, 2, 2, 2))),
+                fastreuse: None,
+                fastreuseport: None,
+                owners: vec![],
+            },
+        ];
+        b
+    }
+
+    #[test]
+    fn verbose_table_indents_addresses_and_owners() {
+        let s = snap(vec![verbose_bucket()]);
+        let out = dump(&s, false, true);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 6, "{out}");
+        assert!(lines[1].starts_with("60000"));
+        assert!(lines[2].starts_with("  addr 127.0.0.1"), "{out}");
+        assert_eq!(words(lines[2])[0][2..], ["-1", "-1", "2"]);
+        assert!(
+            lines[3].starts_with("    127.0.0.1:60000 ESTABLISHED REUSEADDR"),
+            "{out}"
+        );
+        assert!(!lines[3].contains("REUSEPORT"));
+        assert!(lines[4].contains("TIME_WAIT REUSEPORT"), "{out}");
+        // No per-address state on this kernel: blank cells, only the owner count.
+        assert_eq!(words(lines[5])[0], ["addr", "127.2.2.2", "0"]);
+        // Not verbose: the bucket line only.
+        assert_eq!(dump(&s, false, false).lines().count(), 2);
+    }
+
+    #[test]
+    fn l3mdev_column_appears_for_vrf_buckets() {
+        let mut b = bucket(1, 80, 0, -1, 1);
+        b.key.l3mdev = 12;
+        let out = dump(&snap(vec![b, bucket(1, 80, 0, -1, 1)]), false, false);
+        let w = words(&out);
+        assert_eq!(w[0][1], "L3MDEV");
+        assert_eq!(w[1], vec!["80", "0", "0", "-1", "1"]);
+        assert_eq!(w[2], vec!["80", "12", "0", "-1", "1"]);
+    }
+}
