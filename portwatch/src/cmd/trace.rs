@@ -38,13 +38,22 @@ pub struct TraceArgs {
     /// Create this file once every program is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
-    /// Stop after this many transitions.
-    #[arg(long, value_name = "N")]
+    /// Stop after this many transitions (at least 1).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     count: Option<u64>,
     /// Size of the event ring buffer in bytes (a power of two, at least the page size);
     /// for tests and benchmarks that provoke loss.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+}
+
+fn parse_count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "invalid count `{s}`: expected a number of transitions of at least 1 (without --count, trace runs until interrupted)"
+        )),
+    }
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -164,3 +173,27 @@ async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<(
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        trace: TraceArgs,
+    }
+
+    #[test]
+    fn count_must_be_at_least_one() {
+        let err = Cli::try_parse_from(["trace", "--count", "0"]).expect_err("0 is refused");
+        let msg = err.to_string();
+        assert!(msg.contains("invalid count `0`") && msg.contains("at least 1"), "{msg}");
+        assert!(Cli::try_parse_from(["trace", "--count", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["trace", "--count", "x"]).is_err());
+        let ok = Cli::try_parse_from(["trace", "--count", "1"]).expect("1 is fine");
+        assert_eq!(ok.trace.count, Some(1));
+        assert_eq!(Cli::try_parse_from(["trace"]).expect("no count").trace.count, None);
+    }
+}
