@@ -113,6 +113,17 @@ impl Column {
         }
     }
 
+    /// Whether this column's value differs between two states of a bucket (the cells
+    /// `top` highlights after a change). The identity columns never differ.
+    pub fn differs(self, old: &BucketInfo, new: &BucketInfo) -> bool {
+        match self {
+            Column::Netns | Column::Port | Column::L3mdev => false,
+            Column::Fastreuse => old.fastreuse != new.fastreuse,
+            Column::Fastreuseport => old.fastreuseport != new.fastreuseport,
+            Column::Owners => old.owners != new.owners,
+        }
+    }
+
     /// The cell of a per-address bucket, in the indented rows under its port (verbose
     /// `dump`): its address in the port column, its own state where the kernel keeps one.
     pub fn addr_cell(self, a: &AddrRow) -> String {
@@ -152,6 +163,31 @@ impl Column {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Fastreuse, OwnerCount};
+
+    #[test]
+    fn cells_and_differences_of_a_bucket() {
+        let key = k(4026531840, 7, 60000);
+        let old = BucketInfo {
+            fastreuse: Fastreuse(-1),
+            fastreuseport: Fastreuse(1),
+            owners: OwnerCount::exact(3),
+        };
+        let cells: Vec<String> = Column::ALL.iter().map(|c| c.cell(&key, &old)).collect();
+        assert_eq!(cells, ["4026531840", "60000", "7", "-1", "+1", "3"]);
+        let new = BucketInfo {
+            owners: OwnerCount::at_least(3),
+            ..old
+        };
+        let differ: Vec<Column> = Column::ALL.into_iter().filter(|c| c.differs(&old, &new)).collect();
+        assert_eq!(differ, [Column::Owners], "a lower bound is another value");
+        assert!(Column::ALL.iter().all(|c| !c.differs(&old, &old)));
+        assert_eq!(
+            Column::ALL.iter().filter(|c| c.numeric()).count(),
+            3,
+            "the bucket's values are right-aligned, its identity is not"
+        );
+    }
 
     fn k(netns: u32, l3mdev: i32, port: u16) -> BucketKey {
         BucketKey { netns, l3mdev, port }

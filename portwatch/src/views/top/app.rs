@@ -46,7 +46,7 @@ impl Changed {
             .is_some_and(|i| self.cells & (1 << i) != 0)
     }
 
-    fn between(key: &BucketKey, old: Option<&BucketInfo>, new: &BucketInfo) -> Changed {
+    fn between(old: Option<&BucketInfo>, new: &BucketInfo) -> Changed {
         let Some(old) = old else {
             return Changed {
                 cells: 0,
@@ -55,7 +55,7 @@ impl Changed {
         };
         let mut cells = 0;
         for (i, c) in Column::ALL.iter().enumerate() {
-            if !c.identifies() && c.cell(key, old) != c.cell(key, new) {
+            if c.differs(old, new) {
                 cells |= 1 << i;
             }
         }
@@ -433,7 +433,7 @@ impl TopApp {
             }
             return;
         };
-        let changed = Changed::between(&t.key, t.before.as_ref(), &after);
+        let changed = Changed::between(t.before.as_ref(), &after);
         let meta = self.meta.entry(t.key).or_default();
         meta.last_change = Some(LastChange {
             at: now,
@@ -465,7 +465,7 @@ impl TopApp {
                 }
                 Some(after) if !first => {
                     let meta = self.meta.entry(t.key).or_default();
-                    meta.changed = Changed::between(&t.key, t.before.as_ref(), &after);
+                    meta.changed = Changed::between(t.before.as_ref(), &after);
                     meta.changed_at = Some(now);
                     meta.last_change = Some(LastChange { at: now, transition: t });
                 }
