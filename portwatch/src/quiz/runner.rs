@@ -111,7 +111,7 @@ fn set_bind_address_no_port(s: &Socket) -> io::Result<()> {
 /// Apply a socket option, bind() or connect() to an existing socket.
 fn apply(sock: &Socket, action: Action, port_under_test: u16) -> io::Result<()> {
     match action {
-        // Sockets are created by the session, inside the private netns.
+        // Sockets are created by the replay, inside the private netns.
         Action::Socket => Ok(()),
         Action::ReuseAddr => sock.set_reuse_address(true),
         Action::BindAddressNoPort => set_bind_address_no_port(sock),

@@ -373,6 +373,11 @@ impl TopApp {
         }
     }
 
+    /// The bucket states the table shows.
+    pub fn buckets(&self) -> &Reducer {
+        &self.buckets
+    }
+
     /// The row of a bucket the reducer knows.
     pub fn row(&self, key: &BucketKey) -> Option<TopRow<'_>> {
         let info = *self.buckets.get(key)?;
