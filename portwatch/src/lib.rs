@@ -13,3 +13,4 @@ pub mod observer;
 pub mod selftest;
 pub mod layout_cache;
 pub mod export;
+pub mod explain;
