@@ -34,6 +34,8 @@ enum Command {
     Export(cmd::export::ExportArgs),
     /// Report which probe backends this kernel allows and why (no tracing).
     Probes(cmd::probes::ProbesArgs),
+    /// Why a bind() or connect() fails: the owners of the port and the kernel's rules.
+    Explain(cmd::explain::ExplainArgs),
     /// Run scripted scenarios against a backend and check the transitions (used by the
     /// VM test matrix).
     #[command(hide = true)]
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Quiz(a) => cmd::quiz::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Probes(a) => cmd::probes::run(a),
+        Command::Explain(a) => cmd::explain::run(a),
         Command::Selftest(a) => cmd::selftest::run(a),
     };
     match result {

@@ -1,6 +1,7 @@
 //! One module per subcommand: argument parsing and wiring; the logic lives in the library.
 pub mod dump;
 pub mod export;
+pub mod explain;
 pub mod probes;
 pub mod quiz;
 pub mod selftest;

@@ -38,5 +38,8 @@
 
 pub mod bind;
 pub mod connect;
+pub mod judge;
+pub mod lab;
+pub mod observe;
 pub mod sock;
 pub mod variant;
