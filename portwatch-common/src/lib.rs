@@ -24,152 +24,124 @@ impl BitField {
     pub const NONE: BitField = BitField { byte_off: NO_FIELD, shift: 0, width: 0, _pad: [0; 2] };
 }
 
-/// How the owners of a port are counted on this kernel.
+/// How the owners of a port are counted on this kernel (`Layout::owners_mode`).
 /// Kernels up to 6.7: `inet_bind_bucket.owners`. 6.8 and later: the sum of
 /// `inet_bind2_bucket.owners` over `inet_bind_bucket.bhash2`.
 pub const OWNERS_ON_TB: u32 = 0;
 pub const OWNERS_ON_TB2: u32 = 1;
 
-/// Kernel struct layout, resolved from BTF by user space at start-up and handed to the
-/// eBPF programs as the global `LAYOUT`. Offsets are in bytes from the start of the named
-/// struct; `NO_FIELD` when the running kernel lacks the field.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct Layout {
-    // Reaching a socket from a file descriptor: task->files->fdt->fd[n]->private_data.
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdt_max_fds: u32,
-    pub fdt_fd: u32,
-    pub file_private_data: u32,
-    pub socket_sk: u32,
-    pub socket_file: u32,
-    // Reaching the caller's netns: task->nsproxy->net_ns.
-    pub task_nsproxy: u32,
-    pub nsproxy_net_ns: u32,
-    // struct net
-    pub net_ns_inum: u32,
-    pub net_hash_mix: u32,
-    /// `net->ipv4.tcp_death_row.hashinfo` (a pointer), from the start of `struct net`.
-    pub net_hashinfo: u32,
-    /// `net->ipv4.ip_local_ports.range`, from the start of `struct net`.
-    pub net_port_range: u32,
-    /// 1: `range` is one u32 (lo | hi << 16, 6.3+); 0: `int range[2]`.
-    pub port_range_packed: u32,
-    // struct inet_hashinfo
-    pub hashinfo_bhash: u32,
-    pub hashinfo_bhash_size: u32,
-    pub bind_hashbucket_size: u32,
-    pub bind_hashbucket_chain: u32,
-    // struct sock / sock_common / inet_sock / inet_connection_sock
-    pub sk_family: u32,
-    pub sk_state: u32,
-    pub sk_num: u32,
-    pub sk_dport: u32,
-    pub sk_rcv_saddr: u32,
-    pub sk_daddr: u32,
-    pub sk_v6_rcv_saddr: u32,
-    pub sk_v6_daddr: u32,
-    pub sk_net: u32,
-    pub sk_bind_node: u32,
-    pub sk_protocol: u32,
-    pub sk_protocol_size: u32,
-    pub sk_type: u32,
-    pub sk_socket: u32,
-    pub sk_userlocks: BitField,
-    pub sk_reuse: BitField,
-    pub sk_reuseport: BitField,
-    /// `inet_sock.bind_address_no_port` bit field (before 6.6) or the
-    /// `INET_FLAGS_BIND_ADDRESS_NO_PORT` bit of `inet_sock.inet_flags` (6.6+).
-    pub inet_bind_address_no_port: BitField,
-    pub icsk_bind_hash: u32,
-    pub icsk_bind2_hash: u32,
-    // struct inet_bind_bucket
-    pub tb_net: u32,
-    pub tb_l3mdev: u32,
-    pub tb_port: u32,
-    pub tb_fastreuse: u32,
-    pub tb_fastreuseport: u32,
-    pub tb_node: u32,
-    pub tb_owners: u32,
-    pub tb_bhash2: u32,
-    // struct inet_bind2_bucket
-    pub tb2_bhash_node: u32,
-    pub tb2_owners: u32,
-    pub tb2_deathrow: u32,
-    pub tb2_fastreuse: u32,
-    pub tb2_fastreuseport: u32,
-    pub tb2_family: u32,
-    pub tb2_v6_rcv_saddr: u32,
-    pub tb2_rcv_saddr: u32,
-    /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
-    pub owners_mode: u32,
-    /// 1 when this layout was filled in by user space (the eBPF side refuses to run on the
-    /// all-zero default).
-    pub valid: u32,
+/// The value a `Layout` field has before user space fills it in.
+pub trait Unset {
+    const UNSET: Self;
 }
 
-impl Layout {
-    /// The value compiled into the eBPF object; user space overrides it before loading.
-    pub const UNSET: Layout = Layout {
-        task_files: NO_FIELD,
-        files_fdt: NO_FIELD,
-        fdt_max_fds: NO_FIELD,
-        fdt_fd: NO_FIELD,
-        file_private_data: NO_FIELD,
-        socket_sk: NO_FIELD,
-        socket_file: NO_FIELD,
-        task_nsproxy: NO_FIELD,
-        nsproxy_net_ns: NO_FIELD,
-        net_ns_inum: NO_FIELD,
-        net_hash_mix: NO_FIELD,
-        net_hashinfo: NO_FIELD,
-        net_port_range: NO_FIELD,
-        port_range_packed: 0,
-        hashinfo_bhash: NO_FIELD,
-        hashinfo_bhash_size: NO_FIELD,
-        bind_hashbucket_size: 0,
-        bind_hashbucket_chain: NO_FIELD,
-        sk_family: NO_FIELD,
-        sk_state: NO_FIELD,
-        sk_num: NO_FIELD,
-        sk_dport: NO_FIELD,
-        sk_rcv_saddr: NO_FIELD,
-        sk_daddr: NO_FIELD,
-        sk_v6_rcv_saddr: NO_FIELD,
-        sk_v6_daddr: NO_FIELD,
-        sk_net: NO_FIELD,
-        sk_bind_node: NO_FIELD,
-        sk_protocol: NO_FIELD,
-        sk_protocol_size: 0,
-        sk_type: NO_FIELD,
-        sk_socket: NO_FIELD,
-        sk_userlocks: BitField::NONE,
-        sk_reuse: BitField::NONE,
-        sk_reuseport: BitField::NONE,
-        inet_bind_address_no_port: BitField::NONE,
-        icsk_bind_hash: NO_FIELD,
-        icsk_bind2_hash: NO_FIELD,
-        tb_net: NO_FIELD,
-        tb_l3mdev: NO_FIELD,
-        tb_port: NO_FIELD,
-        tb_fastreuse: NO_FIELD,
-        tb_fastreuseport: NO_FIELD,
-        tb_node: NO_FIELD,
-        tb_owners: NO_FIELD,
-        tb_bhash2: NO_FIELD,
-        tb2_bhash_node: NO_FIELD,
-        tb2_owners: NO_FIELD,
-        tb2_deathrow: NO_FIELD,
-        tb2_fastreuse: NO_FIELD,
-        tb2_fastreuseport: NO_FIELD,
-        tb2_family: NO_FIELD,
-        tb2_v6_rcv_saddr: NO_FIELD,
-        tb2_rcv_saddr: NO_FIELD,
-        owners_mode: OWNERS_ON_TB,
-        valid: 0,
+impl Unset for u32 {
+    const UNSET: u32 = NO_FIELD;
+}
+
+impl Unset for BitField {
+    const UNSET: BitField = BitField::NONE;
+}
+
+/// Declares `Layout` and its all-unset value from one list of fields, so that a field
+/// is added in one place.
+macro_rules! layout_struct {
+    ($( $(#[$doc:meta])* $name:ident: $ty:ty, )*) => {
+        /// Kernel struct layout, resolved from BTF by user space at start-up and handed to
+        /// the eBPF programs as the global `LAYOUT`. Offsets are in bytes from the start of
+        /// the named struct; `NO_FIELD` when the running kernel lacks the field. Flags are
+        /// 1 when set; an unset flag reads `NO_FIELD`, which is not 1.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+        pub struct Layout {
+            $( $(#[$doc])* pub $name: $ty, )*
+        }
+
+        impl Layout {
+            /// The value compiled into the eBPF object; user space overrides it before
+            /// loading. Every offset is `NO_FIELD`, every bit field `BitField::NONE`.
+            pub const UNSET: Layout = Layout { $( $name: <$ty as Unset>::UNSET, )* };
+        }
     };
+}
+
+layout_struct! {
+    // Reaching a socket from a file descriptor: task->files->fdt->fd[n]->private_data.
+    task_files: u32,
+    files_fdt: u32,
+    fdt_max_fds: u32,
+    fdt_fd: u32,
+    file_private_data: u32,
+    socket_sk: u32,
+    socket_file: u32,
+    // Reaching the caller's netns: task->nsproxy->net_ns.
+    task_nsproxy: u32,
+    nsproxy_net_ns: u32,
+    // struct net
+    /// `net->ns.inum`: the inode of /proc/PID/ns/net.
+    net_ns_inum: u32,
+    net_hash_mix: u32,
+    /// `net->ipv4.tcp_death_row.hashinfo` (a pointer), from the start of `struct net`.
+    net_hashinfo: u32,
+    /// `net->ipv4.ip_local_ports.range`, from the start of `struct net`.
+    net_port_range: u32,
+    /// 1: `range` is one u32 (lo | hi << 16); otherwise `int range[2]`.
+    port_range_packed: u32,
+    // struct inet_hashinfo
+    hashinfo_bhash: u32,
+    hashinfo_bhash_size: u32,
+    /// Size of `struct inet_bind_hashbucket` (a size, not an offset).
+    bind_hashbucket_size: u32,
+    bind_hashbucket_chain: u32,
+    // struct sock / sock_common / inet_sock
+    sk_family: u32,
+    sk_state: u32,
+    sk_num: u32,
+    sk_dport: u32,
+    sk_rcv_saddr: u32,
+    sk_daddr: u32,
+    sk_v6_rcv_saddr: u32,
+    sk_v6_daddr: u32,
+    sk_net: u32,
+    sk_bind_node: u32,
+    sk_protocol: u32,
+    /// Size of `sk_protocol` in bytes (1 or 2; a size, not an offset).
+    sk_protocol_size: u32,
+    sk_type: u32,
+    sk_socket: u32,
+    sk_reuse: BitField,
+    sk_reuseport: BitField,
+    /// `inet_sock.bind_address_no_port` bit field, or the
+    /// `INET_FLAGS_BIND_ADDRESS_NO_PORT` bit of `inet_sock.inet_flags`.
+    inet_bind_address_no_port: BitField,
+    // struct inet_bind_bucket
+    tb_net: u32,
+    tb_l3mdev: u32,
+    tb_port: u32,
+    tb_fastreuse: u32,
+    tb_fastreuseport: u32,
+    tb_node: u32,
+    tb_owners: u32,
+    tb_bhash2: u32,
+    // struct inet_bind2_bucket
+    tb2_bhash_node: u32,
+    tb2_owners: u32,
+    tb2_fastreuse: u32,
+    tb2_fastreuseport: u32,
+    /// `inet_bind2_bucket.family` (AF_INET / AF_INET6), on kernels that have it.
+    tb2_family: u32,
+    /// 1: the kernel stores IPv4 addresses v4-mapped in `v6_rcv_saddr` (and keeps an
+    /// `addr_type` instead of `family`).
+    tb2_addr_mapped: u32,
+    tb2_v6_rcv_saddr: u32,
+    /// The IPv4 member of the address union, on kernels that have one.
+    tb2_rcv_saddr: u32,
+    /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
+    owners_mode: u32,
+    /// 1 when this layout was filled in by user space (the eBPF side refuses to run on
+    /// the compiled-in placeholder).
+    valid: u32,
 }
 
 /// Operations after which an event is emitted. Values, not an enum: they cross the

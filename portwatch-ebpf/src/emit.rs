@@ -4,8 +4,10 @@ use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktim
 use portwatch_common::{flag, Config, Event};
 
 use crate::{
-    kernel::{lookup_bucket, net_inum, port_range, sock_info},
+    compat::port_range,
+    kernel::{net_inum, sock_info},
     maps::{Known, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
+    walk::lookup_bucket,
 };
 
 /// The runtime configuration (defaults when user space has not written it).
@@ -85,7 +87,7 @@ pub fn send(cfg: &Config, s: &Subject) {
             e.laddr = si.laddr;
             e.raddr = si.raddr;
             e.rport = si.rport;
-            // Flags by arithmetic, not branches (see kernel::zfield).
+            // Flags by arithmetic, not branches (see read::zfield).
             flags |= flag::SOCK_KNOWN
                 | (((si.reuse != 0) as u16) * flag::REUSEADDR)
                 | (((si.reuseport != 0) as u16) * flag::REUSEPORT)

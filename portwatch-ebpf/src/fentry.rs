@@ -1,12 +1,12 @@
 //! The fentry backend: fentry/fexit pairs (BPF trampolines, lower overhead than kprobes)
-//! on the kernel functions of `kfunc.rs`. Argument positions come from BTF (`ARGS`).
+//! on the kernel functions of `kernel_functions.rs`. Argument positions come from BTF (`ARGS`).
 use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
 use portwatch_common::{hook::FENTRY, NO_ARG};
 
-use crate::{kfunc, maps::ARGS};
+use crate::{kernel_functions as hooks, maps::ARGS};
 
 macro_rules! argpos {
     ($f:ident) => {
@@ -61,7 +61,7 @@ pub fn fe_get_port(ctx: FEntryContext) -> u32 {
     let (s, n) = (argpos!(get_port_sk), argpos!(get_port_snum));
     if s != NO_ARG && n != NO_ARG {
         if let (Some(sk), Some(snum)) = (arg::<2>(&ctx, s), arg::<2>(&ctx, n)) {
-            kfunc::get_port_entry(sk, snum as u16);
+            hooks::get_port_entry(sk, snum as u16);
         }
     }
     0
@@ -69,90 +69,94 @@ pub fn fe_get_port(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_csk_get_port")]
 pub fn fx_get_port(ctx: FExitContext) -> u32 {
-    kfunc::get_port_return(FENTRY, ret(&ctx));
+    hooks::get_port_return(FENTRY, ret(&ctx));
     0
 }
 
 #[fentry(function = "__inet_hash_connect")]
 pub fn fe_hash_connect(ctx: FEntryContext) -> u32 {
     if let Some(sk) = arg::<4>(&ctx, argpos!(hash_connect_sk)) {
-        kfunc::hash_connect_entry(sk);
+        hooks::hash_connect_entry(sk);
     }
     0
 }
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn fx_hash_connect(ctx: FExitContext) -> u32 {
-    kfunc::hash_connect_return(FENTRY, ret(&ctx));
+    hooks::hash_connect_return(FENTRY, ret(&ctx));
     0
 }
 
 #[fentry(function = "__inet_inherit_port")]
 pub fn fe_inherit(ctx: FEntryContext) -> u32 {
     if let (Some(l), Some(c)) = (arg::<2>(&ctx, argpos!(inherit_sk)), arg::<2>(&ctx, argpos!(inherit_child))) {
-        kfunc::inherit_entry(l, c);
+        hooks::inherit_entry(l, c);
     }
     0
 }
 
 #[fexit(function = "__inet_inherit_port")]
 pub fn fx_inherit(ctx: FExitContext) -> u32 {
-    kfunc::inherit_return(FENTRY, ret(&ctx));
+    hooks::inherit_return(FENTRY, ret(&ctx));
     0
 }
 
 #[fentry(function = "inet_put_port")]
 pub fn fe_put_port(ctx: FEntryContext) -> u32 {
     if let Some(sk) = arg::<1>(&ctx, argpos!(put_port_sk)) {
-        kfunc::put_port_entry(sk);
+        hooks::put_port_entry(sk);
     }
     0
 }
 
 #[fexit(function = "inet_put_port")]
 pub fn fx_put_port(_ctx: FExitContext) -> u32 {
-    kfunc::put_port_return(FENTRY);
+    hooks::put_port_return(FENTRY);
     0
 }
 
+// A TIME-WAIT socket joins the bucket: `inet_twsk_hashdance_schedule` since "net:
+// tcp/dccp: prepare for tw_timer un-pinning" (b334b924c9b7, 6.11), `inet_twsk_hashdance`
+// before. An fentry program names its function when it is built, so each has its pair;
+// user space attaches the one the running kernel has.
 #[fentry(function = "inet_twsk_hashdance_schedule")]
 pub fn fe_hashdance_schedule(ctx: FEntryContext) -> u32 {
     if let Some(sk) = arg::<3>(&ctx, argpos!(hashdance_sk)) {
-        kfunc::hashdance_entry(sk);
+        hooks::hashdance_entry(sk);
     }
     0
 }
 
 #[fexit(function = "inet_twsk_hashdance_schedule")]
 pub fn fx_hashdance_schedule(_ctx: FExitContext) -> u32 {
-    kfunc::hashdance_return(FENTRY);
+    hooks::hashdance_return(FENTRY);
     0
 }
 
 #[fentry(function = "inet_twsk_hashdance")]
 pub fn fe_hashdance(ctx: FEntryContext) -> u32 {
     if let Some(sk) = arg::<3>(&ctx, argpos!(hashdance_sk)) {
-        kfunc::hashdance_entry(sk);
+        hooks::hashdance_entry(sk);
     }
     0
 }
 
 #[fexit(function = "inet_twsk_hashdance")]
 pub fn fx_hashdance(_ctx: FExitContext) -> u32 {
-    kfunc::hashdance_return(FENTRY);
+    hooks::hashdance_return(FENTRY);
     0
 }
 
 #[fentry(function = "inet_twsk_bind_unhash")]
 pub fn fe_tw_unhash(ctx: FEntryContext) -> u32 {
     if let Some(tw) = arg::<2>(&ctx, argpos!(bind_unhash_tw)) {
-        kfunc::tw_unhash_entry(tw);
+        hooks::tw_unhash_entry(tw);
     }
     0
 }
 
 #[fexit(function = "inet_twsk_bind_unhash")]
 pub fn fx_tw_unhash(_ctx: FExitContext) -> u32 {
-    kfunc::tw_unhash_return(FENTRY);
+    hooks::tw_unhash_return(FENTRY);
     0
 }

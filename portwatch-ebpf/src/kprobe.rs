@@ -1,4 +1,4 @@
-//! The kprobe backend: kprobe/kretprobe pairs on the kernel functions of `kfunc.rs`.
+//! The kprobe backend: kprobe/kretprobe pairs on the kernel functions of `kernel_functions.rs`.
 //! Argument positions come from BTF (global `ARGS`).
 use aya_ebpf::{
     macros::{kprobe, kretprobe},
@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{hook::KPROBE, NO_ARG};
 
-use crate::{kfunc, maps::ARGS};
+use crate::{kernel_functions as hooks, maps::ARGS};
 
 /// Reads one field of the global `ARGS` (see `layout!`).
 macro_rules! argpos {
@@ -46,7 +46,7 @@ pub fn kp_get_port(ctx: ProbeContext) -> u32 {
     let (s, n) = (argpos!(get_port_sk), argpos!(get_port_snum));
     if s != NO_ARG && n != NO_ARG {
         if let (Some(sk), Some(snum)) = (arg(&ctx, s), arg(&ctx, n)) {
-            kfunc::get_port_entry(sk, snum as u16);
+            hooks::get_port_entry(sk, snum as u16);
         }
     }
     0
@@ -54,76 +54,76 @@ pub fn kp_get_port(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_get_port(ctx: RetProbeContext) -> u32 {
-    kfunc::get_port_return(KPROBE, ret(&ctx));
+    hooks::get_port_return(KPROBE, ret(&ctx));
     0
 }
 
 #[kprobe]
 pub fn kp_hash_connect(ctx: ProbeContext) -> u32 {
     if let Some(sk) = arg(&ctx, argpos!(hash_connect_sk)) {
-        kfunc::hash_connect_entry(sk);
+        hooks::hash_connect_entry(sk);
     }
     0
 }
 
 #[kretprobe]
 pub fn krp_hash_connect(ctx: RetProbeContext) -> u32 {
-    kfunc::hash_connect_return(KPROBE, ret(&ctx));
+    hooks::hash_connect_return(KPROBE, ret(&ctx));
     0
 }
 
 #[kprobe]
 pub fn kp_inherit(ctx: ProbeContext) -> u32 {
     if let (Some(l), Some(c)) = (arg(&ctx, argpos!(inherit_sk)), arg(&ctx, argpos!(inherit_child))) {
-        kfunc::inherit_entry(l, c);
+        hooks::inherit_entry(l, c);
     }
     0
 }
 
 #[kretprobe]
 pub fn krp_inherit(ctx: RetProbeContext) -> u32 {
-    kfunc::inherit_return(KPROBE, ret(&ctx));
+    hooks::inherit_return(KPROBE, ret(&ctx));
     0
 }
 
 #[kprobe]
 pub fn kp_put_port(ctx: ProbeContext) -> u32 {
     if let Some(sk) = arg(&ctx, argpos!(put_port_sk)) {
-        kfunc::put_port_entry(sk);
+        hooks::put_port_entry(sk);
     }
     0
 }
 
 #[kretprobe]
 pub fn krp_put_port(_ctx: RetProbeContext) -> u32 {
-    kfunc::put_port_return(KPROBE);
+    hooks::put_port_return(KPROBE);
     0
 }
 
 #[kprobe]
 pub fn kp_hashdance(ctx: ProbeContext) -> u32 {
     if let Some(sk) = arg(&ctx, argpos!(hashdance_sk)) {
-        kfunc::hashdance_entry(sk);
+        hooks::hashdance_entry(sk);
     }
     0
 }
 
 #[kretprobe]
 pub fn krp_hashdance(_ctx: RetProbeContext) -> u32 {
-    kfunc::hashdance_return(KPROBE);
+    hooks::hashdance_return(KPROBE);
     0
 }
 
 #[kprobe]
 pub fn kp_tw_unhash(ctx: ProbeContext) -> u32 {
     if let Some(tw) = arg(&ctx, argpos!(bind_unhash_tw)) {
-        kfunc::tw_unhash_entry(tw);
+        hooks::tw_unhash_entry(tw);
     }
     0
 }
 
 #[kretprobe]
 pub fn krp_tw_unhash(_ctx: RetProbeContext) -> u32 {
-    kfunc::tw_unhash_return(KPROBE);
+    hooks::tw_unhash_return(KPROBE);
     0
 }

@@ -1,13 +1,21 @@
 //! portwatch's eBPF programs. One file per hook family:
 //! - `tracepoint.rs`: syscall enter/exit tracepoints and `sock:inet_sock_set_state`;
-//! - `kprobe.rs`, `fentry.rs`: kprobe/kretprobe and fentry/fexit pairs on the bind-table
-//!   functions, sharing their logic in `kfunc.rs`;
-//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool;
-//! - `kernel.rs`: reading kernel structs through the BTF-derived `LAYOUT`;
-//! - `emit.rs`: building and sending events (shared by every backend).
+//! - `kprobe.rs`, `fentry.rs`: kprobe/kretprobe and fentry/fexit pairs on the kernel
+//!   functions that change bind buckets, sharing their logic in `kernel_functions.rs`;
+//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool.
+//!
+//! Shared by them:
+//! - `read.rs`: reading kernel memory through the BTF-derived `LAYOUT`;
+//! - `kernel.rs`: typed accessors over the kernel structs;
+//! - `compat.rs`: one helper per kernel change, each naming its commit;
+//! - `walk.rs`: the bounded owner and chain walks (cursors and step functions);
+//! - `emit.rs`: building and sending events (every backend emits the same model);
+//! - `maps.rs`: globals and maps.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod compat;
 #[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
@@ -15,15 +23,19 @@ mod fentry;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
-mod kfunc;
+mod kernel_functions;
 #[cfg(target_arch = "bpf")]
 mod kprobe;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod read;
+#[cfg(target_arch = "bpf")]
 mod snapshot;
 #[cfg(target_arch = "bpf")]
 mod tracepoint;
+#[cfg(target_arch = "bpf")]
+mod walk;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

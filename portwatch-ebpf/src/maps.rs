@@ -57,11 +57,11 @@ pub static SNAP_RB: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
 /// `bpf_loop` callbacks converge instead of being explored value by value. Tracing
 /// programs do not nest on one CPU (`bpf_prog_active`), so one slot per CPU suffices.
 #[map]
-pub static OWNER_WALK: PerCpuArray<crate::kernel::OwnerWalk> = PerCpuArray::with_max_entries(1, 0);
+pub static OWNER_WALK: PerCpuArray<crate::walk::OwnerCursor> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static CHAIN_WALK: PerCpuArray<crate::kernel::ChainWalk> = PerCpuArray::with_max_entries(1, 0);
+pub static CHAIN_WALK: PerCpuArray<crate::walk::ChainCursor> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static SNAP_WALK: PerCpuArray<crate::snapshot::Walk> = PerCpuArray::with_max_entries(1, 0);
+pub static SNAP_WALK: PerCpuArray<crate::snapshot::TableWalk> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -1,9 +1,14 @@
 //! The snapshot walk: every slot of `bhash`, every bucket of every chain, and (verbose)
 //! every per-address bucket and owner, like the article's drgn script but in the kernel.
 //! Triggered by the tool itself: `getpgid(SNAP_TRIGGER_PID)` from the thread named in
-//! `SNAP_REQ`. One `bpf_loop` drives a small state machine, one step per iteration, so
-//! every walk is bounded; a chain that changes under us can cut a walk short (reported
-//! as truncated) but never hang it.
+//! `SNAP_REQ`.
+//!
+//! The walk is a state machine (`TableWalk`) advanced one list node per call of
+//! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
+//! short (reported as truncated) but never hang it. The owners of each bucket are
+//! walked by the same cursor the per-event lookup uses (`walk::OwnerCursor`). The
+//! driver at the bottom repeats the step with `bpf_loop`; another driver (a bounded
+//! loop, or a walk resumed over several runs) can repeat the same step.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -11,34 +16,35 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, OWNERS_ON_TB2, SNAP_LOOKUP, SNAP_TRIGGER_PID};
+use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID};
 
 use crate::{
-    kernel::{bits, current_net, field, layout, layout_ready, lookup_bucket, net_inum, rd, AF_INET6},
+    compat,
+    kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
     maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
+    read::{bits, field, layout, layout_ready, rd},
+    walk::{lookup_bucket, owner_step, OwnerCursor, OwnerStep},
 };
 
 /// Upper bound of loop iterations (the kernel's BPF_MAX_LOOPS is 1 << 23).
 const MAX_STEPS: u32 = 1 << 23;
 
+/// State of a whole-table walk. Lives in per-CPU map memory (see `walk.rs`).
 #[repr(C)]
-pub struct Walk {
+pub struct TableWalk {
     bhash: u64,
     /// Current chain node (`inet_bind_bucket.node`), 0 between chains.
     node: u64,
-    /// Current bucket.
+    /// Current bucket, 0 between buckets.
     tb: u64,
-    /// Next per-address bucket node (TB2 mode).
-    tb2_node: u64,
-    /// Next owner node.
-    owner: u64,
     seq: u64,
+    /// The current bucket's owners.
+    owners: OwnerCursor,
     slot: u32,
     size: u32,
     bucket_size: u32,
     chain_off: u32,
     netns_filter: u32,
-    owners: u32,
     max_owners: u32,
     max_chain: u32,
     chain_len: u32,
@@ -53,52 +59,44 @@ pub struct Walk {
     /// The current bucket is filtered out.
     skip: u8,
     truncated: u8,
-    owners_truncated: u8,
-    tb2_mode: u8,
     done: u8,
+    _pad: [u8; 2],
 }
 
 #[inline(always)]
-fn out(r: &SnapRecord, w: &mut Walk) {
+fn out(r: &SnapRecord, w: &mut TableWalk) {
     if SNAP_RB.output::<SnapRecord>(r, 0).is_err() {
         w.truncated = 1;
     }
 }
 
 #[inline(always)]
-fn begin_bucket(w: &mut Walk) {
-    let tb = w.node - layout!(tb_node) as u64;
-    w.tb = tb;
-    w.owners = 0;
-    w.owners_truncated = 0;
+fn begin_bucket(w: &mut TableWalk) {
+    let tb = tb_of_node(w.node);
+    let st = tb_state(tb);
     let net: u64 = field(tb, layout!(tb_net)).unwrap_or(0);
+    w.tb = tb;
     w.cur_netns = net_inum(net);
-    w.cur_port = field(tb, layout!(tb_port)).unwrap_or(0);
-    w.cur_l3mdev = field(tb, layout!(tb_l3mdev)).unwrap_or(0);
-    w.cur_fr = field(tb, layout!(tb_fastreuse)).unwrap_or(0);
-    w.cur_frp = field(tb, layout!(tb_fastreuseport)).unwrap_or(0);
+    w.cur_port = st.port;
+    w.cur_l3mdev = st.l3mdev;
+    w.cur_fr = st.fastreuse;
+    w.cur_frp = st.fastreuseport;
     w.skip = ((w.netns_filter != 0 && w.netns_filter != w.cur_netns)
         || (w.port_filter != 0 && w.port_filter != w.cur_port)) as u8;
-    if w.tb2_mode != 0 {
-        w.tb2_node = field(tb, layout!(tb_bhash2)).unwrap_or(0);
-        w.owner = 0;
-    } else {
-        w.tb2_node = 0;
-        w.owner = field(tb, layout!(tb_owners)).unwrap_or(0);
-    }
+    w.owners = if w.skip != 0 { OwnerCursor::EMPTY } else { OwnerCursor::start(tb, w.max_owners) };
 }
 
 #[inline(always)]
-fn end_bucket(w: &mut Walk) {
+fn end_bucket(w: &mut TableWalk) {
     if w.skip == 0 {
         let mut flags = 0u8;
-        if w.owners_truncated != 0 {
+        if w.owners.truncated != 0 {
             flags |= snapflag::OWNERS_TRUNCATED;
         }
         let r = SnapRecord {
             addr: w.tb,
             netns: w.cur_netns,
-            owners: w.owners,
+            owners: w.owners.count,
             l3mdev: w.cur_l3mdev,
             port: w.cur_port,
             family: 0,
@@ -122,27 +120,23 @@ fn end_bucket(w: &mut Walk) {
     }
 }
 
+/// An ADDR record for per-address bucket `tb2`. `owners` is 1 when the kernel keeps a
+/// fastreuse state per address (then in `fastreuse`/`fastreuseport`), else 0.
 #[inline(always)]
-fn emit_addr(w: &mut Walk, tb2: u64) {
-    let family: u16 = field(tb2, layout!(tb2_family)).unwrap_or(0);
-    let mut laddr = [0u8; 16];
-    // `addr_type`-style kernels store IPv4 as v4-mapped v6; user space unmaps.
-    if layout!(tb2_v6_rcv_saddr) != NO_FIELD {
-        laddr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field::<[u8; 4]>(tb2, layout!(tb2_rcv_saddr)) {
-        laddr[..4].copy_from_slice(&a);
-    }
-    let has_state = layout!(tb2_fastreuse) != NO_FIELD;
+fn emit_addr(w: &mut TableWalk, tb2: u64) {
+    let (family, laddr) = compat::tb2_address(tb2);
+    let state = compat::tb2_fastreuse(tb2);
+    let (fastreuse, fastreuseport) = state.unwrap_or((0, 0));
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
-        owners: has_state as u32,
+        owners: state.is_some() as u32,
         l3mdev: w.cur_l3mdev,
         port: w.cur_port,
         family,
         laddr,
-        fastreuse: field(tb2, layout!(tb2_fastreuse)).unwrap_or(0),
-        fastreuseport: field(tb2, layout!(tb2_fastreuseport)).unwrap_or(0),
+        fastreuse,
+        fastreuseport,
         kind: rec::ADDR,
         flags: 0,
         state: 0,
@@ -152,8 +146,8 @@ fn emit_addr(w: &mut Walk, tb2: u64) {
 }
 
 #[inline(always)]
-fn emit_owner(w: &mut Walk, node: u64) {
-    let sk = node - layout!(sk_bind_node) as u64;
+fn emit_owner(w: &mut TableWalk, node: u64) {
+    let sk = sk_of_bind_node(node);
     let family: u16 = field(sk, layout!(sk_family)).unwrap_or(0);
     let mut laddr = [0u8; 16];
     if family == AF_INET6 {
@@ -186,55 +180,46 @@ fn emit_owner(w: &mut Walk, node: u64) {
     out(&r, w);
 }
 
-extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = SNAP_WALK.get_ptr_mut(0) else { return 1 };
-    // SAFETY: this CPU's scratch slot; no other program runs on this CPU meanwhile.
-    let w = unsafe { &mut *p };
+/// Advances the walk by one node: the next slot, the next bucket of a chain, or the
+/// next per-address bucket or owner of the current bucket. False once the walk is over.
+#[inline(always)]
+pub fn table_step(w: &mut TableWalk) -> bool {
     if w.tb == 0 {
         if w.node != 0 {
             begin_bucket(w);
-            return 0;
+            return true;
         }
         if w.slot >= w.size {
             w.done = 1;
-            return 1;
+            return false;
         }
         let bucket = w.bhash + w.slot as u64 * w.bucket_size as u64;
         w.node = rd::<u64>(bucket + w.chain_off as u64).unwrap_or(0);
         w.chain_len = 0;
         w.slot += 1;
-        return 0;
+        return true;
     }
-    if w.skip != 0 {
-        end_bucket(w);
-        return 0;
-    }
-    if w.owner != 0 {
-        if w.owners >= w.max_owners {
-            w.owners_truncated = 1;
-            w.owner = 0;
-            w.tb2_node = 0;
-            return 0;
+    match owner_step(&mut w.owners) {
+        OwnerStep::Owner(node) => {
+            if w.verbose != 0 {
+                emit_owner(w, node);
+            }
         }
-        w.owners += 1;
-        if w.verbose != 0 {
-            let node = w.owner;
-            emit_owner(w, node);
+        OwnerStep::Addr(tb2) => {
+            if w.verbose != 0 {
+                emit_addr(w, tb2);
+            }
         }
-        w.owner = rd::<u64>(w.owner).unwrap_or(0);
-        return 0;
+        OwnerStep::Done => end_bucket(w),
     }
-    if w.tb2_node != 0 {
-        let tb2 = w.tb2_node - layout!(tb2_bhash_node) as u64;
-        if w.verbose != 0 {
-            emit_addr(w, tb2);
-        }
-        w.owner = field(tb2, layout!(tb2_owners)).unwrap_or(0);
-        w.tb2_node = rd::<u64>(w.tb2_node).unwrap_or(0);
-        return 0;
-    }
-    end_bucket(w);
-    0
+    true
+}
+
+extern "C" fn table_step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(p) = SNAP_WALK.get_ptr_mut(0) else { return 1 };
+    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
+    let w = unsafe { &mut *p };
+    if table_step(w) { 0 } else { 1 }
 }
 
 #[inline(always)]
@@ -266,19 +251,17 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
     let size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
     let p = SNAP_WALK.get_ptr_mut(0)?;
-    let w0 = Walk {
+    let w0 = TableWalk {
         bhash,
         node: 0,
         tb: 0,
-        tb2_node: 0,
-        owner: 0,
         seq: req.seq,
+        owners: OwnerCursor::EMPTY,
         slot: 0,
         size,
         bucket_size: layout!(bind_hashbucket_size),
         chain_off: layout!(bind_hashbucket_chain),
         netns_filter: req.netns,
-        owners: 0,
         max_owners: req.max_owners,
         max_chain: req.max_chain,
         chain_len: 0,
@@ -292,16 +275,15 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         verbose: req.verbose,
         skip: 0,
         truncated: 0,
-        owners_truncated: 0,
-        tb2_mode: (layout!(owners_mode) == OWNERS_ON_TB2) as u8,
         done: 0,
+        _pad: [0; 2],
     };
-    // SAFETY: this CPU's scratch slot; no other program runs on this CPU meanwhile.
+    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     unsafe { *p = w0 };
     // SAFETY: the callback is a plain extern "C" fn; it finds its state in the scratch
     // map, so ctx is unused.
     unsafe {
-        bpf_loop(MAX_STEPS, step as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(MAX_STEPS, table_step_cb as *mut c_void, core::ptr::null_mut(), 0);
     }
     // SAFETY: as above.
     let w = unsafe { &*p };

@@ -11,8 +11,10 @@ use portwatch_common::{flag, hook, op, NO_FIELD};
 
 use crate::{
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
-    kernel::{is_tcp, layout_ready, net_inum, port_range, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
+    compat::port_range,
+    kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
     maps::{Pending, PENDING, SOCKS, TP},
+    read::layout_ready,
 };
 
 const EINPROGRESS: i64 = 115;

@@ -160,10 +160,9 @@ fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
 
 /// Groups the records of one walk into a [`Snapshot`] sorted by key. ADDR and OWNER
 /// records precede the BUCKET record they belong to (the walker learns the owner count
-/// only at the end of a bucket). `tb2_v6_addr`: the kernel's per-address buckets keep
-/// their address in the IPv6 field (v4-mapped for IPv4), so ADDR records carry 16 bytes;
-/// otherwise they carry an IPv4 address.
-pub fn snapshot(records: &[SnapRecord], tb2_v6_addr: bool) -> Snapshot {
+/// only at the end of a bucket). ADDR records carry their family: AF_INET6 (v4-mapped
+/// for IPv4) on kernels that store every per-address bucket as IPv6, else the bucket's.
+pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut addrs: Vec<AddrRow> = Vec::new();
     // Owners seen before any ADDR record (kernels whose owners hang off the bucket).
@@ -171,10 +170,9 @@ pub fn snapshot(records: &[SnapRecord], tb2_v6_addr: bool) -> Snapshot {
     for r in records {
         match r.kind {
             rec::ADDR => {
-                let family = if tb2_v6_addr { AF_INET6 } else { AF_INET };
                 let has_state = r.owners != 0;
                 addrs.push(AddrRow {
-                    address: ip(family, &r.laddr),
+                    address: ip(r.family, &r.laddr),
                     fastreuse: has_state.then_some(Fastreuse(r.fastreuse)),
                     fastreuseport: has_state.then_some(Fastreuse(r.fastreuseport)),
                     owners: Vec::new(),
@@ -499,6 +497,7 @@ mod tests {
     #[test]
     fn snapshot_groups_addresses_and_owners_under_their_bucket() {
         let mut a = rec(rec::ADDR, 60000, 1);
+        a.family = 10;
         a.laddr[10] = 0xff;
         a.laddr[11] = 0xff;
         a.laddr[12..16].copy_from_slice(&[127, 0, 0, 1]);
@@ -511,7 +510,7 @@ mod tests {
         b.fastreuse = -1;
         b.fastreuseport = -1;
         let b2 = rec(rec::BUCKET, 1234, 2);
-        let snap = snapshot(&[a, o, b, b2], true);
+        let snap = snapshot(&[a, o, b, b2]);
         assert_eq!(snap.buckets.len(), 2);
         // Sorted by key: 1234 first.
         assert_eq!(snap.buckets[0].key.port, 1234);
@@ -539,7 +538,7 @@ mod tests {
         let mut o3 = o1;
         o3.laddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         let b = rec(rec::BUCKET, 80, 3);
-        let snap = snapshot(&[o1, o2, o3, b], false);
+        let snap = snapshot(&[o1, o2, o3, b]);
         let row = &snap.buckets[0];
         assert_eq!(row.addresses.len(), 2);
         assert_eq!(row.addresses[0].owners.len(), 2);
@@ -551,7 +550,7 @@ mod tests {
     fn snapshot_reports_truncation() {
         let mut b = rec(rec::BUCKET, 80, 4096);
         b.flags = snapflag::OWNERS_TRUNCATED;
-        let snap = snapshot(&[b], false);
+        let snap = snapshot(&[b]);
         assert!(snap.truncated);
         assert_eq!(snap.buckets[0].info.owners, OwnerCount::at_least(4096));
     }
@@ -559,9 +558,10 @@ mod tests {
     #[test]
     fn snapshot_addr_records_follow_the_kernels_address_field() {
         let mut a = rec(rec::ADDR, 80, 0);
+        a.family = 2;
         a.laddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         let b = rec(rec::BUCKET, 80, 0);
-        let snap = snapshot(&[a, b], false);
+        let snap = snapshot(&[a, b]);
         assert_eq!(snap.buckets[0].addresses[0].address, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))));
         // No owners on this per-address bucket: no per-address state either.
         assert_eq!(snap.buckets[0].addresses[0].fastreuseport, None);

@@ -11,11 +11,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::btf::{host_layout, LayoutError, Resolved, OSRELEASE, VMLINUX_BTF};
+use crate::kernel::{host_layout, LayoutError, Resolved, OSRELEASE, VMLINUX_BTF};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Bump when `Resolved` or `Layout` change shape.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug, Clone)]
 struct Key {

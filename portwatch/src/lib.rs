@@ -1,7 +1,7 @@
 pub mod model;
 pub mod netns;
 pub mod quiz;
-pub mod btf;
+pub mod kernel;
 pub mod views;
 pub mod decode;
 pub mod reducer;

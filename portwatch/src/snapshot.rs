@@ -10,11 +10,10 @@ use aya::{
     programs::TracePoint,
     Ebpf,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID, SNAP_WALK};
+use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_TRIGGER_PID, SNAP_WALK};
 
 use crate::{
     backend::{error_chain, BackendError},
-    btf::Resolved,
     decode::decode_snap_record,
     model::Snapshot,
 };
@@ -74,7 +73,7 @@ impl Snapshotter {
     }
 
     /// Runs one walk and collects its records.
-    pub fn take(&mut self, ebpf: &mut Ebpf, resolved: &Resolved, opts: &SnapOptions) -> Result<Snapshot, BackendError> {
+    pub fn take(&mut self, ebpf: &mut Ebpf, opts: &SnapOptions) -> Result<Snapshot, BackendError> {
         let req = SnapRequest {
             netns: opts.netns,
             port: opts.port,
@@ -85,8 +84,7 @@ impl Snapshotter {
             ..SnapRequest::default()
         };
         let (records, end) = self.request(ebpf, req)?;
-        let tb2_v6 = resolved.layout.tb2_v6_rcv_saddr != NO_FIELD;
-        let mut snap = crate::decode::snapshot(&records, tb2_v6);
+        let mut snap = crate::decode::snapshot(&records);
         snap.slots = end.netns;
         snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
         Ok(snap)

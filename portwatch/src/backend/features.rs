@@ -3,7 +3,7 @@ use std::path::Path;
 
 use portwatch_common::{ArgPos, NO_ARG};
 
-use crate::btf::Resolved;
+use crate::kernel::Resolved;
 
 /// Whether the kernel was built with kprobes (tracefs exposes kprobe_events then).
 pub fn kprobes_available() -> bool {

@@ -10,7 +10,7 @@ use super::{
     error_chain, load_reason,
     features::{arg_positions, kprobes_available, missing_args, Hook, HOOKS},
 };
-use crate::btf::Resolved;
+use crate::kernel::Resolved;
 
 /// The hooks this kernel can take, in order. Every required function and argument
 /// must exist (else the backend is refused with the reason); a missing optional one is

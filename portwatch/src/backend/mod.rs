@@ -19,7 +19,7 @@ use portwatch_common::{flag, op, ArgPos, Config, Event, Layout, TpOffsets};
 use thiserror::Error;
 
 use crate::{
-    btf::{LayoutError, Resolved},
+    kernel::{LayoutError, Resolved},
     decode::{decode_event, DecodeError},
 };
 
@@ -342,7 +342,7 @@ impl Session {
     /// A racy snapshot of the bind table (see `snapshot`).
     pub fn snapshot(&mut self, req: &crate::snapshot::SnapOptions) -> Result<crate::model::Snapshot, BackendError> {
         let snap = self.snap.as_mut().ok_or_else(|| BackendError::Snapshot("snapshot program not loaded".into()))?;
-        snap.take(&mut self.ebpf, &self.resolved, req)
+        snap.take(&mut self.ebpf, req)
     }
 }
 

@@ -1,4 +1,5 @@
-//! `portwatch probes`: which backends this kernel allows, without tracing.
+//! `portwatch probes`: which backends this kernel allows and why, and which kernel
+//! variants it has, without tracing.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -16,13 +17,9 @@ pub fn run(a: ProbesArgs) -> Result<ExitCode> {
     let session = super::open_session(&SessionOptions { probe: Some(ProbeChoice::Auto), ..Default::default() })?;
     let r = &session.resolved;
     if a.json {
-        let v = serde_json::json!({
-            "kernel": r.kernel_release,
-            "chosen": session.backend,
-            "attempts": session.attempts,
-            "owners_mode": r.owners_mode,
-            "functions": r.functions,
-        });
+        let mut v = r.report_json();
+        v["chosen"] = serde_json::to_value(session.backend)?;
+        v["attempts"] = serde_json::to_value(&session.attempts)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("kernel {}", r.kernel_release);
@@ -32,13 +29,14 @@ pub fn run(a: ProbesArgs) -> Result<ExitCode> {
                 Some(why) => println!("  {:<10} refused: {why}", at.backend.as_str()),
             }
         }
-        println!("owners counted {}", r.owners_mode);
+        println!("owners counted {}", r.owners_mode());
+        println!("kernel variants (BTF; [x] present here, release and commit that introduced each):");
+        for line in r.variant_lines() {
+            println!("  {line}");
+        }
         println!("kernel functions (BTF):");
-        for (name, params) in &r.functions {
-            match params {
-                Some(p) => println!("  {name}({})", p.join(", ")),
-                None => println!("  {name}: absent"),
-            }
+        for line in r.function_lines() {
+            println!("  {line}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -87,7 +87,7 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
     eprintln!("portwatch: {}", session.backend_summary());
     eprintln!(
         "portwatch: kernel {}, owners counted {}",
-        session.resolved.kernel_release, session.resolved.owners_mode
+        session.resolved.kernel_release, session.resolved.owners_mode()
     );
     let clock = Clock::new().context("reading the clocks")?;
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,8 +1,8 @@
-//! Logic shared by the kprobe and fentry backends: what to remember when a hooked kernel
-//! function is entered and what to report when it returns. The backends differ only in
-//! how they read arguments and return values (`kprobe.rs`, `fentry.rs`).
+//! Hooks on kernel functions, shared by the kprobe and fentry backends: what to remember
+//! when a hooked function is entered and what to report when it returns. The backends
+//! differ only in how they read arguments and return values (`kprobe.rs`, `fentry.rs`).
 //!
-//! Hooked functions (names from the card plus what every owner change needs):
+//! Hooked functions (every place an owner joins or leaves a bucket):
 //! - `inet_csk_get_port(sk, snum)`: bind() and listen() autobind; fails with non-zero.
 //! - `__inet_hash_connect(.., sk, ..)`: connect()'s port choice; writes -1/-1 itself.
 //! - `__inet_inherit_port(sk, child)`: an accepted child joins the listener's bucket.
@@ -14,8 +14,10 @@ use portwatch_common::{flag, op};
 
 use crate::{
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
-    kernel::{field, is_tcp, layout, layout_ready, net_inum, port_range, sk_family, sk_net, sk_num},
+    compat::port_range,
+    kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num},
     maps::{Pending, PENDING, SOCKS},
+    read::{field, layout, layout_ready},
 };
 
 /// Hook ids, in the top bits of the PENDING key.

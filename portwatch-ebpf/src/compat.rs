@@ -1,0 +1,89 @@
+//! One helper per kernel change the programs must handle, each naming the commit that
+//! made it necessary (as libbpf-tools' `core_fixes.bpf.h` does). User space recognises
+//! each change in the running kernel's BTF (one row each in the compatibility table of
+//! `portwatch/src/kernel/compat.rs`) and passes the outcome in `LAYOUT`; these helpers
+//! are the only code here that branches on it.
+//!
+//! Changes with no helper: the `inet_flags` move (ca571e2eb7eb, 6.6) is folded by user
+//! space into the one `BitField` `inet_bind_address_no_port`; `inet_twsk_hashdance`
+//! becoming `inet_twsk_hashdance_schedule` (b334b924c9b7, 6.11) only decides which
+//! fentry program attaches; moved members (such as `ns_common.inum`) are offsets.
+use portwatch_common::{NO_FIELD, OWNERS_ON_TB2};
+
+use crate::read::{field, layout, zfield};
+
+const AF_INET6: u16 = 10;
+
+/// `sk_protocol`: a `u16` since "sock: Make sk_protocol a 16-bit value" (bf9765145b85,
+/// 5.6); user space refuses the older bit field, so only the width varies here.
+#[inline(always)]
+pub fn sk_protocol(sk: u64) -> Option<u16> {
+    if layout!(sk_protocol_size) == 1 {
+        field::<u8>(sk, layout!(sk_protocol)).map(u16::from)
+    } else {
+        field::<u16>(sk, layout!(sk_protocol))
+    }
+}
+
+/// The netns's ephemeral port range `(lo, hi)`. "Use READ/WRITE_ONCE() for IP
+/// local_port_range" (d9f28735af87, 6.8) packed `int range[2]` into one `u32`
+/// (`hi << 16 | lo`).
+#[inline(always)]
+pub fn port_range(net: u64) -> (u16, u16) {
+    if layout!(port_range_packed) == 1 {
+        let r: u32 = zfield(net, layout!(net_port_range));
+        ((r & 0xffff) as u16, (r >> 16) as u16)
+    } else {
+        let r: [i32; 2] = zfield(net, layout!(net_port_range));
+        (r[0] as u16, r[1] as u16)
+    }
+}
+
+/// Where the owner walk of bucket `tb` starts: `(first tb2 node, first owner node)`,
+/// one of them 0. "tcp: Link bhash2 to bhash." (822fb91fc724) and "tcp: Unlink sk from
+/// bhash." (b2cb9f9ef240), 6.8: owners left `tb->owners` for the `owners` list of each
+/// per-address bucket on `tb->bhash2`.
+#[inline(always)]
+pub fn owner_lists(tb: u64) -> (u64, u64) {
+    if layout!(owners_mode) == OWNERS_ON_TB2 {
+        (field::<u64>(tb, layout!(tb_bhash2)).unwrap_or(0), 0)
+    } else {
+        (0, field::<u64>(tb, layout!(tb_owners)).unwrap_or(0))
+    }
+}
+
+/// The address of per-address bucket `tb2` as `(family, address)`, IPv4 in the first
+/// four bytes or v4-mapped (user space prints v4-mapped addresses as IPv4).
+/// "tcp: Save address type in inet_bind2_bucket." (5a22bba13d01) and "tcp: Save v4
+/// address as v4-mapped-v6 in inet_bind2_bucket.v6_rcv_saddr." (06a8c04f8994), 6.8:
+/// every address is an IPv6 one; before, `family` (AF_*) chose between the members of
+/// a union (28044fc1d495, 6.1).
+#[inline(always)]
+pub fn tb2_address(tb2: u64) -> (u16, [u8; 16]) {
+    let mut addr = [0u8; 16];
+    if layout!(tb2_addr_mapped) == 1 {
+        addr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
+        return (AF_INET6, addr);
+    }
+    let family: u16 = field(tb2, layout!(tb2_family)).unwrap_or(0);
+    if family == AF_INET6 {
+        addr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
+    } else if let Some(a) = field::<[u8; 4]>(tb2, layout!(tb2_rcv_saddr)) {
+        addr[..4].copy_from_slice(&a);
+    }
+    (family, addr)
+}
+
+/// `(fastreuse, fastreuseport)` of per-address bucket `tb2`, `None` on kernels where
+/// only the port's bucket has them. "tcp: Update bind bucket state on port release"
+/// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` its own pair.
+#[inline(always)]
+pub fn tb2_fastreuse(tb2: u64) -> Option<(i8, i8)> {
+    if layout!(tb2_fastreuse) == NO_FIELD {
+        return None;
+    }
+    Some((
+        field(tb2, layout!(tb2_fastreuse)).unwrap_or(0),
+        field(tb2, layout!(tb2_fastreuseport)).unwrap_or(0),
+    ))
+}

@@ -1,0 +1,88 @@
+//! Reading kernel memory through the BTF-derived `LAYOUT`. Every address here is a plain
+//! integer read with `bpf_probe_read_kernel`: a stale or wrong pointer gives an error or
+//! zeroes, never a crash, which is what a lock-free observer of a changing table needs.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use portwatch_common::{BitField, NO_FIELD};
+
+use crate::maps::LAYOUT;
+
+/// Reads one field of the global layout. `read_volatile` keeps the compiler from
+/// constant-folding the compiled-in placeholder: user space rewrites it before loading.
+macro_rules! layout {
+    ($f:ident) => {
+        // SAFETY: LAYOUT is a plain static in .rodata; reading it is always valid.
+        unsafe { core::ptr::read_volatile(&crate::maps::LAYOUT.$f) }
+    };
+}
+pub(crate) use layout;
+
+/// True once user space has filled in the layout.
+#[inline(always)]
+pub fn layout_ready() -> bool {
+    // SAFETY: LAYOUT is a plain static.
+    unsafe { core::ptr::read_volatile(&LAYOUT.valid) == 1 }
+}
+
+/// Reads a `T` at a kernel address.
+#[inline(always)]
+pub fn rd<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; any address is allowed.
+    unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// Reads a `T` at `base + off`, `None` when the field does not exist on this kernel.
+#[inline(always)]
+pub fn field<T>(base: u64, off: u32) -> Option<T> {
+    if off == NO_FIELD || base == 0 {
+        return None;
+    }
+    rd::<T>(base + off as u64)
+}
+
+/// Reads a `T` at `base + off` without branching on the outcome: the helper zero-fills
+/// the destination when the read faults, and a missing field (a constant the verifier
+/// knows from .rodata) reads as zero. Branch-free reads keep the verifier's path count
+/// small on older kernels, whose pruning is weaker.
+#[inline(always)]
+pub fn zfield<T: Copy>(base: u64, off: u32) -> T {
+    let mut v = core::mem::MaybeUninit::<T>::zeroed();
+    if off != NO_FIELD {
+        // SAFETY: the helper writes at most size_of::<T>() bytes into `v` and zero-fills
+        // it on a fault; any source address is allowed.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                v.as_mut_ptr() as *mut c_void,
+                core::mem::size_of::<T>() as u32,
+                (base + off as u64) as *const c_void,
+            );
+        }
+    }
+    // SAFETY: zero-initialised, then possibly overwritten by the helper: a valid T for
+    // the plain integer/array types used here.
+    unsafe { v.assume_init() }
+}
+
+/// A bit field read without branching on the outcome (0 when absent or unreadable).
+#[inline(always)]
+pub fn zbits(base: u64, bf: BitField) -> u64 {
+    if bf.byte_off == NO_FIELD || bf.width == 0 || bf.width > 63 || bf.shift > 63 {
+        return 0;
+    }
+    let word: u64 = zfield(base, bf.byte_off);
+    (word >> bf.shift) & ((1u64 << bf.width) - 1)
+}
+
+/// Reads a bit field (see `BitField`), `None` when absent or unreadable.
+#[inline(always)]
+pub fn bits(base: u64, bf: BitField) -> Option<u64> {
+    if bf.byte_off == NO_FIELD || base == 0 || bf.width == 0 || bf.width > 63 || bf.shift > 63 {
+        return None;
+    }
+    let word: u64 = rd(base + bf.byte_off as u64)?;
+    Some((word >> bf.shift) & ((1u64 << bf.width) - 1))
+}

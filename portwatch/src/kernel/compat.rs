@@ -1,0 +1,358 @@
+//! The kernel variants portwatch knows: one row per change in the kernel's bind table or
+//! in the functions portwatch hooks, with the release and commit that introduced it and
+//! how the running kernel's BTF shows it. The layout builder (`layout.rs`), the eBPF
+//! helpers (`portwatch-ebpf/src/compat.rs`), the hook table of the fentry and kprobe
+//! backends and the report of `portwatch probes` all decide by these rows.
+//!
+//! A commit list is empty where no commit could be confirmed (version only).
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{btf::KernelBtf, LayoutError};
+
+/// Names a row of [`VARIANTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Id {
+    SkProtocolU16,
+    Bhash2,
+    Tb2Deathrow,
+    SocketPortRange,
+    InetFlags,
+    PackedPortRange,
+    OwnersOnTb2,
+    Tb2AddrType,
+    HashdanceSchedule,
+    HashConnectPort0,
+    Tb2Fastreuse,
+    UpdateFastreuseTb2,
+    NsCommonType,
+}
+
+/// A mainline release, `(major, minor)`.
+pub type Release = (u32, u32);
+
+/// How a variant shows in BTF.
+#[derive(Clone, Copy, Debug)]
+pub enum Detect {
+    /// The struct exists.
+    Struct(&'static str),
+    /// The struct has this member (a dotted path through embedded structs).
+    Member(&'static str, &'static str),
+    /// The member exists and is an integer of this many bytes.
+    IntMember(&'static str, &'static str, usize),
+    /// The function exists (as a BTF FUNC).
+    Func(&'static str),
+    /// The function has a parameter of this name.
+    Param(&'static str, &'static str),
+}
+
+/// One kernel variant.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    pub id: Id,
+    /// What changed, in a few words.
+    pub change: &'static str,
+    /// The mainline release that introduced it.
+    pub since: Release,
+    /// The commits that introduced it (empty: version only).
+    pub commits: &'static [&'static str],
+    /// Stable series that carry it as a backport.
+    pub backports: &'static [Release],
+    /// The mainline release that removed it again.
+    pub until: Option<Release>,
+    pub detect: Detect,
+    /// What portwatch does on a kernel with it.
+    pub with: &'static str,
+    /// What portwatch does without it, and what is lost then.
+    pub without: &'static str,
+}
+
+impl Variant {
+    /// Whether the latest releases of stable series `series` have this variant.
+    pub fn in_series(&self, series: Release) -> bool {
+        let added = self.since <= series || self.backports.contains(&series);
+        added && self.until.is_none_or(|until| series < until)
+    }
+
+    /// "6.8 (822fb91fc724, b2cb9f9ef240)", "6.15 (version only)", with backports and
+    /// removal.
+    pub fn provenance(&self) -> String {
+        let mut s = format!("{}.{}", self.since.0, self.since.1);
+        if self.commits.is_empty() {
+            s.push_str(" (version only)");
+        } else {
+            s.push_str(&format!(" ({})", self.commits.join(", ")));
+        }
+        for (major, minor) in self.backports {
+            s.push_str(&format!(", backported to {major}.{minor}.y"));
+        }
+        if let Some((major, minor)) = self.until {
+            s.push_str(&format!(", gone in {major}.{minor}"));
+        }
+        s
+    }
+}
+
+/// Every kernel variant portwatch knows, oldest first.
+pub const VARIANTS: &[Variant] = &[
+    Variant {
+        id: Id::SkProtocolU16,
+        change: "sock.sk_protocol is a u16 instead of an 8-bit bit field",
+        since: (5, 6),
+        commits: &["bf9765145b85"],
+        backports: &[],
+        until: None,
+        detect: Detect::IntMember("sock", "sk_protocol", 2),
+        with: "sk_protocol read as a u16",
+        without: "sk_protocol read as a byte when it is one; a bit field is refused",
+    },
+    Variant {
+        id: Id::Bhash2,
+        change: "per-address bind buckets (struct inet_bind2_bucket, the bhash2 table)",
+        since: (6, 1),
+        commits: &["28044fc1d495"],
+        backports: &[],
+        until: None,
+        detect: Detect::Struct("inet_bind2_bucket"),
+        with: "dump -v lists the per-address buckets of a port",
+        without: "no per-address buckets: dump -v groups owners by their own address",
+    },
+    Variant {
+        id: Id::Tb2Deathrow,
+        change: "TIME-WAIT sockets of a per-address bucket on tb2->deathrow",
+        since: (6, 2),
+        commits: &["936a192f9740"],
+        backports: &[(6, 1)],
+        until: Some((6, 8)),
+        detect: Detect::Member("inet_bind2_bucket", "deathrow"),
+        with: "not read: these kernels also keep every owner, TIME-WAIT included, on tb->owners",
+        without: "nothing to do",
+    },
+    Variant {
+        id: Id::SocketPortRange,
+        change: "IP_LOCAL_PORT_RANGE: an ephemeral port range per socket (inet_sock.local_port_range)",
+        since: (6, 3),
+        commits: &["91d0b78c5177"],
+        backports: &[(6, 1)],
+        until: None,
+        detect: Detect::Member("inet_sock", "local_port_range"),
+        with: "not read: events show the netns's range, a socket may search a narrower one",
+        without: "nothing to do",
+    },
+    Variant {
+        id: Id::InetFlags,
+        change: "inet_sock bit fields moved into inet_flags (bind_address_no_port among them)",
+        since: (6, 6),
+        commits: &["ca571e2eb7eb"],
+        backports: &[],
+        until: None,
+        detect: Detect::Member("inet_sock", "inet_flags"),
+        with: "IP_BIND_ADDRESS_NO_PORT read as bit INET_FLAGS_BIND_ADDRESS_NO_PORT of inet_flags",
+        without: "IP_BIND_ADDRESS_NO_PORT read from the inet_sock.bind_address_no_port bit field",
+    },
+    Variant {
+        id: Id::PackedPortRange,
+        change: "ip_local_ports.range packed into one u32 (hi << 16 | lo)",
+        since: (6, 8),
+        commits: &["d9f28735af87"],
+        backports: &[],
+        until: None,
+        detect: Detect::IntMember("net", "ipv4.ip_local_ports.range", 4),
+        with: "the ephemeral range read as one u32",
+        without: "the ephemeral range read as int[2]",
+    },
+    Variant {
+        id: Id::OwnersOnTb2,
+        change: "owners moved from tb->owners to the owners of each tb2 on tb->bhash2",
+        since: (6, 8),
+        commits: &["822fb91fc724", "b2cb9f9ef240", "770041d337a8"],
+        backports: &[],
+        until: None,
+        detect: Detect::Member("inet_bind_bucket", "bhash2"),
+        with: "owners of a port are the sum of inet_bind2_bucket.owners over inet_bind_bucket.bhash2",
+        without: "owners of a port are counted on inet_bind_bucket.owners",
+    },
+    Variant {
+        id: Id::Tb2AddrType,
+        change: "tb2 keeps addr_type instead of family and stores IPv4 addresses v4-mapped",
+        since: (6, 8),
+        commits: &["5a22bba13d01", "06a8c04f8994"],
+        backports: &[],
+        until: None,
+        detect: Detect::Member("inet_bind2_bucket", "addr_type"),
+        with: "per-address buckets read as IPv6 addresses (v4-mapped shown as IPv4)",
+        without: "per-address buckets read by their family (AF_INET or AF_INET6)",
+    },
+    Variant {
+        id: Id::HashdanceSchedule,
+        change: "inet_twsk_hashdance became inet_twsk_hashdance_schedule",
+        since: (6, 11),
+        commits: &["b334b924c9b7"],
+        backports: &[],
+        until: None,
+        detect: Detect::Func("inet_twsk_hashdance_schedule"),
+        with: "fentry/kprobe hook inet_twsk_hashdance_schedule for TIME-WAIT take-overs",
+        without: "fentry/kprobe hook inet_twsk_hashdance for TIME-WAIT take-overs",
+    },
+    Variant {
+        id: Id::HashConnectPort0,
+        change: "__inet_hash_connect gained a hash_port0 parameter",
+        since: (6, 15),
+        commits: &[],
+        backports: &[],
+        until: None,
+        detect: Detect::Param("__inet_hash_connect", "hash_port0"),
+        with: "nothing to do: the hooks find `sk` by its name",
+        without: "nothing to do",
+    },
+    Variant {
+        id: Id::Tb2Fastreuse,
+        change: "each tb2 has its own fastreuse/fastreuseport; SOCK_CONNECT_BIND marks connect()-bound owners, and releasing a port can reset a bucket to -1",
+        since: (6, 18),
+        commits: &["d57f4b874946"],
+        backports: &[],
+        until: None,
+        detect: Detect::Member("inet_bind2_bucket", "fastreuse"),
+        with: "dump -v shows fastreuse per address; a bucket may return to -1 without being destroyed",
+        without: "fastreuse only per port; a bucket keeps its state until it is destroyed",
+    },
+    Variant {
+        id: Id::UpdateFastreuseTb2,
+        change: "inet_csk_update_fastreuse(tb, sk) became inet_csk_update_fastreuse(sk, tb, tb2)",
+        since: (6, 18),
+        commits: &["d57f4b874946"],
+        backports: &[],
+        until: None,
+        detect: Detect::Param("inet_csk_update_fastreuse", "tb2"),
+        with: "not hooked (inet_csk_get_port's return reports the state after it); signature shown by probes",
+        without: "not hooked; signature shown by probes",
+    },
+    Variant {
+        id: Id::NsCommonType,
+        change: "ns_common gained ns_type before inum (inum moved from offset 16 to 24)",
+        since: (6, 18),
+        commits: &[],
+        backports: &[],
+        until: None,
+        detect: Detect::Member("ns_common", "ns_type"),
+        with: "nothing to do: ns.inum is read at its BTF offset",
+        without: "nothing to do",
+    },
+];
+
+/// The row of `id`.
+pub fn variant(id: Id) -> &'static Variant {
+    VARIANTS.iter().find(|v| v.id == id).unwrap_or_else(|| unreachable!("every Id has a row (tested)"))
+}
+
+/// Which variants a kernel has.
+pub type Detected = BTreeMap<Id, bool>;
+
+/// Evaluates every row against `btf`. Only malformed BTF is an error; a missing struct,
+/// member or function means the variant is absent.
+pub fn detect(btf: &KernelBtf) -> Result<Detected, LayoutError> {
+    VARIANTS.iter().map(|v| Ok((v.id, detect_one(btf, v.detect)?))).collect()
+}
+
+fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
+    Ok(match d {
+        Detect::Struct(s) => btf.has_struct(s),
+        Detect::Member(s, m) => btf.has_member(s, m)?,
+        Detect::IntMember(s, m, size) => {
+            btf.has_member(s, m)?
+                && btf.field(s, m).ok().filter(|f| f.bits == 0).and_then(|f| btf.int_size(f.tid)) == Some(size)
+        }
+        Detect::Func(f) => btf.func_params(f).is_some(),
+        Detect::Param(f, p) => btf.func_params(f).is_some_and(|ps| ps.iter().any(|x| x == p)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{fake_kernel::FakeKernel, layout_from_btf_bytes};
+
+    #[test]
+    fn every_id_has_exactly_one_row_and_rows_are_oldest_first() {
+        let mut ids: Vec<Id> = VARIANTS.iter().map(|v| v.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), VARIANTS.len(), "an Id has two rows");
+        for v in VARIANTS {
+            assert_eq!(variant(v.id).id, v.id);
+        }
+        assert!(VARIANTS.windows(2).all(|w| w[0].since <= w[1].since), "rows are ordered by release");
+    }
+
+    #[test]
+    fn rows_name_abbreviated_commits_and_consistent_releases() {
+        for v in VARIANTS {
+            for c in v.commits {
+                assert!(c.len() == 12 && c.chars().all(|x| x.is_ascii_hexdigit()), "{:?}: commit {c}", v.id);
+            }
+            for b in v.backports {
+                assert!(*b < v.since, "{:?}: a backport goes to an older series", v.id);
+            }
+            if let Some(until) = v.until {
+                assert!(until > v.since, "{:?}", v.id);
+            }
+        }
+        assert_eq!(
+            variant(Id::OwnersOnTb2).provenance(),
+            "6.8 (822fb91fc724, b2cb9f9ef240, 770041d337a8)"
+        );
+        assert_eq!(
+            variant(Id::Tb2Deathrow).provenance(),
+            "6.2 (936a192f9740), backported to 6.1.y, gone in 6.8"
+        );
+        assert_eq!(variant(Id::NsCommonType).provenance(), "6.18 (version only)");
+    }
+
+    #[test]
+    fn in_series_follows_releases_backports_and_removal() {
+        let deathrow = variant(Id::Tb2Deathrow);
+        assert!(!deathrow.in_series((5, 15)));
+        assert!(deathrow.in_series((6, 1)));
+        assert!(deathrow.in_series((6, 7)));
+        assert!(!deathrow.in_series((6, 8)));
+        let owners = variant(Id::OwnersOnTb2);
+        assert!(!owners.in_series((6, 7)) && owners.in_series((6, 8)) && owners.in_series((7, 3)));
+    }
+
+    /// The fake kernels derived from the 6.18-like one have exactly the variants their
+    /// series has, as the running kernel's BTF would show them, and each resolves.
+    #[test]
+    fn derived_kernels_have_the_variants_of_their_series() {
+        for series in [(5, 10), (5, 15), (6, 1), (6, 6), (6, 8), (6, 12), (6, 18)] {
+            let k = FakeKernel::linux_6_18().as_of(series);
+            let detected = k.detected();
+            for v in VARIANTS {
+                assert_eq!(detected[&v.id], v.in_series(series), "{series:?}: {:?}", v.id);
+            }
+            let r = layout_from_btf_bytes(&k.encode(), "derived").unwrap_or_else(|e| panic!("{series:?}: {e}"));
+            assert_eq!(r.variants, detected);
+        }
+        assert_eq!(FakeKernel::linux_6_18().as_of((6, 18)), FakeKernel::linux_6_18());
+    }
+
+    /// Each variant, taken away from the 6.18-like kernel on its own (or given to it,
+    /// for the one 6.8 removed), is what detection sees change.
+    #[test]
+    fn each_variant_is_detected_by_its_own_row() {
+        let base = FakeKernel::linux_6_18().detected();
+        for v in VARIANTS {
+            if v.id == Id::Bhash2 {
+                continue; // every per-address variant goes with it
+            }
+            let mut k = FakeKernel::linux_6_18();
+            k.set_variant(v.id, !base[&v.id]);
+            let now = k.detected();
+            for w in VARIANTS {
+                let expect = if w.id == v.id { !base[&w.id] } else { base[&w.id] };
+                assert_eq!(now[&w.id], expect, "toggling {:?} changed {:?}", v.id, w.id);
+            }
+        }
+    }
+}

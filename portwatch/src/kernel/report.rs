@@ -1,0 +1,79 @@
+//! What portwatch found out about the running kernel, as text lines and JSON (used by
+//! `portwatch probes`): every row of the compatibility table with whether this kernel
+//! has it and what portwatch does about it, the owner counting mode and the hooked
+//! functions' signatures.
+use serde_json::{json, Value};
+
+use super::{
+    compat::{Variant, VARIANTS},
+    layout::{NoPortSource, Resolved, Tb2Family},
+};
+
+impl Resolved {
+    /// One line per fact, for a `--info` style feature report.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = vec![format!("kernel {}", self.kernel_release), format!("owners: {}", self.owners_mode())];
+        out.push(match self.tb2_family() {
+            Tb2Family::Family => "inet_bind2_bucket family: `family` (AF_*)".to_string(),
+            Tb2Family::AddrType => "inet_bind2_bucket family: `addr_type` (ipv6_addr_type)".to_string(),
+            Tb2Family::Absent => "inet_bind2_bucket family: not available".to_string(),
+        });
+        out.push(match self.bind_address_no_port() {
+            NoPortSource::BitField => "IP_BIND_ADDRESS_NO_PORT: inet_sock.bind_address_no_port".to_string(),
+            NoPortSource::InetFlags => format!(
+                "IP_BIND_ADDRESS_NO_PORT: bit {} of inet_sock.inet_flags",
+                self.layout.inet_bind_address_no_port.shift
+            ),
+        });
+        out.extend(self.function_lines().into_iter().map(|l| format!("function {l}")));
+        out
+    }
+
+    /// Two lines per row of the compatibility table: whether this kernel has it, where it
+    /// comes from and what it changed; then what portwatch does about it here.
+    pub fn variant_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in VARIANTS {
+            let has = self.has(v.id);
+            out.push(format!("[{}] {}: {}", if has { "x" } else { " " }, v.provenance(), v.change));
+            out.push(format!("    -> {}", if has { v.with } else { v.without }));
+        }
+        out
+    }
+
+    /// `name(params)` or `name: absent` for each tracked function.
+    pub fn function_lines(&self) -> Vec<String> {
+        self.functions
+            .iter()
+            .map(|(name, params)| match params {
+                Some(p) => format!("{name}({})", p.join(", ")),
+                None => format!("{name}: absent"),
+            })
+            .collect()
+    }
+
+    /// The same facts as JSON.
+    pub fn report_json(&self) -> Value {
+        let variants: Vec<Value> = VARIANTS.iter().map(|v| variant_json(v, self.has(v.id))).collect();
+        json!({
+            "kernel": self.kernel_release,
+            "owners_mode": self.owners_mode(),
+            "variants": variants,
+            "functions": self.functions,
+        })
+    }
+}
+
+fn variant_json(v: &Variant, present: bool) -> Value {
+    let release = |(major, minor): (u32, u32)| format!("{major}.{minor}");
+    json!({
+        "id": v.id,
+        "present": present,
+        "change": v.change,
+        "since": release(v.since),
+        "commits": v.commits,
+        "backports": v.backports.iter().map(|&r| format!("{}.y", release(r))).collect::<Vec<_>>(),
+        "until": v.until.map(release),
+        "effect": if present { v.with } else { v.without },
+    })
+}
