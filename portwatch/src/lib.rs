@@ -7,6 +7,7 @@ pub mod decode;
 pub mod reducer;
 pub mod render;
 pub mod backend;
+pub mod bpf;
 pub mod privileges;
 pub mod snapshot;
 pub mod observer;

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 
 use crate::{
-    backend::Session,
+    backend::ProbeSession,
     decode,
     model::{BucketInfo, Transition},
     quiz::Observer,
@@ -12,13 +12,13 @@ use crate::{
 };
 
 pub struct SessionObserver<'a> {
-    session: &'a mut Session,
+    session: &'a mut ProbeSession,
     reducer: Reducer,
     netns: u32,
 }
 
 impl<'a> SessionObserver<'a> {
-    pub fn new(session: &'a mut Session) -> SessionObserver<'a> {
+    pub fn new(session: &'a mut ProbeSession) -> SessionObserver<'a> {
         SessionObserver { session, reducer: Reducer::new(), netns: 0 }
     }
 }

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    backend::Session,
+    backend::ProbeSession,
     model::{Errno, Fastreuse, Op, Transition, TransitionKind},
     netns::PrivateNetns,
     observer::SessionObserver,
@@ -150,7 +150,7 @@ fn scenario(
 }
 
 /// Runs every scenario against `session` (its backend already attached).
-pub fn run(session: &mut Session) -> SelftestReport {
+pub fn run(session: &mut ProbeSession) -> SelftestReport {
     let backend = session.backend.map(|b| b.as_str().to_string()).unwrap_or_else(|| "none".into());
     let kernel = session.resolved.kernel_release.clone();
     let mut obs = SessionObserver::new(session);

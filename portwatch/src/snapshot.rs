@@ -1,6 +1,7 @@
 //! Snapshot engine: asks the in-kernel walker (`portwatch-ebpf/src/snapshot.rs`) for a
 //! copy of the bind hash table; [`crate::decode::snapshot`] turns its records into a
-//! `model::Snapshot`.
+//! `model::Snapshot`. It sits below the backends: every backend's session has one, and
+//! the tracepoint backend uses its single-bucket lookup to re-read buckets after close().
 //!
 //! The walk takes no kernel locks, exactly like the article's drgn script: a bucket that
 //! changes during the walk may be seen in either state, and a chain cut short is reported
@@ -13,10 +14,30 @@ use aya::{
 use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_TRIGGER_PID, SNAP_WALK};
 
 use crate::{
-    backend::{error_chain, BackendError},
-    decode::decode_snap_record,
+    bpf::{self, MapError, ProgramLookupError},
+    decode::{decode_snap_record, DecodeError},
     model::Snapshot,
 };
+
+/// The program that runs the walk, and what triggers it.
+const PROGRAM: &str = "snapshot_trigger";
+const TRIGGER: (&str, &str) = ("syscalls", "sys_enter_getpgid");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Program(#[from] ProgramLookupError),
+    #[error("program `{PROGRAM}`: {action} failed: {reason}")]
+    Load { action: &'static str, reason: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(
+        "snapshot: the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)"
+    )]
+    NoReply,
+}
 
 /// What to walk.
 #[derive(Clone, Copy, Debug)]
@@ -47,33 +68,19 @@ pub struct Snapshotter {
 
 impl Snapshotter {
     /// Loads `snapshot_trigger` and attaches it to `syscalls:sys_enter_getpgid`.
-    pub fn new(ebpf: &mut Ebpf) -> Result<Snapshotter, BackendError> {
-        let prog: &mut TracePoint = ebpf
-            .program_mut("snapshot_trigger")
-            .ok_or(BackendError::Missing { what: "program", name: "snapshot_trigger".into() })?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| BackendError::Program {
-                prog: "snapshot_trigger".into(),
-                action: "type check",
-                reason: e.to_string(),
-            })?;
-        prog.load().map_err(|e| BackendError::Program {
-            prog: "snapshot_trigger".into(),
-            action: "BPF_PROG_LOAD",
-            reason: error_chain(&e),
-        })?;
-        prog.attach("syscalls", "sys_enter_getpgid").map_err(|e| BackendError::Program {
-            prog: "snapshot_trigger".into(),
+    pub fn new(ebpf: &mut Ebpf) -> Result<Snapshotter, SnapshotError> {
+        let prog: &mut TracePoint = bpf::program(ebpf, PROGRAM)?;
+        prog.load().map_err(|e| SnapshotError::Load { action: "BPF_PROG_LOAD", reason: bpf::error_chain(&e) })?;
+        prog.attach(TRIGGER.0, TRIGGER.1).map_err(|e| SnapshotError::Load {
             action: "attach to syscalls:sys_enter_getpgid",
-            reason: error_chain(&e),
+            reason: bpf::error_chain(&e),
         })?;
-        let map = ebpf.take_map("SNAP_RB").ok_or(BackendError::Missing { what: "map", name: "SNAP_RB".into() })?;
-        let rb = RingBuf::try_from(map).map_err(|e| BackendError::Map { map: "SNAP_RB".into(), reason: e.to_string() })?;
+        let rb = bpf::take_map(ebpf, "SNAP_RB")?;
         Ok(Snapshotter { rb, seq: 0 })
     }
 
     /// Runs one walk and collects its records.
-    pub fn take(&mut self, ebpf: &mut Ebpf, opts: &SnapOptions) -> Result<Snapshot, BackendError> {
+    pub fn take(&mut self, ebpf: &mut Ebpf, opts: &SnapOptions) -> Result<Snapshot, SnapshotError> {
         let req = SnapRequest {
             netns: opts.netns,
             port: opts.port,
@@ -92,27 +99,22 @@ impl Snapshotter {
 
     /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
     /// `struct net` taken from an event. `None`: no such bucket now.
-    pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Option<SnapRecord>, BackendError> {
+    pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Option<SnapRecord>, SnapshotError> {
         let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, ..SnapRequest::default() };
         let (records, _) = self.request(ebpf, req)?;
         Ok(records.into_iter().find(|r| r.kind == rec::BUCKET))
     }
 
     /// Writes the request, makes the trigger syscall, collects the records up to END.
-    fn request(&mut self, ebpf: &mut Ebpf, mut req: SnapRequest) -> Result<(Vec<SnapRecord>, SnapRecord), BackendError> {
+    fn request(&mut self, ebpf: &mut Ebpf, mut req: SnapRequest) -> Result<(Vec<SnapRecord>, SnapRecord), SnapshotError> {
         // Records of an earlier, abandoned walk must not mix into this one.
         while self.rb.next().is_some() {}
         self.seq += 1;
         // SAFETY: gettid has no preconditions.
         req.tid = unsafe { libc::gettid() } as u32;
         req.seq = self.seq;
-        {
-            let mut arr: Array<_, SnapRequest> = Array::try_from(
-                ebpf.map_mut("SNAP_REQ").ok_or(BackendError::Missing { what: "map", name: "SNAP_REQ".into() })?,
-            )
-            .map_err(|e| BackendError::Map { map: "SNAP_REQ".into(), reason: e.to_string() })?;
-            arr.set(0, req, 0).map_err(|e| BackendError::Map { map: "SNAP_REQ".into(), reason: e.to_string() })?;
-        }
+        let mut arr: Array<_, SnapRequest> = bpf::map_mut(ebpf, "SNAP_REQ")?;
+        arr.set(0, req, 0).map_err(bpf::access("SNAP_REQ"))?;
         // The walk runs synchronously inside this syscall (which then fails with ESRCH,
         // as no such process exists).
         // SAFETY: getpgid has no memory-safety preconditions.
@@ -128,8 +130,6 @@ impl Snapshotter {
             }
             records.push(r);
         }
-        Err(BackendError::Snapshot(
-            "the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)".into(),
-        ))
+        Err(SnapshotError::NoReply)
     }
 }

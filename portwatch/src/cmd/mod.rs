@@ -10,7 +10,7 @@ pub mod trace;
 
 use anyhow::{Context as _, Result};
 use portwatch::{
-    backend::{Session, SessionOptions},
+    backend::{ProbeSession, SessionOptions},
     netns::{resolve_netns, NetnsFilter},
     privileges::require_bpf,
 };
@@ -30,9 +30,9 @@ pub fn netns_arg(spec: Option<&str>, default: &str) -> Result<NetnsFilter> {
 }
 
 /// Checks privileges, then opens a session, printing warnings on stderr.
-pub fn open_session(opts: &SessionOptions) -> Result<Session> {
+pub fn open_session(opts: &SessionOptions) -> Result<ProbeSession> {
     require_bpf()?;
-    let session = Session::open(opts).context("starting the eBPF programs")?;
+    let session = ProbeSession::open(opts).context("starting the eBPF programs")?;
     for w in &session.warnings {
         eprintln!("portwatch: {w}");
     }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, Session, SessionOptions},
+    backend::{ProbeChoice, ProbeSession, SessionOptions},
     decode,
     model::{Scope, Snapshot, SocketEvent},
     netns::{current_netns_inode, read_port_range_in, NetnsFilter, NetnsTarget},
@@ -48,7 +48,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 }
 
 struct SessionSource {
-    session: Session,
+    session: ProbeSession,
     snap: SnapOptions,
     header_netns: u32,
     header_path: Option<PathBuf>,

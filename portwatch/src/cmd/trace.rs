@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, Session, SessionOptions, LOOKUP_RING_BYTES},
+    backend::{ProbeChoice, ProbeSession, SessionOptions, LOOKUP_RING_BYTES},
     decode,
     reducer::Reducer,
     render::{
@@ -105,7 +105,7 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stream(session: &mut Session, a: &TraceArgs, clock: &Clock) -> Result<()> {
+async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Result<()> {
     let fd = session.events_fd().context("no event ring buffer (no backend attached)")?;
     // SAFETY: the fd belongs to the session's ring buffer, which stays open (and the same
     // file description) for as long as `afd` lives: `afd` is dropped at the end of this

@@ -18,7 +18,7 @@ use super::{
     exposition::{BuildInfo, NetnsSample, Sample},
     netns_name::NetnsNamer,
 };
-use crate::{backend::Session, snapshot::SnapOptions};
+use crate::{backend::ProbeSession, snapshot::SnapOptions};
 
 /// How often events are drained between scrapes (keeps the ring buffer from filling up).
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
@@ -55,7 +55,7 @@ pub struct CollectorConfig {
 
 /// The collector's state, owned by its thread.
 pub struct Collector {
-    session: Session,
+    session: ProbeSession,
     config: CollectorConfig,
     namer: NetnsNamer,
     /// When the last rescan ran and the namespaces it found.
@@ -64,7 +64,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(session: Session, config: CollectorConfig, namer: NetnsNamer) -> Collector {
+    pub fn new(session: ProbeSession, config: CollectorConfig, namer: NetnsNamer) -> Collector {
         Collector { session, config, namer, last_scan: None, namespaces: BTreeSet::new() }
     }
 

@@ -1,0 +1,247 @@
+//! A probe session: the eBPF object loaded with the running kernel's layout, the backend
+//! attached from the registry, and what the programs send.
+use std::{os::fd::AsRawFd, path::Path};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader,
+};
+use portwatch_common::{ArgPos, Config, Event, Layout, TpOffsets};
+
+use super::{kernel_functions, object, tracefs, Attempt, Backend, BackendError, FixUp, ProbeChoice};
+use crate::{
+    bpf::{self, error_chain},
+    decode::decode_event,
+    kernel::Resolved,
+    model::Snapshot,
+    snapshot::{SnapOptions, Snapshotter},
+};
+
+/// A snapshot ring for sessions that only look up single buckets.
+pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
+
+/// Options for a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Attach event programs with this backend choice (None: snapshot only).
+    pub probe: Option<ProbeChoice>,
+    /// Netns inode to report (0 = all).
+    pub netns: u32,
+    /// Ports to report (empty = all).
+    pub ports: Vec<u16>,
+    /// Bound of the per-event owner walk.
+    pub max_owners: u32,
+    /// Size of the event ring buffer in bytes (power of two, multiple of the page size).
+    pub ring_bytes: Option<u32>,
+    /// Size of the snapshot ring buffer; `None`: big enough for whole-table walks
+    /// (`dump`, `top`). Sessions that only look up single buckets pass a small one: the
+    /// ring is mapped into the process and counts in its memory.
+    pub snapshot_ring_bytes: Option<u32>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            probe: None,
+            netns: 0,
+            ports: Vec::new(),
+            max_owners: 65536,
+            ring_bytes: None,
+            snapshot_ring_bytes: None,
+        }
+    }
+}
+
+/// A loaded eBPF object with its attached programs. Dropping it detaches everything.
+pub struct ProbeSession {
+    ebpf: Ebpf,
+    events: Option<RingBuf<MapData>>,
+    pub backend: Option<Backend>,
+    pub attempts: Vec<Attempt>,
+    pub resolved: Resolved,
+    /// Warnings worth showing (e.g. an optional hook missing).
+    pub warnings: Vec<String>,
+    snapshots: Snapshotter,
+    max_owners: u32,
+}
+
+impl ProbeSession {
+    /// Resolves the layout, loads the object and attaches what `opts` asks for.
+    pub fn open(opts: &SessionOptions) -> Result<ProbeSession, BackendError> {
+        let resolved = crate::layout_cache::host_layout_cached()?;
+        let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
+        let tp = tp_offsets(&tracefs_root)?;
+        let args = kernel_functions::arg_positions(&resolved);
+        let mut ebpf = load_object(&resolved.layout, &tp, &args, opts)?;
+        write_config(&mut ebpf, opts)?;
+        let mut warnings = Vec::new();
+        if mounted {
+            warnings.push(format!("mounted tracefs at {} (it was not mounted)", tracefs_root.display()));
+        }
+        let mut attempts = Vec::new();
+        let mut backend = None;
+        if let Some(choice) = opts.probe {
+            for b in choice.candidates() {
+                let d = b.descriptor();
+                match (d.attach)(&mut ebpf, &resolved, &mut warnings) {
+                    Ok(()) => {
+                        attempts.push(Attempt { backend: b, refused: None });
+                        backend = Some(b);
+                        break;
+                    }
+                    Err(refusal) => {
+                        // Nothing of a refused backend may run beside the next one.
+                        for p in (d.programs)() {
+                            bpf::unload(&mut ebpf, p);
+                        }
+                        if choice != ProbeChoice::Auto {
+                            return Err(BackendError::Refused { backend: b, refusal });
+                        }
+                        attempts.push(Attempt { backend: b, refused: Some(refusal) });
+                    }
+                }
+            }
+            if backend.is_none() {
+                return Err(BackendError::NoneWorks(attempts));
+            }
+        }
+        let events = match backend {
+            Some(_) => Some(bpf::take_map(&mut ebpf, "EVENTS")?),
+            None => None,
+        };
+        let snapshots = Snapshotter::new(&mut ebpf)?;
+        Ok(ProbeSession {
+            ebpf,
+            events,
+            backend,
+            attempts,
+            resolved,
+            warnings,
+            snapshots,
+            max_owners: opts.max_owners,
+        })
+    }
+
+    /// One line: the backend chosen and why the better ones were refused.
+    pub fn backend_summary(&self) -> String {
+        self.summary_with(|r| r.to_string())
+    }
+
+    /// Like `backend_summary`, each refusal in its short form (for headers): e.g.
+    /// "backend: tracepoint (fentry: BPF_PROG_LOAD EPERM; kprobe: kernel has no kprobes)".
+    pub fn backend_short(&self) -> String {
+        self.summary_with(|r| r.short())
+    }
+
+    fn summary_with(&self, reason: impl Fn(&super::Refusal) -> String) -> String {
+        let Some(b) = self.backend else { return "backend: none (snapshot only)".into() };
+        let refused: Vec<String> = self
+            .attempts
+            .iter()
+            .filter_map(|a| a.refused.as_ref().map(|r| format!("{}: {}", a.backend, reason(r))))
+            .collect();
+        if refused.is_empty() {
+            format!("backend: {b}")
+        } else {
+            format!("backend: {b} ({})", refused.join("; "))
+        }
+    }
+
+    /// Changes the netns filter while attached (0 = all).
+    pub fn set_netns(&mut self, netns: u32) -> Result<(), BackendError> {
+        let mut arr: Array<_, Config> = bpf::map_mut(&mut self.ebpf, "CONFIG")?;
+        let mut cfg = arr.get(&0, 0).map_err(bpf::access("CONFIG"))?;
+        cfg.netns = netns;
+        arr.set(0, cfg, 0).map_err(bpf::access("CONFIG"))?;
+        Ok(())
+    }
+
+    /// Everything the programs sent since the last call, with the backend's fix-ups.
+    pub fn drain(&mut self) -> Result<Vec<Event>, BackendError> {
+        let mut out = Vec::new();
+        if let Some(rb) = self.events.as_mut() {
+            while let Some(item) = rb.next() {
+                out.push(decode_event(&item)?);
+            }
+        }
+        if let Some(fix_up) = self.backend.and_then(|b| b.descriptor().fix_up) {
+            let mut cx = FixUp { ebpf: &mut self.ebpf, snapshots: &mut self.snapshots, max_owners: self.max_owners };
+            out = fix_up(&mut cx, out)?;
+        }
+        Ok(out)
+    }
+
+    /// File descriptor of the event ring buffer, for polling.
+    pub fn events_fd(&self) -> Option<i32> {
+        self.events.as_ref().map(|rb| rb.as_raw_fd())
+    }
+
+    /// Events lost because the ring buffer was full (sum over CPUs).
+    pub fn dropped(&self) -> Result<u64, BackendError> {
+        let arr: PerCpuArray<_, u64> = bpf::map(&self.ebpf, "DROPS")?;
+        let vals = arr.get(&0, 0).map_err(bpf::access("DROPS"))?;
+        Ok(vals.iter().sum())
+    }
+
+    /// A racy snapshot of the bind table (see `snapshot`).
+    pub fn snapshot(&mut self, req: &SnapOptions) -> Result<Snapshot, BackendError> {
+        Ok(self.snapshots.take(&mut self.ebpf, req)?)
+    }
+}
+
+/// Tracepoint record offsets from tracefs.
+fn tp_offsets(root: &Path) -> Result<TpOffsets, BackendError> {
+    Ok(TpOffsets {
+        sys_enter_args: tracefs::field_offset(root, "syscalls", "sys_enter_bind", "fd")?,
+        sys_exit_ret: tracefs::field_offset(root, "syscalls", "sys_exit_bind", "ret")?,
+        set_state_skaddr: tracefs::field_offset(root, "sock", "inet_sock_set_state", "skaddr")?,
+        set_state_newstate: tracefs::field_offset(root, "sock", "inet_sock_set_state", "newstate")?,
+        set_state_protocol: tracefs::field_offset(root, "sock", "inet_sock_set_state", "protocol")?,
+        _pad: 0,
+    })
+}
+
+fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, opts: &SessionOptions) -> Result<Ebpf, BackendError> {
+    let mut loader = EbpfLoader::new();
+    // No CO-RE relocations to apply (offsets come from our own BTF reading), so aya need
+    // not parse the kernel's BTF again (~70 ms); fentry attachment loads it when needed.
+    loader
+        .btf(None)
+        .override_global("LAYOUT", layout, true)
+        .override_global("TP", tp, true)
+        .override_global("ARGS", args, true);
+    if let Some(bytes) = opts.ring_bytes {
+        loader.map_max_entries("EVENTS", bytes);
+    }
+    if let Some(bytes) = opts.snapshot_ring_bytes {
+        loader.map_max_entries("SNAP_RB", bytes);
+    }
+    if opts.probe.is_none() {
+        // Snapshot only: the event maps are never used; keep their creation cheap.
+        let page = 4096;
+        loader
+            .map_max_entries("EVENTS", page)
+            .map_max_entries("PENDING", 1)
+            .map_max_entries("SOCKS", 1)
+            .map_max_entries("PORTS", 1);
+    }
+    loader.load(object::OBJECT).map_err(|e| BackendError::Load(error_chain(&e)))
+}
+
+fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendError> {
+    let cfg = Config {
+        netns: opts.netns,
+        filter_ports: (!opts.ports.is_empty()) as u32,
+        self_tgid: 0,
+        max_owners: opts.max_owners,
+    };
+    let mut arr: Array<_, Config> = bpf::map_mut(ebpf, "CONFIG")?;
+    arr.set(0, cfg, 0).map_err(bpf::access("CONFIG"))?;
+    if !opts.ports.is_empty() {
+        let mut ports: HashMap<_, u16, u8> = bpf::map_mut(ebpf, "PORTS")?;
+        for p in &opts.ports {
+            ports.insert(*p, 1, 0).map_err(bpf::access("PORTS"))?;
+        }
+    }
+    Ok(())
+}

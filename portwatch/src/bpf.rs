@@ -1,0 +1,105 @@
+//! Access to the loaded eBPF object shared by the snapshot engine and the backends: its
+//! maps and programs by name and type, and error text for what aya reports.
+use aya::{
+    maps::{Map, MapError as AyaMapError},
+    programs::{Program, ProgramError},
+    Ebpf,
+};
+
+/// A map of the object could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("the eBPF object has no map `{0}` (build mismatch; rebuild portwatch)")]
+    Missing(&'static str),
+    #[error("map `{map}`: {source}")]
+    Access {
+        map: &'static str,
+        #[source]
+        source: AyaMapError,
+    },
+}
+
+/// A program of the object could not be found or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramLookupError {
+    #[error("the eBPF object has no program `{0}` (build mismatch; rebuild portwatch)")]
+    Missing(String),
+    #[error("program `{name}`: {source}")]
+    Type {
+        name: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// Map `name` of the object as `T` (e.g. `Array<_, Config>`), borrowed.
+pub fn map<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, MapError>
+where
+    T: TryFrom<&'a Map, Error = AyaMapError>,
+{
+    let m = ebpf.map(name).ok_or(MapError::Missing(name))?;
+    T::try_from(m).map_err(access(name))
+}
+
+/// Map `name` of the object as `T`, borrowed mutably.
+pub fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, MapError>
+where
+    T: TryFrom<&'a mut Map, Error = AyaMapError>,
+{
+    let m = ebpf.map_mut(name).ok_or(MapError::Missing(name))?;
+    T::try_from(m).map_err(access(name))
+}
+
+/// Map `name` taken out of the object as `T` (for maps kept beside it, e.g. ring buffers).
+pub fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapError>
+where
+    T: TryFrom<Map, Error = AyaMapError>,
+{
+    let m = ebpf.take_map(name).ok_or(MapError::Missing(name))?;
+    T::try_from(m).map_err(access(name))
+}
+
+/// Wraps an error of an operation on map `name` (`set`, `get`, `insert`).
+pub fn access(name: &'static str) -> impl FnOnce(AyaMapError) -> MapError {
+    move |source| MapError::Access { map: name, source }
+}
+
+/// Program `name` of the object as program type `T` (e.g. `KProbe`).
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProgramLookupError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| ProgramLookupError::Missing(name.to_string()))?;
+    p.try_into().map_err(|source| ProgramLookupError::Type { name: name.to_string(), source })
+}
+
+/// Detaches and unloads program `name` if it is loaded (a no-op otherwise).
+pub fn unload(ebpf: &mut Ebpf, name: &str) {
+    // Errors are ignored: a program that is not loaded has nothing to undo.
+    let _ = match ebpf.program_mut(name) {
+        Some(Program::KProbe(p)) => p.unload(),
+        Some(Program::FEntry(p)) => p.unload(),
+        Some(Program::FExit(p)) => p.unload(),
+        Some(Program::TracePoint(p)) => p.unload(),
+        _ => Ok(()),
+    };
+}
+
+/// "a: b: c" from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    // aya appends the verifier log even when the kernel gave none.
+    let trimmed = s.trim_end();
+    let trimmed = trimmed.strip_suffix("Verifier output:").unwrap_or(trimmed).trim_end();
+    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    trimmed.to_string()
+}
