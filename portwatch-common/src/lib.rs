@@ -21,7 +21,12 @@ pub struct BitField {
 }
 
 impl BitField {
-    pub const NONE: BitField = BitField { byte_off: NO_FIELD, shift: 0, width: 0, _pad: [0; 2] };
+    pub const NONE: BitField = BitField {
+        byte_off: NO_FIELD,
+        shift: 0,
+        width: 0,
+        _pad: [0; 2],
+    };
 }
 
 /// How the owners of a port are counted on this kernel (`Layout::owners_mode`).
@@ -327,7 +332,12 @@ pub struct Config {
 }
 
 impl Config {
-    pub const DEFAULT: Config = Config { netns: 0, filter_ports: 0, self_tgid: 0, max_owners: 4096 };
+    pub const DEFAULT: Config = Config {
+        netns: 0,
+        filter_ports: 0,
+        self_tgid: 0,
+        max_owners: 4096,
+    };
 }
 
 /// Offsets of the tracepoint fields the programs read, from the tracepoints' `format`

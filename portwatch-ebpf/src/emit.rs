@@ -6,7 +6,7 @@ use portwatch_common::{flag, Config, Event};
 use crate::{
     compat::port_range,
     kernel::{net_inum, sock_info},
-    maps::{Known, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
+    maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
     walk::lookup_bucket,
 };
 
@@ -118,7 +118,7 @@ fn with_bucket(e: &mut Event, net: u64, port: u16, max_owners: u32) -> u16 {
 /// Sends an event on behalf of a socket we knew, with the attribution saved then
 /// (used where the kernel already cleared the socket's port, or in softirq context).
 #[inline(always)]
-pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Known) {
+pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
@@ -148,7 +148,7 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Known) {
 #[inline(always)]
 pub fn remember(sk: u64, net: u64, port: u16, family: u16) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let k = Known {
+    let k = Attribution {
         net,
         netns: net_inum(net),
         tgid: (pid_tgid >> 32) as u32,

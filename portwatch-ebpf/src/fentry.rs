@@ -89,7 +89,10 @@ pub fn fx_hash_connect(ctx: FExitContext) -> u32 {
 
 #[fentry(function = "__inet_inherit_port")]
 pub fn fe_inherit(ctx: FEntryContext) -> u32 {
-    if let (Some(l), Some(c)) = (arg::<2>(&ctx, argpos!(inherit_sk)), arg::<2>(&ctx, argpos!(inherit_child))) {
+    if let (Some(l), Some(c)) = (
+        arg::<2>(&ctx, argpos!(inherit_sk)),
+        arg::<2>(&ctx, argpos!(inherit_child)),
+    ) {
         hooks::inherit_entry(l, c);
     }
     0

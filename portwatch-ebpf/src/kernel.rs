@@ -64,7 +64,9 @@ pub fn is_tcp(sk: u64) -> bool {
     if family != AF_INET && family != AF_INET6 {
         return false;
     }
-    let Some(protocol) = compat::sk_protocol(sk) else { return false };
+    let Some(protocol) = compat::sk_protocol(sk) else {
+        return false;
+    };
     let ty: u16 = field(sk, layout!(sk_type)).unwrap_or(0);
     protocol == IPPROTO_TCP && ty == SOCK_STREAM
 }
@@ -165,7 +167,10 @@ pub fn sk_of_bind_node(node: u64) -> u64 {
 /// The bucket's netns (`struct net` address) and port, for matching a chain entry.
 #[inline(always)]
 pub fn tb_net_port(tb: u64) -> (u64, u16) {
-    (field(tb, layout!(tb_net)).unwrap_or(0), field(tb, layout!(tb_port)).unwrap_or(0))
+    (
+        field(tb, layout!(tb_net)).unwrap_or(0),
+        field(tb, layout!(tb_port)).unwrap_or(0),
+    )
 }
 
 /// Bucket `tb`'s state apart from its owner count (filled in by the caller).

@@ -13,8 +13,8 @@ use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use portwatch_common::{flag, op};
 
 use crate::{
-    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
     compat::port_range,
+    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
     kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num},
     maps::{Pending, PENDING, SOCKS},
     read::{field, layout, layout_ready},
@@ -57,7 +57,15 @@ fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
         return None;
     }
     let cur = sk_num(sk);
-    let p = Pending { sk, net, aux, netns, port, op: which, had_port: (cur != 0) as u8 };
+    let p = Pending {
+        sk,
+        net,
+        aux,
+        netns,
+        port,
+        op: which,
+        had_port: (cur != 0) as u8,
+    };
     PENDING.insert(&key(hook_id), &p, 0).ok()
 }
 
@@ -86,7 +94,17 @@ fn report(hook: u8, p: &Pending, which: u8, port: u16, errno: i32, flags: u16, a
     if port != 0 && !port_wanted(&cfg, port) {
         return;
     }
-    let s = Subject { op: which, hook, sk: p.sk, net: p.net, netns: p.netns, port, errno, flags, anon };
+    let s = Subject {
+        op: which,
+        hook,
+        sk: p.sk,
+        net: p.net,
+        netns: p.netns,
+        port,
+        errno,
+        flags,
+        anon,
+    };
     send(&cfg, &s);
 }
 
@@ -94,7 +112,11 @@ fn report(hook: u8, p: &Pending, which: u8, port: u16, errno: i32, flags: u16, a
 #[inline(always)]
 pub fn get_port_entry(sk: u64, snum: u16) {
     let state: u8 = field(sk, layout!(sk_state)).unwrap_or(0);
-    let which = if state == TCP_LISTEN { op::LISTEN } else { op::BIND };
+    let which = if state == TCP_LISTEN {
+        op::LISTEN
+    } else {
+        op::BIND
+    };
     let _ = stash(H_GET_PORT, sk, 0, which, snum);
 }
 
@@ -123,7 +145,9 @@ pub fn hash_connect_entry(sk: u64) {
 
 #[inline(always)]
 pub fn hash_connect_return(hook: u8, ret: i64) {
-    let Some(p) = take(H_HASH_CONNECT) else { return };
+    let Some(p) = take(H_HASH_CONNECT) else {
+        return;
+    };
     let mut flags = if p.had_port != 0 { flag::HAD_PORT } else { 0 };
     if ret == 0 {
         let port = sk_num(p.sk);
@@ -169,7 +193,17 @@ pub fn inherit_return(hook: u8, ret: i64) {
         send_known(&cfg, op::ACCEPT, hook, p.sk, &kk);
     } else {
         remember(p.sk, p.net, port, sk_family(p.sk));
-        let s = Subject { op: op::ACCEPT, hook, sk: p.sk, net: p.net, netns: p.netns, port, errno: 0, flags: 0, anon: true };
+        let s = Subject {
+            op: op::ACCEPT,
+            hook,
+            sk: p.sk,
+            net: p.net,
+            netns: p.netns,
+            port,
+            errno: 0,
+            flags: 0,
+            anon: true,
+        };
         send(&cfg, &s);
     }
 }
@@ -244,7 +278,15 @@ pub fn tw_unhash_entry(tw: u64) {
     if port == 0 || !netns_wanted(&config(), netns) {
         return;
     }
-    let p = Pending { sk: tw, net, aux: 0, netns, port, op: op::RELEASE, had_port: 1 };
+    let p = Pending {
+        sk: tw,
+        net,
+        aux: 0,
+        netns,
+        port,
+        op: op::RELEASE,
+        had_port: 1,
+    };
     let _ = PENDING.insert(&key(H_TW_UNHASH), &p, 0);
 }
 

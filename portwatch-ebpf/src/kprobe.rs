@@ -74,7 +74,10 @@ pub fn krp_hash_connect(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn kp_inherit(ctx: ProbeContext) -> u32 {
-    if let (Some(l), Some(c)) = (arg(&ctx, argpos!(inherit_sk)), arg(&ctx, argpos!(inherit_child))) {
+    if let (Some(l), Some(c)) = (
+        arg(&ctx, argpos!(inherit_sk)),
+        arg(&ctx, argpos!(inherit_child)),
+    ) {
         hooks::inherit_entry(l, c);
     }
     0

@@ -42,7 +42,7 @@ pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 /// Sockets we reported, so a later release (where the kernel already cleared the port)
 /// can be attributed: socket address -> what we knew.
 #[map]
-pub static SOCKS: LruHashMap<u64, Known> = LruHashMap::with_max_entries(65536, 0);
+pub static SOCKS: LruHashMap<u64, Attribution> = LruHashMap::with_max_entries(65536, 0);
 
 /// Snapshot request (index 0), written by user space before it triggers a walk.
 #[map]
@@ -77,9 +77,11 @@ pub struct Pending {
     pub had_port: u8,
 }
 
+/// Who held a socket's port and where: saved when an event is reported, used for its
+/// release, which the kernel may run without the owner's task or after clearing the port.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Known {
+pub struct Attribution {
     pub net: u64,
     pub netns: u32,
     pub tgid: u32,

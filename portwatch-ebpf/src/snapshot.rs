@@ -16,7 +16,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID};
+use portwatch_common::{
+    rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID,
+};
 
 use crate::{
     compat,
@@ -83,7 +85,11 @@ fn begin_bucket(w: &mut TableWalk) {
     w.cur_frp = st.fastreuseport;
     w.skip = ((w.netns_filter != 0 && w.netns_filter != w.cur_netns)
         || (w.port_filter != 0 && w.port_filter != w.cur_port)) as u8;
-    w.owners = if w.skip != 0 { OwnerCursor::EMPTY } else { OwnerCursor::start(tb, w.max_owners) };
+    w.owners = if w.skip != 0 {
+        OwnerCursor::EMPTY
+    } else {
+        OwnerCursor::start(tb, w.max_owners)
+    };
 }
 
 #[inline(always)]
@@ -216,10 +222,16 @@ pub fn table_step(w: &mut TableWalk) -> bool {
 }
 
 extern "C" fn table_step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = SNAP_WALK.get_ptr_mut(0) else { return 1 };
+    let Some(p) = SNAP_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     let w = unsafe { &mut *p };
-    if table_step(w) { 0 } else { 1 }
+    if table_step(w) {
+        0
+    } else {
+        1
+    }
 }
 
 #[inline(always)]
@@ -283,7 +295,12 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: the callback is a plain extern "C" fn; it finds its state in the scratch
     // map, so ctx is unused.
     unsafe {
-        bpf_loop(MAX_STEPS, table_step_cb as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(
+            MAX_STEPS,
+            table_step_cb as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
     }
     // SAFETY: as above.
     let w = unsafe { &*p };
@@ -329,7 +346,11 @@ fn lookup(req: &SnapRequest) {
             fastreuse: b.fastreuse,
             fastreuseport: b.fastreuseport,
             kind: rec::BUCKET,
-            flags: if truncated { snapflag::OWNERS_TRUNCATED } else { 0 },
+            flags: if truncated {
+                snapflag::OWNERS_TRUNCATED
+            } else {
+                0
+            },
             state: 0,
             _pad: [0; 3],
         };
@@ -337,7 +358,12 @@ fn lookup(req: &SnapRequest) {
             end_flags |= snapflag::WALK_TRUNCATED;
         }
     }
-    let end = SnapRecord { addr: req.seq, kind: rec::END, flags: end_flags, ..SnapRecord::default() };
+    let end = SnapRecord {
+        addr: req.seq,
+        kind: rec::END,
+        flags: end_flags,
+        ..SnapRecord::default()
+    };
     let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
 }
 

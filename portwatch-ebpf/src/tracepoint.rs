@@ -10,8 +10,8 @@ use aya_ebpf::{
 use portwatch_common::{flag, hook, op, NO_FIELD};
 
 use crate::{
-    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
     compat::port_range,
+    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
     kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
     maps::{Pending, PENDING, SOCKS, TP},
     read::layout_ready,
@@ -93,7 +93,15 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
             return None;
         }
     }
-    let p = Pending { sk, net, aux: 0, netns, port, op: which, had_port: (cur != 0) as u8 };
+    let p = Pending {
+        sk,
+        net,
+        aux: 0,
+        netns,
+        port,
+        op: which,
+        had_port: (cur != 0) as u8,
+    };
     let key = bpf_get_current_pid_tgid();
     PENDING.insert(&key, &p, 0).ok()
 }
@@ -231,7 +239,17 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     remember(sk, net, port, sk_family(sk));
-    let s = Subject { op: op::ACCEPT, hook: hook::TRACEPOINT, sk, net, netns, port, errno: 0, flags: 0, anon: false };
+    let s = Subject {
+        op: op::ACCEPT,
+        hook: hook::TRACEPOINT,
+        sk,
+        net,
+        netns,
+        port,
+        errno: 0,
+        flags: 0,
+        anon: false,
+    };
     send(&cfg, &s);
     Some(())
 }

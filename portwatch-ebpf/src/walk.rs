@@ -54,14 +54,27 @@ pub enum OwnerStep {
 }
 
 impl OwnerCursor {
-    pub const EMPTY: OwnerCursor =
-        OwnerCursor { tb2_node: 0, owner: 0, count: 0, max: 0, truncated: 0, _pad: 0 };
+    pub const EMPTY: OwnerCursor = OwnerCursor {
+        tb2_node: 0,
+        owner: 0,
+        count: 0,
+        max: 0,
+        truncated: 0,
+        _pad: 0,
+    };
 
     /// A walk over the owners of bucket `tb`, counting at most `max`.
     #[inline(always)]
     pub fn start(tb: u64, max: u32) -> OwnerCursor {
         let (tb2_node, owner) = compat::owner_lists(tb);
-        OwnerCursor { tb2_node, owner, count: 0, max, truncated: 0, _pad: 0 }
+        OwnerCursor {
+            tb2_node,
+            owner,
+            count: 0,
+            max,
+            truncated: 0,
+            _pad: 0,
+        }
     }
 
     /// True when nothing is left to visit.
@@ -96,7 +109,9 @@ pub fn owner_step(c: &mut OwnerCursor) -> OwnerStep {
 }
 
 extern "C" fn count_owners_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = OWNER_WALK.get_ptr_mut(0) else { return 1 };
+    let Some(p) = OWNER_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     let c = unsafe { &mut *p };
     match owner_step(c) {
@@ -110,7 +125,9 @@ extern "C" fn count_owners_cb(_index: u64, _ctx: *mut c_void) -> i64 {
 #[inline(always)]
 pub fn count_owners(tb: u64, max: u32) -> (u32, bool) {
     let max = if max > MAX_OWNERS { MAX_OWNERS } else { max };
-    let Some(p) = OWNER_WALK.get_ptr_mut(0) else { return (0, true) };
+    let Some(p) = OWNER_WALK.get_ptr_mut(0) else {
+        return (0, true);
+    };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     unsafe { *p = OwnerCursor::start(tb, max) };
     // Owners plus per-address buckets plus one final step.
@@ -118,7 +135,12 @@ pub fn count_owners(tb: u64, max: u32) -> (u32, bool) {
     // SAFETY: the callback is a plain extern "C" fn taking (index, ctx); it finds its
     // state in the scratch map, so ctx is unused.
     unsafe {
-        bpf_loop(steps, count_owners_cb as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(
+            steps,
+            count_owners_cb as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
     }
     // SAFETY: as above.
     let c = unsafe { &*p };
@@ -153,10 +175,16 @@ pub fn chain_step(c: &mut ChainCursor) -> bool {
 }
 
 extern "C" fn find_bucket_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = CHAIN_WALK.get_ptr_mut(0) else { return 1 };
+    let Some(p) = CHAIN_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     let c = unsafe { &mut *p };
-    if chain_step(c) { 0 } else { 1 }
+    if chain_step(c) {
+        0
+    } else {
+        1
+    }
 }
 
 /// The bucket of (net, port), 0 when there is none.
@@ -165,13 +193,30 @@ pub fn find_bucket(net: u64, port: u16) -> u64 {
     if port == 0 {
         return 0;
     }
-    let Some(head) = bhash_chain_head(net, port) else { return 0 };
-    let Some(p) = CHAIN_WALK.get_ptr_mut(0) else { return 0 };
+    let Some(head) = bhash_chain_head(net, port) else {
+        return 0;
+    };
+    let Some(p) = CHAIN_WALK.get_ptr_mut(0) else {
+        return 0;
+    };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    unsafe { *p = ChainCursor { node: head, net, found: 0, port, _pad: [0; 6] } };
+    unsafe {
+        *p = ChainCursor {
+            node: head,
+            net,
+            found: 0,
+            port,
+            _pad: [0; 6],
+        }
+    };
     // SAFETY: as in count_owners.
     unsafe {
-        bpf_loop(MAX_CHAIN, find_bucket_cb as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(
+            MAX_CHAIN,
+            find_bucket_cb as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
     }
     // SAFETY: as above.
     unsafe { (*p).found }

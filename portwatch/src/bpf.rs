@@ -69,8 +69,13 @@ pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, Progr
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| ProgramLookupError::Missing(name.to_string()))?;
-    p.try_into().map_err(|source| ProgramLookupError::Type { name: name.to_string(), source })
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProgramLookupError::Missing(name.to_string()))?;
+    p.try_into().map_err(|source| ProgramLookupError::Type {
+        name: name.to_string(),
+        source,
+    })
 }
 
 /// Detaches and unloads program `name` if it is loaded (a no-op otherwise).
@@ -99,7 +104,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     // aya appends the verifier log even when the kernel gave none.
     let trimmed = s.trim_end();
-    let trimmed = trimmed.strip_suffix("Verifier output:").unwrap_or(trimmed).trim_end();
+    let trimmed = trimmed
+        .strip_suffix("Verifier output:")
+        .unwrap_or(trimmed)
+        .trim_end();
     let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
     trimmed.to_string()
 }

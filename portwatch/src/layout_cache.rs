@@ -53,12 +53,22 @@ fn read(path: &Path, key: &Key) -> Option<Resolved> {
 
 fn write(path: &Path, key: Key, resolved: &Resolved) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let entry = Entry { key, resolved: resolved.clone() };
+    let entry = Entry {
+        key,
+        resolved: resolved.clone(),
+    };
     let text = serde_json::to_string(&entry).map_err(std::io::Error::other)?;
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(text.as_bytes())?;
     drop(f);
     fs::rename(&tmp, path)
@@ -102,9 +112,19 @@ mod tests {
         assert_eq!(fresh, again);
         let key = current_key().expect("key");
         assert_eq!(read(&path, &key), Some(fresh.clone()));
-        let other = Key { boot_id: "another boot".into(), ..key.clone() };
-        assert_eq!(read(&path, &other), None, "another boot's cache is not used");
-        let other = Key { format: FORMAT + 1, ..key.clone() };
+        let other = Key {
+            boot_id: "another boot".into(),
+            ..key.clone()
+        };
+        assert_eq!(
+            read(&path, &other),
+            None,
+            "another boot's cache is not used"
+        );
+        let other = Key {
+            format: FORMAT + 1,
+            ..key.clone()
+        };
         assert_eq!(read(&path, &other), None);
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read(&path, &key), None, "garbage is ignored");

@@ -14,10 +14,18 @@ use crate::{
     kernel::Resolved,
 };
 
-pub const DESCRIPTOR: Descriptor = Descriptor { backend: Backend::Fentry, programs, attach, fix_up: None };
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    backend: Backend::Fentry,
+    programs,
+    attach,
+    fix_up: None,
+};
 
 fn programs() -> Vec<&'static str> {
-    HOOKS.iter().flat_map(|h| [h.fentry.0, h.fentry.1]).collect()
+    HOOKS
+        .iter()
+        .flat_map(|h| [h.fentry.0, h.fentry.1])
+        .collect()
 }
 
 /// Loads and attaches every fentry/fexit pair (needs the kernel's BTF for trampolines).
@@ -41,10 +49,13 @@ fn attach_pair(ebpf: &mut Ebpf, btf: &Btf, h: &Hook) -> Result<(), Refusal> {
         reason: error_chain(e),
     };
     let entry: &mut FEntry = bpf::program(ebpf, h.fentry.0)?;
-    entry.load(h.func, btf).map_err(|e| Refusal::from_load(h.func, &e))?;
+    entry
+        .load(h.func, btf)
+        .map_err(|e| Refusal::from_load(h.func, &e))?;
     entry.attach().map_err(|e| attach_failed(h.fentry.0, &e))?;
     let exit: &mut FExit = bpf::program(ebpf, h.fentry.1)?;
-    exit.load(h.func, btf).map_err(|e| Refusal::from_load(h.func, &e))?;
+    exit.load(h.func, btf)
+        .map_err(|e| Refusal::from_load(h.func, &e))?;
     exit.attach().map_err(|e| attach_failed(h.fentry.1, &e))?;
     Ok(())
 }

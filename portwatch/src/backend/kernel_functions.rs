@@ -133,14 +133,19 @@ pub fn present_hooks(
     }
     let mut hooks = Vec::new();
     for h in HOOKS.iter() {
-        if h.only.is_some_and(|(id, wanted)| resolved.has(id) != wanted) {
+        if h.only
+            .is_some_and(|(id, wanted)| resolved.has(id) != wanted)
+        {
             continue;
         }
         if !resolved.has_function(h.func) {
             if h.required {
                 return Err(Refusal::MissingFunction(h.func));
             }
-            warnings.push(format!("{backend}: kernel has no {}: changes it makes are not seen", h.func));
+            warnings.push(format!(
+                "{backend}: kernel has no {}: changes it makes are not seen",
+                h.func
+            ));
             continue;
         }
         hooks.push(h);
@@ -170,7 +175,11 @@ mod tests {
             let mut warnings = Vec::new();
             let hooks = present_hooks(&r, "fentry", &mut warnings).expect("hooks");
             let funcs: Vec<&str> = hooks.iter().map(|h| h.func).collect();
-            assert!(funcs.contains(&want) && funcs.iter().filter(|f| f.contains("hashdance")).count() == 1, "{funcs:?}");
+            assert!(
+                funcs.contains(&want)
+                    && funcs.iter().filter(|f| f.contains("hashdance")).count() == 1,
+                "{funcs:?}"
+            );
             assert!(warnings.is_empty(), "{warnings:?}");
             assert_eq!(arg_positions(&r).hashdance_sk, 1);
         }
@@ -183,12 +192,18 @@ mod tests {
         let r = layout_from_btf_bytes(&k.encode(), "fake").expect("layout");
         let mut warnings = Vec::new();
         assert!(present_hooks(&r, "kprobe", &mut warnings).is_ok());
-        assert_eq!(warnings, ["kprobe: kernel has no inet_twsk_bind_unhash: changes it makes are not seen"]);
+        assert_eq!(
+            warnings,
+            ["kprobe: kernel has no inet_twsk_bind_unhash: changes it makes are not seen"]
+        );
 
         let mut k = FakeKernel::linux_6_18();
         k.funcs.retain(|f| f.name != "inet_put_port");
         let r = layout_from_btf_bytes(&k.encode(), "fake").expect("layout");
         let err = present_hooks(&r, "kprobe", &mut Vec::new()).unwrap_err();
-        assert_eq!(err.to_string(), "BTF lacks the parameters inet_put_port(sk)");
+        assert_eq!(
+            err.to_string(),
+            "BTF lacks the parameters inet_put_port(sk)"
+        );
     }
 }

@@ -13,15 +13,25 @@ use crate::{
     kernel::Resolved,
 };
 
-pub const DESCRIPTOR: Descriptor = Descriptor { backend: Backend::Kprobe, programs, attach, fix_up: None };
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    backend: Backend::Kprobe,
+    programs,
+    attach,
+    fix_up: None,
+};
 
 fn programs() -> Vec<&'static str> {
-    HOOKS.iter().flat_map(|h| [h.kprobe.0, h.kprobe.1]).collect()
+    HOOKS
+        .iter()
+        .flat_map(|h| [h.kprobe.0, h.kprobe.1])
+        .collect()
 }
 
 /// Whether the kernel was built with kprobes (tracefs exposes kprobe_events then).
 fn kprobes_available() -> bool {
-    tracefs::CANDIDATES.iter().any(|root| Path::new(root).join("kprobe_events").exists())
+    tracefs::CANDIDATES
+        .iter()
+        .any(|root| Path::new(root).join("kprobe_events").exists())
 }
 
 /// Loads (verifier) and attaches every kprobe/kretprobe pair.
@@ -44,8 +54,11 @@ fn attach(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<String>) -> R
         for name in [h.kprobe.0, h.kprobe.1] {
             let p: &mut KProbe = bpf::program(ebpf, name)?;
             if let Err(e) = p.attach(h.func, 0) {
-                let refusal =
-                    Refusal::Attach { program: name.to_string(), target: h.func.to_string(), reason: error_chain(&e) };
+                let refusal = Refusal::Attach {
+                    program: name.to_string(),
+                    target: h.func.to_string(),
+                    reason: error_chain(&e),
+                };
                 if h.required {
                     return Err(refusal);
                 }

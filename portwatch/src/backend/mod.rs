@@ -52,7 +52,11 @@ pub struct FixUp<'a> {
 }
 
 /// Every backend, best first: `--probe auto` tries them in this order.
-pub const REGISTRY: [&Descriptor; 3] = [&fentry::DESCRIPTOR, &kprobe::DESCRIPTOR, &tracepoint::DESCRIPTOR];
+pub const REGISTRY: [&Descriptor; 3] = [
+    &fentry::DESCRIPTOR,
+    &kprobe::DESCRIPTOR,
+    &tracepoint::DESCRIPTOR,
+];
 
 /// A concrete backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -163,7 +167,10 @@ mod tests {
     #[test]
     fn the_registry_has_each_backend_once_best_first() {
         let order: Vec<Backend> = REGISTRY.iter().map(|d| d.backend).collect();
-        assert_eq!(order, [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint]);
+        assert_eq!(
+            order,
+            [Backend::Fentry, Backend::Kprobe, Backend::Tracepoint]
+        );
         for &b in &order {
             assert_eq!(b.descriptor().backend, b);
         }
@@ -180,7 +187,12 @@ mod tests {
         // The two hashdance hooks share their kprobe programs.
         assert_eq!(all.len(), n - 2);
         for d in REGISTRY {
-            assert_eq!(d.fix_up.is_some(), d.backend == Backend::Tracepoint, "{}", d.backend);
+            assert_eq!(
+                d.fix_up.is_some(),
+                d.backend == Backend::Tracepoint,
+                "{}",
+                d.backend
+            );
         }
     }
 }

@@ -16,19 +16,29 @@ pub enum Refusal {
     Program(#[from] ProgramLookupError),
     /// `BPF_PROG_LOAD` failed with `errno`; `log` holds the verifier's last lines.
     #[error("{what}: BPF_PROG_LOAD {errno}{}{}", errno_hint(*.errno), log_suffix(.log))]
-    Verifier { what: String, errno: Errno, log: Vec<String> },
+    Verifier {
+        what: String,
+        errno: Errno,
+        log: Vec<String>,
+    },
     /// Loading failed before the kernel answered.
     #[error("{what}: {reason}")]
     Load { what: String, reason: String },
     /// The kernel was built without kprobes.
-    #[error("kernel has no kprobes (no kprobe_events in tracefs; the programs passed the verifier)")]
+    #[error(
+        "kernel has no kprobes (no kprobe_events in tracefs; the programs passed the verifier)"
+    )]
     NoKprobes,
     /// The kernel's BTF could not be read for fentry's trampolines.
     #[error("reading kernel BTF: {0}")]
     KernelBtf(String),
     /// Attaching a loaded program failed.
     #[error("{program} on {target}: attach: {reason}")]
-    Attach { program: String, target: String, reason: String },
+    Attach {
+        program: String,
+        target: String,
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -50,10 +60,18 @@ impl Refusal {
     /// the verifier's log when it has one.
     pub fn from_load(what: &str, e: &aya::programs::ProgramError) -> Refusal {
         match e {
-            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => {
                 let log = verifier_log.to_string();
                 // The log ends with statistics; the reason is the last lines before them.
-                let stats = ["verification time", "stack depth", "processed ", "max_states_per_insn"];
+                let stats = [
+                    "verification time",
+                    "stack depth",
+                    "processed ",
+                    "max_states_per_insn",
+                ];
                 let mut tail: Vec<String> = log
                     .lines()
                     .filter(|l| !l.trim().is_empty() && !stats.iter().any(|s| l.starts_with(s)))
@@ -62,9 +80,16 @@ impl Refusal {
                     .map(str::to_string)
                     .collect();
                 tail.reverse();
-                Refusal::Verifier { what: what.to_string(), errno: Errno::of_io(io_error), log: tail }
+                Refusal::Verifier {
+                    what: what.to_string(),
+                    errno: Errno::of_io(io_error),
+                    log: tail,
+                }
             }
-            other => Refusal::Load { what: what.to_string(), reason: crate::bpf::error_chain(other) },
+            other => Refusal::Load {
+                what: what.to_string(),
+                reason: crate::bpf::error_chain(other),
+            },
         }
     }
 }
@@ -91,8 +116,15 @@ mod tests {
 
     #[test]
     fn refusals_have_a_full_text_and_a_short_form() {
-        let eperm = Refusal::Verifier { what: "inet_csk_get_port".into(), errno: Errno::new(libc::EPERM).unwrap(), log: vec![] };
-        assert_eq!(eperm.to_string(), "inet_csk_get_port: BPF_PROG_LOAD EPERM (the kernel refuses this program type here)");
+        let eperm = Refusal::Verifier {
+            what: "inet_csk_get_port".into(),
+            errno: Errno::new(libc::EPERM).unwrap(),
+            log: vec![],
+        };
+        assert_eq!(
+            eperm.to_string(),
+            "inet_csk_get_port: BPF_PROG_LOAD EPERM (the kernel refuses this program type here)"
+        );
         assert_eq!(eperm.short(), "BPF_PROG_LOAD EPERM");
         let no_kprobes = Refusal::NoKprobes;
         assert_eq!(
@@ -100,8 +132,15 @@ mod tests {
             "kernel has no kprobes (no kprobe_events in tracefs; the programs passed the verifier)"
         );
         assert_eq!(no_kprobes.short(), "kernel has no kprobes");
-        let eacces = Refusal::Verifier { what: "kp_get_port".into(), errno: Errno::new(libc::EACCES).unwrap(), log: vec!["x".into()] };
-        assert_eq!(eacces.to_string(), "kp_get_port: BPF_PROG_LOAD EACCES (rejected by the verifier); verifier: x");
+        let eacces = Refusal::Verifier {
+            what: "kp_get_port".into(),
+            errno: Errno::new(libc::EACCES).unwrap(),
+            log: vec!["x".into()],
+        };
+        assert_eq!(
+            eacces.to_string(),
+            "kp_get_port: BPF_PROG_LOAD EACCES (rejected by the verifier); verifier: x"
+        );
         assert_eq!(eacces.short(), "BPF_PROG_LOAD EACCES");
     }
 }

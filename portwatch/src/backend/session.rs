@@ -8,7 +8,9 @@ use aya::{
 };
 use portwatch_common::{ArgPos, Config, Event, Layout, TpOffsets};
 
-use super::{kernel_functions, object, tracefs, Attempt, Backend, BackendError, FixUp, ProbeChoice};
+use super::{
+    kernel_functions, object, tracefs, Attempt, Backend, BackendError, FixUp, ProbeChoice,
+};
 use crate::{
     bpf::{self, error_chain},
     decode::decode_event,
@@ -76,7 +78,10 @@ impl ProbeSession {
         write_config(&mut ebpf, opts)?;
         let mut warnings = Vec::new();
         if mounted {
-            warnings.push(format!("mounted tracefs at {} (it was not mounted)", tracefs_root.display()));
+            warnings.push(format!(
+                "mounted tracefs at {} (it was not mounted)",
+                tracefs_root.display()
+            ));
         }
         let mut attempts = Vec::new();
         let mut backend = None;
@@ -85,7 +90,10 @@ impl ProbeSession {
                 let d = b.descriptor();
                 match (d.attach)(&mut ebpf, &resolved, &mut warnings) {
                     Ok(()) => {
-                        attempts.push(Attempt { backend: b, refused: None });
+                        attempts.push(Attempt {
+                            backend: b,
+                            refused: None,
+                        });
                         backend = Some(b);
                         break;
                     }
@@ -95,9 +103,15 @@ impl ProbeSession {
                             bpf::unload(&mut ebpf, p);
                         }
                         if choice != ProbeChoice::Auto {
-                            return Err(BackendError::Refused { backend: b, refusal });
+                            return Err(BackendError::Refused {
+                                backend: b,
+                                refusal,
+                            });
                         }
-                        attempts.push(Attempt { backend: b, refused: Some(refusal) });
+                        attempts.push(Attempt {
+                            backend: b,
+                            refused: Some(refusal),
+                        });
                     }
                 }
             }
@@ -134,11 +148,17 @@ impl ProbeSession {
     }
 
     fn summary_with(&self, reason: impl Fn(&super::Refusal) -> String) -> String {
-        let Some(b) = self.backend else { return "backend: none (snapshot only)".into() };
+        let Some(b) = self.backend else {
+            return "backend: none (snapshot only)".into();
+        };
         let refused: Vec<String> = self
             .attempts
             .iter()
-            .filter_map(|a| a.refused.as_ref().map(|r| format!("{}: {}", a.backend, reason(r))))
+            .filter_map(|a| {
+                a.refused
+                    .as_ref()
+                    .map(|r| format!("{}: {}", a.backend, reason(r)))
+            })
             .collect();
         if refused.is_empty() {
             format!("backend: {b}")
@@ -165,7 +185,11 @@ impl ProbeSession {
             }
         }
         if let Some(fix_up) = self.backend.and_then(|b| b.descriptor().fix_up) {
-            let mut cx = FixUp { ebpf: &mut self.ebpf, snapshots: &mut self.snapshots, max_owners: self.max_owners };
+            let mut cx = FixUp {
+                ebpf: &mut self.ebpf,
+                snapshots: &mut self.snapshots,
+                max_owners: self.max_owners,
+            };
             out = fix_up(&mut cx, out)?;
         }
         Ok(out)
@@ -201,7 +225,12 @@ fn tp_offsets(root: &Path) -> Result<TpOffsets, BackendError> {
     })
 }
 
-fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, opts: &SessionOptions) -> Result<Ebpf, BackendError> {
+fn load_object(
+    layout: &Layout,
+    tp: &TpOffsets,
+    args: &ArgPos,
+    opts: &SessionOptions,
+) -> Result<Ebpf, BackendError> {
     let mut loader = EbpfLoader::new();
     // No CO-RE relocations to apply (offsets come from our own BTF reading), so aya need
     // not parse the kernel's BTF again (~70 ms); fentry attachment loads it when needed.
@@ -225,7 +254,9 @@ fn load_object(layout: &Layout, tp: &TpOffsets, args: &ArgPos, opts: &SessionOpt
             .map_max_entries("SOCKS", 1)
             .map_max_entries("PORTS", 1);
     }
-    loader.load(object::OBJECT).map_err(|e| BackendError::Load(error_chain(&e)))
+    loader
+        .load(object::OBJECT)
+        .map_err(|e| BackendError::Load(error_chain(&e)))
 }
 
 fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendError> {

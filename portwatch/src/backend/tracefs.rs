@@ -14,9 +14,17 @@ pub enum TracefsError {
     )]
     NotMounted(String),
     #[error("cannot read tracepoint format {path}: {source}; does this kernel have the tracepoint {tp}?")]
-    Format { path: PathBuf, tp: String, source: std::io::Error },
+    Format {
+        path: PathBuf,
+        tp: String,
+        source: std::io::Error,
+    },
     #[error("tracepoint {tp} has no field `{field}` in {path}")]
-    MissingField { tp: String, field: String, path: PathBuf },
+    MissingField {
+        tp: String,
+        field: String,
+        path: PathBuf,
+    },
 }
 
 /// Where tracefs is mounted, the usual place first.
@@ -42,12 +50,19 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     if target.join("events").is_dir() {
         Ok((target.to_path_buf(), true))
     } else {
-        Err(TracefsError::NotMounted("mounted, but no events directory".into()))
+        Err(TracefsError::NotMounted(
+            "mounted, but no events directory".into(),
+        ))
     }
 }
 
 /// Offset of `field` in the record of tracepoint `category/name`.
-pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u32, TracefsError> {
+pub fn field_offset(
+    root: &Path,
+    category: &str,
+    name: &str,
+    field: &str,
+) -> Result<u32, TracefsError> {
     let path = root.join("events").join(category).join(name).join("format");
     let tp = format!("{category}:{name}");
     let text = fs::read_to_string(&path).map_err(|source| TracefsError::Format {
@@ -55,14 +70,20 @@ pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Res
         tp: tp.clone(),
         source,
     })?;
-    parse_offset(&text, field).ok_or(TracefsError::MissingField { tp, field: field.into(), path })
+    parse_offset(&text, field).ok_or(TracefsError::MissingField {
+        tp,
+        field: field.into(),
+        path,
+    })
 }
 
 /// Finds `offset:N` on the `field:` line whose declaration ends with the field name.
 pub fn parse_offset(format: &str, field: &str) -> Option<u32> {
     for line in format.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         let mut parts = rest.split(';');
         let decl = parts.next()?.trim();
         // The declaration's last token is the name, possibly with an array suffix.

@@ -10,8 +10,12 @@ use crate::{
     kernel::Resolved,
 };
 
-pub const DESCRIPTOR: Descriptor =
-    Descriptor { backend: Backend::Tracepoint, programs, attach, fix_up: Some(reread_closes) };
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    backend: Backend::Tracepoint,
+    programs,
+    attach,
+    fix_up: Some(reread_closes),
+};
 
 /// (program, category, tracepoint, required).
 const TRACEPOINTS: [(&str, &str, &str, bool); 11] = [
@@ -32,7 +36,11 @@ fn programs() -> Vec<&'static str> {
     TRACEPOINTS.iter().map(|t| t.0).collect()
 }
 
-fn attach(ebpf: &mut Ebpf, _resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), Refusal> {
+fn attach(
+    ebpf: &mut Ebpf,
+    _resolved: &Resolved,
+    warnings: &mut Vec<String>,
+) -> Result<(), Refusal> {
     for (prog, category, name, required) in TRACEPOINTS {
         let result = (|| -> Result<(), Refusal> {
             let p: &mut TracePoint = bpf::program(ebpf, prog)?;
@@ -63,7 +71,11 @@ fn reread_closes(cx: &mut FixUp<'_>, events: Vec<Event>) -> Result<Vec<Event>, B
     }
     let mut merged = Vec::with_capacity(events.len() + 1);
     for ev in events {
-        let again = if needs_reread(&ev) { reread(cx, &ev)? } else { None };
+        let again = if needs_reread(&ev) {
+            reread(cx, &ev)?
+        } else {
+            None
+        };
         merged.push(ev);
         merged.extend(again);
     }
@@ -76,7 +88,9 @@ fn needs_reread(ev: &Event) -> bool {
 
 /// The event `ev` with its bucket read again now, if that differs.
 fn reread(cx: &mut FixUp<'_>, ev: &Event) -> Result<Option<Event>, BackendError> {
-    let now = cx.snapshots.lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?;
+    let now = cx
+        .snapshots
+        .lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?;
     let mut again = *ev;
     match now {
         Some(r) => {

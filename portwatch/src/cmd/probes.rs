@@ -14,7 +14,10 @@ pub struct ProbesArgs {
 }
 
 pub fn run(a: ProbesArgs) -> Result<ExitCode> {
-    let session = super::open_session(&SessionOptions { probe: Some(ProbeChoice::Auto), ..Default::default() })?;
+    let session = super::open_session(&SessionOptions {
+        probe: Some(ProbeChoice::Auto),
+        ..Default::default()
+    })?;
     let r = &session.resolved;
     if a.json {
         let mut v = r.report_json();
@@ -30,7 +33,9 @@ pub fn run(a: ProbesArgs) -> Result<ExitCode> {
             }
         }
         println!("owners counted {}", r.owners_mode());
-        println!("kernel variants (BTF; [x] present here, release and commit that introduced each):");
+        println!(
+            "kernel variants (BTF; [x] present here, release and commit that introduced each):"
+        );
         for line in r.variant_lines() {
             println!("  {line}");
         }

@@ -59,7 +59,10 @@ impl KernelBtf {
     /// Parses raw BTF; `kernel` names the kernel in error messages.
     pub fn parse(bytes: &[u8], kernel: &str) -> Result<KernelBtf, LayoutError> {
         let origin = format!("the BTF of kernel {kernel}");
-        check_header(bytes).map_err(|reason| LayoutError::InvalidBtf { origin: origin.clone(), reason })?;
+        check_header(bytes).map_err(|reason| LayoutError::InvalidBtf {
+            origin: origin.clone(),
+            reason,
+        })?;
         let source = ByteSource(bytes);
         // btfparse returns errors for the malformed inputs we tried, and the header check
         // above excludes the arithmetic overflows it does not guard; catching a panic is a
@@ -67,9 +70,17 @@ impl KernelBtf {
         let info = match catch_unwind(AssertUnwindSafe(|| TypeInformation::new(&source))) {
             Ok(Ok(info)) => info,
             Ok(Err(e)) => {
-                return Err(LayoutError::InvalidBtf { origin, reason: format!("{:?}: {}", e.kind(), e.message()) })
+                return Err(LayoutError::InvalidBtf {
+                    origin,
+                    reason: format!("{:?}: {}", e.kind(), e.message()),
+                })
             }
-            Err(_) => return Err(LayoutError::InvalidBtf { origin, reason: "the BTF parser failed".to_string() }),
+            Err(_) => {
+                return Err(LayoutError::InvalidBtf {
+                    origin,
+                    reason: "the BTF parser failed".to_string(),
+                })
+            }
         };
         let mut structs = HashMap::new();
         let mut funcs = HashMap::new();
@@ -88,7 +99,12 @@ impl KernelBtf {
                 _ => {}
             }
         }
-        Ok(KernelBtf { info, structs, funcs, kernel: kernel.to_string() })
+        Ok(KernelBtf {
+            info,
+            structs,
+            funcs,
+            kernel: kernel.to_string(),
+        })
     }
 
     /// The kernel this BTF describes, as given to [`KernelBtf::parse`].
@@ -129,12 +145,20 @@ impl KernelBtf {
                 TypeVariant::Int(i) => format!("a {}-byte integer", i.size()),
                 TypeVariant::Ptr(_) => "a pointer".to_string(),
                 TypeVariant::Array(a) => format!("an array of {} elements", a.element_count()),
-                TypeVariant::Struct(s) => format!("struct {}", s.name().as_deref().unwrap_or("(anonymous)")),
-                TypeVariant::Union(u) => format!("union {}", u.name().as_deref().unwrap_or("(anonymous)")),
+                TypeVariant::Struct(s) => {
+                    format!("struct {}", s.name().as_deref().unwrap_or("(anonymous)"))
+                }
+                TypeVariant::Union(u) => {
+                    format!("union {}", u.name().as_deref().unwrap_or("(anonymous)"))
+                }
                 TypeVariant::Enum(e) => format!("a {}-byte enum", e.size()),
                 TypeVariant::Enum64(e) => format!("a {}-byte enum", e.size()),
                 TypeVariant::Fwd(_) => "an incomplete (forward-declared) type".to_string(),
-                other => format!("{other:?}").split('(').next().unwrap_or("another kind of type").to_string(),
+                other => format!("{other:?}")
+                    .split('(')
+                    .next()
+                    .unwrap_or("another kind of type")
+                    .to_string(),
             },
         }
     }
@@ -143,7 +167,10 @@ impl KernelBtf {
         self.structs
             .get(strukt)
             .copied()
-            .ok_or_else(|| LayoutError::MissingStruct { strukt: strukt.to_string(), kernel: self.kernel.clone() })
+            .ok_or_else(|| LayoutError::MissingStruct {
+                strukt: strukt.to_string(),
+                kernel: self.kernel.clone(),
+            })
     }
 
     /// Whether a struct of that name exists.
@@ -163,7 +190,13 @@ impl KernelBtf {
     /// Returns (member type id, bit offset from `tid`'s start, bit-field width).
     /// `budget` bounds the number of structs visited (malformed BTF can nest a struct in
     /// itself several times over).
-    fn find_member(&self, tid: u32, name: &str, depth: usize, budget: &mut usize) -> Option<(u32, u64, u32)> {
+    fn find_member(
+        &self,
+        tid: u32,
+        name: &str,
+        depth: usize,
+        budget: &mut usize,
+    ) -> Option<(u32, u64, u32)> {
         if depth > MAX_DEPTH || *budget == 0 {
             return None;
         }
@@ -183,7 +216,10 @@ impl KernelBtf {
                 return Some((mem.tid(), bit, size));
             }
         }
-        for mem in members.iter().filter(|mem| mem.name().is_none_or(|n| n.is_empty())) {
+        for mem in members
+            .iter()
+            .filter(|mem| mem.name().is_none_or(|n| n.is_empty()))
+        {
             let (bit, _) = split(mem.offset());
             if let Some((t, inner, size)) = self.find_member(mem.tid(), name, depth + 1, budget) {
                 return Some((t, bit + inner, size));
@@ -193,10 +229,20 @@ impl KernelBtf {
     }
 
     pub fn missing(&self, strukt: &str, field: &str) -> LayoutError {
-        LayoutError::MissingField { strukt: strukt.to_string(), field: field.to_string(), kernel: self.kernel.clone() }
+        LayoutError::MissingField {
+            strukt: strukt.to_string(),
+            field: field.to_string(),
+            kernel: self.kernel.clone(),
+        }
     }
 
-    pub fn unexpected(&self, strukt: &str, field: &str, expected: &str, found: String) -> LayoutError {
+    pub fn unexpected(
+        &self,
+        strukt: &str,
+        field: &str,
+        expected: &str,
+        found: String,
+    ) -> LayoutError {
         LayoutError::UnexpectedType {
             strukt: strukt.to_string(),
             field: field.to_string(),
@@ -217,11 +263,23 @@ impl KernelBtf {
             if i > 0 {
                 let so_far = parts[..i].join(".");
                 if bits != 0 {
-                    return Err(self.unexpected(strukt, &so_far, "an embedded struct", format!("a {bits}-bit bit field")));
+                    return Err(self.unexpected(
+                        strukt,
+                        &so_far,
+                        "an embedded struct",
+                        format!("a {bits}-bit bit field"),
+                    ));
                 }
                 match self.strip(tid) {
                     Stripped::Type(TypeVariant::Struct(_) | TypeVariant::Union(_)) => {}
-                    _ => return Err(self.unexpected(strukt, &so_far, "an embedded struct", self.describe(tid))),
+                    _ => {
+                        return Err(self.unexpected(
+                            strukt,
+                            &so_far,
+                            "an embedded struct",
+                            self.describe(tid),
+                        ))
+                    }
                 }
             }
             let mut budget = MEMBER_SEARCH_BUDGET;
@@ -256,11 +314,21 @@ impl KernelBtf {
 
     pub fn byte_offset(&self, strukt: &str, path: &str, f: Field) -> Result<u32, LayoutError> {
         if f.bits != 0 || !f.bit_off.is_multiple_of(8) {
-            return Err(self.unexpected(strukt, path, "a byte-aligned member", format!("a {}-bit bit field", f.bits)));
+            return Err(self.unexpected(
+                strukt,
+                path,
+                "a byte-aligned member",
+                format!("a {}-bit bit field", f.bits),
+            ));
         }
         match u32::try_from(f.bit_off / 8) {
             Ok(off) if off != NO_FIELD => Ok(off),
-            _ => Err(self.unexpected(strukt, path, "an offset below 4 GiB", format!("at byte {}", f.bit_off / 8))),
+            _ => Err(self.unexpected(
+                strukt,
+                path,
+                "an offset below 4 GiB",
+                format!("at byte {}", f.bit_off / 8),
+            )),
         }
     }
 
@@ -274,7 +342,12 @@ impl KernelBtf {
     }
 
     /// Byte offset of an integer member of the given sizes; returns (offset, size).
-    pub fn int_offset(&self, strukt: &str, path: &str, sizes: &[usize]) -> Result<(u32, usize), LayoutError> {
+    pub fn int_offset(
+        &self,
+        strukt: &str,
+        path: &str,
+        sizes: &[usize],
+    ) -> Result<(u32, usize), LayoutError> {
         let f = self.field(strukt, path)?;
         let want = || {
             let list: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
@@ -286,7 +359,12 @@ impl KernelBtf {
             _ => return Err(self.unexpected(strukt, path, &want(), self.describe(f.tid))),
         };
         if f.bits != 0 {
-            return Err(self.unexpected(strukt, path, &want(), format!("a {}-bit bit field", f.bits)));
+            return Err(self.unexpected(
+                strukt,
+                path,
+                &want(),
+                format!("a {}-bit bit field", f.bits),
+            ));
         }
         if !sizes.contains(&size) {
             return Err(self.unexpected(strukt, path, &want(), self.describe(f.tid)));
@@ -298,7 +376,9 @@ impl KernelBtf {
     pub fn struct_offset(&self, strukt: &str, path: &str) -> Result<u32, LayoutError> {
         let f = self.field(strukt, path)?;
         match self.strip(f.tid) {
-            Stripped::Type(TypeVariant::Struct(_) | TypeVariant::Union(_)) => self.byte_offset(strukt, path, f),
+            Stripped::Type(TypeVariant::Struct(_) | TypeVariant::Union(_)) => {
+                self.byte_offset(strukt, path, f)
+            }
             _ => Err(self.unexpected(strukt, path, "an embedded struct", self.describe(f.tid))),
         }
     }
@@ -312,7 +392,14 @@ impl KernelBtf {
             let size = match self.strip(f.tid) {
                 Stripped::Type(TypeVariant::Int(i)) => *i.size(),
                 Stripped::Type(TypeVariant::Enum(e)) => *e.size(),
-                _ => return Err(self.unexpected(strukt, path, "an integer or a bit field", self.describe(f.tid))),
+                _ => {
+                    return Err(self.unexpected(
+                        strukt,
+                        path,
+                        "an integer or a bit field",
+                        self.describe(f.tid),
+                    ))
+                }
             };
             (f.bit_off, (size as u64) * 8)
         };
@@ -328,16 +415,29 @@ impl KernelBtf {
         let byte_off = u32::try_from(bit_off / 8)
             .ok()
             .filter(|&b| b != NO_FIELD)
-            .ok_or_else(|| self.unexpected(strukt, path, "an offset below 4 GiB", format!("at byte {}", bit_off / 8)))?;
-        Ok(BitField { byte_off, shift: shift as u8, width: width as u8, _pad: [0; 2] })
+            .ok_or_else(|| {
+                self.unexpected(
+                    strukt,
+                    path,
+                    "an offset below 4 GiB",
+                    format!("at byte {}", bit_off / 8),
+                )
+            })?;
+        Ok(BitField {
+            byte_off,
+            shift: shift as u8,
+            width: width as u8,
+            _pad: [0; 2],
+        })
     }
 
     /// The shape of an integer-like type: an integer (or enum) or an array of them.
     pub fn int_shape(&self, tid: u32) -> Option<IntShape> {
         match self.strip(tid) {
-            Stripped::Type(TypeVariant::Array(a)) => {
-                Some(IntShape::Array { elem: self.int_size(*a.element_tid())?, count: *a.element_count() })
-            }
+            Stripped::Type(TypeVariant::Array(a)) => Some(IntShape::Array {
+                elem: self.int_size(*a.element_tid())?,
+                count: *a.element_count(),
+            }),
             _ => self.int_size(tid).map(IntShape::Int),
         }
     }
@@ -355,14 +455,23 @@ impl KernelBtf {
     /// Value of a named enumerator (ENUM or ENUM64).
     pub fn enumerator(&self, name: &str) -> Option<i128> {
         self.types().values().find_map(|t| match t {
-            TypeVariant::Enum(e) => e.named_value_list().iter().find(|v| v.name == name).map(|v| match v.value {
-                btfparse::Integer32Value::Signed(x) => i128::from(x),
-                btfparse::Integer32Value::Unsigned(x) => i128::from(x),
-            }),
-            TypeVariant::Enum64(e) => e.named_value_list().iter().find(|v| v.name == name).map(|v| match v.value {
-                btfparse::Integer64Value::Signed(x) => i128::from(x),
-                btfparse::Integer64Value::Unsigned(x) => i128::from(x),
-            }),
+            TypeVariant::Enum(e) => e
+                .named_value_list()
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| match v.value {
+                    btfparse::Integer32Value::Signed(x) => i128::from(x),
+                    btfparse::Integer32Value::Unsigned(x) => i128::from(x),
+                }),
+            TypeVariant::Enum64(e) => {
+                e.named_value_list()
+                    .iter()
+                    .find(|v| v.name == name)
+                    .map(|v| match v.value {
+                        btfparse::Integer64Value::Signed(x) => i128::from(x),
+                        btfparse::Integer64Value::Unsigned(x) => i128::from(x),
+                    })
+            }
             _ => None,
         })
     }
@@ -375,9 +484,12 @@ impl KernelBtf {
             return None;
         };
         match self.strip(*f.prototype_tid()) {
-            Stripped::Type(TypeVariant::FuncProto(p)) => {
-                Some(p.parameter_list().iter().map(|param| param.name().unwrap_or_default()).collect())
-            }
+            Stripped::Type(TypeVariant::FuncProto(p)) => Some(
+                p.parameter_list()
+                    .iter()
+                    .map(|param| param.name().unwrap_or_default())
+                    .collect(),
+            ),
             _ => None,
         }
     }
@@ -395,21 +507,34 @@ pub fn optional<T>(r: Result<T, LayoutError>) -> Result<Option<T>, LayoutError> 
 /// Checks the fixed header and that both sections lie inside `bytes`.
 fn check_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 24 {
-        return Err(format!("{} bytes is shorter than the 24-byte BTF header", bytes.len()));
+        return Err(format!(
+            "{} bytes is shorter than the 24-byte BTF header",
+            bytes.len()
+        ));
     }
     let le = match [bytes[0], bytes[1]] {
         [0x9f, 0xeb] => true,
         [0xeb, 0x9f] => false,
-        _ => return Err(format!("bad magic {:02x}{:02x} (expected 0xeb9f)", bytes[1], bytes[0])),
+        _ => {
+            return Err(format!(
+                "bad magic {:02x}{:02x} (expected 0xeb9f)",
+                bytes[1], bytes[0]
+            ))
+        }
     };
     if bytes[2] != 1 {
         return Err(format!("unsupported BTF version {}", bytes[2]));
     }
     let word = |at: usize| {
         let w = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
-        u64::from(if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) })
+        u64::from(if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        })
     };
-    let (hdr_len, type_off, type_len, str_off, str_len) = (word(4), word(8), word(12), word(16), word(20));
+    let (hdr_len, type_off, type_len, str_off, str_len) =
+        (word(4), word(8), word(12), word(16), word(20));
     let len = bytes.len() as u64;
     if hdr_len < 24 || hdr_len > len {
         return Err(format!("header length {hdr_len} is out of range"));
@@ -434,13 +559,18 @@ struct ByteSource<'a>(&'a [u8]);
 
 impl Readable for ByteSource<'_> {
     fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let range = usize::try_from(offset).ok().and_then(|start| start.checked_add(buffer.len()).map(|end| start..end));
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|start| start.checked_add(buffer.len()).map(|end| start..end));
         match range.and_then(|r| self.0.get(r)) {
             Some(src) => {
                 buffer.copy_from_slice(src);
                 Ok(())
             }
-            None => Err(btfparse::Error::new(btfparse::ErrorKind::EOF, "read past the end of the BTF data")),
+            None => Err(btfparse::Error::new(
+                btfparse::ErrorKind::EOF,
+                "read past the end of the BTF data",
+            )),
         }
     }
 }
@@ -458,7 +588,12 @@ mod tests {
     };
 
     fn bit(byte_off: u32, shift: u8, width: u8) -> BitField {
-        BitField { byte_off, shift, width, _pad: [0; 2] }
+        BitField {
+            byte_off,
+            shift,
+            width,
+            _pad: [0; 2],
+        }
     }
 
     #[test]
@@ -614,22 +749,13 @@ mod tests {
         // 6.18 preset: plain u8. A `u8 sk_userlocks:8` bit field reads the same.
         let mut k = FakeKernel::linux_6_18();
         *k.member_mut("sock", "sk_userlocks") = bf("sk_userlocks", Ty::U8, 291 * 8, 8);
-        assert_eq!(
-            userlocks(&k).unwrap(),
-            bit(291, 0, 8)
-        );
+        assert_eq!(userlocks(&k).unwrap(), bit(291, 0, 8));
         // A bit field straddling a byte boundary keeps its containing byte and shift.
         *k.member_mut("sock", "sk_userlocks") = bf("sk_userlocks", Ty::U32, 288 * 8 + 29, 6);
-        assert_eq!(
-            userlocks(&k).unwrap(),
-            bit(291, 5, 6)
-        );
+        assert_eq!(userlocks(&k).unwrap(), bit(291, 5, 6));
         // The pre-kind_flag encoding: the INT itself carries bit offset and size.
         *k.member_mut("sock", "sk_userlocks") = m("sk_userlocks", Ty::OldBitInt(1, 4, 4), 560);
-        assert_eq!(
-            userlocks(&k).unwrap(),
-            bit(560, 4, 4)
-        );
+        assert_eq!(userlocks(&k).unwrap(), bit(560, 4, 4));
         // A pointer is not a bit field.
         *k.member_mut("sock", "sk_userlocks") = m("sk_userlocks", Ty::Ptr(String::new()), 560);
         assert!(

@@ -244,7 +244,10 @@ pub const VARIANTS: &[Variant] = &[
 
 /// The row of `id`.
 pub fn variant(id: Id) -> &'static Variant {
-    VARIANTS.iter().find(|v| v.id == id).unwrap_or_else(|| unreachable!("every Id has a row (tested)"))
+    VARIANTS
+        .iter()
+        .find(|v| v.id == id)
+        .unwrap_or_else(|| unreachable!("every Id has a row (tested)"))
 }
 
 /// Which variants a kernel has.
@@ -253,7 +256,10 @@ pub type Detected = BTreeMap<Id, bool>;
 /// Evaluates every row against `btf`. Only malformed BTF is an error; a missing struct,
 /// member or function means the variant is absent.
 pub fn detect(btf: &KernelBtf) -> Result<Detected, LayoutError> {
-    VARIANTS.iter().map(|v| Ok((v.id, detect_one(btf, v.detect)?))).collect()
+    VARIANTS
+        .iter()
+        .map(|v| Ok((v.id, detect_one(btf, v.detect)?)))
+        .collect()
 }
 
 fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
@@ -262,10 +268,17 @@ fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
         Detect::Member(s, m) => btf.has_member(s, m)?,
         Detect::IntMember(s, m, size) => {
             btf.has_member(s, m)?
-                && btf.field(s, m).ok().filter(|f| f.bits == 0).and_then(|f| btf.int_size(f.tid)) == Some(size)
+                && btf
+                    .field(s, m)
+                    .ok()
+                    .filter(|f| f.bits == 0)
+                    .and_then(|f| btf.int_size(f.tid))
+                    == Some(size)
         }
         Detect::Func(f) => btf.func_params(f).is_some(),
-        Detect::Param(f, p) => btf.func_params(f).is_some_and(|ps| ps.iter().any(|x| x == p)),
+        Detect::Param(f, p) => btf
+            .func_params(f)
+            .is_some_and(|ps| ps.iter().any(|x| x == p)),
     })
 }
 
@@ -283,17 +296,28 @@ mod tests {
         for v in VARIANTS {
             assert_eq!(variant(v.id).id, v.id);
         }
-        assert!(VARIANTS.windows(2).all(|w| w[0].since <= w[1].since), "rows are ordered by release");
+        assert!(
+            VARIANTS.windows(2).all(|w| w[0].since <= w[1].since),
+            "rows are ordered by release"
+        );
     }
 
     #[test]
     fn rows_name_abbreviated_commits_and_consistent_releases() {
         for v in VARIANTS {
             for c in v.commits {
-                assert!(c.len() == 12 && c.chars().all(|x| x.is_ascii_hexdigit()), "{:?}: commit {c}", v.id);
+                assert!(
+                    c.len() == 12 && c.chars().all(|x| x.is_ascii_hexdigit()),
+                    "{:?}: commit {c}",
+                    v.id
+                );
             }
             for b in v.backports {
-                assert!(*b < v.since, "{:?}: a backport goes to an older series", v.id);
+                assert!(
+                    *b < v.since,
+                    "{:?}: a backport goes to an older series",
+                    v.id
+                );
             }
             if let Some(until) = v.until {
                 assert!(until > v.since, "{:?}", v.id);
@@ -307,7 +331,10 @@ mod tests {
             variant(Id::Tb2Deathrow).provenance(),
             "6.2 (936a192f9740), backported to 6.1.y, gone in 6.8"
         );
-        assert_eq!(variant(Id::NsCommonType).provenance(), "6.18 (version only)");
+        assert_eq!(
+            variant(Id::NsCommonType).provenance(),
+            "6.18 (version only)"
+        );
     }
 
     #[test]
@@ -329,12 +356,21 @@ mod tests {
             let k = FakeKernel::linux_6_18().as_of(series);
             let detected = k.detected();
             for v in VARIANTS {
-                assert_eq!(detected[&v.id], v.in_series(series), "{series:?}: {:?}", v.id);
+                assert_eq!(
+                    detected[&v.id],
+                    v.in_series(series),
+                    "{series:?}: {:?}",
+                    v.id
+                );
             }
-            let r = layout_from_btf_bytes(&k.encode(), "derived").unwrap_or_else(|e| panic!("{series:?}: {e}"));
+            let r = layout_from_btf_bytes(&k.encode(), "derived")
+                .unwrap_or_else(|e| panic!("{series:?}: {e}"));
             assert_eq!(r.variants, detected);
         }
-        assert_eq!(FakeKernel::linux_6_18().as_of((6, 18)), FakeKernel::linux_6_18());
+        assert_eq!(
+            FakeKernel::linux_6_18().as_of((6, 18)),
+            FakeKernel::linux_6_18()
+        );
     }
 
     /// Each variant, taken away from the 6.18-like kernel on its own (or given to it,
@@ -350,7 +386,11 @@ mod tests {
             k.set_variant(v.id, !base[&v.id]);
             let now = k.detected();
             for w in VARIANTS {
-                let expect = if w.id == v.id { !base[&w.id] } else { base[&w.id] };
+                let expect = if w.id == v.id {
+                    !base[&w.id]
+                } else {
+                    base[&w.id]
+                };
                 assert_eq!(now[&w.id], expect, "toggling {:?} changed {:?}", v.id, w.id);
             }
         }

@@ -92,7 +92,12 @@ impl Resolved {
     pub fn update_fastreuse(&self) -> Option<UpdateFastreuse> {
         let params = self.function_params("inet_csk_update_fastreuse")?.to_vec();
         let pos = |name: &str| params.iter().position(|p| p == name);
-        Some(UpdateFastreuse { sk: pos("sk"), tb: pos("tb"), tb2: pos("tb2"), params })
+        Some(UpdateFastreuse {
+            sk: pos("sk"),
+            tb: pos("tb"),
+            tb2: pos("tb2"),
+            params,
+        })
     }
 
     /// Which member of `inet_bind2_bucket` gives its family.
@@ -174,7 +179,12 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
     l.hashinfo_bhash_size = btf.int_offset("inet_hashinfo", "bhash_size", &[4])?.0;
     l.bind_hashbucket_size = u32::try_from(btf.struct_size("inet_bind_hashbucket")?).unwrap_or(0);
     if l.bind_hashbucket_size == 0 {
-        return Err(btf.unexpected("inet_bind_hashbucket", "(size)", "a non-zero size", "size 0".to_string()));
+        return Err(btf.unexpected(
+            "inet_bind_hashbucket",
+            "(size)",
+            "a non-zero size",
+            "size 0".to_string(),
+        ));
     }
     l.bind_hashbucket_chain = btf.struct_offset("inet_bind_hashbucket", "chain")?;
 
@@ -223,7 +233,8 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
             l.tb2_addr_mapped = 1;
         } else {
             l.tb2_family = optional(btf.int_offset(TB2, "family", &[2]))?.map_or(NO_FIELD, |x| x.0);
-            l.tb2_rcv_saddr = optional(btf.int_offset(TB2, "rcv_saddr", &[4]))?.map_or(NO_FIELD, |x| x.0);
+            l.tb2_rcv_saddr =
+                optional(btf.int_offset(TB2, "rcv_saddr", &[4]))?.map_or(NO_FIELD, |x| x.0);
         }
         l.tb2_v6_rcv_saddr = optional(btf.struct_offset(TB2, "v6_rcv_saddr"))?.unwrap_or(NO_FIELD);
     }
@@ -231,28 +242,48 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
     l.owners_mode = owners_mode(btf, &l)?;
     l.valid = 1;
 
-    let functions = TRACKED_FUNCTIONS.iter().map(|&name| (name.to_string(), btf.func_params(name))).collect();
-    Ok(Resolved { layout: l, kernel_release: btf.kernel().to_string(), variants, functions })
+    let functions = TRACKED_FUNCTIONS
+        .iter()
+        .map(|&name| (name.to_string(), btf.func_params(name)))
+        .collect();
+    Ok(Resolved {
+        layout: l,
+        kernel_release: btf.kernel().to_string(),
+        variants,
+        functions,
+    })
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT`: a bit of `inet_flags` (variant [`Id::InetFlags`]) or the
 /// `bind_address_no_port` bit field.
 fn bind_address_no_port(btf: &KernelBtf, inet_flags: bool) -> Result<BitField, LayoutError> {
     if !inet_flags {
-        return btf.bitfield("inet_sock", "bind_address_no_port").map_err(|e| match e {
-            LayoutError::MissingField { .. } => btf.missing("inet_sock", "bind_address_no_port` or `inet_flags"),
-            other => other,
-        });
+        return btf
+            .bitfield("inet_sock", "bind_address_no_port")
+            .map_err(|e| match e {
+                LayoutError::MissingField { .. } => {
+                    btf.missing("inet_sock", "bind_address_no_port` or `inet_flags")
+                }
+                other => other,
+            });
     }
     let flags = btf.field("inet_sock", "inet_flags")?;
     let word = btf.byte_offset("inet_sock", "inet_flags", flags)?;
-    let width = btf
-        .int_size(flags.tid)
-        .ok_or_else(|| btf.unexpected("inet_sock", "inet_flags", "an integer", btf.describe(flags.tid)))?;
+    let width = btf.int_size(flags.tid).ok_or_else(|| {
+        btf.unexpected(
+            "inet_sock",
+            "inet_flags",
+            "an integer",
+            btf.describe(flags.tid),
+        )
+    })?;
     const BIT: &str = "INET_FLAGS_BIND_ADDRESS_NO_PORT";
     let bit = btf
         .enumerator(BIT)
-        .ok_or_else(|| LayoutError::MissingEnumerator { name: BIT.to_string(), kernel: btf.kernel().to_string() })?;
+        .ok_or_else(|| LayoutError::MissingEnumerator {
+            name: BIT.to_string(),
+            kernel: btf.kernel().to_string(),
+        })?;
     if bit < 0 || bit >= (width as i128) * 8 || bit >= 64 {
         return Err(btf.unexpected(
             "inet_sock",
@@ -261,7 +292,12 @@ fn bind_address_no_port(btf: &KernelBtf, inet_flags: bool) -> Result<BitField, L
             btf.describe(flags.tid),
         ));
     }
-    Ok(BitField { byte_off: word, shift: bit as u8, width: 1, _pad: [0; 2] })
+    Ok(BitField {
+        byte_off: word,
+        shift: bit as u8,
+        width: 1,
+        _pad: [0; 2],
+    })
 }
 
 /// Where owners are counted: `tb->owners` when the bucket has one, else the owners of
@@ -280,7 +316,10 @@ fn owners_mode(btf: &KernelBtf, l: &Layout) -> Result<u32, LayoutError> {
     } else {
         "struct inet_bind_bucket has `bhash2` but struct inet_bind2_bucket has no `bhash_node` to walk it"
     };
-    Err(LayoutError::NoOwnerList { kernel: btf.kernel().to_string(), detail: detail.to_string() })
+    Err(LayoutError::NoOwnerList {
+        kernel: btf.kernel().to_string(),
+        detail: detail.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -777,7 +816,9 @@ mod tests {
         let r = host_layout().unwrap();
         let l = r.layout;
         let btf = KernelBtf::parse(&std::fs::read(VMLINUX_BTF).unwrap(), "host").unwrap();
-        let icsk_bind_hash = btf.ptr_offset("inet_connection_sock", "icsk_bind_hash").unwrap();
+        let icsk_bind_hash = btf
+            .ptr_offset("inet_connection_sock", "icsk_bind_hash")
+            .unwrap();
         let release = std::fs::read_to_string(OSRELEASE).unwrap();
         assert_eq!(r.kernel_release, release.trim());
         assert_eq!(l.valid, 1);
@@ -853,7 +894,13 @@ mod tests {
 
         // What the project's build machines (kernel 6.18) have.
         if r.kernel_release.starts_with("6.18") {
-            for id in [Id::Bhash2, Id::InetFlags, Id::PackedPortRange, Id::OwnersOnTb2, Id::Tb2Fastreuse] {
+            for id in [
+                Id::Bhash2,
+                Id::InetFlags,
+                Id::PackedPortRange,
+                Id::OwnersOnTb2,
+                Id::Tb2Fastreuse,
+            ] {
                 assert!(r.has(id), "{id:?}");
             }
             assert!(!r.has(Id::Tb2Deathrow));

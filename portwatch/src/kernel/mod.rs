@@ -43,7 +43,10 @@ pub fn layout_from_btf_bytes(bytes: &[u8], kernel_release: &str) -> Result<Resol
 }
 
 fn read_btf(path: &Path) -> Result<Vec<u8>, LayoutError> {
-    std::fs::read(path).map_err(|source| LayoutError::NoBtf { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| LayoutError::NoBtf {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read_release() -> Result<String, LayoutError> {

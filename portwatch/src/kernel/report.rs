@@ -12,20 +12,31 @@ use super::{
 impl Resolved {
     /// One line per fact, for a `--info` style feature report.
     pub fn describe(&self) -> Vec<String> {
-        let mut out = vec![format!("kernel {}", self.kernel_release), format!("owners: {}", self.owners_mode())];
+        let mut out = vec![
+            format!("kernel {}", self.kernel_release),
+            format!("owners: {}", self.owners_mode()),
+        ];
         out.push(match self.tb2_family() {
             Tb2Family::Family => "inet_bind2_bucket family: `family` (AF_*)".to_string(),
-            Tb2Family::AddrType => "inet_bind2_bucket family: `addr_type` (ipv6_addr_type)".to_string(),
+            Tb2Family::AddrType => {
+                "inet_bind2_bucket family: `addr_type` (ipv6_addr_type)".to_string()
+            }
             Tb2Family::Absent => "inet_bind2_bucket family: not available".to_string(),
         });
         out.push(match self.bind_address_no_port() {
-            NoPortSource::BitField => "IP_BIND_ADDRESS_NO_PORT: inet_sock.bind_address_no_port".to_string(),
+            NoPortSource::BitField => {
+                "IP_BIND_ADDRESS_NO_PORT: inet_sock.bind_address_no_port".to_string()
+            }
             NoPortSource::InetFlags => format!(
                 "IP_BIND_ADDRESS_NO_PORT: bit {} of inet_sock.inet_flags",
                 self.layout.inet_bind_address_no_port.shift
             ),
         });
-        out.extend(self.function_lines().into_iter().map(|l| format!("function {l}")));
+        out.extend(
+            self.function_lines()
+                .into_iter()
+                .map(|l| format!("function {l}")),
+        );
         out
     }
 
@@ -35,7 +46,12 @@ impl Resolved {
         let mut out = Vec::new();
         for v in VARIANTS {
             let has = self.has(v.id);
-            out.push(format!("[{}] {}: {}", if has { "x" } else { " " }, v.provenance(), v.change));
+            out.push(format!(
+                "[{}] {}: {}",
+                if has { "x" } else { " " },
+                v.provenance(),
+                v.change
+            ));
             out.push(format!("    -> {}", if has { v.with } else { v.without }));
         }
         out
@@ -54,7 +70,10 @@ impl Resolved {
 
     /// The same facts as JSON.
     pub fn report_json(&self) -> Value {
-        let variants: Vec<Value> = VARIANTS.iter().map(|v| variant_json(v, self.has(v.id))).collect();
+        let variants: Vec<Value> = VARIANTS
+            .iter()
+            .map(|v| variant_json(v, self.has(v.id)))
+            .collect();
         json!({
             "kernel": self.kernel_release,
             "owners_mode": self.owners_mode(),
