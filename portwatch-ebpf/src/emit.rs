@@ -32,7 +32,7 @@ pub fn port_wanted(cfg: &Config, port: u16) -> bool {
         return true;
     }
     // SAFETY: a plain lookup; the value is not kept.
-    unsafe { PORTS.get(&port).is_some() }
+    unsafe { PORTS.get(port).is_some() }
 }
 
 /// What an event is about.
@@ -157,7 +157,7 @@ pub fn remember(sk: u64, net: u64, port: u16, family: u16) {
         _pad: [0; 4],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    let _ = SOCKS.insert(&sk, &k, 0);
+    let _ = SOCKS.insert(sk, k, 0);
 }
 
 #[inline(always)]

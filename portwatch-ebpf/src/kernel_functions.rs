@@ -40,8 +40,8 @@ fn key(hook_id: u64) -> u64 {
 fn take(hook_id: u64) -> Option<Pending> {
     let k = key(hook_id);
     // SAFETY: copy the value out; the entry is removed right after.
-    let p = unsafe { *PENDING.get(&k)? };
-    let _ = PENDING.remove(&k);
+    let p = unsafe { *PENDING.get(k)? };
+    let _ = PENDING.remove(k);
     Some(p)
 }
 
@@ -66,7 +66,7 @@ fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
         op: which,
         had_port: (cur != 0) as u8,
     };
-    PENDING.insert(&key(hook_id), &p, 0).ok()
+    PENDING.insert(key(hook_id), p, 0).ok()
 }
 
 /// The port a failed ephemeral search was about: the range's only port, if so.
@@ -184,12 +184,12 @@ pub fn inherit_return(hook: u8, ret: i64) {
         return;
     }
     // SAFETY: copy of a plain value.
-    if let Some(k) = unsafe { SOCKS.get(&p.aux) } {
+    if let Some(k) = unsafe { SOCKS.get(p.aux) } {
         let mut kk = *k;
         kk.port = port;
         // Attribute to the listener's owner; the child is remembered under its own
         // address for its later release.
-        let _ = SOCKS.insert(&p.sk, &kk, 0);
+        let _ = SOCKS.insert(p.sk, kk, 0);
         send_known(&cfg, op::ACCEPT, hook, p.sk, &kk);
     } else {
         remember(p.sk, p.net, port, sk_family(p.sk));
@@ -225,8 +225,8 @@ pub fn put_port_return(hook: u8) {
         return;
     }
     // SAFETY: copy of a plain value.
-    let known = unsafe { SOCKS.get(&p.sk).copied() };
-    let _ = SOCKS.remove(&p.sk);
+    let known = unsafe { SOCKS.get(p.sk).copied() };
+    let _ = SOCKS.remove(p.sk);
     match known {
         Some(k) => send_known(&cfg, op::RELEASE, hook, p.sk, &k),
         None => release_anon(&cfg, hook, &p),
@@ -287,7 +287,7 @@ pub fn tw_unhash_entry(tw: u64) {
         op: op::RELEASE,
         had_port: 1,
     };
-    let _ = PENDING.insert(&key(H_TW_UNHASH), &p, 0);
+    let _ = PENDING.insert(key(H_TW_UNHASH), p, 0);
 }
 
 #[inline(always)]

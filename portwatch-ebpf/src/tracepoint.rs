@@ -103,7 +103,7 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         had_port: (cur != 0) as u8,
     };
     let key = bpf_get_current_pid_tgid();
-    PENDING.insert(&key, &p, 0).ok()
+    PENDING.insert(key, p, 0).ok()
 }
 
 /// Exit side: report the bucket of the port involved.
@@ -111,8 +111,8 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
 fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copy out the value; the entry is removed right after.
-    let p = unsafe { *PENDING.get(&key)? };
-    let _ = PENDING.remove(&key);
+    let p = unsafe { *PENDING.get(key)? };
+    let _ = PENDING.remove(key);
     if p.op != which {
         return None;
     }
@@ -151,7 +151,7 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         remember(p.sk, p.net, port, sk_family(p.sk));
     }
     if which == op::CLOSE {
-        let _ = SOCKS.remove(&p.sk);
+        let _ = SOCKS.remove(p.sk);
     }
     let s = Subject {
         op: which,
@@ -293,8 +293,8 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: as above.
     let sk: u64 = unsafe { ctx.read_at(off_sk as usize).ok()? };
     // SAFETY: copy out the value; the entry is removed right after.
-    let k = unsafe { *SOCKS.get(&sk)? };
-    let _ = SOCKS.remove(&sk);
+    let k = unsafe { *SOCKS.get(sk)? };
+    let _ = SOCKS.remove(sk);
     let cfg = config();
     if !netns_wanted(&cfg, k.netns) || !port_wanted(&cfg, k.port) {
         return None;

@@ -41,8 +41,11 @@ pub struct Descriptor {
     /// Loads and attaches the programs; warnings name optional hooks left out.
     pub attach: fn(&mut Ebpf, &Resolved, &mut Vec<String>) -> Result<(), Refusal>,
     /// Corrections to each batch of drained events, for what the backend cannot see.
-    pub fix_up: Option<fn(&mut FixUp<'_>, Vec<Event>) -> Result<Vec<Event>, BackendError>>,
+    pub fix_up: Option<FixUpFn>,
 }
+
+/// A backend's correction of a batch of drained events.
+pub type FixUpFn = fn(&mut FixUp<'_>, Vec<Event>) -> Result<Vec<Event>, BackendError>;
 
 /// What a fix-up may use: the object and its snapshot engine.
 pub struct FixUp<'a> {

@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn derived_kernels_have_the_variants_of_their_series() {
         for series in [(5, 10), (5, 15), (6, 1), (6, 6), (6, 8), (6, 12), (6, 18)] {
-            let k = FakeKernel::linux_6_18().as_of(series);
+            let k = FakeKernel::linux_6_18().rewound_to(series);
             let detected = k.detected();
             for v in VARIANTS {
                 assert_eq!(
@@ -368,7 +368,7 @@ mod tests {
             assert_eq!(r.variants, detected);
         }
         assert_eq!(
-            FakeKernel::linux_6_18().as_of((6, 18)),
+            FakeKernel::linux_6_18().rewound_to((6, 18)),
             FakeKernel::linux_6_18()
         );
     }
