@@ -7,7 +7,7 @@ use std::{
     io::IsTerminal,
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Output},
+    process::{Child, Command, ExitStatus, Output},
 };
 
 use anyhow::{bail, Context, Result};
@@ -126,6 +126,20 @@ pub fn describe_status(st: ExitStatus) -> String {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(sig)) => format!("killed by signal {sig}"),
         (None, None) => "unknown status".to_string(),
+    }
+}
+
+/// Owns a child process: if it still runs when the guard is dropped (an error or a panic
+/// on the way), it is killed (SIGKILL, by pid through the handle) and reaped, so no child
+/// outlives the step that started it.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 

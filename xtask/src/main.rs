@@ -5,12 +5,13 @@
 //! - `test [-- CARGO_TEST_ARGS]`: setup, build, `cargo test --workspace` as root, VM matrix.
 
 mod bench;
+mod build;
 mod cmd;
 mod run;
 mod setup;
 mod soak;
+mod table;
 mod test;
-/// The VM kernel matrix (written separately; see its module docs).
 mod vm;
 
 use std::process::ExitCode;

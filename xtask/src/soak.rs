@@ -88,16 +88,17 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     if args.minutes <= 0.0 || args.ports == 0 {
         bail!("--minutes and --ports must be positive");
     }
-    let root = procs::workspace_root();
+    let root = crate::cmd::workspace_root();
     if !args.no_build {
-        procs::build_release(&root)?;
+        crate::build::release(&["--bins", "--examples"])?;
     }
-    let bins = Bins::new(&root);
+    let target = crate::build::target_dir()?;
+    let bins = Bins::new(&target);
     bins.check()?;
     let machine = procs::machine();
     let workers = args.workers.unwrap_or(machine.nproc.max(1));
     let backend = procs::backends(&bins).ok().and_then(|b| b.chosen);
-    let scratch = root.join("target").join("bench").join("tmp");
+    let scratch = crate::bench::scratch_dir(&target);
 
     let churn_args: Vec<String> = [
         "--mode".to_string(),

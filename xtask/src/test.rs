@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cmd, run, setup};
+use crate::{build, cmd, setup};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -117,7 +117,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         cmd::interactive(),
     )?;
     setup::run()?;
-    run::build_release()?;
+    build::release(&[])?;
 
     let mut test = cmd::cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])

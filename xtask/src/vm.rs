@@ -4,7 +4,7 @@
 //! Building blocks for the matrix logic on top:
 //! - [`prepare_kernels`]: newest Debian cloud kernel of each series (apt, cached in
 //!   `target/vm-cache/`);
-//! - [`boot_and_run`] / [`boot_and_run_with`]: one guest boot running a list of
+//! - [`boot::boot_and_run_with`] / [`run_all`]: one guest boot running a list of
 //!   [`GuestCmd`], parsed into a [`GuestRun`] (full log in `target/vm-results/`);
 //! - [`render_matrix`] / [`MatrixReport`]: the table and its JSON form.
 //!
@@ -15,6 +15,7 @@
 //! and state checks, and renders the tables (target/vm-results/matrix.{json,md}, and the
 //! README section with `--update-readme`).
 
+mod boot;
 mod host;
 mod initramfs;
 mod kernels;
@@ -26,15 +27,11 @@ mod serial;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+pub use boot::{run_all, BootOptions, GuestRun};
 pub use initramfs::{GuestCmd, GuestFile};
 pub use kernels::KernelImage;
 use serde::Serialize;
@@ -81,222 +78,15 @@ pub struct VmArgs {
     pub no_host: bool,
 }
 
-/// Result of one guest boot.
-#[derive(Debug, Clone, Serialize)]
-pub struct GuestRun {
-    pub kernel: KernelImage,
-    /// `uname -r` printed inside the guest; `None` if init never got that far.
-    pub kernel_release: Option<String>,
-    pub results: Vec<CmdResult>,
-    /// From qemu start to qemu exit (or kill).
-    #[serde(rename = "duration_secs", serialize_with = "secs")]
-    pub duration: Duration,
-    pub log_path: PathBuf,
-    /// Guest uptime when init started: the kernel's own boot time under TCG.
-    pub kernel_boot_secs: Option<f64>,
-    /// Guest time spent running the commands (uptime at the end minus at the start).
-    pub commands_secs: Option<f64>,
-    /// The guest's init ran to its end (`@@PW-DONE@@`).
-    pub completed: bool,
-    /// qemu was killed at the timeout.
-    pub timed_out: bool,
-    /// Init warnings (mount failures...) and parser warnings.
-    pub warnings: Vec<String>,
-}
-
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_f64((d.as_secs_f64() * 100.0).round() / 100.0)
-}
-
-impl GuestRun {
-    /// Boot problems: empty when the guest booted, ran every command and powered off.
-    pub fn boot_problems(&self, cmds: &[GuestCmd]) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.timed_out {
-            p.push(format!(
-                "timed out after {:.0} s",
-                self.duration.as_secs_f64()
-            ));
-        }
-        match &self.kernel_release {
-            None => p.push("init never printed uname -r (kernel or init failed)".to_owned()),
-            Some(r) if *r != self.kernel.release => {
-                p.push(format!("guest runs {r}, expected {}", self.kernel.release))
-            }
-            Some(_) => {}
-        }
-        if !self.completed && !self.timed_out {
-            p.push("guest stopped before @@PW-DONE@@".to_owned());
-        }
-        for c in cmds {
-            match self.result(&c.name) {
-                None => p.push(format!("{}: never ran", c.name)),
-                Some(r) if r.rc.is_none() => p.push(format!("{}: did not finish", c.name)),
-                Some(_) => {}
-            }
-        }
-        p
-    }
-
-    pub fn result(&self, name: &str) -> Option<&CmdResult> {
-        self.results.iter().find(|r| r.name == name)
-    }
-}
-
-/// Where things go, and what goes into the guest.
-#[derive(Debug, Clone)]
-pub struct BootOptions {
-    pub timeout: Duration,
-    /// Host files copied into the guest (with their shared libraries).
-    pub files: Vec<GuestFile>,
-    /// Serial logs go to `<results_dir>/<kernel release>.log`.
-    pub results_dir: PathBuf,
-    /// Scratch space for the initramfs (a subdirectory per boot).
-    pub work_dir: PathBuf,
-    /// Keep the per-boot work subdirectory.
-    pub keep: bool,
-    /// Log file name suffix, for booting one kernel more than once in a run:
-    /// `<results_dir>/<release>-<tag>.log` instead of `<release>.log`.
-    pub log_tag: Option<String>,
-}
-
-impl BootOptions {
-    /// Defaults for this repository: target/release/portwatch as /usr/bin/portwatch,
-    /// logs in target/vm-results, scratch in target/vm-work.
-    pub fn for_repo(timeout: Duration) -> Result<Self> {
-        let target = target_dir()?;
-        let pw = target.join("release").join("portwatch");
-        if !pw.is_file() {
-            bail!(
-                "{} is missing; build it with `cargo build --release -p portwatch`",
-                pw.display()
-            );
-        }
-        Ok(Self {
-            timeout,
-            files: vec![GuestFile {
-                host: pw,
-                guest: "/usr/bin/portwatch".into(),
-                with_libs: true,
-            }],
-            results_dir: target.join("vm-results"),
-            work_dir: target.join("vm-work"),
-            keep: false,
-            log_tag: None,
-        })
-    }
-}
-
 /// The default guest commands: the backend matrix's (see [`matrix::matrix_cmds`]).
 pub fn default_cmds() -> Vec<GuestCmd> {
     matrix::matrix_cmds()
 }
 
-/// The workspace root: the parent of xtask's manifest dir, or (when this file is
-/// compiled elsewhere) the nearest ancestor of the current directory holding
-/// portwatch/Cargo.toml.
-pub fn workspace_root() -> Result<PathBuf> {
-    let is_root = |p: &Path| {
-        p.join("portwatch").join("Cargo.toml").is_file() && p.join("Cargo.toml").is_file()
-    };
-    if let Some(p) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
-        if is_root(p) {
-            return Ok(p.to_owned());
-        }
-    }
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    cwd.ancestors()
-        .find(|p| is_root(p))
-        .map(Path::to_owned)
-        .with_context(|| {
-            format!(
-                "no portwatch workspace above {}; run from the repository",
-                cwd.display()
-            )
-        })
-}
-
-fn target_dir() -> Result<PathBuf> {
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Ok(PathBuf::from(t));
-    }
-    Ok(workspace_root()?.join("target"))
-}
-
 /// Newest Debian cloud kernel of each series (e.g. `["6.1", "6.12"]`), downloaded and
 /// unpacked into target/vm-cache/ unless already there.
 pub fn prepare_kernels(series: &[&str]) -> Result<Vec<KernelImage>> {
-    kernels::prepare_kernels_in(&target_dir()?.join("vm-cache"), series)
-}
-
-/// Boots `kernel` with the repository's default guest files (see
-/// [`BootOptions::for_repo`]) and runs `cmds`. A timeout is not an `Err`: the run comes
-/// back with `timed_out` set and whatever the log holds; see [`GuestRun::boot_problems`].
-#[allow(dead_code)] // API for the matrix logic built on top of `run`.
-pub fn boot_and_run(
-    kernel: &KernelImage,
-    cmds: &[GuestCmd],
-    timeout: Duration,
-) -> Result<GuestRun> {
-    boot_and_run_with(kernel, cmds, &BootOptions::for_repo(timeout)?)
-}
-
-/// [`boot_and_run`] with explicit options.
-pub fn boot_and_run_with(
-    kernel: &KernelImage,
-    cmds: &[GuestCmd],
-    opts: &BootOptions,
-) -> Result<GuestRun> {
-    for c in cmds {
-        c.validate()?;
-    }
-    let busybox = initramfs::find_busybox()?;
-    static BOOTS: AtomicUsize = AtomicUsize::new(0);
-    let work = opts.work_dir.join(format!(
-        "{}-{}-{}",
-        kernel.release,
-        std::process::id(),
-        BOOTS.fetch_add(1, Ordering::SeqCst)
-    ));
-    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let initrd = work.join("initramfs.cpio.gz");
-    let archive = initramfs::build_archive(&busybox, &opts.files, cmds)?;
-    initramfs::write_gzip(&archive, &initrd)?;
-    let log_path = opts.results_dir.join(match &opts.log_tag {
-        Some(tag) => format!("{}-{tag}.log", kernel.release),
-        None => format!("{}.log", kernel.release),
-    });
-    let run = qemu::boot(&kernel.vmlinuz, &initrd, opts.timeout, &log_path);
-    if !opts.keep {
-        let _ = fs::remove_dir_all(&work);
-    }
-    let q = run.with_context(|| format!("booting {}", kernel.package))?;
-    let parsed = serial::parse_log(&q.log);
-    let mut warnings = parsed.warnings;
-    let qemu_err = q.stderr.trim();
-    if !qemu_err.is_empty() {
-        warnings.push(format!("qemu stderr: {qemu_err}"));
-    }
-    if !parsed.done && !q.timed_out {
-        if let Some(st) = q.exit {
-            warnings.push(format!("qemu exited ({st}) before the guest finished"));
-        }
-    }
-    Ok(GuestRun {
-        kernel: kernel.clone(),
-        kernel_release: parsed.kernel_release,
-        results: parsed.results,
-        duration: q.duration,
-        log_path,
-        kernel_boot_secs: parsed.uptime_start,
-        commands_secs: parsed
-            .uptime_start
-            .zip(parsed.uptime_end)
-            .map(|(a, b)| ((b - a) * 100.0).round() / 100.0),
-        completed: parsed.done,
-        timed_out: q.timed_out,
-        warnings,
-    })
+    kernels::prepare_kernels_in(&crate::build::target_dir()?.join("vm-cache"), series)
 }
 
 /// One kernel's row in the JSON report.
@@ -376,77 +166,7 @@ pub fn render_matrix(cmds: &[GuestCmd], runs: &[GuestRun]) -> String {
         row.extend(cmds.iter().map(|c| cell(r, &c.name)));
         rows.push(row);
     }
-    let ncol = rows[0].len();
-    let widths: Vec<usize> = (0..ncol)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-        if i == 0 {
-            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&sep.join("  "));
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn build_portwatch(root: &Path) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("vm: cargo build --release -p portwatch");
-    let st = Command::new(cargo)
-        .args(["build", "--release", "-p", "portwatch"])
-        .current_dir(root)
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("cargo build --release -p portwatch failed ({st}); fix the build or pass --no-build");
-    }
-    Ok(())
-}
-
-/// Boots every kernel, at most `jobs` at a time (a work queue: a free slot takes the
-/// next kernel). Results come back in the order of `kernels`.
-pub fn run_all(
-    kernels: &[KernelImage],
-    cmds: &[GuestCmd],
-    opts: &BootOptions,
-    jobs: usize,
-) -> Vec<Result<GuestRun>> {
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<Result<GuestRun>>>> =
-        kernels.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(kernels.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(k) = kernels.get(i) else { break };
-                let r = boot_and_run_with(k, cmds, opts);
-                if let Ok(mut slot) = slots[i].lock() {
-                    *slot = Some(r);
-                }
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .zip(kernels)
-        .map(|(slot, k)| {
-            slot.into_inner().ok().flatten().unwrap_or_else(|| {
-                Err(anyhow::anyhow!(
-                    "the boot of {} reported nothing",
-                    k.package
-                ))
-            })
-        })
-        .collect()
+    crate::table::text(&rows)
 }
 
 /// The guest runs as matrix rows (the label is the kernel series).
@@ -553,9 +273,9 @@ pub fn run(args: &VmArgs) -> Result<()> {
             dup.name
         );
     }
-    let root = workspace_root()?;
+    let root = crate::cmd::workspace_root();
     if !args.no_build {
-        build_portwatch(&root)?;
+        crate::build::release(&[])?;
     }
     let series: Vec<&str> = args.kernels.iter().map(String::as_str).collect();
     let kernels = prepare_kernels(&series)?;

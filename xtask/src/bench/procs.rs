@@ -24,10 +24,8 @@ pub struct Bins {
 }
 
 impl Bins {
-    pub fn new(root: &Path) -> Bins {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
+    /// The release binaries under `target` (cargo's target directory).
+    pub fn new(target: &Path) -> Bins {
         Bins {
             portwatch: target.join("release").join("portwatch"),
             churn: target.join("release").join("examples").join("churn"),
@@ -46,37 +44,6 @@ impl Bins {
         }
         Ok(())
     }
-}
-
-/// The workspace root (xtask/Cargo.toml sits one level below it).
-pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
-}
-
-/// `cargo build --release -p portwatch --bins --examples`.
-pub fn build_release(root: &Path) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    eprintln!("bench: cargo build --release -p portwatch --bins --examples");
-    let st = Command::new(cargo)
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "portwatch",
-            "--bins",
-            "--examples",
-        ])
-        .status()
-        .context("running cargo build (is cargo on PATH?)")?;
-    if !st.success() {
-        bail!("`cargo build --release -p portwatch --bins --examples` failed ({st}); fix the build or pass --no-build");
-    }
-    Ok(())
 }
 
 /// Machine facts for the report.

@@ -5,12 +5,14 @@
 use std::{
     io::Read,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+
+use crate::cmd::ChildGuard;
 
 use super::{CmdResult, GuestCmd};
 
@@ -21,18 +23,6 @@ pub fn host_argv(cmd: &GuestCmd, binary: &Path) -> Vec<String> {
         argv[0] = binary.display().to_string();
     }
     argv
-}
-
-/// Kills (by pid, through the handle) and reaps the child if it still runs when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn read_all(mut r: impl Read) -> Vec<u8> {

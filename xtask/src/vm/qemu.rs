@@ -5,12 +5,14 @@ use std::{
     fs,
     io::{Read, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
+
+use crate::cmd::ChildGuard;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -51,19 +53,6 @@ pub fn qemu_args(kernel: &Path, initrd: &Path) -> Vec<String> {
     a.push("-append".into());
     a.push("console=ttyS0 panic=-1 quiet".into());
     a
-}
-
-/// Kills (SIGKILL, by pid) and reaps the qemu child if it is still running when dropped,
-/// so no guest outlives an error or panic here.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn pump(mut src: impl Read, mut sink: Option<fs::File>) -> Vec<u8> {

@@ -1,0 +1,151 @@
+//! Agreement between backends: the selftest steps of every passing backend (without
+//! `op`, which names the hook that saw the change) compared scenario by scenario, with a
+//! line diff when they differ.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::SelftestOut;
+
+/// Two passing backends saw different steps in one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Disagreement {
+    pub scenario: String,
+    pub reference: String,
+    pub other: String,
+    /// Line diff of the steps (without `op`): "  " same, "- " reference only,
+    /// "+ " other only.
+    pub diff: Vec<String>,
+}
+
+/// A step with `op` removed: what must agree between backends.
+pub fn comparable(step: &Value) -> Value {
+    match step {
+        Value::Object(m) => {
+            let mut m = m.clone();
+            m.remove("op");
+            Value::Object(m)
+        }
+        other => other.clone(),
+    }
+}
+
+/// One line per step: the well-known fields first, then any others (sorted).
+pub fn render_step(step: &Value) -> String {
+    let Value::Object(m) = step else {
+        return step.to_string();
+    };
+    let known = [
+        "port",
+        "kind",
+        "fastreuse",
+        "fastreuseport",
+        "owners",
+        "errno",
+    ];
+    let val = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut parts = Vec::new();
+    for k in known {
+        if let Some(v) = m.get(k) {
+            parts.push(if k == "kind" {
+                val(v)
+            } else {
+                format!("{k} {}", val(v))
+            });
+        }
+    }
+    for (k, v) in m {
+        if k != "op" && !known.contains(&k.as_str()) {
+            parts.push(format!("{k} {}", val(v)));
+        }
+    }
+    parts.join(" ")
+}
+
+/// Line diff (longest common subsequence) of two step lists.
+pub fn diff_lines(a: &[String], b: &[String]) -> Vec<String> {
+    let (n, m) = (a.len(), b.len());
+    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            out.push(format!("  {}", a[i]));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push(format!("- {}", a[i]));
+            i += 1;
+        } else {
+            out.push(format!("+ {}", b[j]));
+            j += 1;
+        }
+    }
+    out
+}
+
+/// Compares the selftest steps (without `op`) of every passing backend with the first
+/// one, scenario by scenario (a scenario missing on one side is a disagreement too).
+pub fn agreement(passed: &[SelftestOut]) -> Vec<Disagreement> {
+    let Some((reference, others)) = passed.split_first() else {
+        return Vec::new();
+    };
+    let steps_of = |st: &SelftestOut, name: &str| -> Option<Vec<Value>> {
+        st.scenarios
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.steps.iter().map(comparable).collect())
+    };
+    let lines = |steps: &Option<Vec<Value>>| -> Vec<String> {
+        steps
+            .as_ref()
+            .map(|v| v.iter().map(render_step).collect())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for other in others {
+        let mut names: Vec<&str> = reference
+            .scenarios
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        for s in &other.scenarios {
+            if !names.contains(&s.name.as_str()) {
+                names.push(&s.name);
+            }
+        }
+        for name in names {
+            let (a, b) = (steps_of(reference, name), steps_of(other, name));
+            if a == b {
+                continue;
+            }
+            let mut diff = Vec::new();
+            if a.is_none() {
+                diff.push(format!("(scenario missing on {})", reference.backend));
+            }
+            if b.is_none() {
+                diff.push(format!("(scenario missing on {})", other.backend));
+            }
+            diff.extend(diff_lines(&lines(&a), &lines(&b)));
+            out.push(Disagreement {
+                scenario: name.to_owned(),
+                reference: reference.backend.clone(),
+                other: other.backend.clone(),
+                diff,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,258 @@
+//! The matrix as text tables (printed by `cargo xtask vm`) and as markdown
+//! (target/vm-results/matrix.md and the README section).
+
+use std::collections::BTreeMap;
+
+use super::{fmt_fastreuse, BackendCell, BackendStatus, KernelRow, Matrix, BACKENDS};
+
+pub fn backend_text(c: &BackendCell) -> String {
+    match &c.status {
+        BackendStatus::Pass => match c.secs {
+            Some(t) => format!("pass {t:.1}s"),
+            None => "pass".to_owned(),
+        },
+        BackendStatus::Fail(_) => "FAIL".to_owned(),
+        BackendStatus::Refused(why) => format!("refused: {why}"),
+        BackendStatus::NotRun(_) => "not run".to_owned(),
+    }
+}
+
+pub fn reuseaddr_text(r: &KernelRow) -> String {
+    let mut by_value: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for c in &r.backends {
+        if let Some(v) = &c.reuseaddr_fastreuse {
+            by_value.entry(v.clone()).or_default().push(&c.backend);
+        }
+    }
+    if by_value.is_empty() {
+        return "-".to_owned();
+    }
+    by_value
+        .iter()
+        .map(|(v, bs)| format!("{v} ({})", bs.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+pub fn agree_text(r: &KernelRow) -> String {
+    let n = r.passed_backends().len();
+    if !r.disagreements.is_empty() {
+        let s: Vec<String> = r
+            .disagreements
+            .iter()
+            .map(|d| format!("{} ({} vs {})", d.scenario, d.reference, d.other))
+            .collect();
+        format!("NO: {}", s.join(", "))
+    } else if n >= 2 {
+        format!("yes ({n} backends)")
+    } else {
+        format!("n/a ({n} passing)")
+    }
+}
+
+pub fn boot_text(r: &KernelRow) -> String {
+    let t = r.secs.map(|s| format!(" {s:.1}s")).unwrap_or_default();
+    match (r.host, r.boot_problems.is_empty()) {
+        (true, _) => format!("host{t}"),
+        (false, true) => format!("ok{t}"),
+        (false, false) => format!("FAIL{t}"),
+    }
+}
+
+/// The backend table: one row per kernel.
+pub fn backend_table(m: &Matrix) -> Vec<Vec<String>> {
+    let mut header = vec![
+        "kernel".to_owned(),
+        "uname -r".to_owned(),
+        "run (boot + commands)".to_owned(),
+    ];
+    header.extend(BACKENDS.iter().map(|b| (*b).to_owned()));
+    header.push("backends agree".to_owned());
+    header.push("fastreuse after SO_REUSEADDR bind".to_owned());
+    let mut rows = vec![header];
+    for r in &m.rows {
+        let mut row = vec![
+            r.label.clone(),
+            r.release.clone().unwrap_or_else(|| "?".into()),
+            boot_text(r),
+        ];
+        for b in BACKENDS {
+            row.push(
+                r.backends
+                    .iter()
+                    .find(|c| c.backend == b)
+                    .map_or_else(|| "?".to_owned(), backend_text),
+            );
+        }
+        row.push(agree_text(r));
+        row.push(reuseaddr_text(r));
+        rows.push(row);
+    }
+    rows
+}
+
+/// The quiz table: one row per kernel.
+pub fn quiz_table(m: &Matrix) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "kernel".to_owned(),
+        "quiz backend".to_owned(),
+        "quizzes as in the article".to_owned(),
+        "fixes as in the article".to_owned(),
+        "state steps differing from the article (article -> observed)".to_owned(),
+    ]];
+    for r in &m.rows {
+        let q = &r.quiz;
+        let ran = q.quizzes_total + q.fixes_total > 0;
+        let frac = |same: usize, total: usize| {
+            if ran {
+                format!("{same}/{total}")
+            } else {
+                "not run".to_owned()
+            }
+        };
+        let with_diffs = |mut t: String, ids: &[String]| {
+            if !ids.is_empty() {
+                t.push_str(&format!(" (differs: {})", ids.join(", ")));
+            }
+            t
+        };
+        let quizzes = with_diffs(frac(q.quizzes_same, q.quizzes_total), &q.quiz_differs);
+        let fixes = with_diffs(frac(q.fixes_same, q.fixes_total), &q.fix_differs);
+        let findings: Vec<String> = q
+            .state_findings()
+            .map(|s| {
+                format!(
+                    "{} {}: {} -> {}",
+                    s.check,
+                    s.label,
+                    fmt_fastreuse(s.article),
+                    s.observed_text()
+                )
+            })
+            .collect();
+        let states = if q.states.is_empty() {
+            "not run".to_owned()
+        } else if findings.is_empty() {
+            "none".to_owned()
+        } else {
+            findings.join("; ")
+        };
+        rows.push(vec![
+            r.label.clone(),
+            q.backend.clone().unwrap_or_else(|| "-".into()),
+            quizzes,
+            fixes,
+            states,
+        ]);
+    }
+    rows
+}
+
+/// "article vs 6.1 vs 6.12 vs host" for every checked state step (observed fastreuse;
+/// values that differ from the article are marked).
+pub fn state_table_rows(m: &Matrix) -> Vec<Vec<String>> {
+    let mut header = vec![
+        "state check".to_owned(),
+        "step".to_owned(),
+        "article".to_owned(),
+    ];
+    header.extend(m.rows.iter().map(|r| r.label.clone()));
+    let mut rows = vec![header];
+    for (check, label, article, per) in m.state_table() {
+        let mut row = vec![check, label, fmt_fastreuse(article)];
+        row.extend(per.iter().map(|s| match s {
+            None => "-".to_owned(),
+            Some(s) if s.differs() => format!("{} (differs)", s.observed_text()),
+            Some(s) => s.observed_text(),
+        }));
+        rows.push(row);
+    }
+    rows
+}
+
+/// GitHub-flavoured markdown table.
+pub fn md_table(rows: &[Vec<String>]) -> String {
+    let esc = |s: &str| s.replace('|', "\\|");
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|c| esc(c)).collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if i == 0 {
+            out.push_str(&format!("|{}\n", "---|".repeat(row.len())));
+        }
+    }
+    out
+}
+
+pub fn failure_lines(m: &Matrix) -> Vec<String> {
+    let mut lines = Vec::new();
+    for r in &m.rows {
+        for d in &r.disagreements {
+            lines.push(format!(
+                "{}: backends disagree on {} ({} vs {}, op ignored):",
+                r.label, d.scenario, d.reference, d.other
+            ));
+            lines.extend(d.diff.iter().map(|l| format!("    {l}")));
+        }
+    }
+    lines
+}
+
+/// The plain-text rendering printed by `cargo xtask vm`.
+pub fn render_text(m: &Matrix) -> String {
+    let mut out = String::new();
+    out.push_str("Backends (selftest per backend; refused = `portwatch probes` reason):\n");
+    out.push_str(&crate::table::text(&backend_table(m)));
+    out.push_str("\nQuizzes (`portwatch quiz --all`, automatic backend):\n");
+    out.push_str(&crate::table::text(&quiz_table(m)));
+    out.push_str("\nState checks: fastreuse after each checked step, article vs kernels:\n");
+    out.push_str(&crate::table::text(&state_table_rows(m)));
+    let diffs = failure_lines(m);
+    if !diffs.is_empty() {
+        out.push('\n');
+        out.push_str(&diffs.join("\n"));
+        out.push('\n');
+    }
+    let f = m.failures();
+    if !f.is_empty() {
+        out.push_str("\nFailures:\n");
+        for x in f {
+            out.push_str(&format!("  {x}\n"));
+        }
+    }
+    out
+}
+
+/// The markdown rendering (target/vm-results/matrix.md and the README section).
+pub fn render_markdown(m: &Matrix, produced_by: &str) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{produced_by}\n\n"));
+    out.push_str(
+        "Backends: `portwatch selftest --probe B --json` on each kernel; \"refused\" is the \
+         reason `portwatch probes --json` gives. Backends agree when every passing backend saw \
+         the same bucket transitions (the `op` field aside) in every scenario. The last column \
+         is the fastreuse of a new bucket created by a bind() with SO_REUSEADDR (the article: +1).\n\n",
+    );
+    out.push_str(&md_table(&backend_table(m)));
+    out.push_str(
+        "\nQuizzes: `portwatch quiz --all --json` (automatic backend): the eight quizzes and three \
+         fixes compared with the article's outcomes, and the state-machine steps whose observed \
+         fastreuse differs from the article's.\n\n",
+    );
+    out.push_str(&md_table(&quiz_table(m)));
+    out.push_str(
+        "\nState checks: fastreuse observed after each checked step, article vs kernels.\n\n",
+    );
+    out.push_str(&md_table(&state_table_rows(m)));
+    let diffs = failure_lines(m);
+    let f = m.failures();
+    if !diffs.is_empty() || !f.is_empty() {
+        out.push_str("\nFailures:\n\n```\n");
+        for l in diffs.iter().chain(&f) {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str("```\n");
+    }
+    out
+}

@@ -1,0 +1,490 @@
+use super::*;
+
+fn res(name: &str, rc: Option<i32>, output: &str) -> CmdResult {
+    CmdResult {
+        name: name.into(),
+        rc,
+        output: output.into(),
+        secs: Some(1.5),
+    }
+}
+
+const PROBES_61: &str = r#"portwatch: fentry: kernel has no inet_twsk_hashdance_schedule
+{
+  "attempts": [ { "backend": "fentry", "refused": null } ],
+  "chosen": "fentry",
+  "kernel": "6.1.0-56-cloud-amd64",
+  "owners_mode": "tb->owners"
+}"#;
+
+const PROBES_HOST: &str = r#"{
+  "attempts": [
+{ "backend": "fentry", "refused": "inet_csk_get_port: BPF_PROG_LOAD EPERM" },
+{ "backend": "kprobe", "refused": "kernel has no kprobes" },
+{ "backend": "tracepoint", "refused": null }
+  ],
+  "chosen": "tracepoint",
+  "kernel": "6.18.44"
+}"#;
+
+fn step(op: &str, port: u16, kind: &str, fr: Option<i8>, owners: u32, errno: i32) -> String {
+    let fr = fr.map_or_else(|| "null".to_owned(), |v| v.to_string());
+    format!(
+        r#"{{"op":"{op}","port":{port},"kind":"{kind}","fastreuse":{fr},"fastreuseport":{fr},"owners":{owners},"errno":{errno}}}"#
+    )
+}
+
+/// A selftest JSON document; `release_op` differs per backend like the real ones.
+fn selftest(kernel: &str, backend: &str, release_op: &str, reuse_fr: i8, fail: bool) -> String {
+    let s1 = [
+        step("connect", 60000, "bucket_created", Some(-1), 1, 0),
+        step("bind", 60000, "owner_added", Some(0), 2, 0),
+        step(release_op, 60000, "owner_removed", Some(0), 1, 0),
+        step(release_op, 60000, "bucket_destroyed", None, 0, 0),
+    ]
+    .join(",");
+    let s2 = [
+        step("bind", 6000, "bucket_created", Some(reuse_fr), 1, 0),
+        step(release_op, 6000, "bucket_destroyed", None, 0, 0),
+    ]
+    .join(",");
+    let failures = if fail {
+        r#"["owner_removed missing"]"#
+    } else {
+        "[]"
+    };
+    format!(
+        r#"portwatch: backend: {backend}
+{{"kernel":"{kernel}","backend":"{backend}","scenarios":[{{"name":"connect_bind_close","steps":[{s1}],"failures":{failures},"observations":[]}},{{"name":"reuseaddr_bind","steps":[{s2}],"failures":[],"observations":[["fastreuse after SO_REUSEADDR bind","{reuse_fr}"]]}}]}}"#
+    )
+}
+
+fn quiz_json(reuse_article_step_observed: i8, quiz8: &str, error5: bool) -> String {
+    let q = |id: &str, kind: &str, verdict: &str, err: bool| {
+        let e = if err {
+            r#""netns setup failed""#
+        } else {
+            "null"
+        };
+        format!(
+            r#"{{"id":"{id}","kind":"{kind}","verdict":"{verdict}","error":{e},"sockets":[],"timeline":[]}}"#
+        )
+    };
+    let mut qs = Vec::new();
+    for i in 1..=8 {
+        let id = i.to_string();
+        let v = if i == 8 { quiz8 } else { "same" };
+        qs.push(q(&id, "quiz", v, error5 && i == 5));
+    }
+    for id in ["3fix", "5fix", "6fix"] {
+        qs.push(q(id, "fix", "same", false));
+    }
+    let obs = reuse_article_step_observed;
+    let verdict = if obs == 1 { "same" } else { "finding" };
+    format!(
+        r#"portwatch: backend: tracepoint
+{{
+  "backend": "tracepoint",
+  "quizzes": {{ "kernel": "k", "quizzes": [{}] }},
+  "states": {{ "kernel": "k", "checks": [
+{{ "id": "-1/connect", "error": null, "steps": [
+  {{ "label": "s1 socket", "article": null, "observed": null, "verdict": null }},
+  {{ "label": "s1 connect", "article": -1, "observed": {{"bucket":"present","info":{{"fastreuse":-1,"fastreuseport":-1,"owners":1}}}}, "verdict": "same" }}
+]}},
+{{ "id": "+1/reuseaddr-bind", "error": null, "steps": [
+  {{ "label": "s1 bind", "article": 1, "observed": {{"bucket":"present","info":{{"fastreuse":{obs},"fastreuseport":0,"owners":1}}}}, "verdict": "{verdict}" }},
+  {{ "label": "s2 bind", "article": 1, "observed": {{"bucket":"absent"}}, "verdict": "not_observed" }}
+]}}
+  ]}}
+}}"#,
+        qs.join(",")
+    )
+}
+
+fn guest(label: &str, release: &str, results: Vec<CmdResult>) -> KernelInput {
+    KernelInput {
+        label: label.into(),
+        host: false,
+        release: Some(release.into()),
+        secs: Some(12.0),
+        boot_problems: vec![],
+        results,
+    }
+}
+
+fn all_pass_61() -> KernelInput {
+    let k = "6.1.0-56-cloud-amd64";
+    guest(
+        "6.1",
+        k,
+        vec![
+            res(PROBES, Some(0), PROBES_61),
+            res(
+                "selftest-fentry",
+                Some(0),
+                &selftest(k, "fentry", "release", 1, false),
+            ),
+            res(
+                "selftest-kprobe",
+                Some(0),
+                &selftest(k, "kprobe", "release", 1, false),
+            ),
+            res(
+                "selftest-tracepoint",
+                Some(0),
+                &selftest(k, "tracepoint", "close", 1, false),
+            ),
+            res(QUIZ, Some(0), &quiz_json(1, "same", false)),
+        ],
+    )
+}
+
+#[test]
+fn matrix_cmds_are_valid_unique_and_json() {
+    let c = matrix_cmds();
+    assert!(c.iter().all(|c| c.validate().is_ok()));
+    let names: std::collections::HashSet<_> = c.iter().map(|c| &c.name).collect();
+    assert_eq!(names.len(), c.len());
+    assert_eq!(c.len(), 5);
+    assert!(c.iter().all(|c| c.argv.iter().any(|a| a == "--json")));
+    assert!(c
+        .iter()
+        .any(|c| c.argv == ["portwatch", "selftest", "--probe", "kprobe", "--json"]));
+}
+
+#[test]
+fn extract_json_skips_stderr_lines_and_reports_missing_json() {
+    let p: ProbesOut = extract_json(PROBES_61).unwrap();
+    assert_eq!(p.chosen.as_deref(), Some("fentry"));
+    assert_eq!(p.kernel, "6.1.0-56-cloud-amd64");
+    // A brace line that is not the document, then the document.
+    let mixed = "warning {weird}\n{ not json\n{\"kernel\":\"k\",\"attempts\":[]}\ntrailing\n";
+    let p: ProbesOut = extract_json(mixed).unwrap();
+    assert_eq!(p.kernel, "k");
+    let e = extract_json::<ProbesOut>("portwatch: error: needs CAP_BPF\n").unwrap_err();
+    assert!(e.contains("no JSON"), "{e}");
+    let e = extract_json::<ProbesOut>("{\"kernel\": 3}\n").unwrap_err();
+    assert!(e.contains("does not parse"), "{e}");
+}
+
+#[test]
+fn all_backends_pass_and_agree_ignoring_op() {
+    let row = kernel_row(&all_pass_61());
+    assert!(row.failures.is_empty(), "{:?}", row.failures);
+    assert_eq!(row.passed_backends(), ["fentry", "kprobe", "tracepoint"]);
+    assert!(row.disagreements.is_empty());
+    assert!(row
+        .backends
+        .iter()
+        .all(|c| c.reuseaddr_fastreuse.as_deref() == Some("+1")));
+    assert_eq!(row.chosen.as_deref(), Some("fentry"));
+    assert_eq!((row.quiz.quizzes_same, row.quiz.quizzes_total), (8, 8));
+    assert_eq!((row.quiz.fixes_same, row.quiz.fixes_total), (3, 3));
+    // The absent bucket is a finding (observed differs), not a failure.
+    let f: Vec<_> = row.quiz.state_findings().collect();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].observed_text(), "absent");
+}
+
+#[test]
+fn host_refused_backends_are_not_failures() {
+    let k = "6.18.44";
+    let input = KernelInput {
+        label: "host (6.18)".into(),
+        host: true,
+        release: Some(k.into()),
+        secs: Some(4.0),
+        boot_problems: vec![],
+        results: vec![
+            res(PROBES, Some(0), PROBES_HOST),
+            res(
+                "selftest-fentry",
+                Some(2),
+                "portwatch: error: the fentry backend cannot run on this kernel: EPERM",
+            ),
+            res("selftest-kprobe", Some(2), "portwatch: error: no kprobes"),
+            res(
+                "selftest-tracepoint",
+                Some(0),
+                &selftest(k, "tracepoint", "close", 0, false),
+            ),
+            res(QUIZ, Some(0), &quiz_json(0, "same", false)),
+        ],
+    };
+    let row = kernel_row(&input);
+    assert!(row.failures.is_empty(), "{:?}", row.failures);
+    assert_eq!(
+        row.backends[0].status,
+        BackendStatus::Refused("inet_csk_get_port: BPF_PROG_LOAD EPERM".into())
+    );
+    assert_eq!(
+        row.backends[1].status,
+        BackendStatus::Refused("kernel has no kprobes".into())
+    );
+    assert_eq!(row.passed_backends(), ["tracepoint"]);
+    let m = Matrix::new(&[input], vec![]);
+    let t = crate::table::text(&backend_table(&m));
+    assert!(t.contains("refused: kernel has no kprobes"), "{t}");
+    assert!(t.contains("n/a (1 passing)"), "{t}");
+    assert!(t.contains("0 (tracepoint)"), "{t}");
+    let q = crate::table::text(&quiz_table(&m));
+    assert!(
+        q.contains(
+            "+1/reuseaddr-bind s1 bind: +1 -> 0; +1/reuseaddr-bind s2 bind: +1 -> absent"
+        ),
+        "{q}"
+    );
+}
+
+#[test]
+fn a_backend_that_is_not_refused_and_fails_is_a_failure() {
+    let k = "6.12.117+deb12-cloud-amd64";
+    let mut input = all_pass_61();
+    input.label = "6.12".into();
+    input.release = Some(k.into());
+    input.results = vec![
+        res(
+            PROBES,
+            Some(0),
+            &PROBES_61.replace("6.1.0-56-cloud-amd64", k),
+        ),
+        res(
+            "selftest-fentry",
+            Some(1),
+            &selftest(k, "fentry", "release", 1, true),
+        ),
+        res(
+            "selftest-kprobe",
+            Some(2),
+            "portwatch: error: attaching kprobe failed",
+        ),
+        res(
+            "selftest-tracepoint",
+            None,
+            "portwatch: backend: tracepoint",
+        ),
+        res(QUIZ, Some(0), &quiz_json(1, "same", false)),
+    ];
+    let row = kernel_row(&input);
+    assert!(
+        matches!(&row.backends[0].status, BackendStatus::Fail(w) if w[0].contains("connect_bind_close: owner_removed missing"))
+    );
+    assert!(
+        matches!(&row.backends[1].status, BackendStatus::Fail(w) if w[0].contains("rc 2") && w[0].contains("attaching kprobe failed"))
+    );
+    assert!(
+        matches!(&row.backends[2].status, BackendStatus::Fail(w) if w[0].contains("did not finish"))
+    );
+    assert_eq!(row.failures.len(), 3, "{:?}", row.failures);
+    assert!(row.passed_backends().is_empty());
+}
+
+#[test]
+fn disagreement_is_a_failure_with_a_diff() {
+    let k = "6.1.0-56-cloud-amd64";
+    let mut input = all_pass_61();
+    // kprobe misses the owner_removed step.
+    let bad = selftest(k, "kprobe", "release", 1, false).replace(
+        &format!(
+            "{},",
+            step("release", 60000, "owner_removed", Some(0), 1, 0)
+        ),
+        "",
+    );
+    assert_ne!(bad, selftest(k, "kprobe", "release", 1, false));
+    input.results[2] = res("selftest-kprobe", Some(0), &bad);
+    let row = kernel_row(&input);
+    assert_eq!(row.disagreements.len(), 1, "{:?}", row.disagreements);
+    let d = &row.disagreements[0];
+    assert_eq!(
+        (d.scenario.as_str(), d.reference.as_str(), d.other.as_str()),
+        ("connect_bind_close", "fentry", "kprobe")
+    );
+    assert_eq!(
+        d.diff,
+        [
+            "  port 60000 bucket_created fastreuse -1 fastreuseport -1 owners 1 errno 0",
+            "  port 60000 owner_added fastreuse 0 fastreuseport 0 owners 2 errno 0",
+            "- port 60000 owner_removed fastreuse 0 fastreuseport 0 owners 1 errno 0",
+            "  port 60000 bucket_destroyed fastreuse - fastreuseport - owners 0 errno 0",
+        ]
+    );
+    assert!(row
+        .failures
+        .iter()
+        .any(|f| f.contains("backends disagree on scenario connect_bind_close")));
+    let m = Matrix::new(&[input], vec![]);
+    let text = render_text(&m);
+    assert!(
+        text.contains("NO: connect_bind_close (fentry vs kprobe)"),
+        "{text}"
+    );
+    assert!(text.contains("    - port 60000 owner_removed"), "{text}");
+}
+
+#[test]
+fn differing_fastreuse_observation_between_backends_is_a_disagreement() {
+    let k = "6.1.0-56-cloud-amd64";
+    let mut input = all_pass_61();
+    input.results[3] = res(
+        "selftest-tracepoint",
+        Some(0),
+        &selftest(k, "tracepoint", "close", 0, false),
+    );
+    let row = kernel_row(&input);
+    // Compared with the reference (fentry): kprobe agrees, tracepoint does not.
+    assert_eq!(row.disagreements.len(), 1, "{:?}", row.disagreements);
+    let d = &row.disagreements[0];
+    assert_eq!(
+        (d.scenario.as_str(), d.other.as_str()),
+        ("reuseaddr_bind", "tracepoint")
+    );
+    assert_eq!(
+        d.diff[0],
+        "- port 6000 bucket_created fastreuse 1 fastreuseport 1 owners 1 errno 0"
+    );
+    assert_eq!(
+        d.diff[1],
+        "+ port 6000 bucket_created fastreuse 0 fastreuseport 0 owners 1 errno 0"
+    );
+    assert_eq!(reuseaddr_text(&row), "+1 (fentry, kprobe); 0 (tracepoint)");
+}
+
+#[test]
+fn quiz_that_could_not_run_is_a_failure_but_a_differing_one_is_not() {
+    let mut input = all_pass_61();
+    input.results[4] = res(QUIZ, Some(0), &quiz_json(1, "differs", false));
+    let row = kernel_row(&input);
+    assert!(row.failures.is_empty(), "{:?}", row.failures);
+    assert_eq!(row.quiz.quiz_differs, ["8"]);
+    assert!(row.quiz.fix_differs.is_empty());
+    let q = crate::table::text(&quiz_table(&Matrix::new(&[input.clone()], vec![])));
+    assert!(q.contains("7/8 (differs: 8)"), "{q}");
+    assert_eq!(row.quiz.quizzes_same, 7);
+
+    input.results[4] = res(QUIZ, Some(1), &quiz_json(1, "same", true));
+    let row = kernel_row(&input);
+    assert!(
+        row.failures
+            .iter()
+            .any(|f| f.contains("quiz 5 could not run: netns setup failed")),
+        "{:?}",
+        row.failures
+    );
+    assert!(row.failures.iter().any(|f| f.contains("rc 1")));
+
+    input.results[4] = res(QUIZ, Some(101), "thread 'main' panicked");
+    let row = kernel_row(&input);
+    assert!(
+        row.failures
+            .iter()
+            .any(|f| f.contains("printed no JSON") && f.contains("panicked")),
+        "{:?}",
+        row.failures
+    );
+    assert_eq!(
+        crate::table::text(&quiz_table(&Matrix::new(&[input], vec![])))
+            .matches("not run")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn boot_failure_fails_but_does_not_repeat_per_backend() {
+    let mut input = all_pass_61();
+    input.boot_problems = vec!["timed out after 180 s".into()];
+    input.results.truncate(1);
+    let row = kernel_row(&input);
+    assert!(row
+        .backends
+        .iter()
+        .all(|c| matches!(c.status, BackendStatus::NotRun(_))));
+    // The boot problems name every command that did not run: nothing is repeated.
+    assert_eq!(row.failures, ["timed out after 180 s"]);
+    assert_eq!(boot_text(&row), "FAIL 12.0s");
+    // Without boot problems, a command that never ran is a failure of its own.
+    input.boot_problems.clear();
+    let row = kernel_row(&input);
+    assert!(
+        row.failures.iter().any(|f| f == "quiz never ran"),
+        "{:?}",
+        row.failures
+    );
+    assert!(row
+        .failures
+        .iter()
+        .any(|f| f == "fentry: selftest-fentry never ran"));
+    assert_eq!(boot_text(&row), "ok 12.0s");
+}
+
+#[test]
+fn wrong_kernel_in_json_is_a_failure() {
+    let mut input = all_pass_61();
+    input.release = Some("6.1.0-99-cloud-amd64".into());
+    let row = kernel_row(&input);
+    assert!(row
+        .failures
+        .iter()
+        .any(|f| f.starts_with("probes reports kernel 6.1.0-56")));
+    assert!(row
+        .failures
+        .iter()
+        .any(|f| f.starts_with("fentry: selftest reports kernel")));
+}
+
+#[test]
+fn state_table_lines_up_kernels_and_marks_differences() {
+    let mut host = all_pass_61();
+    host.label = "host (6.18)".into();
+    host.results[4] = res(QUIZ, Some(0), &quiz_json(0, "same", false));
+    let m = Matrix::new(
+        &[all_pass_61(), host],
+        vec!["6.12: apt-get download failed".into()],
+    );
+    let rows = state_table_rows(&m);
+    assert_eq!(
+        rows[0],
+        ["state check", "step", "article", "6.1", "host (6.18)"]
+    );
+    assert_eq!(rows[1], ["-1/connect", "s1 connect", "-1", "-1", "-1"]);
+    assert_eq!(
+        rows[2],
+        ["+1/reuseaddr-bind", "s1 bind", "+1", "+1", "0 (differs)"]
+    );
+    assert_eq!(
+        rows[3],
+        [
+            "+1/reuseaddr-bind",
+            "s2 bind",
+            "+1",
+            "absent (differs)",
+            "absent (differs)"
+        ]
+    );
+    assert_eq!(m.failures(), ["6.12: apt-get download failed"]);
+    let md = render_markdown(&m, "Produced by `cargo xtask vm` on 2025-11-26.");
+    assert!(md.starts_with("Produced by `cargo xtask vm` on 2025-11-26.\n"));
+    assert!(
+        md.contains("| +1/reuseaddr-bind | s1 bind | +1 | +1 | 0 (differs) |"),
+        "{md}"
+    );
+    assert!(md.contains("|---|---|---|---|---|\n"));
+    assert!(md.contains("```\n6.12: apt-get download failed\n```"));
+}
+
+#[test]
+fn diff_lines_marks_insertions_and_deletions() {
+    let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        diff_lines(&v(&["a", "b", "c"]), &v(&["a", "x", "c", "d"])),
+        ["  a", "- b", "+ x", "  c", "+ d"]
+    );
+    assert_eq!(diff_lines(&v(&[]), &v(&["a"])), ["+ a"]);
+}
+
+#[test]
+fn md_table_escapes_pipes() {
+    let t = md_table(&[vec!["a".into(), "b".into()], vec!["x|y".into(), "z".into()]]);
+    assert_eq!(t, "| a | b |\n|---|---|\n| x\\|y | z |\n");
+}
