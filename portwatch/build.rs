@@ -1,15 +1,91 @@
 //! Builds the eBPF programs (crate `portwatch-ebpf`) with the nightly toolchain and
-//! bpf-linker; the object is embedded into the binary (see `src/backend/object.rs`).
-use std::path::Path;
+//! bpf-linker when the `ebpf` feature is on; the object is embedded into the binary (see
+//! `src/backend/object.rs`). Also records, for `portwatch --version`, the git commit the
+//! binary is built from and the aya version it links.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 fn main() -> anyhow::Result<()> {
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
-    let root = Path::new(&manifest_dir).join("..").join("portwatch-ebpf");
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest_dir.join("..");
+    println!(
+        "cargo:rustc-env=PORTWATCH_GIT_COMMIT={}",
+        git_commit(&workspace)
+    );
+    println!(
+        "cargo:rustc-env=PORTWATCH_AYA_VERSION={}",
+        aya_version(&workspace)
+    );
+    #[cfg(feature = "ebpf")]
+    build_ebpf(&workspace)?;
+    Ok(())
+}
+
+#[cfg(feature = "ebpf")]
+fn build_ebpf(workspace: &Path) -> anyhow::Result<()> {
+    let root = workspace.join("portwatch-ebpf");
     let root_dir = root
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "portwatch-ebpf", root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "portwatch-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
+}
+
+/// `PORTWATCH_GIT_COMMIT` when set (a build from a source tarball), else the checkout's
+/// commit (12 hex digits), else "unknown".
+fn git_commit(workspace: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=PORTWATCH_GIT_COMMIT");
+    if let Ok(c) = std::env::var("PORTWATCH_GIT_COMMIT") {
+        return c;
+    }
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    // Rebuild when HEAD moves: its file, the branch it names, and packed refs.
+    for path in ["HEAD", "packed-refs"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(git(&["symbolic-ref", "-q", "HEAD"]))
+        .filter_map(|p| git(&["rev-parse", "--git-path", &p]))
+    {
+        let p = workspace.join(path);
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The version of the `aya` package in the workspace's Cargo.lock.
+fn aya_version(workspace: &Path) -> String {
+    let lock = workspace.join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(&lock).unwrap_or_default();
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "name = \"aya\"" {
+            if let Some(v) = lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("version = "))
+            {
+                return v.trim_matches('"').to_owned();
+            }
+        }
+    }
+    "unknown".to_owned()
 }

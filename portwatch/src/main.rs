@@ -3,12 +3,22 @@ mod cmd;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// `--version`: the version, the commit it was built from and the aya it links.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTWATCH_GIT_COMMIT"),
+    ", aya ",
+    env!("PORTWATCH_AYA_VERSION"),
+    ")"
+);
 
 /// Shows the kernel's TCP bind buckets (local port, fastreuse, fastreuseport, owners)
 /// and every change to them, with eBPF.
 #[derive(Debug, Parser)]
-#[command(name = "portwatch", version, about, long_about = None, propagate_version = true)]
+#[command(name = "portwatch", version = VERSION, about, long_about = None, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +50,9 @@ enum Command {
     /// VM test matrix).
     #[command(hide = true)]
     Selftest(cmd::selftest::SelftestArgs),
+    /// Write the man pages and shell completions (used by `cargo xtask dist`).
+    #[command(hide = true)]
+    Generate(cmd::generate::GenerateArgs),
 }
 
 const SNAPSHOT_NOTE: &str = "The table is a racy snapshot, like the article's drgn script: the walk takes no \
@@ -74,6 +87,7 @@ fn main() -> ExitCode {
         Command::Probes(a) => cmd::probes::run(a),
         Command::Explain(a) => cmd::explain::run(a),
         Command::Selftest(a) => cmd::selftest::run(a),
+        Command::Generate(a) => cmd::generate::run(a, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -458,37 +458,46 @@ impl Drop for PrivateNetns {
     }
 }
 
-/// `ip link set lo up` for the calling thread's netns.
+/// `ip link set lo up` for the calling thread's netns: an RTM_SETLINK request over
+/// rtnetlink, acknowledged by the kernel.
 fn bring_lo_up() -> Result<(), NetnsError> {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
-        .map_err(|e| io_err("creating a socket to configure lo", e))?;
-    // SAFETY: ifreq is a plain C struct (arrays and a union of integers/sockaddrs) for which
-    // all-zero bytes are a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        link::{LinkFlags, LinkMessage},
+        RouteNetlinkMessage,
+    };
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+    let index = nix::net::if_::if_nametoindex("lo")
+        .map_err(|e| io_err("looking up the index of lo", e.into()))?;
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)));
+    req.finalize();
+    let mut buf = vec![0; req.header.length as usize];
+    req.serialize(&mut buf);
+
+    let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| io_err("opening an rtnetlink socket", e))?;
+    sock.bind_auto().map_err(|e| io_err("binding an rtnetlink socket", e))?;
+    sock.connect(&SocketAddr::new(0, 0)).map_err(|e| io_err("connecting an rtnetlink socket", e))?;
+    sock.send(&buf, 0).map_err(|e| io_err("sending RTM_SETLINK (lo up)", e))?;
+    let mut reply = vec![0; 4096];
+    let n = sock.recv(&mut &mut reply[..], 0).map_err(|e| io_err("reading the RTM_SETLINK acknowledgement", e))?;
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).map_err(|e| {
+        io_err("parsing the RTM_SETLINK acknowledgement", io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    })?;
+    match msg.payload {
+        NetlinkPayload::Error(e) if e.code.is_some() => Err(io_err("RTM_SETLINK (lo up)", e.to_io())),
+        NetlinkPayload::Error(_) => Ok(()),
+        other => Err(io_err(
+            "RTM_SETLINK (lo up)",
+            io::Error::new(io::ErrorKind::InvalidData, format!("unexpected reply {other:?}")),
+        )),
     }
-    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into `req`, a valid,
-    // exclusively borrowed ifreq; the fd is open for the duration of the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    if rc < 0 {
-        return Err(io_err(
-            "ioctl(SIOCGIFFLAGS) on lo",
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: SIOCGIFFLAGS succeeded, so the union holds `ifru_flags`.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    if rc < 0 {
-        return Err(io_err(
-            "ioctl(SIOCSIFFLAGS, IFF_UP) on lo",
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
 }
 
 /// True when the process runs as root (effective uid 0). Used by tests that need

@@ -1,4 +1,4 @@
-//! Privilege checks with messages that name the missing capability.
+//! Privilege checks with messages that name the missing capability and a safe fix.
 use std::fs;
 
 use thiserror::Error;
@@ -9,14 +9,28 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error)]
 pub enum PrivilegeError {
-    #[error(
-        "portwatch needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load eBPF programs; missing: {missing}. \
-         Run it as root (`sudo portwatch ...`) or grant them: `sudo setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(which portwatch)`"
-    )]
+    #[error("portwatch needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load eBPF programs; missing: {missing}. {ADVICE}")]
     Missing { missing: String },
     #[error("cannot read /proc/self/status to check capabilities: {0}")]
     Status(#[from] std::io::Error),
 }
+
+/// How to get the capabilities safely. Capabilities set on a file act for everyone who
+/// can execute it: with them portwatch reads the sockets of every network namespace on
+/// the host, and CAP_DAC_READ_SEARCH (needed because tracefs, where the tracepoint
+/// formats are read, is root-only) bypasses file read permissions. So sudo first, and
+/// file capabilities only on a binary that a root-owned group alone may execute; never
+/// CAP_SYS_ADMIN, which is close to full root.
+pub const ADVICE: &str = "Run it through sudo: `sudo portwatch ...`. To let a group of operators run it \
+without sudo, first make the binary executable by a root-owned group only (whoever can \
+execute it gets its capabilities: every network namespace's sockets, and file reads past \
+permissions), then grant the three capabilities it uses, CAP_BPF and CAP_PERFMON for the \
+eBPF programs and CAP_DAC_READ_SEARCH to read the root-only tracefs: `sudo groupadd \
+--system portwatch && sudo chown root:portwatch /usr/sbin/portwatch && sudo chmod 0750 \
+/usr/sbin/portwatch && sudo setcap cap_bpf,cap_perfmon,cap_dac_read_search=ep \
+/usr/sbin/portwatch` (adjust the path to where portwatch is), then add the operators to \
+the group. `quiz` creates network namespaces and still needs root. Never grant \
+cap_sys_admin: it is close to full root.";
 
 /// Effective capability mask of this process.
 pub fn effective_caps() -> Result<u64, PrivilegeError> {
@@ -70,5 +84,18 @@ mod tests {
         assert_eq!(missing_caps(1 << CAP_BPF), vec!["CAP_PERFMON"]);
         assert!(missing_caps(1 << CAP_SYS_ADMIN).is_empty());
         assert_eq!(parse_cap_eff("nothing"), None);
+    }
+
+    #[test]
+    fn advice_is_sudo_first_and_never_a_world_executable_cap_sys_admin() {
+        let msg = PrivilegeError::Missing { missing: "CAP_BPF".into() }.to_string();
+        let sudo = msg.find("sudo portwatch").expect("recommends sudo");
+        let setcap = msg.find("setcap").expect("shows the narrow setcap");
+        assert!(sudo < setcap, "sudo comes first: {msg}");
+        // The file is restricted to a root-owned group before any capability is granted.
+        let chmod = msg.find("chmod 0750").expect("mode 0750");
+        assert!(msg.find("chown root:portwatch").is_some_and(|c| c < setcap) && chmod < setcap, "{msg}");
+        assert!(msg.contains("setcap cap_bpf,cap_perfmon,cap_dac_read_search=ep "), "{msg}");
+        assert!(!msg.contains("cap_sys_admin+") && !msg.contains("cap_sys_admin="), "{msg}");
     }
 }

@@ -254,8 +254,9 @@ fn load_object(
             .map_max_entries("SOCKS", 1)
             .map_max_entries("PORTS", 1);
     }
+    let object = object::bytes().map_err(|e| BackendError::Load(e.to_string()))?;
     loader
-        .load(object::OBJECT)
+        .load(object)
         .map_err(|e| BackendError::Load(error_chain(&e)))
 }
 

@@ -2,6 +2,7 @@
 pub mod dump;
 pub mod export;
 pub mod explain;
+pub mod generate;
 pub mod probes;
 pub mod quiz;
 pub mod selftest;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use portwatch::backend::{ProbeChoice, SessionOptions};
+use portwatch::backend::{object, ProbeChoice, SessionOptions};
 
 #[derive(Debug, Args)]
 pub struct ProbesArgs {
@@ -23,9 +23,11 @@ pub fn run(a: ProbesArgs) -> Result<ExitCode> {
         let mut v = r.report_json();
         v["chosen"] = serde_json::to_value(session.backend)?;
         v["attempts"] = serde_json::to_value(&session.attempts)?;
+        v["built_with"] = serde_json::to_value(object::built_with())?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("kernel {}", r.kernel_release);
+        println!("built with {}", object::built_with());
         for at in &session.attempts {
             match &at.refused {
                 None => println!("  {:<10} ok (chosen)", at.backend.as_str()),
