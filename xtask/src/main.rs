@@ -7,6 +7,8 @@
 mod bench;
 mod build;
 mod cmd;
+mod dist;
+mod lint;
 mod run;
 mod setup;
 mod soak;
@@ -31,9 +33,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Install what the build and tests need (only what is missing): apt packages,
-    /// nightly rust-src, bpf-linker 0.13.0 for LLVM 22.
-    Setup,
+    /// Install what a command needs (only what is missing): apt packages without
+    /// recommendations, nightly rust-src and rustfmt, bpf-linker 0.13.0 for LLVM 22, the
+    /// musl target, cargo-deb, clippy. `--for run|dist|test` (default test: everything).
+    Setup(setup::SetupArgs),
     /// Setup, `cargo build --release -p portwatch`, then run it as root
     /// (through `sudo -E` when not root). Default arguments: `quiz --all`.
     Run(run::RunArgs),
@@ -41,6 +44,11 @@ enum Cmd {
     Test(test::TestArgs),
     /// Boot stock Debian kernels under qemu and run portwatch in each (the VM matrix).
     Vm(vm::VmArgs),
+    /// Setup for dist, then the release artefacts in target/dist/: a static musl binary,
+    /// portwatch-VERSION-x86_64-linux-musl.tar.gz and a Debian package.
+    Dist(dist::DistArgs),
+    /// rustfmt (nightly, for rustfmt.toml's options) and clippy `-D warnings`.
+    Lint(lint::LintArgs),
     /// Benchmarks (root): tracing overhead, capture and drop accounting, dump vs ss,
     /// top CPU; prints a table and writes JSON.
     Bench(bench::BenchArgs),
@@ -51,10 +59,12 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Cmd::Setup => setup::run().map(|_| ()),
+        Cmd::Setup(args) => setup::run(args.need).map(|_| ()),
         Cmd::Run(args) => run::run(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Vm(args) => vm::run(args),
+        Cmd::Dist(args) => dist::run(args),
+        Cmd::Lint(args) => lint::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Soak(args) => soak::run(args),
     };

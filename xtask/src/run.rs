@@ -32,7 +32,7 @@ pub fn effective_args(user: &[String]) -> Vec<String> {
 /// Never returns on success: the process becomes portwatch (or sudo running it), so
 /// portwatch's exit code, signals and terminal handling are its own.
 pub fn run(args: &RunArgs) -> Result<()> {
-    setup::run()?;
+    setup::run(setup::Need::Run)?;
     build::release(&[])?;
     let bin = build::release_binary()?;
     let how = cmd::elevation("portwatch (it loads eBPF programs)")?;
@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn default_args_when_none() {
-        assert_eq!(effective_args(&[]), vec!["quiz".to_string(), "--all".to_string()]);
+        assert_eq!(
+            effective_args(&[]),
+            vec!["quiz".to_string(), "--all".to_string()]
+        );
         let user = vec!["dump".to_string(), "--json".to_string()];
         assert_eq!(effective_args(&user), user);
     }

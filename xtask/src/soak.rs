@@ -241,7 +241,10 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     if args.check {
         let mut problems = Vec::new();
         if report.mismatch_count > 0 {
-            problems.push(format!("{} ports where dump and the trace stream disagree", report.mismatch_count));
+            problems.push(format!(
+                "{} ports where dump and the trace stream disagree",
+                report.mismatch_count
+            ));
         }
         if let (Some(start), Some(end)) = (report.rss_start_kib, report.rss_end_kib) {
             // Bounded: the tracer may settle a little above its start, not keep growing.

@@ -61,7 +61,10 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 4, "{out}");
         assert_eq!(lines[0], "kernel  b");
-        assert!(lines[1].chars().all(|c| c == '-') && lines[1].len() >= 9, "{out}");
+        assert!(
+            lines[1].chars().all(|c| c == '-') && lines[1].len() >= 9,
+            "{out}"
+        );
         assert_eq!(lines[2], "6.1     ok 5.4s");
         assert_eq!(lines[3], "6.12    FAIL");
     }

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: setup, build, `cargo test --workspace` as root, then the VM matrix.
+//! `cargo xtask test`: setup, build, the release artefacts and their checks, `cargo test
+//! --workspace` as root, the soak, then the VM matrix (which runs the static binary).
 //!
 //! The integration tests in portwatch/tests/ load eBPF programs and create network
 //! namespaces, so every test binary runs as root: directly when we are root, otherwise
@@ -8,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, dist, setup};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -93,7 +94,8 @@ fn current_host_triple() -> Result<String> {
 /// Result of one stage, for the final summary.
 #[derive(Debug)]
 enum Stage {
-    Passed,
+    /// Passed; what it measured, if anything.
+    Passed(String),
     Failed(String),
     Skipped(&'static str),
 }
@@ -101,7 +103,8 @@ enum Stage {
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stage::Passed => write!(f, "passed"),
+            Stage::Passed(note) if note.is_empty() => write!(f, "passed"),
+            Stage::Passed(note) => write!(f, "passed ({note})"),
             Stage::Failed(why) => write!(f, "FAILED ({why})"),
             Stage::Skipped(why) => write!(f, "skipped ({why})"),
         }
@@ -116,8 +119,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         cmd::which("sudo").as_deref(),
         cmd::interactive(),
     )?;
-    setup::run()?;
+    setup::run(setup::Need::Test)?;
     build::release(&[])?;
+    let mut stages: Vec<(&str, Stage)> = Vec::new();
+    let (artefacts, dist) = artefact_stage();
+    stages.push(("artefacts (dist + checks)", artefacts));
 
     let mut test = cmd::cargo();
     test.args(["test", "--workspace", "--no-fail-fast"])
@@ -129,29 +135,62 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     println!("xtask: {}", cmd::describe(&test));
     let st = cmd::status(&mut test)?;
-    let cargo_test = if st.success() {
-        Stage::Passed
-    } else {
-        Stage::Failed(cmd::describe_status(st))
-    };
-
-    let soak = soak_stage();
-
+    stages.push((
+        "cargo test --workspace",
+        if st.success() {
+            Stage::Passed(String::new())
+        } else {
+            Stage::Failed(cmd::describe_status(st))
+        },
+    ));
+    stages.push(("soak (60 s)", soak_stage()));
     let vm = if args.no_vm {
         Stage::Skipped("--no-vm")
+    } else if dist.is_none() {
+        Stage::Failed("no static binary: the artefacts stage failed".to_owned())
     } else {
         vm_matrix()
     };
+    stages.push(("VM kernel matrix", vm));
 
     println!("xtask test summary:");
-    println!("  cargo test --workspace: {cargo_test}");
-    println!("  soak (60 s):            {soak}");
-    println!("  VM kernel matrix:       {vm}");
-    match (&cargo_test, &soak, &vm) {
-        (Stage::Failed(_), _, _) | (_, Stage::Failed(_), _) | (_, _, Stage::Failed(_)) => {
-            bail!("tests failed (see the summary above)")
+    let width = stages.iter().map(|(n, _)| n.len()).max().unwrap_or(0) + 1;
+    for (name, stage) in &stages {
+        println!("  {:<width$} {stage}", format!("{name}:"));
+    }
+    if stages.iter().any(|(_, s)| matches!(s, Stage::Failed(_))) {
+        bail!("tests failed (see the summary above)");
+    }
+    Ok(())
+}
+
+/// `cargo xtask dist` (static binary, tarball, Debian package) and the checks of what it
+/// wrote, including the package test in a fresh Debian root.
+fn artefact_stage() -> (Stage, Option<dist::Dist>) {
+    let d = match dist::build_all() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("xtask: dist failed: {e:#}");
+            return (
+                Stage::Failed("cargo xtask dist failed, see above".to_owned()),
+                None,
+            );
         }
-        _ => Ok(()),
+    };
+    match dist::check::all(&d) {
+        Ok(m) => (
+            Stage::Passed(format!(
+                "binary {:.1} MiB, static, --help {:.1} ms; Debian root test {:.0} s",
+                m.binary_bytes as f64 / 1048576.0,
+                m.help_median.as_secs_f64() * 1e3,
+                m.debroot_secs
+            )),
+            Some(d),
+        ),
+        Err(e) => {
+            eprintln!("xtask: artefact checks failed: {e:#}");
+            (Stage::Failed(format!("{e}")), Some(d))
+        }
     }
 }
 
@@ -161,13 +200,15 @@ fn soak_stage() -> Stage {
     if !cmd::is_root() {
         return Stage::Skipped("needs root; run `sudo -E cargo xtask soak --check`");
     }
-    let args = match <SoakDefaults as clap::Parser>::try_parse_from(["soak", "--minutes", "1", "--check"]) {
-        Ok(a) => a.soak,
-        Err(e) => return Stage::Failed(format!("soak arguments: {e}")),
-    };
+    let args =
+        match <SoakDefaults as clap::Parser>::try_parse_from(["soak", "--minutes", "1", "--check"])
+        {
+            Ok(a) => a.soak,
+            Err(e) => return Stage::Failed(format!("soak arguments: {e}")),
+        };
     println!("xtask: soak (cargo xtask soak --minutes 1 --check)");
     match crate::soak::run(&args) {
-        Ok(()) => Stage::Passed,
+        Ok(()) => Stage::Passed(String::new()),
         Err(e) => {
             eprintln!("xtask: soak failed: {e:#}");
             Stage::Failed("see the soak output above".to_string())
@@ -183,7 +224,7 @@ struct SoakDefaults {
 
 // ================================================================ VM MATRIX
 /// Arguments the VM matrix gets from `cargo xtask test`: its defaults, plus `--no-build`
-/// because the release build above already produced target/release/portwatch.
+/// because the artefacts stage already produced the static target/dist/portwatch.
 pub const VM_ARGS_FROM_TEST: &[&str] = &["vm", "--no-build"];
 
 #[derive(clap::Parser, Debug)]
@@ -206,7 +247,7 @@ fn vm_matrix() -> Stage {
     };
     println!("xtask: VM kernel matrix (cargo xtask vm --no-build)");
     match crate::vm::run(&args) {
-        Ok(()) => Stage::Passed,
+        Ok(()) => Stage::Passed(String::new()),
         Err(e) => {
             eprintln!("xtask: VM matrix failed: {e:#}");
             Stage::Failed("see the VM matrix output above".to_string())

@@ -52,7 +52,7 @@ pub struct VmArgs {
     /// JSON results file [default: target/vm-results/results.json].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Do not build portwatch; use the existing target/release/portwatch.
+    /// Do not build; use the existing static target/dist/portwatch (from `cargo xtask dist`).
     #[arg(long)]
     pub no_build: bool,
     /// Guests booted at the same time (each qemu TCG guest keeps one host core busy;
@@ -73,7 +73,7 @@ pub struct VmArgs {
     #[arg(long, conflicts_with = "cmds")]
     pub update_readme: bool,
     /// Leave out the host row (by default the same commands run on this machine, as
-    /// root, with target/release/portwatch).
+    /// root, with the same static target/dist/portwatch).
     #[arg(long)]
     pub no_host: bool,
 }
@@ -187,7 +187,7 @@ fn guest_inputs(runs: &[GuestRun], cmds: &[GuestCmd]) -> Vec<matrix::KernelInput
         .collect()
 }
 
-/// The host row: the matrix commands run here with the release binary. `Ok(None)` with
+/// The host row: the matrix commands run here with the static binary. `Err` with
 /// a note when it cannot run (not root, or `--no-host`).
 fn host_input(
     args: &VmArgs,
@@ -275,7 +275,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     let root = crate::cmd::workspace_root();
     if !args.no_build {
-        crate::build::release(&[])?;
+        crate::dist::build_all()?;
     }
     let series: Vec<&str> = args.kernels.iter().map(String::as_str).collect();
     let kernels = prepare_kernels(&series)?;

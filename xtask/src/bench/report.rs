@@ -121,7 +121,14 @@ pub fn render(r: &Report) -> String {
             "\n2b. drop accounting ({LOSS_PORTS} ports bound once and closed: 1 event = 1 transition)"
         );
         let mut t = table::new(
-            &["backend", "ring", "produced", "delivered", "dropped", "exact"],
+            &[
+                "backend",
+                "ring",
+                "produced",
+                "delivered",
+                "dropped",
+                "exact",
+            ],
             &[1, 2, 3, 4],
         );
         for l in &r.ring_loss {

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use super::{procs::{self, Churn}, Ctx, Fig};
+use super::{
+    procs::{self, Churn},
+    Ctx, Fig,
+};
 
 #[derive(Debug, Serialize)]
 pub struct TopRow {

@@ -82,7 +82,7 @@ impl GuestRun {
 #[derive(Debug, Clone)]
 pub struct BootOptions {
     pub timeout: Duration,
-    /// Host files copied into the guest (with their shared libraries).
+    /// Static host executables copied into the guest.
     pub files: Vec<GuestFile>,
     /// Serial logs go to `<results_dir>/<kernel release>.log`.
     pub results_dir: PathBuf,
@@ -96,17 +96,23 @@ pub struct BootOptions {
 }
 
 impl BootOptions {
-    /// Defaults for this repository: target/release/portwatch as /usr/bin/portwatch,
-    /// logs in target/vm-results, scratch in target/vm-work.
+    /// Defaults for this repository: the static target/dist/portwatch (what `cargo xtask
+    /// dist` ships) as /usr/bin/portwatch, logs in target/vm-results, scratch in
+    /// target/vm-work.
     pub fn for_repo(timeout: Duration) -> Result<Self> {
         let target = crate::build::target_dir()?;
-        let pw = crate::build::release_binary()?;
+        let pw = crate::dist::dist_dir()?.join("portwatch");
+        if !pw.is_file() {
+            anyhow::bail!(
+                "{} is missing: build it with `cargo xtask dist` (or drop --no-build)",
+                pw.display()
+            );
+        }
         Ok(Self {
             timeout,
             files: vec![GuestFile {
                 host: pw,
                 guest: "/usr/bin/portwatch".into(),
-                with_libs: true,
             }],
             results_dir: target.join("vm-results"),
             work_dir: target.join("vm-work"),

@@ -1,6 +1,6 @@
-//! The host row of the matrix: the guest commands run on this machine with the release
-//! binary (portwatch creates its own network namespaces for every scenario and quiz, so
-//! the host's network configuration is never touched).
+//! The host row of the matrix: the guest commands run on this machine with the same
+//! static binary as the guests (portwatch creates its own network namespaces for every
+//! scenario and quiz, so the host's network configuration is never touched).
 
 use std::{
     io::Read,
@@ -12,9 +12,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::cmd::ChildGuard;
-
 use super::{CmdResult, GuestCmd};
+use crate::cmd::ChildGuard;
 
 /// The host command line for a guest command: `portwatch` becomes `binary`.
 pub fn host_argv(cmd: &GuestCmd, binary: &Path) -> Vec<String> {
@@ -109,11 +108,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn portwatch_becomes_the_release_binary() {
+    fn portwatch_becomes_the_static_binary() {
         let c = GuestCmd::new("p", ["portwatch", "probes", "--json"]);
         assert_eq!(
-            host_argv(&c, Path::new("/w/target/release/portwatch")),
-            ["/w/target/release/portwatch", "probes", "--json"]
+            host_argv(&c, Path::new("/w/target/dist/portwatch")),
+            ["/w/target/dist/portwatch", "probes", "--json"]
         );
         let c = GuestCmd::new("u", ["uname", "-r"]);
         assert_eq!(host_argv(&c, Path::new("/x")), ["uname", "-r"]);

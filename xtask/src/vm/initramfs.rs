@@ -1,7 +1,8 @@
 //! Building the guest initramfs: a gzip-compressed cpio "newc" archive written here in
-//! Rust (no `cpio` tool needed), holding busybox with its applet links, the binaries
-//! under test with the shared libraries `ldd` names for them, and an `/init` script
-//! that runs the guest commands between serial-console markers.
+//! Rust (no `cpio` tool needed), holding busybox with its applet links, the static
+//! binaries under test (the guest has no shared library: a dynamically linked file is
+//! refused), and an `/init` script that runs the guest commands between serial-console
+//! markers.
 
 use std::{
     collections::BTreeMap,
@@ -60,14 +61,12 @@ impl GuestCmd {
     }
 }
 
-/// A host file copied into the guest (libraries it needs are added automatically).
+/// A static host executable copied into the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestFile {
     pub host: PathBuf,
     /// Absolute path inside the guest.
     pub guest: String,
-    /// Run `ldd` on it and copy the shared libraries and the dynamic loader too.
-    pub with_libs: bool,
 }
 
 /// Quotes one word for a POSIX shell.
@@ -355,14 +354,14 @@ pub fn build_archive(busybox: &Path, files: &[GuestFile], cmds: &[GuestCmd]) -> 
     for f in files {
         ar.host_file(&f.host, &f.guest)
             .with_context(|| format!("adding {} to the initramfs", f.host.display()))?;
-        if f.with_libs {
-            for lib in ldd(&f.host)? {
-                if !ar.contains(&lib) {
-                    ar.host_file(Path::new(&lib), &lib).with_context(|| {
-                        format!("adding library {lib} (needed by {})", f.host.display())
-                    })?;
-                }
-            }
+        let libs = ldd(&f.host)?;
+        if !libs.is_empty() {
+            bail!(
+                "{} is dynamically linked ({}); the guest runs static binaries only: \
+                 use the one `cargo xtask dist` builds",
+                f.host.display(),
+                libs.join(", ")
+            );
         }
     }
     ar.file("/init", init_script(cmds)?.into_bytes(), 0o755)?;
@@ -525,17 +524,13 @@ mod tests {
     }
 
     #[test]
-    fn archive_has_busybox_links_binary_libs_and_init() {
-        let Ok(busybox) = find_busybox() else {
-            eprintln!("SKIPPED: no static busybox on this host (apt-get install busybox-static)");
-            return;
-        };
-        // Any dynamically linked host binary will do; `ls` comes with coreutils.
-        let host_bin = Path::new("/bin/ls");
+    fn archive_has_busybox_links_static_binary_and_init_and_refuses_dynamic_ones() {
+        let busybox =
+            find_busybox().expect("a static busybox (cargo xtask setup installs busybox-static)");
+        // busybox-static is a static executable like the dist portwatch.
         let files = [GuestFile {
-            host: host_bin.into(),
+            host: busybox.clone(),
             guest: "/usr/bin/pwtest".into(),
-            with_libs: true,
         }];
         let ar = build_archive(&busybox, &files, &[GuestCmd::new("t", ["pwtest"])]).unwrap();
         let entries = read_cpio(&ar.to_cpio());
@@ -549,15 +544,20 @@ mod tests {
         assert_eq!(get("dev/console").map(|e| (e.3, e.4)), Some((5, 1)));
         assert_eq!(
             get("usr/bin/pwtest").map(|e| e.2.len() as u64),
-            Some(fs::metadata(host_bin).unwrap().len())
+            Some(fs::metadata(&busybox).unwrap().len())
         );
-        let libs = ldd(host_bin).unwrap();
-        assert!(libs.iter().any(|l| l.contains("libc.so")), "{libs:?}");
-        for l in &libs {
-            let e = get(l.trim_start_matches('/'))
-                .unwrap_or_else(|| panic!("{l} missing from the archive"));
-            assert_eq!(e.2, fs::read(l).unwrap(), "{l} content differs");
-        }
+        // No shared library and no dynamic loader in the guest.
+        assert!(
+            !entries.iter().any(|e| e.0.contains(".so")),
+            "a shared object was copied in"
+        );
+        // A dynamically linked executable (coreutils' ls) is refused with the reason.
+        let dynamic = [GuestFile {
+            host: "/bin/ls".into(),
+            guest: "/usr/bin/ls".into(),
+        }];
+        let err = build_archive(&busybox, &dynamic, &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("dynamically linked"), "{err:#}");
     }
 
     #[test]

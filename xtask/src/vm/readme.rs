@@ -89,6 +89,9 @@ mod tests {
     #[test]
     fn today_is_a_date() {
         let d = today_utc();
-        assert!(chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").is_ok(), "{d}");
+        assert!(
+            chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").is_ok(),
+            "{d}"
+        );
     }
 }

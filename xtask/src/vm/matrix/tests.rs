@@ -229,9 +229,7 @@ fn host_refused_backends_are_not_failures() {
     assert!(t.contains("0 (tracepoint)"), "{t}");
     let q = crate::table::text(&quiz_table(&m));
     assert!(
-        q.contains(
-            "+1/reuseaddr-bind s1 bind: +1 -> 0; +1/reuseaddr-bind s2 bind: +1 -> absent"
-        ),
+        q.contains("+1/reuseaddr-bind s1 bind: +1 -> 0; +1/reuseaddr-bind s2 bind: +1 -> absent"),
         "{q}"
     );
 }
