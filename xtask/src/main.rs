@@ -1,8 +1,12 @@
-//! Project automation: `cargo xtask setup | run | test` (alias in .cargo/config.toml).
+//! Project automation (alias `cargo xtask` in .cargo/config.toml).
 //!
-//! - `setup`: install what is missing (apt packages, nightly rust-src, bpf-linker).
+//! - `setup [--for run|dist|test]`: install what that command needs and is missing.
 //! - `run [-- ARGS]`: setup, release build, run portwatch as root (default args: `quiz --all`).
-//! - `test [-- CARGO_TEST_ARGS]`: setup, build, `cargo test --workspace` as root, VM matrix.
+//! - `dist`: the static binary, the tarball and the Debian package in target/dist/.
+//! - `test [-- CARGO_TEST_ARGS]`: setup, build, artefacts and their checks, `cargo test
+//!   --workspace` as root, soak, VM matrix.
+//! - `vm`, `bench`, `soak`, `lint`: the VM kernel matrix, benchmarks, the soak, rustfmt
+//!   and clippy.
 
 mod bench;
 mod build;
@@ -40,7 +44,8 @@ enum Cmd {
     /// Setup, `cargo build --release -p portwatch`, then run it as root
     /// (through `sudo -E` when not root). Default arguments: `quiz --all`.
     Run(run::RunArgs),
-    /// Setup, build, `cargo test --workspace` (test binaries as root), then the VM matrix.
+    /// Setup, build, the artefacts (dist) and their checks, `cargo test --workspace` (test
+    /// binaries as root), the soak, then the VM matrix.
     Test(test::TestArgs),
     /// Boot stock Debian kernels under qemu and run portwatch in each (the VM matrix).
     Vm(vm::VmArgs),
