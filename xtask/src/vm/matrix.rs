@@ -13,6 +13,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+use portwatch::model::Fastreuse;
 use serde::Serialize;
 
 pub use self::{agree::*, outputs::*, quiz::*, render::*};
@@ -112,29 +113,11 @@ impl KernelRow {
     }
 }
 
-/// `-1`, `0`, `+1` as the article writes them.
-pub fn fmt_fastreuse(v: i8) -> String {
-    if v > 0 {
-        format!("+{v}")
-    } else {
-        v.to_string()
-    }
-}
-
-/// Observation values are printed by portwatch as plain numbers ("1"); show them as
-/// the article does ("+1").
-pub fn fmt_observation(v: &str) -> String {
-    v.trim()
-        .parse::<i8>()
-        .map(fmt_fastreuse)
-        .unwrap_or_else(|_| v.trim().to_owned())
-}
-
 pub fn backend_cell(
     backend: &str,
     input: &KernelInput,
     probes: Option<&ProbesOut>,
-) -> (BackendCell, Option<SelftestOut>) {
+) -> (BackendCell, Option<SelftestReport>) {
     let name = selftest_name(backend);
     let refused = probes
         .and_then(|p| p.attempts.iter().find(|a| a.backend == backend))
@@ -150,7 +133,7 @@ pub fn backend_cell(
         return (cell, None);
     };
     cell.secs = r.secs;
-    let parsed = extract_json::<SelftestOut>(&r.output);
+    let parsed = extract_json::<SelftestReport>(&r.output);
     let Some(rc) = r.rc else {
         cell.status = BackendStatus::Fail(vec![format!(
             "{name} did not finish: {}",
@@ -171,7 +154,7 @@ pub fn backend_cell(
             return (cell, None);
         }
     };
-    cell.reuseaddr_fastreuse = st.observation(REUSEADDR_OBSERVATION).map(fmt_observation);
+    cell.reuseaddr_fastreuse = observation(&st, REUSEADDR_OBSERVATION).map(str::to_owned);
     let mut why = Vec::new();
     if st.backend != backend {
         why.push(format!(
@@ -322,8 +305,8 @@ impl Matrix {
 
     /// Rows of the "article vs kernels" state table: (check, step, article, observed per
     /// kernel row), in the order of first appearance.
-    pub fn state_table(&self) -> Vec<(String, String, i8, Vec<Option<StateStep>>)> {
-        let mut keys: Vec<(String, String, i8)> = Vec::new();
+    pub fn state_table(&self) -> Vec<(String, String, Fastreuse, Vec<Option<StateStep>>)> {
+        let mut keys: Vec<(String, String, Fastreuse)> = Vec::new();
         for r in &self.rows {
             for s in &r.quiz.states {
                 if !keys.iter().any(|(c, l, _)| *c == s.check && *l == s.label) {

@@ -2,10 +2,11 @@
 //! `op`, which names the hook that saw the change) compared scenario by scenario, with a
 //! line diff when they differ.
 
+use portwatch::{
+    model::Fastreuse,
+    selftest::{ScenarioTransition, SelftestReport},
+};
 use serde::Serialize;
-use serde_json::Value;
-
-use super::SelftestOut;
 
 /// Two passing backends saw different steps in one scenario.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -18,52 +19,23 @@ pub struct Disagreement {
     pub diff: Vec<String>,
 }
 
-/// A step with `op` removed: what must agree between backends.
-pub fn comparable(step: &Value) -> Value {
-    match step {
-        Value::Object(m) => {
-            let mut m = m.clone();
-            m.remove("op");
-            Value::Object(m)
-        }
-        other => other.clone(),
+/// One line per step, everything but `op` (what backends must agree on), values spelled
+/// by portwatch's renderer: `port 6000 bucket_created fastreuse +1 fastreuseport +1
+/// owners 1`, then the errno when there is one.
+pub fn render_step(st: &ScenarioTransition) -> String {
+    let opt = |v: Option<Fastreuse>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let mut line = format!(
+        "port {} {} fastreuse {} fastreuseport {} owners {}",
+        st.port,
+        st.kind,
+        opt(st.fastreuse),
+        opt(st.fastreuseport),
+        st.owners
+    );
+    if let Some(e) = st.errno {
+        line.push_str(&format!(" {e:#}"));
     }
-}
-
-/// One line per step: the well-known fields first, then any others (sorted).
-pub fn render_step(step: &Value) -> String {
-    let Value::Object(m) = step else {
-        return step.to_string();
-    };
-    let known = [
-        "port",
-        "kind",
-        "fastreuse",
-        "fastreuseport",
-        "owners",
-        "errno",
-    ];
-    let val = |v: &Value| match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut parts = Vec::new();
-    for k in known {
-        if let Some(v) = m.get(k) {
-            parts.push(if k == "kind" {
-                val(v)
-            } else {
-                format!("{k} {}", val(v))
-            });
-        }
-    }
-    for (k, v) in m {
-        if k != "op" && !known.contains(&k.as_str()) {
-            parts.push(format!("{k} {}", val(v)));
-        }
-    }
-    parts.join(" ")
+    line
 }
 
 /// Line diff (longest common subsequence) of two step lists.
@@ -98,17 +70,26 @@ pub fn diff_lines(a: &[String], b: &[String]) -> Vec<String> {
 
 /// Compares the selftest steps (without `op`) of every passing backend with the first
 /// one, scenario by scenario (a scenario missing on one side is a disagreement too).
-pub fn agreement(passed: &[SelftestOut]) -> Vec<Disagreement> {
+pub fn agreement(passed: &[SelftestReport]) -> Vec<Disagreement> {
     let Some((reference, others)) = passed.split_first() else {
         return Vec::new();
     };
-    let steps_of = |st: &SelftestOut, name: &str| -> Option<Vec<Value>> {
+    let steps_of = |st: &'_ SelftestReport, name: &str| -> Option<Vec<ScenarioTransition>> {
         st.scenarios
             .iter()
             .find(|s| s.name == name)
-            .map(|s| s.steps.iter().map(comparable).collect())
+            .map(|s| s.steps.clone())
     };
-    let lines = |steps: &Option<Vec<Value>>| -> Vec<String> {
+    // Equal but for `op` (ScenarioTransition::agrees_with), step by step.
+    let agree =
+        |a: &Option<Vec<ScenarioTransition>>, b: &Option<Vec<ScenarioTransition>>| match (a, b) {
+            (Some(a), Some(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.agrees_with(y))
+            }
+            (None, None) => true,
+            _ => false,
+        };
+    let lines = |steps: &Option<Vec<ScenarioTransition>>| -> Vec<String> {
         steps
             .as_ref()
             .map(|v| v.iter().map(render_step).collect())
@@ -128,7 +109,7 @@ pub fn agreement(passed: &[SelftestOut]) -> Vec<Disagreement> {
         }
         for name in names {
             let (a, b) = (steps_of(reference, name), steps_of(other, name));
-            if a == b {
+            if agree(&a, &b) {
                 continue;
             }
             let mut diff = Vec::new();

@@ -1,10 +1,13 @@
-//! The JSON documents portwatch prints in the guests (only the fields the matrix uses),
-//! and pulling them out of a console log that mixes stderr lines with stdout.
+//! The JSON documents portwatch prints in the guests, and pulling them out of a console
+//! log that mixes stderr lines with stdout. selftest and quiz documents are read into
+//! portwatch's own report types ([`SelftestReport`], [`QuizRunReport`]), so the schema
+//! has one definition.
 
+pub use portwatch::{quiz::results::QuizRunReport, selftest::SelftestReport};
 use serde::{de::DeserializeOwned, Deserialize};
-use serde_json::Value;
 
-/// `portwatch probes --json` (only the fields used here).
+/// `portwatch probes --json` (only the fields used here). portwatch builds that document
+/// without a report type of its own (cmd/probes.rs), so these three fields are read here.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProbesOut {
     pub kernel: String,
@@ -21,103 +24,13 @@ pub struct Attempt {
     pub refused: Option<String>,
 }
 
-/// `portwatch selftest --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct SelftestOut {
-    pub kernel: String,
-    pub backend: String,
-    pub scenarios: Vec<ScenarioOut>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ScenarioOut {
-    pub name: String,
-    /// Kept as JSON objects: every field but `op` takes part in the agreement check.
-    #[serde(default)]
-    pub steps: Vec<Value>,
-    #[serde(default)]
-    pub failures: Vec<String>,
-    #[serde(default)]
-    pub observations: Vec<(String, String)>,
-}
-
-impl SelftestOut {
-    pub fn observation(&self, key: &str) -> Option<&str> {
-        self.scenarios
-            .iter()
-            .flat_map(|s| &s.observations)
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// `portwatch quiz --all --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct QuizOut {
-    #[serde(default)]
-    pub backend: Option<String>,
-    #[serde(default)]
-    pub quizzes: Option<QuizList>,
-    #[serde(default)]
-    pub states: Option<StateList>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct QuizList {
-    pub quizzes: Vec<QuizItem>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct QuizItem {
-    pub id: String,
-    /// "quiz" or "fix".
-    #[serde(default)]
-    pub kind: String,
-    /// "same", "differs" or "not run".
-    pub verdict: String,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct StateList {
-    pub checks: Vec<StateCheck>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct StateCheck {
-    pub id: String,
-    #[serde(default)]
-    pub steps: Vec<StateStepOut>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct StateStepOut {
-    pub label: String,
-    /// The article's fastreuse after the step; `None`: the step is not checked.
-    #[serde(default)]
-    pub article: Option<i8>,
-    #[serde(default)]
-    pub observed: Option<ObservedOut>,
-    /// "same", "finding", "not_observed".
-    #[serde(default)]
-    pub verdict: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ObservedOut {
-    /// "present", "absent", "unavailable".
-    #[serde(default)]
-    pub bucket: Option<String>,
-    #[serde(default)]
-    pub info: Option<BucketInfoOut>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct BucketInfoOut {
-    pub fastreuse: i8,
+/// A selftest observation ("fastreuse after SO_REUSEADDR bind") of any scenario.
+pub fn observation<'a>(st: &'a SelftestReport, key: &str) -> Option<&'a str> {
+    st.scenarios
+        .iter()
+        .flat_map(|s| &s.observations)
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// The first JSON object of type `T` in a command's output. Guest output mixes stderr

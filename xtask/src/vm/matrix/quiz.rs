@@ -1,9 +1,17 @@
 //! `portwatch quiz --all --json` on one kernel, summarised: quizzes and fixes as in the
 //! article, and every checked state step (article vs observed fastreuse).
 
+use portwatch::{
+    model::Fastreuse,
+    quiz::{
+        expect::{StateVerdict, Verdict},
+        results::Observed,
+        scenarios::QuizKind,
+    },
+};
 use serde::Serialize;
 
-use super::{extract_json, fmt_fastreuse, tail, QuizOut, QUIZ};
+use super::{extract_json, tail, QuizRunReport, QUIZ};
 use crate::vm::CmdResult;
 
 /// A checked step of a state check (`quiz --states`).
@@ -11,12 +19,12 @@ use crate::vm::CmdResult;
 pub struct StateStep {
     pub check: String,
     pub label: String,
-    pub article: i8,
+    pub article: Fastreuse,
     /// Observed fastreuse; `None` when the bucket could not be read.
-    pub observed: Option<i8>,
+    pub observed: Option<Fastreuse>,
     /// "present", "absent", "unavailable", or `None` when the step did not run.
-    pub bucket: Option<String>,
-    pub verdict: Option<String>,
+    pub bucket: Option<&'static str>,
+    pub verdict: Option<StateVerdict>,
 }
 
 impl StateStep {
@@ -25,11 +33,20 @@ impl StateStep {
     }
 
     pub fn observed_text(&self) -> String {
-        match (self.observed, &self.bucket) {
-            (Some(v), _) => fmt_fastreuse(v),
-            (None, Some(b)) => b.clone(),
+        match (self.observed, self.bucket) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(b)) => b.to_owned(),
             (None, None) => "not run".to_owned(),
         }
+    }
+}
+
+/// The observer's answer, as quiz's JSON names it.
+fn bucket_word(o: &Observed) -> &'static str {
+    match o {
+        Observed::Present { .. } => "present",
+        Observed::Absent => "absent",
+        Observed::Unavailable { .. } => "unavailable",
     }
 }
 
@@ -65,7 +82,7 @@ pub fn quiz_summary(r: Option<&CmdResult>) -> QuizSummary {
         s.problems.push(format!("{QUIZ} never ran"));
         return s;
     };
-    let q = match (r.rc, extract_json::<QuizOut>(&r.output)) {
+    let q = match (r.rc, extract_json::<QuizRunReport>(&r.output)) {
         (None, _) => {
             s.problems
                 .push(format!("{QUIZ} did not finish: {}", tail(&r.output, 3)));
@@ -92,8 +109,9 @@ pub fn quiz_summary(r: Option<&CmdResult>) -> QuizSummary {
         None => s.problems.push("quiz JSON has no quizzes".to_owned()),
         Some(list) => {
             for z in &list.quizzes {
-                let same = z.verdict == "same";
-                if z.kind == "fix" {
+                let same = z.verdict == Verdict::Same;
+                let fix = z.kind == QuizKind::Fix;
+                if fix {
                     s.fixes_total += 1;
                     s.fixes_same += usize::from(same);
                 } else {
@@ -102,9 +120,9 @@ pub fn quiz_summary(r: Option<&CmdResult>) -> QuizSummary {
                 }
                 if let Some(e) = &z.error {
                     s.problems.push(format!("quiz {} could not run: {e}", z.id));
-                } else if z.verdict == "not run" {
+                } else if z.verdict == Verdict::NotRun {
                     s.problems.push(format!("quiz {} did not run", z.id));
-                } else if !same && z.kind == "fix" {
+                } else if !same && fix {
                     s.fix_differs.push(z.id.clone());
                 } else if !same {
                     s.quiz_differs.push(z.id.clone());
@@ -126,13 +144,9 @@ pub fn quiz_summary(r: Option<&CmdResult>) -> QuizSummary {
                         check: c.id.clone(),
                         label: st.label.clone(),
                         article,
-                        observed: st
-                            .observed
-                            .as_ref()
-                            .and_then(|o| o.info.as_ref())
-                            .map(|i| i.fastreuse),
-                        bucket: st.observed.as_ref().and_then(|o| o.bucket.clone()),
-                        verdict: st.verdict.clone(),
+                        observed: st.observed.as_ref().and_then(Observed::fastreuse),
+                        bucket: st.observed.as_ref().map(bucket_word),
+                        verdict: st.verdict,
                     });
                 }
             }

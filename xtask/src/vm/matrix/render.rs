@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{fmt_fastreuse, BackendCell, BackendStatus, KernelRow, Matrix, BACKENDS};
+use super::{BackendCell, BackendStatus, KernelRow, Matrix, BACKENDS};
 
 pub fn backend_text(c: &BackendCell) -> String {
     match &c.status {
@@ -125,7 +125,7 @@ pub fn quiz_table(m: &Matrix) -> Vec<Vec<String>> {
                     "{} {}: {} -> {}",
                     s.check,
                     s.label,
-                    fmt_fastreuse(s.article),
+                    s.article,
                     s.observed_text()
                 )
             })
@@ -159,7 +159,7 @@ pub fn state_table_rows(m: &Matrix) -> Vec<Vec<String>> {
     header.extend(m.rows.iter().map(|r| r.label.clone()));
     let mut rows = vec![header];
     for (check, label, article, per) in m.state_table() {
-        let mut row = vec![check, label, fmt_fastreuse(article)];
+        let mut row = vec![check, label, article.to_string()];
         row.extend(per.iter().map(|s| match s {
             None => "-".to_owned(),
             Some(s) if s.differs() => format!("{} (differs)", s.observed_text()),

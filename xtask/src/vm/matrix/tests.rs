@@ -27,77 +27,191 @@ const PROBES_HOST: &str = r#"{
   "kernel": "6.18.44"
 }"#;
 
-fn step(op: &str, port: u16, kind: &str, fr: Option<i8>, owners: u32, errno: i32) -> String {
-    let fr = fr.map_or_else(|| "null".to_owned(), |v| v.to_string());
-    format!(
-        r#"{{"op":"{op}","port":{port},"kind":"{kind}","fastreuse":{fr},"fastreuseport":{fr},"owners":{owners},"errno":{errno}}}"#
-    )
+/// A value of one of portwatch's enums from its JSON name ("release", "bucket_created").
+fn named<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    serde_json::from_value(serde_json::Value::String(name.to_owned())).unwrap()
 }
 
-/// A selftest JSON document; `release_op` differs per backend like the real ones.
+fn transition(
+    op: &str,
+    port: u16,
+    kind: &str,
+    fr: Option<i8>,
+    owners: u32,
+) -> portwatch::selftest::ScenarioTransition {
+    portwatch::selftest::ScenarioTransition {
+        op: named(op),
+        port,
+        kind: named(kind),
+        fastreuse: fr.map(Fastreuse),
+        fastreuseport: fr.map(Fastreuse),
+        owners,
+        errno: None,
+    }
+}
+
+/// One step as it appears inside a selftest document (to cut it out of one).
+fn step(op: &str, port: u16, kind: &str, fr: Option<i8>, owners: u32) -> String {
+    serde_json::to_string(&transition(op, port, kind, fr, owners)).unwrap()
+}
+
+/// A selftest JSON document (portwatch's own report type, serialised as portwatch
+/// prints it); `release_op` differs per backend like the real ones.
 fn selftest(kernel: &str, backend: &str, release_op: &str, reuse_fr: i8, fail: bool) -> String {
-    let s1 = [
-        step("connect", 60000, "bucket_created", Some(-1), 1, 0),
-        step("bind", 60000, "owner_added", Some(0), 2, 0),
-        step(release_op, 60000, "owner_removed", Some(0), 1, 0),
-        step(release_op, 60000, "bucket_destroyed", None, 0, 0),
-    ]
-    .join(",");
-    let s2 = [
-        step("bind", 6000, "bucket_created", Some(reuse_fr), 1, 0),
-        step(release_op, 6000, "bucket_destroyed", None, 0, 0),
-    ]
-    .join(",");
-    let failures = if fail {
-        r#"["owner_removed missing"]"#
-    } else {
-        "[]"
+    use portwatch::selftest::{ScenarioResult, SelftestReport};
+    let report = SelftestReport {
+        kernel: kernel.into(),
+        backend: backend.into(),
+        scenarios: vec![
+            ScenarioResult {
+                name: "connect_bind_close".into(),
+                steps: vec![
+                    transition("connect", 60000, "bucket_created", Some(-1), 1),
+                    transition("bind", 60000, "owner_added", Some(0), 2),
+                    transition(release_op, 60000, "owner_removed", Some(0), 1),
+                    transition(release_op, 60000, "bucket_destroyed", None, 0),
+                ],
+                failures: if fail {
+                    vec!["owner_removed missing".into()]
+                } else {
+                    vec![]
+                },
+                observations: vec![],
+            },
+            ScenarioResult {
+                name: "reuseaddr_bind".into(),
+                steps: vec![
+                    transition("bind", 6000, "bucket_created", Some(reuse_fr), 1),
+                    transition(release_op, 6000, "bucket_destroyed", None, 0),
+                ],
+                failures: vec![],
+                observations: vec![(
+                    REUSEADDR_OBSERVATION.into(),
+                    Fastreuse(reuse_fr).to_string(),
+                )],
+            },
+        ],
     };
     format!(
-        r#"portwatch: backend: {backend}
-{{"kernel":"{kernel}","backend":"{backend}","scenarios":[{{"name":"connect_bind_close","steps":[{s1}],"failures":{failures},"observations":[]}},{{"name":"reuseaddr_bind","steps":[{s2}],"failures":[],"observations":[["fastreuse after SO_REUSEADDR bind","{reuse_fr}"]]}}]}}"#
+        "portwatch: backend: {backend}\n{}",
+        serde_json::to_string(&report).unwrap()
     )
 }
 
+/// A `quiz --all --json` document (portwatch's QuizRunReport): eight quizzes and three
+/// fixes, and two state checks.
 fn quiz_json(reuse_article_step_observed: i8, quiz8: &str, error5: bool) -> String {
-    let q = |id: &str, kind: &str, verdict: &str, err: bool| {
-        let e = if err {
-            r#""netns setup failed""#
-        } else {
-            "null"
-        };
-        format!(
-            r#"{{"id":"{id}","kind":"{kind}","verdict":"{verdict}","error":{e},"sockets":[],"timeline":[]}}"#
-        )
+    use portwatch::{
+        model::{BucketInfo, OwnerCount},
+        quiz::{
+            expect::StateVerdict,
+            results::{
+                Observed, QuizReport, QuizResult, StateCheckResult, StateStepResult, StatesReport,
+            },
+        },
     };
-    let mut qs = Vec::new();
+    let q = |id: &str, kind: &str, verdict: &str, err: bool| QuizResult {
+        id: id.into(),
+        kind: named(kind),
+        title: format!("quiz {id}"),
+        notation: vec![],
+        code: vec![],
+        netns: None,
+        sockets: vec![],
+        verdict: named(verdict),
+        timeline: vec![],
+        error: err.then(|| "netns setup failed".to_owned()),
+        observer_error: None,
+    };
+    let mut quizzes = Vec::new();
     for i in 1..=8 {
         let id = i.to_string();
         let v = if i == 8 { quiz8 } else { "same" };
-        qs.push(q(&id, "quiz", v, error5 && i == 5));
+        quizzes.push(q(&id, "quiz", v, error5 && i == 5));
     }
     for id in ["3fix", "5fix", "6fix"] {
-        qs.push(q(id, "fix", "same", false));
+        quizzes.push(q(id, "fix", "same", false));
     }
+    let present = |fr: i8, frp: i8| Observed::Present {
+        info: BucketInfo {
+            fastreuse: Fastreuse(fr),
+            fastreuseport: Fastreuse(frp),
+            owners: OwnerCount::exact(1),
+        },
+    };
+    let st = |label: &str,
+              article: Option<i8>,
+              observed: Option<Observed>,
+              verdict: Option<StateVerdict>| {
+        StateStepResult {
+            label: label.into(),
+            code: String::new(),
+            call_errno: None,
+            article: article.map(Fastreuse),
+            observed,
+            verdict,
+            why: String::new(),
+            transitions: vec![],
+        }
+    };
+    let check = |id: &str, from: i8, steps| StateCheckResult {
+        id: id.into(),
+        title: id.into(),
+        from: Fastreuse(from),
+        port: 60000,
+        netns: None,
+        notation: vec![],
+        steps,
+        error: None,
+        observer_error: None,
+    };
     let obs = reuse_article_step_observed;
-    let verdict = if obs == 1 { "same" } else { "finding" };
+    let verdict = if obs == 1 {
+        StateVerdict::Same
+    } else {
+        StateVerdict::Finding
+    };
+    let report = QuizRunReport {
+        backend: Some("tracepoint".into()),
+        quizzes: Some(QuizReport {
+            kernel: "k".into(),
+            quizzes,
+        }),
+        states: Some(StatesReport {
+            kernel: "k".into(),
+            checks: vec![
+                check(
+                    "-1/connect",
+                    -1,
+                    vec![
+                        st("s1 socket", None, None, None),
+                        st(
+                            "s1 connect",
+                            Some(-1),
+                            Some(present(-1, -1)),
+                            Some(StateVerdict::Same),
+                        ),
+                    ],
+                ),
+                check(
+                    "+1/reuseaddr-bind",
+                    1,
+                    vec![
+                        st("s1 bind", Some(1), Some(present(obs, 0)), Some(verdict)),
+                        st(
+                            "s2 bind",
+                            Some(1),
+                            Some(Observed::Absent),
+                            Some(StateVerdict::NotObserved),
+                        ),
+                    ],
+                ),
+            ],
+        }),
+    };
     format!(
-        r#"portwatch: backend: tracepoint
-{{
-  "backend": "tracepoint",
-  "quizzes": {{ "kernel": "k", "quizzes": [{}] }},
-  "states": {{ "kernel": "k", "checks": [
-{{ "id": "-1/connect", "error": null, "steps": [
-  {{ "label": "s1 socket", "article": null, "observed": null, "verdict": null }},
-  {{ "label": "s1 connect", "article": -1, "observed": {{"bucket":"present","info":{{"fastreuse":-1,"fastreuseport":-1,"owners":1}}}}, "verdict": "same" }}
-]}},
-{{ "id": "+1/reuseaddr-bind", "error": null, "steps": [
-  {{ "label": "s1 bind", "article": 1, "observed": {{"bucket":"present","info":{{"fastreuse":{obs},"fastreuseport":0,"owners":1}}}}, "verdict": "{verdict}" }},
-  {{ "label": "s2 bind", "article": 1, "observed": {{"bucket":"absent"}}, "verdict": "not_observed" }}
-]}}
-  ]}}
-}}"#,
-        qs.join(",")
+        "portwatch: backend: tracepoint\n{}",
+        serde_json::to_string_pretty(&report).unwrap()
     )
 }
 
@@ -283,10 +397,7 @@ fn disagreement_is_a_failure_with_a_diff() {
     let mut input = all_pass_61();
     // kprobe misses the owner_removed step.
     let bad = selftest(k, "kprobe", "release", 1, false).replace(
-        &format!(
-            "{},",
-            step("release", 60000, "owner_removed", Some(0), 1, 0)
-        ),
+        &format!("{},", step("release", 60000, "owner_removed", Some(0), 1)),
         "",
     );
     assert_ne!(bad, selftest(k, "kprobe", "release", 1, false));
@@ -301,10 +412,10 @@ fn disagreement_is_a_failure_with_a_diff() {
     assert_eq!(
         d.diff,
         [
-            "  port 60000 bucket_created fastreuse -1 fastreuseport -1 owners 1 errno 0",
-            "  port 60000 owner_added fastreuse 0 fastreuseport 0 owners 2 errno 0",
-            "- port 60000 owner_removed fastreuse 0 fastreuseport 0 owners 1 errno 0",
-            "  port 60000 bucket_destroyed fastreuse - fastreuseport - owners 0 errno 0",
+            "  port 60000 bucket_created fastreuse -1 fastreuseport -1 owners 1",
+            "  port 60000 owner_added fastreuse 0 fastreuseport 0 owners 2",
+            "- port 60000 owner_removed fastreuse 0 fastreuseport 0 owners 1",
+            "  port 60000 bucket_destroyed fastreuse - fastreuseport - owners 0",
         ]
     );
     assert!(row
@@ -339,11 +450,11 @@ fn differing_fastreuse_observation_between_backends_is_a_disagreement() {
     );
     assert_eq!(
         d.diff[0],
-        "- port 6000 bucket_created fastreuse 1 fastreuseport 1 owners 1 errno 0"
+        "- port 6000 bucket_created fastreuse +1 fastreuseport +1 owners 1"
     );
     assert_eq!(
         d.diff[1],
-        "+ port 6000 bucket_created fastreuse 0 fastreuseport 0 owners 1 errno 0"
+        "+ port 6000 bucket_created fastreuse 0 fastreuseport 0 owners 1"
     );
     assert_eq!(reuseaddr_text(&row), "+1 (fentry, kprobe); 0 (tracepoint)");
 }
