@@ -8,6 +8,7 @@
 //! - `vm`, `bench`, `soak`, `lint`: the VM kernel matrix, benchmarks, the soak, rustfmt
 //!   and clippy.
 
+mod apt;
 mod bench;
 mod build;
 mod cmd;

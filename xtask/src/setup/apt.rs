@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::{missing, present, Summary};
-use crate::cmd;
+use crate::{apt, cmd};
 
 /// True when a `dpkg-query -W -f='${Status}'` answer means "installed"
 /// (`install ok installed`, `hold ok installed`); half-installed or removed-with-config
@@ -63,44 +63,40 @@ pub fn install(summary: &mut Summary, packages: &[&str]) -> Result<()> {
     cmd::checked(apt_get(&how).arg("update")).with_context(|| {
         format!("apt-get update failed: check the network and /etc/apt/sources.list{via_sudo}")
     })?;
-    // A dry run first: installing must not remove anything already installed.
-    let mut sim = cmd::command("apt-get");
-    sim.env("DEBIAN_FRONTEND", "noninteractive")
-        .args(APT_INSTALL)
-        .arg("-s")
-        .args(&to_install);
-    let out = cmd::output(&mut sim)?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            cmd::describe(&sim),
-            cmd::describe_status(out.status),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    // Dry runs first: installing must not remove anything already installed. A package
+    // that the machine's own suites cannot install cleanly (a newer installed package
+    // breaks the release's version, e.g. a backported qemu-utils and the release's
+    // qemu-system-x86) comes from the release's backports, read through a private apt
+    // configuration under target/.
+    let mut from_host = Vec::new();
+    let mut from_backports = Vec::new();
+    if simulate(&mut host_simulation(&to_install)).is_clean() {
+        from_host = to_install.clone();
+    } else {
+        for &pkg in &to_install {
+            match simulate(&mut host_simulation(&[pkg])) {
+                Simulation::Clean => from_host.push(pkg),
+                other => from_backports.push((pkg, other)),
+            }
+        }
     }
-    let removals = simulated_removals(&String::from_utf8_lossy(&out.stdout));
-    if !removals.is_empty() {
-        bail!(
-            "installing {} would remove the installed package(s) {} (a conflict with their \
-             installed versions); setup does not remove packages: resolve it by hand (see \
-             `{}`), then run setup again",
-            to_install.join(" "),
-            removals.join(" "),
-            cmd::describe(&sim)
+    if !from_host.is_empty() {
+        println!(
+            "setup: apt-get {} {}",
+            APT_INSTALL.join(" "),
+            from_host.join(" ")
         );
+        cmd::checked(apt_get(&how).args(APT_INSTALL).args(&from_host)).with_context(|| {
+            format!(
+                "apt-get install {} failed (llvm-22-dev comes from the LLVM apt repository \
+                 if your Debian mirror lacks it){via_sudo}",
+                from_host.join(" ")
+            )
+        })?;
     }
-    println!(
-        "setup: apt-get {} {}",
-        APT_INSTALL.join(" "),
-        to_install.join(" ")
-    );
-    cmd::checked(apt_get(&how).args(APT_INSTALL).args(&to_install)).with_context(|| {
-        format!(
-            "apt-get install {} failed (llvm-22-dev comes from the LLVM apt repository \
-             if your Debian mirror lacks it){via_sudo}",
-            to_install.join(" ")
-        )
-    })?;
+    if !from_backports.is_empty() {
+        install_from_backports(&how, &from_backports)?;
+    }
     for pkg in to_install {
         let status = dpkg_status(pkg)?;
         if !dpkg_status_installed(&status) {
@@ -109,6 +105,135 @@ pub fn install(summary: &mut Summary, packages: &[&str]) -> Result<()> {
         summary.installed.push(format!("apt {pkg}"));
     }
     Ok(())
+}
+
+/// What an `apt-get -s install` dry run says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Simulation {
+    Clean,
+    /// It would remove these installed packages.
+    Removes(Vec<String>),
+    /// apt refuses (unmet dependencies, breaks): its message.
+    Refused(String),
+}
+
+impl Simulation {
+    fn is_clean(&self) -> bool {
+        *self == Simulation::Clean
+    }
+}
+
+impl std::fmt::Display for Simulation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Simulation::Clean => f.write_str("installs cleanly"),
+            Simulation::Removes(p) => write!(f, "would remove {}", p.join(" ")),
+            Simulation::Refused(msg) => write!(f, "apt refuses: {msg}"),
+        }
+    }
+}
+
+/// Reads a dry run's outcome.
+pub fn simulation_outcome(success: bool, stdout: &str, stderr: &str) -> Simulation {
+    if !success {
+        let why: Vec<&str> = stdout
+            .lines()
+            .chain(stderr.lines())
+            .map(str::trim)
+            .filter(|l| l.contains("Depends:") || l.contains("Breaks:") || l.starts_with("E:"))
+            .collect();
+        return Simulation::Refused(why.join("; "));
+    }
+    let removals = simulated_removals(stdout);
+    if removals.is_empty() {
+        Simulation::Clean
+    } else {
+        Simulation::Removes(removals)
+    }
+}
+
+fn simulate(c: &mut Command) -> Simulation {
+    match cmd::output(c) {
+        Ok(out) => simulation_outcome(
+            out.status.success(),
+            &String::from_utf8_lossy(&out.stdout),
+            &String::from_utf8_lossy(&out.stderr),
+        ),
+        Err(e) => Simulation::Refused(format!("{e:#}")),
+    }
+}
+
+/// A dry run of installing `packages` from the machine's own suites.
+fn host_simulation(packages: &[&str]) -> Command {
+    let mut sim = cmd::command("apt-get");
+    sim.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(APT_INSTALL)
+        .arg("-s")
+        .args(packages);
+    sim
+}
+
+/// Installs `packages` from `<release>-backports` through a private apt configuration
+/// (target/apt/backports): the machine's suites plus the backports suite, on the
+/// machine's own mirrors; the machine's apt configuration is not changed.
+fn install_from_backports(how: &cmd::Elevation, packages: &[(&str, Simulation)]) -> Result<()> {
+    let names: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
+    let host_why: Vec<String> = packages.iter().map(|(p, s)| format!("{p}: {s}")).collect();
+    let release = apt::host_codename()?;
+    let backports = format!("{release}-backports");
+    let (main, security) = apt::host_mirrors()?;
+    let mut sources = apt::sources_lines(
+        &main,
+        &[
+            release.clone(),
+            format!("{release}-updates"),
+            backports.clone(),
+        ],
+    );
+    sources.push_str(&apt::sources_lines(
+        &security,
+        &[format!("{release}-security")],
+    ));
+    let dir = crate::build::target_dir()?.join("apt").join("backports");
+    println!(
+        "setup: {} cannot come from the machine's suites ({}); trying {backports}",
+        names.join(" "),
+        host_why.join("; ")
+    );
+    let private = apt::PrivateApt::prepare(&dir, &sources, how)?;
+    let mut sim = private.command("apt-get");
+    sim.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(APT_INSTALL)
+        .args(["-s", "-t", &backports])
+        .args(&names);
+    let outcome = simulate(&mut sim);
+    if !outcome.is_clean() {
+        bail!(
+            "installing {} from the machine's suites: {}; from {backports}: {outcome}. Setup \
+             does not remove packages: resolve it by hand (see `{}`), then run setup again",
+            names.join(" "),
+            host_why.join("; "),
+            cmd::describe(&sim)
+        );
+    }
+    println!(
+        "setup: apt-get {} -t {backports} {} (private configuration in {})",
+        APT_INSTALL.join(" "),
+        names.join(" "),
+        dir.display()
+    );
+    let mut c = apt_get(how);
+    c.args(private.options())
+        .args(APT_INSTALL)
+        .args(["-t", &backports])
+        .args(&names);
+    cmd::checked(&mut c).with_context(|| {
+        format!(
+            "apt-get install -t {backports} {} failed{}",
+            names.join(" "),
+            sudo_hint(how)
+        )
+    })
 }
 
 /// Extra advice for a failure of a command started through sudo.
@@ -156,5 +281,30 @@ mod tests {
         assert!(
             simulated_removals("Inst a (1 Debian [all])\nConf a (1 Debian [all])\n").is_empty()
         );
+    }
+
+    #[test]
+    fn dry_run_outcomes() {
+        let inst = "Inst a (1 Debian [all])\nConf a (1 Debian [all])\n";
+        assert_eq!(simulation_outcome(true, inst, ""), Simulation::Clean);
+        let remv = "Remv qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]\nInst qemu-system-x86 (1)\n";
+        assert_eq!(
+            simulation_outcome(true, remv, ""),
+            Simulation::Removes(vec!["qemu-utils".into()])
+        );
+        // What apt says on a machine with a backported qemu-utils asked for the release's
+        // qemu-system-x86 without recommendations.
+        let out = "The following packages have unmet dependencies:\n \
+                   qemu-utils : Breaks: qemu-system-common (< 1:8.0+dfsg-5~) but \
+                   1:7.2+dfsg-7+deb12u18+b3 is to be installed\n";
+        let err = "E: Error, pkgProblemResolver::Resolve generated breaks, this may be caused \
+                   by held packages.\n";
+        match simulation_outcome(false, out, err) {
+            Simulation::Refused(msg) => {
+                assert!(msg.contains("Breaks: qemu-system-common"), "{msg}");
+                assert!(msg.contains("E: Error"), "{msg}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
