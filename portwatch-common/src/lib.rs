@@ -142,6 +142,35 @@ layout_struct! {
     tb2_v6_rcv_saddr: u32,
     /// The IPv4 member of the address union, on kernels that have one.
     tb2_rcv_saddr: u32,
+    // What `explain` reads about owners, buckets and namespaces (verbose snapshots).
+    /// `sock.sk_uid` (`kuid_t`; full sockets only: `inet_timewait_sock` has none).
+    sk_uid: u32,
+    /// `sock_common.skc_ipv6only` (`IPV6_V6ONLY`).
+    sk_ipv6only: BitField,
+    /// `sock_common.skc_bound_dev_if` (`SO_BINDTODEVICE`).
+    sk_bound_dev_if: u32,
+    /// `SOCK_INODE(socket)->i_ino` from the start of `struct socket` (the inode follows
+    /// the socket in `struct socket_alloc`): the number in `socket:[N]` of /proc/PID/fd.
+    socket_ino: u32,
+    /// A network namespace from a file descriptor of its nsfs file:
+    /// `file->f_inode->i_private` is its `ns_common`, `i_ino` its inode number.
+    file_inode: u32,
+    inode_private: u32,
+    inode_ino: u32,
+    /// `net.ns` (the `ns_common` embedded in `struct net`).
+    net_ns: u32,
+    /// `net->ipv4.sysctl_local_reserved_ports` (a pointer to a 65536-bit bitmap).
+    net_reserved_ports: u32,
+    /// `net->ipv4.sysctl_tcp_tw_reuse` and its size in bytes (a size, not an offset).
+    net_tw_reuse: u32,
+    net_tw_reuse_size: u32,
+    /// The bucket's fast-path fields (`sk_reuseport_match()`): `fastuid`, the address of
+    /// the socket that set `fastreuseport` to strict, its family and `IPV6_V6ONLY`.
+    tb_fastuid: u32,
+    tb_fast_v6_rcv_saddr: u32,
+    tb_fast_rcv_saddr: u32,
+    tb_fast_sk_family: u32,
+    tb_fast_ipv6_only: u32,
     /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
     owners_mode: u32,
     /// 1 when this layout was filled in by user space (the eBPF side refuses to run on
@@ -190,6 +219,14 @@ pub mod flag {
     pub const PORT_FROM_RANGE: u16 = 1 << 6;
     /// The socket's own information (address, options) could be read.
     pub const SOCK_KNOWN: u16 = 1 << 7;
+    /// `IPV6_V6ONLY` on the socket.
+    pub const V6ONLY: u16 = 1 << 8;
+    /// A failed bind(): `laddr`/`family` are the address it asked for (the kernel resets
+    /// the socket's own address when bind() fails).
+    pub const BIND_ADDR: u16 = 1 << 9;
+    /// A failed connect(): `raddr`/`rport` are the destination it asked for and `laddr`,
+    /// when not zero, its source address (it got no port).
+    pub const CONNECT_DST: u16 = 1 << 10;
 }
 
 /// The state of the bind bucket of (netns, port) as read after an operation.
@@ -244,6 +281,10 @@ pub struct Event {
     pub hook: u8,
     pub _pad: [u8; 1],
     pub comm: [u8; 16],
+    /// `sk_uid` of the socket (what `SO_REUSEPORT` sharing compares) and its bound device
+    /// (`SO_BINDTODEVICE`, 0 for none); 0 when the socket could not be read.
+    pub uid: u32,
+    pub bound_dev: i32,
 }
 
 /// Records of a bind-table snapshot, tagged by `kind`.
@@ -256,6 +297,12 @@ pub mod rec {
     pub const OWNER: u8 = 3;
     /// The last record of a walk; `owners` holds the number of buckets seen.
     pub const END: u8 = 4;
+    /// The namespace asked for (first, when asked): `addr` its `struct net`, `netns` its
+    /// inode, `port`..=`rport` its `ip_local_port_range`, `state` its `tcp_tw_reuse`.
+    pub const NET: u8 = 5;
+    /// 128 bits of the namespace's `ip_local_reserved_ports` (after NET, only chunks with
+    /// a bit set): bit `i` of `laddr` (byte `i / 8`, bit `i % 8`) is port `port + i`.
+    pub const RESERVED: u8 = 6;
 }
 
 /// Snapshot flags in [`SnapRecord::flags`].
@@ -265,9 +312,17 @@ pub mod snapflag {
     pub const WALK_TRUNCATED: u8 = 1 << 1;
     pub const REUSEADDR: u8 = 1 << 2;
     pub const REUSEPORT: u8 = 1 << 3;
+    /// OWNER: `IPV6_V6ONLY`. BUCKET: `fast_ipv6_only`.
+    pub const V6ONLY: u8 = 1 << 4;
+    /// ADDR: `family` is the per-address bucket's own (`inet_bind2_bucket.family`, 6.1
+    /// to 6.7), not the form its address is read in.
+    pub const TB2_FAMILY: u8 = 1 << 5;
 }
 
-/// One record of a snapshot walk.
+/// One record of a snapshot walk. The fields after `_pad` serve `explain`: for an OWNER
+/// its inode, `sk_uid`, bound device and remote end; for a BUCKET its fast-path state
+/// (`uid` = `fastuid`, `laddr`/`family` = the fast address, flag `V6ONLY` =
+/// `fast_ipv6_only`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapRecord {
@@ -287,6 +342,17 @@ pub struct SnapRecord {
     /// TCP state (OWNER).
     pub state: u8,
     pub _pad: [u8; 3],
+    /// OWNER: the socket's inode (`sock_i_ino()`), 0 without a `struct socket`
+    /// (TIME-WAIT, orphaned, not yet accepted).
+    pub ino: u64,
+    /// OWNER: `sk_uid` (not for TIME-WAIT). BUCKET: `fastuid`.
+    pub uid: u32,
+    /// OWNER: `sk_bound_dev_if`.
+    pub bound_dev: i32,
+    /// OWNER: remote address (IPv4 in the first four bytes) and port (host order).
+    pub raddr: [u8; 16],
+    pub rport: u16,
+    pub _pad2: [u8; 6],
 }
 
 /// Arguments of a snapshot request, written by user space into the `SNAP_REQ` array
@@ -312,6 +378,13 @@ pub struct SnapRequest {
     pub seq: u64,
     /// `SNAP_LOOKUP`: kernel address of the `struct net` (from an event).
     pub net: u64,
+    /// With `with_net` and no `net`: a descriptor, in the calling process, of the nsfs
+    /// file of the namespace (`/proc/PID/ns/net`) whose NET record is wanted.
+    pub netns_fd: i32,
+    /// 1 = first emit the namespace's NET and RESERVED records (from `net`, else
+    /// `netns_fd`).
+    pub with_net: u8,
+    pub _pad3: [u8; 3],
 }
 
 pub const SNAP_WALK: u8 = 0;
@@ -409,9 +482,9 @@ pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
 
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
-const _: () = assert!(core::mem::size_of::<Event>() == 128);
-const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
-const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
+const _: () = assert!(core::mem::size_of::<Event>() == 136);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<SnapRequest>() == 48);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);

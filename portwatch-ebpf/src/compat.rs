@@ -87,3 +87,14 @@ pub fn tb2_fastreuse(tb2: u64) -> Option<(i8, i8)> {
         field(tb2, layout!(tb2_fastreuseport)).unwrap_or(0),
     ))
 }
+
+/// `net.ipv4.tcp_tw_reuse` of a namespace. "tcp: convert elligible sysctls to u8"
+/// (4ecc1baf362c, 5.13, in 5.10.178) narrowed it from an `int` to a `u8`.
+#[inline(always)]
+pub fn tcp_tw_reuse(net: u64) -> u8 {
+    if layout!(net_tw_reuse_size) == 1 {
+        zfield::<u8>(net, layout!(net_tw_reuse))
+    } else {
+        zfield::<i32>(net, layout!(net_tw_reuse)) as u8
+    }
+}

@@ -55,6 +55,21 @@ pub struct Subject {
 /// when the ring buffer is full.
 #[inline(always)]
 pub fn send(cfg: &Config, s: &Subject) {
+    send_asked(cfg, s, None);
+}
+
+/// What a failed call asked for, read at syscall entry: the kernel resets it before the
+/// syscall returns.
+pub enum Asked {
+    /// bind(): `(family, address)`.
+    Local(u16, [u8; 16]),
+    /// connect(): `(family, address, port)` of the destination.
+    Remote(u16, [u8; 16], u16),
+}
+
+/// As [`send`], reporting what a failed call asked for instead of the socket's own.
+#[inline(always)]
+pub fn send_asked(cfg: &Config, s: &Subject, asked: Option<Asked>) {
     let mut flags = s.flags;
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
@@ -88,10 +103,28 @@ pub fn send(cfg: &Config, s: &Subject) {
             e.raddr = si.raddr;
             e.rport = si.rport;
             // Flags by arithmetic, not branches (see read::zfield).
+            e.uid = si.uid;
+            e.bound_dev = si.bound_dev;
             flags |= flag::SOCK_KNOWN
                 | (((si.reuse != 0) as u16) * flag::REUSEADDR)
                 | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
-                | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
+                | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT)
+                | (((si.v6only != 0) as u16) * flag::V6ONLY);
+        }
+        match asked {
+            Some(Asked::Local(family, addr)) => {
+                e.family = family;
+                e.laddr = addr;
+                flags |= flag::BIND_ADDR;
+            }
+            Some(Asked::Remote(family, addr, port)) => {
+                if e.family == family {
+                    e.raddr = addr;
+                    e.rport = port;
+                    flags |= flag::CONNECT_DST;
+                }
+            }
+            None => {}
         }
         flags |= with_bucket(e, s.net, s.port, cfg.max_owners);
         e.flags = flags;

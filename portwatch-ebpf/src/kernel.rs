@@ -23,9 +23,9 @@ pub fn current_net() -> Option<u64> {
     field(nsproxy, layout!(nsproxy_net_ns))
 }
 
-/// The socket behind file descriptor `fd` of the current task, if it is a socket.
+/// The `struct file` behind file descriptor `fd` of the current task.
 #[inline(always)]
-pub fn sock_from_fd(fd: i64) -> Option<u64> {
+fn file_of_fd(fd: i64) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -38,7 +38,13 @@ pub fn sock_from_fd(fd: i64) -> Option<u64> {
         return None;
     }
     let fd_array: u64 = field(fdt, layout!(fdt_fd))?;
-    let file: u64 = rd(fd_array + (fd as u64) * 8)?;
+    rd(fd_array + (fd as u64) * 8)
+}
+
+/// The socket behind file descriptor `fd` of the current task, if it is a socket.
+#[inline(always)]
+pub fn sock_from_fd(fd: i64) -> Option<u64> {
+    let file = file_of_fd(fd)?;
     let socket: u64 = field(file, layout!(file_private_data))?;
     // A socket's file points back at it and its sock points back at the socket: this
     // rejects files whose private_data is something else.
@@ -102,6 +108,10 @@ pub struct SockInfo {
     pub reuse: u64,
     pub reuseport: u64,
     pub no_port: u64,
+    pub v6only: u64,
+    /// `sk_uid` and bound device (`SO_BINDTODEVICE`); the socket is a full one.
+    pub uid: u32,
+    pub bound_dev: i32,
 }
 
 #[inline(always)]
@@ -128,6 +138,9 @@ pub fn sock_info(sk: u64) -> SockInfo {
         reuse: zbits(sk, layout!(sk_reuse)),
         reuseport: zbits(sk, layout!(sk_reuseport)),
         no_port: zbits(sk, layout!(inet_bind_address_no_port)),
+        v6only: zbits(sk, layout!(sk_ipv6only)),
+        uid: zfield(sk, layout!(sk_uid)),
+        bound_dev: zfield(sk, layout!(sk_bound_dev_if)),
     }
 }
 
@@ -185,4 +198,101 @@ pub fn tb_state(tb: u64) -> BucketState {
         fastreuseport: zfield(tb, layout!(tb_fastreuseport)),
         _pad: [0; 4],
     }
+}
+
+/// The `struct net` of the namespace whose nsfs file (`/proc/PID/ns/net`) is open as
+/// `fd` in the current task: the file's inode holds the namespace's `ns_common` in
+/// `i_private` (`get_proc_ns()`), which is embedded in `struct net` at `net.ns`. The
+/// namespace's inode number must equal the file's inode number, or the read is refused
+/// (user space checks beforehand that the file is a network namespace's).
+#[inline(always)]
+pub fn net_of_nsfs_fd(fd: i64) -> Option<u64> {
+    let file = file_of_fd(fd)?;
+    let inode: u64 = field(file, layout!(file_inode))?;
+    let ns: u64 = field(inode, layout!(inode_private))?;
+    let net_ns = layout!(net_ns);
+    if net_ns == portwatch_common::NO_FIELD || ns < net_ns as u64 {
+        return None;
+    }
+    let net = ns - net_ns as u64;
+    let ino: u64 = field(inode, layout!(inode_ino))?;
+    if ino != net_inum(net) as u64 {
+        return None;
+    }
+    Some(net)
+}
+
+/// TCP states the bind table holds that are not full sockets: their struct is an
+/// `inet_timewait_sock` (or a request sock), which ends after `sock_common`.
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// What `explain` needs of an owner besides its address and sharing options: its uid
+/// and inode (full sockets only), `IPV6_V6ONLY`, bound device and remote end.
+pub struct OwnerDetails {
+    pub ino: u64,
+    pub uid: u32,
+    pub bound_dev: i32,
+    pub v6only: u64,
+    pub raddr: [u8; 16],
+    pub rport: u16,
+}
+
+#[inline(always)]
+pub fn owner_details(sk: u64, family: u16, state: u8) -> OwnerDetails {
+    let mut d = OwnerDetails {
+        ino: 0,
+        uid: 0,
+        bound_dev: zfield(sk, layout!(sk_bound_dev_if)),
+        v6only: zbits(sk, layout!(sk_ipv6only)),
+        raddr: [0; 16],
+        rport: u16::from_be(zfield::<u16>(sk, layout!(sk_dport))),
+    };
+    if family == AF_INET6 {
+        d.raddr = zfield(sk, layout!(sk_v6_daddr));
+    } else {
+        let r: [u8; 4] = zfield(sk, layout!(sk_daddr));
+        d.raddr[..4].copy_from_slice(&r);
+    }
+    if state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
+        d.uid = zfield(sk, layout!(sk_uid));
+        let socket: u64 = zfield(sk, layout!(sk_socket));
+        if socket != 0 {
+            d.ino = zfield(socket, layout!(socket_ino));
+        }
+    }
+    d
+}
+
+/// The fast-path fields of bucket `tb` that `sk_reuseport_match()` reads: `fastuid`,
+/// the fast address (IPv4 in the first four bytes) with its family, `fast_ipv6_only`.
+pub struct FastState {
+    pub uid: u32,
+    pub family: u16,
+    pub addr: [u8; 16],
+    pub ipv6_only: u8,
+}
+
+#[inline(always)]
+pub fn tb_fast_state(tb: u64) -> FastState {
+    let family: u16 = zfield(tb, layout!(tb_fast_sk_family));
+    let mut addr = [0u8; 16];
+    if family == AF_INET6 {
+        addr = zfield(tb, layout!(tb_fast_v6_rcv_saddr));
+    } else {
+        let a: [u8; 4] = zfield(tb, layout!(tb_fast_rcv_saddr));
+        addr[..4].copy_from_slice(&a);
+    }
+    FastState {
+        uid: zfield(tb, layout!(tb_fastuid)),
+        family,
+        addr,
+        ipv6_only: zfield(tb, layout!(tb_fast_ipv6_only)),
+    }
+}
+
+/// `net->ipv4.sysctl_local_reserved_ports`: the bitmap of reserved ports (0 when absent).
+#[inline(always)]
+pub fn reserved_ports(net: u64) -> u64 {
+    zfield(net, layout!(net_reserved_ports))
 }

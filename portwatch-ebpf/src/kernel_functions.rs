@@ -65,6 +65,10 @@ fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
         port,
         op: which,
         had_port: (cur != 0) as u8,
+        asked: [0; 16],
+        asked_family: 0,
+        asked_port: 0,
+        _pad: [0; 4],
     };
     PENDING.insert(key(hook_id), p, 0).ok()
 }
@@ -133,6 +137,10 @@ pub fn get_port_return(hook: u8, ret: i64) {
         report(hook, &p, p.op, port, 0, flags, false);
     } else {
         let port = failed_port(&p, &mut flags);
+        // bind() has not reset the socket's address yet: it is the one asked for.
+        if p.op == op::BIND && p.had_port == 0 {
+            flags |= flag::BIND_ADDR;
+        }
         report(hook, &p, p.op, port, EADDRINUSE, flags, false);
     }
 }
@@ -158,6 +166,9 @@ pub fn hash_connect_return(hook: u8, ret: i64) {
         report(hook, &p, op::CONNECT, port, 0, flags, false);
     } else {
         let port = failed_port(&p, &mut flags);
+        // The socket still has its destination and source: tcp_v4/v6_connect() resets
+        // them only after this returns.
+        flags |= flag::CONNECT_DST;
         report(hook, &p, op::CONNECT, port, (-ret) as i32, flags, false);
     }
 }
@@ -286,6 +297,10 @@ pub fn tw_unhash_entry(tw: u64) {
         port,
         op: op::RELEASE,
         had_port: 1,
+        asked: [0; 16],
+        asked_family: 0,
+        asked_port: 0,
+        _pad: [0; 4],
     };
     let _ = PENDING.insert(key(H_TW_UNHASH), p, 0);
 }

@@ -75,6 +75,13 @@ pub struct Pending {
     pub port: u16,
     pub op: u8,
     pub had_port: u8,
+    /// bind(): the address asked for; connect(): the destination (IPv4 in the first four
+    /// bytes), with its family (0 when not read) and port. Reported if the call fails:
+    /// the kernel then resets the socket's address (bind) or remote port (connect).
+    pub asked: [u8; 16],
+    pub asked_family: u16,
+    pub asked_port: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Who held a socket's port and where: saved when an event is reported, used for its

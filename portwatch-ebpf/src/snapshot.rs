@@ -3,6 +3,11 @@
 //! Triggered by the tool itself: `getpgid(SNAP_TRIGGER_PID)` from the thread named in
 //! `SNAP_REQ`.
 //!
+//! A request can also ask for the namespace's NET record (its port range and
+//! `tcp_tw_reuse`, from an event's `struct net` or from an nsfs file descriptor of the
+//! caller) followed by RESERVED records (the set bits of `ip_local_reserved_ports`
+//! within that range), and, in lookup mode, for the owners of the one bucket found.
+//!
 //! The walk is a state machine (`TableWalk`) advanced one list node per call of
 //! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
 //! short (reported as truncated) but never hang it. The owners of each bucket are
@@ -22,11 +27,17 @@ use portwatch_common::{
 
 use crate::{
     compat,
-    kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
+    kernel::{
+        current_net, net_inum, net_of_nsfs_fd, owner_details, reserved_ports, sk_of_bind_node,
+        tb_fast_state, tb_of_node, tb_state, AF_INET6,
+    },
     maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
     read::{bits, field, layout, layout_ready, rd},
-    walk::{lookup_bucket, owner_step, OwnerCursor, OwnerStep},
+    walk::{find_bucket, lookup_bucket, owner_step, OwnerCursor, OwnerStep},
 };
+
+/// Ports per RESERVED record (the 16 bytes of its `laddr`).
+const RESERVED_CHUNK: u32 = 128;
 
 /// Upper bound of loop iterations (the kernel's BPF_MAX_LOOPS is 1 << 23).
 const MAX_STEPS: u32 = 1 << 23;
@@ -35,6 +46,8 @@ const MAX_STEPS: u32 = 1 << 23;
 #[repr(C)]
 pub struct TableWalk {
     bhash: u64,
+    /// `ip_local_reserved_ports` of the namespace asked for (0: not asked).
+    reserved: u64,
     /// Current chain node (`inet_bind_bucket.node`), 0 between chains.
     node: u64,
     /// Current bucket, 0 between buckets.
@@ -42,6 +55,9 @@ pub struct TableWalk {
     seq: u64,
     /// The current bucket's owners.
     owners: OwnerCursor,
+    /// Next and end chunk of `reserved` to emit (`RESERVED_CHUNK` ports each).
+    res_next: u32,
+    res_end: u32,
     slot: u32,
     size: u32,
     bucket_size: u32,
@@ -62,7 +78,9 @@ pub struct TableWalk {
     skip: u8,
     truncated: u8,
     done: u8,
-    _pad: [u8; 2],
+    /// One bucket only (a lookup): the walk ends with it.
+    single: u8,
+    _pad: [u8; 1],
 }
 
 #[inline(always)]
@@ -99,20 +117,26 @@ fn end_bucket(w: &mut TableWalk) {
         if w.owners.truncated != 0 {
             flags |= snapflag::OWNERS_TRUNCATED;
         }
+        let fast = tb_fast_state(w.tb);
+        if fast.ipv6_only != 0 {
+            flags |= snapflag::V6ONLY;
+        }
         let r = SnapRecord {
             addr: w.tb,
             netns: w.cur_netns,
             owners: w.owners.count,
             l3mdev: w.cur_l3mdev,
             port: w.cur_port,
-            family: 0,
-            laddr: [0; 16],
+            family: fast.family,
+            laddr: fast.addr,
             fastreuse: w.cur_fr,
             fastreuseport: w.cur_frp,
             kind: rec::BUCKET,
             flags,
             state: 0,
             _pad: [0; 3],
+            uid: fast.uid,
+            ..SnapRecord::default()
         };
         out(&r, w);
         w.buckets += 1;
@@ -120,6 +144,9 @@ fn end_bucket(w: &mut TableWalk) {
     w.tb = 0;
     w.chain_len += 1;
     w.node = rd::<u64>(w.node).unwrap_or(0);
+    if w.single != 0 {
+        w.node = 0;
+    }
     if w.node != 0 && w.chain_len >= w.max_chain {
         w.truncated = 1;
         w.node = 0;
@@ -133,6 +160,12 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
     let (family, laddr) = compat::tb2_address(tb2);
     let state = compat::tb2_fastreuse(tb2);
     let (fastreuse, fastreuseport) = state.unwrap_or((0, 0));
+    // Before 06a8c04f8994 (6.8) `family` is the bucket's own, kept from its creator.
+    let flags = if layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD {
+        snapflag::TB2_FAMILY
+    } else {
+        0
+    };
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
@@ -144,9 +177,10 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
         fastreuse,
         fastreuseport,
         kind: rec::ADDR,
-        flags: 0,
+        flags,
         state: 0,
         _pad: [0; 3],
+        ..SnapRecord::default()
     };
     out(&r, w);
 }
@@ -168,6 +202,11 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
     if bits(sk, layout!(sk_reuseport)).unwrap_or(0) != 0 {
         flags |= snapflag::REUSEPORT;
     }
+    let state: u8 = field(sk, layout!(sk_state)).unwrap_or(0);
+    let d = owner_details(sk, family, state);
+    if d.v6only != 0 {
+        flags |= snapflag::V6ONLY;
+    }
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
@@ -180,16 +219,68 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
         fastreuseport: 0,
         kind: rec::OWNER,
         flags,
-        state: field(sk, layout!(sk_state)).unwrap_or(0),
+        state,
         _pad: [0; 3],
+        ino: d.ino,
+        uid: d.uid,
+        bound_dev: d.bound_dev,
+        raddr: d.raddr,
+        rport: d.rport,
+        _pad2: [0; 6],
     };
     out(&r, w);
+}
+
+/// A RESERVED record for the next chunk of the namespace's reserved-ports bitmap, when
+/// any of its bits is set.
+#[inline(always)]
+fn emit_reserved(w: &mut TableWalk) {
+    let chunk = w.res_next;
+    w.res_next += 1;
+    let bits: [u8; 16] = rd(w.reserved + chunk as u64 * (RESERVED_CHUNK as u64 / 8)).unwrap_or([0; 16]);
+    let (a, b): (u64, u64) = (
+        u64::from_ne_bytes([bits[0], bits[1], bits[2], bits[3], bits[4], bits[5], bits[6], bits[7]]),
+        u64::from_ne_bytes([bits[8], bits[9], bits[10], bits[11], bits[12], bits[13], bits[14], bits[15]]),
+    );
+    if a | b == 0 {
+        return;
+    }
+    let r = SnapRecord {
+        netns: w.cur_netns,
+        port: (chunk * RESERVED_CHUNK) as u16,
+        laddr: bits,
+        kind: rec::RESERVED,
+        ..SnapRecord::default()
+    };
+    out(&r, w);
+}
+
+/// The NET record of `net` (its range and `tcp_tw_reuse`); returns its inode and range.
+#[inline(always)]
+fn emit_net(net: u64) -> (u32, u16, u16) {
+    let (lo, hi) = compat::port_range(net);
+    let netns = net_inum(net);
+    let r = SnapRecord {
+        addr: net,
+        netns,
+        port: lo,
+        rport: hi,
+        state: compat::tcp_tw_reuse(net),
+        kind: rec::NET,
+        ..SnapRecord::default()
+    };
+    let _ = SNAP_RB.output::<SnapRecord>(&r, 0);
+    (netns, lo, hi)
 }
 
 /// Advances the walk by one node: the next slot, the next bucket of a chain, or the
 /// next per-address bucket or owner of the current bucket. False once the walk is over.
 #[inline(always)]
 pub fn table_step(w: &mut TableWalk) -> bool {
+    if w.res_next < w.res_end {
+        emit_reserved(w);
+        return true;
+    }
     if w.tb == 0 {
         if w.node != 0 {
             begin_bucket(w);
@@ -254,21 +345,54 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     if req.tid == 0 || req.tid != tid {
         return None;
     }
-    if req.mode == SNAP_LOOKUP {
+    // The namespace asked for, and its reserved ports within its range.
+    let mut reserved = 0u64;
+    let (mut res_next, mut res_end) = (0u32, 0u32);
+    let mut asked_netns = 0u32;
+    if req.with_net != 0 {
+        let target = if req.net != 0 {
+            Some(req.net)
+        } else {
+            net_of_nsfs_fd(req.netns_fd as i64)
+        };
+        if let Some(target) = target {
+            let (netns, lo, hi) = emit_net(target);
+            asked_netns = netns;
+            reserved = reserved_ports(target);
+            if reserved != 0 && lo <= hi {
+                res_next = lo as u32 / RESERVED_CHUNK;
+                res_end = hi as u32 / RESERVED_CHUNK + 1;
+            }
+        }
+    }
+    if req.mode == SNAP_LOOKUP && req.verbose == 0 {
         lookup(&req);
         return Some(());
     }
     let net = current_net()?;
     let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
     let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
-    let size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+    let mut size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+    // A verbose lookup walks the one bucket of (net, port) with its owners.
+    let mut node = 0u64;
+    let single = (req.mode == SNAP_LOOKUP) as u8;
+    if single != 0 {
+        let tb = find_bucket(req.net, req.port);
+        size = 0;
+        if tb != 0 {
+            node = tb + layout!(tb_node) as u64;
+        }
+    }
     let p = SNAP_WALK.get_ptr_mut(0)?;
     let w0 = TableWalk {
         bhash,
-        node: 0,
+        reserved,
+        node,
         tb: 0,
         seq: req.seq,
         owners: OwnerCursor::EMPTY,
+        res_next,
+        res_end,
         slot: 0,
         size,
         bucket_size: layout!(bind_hashbucket_size),
@@ -278,7 +402,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         max_chain: req.max_chain,
         chain_len: 0,
         buckets: 0,
-        cur_netns: 0,
+        cur_netns: asked_netns,
         cur_l3mdev: 0,
         port_filter: req.port,
         cur_port: 0,
@@ -288,7 +412,8 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         skip: 0,
         truncated: 0,
         done: 0,
-        _pad: [0; 2],
+        single,
+        _pad: [0; 1],
     };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     unsafe { *p = w0 };
@@ -322,6 +447,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         flags,
         state: 0,
         _pad: [0; 3],
+        ..SnapRecord::default()
     };
     // If even END does not fit, user space sees no END and reports the walk as lost.
     let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
@@ -353,6 +479,7 @@ fn lookup(req: &SnapRequest) {
             },
             state: 0,
             _pad: [0; 3],
+            ..SnapRecord::default()
         };
         if SNAP_RB.output::<SnapRecord>(&r, 0).is_err() {
             end_flags |= snapflag::WALK_TRUNCATED;

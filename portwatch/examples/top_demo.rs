@@ -108,6 +108,12 @@ impl DemoSource {
                 ..SockOpts::default()
             },
             port_from_range: RANGE.0 == RANGE.1,
+            net: 0,
+            family: None,
+            v6only: false,
+            uid: None,
+            bound_dev: 0,
+            explanation: None,
         });
     }
 
@@ -189,10 +195,12 @@ impl TopSource for DemoSource {
                     },
                     info,
                     addresses: Vec::new(),
+                    fast: None,
                 })
                 .collect(),
             truncated: false,
             slots: 65536,
+            net: None,
         })
     }
 

@@ -15,3 +15,4 @@ pub mod selftest;
 pub mod layout_cache;
 pub mod export;
 pub mod explain;
+pub mod procs;

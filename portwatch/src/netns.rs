@@ -253,6 +253,34 @@ pub fn read_port_range_in(target: NetnsTarget<'_>) -> Result<(u16, u16), NetnsEr
     }
 }
 
+/// Runs `f` in the network namespace of nsfs file `path`: on this thread when it is this
+/// thread's namespace, else on a short-lived thread that `setns()`-es into it (which
+/// needs CAP_SYS_ADMIN). The calling thread is not moved.
+pub fn run_in<F, R>(path: &Path, f: F) -> Result<R, NetnsError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    if netns_inode_of(path)? == current_netns_inode()? {
+        return Ok(f());
+    }
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => NetnsError::NotFound {
+            path: path.to_owned(),
+        },
+        _ => io_err(format!("opening {}", path.display()), e),
+    })?;
+    let handle = std::thread::Builder::new()
+        .name("portwatch-setns".into())
+        .spawn(move || -> Result<R, NetnsError> {
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| sys_err("setns(CLONE_NEWNET)", e))?;
+            Ok(f())
+        })
+        .map_err(NetnsError::Spawn)?;
+    handle.join().map_err(|_| NetnsError::ThreadGone)?
+}
+
 fn read_port_range_at(path: &Path) -> Result<(u16, u16), NetnsError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -423,6 +451,18 @@ impl PrivateNetns {
                 format!("opening {THREAD_SELF_NETNS} of the private netns"),
                 e,
             )
+        })
+    }
+
+    /// A path naming the namespace while this guard lives: its thread's
+    /// `/proc/PID/task/TID/ns/net`.
+    pub fn path(&self) -> Result<PathBuf, NetnsError> {
+        self.run(|| {
+            PathBuf::from(format!(
+                "/proc/{}/task/{}/ns/net",
+                std::process::id(),
+                nix::unistd::gettid()
+            ))
         })
     }
 

@@ -178,6 +178,7 @@ impl Reducer {
                 remote: ev.remote,
                 opts: ev.opts,
                 port_from_range: ev.port_from_range,
+                explanation: None,
             }
         };
         let mut out = Vec::new();
@@ -191,6 +192,7 @@ impl Reducer {
             if let Some(kind) = kind {
                 out.push(Transition {
                     errno: ev.errno,
+                    explanation: ev.explanation.clone(),
                     ..make(kind, prior.map(|p| p.info), after)
                 });
             }
@@ -264,6 +266,7 @@ impl Reducer {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                explanation: None,
             }
         };
         let mut out = Vec::new();
@@ -709,9 +712,11 @@ mod tests {
                 key: key(),
                 info: info(-1, 1),
                 addresses: vec![],
+                fast: None,
             }],
             truncated: false,
             slots: 65536,
+            net: None,
         };
         let mut r2 = Reducer::new();
         assert_eq!(kinds(&r2.reconcile(&snap, Scope::ALL, 0)), [K::BucketCreated]);
@@ -732,6 +737,7 @@ mod tests {
             key,
             info,
             addresses: vec![],
+            fast: None,
         }
     }
 
@@ -740,6 +746,7 @@ mod tests {
             buckets: rows,
             truncated: false,
             slots: 65536,
+            net: None,
         }
     }
 

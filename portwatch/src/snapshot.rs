@@ -39,6 +39,19 @@ pub enum SnapshotError {
     NoReply,
 }
 
+/// Which namespace's NET record (port range, reserved ports, `tcp_tw_reuse`) a walk
+/// also returns, read from its `struct net` without entering it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetAsk {
+    #[default]
+    None,
+    /// The namespace of an open nsfs file of this process (`/proc/PID/ns/net`,
+    /// `/run/netns/NAME`), by descriptor: the file must stay open during the walk.
+    Fd(std::os::fd::RawFd),
+    /// The `struct net` at this kernel address (from an event).
+    Kernel(u64),
+}
+
 /// What to walk.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapOptions {
@@ -52,11 +65,28 @@ pub struct SnapOptions {
     pub max_chain: u32,
     /// At most this many owners counted per bucket.
     pub max_owners: u32,
+    /// Also the NET record of a namespace.
+    pub net: NetAsk,
 }
 
 impl Default for SnapOptions {
     fn default() -> Self {
-        SnapOptions { netns: 0, port: 0, verbose: false, max_chain: 4096, max_owners: 65536 }
+        SnapOptions { netns: 0, port: 0, verbose: false, max_chain: 4096, max_owners: 65536, net: NetAsk::None }
+    }
+}
+
+/// The fields of a request that ask for a NET record.
+fn net_fields(req: &mut SnapRequest, ask: NetAsk) {
+    match ask {
+        NetAsk::None => {}
+        NetAsk::Fd(fd) => {
+            req.with_net = 1;
+            req.netns_fd = fd;
+        }
+        NetAsk::Kernel(net) => {
+            req.with_net = 1;
+            req.net = net;
+        }
     }
 }
 
@@ -81,15 +111,17 @@ impl Snapshotter {
 
     /// Runs one walk and collects its records.
     pub fn take(&mut self, ebpf: &mut Ebpf, opts: &SnapOptions) -> Result<Snapshot, SnapshotError> {
-        let req = SnapRequest {
+        let mut req = SnapRequest {
             netns: opts.netns,
             port: opts.port,
             verbose: opts.verbose as u8,
             mode: SNAP_WALK,
             max_chain: opts.max_chain,
             max_owners: opts.max_owners,
+            netns_fd: -1,
             ..SnapRequest::default()
         };
+        net_fields(&mut req, opts.net);
         let (records, end) = self.request(ebpf, req)?;
         let mut snap = crate::decode::snapshot(&records);
         snap.slots = end.netns;
@@ -100,9 +132,39 @@ impl Snapshotter {
     /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
     /// `struct net` taken from an event. `None`: no such bucket now.
     pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Option<SnapRecord>, SnapshotError> {
-        let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, ..SnapRequest::default() };
+        let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, netns_fd: -1, ..SnapRequest::default() };
         let (records, _) = self.request(ebpf, req)?;
         Ok(records.into_iter().find(|r| r.kind == rec::BUCKET))
+    }
+
+    /// The one bucket of (`net`, `port`) with its per-address buckets and owners, `net`
+    /// being the kernel address of a `struct net` taken from an event; with `with_net`,
+    /// also that namespace's NET record. A bucket that is gone gives an empty snapshot.
+    pub fn lookup_owners(
+        &mut self,
+        ebpf: &mut Ebpf,
+        net: u64,
+        port: u16,
+        max_owners: u32,
+        with_net: bool,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut req = SnapRequest {
+            port,
+            verbose: 1,
+            mode: SNAP_LOOKUP,
+            max_owners,
+            max_chain: 1,
+            net,
+            netns_fd: -1,
+            ..SnapRequest::default()
+        };
+        if with_net {
+            req.with_net = 1;
+        }
+        let (records, end) = self.request(ebpf, req)?;
+        let mut snap = crate::decode::snapshot(&records);
+        snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
+        Ok(snap)
     }
 
     /// Writes the request, makes the trigger syscall, collects the records up to END.

@@ -211,6 +211,14 @@ impl ProbeSession {
     pub fn snapshot(&mut self, req: &SnapOptions) -> Result<Snapshot, BackendError> {
         Ok(self.snapshots.take(&mut self.ebpf, req)?)
     }
+
+    /// The owners of the one bucket of (`net`, `port`), `net` being an event's
+    /// `struct net` (see `Snapshotter::lookup_owners`).
+    pub fn lookup_owners(&mut self, net: u64, port: u16) -> Result<Snapshot, BackendError> {
+        Ok(self
+            .snapshots
+            .lookup_owners(&mut self.ebpf, net, port, self.max_owners, false)?)
+    }
 }
 
 /// Tracepoint record offsets from tracefs.
@@ -276,4 +284,20 @@ fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendErr
         }
     }
     Ok(())
+}
+
+/// Explanations of failures read their buckets through the session.
+impl crate::explain::live::BucketSource for ProbeSession {
+    fn port_owners(&mut self, net: u64, port: u16) -> anyhow::Result<Snapshot> {
+        Ok(self.lookup_owners(net, port)?)
+    }
+
+    fn namespace(&mut self, net: u64, netns: u32) -> anyhow::Result<Snapshot> {
+        Ok(self.snapshot(&SnapOptions {
+            netns,
+            verbose: true,
+            net: crate::snapshot::NetAsk::Kernel(net),
+            ..SnapOptions::default()
+        })?)
+    }
 }

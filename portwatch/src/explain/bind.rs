@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     sock::{
@@ -14,7 +14,7 @@ use super::{
 };
 
 /// The result of a bind().
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// The bind succeeds.
     #[serde(rename = "ok")]
@@ -27,7 +27,7 @@ pub enum Verdict {
 }
 
 /// Which part of `inet_csk_get_port()` decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Path {
     /// The port has no owner.
@@ -41,7 +41,7 @@ pub enum Path {
 }
 
 /// How a conflicting owner's address overlaps the bind's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// The same address (and family).
@@ -55,7 +55,7 @@ pub enum Overlap {
 
 /// Why the two sockets may not share the port although their addresses overlap
 /// (`inet_bind_conflict()`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Rule {
     /// Neither `SO_REUSEADDR` nor `SO_REUSEPORT` is set on both sockets.
@@ -73,7 +73,7 @@ pub enum Rule {
 }
 
 /// Where in the bucket the kernel found the owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     /// Every owner of the port compared with `inet_rcv_saddr_equal()` (before 6.1, and
@@ -96,7 +96,7 @@ pub struct Conflict {
 }
 
 /// Options to add to a socket; [`Fix`] says to which.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub reuseaddr: bool,
     pub reuseport: bool,
@@ -132,7 +132,7 @@ impl Change {
 }
 
 /// A change that makes the bind succeed, checked by running the rules again with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Fix {
     /// Set these on the new socket.

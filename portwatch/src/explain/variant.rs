@@ -6,91 +6,9 @@
 //! releases are listed in the row (only backports read in a stable release's sources are
 //! listed).
 
-use std::fmt;
-
 use serde::Serialize;
 
-/// A kernel release as `major.minor.patch` (the upstream numbers, not a distribution's ABI
-/// number: Debian's `6.1.0-57-cloud-amd64` is upstream 6.1.192, which its `/proc/version`
-/// names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct KernelVersion {
-    pub major: u16,
-    pub minor: u16,
-    pub patch: u16,
-}
-
-impl KernelVersion {
-    pub const fn new(major: u16, minor: u16, patch: u16) -> Self {
-        KernelVersion {
-            major,
-            minor,
-            patch,
-        }
-    }
-
-    /// Parses the leading `X.Y[.Z]` of a release string (`6.18.44-fc-v1045`, `7.3.4+deb13`).
-    pub fn parse(release: &str) -> Option<Self> {
-        let head: String = release
-            .trim()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        let mut it = head.split('.').filter(|s| !s.is_empty());
-        let major = it.next()?.parse().ok()?;
-        let minor = it.next()?.parse().ok()?;
-        let patch = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        Some(KernelVersion {
-            major,
-            minor,
-            patch,
-        })
-    }
-
-    /// The upstream release of the running kernel from the text of `/proc/version`:
-    /// Debian builds name it after `Debian ` (`... Debian 6.1.192-3 (...)`), Ubuntu's
-    /// `/proc/version_signature` ends with it; otherwise the release itself.
-    pub fn from_proc_version(proc_version: &str, signature: Option<&str>) -> Option<Self> {
-        if let Some(sig) = signature {
-            if let Some(v) = sig.split_whitespace().last().and_then(Self::parse) {
-                return Some(v);
-            }
-        }
-        let words: Vec<&str> = proc_version.split_whitespace().collect();
-        let i = words.iter().position(|w| *w == "version")?;
-        let release = words.get(i + 1).and_then(|w| Self::parse(w))?;
-        // The compiler's own "(Debian 12.2.0-14)" comes earlier: take the last "Debian X"
-        // of the same major.minor as the release.
-        let debian = words
-            .windows(2)
-            .rev()
-            .filter(|w| w[0] == "Debian")
-            .filter_map(|w| Self::parse(w[1]))
-            .find(|v| (v.major, v.minor) == (release.major, release.minor));
-        Some(debian.unwrap_or(release))
-    }
-
-    /// The running kernel's upstream release.
-    pub fn running() -> std::io::Result<Self> {
-        let text = std::fs::read_to_string("/proc/version")?;
-        let sig = std::fs::read_to_string("/proc/version_signature").ok();
-        Self::from_proc_version(&text, sig.as_deref()).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "no kernel release found in /proc/version ({:?})",
-                    text.trim()
-                ),
-            )
-        })
-    }
-}
-
-impl fmt::Display for KernelVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
+pub use crate::kernel::KernelVersion;
 
 /// One kernel change that alters a port-sharing rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -111,12 +29,7 @@ pub struct Row {
 impl Row {
     /// True when `v` has this change (mainline `since` or a listed stable backport).
     pub fn holds_on(&self, v: KernelVersion) -> bool {
-        if v >= self.since {
-            return true;
-        }
-        self.backports
-            .iter()
-            .any(|b| b.major == v.major && b.minor == v.minor && v.patch >= b.patch)
+        self.since.reached(self.backports, v)
     }
 }
 
@@ -235,36 +148,6 @@ impl Variant {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_releases_and_proc_version() {
-        assert_eq!(
-            KernelVersion::parse("6.18.44-fc-v1045"),
-            Some(kv(6, 18, 44))
-        );
-        assert_eq!(
-            KernelVersion::parse("7.3.4+deb13-cloud-amd64"),
-            Some(kv(7, 3, 4))
-        );
-        assert_eq!(KernelVersion::parse("6.8"), Some(kv(6, 8, 0)));
-        assert_eq!(KernelVersion::parse("x6.8"), None);
-        let debian = "Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) \
-                      (gcc-12 (Debian 12.2.0-14) 12.2.0) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-20)";
-        assert_eq!(
-            KernelVersion::from_proc_version(debian, None),
-            Some(kv(6, 1, 192))
-        );
-        let plain = "Linux version 6.18.44-fc-v1045 (builder@sandboxing) (gcc (GCC) 15.3.0) #1";
-        assert_eq!(
-            KernelVersion::from_proc_version(plain, None),
-            Some(kv(6, 18, 44))
-        );
-        let ubuntu_sig = "Ubuntu 6.8.0-45.45-generic 6.8.12";
-        assert_eq!(
-            KernelVersion::from_proc_version("Linux version 6.8.0-45-generic", Some(ubuntu_sig)),
-            Some(kv(6, 8, 12))
-        );
-    }
 
     #[test]
     fn rows_by_release() {

@@ -9,13 +9,18 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{btf::KernelBtf, LayoutError};
+use super::{
+    btf::KernelBtf,
+    version::{release, KernelVersion},
+    LayoutError,
+};
 
 /// Names a row of [`VARIANTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Id {
     SkProtocolU16,
+    TcpSysctlsU8,
     Bhash2,
     Tb2Deathrow,
     SocketPortRange,
@@ -29,9 +34,6 @@ pub enum Id {
     UpdateFastreuseTb2,
     NsCommonType,
 }
-
-/// A mainline release, `(major, minor)`.
-pub type Release = (u32, u32);
 
 /// How a variant shows in BTF.
 #[derive(Clone, Copy, Debug)]
@@ -55,13 +57,14 @@ pub struct Variant {
     /// What changed, in a few words.
     pub change: &'static str,
     /// The mainline release that introduced it.
-    pub since: Release,
+    pub since: KernelVersion,
     /// The commits that introduced it (empty: version only).
     pub commits: &'static [&'static str],
-    /// Stable series that carry it as a backport.
-    pub backports: &'static [Release],
+    /// Stable series that carry it as a backport (from release `patch` of the series;
+    /// 0 where that release is not known).
+    pub backports: &'static [KernelVersion],
     /// The mainline release that removed it again.
-    pub until: Option<Release>,
+    pub until: Option<KernelVersion>,
     pub detect: Detect,
     /// What portwatch does on a kernel with it.
     pub with: &'static str,
@@ -71,25 +74,26 @@ pub struct Variant {
 
 impl Variant {
     /// Whether the latest releases of stable series `series` have this variant.
-    pub fn in_series(&self, series: Release) -> bool {
-        let added = self.since <= series || self.backports.contains(&series);
-        added && self.until.is_none_or(|until| series < until)
+    pub fn in_series(&self, series: impl Into<KernelVersion>) -> bool {
+        let s = series.into().series();
+        let added = self.since.series() <= s || self.backports.iter().any(|b| b.series() == s);
+        added && self.until.is_none_or(|until| s < until.series())
     }
 
     /// "6.8 (822fb91fc724, b2cb9f9ef240)", "6.15 (version only)", with backports and
     /// removal.
     pub fn provenance(&self) -> String {
-        let mut s = format!("{}.{}", self.since.0, self.since.1);
+        let mut s = self.since.mainline();
         if self.commits.is_empty() {
             s.push_str(" (version only)");
         } else {
             s.push_str(&format!(" ({})", self.commits.join(", ")));
         }
-        for (major, minor) in self.backports {
-            s.push_str(&format!(", backported to {major}.{minor}.y"));
+        for b in self.backports {
+            s.push_str(&format!(", backported to {}", b.stable()));
         }
-        if let Some((major, minor)) = self.until {
-            s.push_str(&format!(", gone in {major}.{minor}"));
+        if let Some(until) = self.until {
+            s.push_str(&format!(", gone in {}", until.mainline()));
         }
         s
     }
@@ -100,7 +104,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::SkProtocolU16,
         change: "sock.sk_protocol is a u16 instead of an 8-bit bit field",
-        since: (5, 6),
+        since: release(5, 6),
         commits: &["bf9765145b85"],
         backports: &[],
         until: None,
@@ -109,9 +113,20 @@ pub const VARIANTS: &[Variant] = &[
         without: "sk_protocol read as a byte when it is one; a bit field is refused",
     },
     Variant {
+        id: Id::TcpSysctlsU8,
+        change: "the tcp sysctls of struct netns_ipv4 narrowed to u8 (sysctl_tcp_tw_reuse among them)",
+        since: release(5, 13),
+        commits: &["4ecc1baf362c"],
+        backports: &[KernelVersion::new(5, 10, 178)],
+        until: None,
+        detect: Detect::IntMember("net", "ipv4.sysctl_tcp_tw_reuse", 1),
+        with: "explain connect reads tcp_tw_reuse as a byte",
+        without: "explain connect reads tcp_tw_reuse as an int",
+    },
+    Variant {
         id: Id::Bhash2,
         change: "per-address bind buckets (struct inet_bind2_bucket, the bhash2 table)",
-        since: (6, 1),
+        since: release(6, 1),
         commits: &["28044fc1d495"],
         backports: &[],
         until: None,
@@ -122,10 +137,10 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Tb2Deathrow,
         change: "TIME-WAIT sockets of a per-address bucket on tb2->deathrow",
-        since: (6, 2),
+        since: release(6, 2),
         commits: &["936a192f9740"],
-        backports: &[(6, 1)],
-        until: Some((6, 8)),
+        backports: &[release(6, 1)],
+        until: Some(release(6, 8)),
         detect: Detect::Member("inet_bind2_bucket", "deathrow"),
         with: "not read: these kernels also keep every owner, TIME-WAIT included, on tb->owners",
         without: "nothing to do",
@@ -133,9 +148,9 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::SocketPortRange,
         change: "IP_LOCAL_PORT_RANGE: an ephemeral port range per socket (inet_sock.local_port_range)",
-        since: (6, 3),
+        since: release(6, 3),
         commits: &["91d0b78c5177"],
-        backports: &[(6, 1)],
+        backports: &[KernelVersion::new(6, 1, 31)],
         until: None,
         detect: Detect::Member("inet_sock", "local_port_range"),
         with: "not read: events show the netns's range, a socket may search a narrower one",
@@ -144,7 +159,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::InetFlags,
         change: "inet_sock bit fields moved into inet_flags (bind_address_no_port among them)",
-        since: (6, 6),
+        since: release(6, 6),
         commits: &["ca571e2eb7eb"],
         backports: &[],
         until: None,
@@ -155,7 +170,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::PackedPortRange,
         change: "ip_local_ports.range packed into one u32 (hi << 16 | lo)",
-        since: (6, 8),
+        since: release(6, 8),
         commits: &["d9f28735af87"],
         backports: &[],
         until: None,
@@ -166,7 +181,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::OwnersOnTb2,
         change: "owners moved from tb->owners to the owners of each tb2 on tb->bhash2",
-        since: (6, 8),
+        since: release(6, 8),
         commits: &["822fb91fc724", "b2cb9f9ef240", "770041d337a8"],
         backports: &[],
         until: None,
@@ -177,7 +192,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Tb2AddrType,
         change: "tb2 keeps addr_type instead of family and stores IPv4 addresses v4-mapped",
-        since: (6, 8),
+        since: release(6, 8),
         commits: &["5a22bba13d01", "06a8c04f8994"],
         backports: &[],
         until: None,
@@ -188,7 +203,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::HashdanceSchedule,
         change: "inet_twsk_hashdance became inet_twsk_hashdance_schedule",
-        since: (6, 11),
+        since: release(6, 11),
         commits: &["b334b924c9b7"],
         backports: &[],
         until: None,
@@ -199,7 +214,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::HashConnectPort0,
         change: "__inet_hash_connect gained a hash_port0 parameter",
-        since: (6, 15),
+        since: release(6, 15),
         commits: &[],
         backports: &[],
         until: None,
@@ -210,7 +225,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Tb2Fastreuse,
         change: "each tb2 has its own fastreuse/fastreuseport; SOCK_CONNECT_BIND marks connect()-bound owners, and releasing a port can reset a bucket to -1",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &["d57f4b874946"],
         backports: &[],
         until: None,
@@ -221,7 +236,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::UpdateFastreuseTb2,
         change: "inet_csk_update_fastreuse(tb, sk) became inet_csk_update_fastreuse(sk, tb, tb2)",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &["d57f4b874946"],
         backports: &[],
         until: None,
@@ -232,7 +247,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::NsCommonType,
         change: "ns_common gained ns_type before inum (inum moved from offset 16 to 24)",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &[],
         backports: &[],
         until: None,

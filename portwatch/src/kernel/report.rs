@@ -84,15 +84,14 @@ impl Resolved {
 }
 
 fn variant_json(v: &Variant, present: bool) -> Value {
-    let release = |(major, minor): (u32, u32)| format!("{major}.{minor}");
     json!({
         "id": v.id,
         "present": present,
         "change": v.change,
-        "since": release(v.since),
+        "since": v.since.mainline(),
         "commits": v.commits,
-        "backports": v.backports.iter().map(|&r| format!("{}.y", release(r))).collect::<Vec<_>>(),
-        "until": v.until.map(release),
+        "backports": v.backports.iter().map(|r| r.stable()).collect::<Vec<_>>(),
+        "until": v.until.map(|r| r.mainline()),
         "effect": if present { v.with } else { v.without },
     })
 }

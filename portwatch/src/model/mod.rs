@@ -7,6 +7,7 @@
 mod bucket;
 mod errno;
 mod event;
+mod explanation;
 mod snapshot;
 mod tcp_state;
 mod transition;
@@ -14,6 +15,10 @@ mod transition;
 pub use bucket::{BucketInfo, BucketKey, Fastreuse, OwnerCount};
 pub use errno::{errno_or_zero, Errno};
 pub use event::{SeenBucket, SocketEvent};
-pub use snapshot::{AddrRow, BucketRow, OwnerRow, Scope, Snapshot};
+pub use explanation::{
+    BindExplanation, Candidate, Conflict, ConflictRule, ConnectExplanation, Explanation,
+    NamedOwner, PortHolder, ProcessPorts, HOLDERS_SHOWN,
+};
+pub use snapshot::{AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot};
 pub use tcp_state::TcpState;
 pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};

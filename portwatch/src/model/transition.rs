@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bucket::BucketInfo, errno::Errno, BucketKey, Fastreuse};
+use super::{bucket::BucketInfo, errno::Errno, BucketKey, Explanation, Fastreuse};
 
 /// The syscall or kernel action behind a transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -166,6 +166,9 @@ pub struct Transition {
     pub opts: SockOpts,
     /// The port was not asked for but is the only port of the ephemeral range.
     pub port_from_range: bool,
+    /// For `BindFailed`/`ConnectFailed`: why, when it was explained.
+    #[serde(default)]
+    pub explanation: Option<Explanation>,
 }
 
 impl Transition {
@@ -207,6 +210,7 @@ mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            explanation: None,
         }
     }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{table::sorted_buckets, time::Clock};
-use crate::model::{AddrRow, Snapshot, Transition};
+use crate::model::{AddrRow, Explanation, Snapshot, Transition};
 
 /// The JSON object of one transition; keys in this order, names fixed.
 #[derive(Serialize)]
@@ -36,6 +36,8 @@ struct TransitionLine<'a> {
     reuseport: bool,
     bind_address_no_port: bool,
     port_from_range: bool,
+    /// For failures: why (see `model::Explanation`), null when not explained.
+    explanation: Option<&'a Explanation>,
 }
 
 /// One JSON object (one line, no trailing newline) for a transition. `time` is RFC 3339
@@ -68,6 +70,7 @@ pub fn transition_line(t: &Transition, clock: &Clock) -> serde_json::Result<Stri
         reuseport: t.opts.reuseport,
         bind_address_no_port: t.opts.bind_address_no_port,
         port_from_range: t.port_from_range,
+        explanation: t.explanation.as_ref(),
     };
     serde_json::to_string(&j)
 }
@@ -77,11 +80,19 @@ fn addr_json(a: &AddrRow) -> Value {
         "address": a.address,
         "fastreuse": a.fastreuse,
         "fastreuseport": a.fastreuseport,
+        "family": a.family,
         "owners": a.owners.iter().map(|o| json!({
             "local": o.local,
             "state": o.state.to_string(),
             "reuseaddr": o.reuseaddr,
             "reuseport": o.reuseport,
+            "family": o.family,
+            "v6only": o.v6only,
+            "uid": o.uid,
+            "bound_dev": o.bound_dev,
+            "inode": o.inode,
+            "remote": o.remote,
+            "holders": o.holders,
         })).collect::<Vec<_>>(),
     })
 }
@@ -134,7 +145,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 23] = [
+    const KEYS: [&str; 24] = [
         "ts_ns",
         "time",
         "netns",
@@ -158,6 +169,7 @@ mod tests {
         "reuseport",
         "bind_address_no_port",
         "port_from_range",
+        "explanation",
     ];
 
     #[test]
@@ -276,8 +288,15 @@ mod tests {
         assert_eq!(addrs[0]["fastreuse"], json!(-1));
         assert_eq!(
             addrs[0]["owners"][0],
-            json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false})
+            json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false,
+                   "family":"inet","v6only":false,"uid":0,"bound_dev":0,"inode":4711,
+                   "remote":"127.9.9.9:1234",
+                   "holders":[{"pid":4242,"comm":"python3","fd":3},{"pid":4243,"comm":"python3","fd":3}]})
         );
+        // A TIME-WAIT owner has no uid, inode or process.
+        let tw = &addrs[0]["owners"][1];
+        assert_eq!((tw["state"].as_str(), tw["uid"].is_null()), (Some("TIME_WAIT"), true));
+        assert_eq!((tw["inode"].is_null(), tw["holders"].clone()), (true, json!([])));
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
         assert_eq!(dump(&snap(vec![]), true), json!([]));

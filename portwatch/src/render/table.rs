@@ -104,7 +104,9 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     use super::*;
-    use crate::model::{AddrRow, BucketInfo, BucketKey, Fastreuse, OwnerCount, OwnerRow, TcpState};
+    use crate::model::{
+        AddrRow, BucketInfo, BucketKey, Family, Fastreuse, Holder, OwnerCount, OwnerRow, TcpState,
+    };
 
     pub(crate) fn bucket(netns: u32, port: u16, fr: i8, frp: i8, owners: u32) -> BucketRow {
         BucketRow {
@@ -119,6 +121,7 @@ pub(crate) mod tests {
                 owners: OwnerCount::exact(owners),
             },
             addresses: vec![],
+            fast: None,
         }
     }
 
@@ -127,6 +130,7 @@ pub(crate) mod tests {
             buckets,
             truncated: false,
             slots: 65536,
+            net: None,
         }
     }
 
@@ -198,25 +202,52 @@ pub(crate) mod tests {
         b.addresses = vec![
             AddrRow {
                 address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                family: None,
                 fastreuse: Some(Fastreuse(-1)),
                 fastreuseport: Some(Fastreuse(-1)),
                 owners: vec![
                     OwnerRow {
                         local: Some(lo),
+                        family: Some(Family::Inet),
                         state: TcpState::Established,
                         reuseaddr: true,
                         reuseport: false,
+                        v6only: false,
+                        uid: Some(0),
+                        bound_dev: 0,
+                        inode: Some(4711),
+                        remote: Some(SocketAddr::from(([127, 9, 9, 9], 1234))),
+                        holders: vec![
+                            Holder {
+                                pid: 4242,
+                                comm: "python3".into(),
+                                fd: 3,
+                            },
+                            Holder {
+                                pid: 4243,
+                                comm: "python3".into(),
+                                fd: 3,
+                            },
+                        ],
                     },
                     OwnerRow {
                         local: Some(lo),
+                        family: Some(Family::Inet),
                         state: TcpState::TimeWait,
                         reuseaddr: false,
                         reuseport: true,
+                        v6only: false,
+                        uid: None,
+                        bound_dev: 0,
+                        inode: None,
+                        remote: Some(SocketAddr::from(([127, 8, 8, 8], 1234))),
+                        holders: vec![],
                     },
                 ],
             },
             AddrRow {
                 address: Some(IpAddr::V4(Ipv4Addr::new(127, 2, 2, 2))),
+                family: None,
                 fastreuse: None,
                 fastreuseport: None,
                 owners: vec![],
@@ -240,6 +271,17 @@ pub(crate) mod tests {
         );
         assert!(!lines[3].contains("REUSEPORT"));
         assert!(lines[4].contains("TIME_WAIT REUSEPORT"), "{out}");
+        // Like ss -p: the processes holding each owner; TIME-WAIT has none.
+        assert!(
+            lines[3].ends_with(
+                "-> 127.9.9.9:1234 users:((\"python3\",pid=4242,fd=3),(\"python3\",pid=4243,fd=3))"
+            ),
+            "{out}"
+        );
+        assert!(
+            lines[4].ends_with("-> 127.8.8.8:1234 (TIME-WAIT: no process)"),
+            "{out}"
+        );
         // No per-address state on this kernel: blank cells, only the owner count.
         assert_eq!(words(lines[5])[0], ["addr", "127.2.2.2", "0"]);
         // Not verbose: the bucket line only.

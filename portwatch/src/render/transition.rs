@@ -79,6 +79,9 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
     if sock.is_empty() {
         sock.push("-".to_string());
     }
+    if let Some(e) = &t.explanation {
+        sock.push(format!("why: {}", super::explain::summary(e)));
+    }
     let line = format!(
         "{:<W_TIME$}  {:<W_WHO$}  {:<W_NS$}  {:<W_PORT$}  {:<W_KIND$}  {:<W_OP$}  {:<W_CHANGE$}  {:<W_BUCKET$}  {}",
         clock.wall(t.ts_ns),
@@ -222,6 +225,9 @@ pub fn recent_line(t: &Transition, age_of: Duration, netns: bool) -> String {
     if t.port_from_range {
         s.push_str("  (only port of the range)");
     }
+    if let Some(e) = &t.explanation {
+        let _ = write!(s, "  why: {}", super::explain::summary(e));
+    }
     s
 }
 
@@ -265,6 +271,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             port_from_range: false,
+            explanation: None,
         }
     }
 
@@ -404,6 +411,7 @@ pub(crate) mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            explanation: None,
         }
     }
 

@@ -18,9 +18,10 @@ pub fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
 
 pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
     Snapshot {
-        buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![] }).collect(),
+        buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![], fast: None }).collect(),
         truncated: false,
         slots: 65536,
+        net: None,
     }
 }
 
@@ -41,6 +42,12 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
         remote: None,
         opts: SockOpts::default(),
         port_from_range: false,
+        net: 0,
+        family: None,
+        v6only: false,
+        uid: None,
+        bound_dev: 0,
+        explanation: None,
     }
 }
 
