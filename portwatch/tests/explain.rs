@@ -1,16 +1,20 @@
-//! The rules engine of `explain`, judged by the running kernel: seeded, generated bind()
-//! and connect() cases, each in its own private network namespace (root). The engine
-//! predicts, the calls are made, and every answer must agree.
+//! `explain`, judged by the running kernel: seeded, generated bind() and connect() cases,
+//! each in its own private network namespace (root). Each candidate call is explained
+//! first through the command path of `explain bind`/`explain connect` (the owners read
+//! from the kernel by the eBPF snapshot), then made, and every answer must agree.
 //!
 //! `PORTWATCH_JUDGE_SEED`, `PORTWATCH_JUDGE_BIND` and `PORTWATCH_JUDGE_CONNECT` change the
 //! seed and the case counts.
 mod common;
 
 use common::require_root;
-use portwatch::explain::{
-    judge::{self, Options},
-    observe::observe,
-    variant::{KernelVersion, Variant},
+use portwatch::{
+    backend::{ProbeSession, SessionOptions},
+    explain::{
+        judge::{self, Options},
+        observe::observe,
+        variant::{KernelVersion, Variant},
+    },
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -42,29 +46,15 @@ fn generated_cases_agree_with_the_kernel() {
         bind_cases: env_or("PORTWATCH_JUDGE_BIND", 300) as usize,
         connect_cases: env_or("PORTWATCH_JUDGE_CONNECT", 100) as usize,
     };
+    let mut session = ProbeSession::open(&SessionOptions::default())
+        .unwrap_or_else(|e| panic!("loading the snapshot program: {e}"));
     let started = std::time::Instant::now();
-    let tally =
-        judge::run(&opts, &variant, |_| {}).unwrap_or_else(|e| panic!("judge run failed: {e}"));
+    let tally = judge::run(&opts, &variant, &mut session, |_| {})
+        .unwrap_or_else(|e| panic!("judge run failed: {e}"));
     eprintln!(
-        "kernel {version} (rows: {}), seed {}, {:.1} s: {} bind cases, {} bind()/listen() calls judged, \
-         {} refusals, {} named conflicts re-made alone, {} completeness checks, {} fixes applied; \
-         {} connect cases, {} connect() calls over the range ({} decided by where the scan starts), {} single-port probes, {} holder checks; \
-         {} disagreements",
+        "kernel {version} (rows: {}): {}",
         variant.rows().map(|r| r.name).collect::<Vec<_>>().join(", "),
-        opts.seed,
-        started.elapsed().as_secs_f64(),
-        tally.bind_cases,
-        tally.bind_calls,
-        tally.bind_refusals,
-        tally.conflicts_verified,
-        tally.completeness_checks,
-        tally.fixes_verified,
-        tally.connect_cases,
-        tally.connect_calls,
-        tally.connect_depends,
-        tally.port_probes,
-        tally.blockers_verified,
-        tally.disagreements.len(),
+        tally.summary(opts.seed, started.elapsed().as_secs_f64())
     );
     for d in &tally.disagreements {
         eprintln!("DISAGREEMENT {}: {}", d.case, d.what);
@@ -82,6 +72,10 @@ fn generated_cases_agree_with_the_kernel() {
     assert!(
         tally.bind_refusals > 0 && tally.bind_refusals < tally.bind_cases,
         "the generator covers both outcomes"
+    );
+    assert!(
+        tally.explained >= tally.bind_cases + tally.connect_cases,
+        "every candidate was explained through the command path first"
     );
     assert!(
         tally.disagreements.is_empty(),

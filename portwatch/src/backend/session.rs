@@ -21,6 +21,10 @@ use crate::{
 
 /// A snapshot ring for sessions that only look up single buckets.
 pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
+/// A snapshot ring for sessions that explain failures as they happen: one failed
+/// connect() reads its namespace's buckets with their owners (88 bytes a record, about
+/// 47,000 records; a walk that does not fit is reported as cut short).
+pub const EXPLAIN_RING_BYTES: u32 = 1 << 22;
 
 /// Options for a session.
 #[derive(Clone, Debug)]

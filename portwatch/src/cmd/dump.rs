@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use portwatch::{backend::SessionOptions, render, snapshot::SnapOptions};
+use portwatch::{backend::SessionOptions, procs::ProcessTable, render, snapshot::SnapOptions};
 
 /// The walk takes no kernel locks (like the drgn script it replaces): a bucket changing
 /// during the walk may show either state; a chain cut short is reported as truncated.
@@ -19,7 +19,9 @@ pub struct DumpArgs {
     /// One JSON array instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also list each port's per-address buckets and their owner sockets.
+    /// Also list each port's per-address buckets and their owner sockets, with the
+    /// processes holding them (pid, name, fd, as `ss -p` shows them; a TIME-WAIT socket
+    /// has none).
     #[arg(short, long)]
     verbose: bool,
     /// Print the in-kernel walk time on stderr (`walk_ms=...`).
@@ -31,7 +33,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     let netns = super::netns_arg(a.netns.as_deref(), "/proc/self/ns/net")?;
     let mut session = super::open_session(&SessionOptions::default())?;
     let started = std::time::Instant::now();
-    let snap = session
+    let mut snap = session
         .snapshot(&SnapOptions {
             netns: netns.inode().unwrap_or(0),
             port: a.port.unwrap_or(0),
@@ -41,6 +43,10 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         .context("walking the bind hash table")?;
     if a.timing {
         eprintln!("walk_ms={:.3}", started.elapsed().as_secs_f64() * 1e3);
+    }
+    if a.verbose {
+        // Like `ss -p`: the processes holding each owner socket.
+        ProcessTable::scan().fill(&mut snap);
     }
     if snap.truncated {
         eprintln!("portwatch: the walk was cut short (a bound was hit): counts are lower bounds");

@@ -7,6 +7,7 @@ use clap::Args;
 use portwatch::{
     backend::{ProbeChoice, ProbeSession, SessionOptions},
     decode,
+    explain::live::Explainer,
     model::{Scope, Snapshot, SocketEvent},
     netns::{current_netns_inode, read_port_range_in, NetnsFilter, NetnsTarget},
     snapshot::SnapOptions,
@@ -49,6 +50,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 struct SessionSource {
     session: ProbeSession,
+    explainer: Option<Explainer>,
     snap: SnapOptions,
     header_netns: u32,
     header_path: Option<PathBuf>,
@@ -70,7 +72,12 @@ impl TopSource for SessionSource {
 
     fn events(&mut self) -> Result<Vec<SocketEvent>> {
         let raw = self.session.drain()?;
-        Ok(raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?)
+        let mut events: Vec<SocketEvent> =
+            raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?;
+        if let Some(x) = self.explainer.as_mut() {
+            x.annotate(&mut self.session, &mut events);
+        }
+        Ok(events)
     }
 
     fn port_range(&mut self, netns: u32) -> Result<(u16, u16)> {
@@ -115,6 +122,7 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     }
     let mut src = SessionSource {
         session,
+        explainer: super::explainer(),
         snap: SnapOptions { netns: filter, port: a.port.unwrap_or(0), ..SnapOptions::default() },
         header_netns,
         header_path,

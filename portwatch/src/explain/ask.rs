@@ -17,14 +17,14 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd},
     path::{Path, PathBuf},
 };
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::{
-    query::{explain_bind, explain_connect, BindQuery, ConnectQuery},
+    query::{self, explain_bind, BindQuery, ConnectQuery},
     variant::Variant,
 };
 use crate::{
@@ -45,21 +45,21 @@ pub enum AskError {
     NoScope { addr: Ipv6Addr },
     #[error("interface `{name}` does not exist in that network namespace (scope of {addr})")]
     NoInterface { name: String, addr: Ipv6Addr },
-    #[error("{addr} is not a local address of network namespace {netns}: bind() there fails with EADDRNOTAVAIL before any port is compared (see `ip -n NAME addr`)")]
+    #[error("{addr} is not a local address of network namespace {netns}: a socket cannot take it as its own address there (bind() fails with EADDRNOTAVAIL before any port is compared; see `ip addr` in that namespace)")]
     NotLocal { addr: IpAddr, netns: u32 },
     #[error("port 0 asks the kernel to pick a port; `explain bind` compares an explicit port's owners (for ports the kernel picks, use `explain connect`)")]
     PortZero,
-    #[error("no route from network namespace {netns} to {dst} ({source}); pass --from IP to name the source address")]
+    #[error("no route from network namespace {netns} to {dst} ({error}); pass --from IP to name the source address")]
     NoRoute {
         dst: SocketAddr,
         netns: u32,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("checking {what} in network namespace {netns}: {source}")]
+    #[error("checking {what} in network namespace {netns}: {error}")]
     Probe {
         what: String,
         netns: u32,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("network namespace: {0}")]
     Netns(#[from] NetnsError),
@@ -206,6 +206,23 @@ pub fn check_local(target: &Target, ep: &Endpoint) -> Result<u32, AskError> {
             return Ok(index);
         }
         let s = Socket::new(domain(ip), Type::DGRAM, None).map_err(|e| (false, e))?;
+        // Validate the address only: with IP_BIND_ADDRESS_NO_PORT a bind to port 0 takes
+        // no port (the range may be full or reserved).
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads size_of::<c_int>() bytes from `one`, a live local; the
+        // descriptor is open for the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err((false, io::Error::last_os_error()));
+        }
         s.bind(&SockAddr::from(socket_addr(ip, 0, index)))
             .map_err(|e| (false, e))?;
         Ok(index)
@@ -229,27 +246,113 @@ pub fn check_local(target: &Target, ep: &Endpoint) -> Result<u32, AskError> {
         Err((false, e)) => Err(AskError::Probe {
             what: format!("that {} is local", ep.ip),
             netns: target.inode,
-            source: e,
+            error: e,
         }),
     }
 }
 
-/// The source address routing picks in `target` toward `dst` (a UDP socket connected to
-/// it, which sends nothing).
+/// The source address routing picks in `target` toward `dst`: the kernel's answer to a
+/// route lookup (`ip route get DST`), which takes no port and sends nothing.
 pub fn route_source(target: &Target, dst: SocketAddr) -> Result<IpAddr, AskError> {
-    let res = run_in(&target.path, move || -> io::Result<IpAddr> {
-        let s = Socket::new(domain(dst.ip()), Type::DGRAM, None)?;
-        s.connect(&SockAddr::from(dst))?;
-        s.local_addr()?
-            .as_socket()
-            .map(|a| a.ip())
-            .ok_or_else(|| io::Error::other("no inet address"))
-    })?;
-    res.map_err(|source| AskError::NoRoute {
+    let ip = dst.ip();
+    let res = run_in(&target.path, move || rtnetlink_route_source(ip))?;
+    res.map_err(|error| AskError::NoRoute {
         dst,
         netns: target.inode,
-        source,
+        error,
     })
+}
+
+/// One `RTM_GETROUTE` request on a `NETLINK_ROUTE` socket of the calling thread's
+/// namespace: the reply's `RTA_PREFSRC` is the source address routing picks for `dst`.
+pub fn rtnetlink_route_source(dst: IpAddr) -> io::Result<IpAddr> {
+    const NLMSG_HDR: usize = 16;
+    const RTMSG: usize = 12;
+    const NLMSG_ERROR: u16 = 2;
+    let (family, addr): (u8, Vec<u8>) = match dst {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    // nlmsghdr, rtmsg, one rtattr RTA_DST (all fields in host order, 4-byte aligned).
+    let attr_len = 4 + addr.len();
+    let total = NLMSG_HDR + RTMSG + attr_len;
+    let mut req = Vec::with_capacity(total);
+    req.extend_from_slice(&(total as u32).to_ne_bytes());
+    req.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    req.extend_from_slice(&[family, (addr.len() * 8) as u8, 0, 0, 0, 0, 0, 0]);
+    req.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+    req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    req.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
+    req.extend_from_slice(&addr);
+    // SAFETY: plain socket(2) call; the descriptor is owned by `fd` below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor this function just opened and nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_nl is plain data; all-zero is the kernel's address.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: `req` and `kernel` are live for the call; the lengths are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: `buf` is live and writable for its whole length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let msg = &buf[..n as usize];
+    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
+    let u32_at =
+        |b: &[u8], i: usize| b.get(i..i + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
+    let bad = || io::Error::other("malformed route reply");
+    let len = u32_at(msg, 0).ok_or_else(bad)? as usize;
+    let msg = msg.get(..len).ok_or_else(bad)?;
+    if u16_at(msg, 4) == Some(NLMSG_ERROR) {
+        let errno = u32_at(msg, NLMSG_HDR).ok_or_else(bad)? as i32;
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    let mut at = NLMSG_HDR + RTMSG;
+    while at + 4 <= msg.len() {
+        let alen = usize::from(u16_at(msg, at).ok_or_else(bad)?);
+        let kind = u16_at(msg, at + 2).ok_or_else(bad)?;
+        if alen < 4 {
+            break;
+        }
+        let data = msg.get(at + 4..at + alen).ok_or_else(bad)?;
+        if kind == libc::RTA_PREFSRC {
+            return match *data {
+                [a, b, c, d] => Ok(IpAddr::from([a, b, c, d])),
+                _ => <[u8; 16]>::try_from(data)
+                    .map(IpAddr::from)
+                    .map_err(|_| bad()),
+            };
+        }
+        at += (alen + 3) & !3;
+    }
+    Err(io::Error::other("the route has no source address"))
 }
 
 /// Options of a bind() to explain, besides its address.
@@ -306,6 +409,26 @@ pub fn connect(
     from: Option<&Endpoint>,
     v: &Variant,
 ) -> Result<ConnectExplanation, AskError> {
+    connect_report(session, target, dst, from, v).map(|r| r.explanation)
+}
+
+/// An explained connect() with what it was made from: the engine's verdict on every port
+/// of the range, and the snapshot read (owners of a port in the engine's order are
+/// [`query::port_owners`]).
+pub struct ConnectReport {
+    pub explanation: ConnectExplanation,
+    pub ports: super::connect::Report,
+    pub snapshot: crate::model::Snapshot,
+}
+
+/// As [`connect`], keeping what the explanation was made from.
+pub fn connect_report(
+    session: &mut ProbeSession,
+    target: &Target,
+    dst: &Endpoint,
+    from: Option<&Endpoint>,
+    v: &Variant,
+) -> Result<ConnectReport, AskError> {
     if dst.port == 0 {
         return Err(AskError::Unparsable {
             input: format!("{}:0", dst.ip),
@@ -349,9 +472,15 @@ pub fn connect(
         source,
         destination,
     };
-    explain_connect(&snap, target.inode, &q, v).ok_or_else(|| AskError::NoRange {
-        netns: target.inode,
-        path: target.path.clone(),
+    let (explanation, ports) =
+        query::connect_report(&snap, target.inode, &q, v).ok_or_else(|| AskError::NoRange {
+            netns: target.inode,
+            path: target.path.clone(),
+        })?;
+    Ok(ConnectReport {
+        explanation,
+        ports,
+        snapshot: snap,
     })
 }
 
@@ -397,14 +526,23 @@ mod tests {
         let ep = |s: &str| parse_endpoint(s).unwrap();
         assert_eq!(check_local(&me, &ep("127.0.0.1:1")).unwrap(), 0);
         assert_eq!(check_local(&me, &ep("0.0.0.0:1")).unwrap(), 0);
+        if std::path::Path::new("/proc/net/if_inet6").exists() {
+            assert_eq!(check_local(&me, &ep("[::1]:1")).unwrap(), 0);
+            assert_eq!(check_local(&me, &ep("[::ffff:127.0.0.1]:1")).unwrap(), 0);
+        }
         // TEST-NET-3 is nobody's local address.
         let e = check_local(&me, &ep("203.0.113.7:1")).unwrap_err();
         assert!(matches!(e, AskError::NotLocal { .. }), "{e}");
         assert!(e.to_string().contains("EADDRNOTAVAIL"), "{e}");
         let e = check_local(&me, &ep("[fe80::1%nosuchif0]:1")).unwrap_err();
         assert!(matches!(e, AskError::NoInterface { .. }), "{e}");
-        // Routing's source toward loopback.
-        let src = route_source(&me, "127.0.0.1:9".parse().unwrap()).unwrap();
-        assert!(src.is_loopback(), "{src}");
+        // Routing's source toward loopback, as `ip route get` says.
+        let src = route_source(&me, "127.9.9.9:9".parse().unwrap()).unwrap();
+        assert_eq!(src, "127.0.0.1".parse::<IpAddr>().unwrap());
+        let e = route_source(&me, "240.0.0.1:9".parse().unwrap());
+        if let Ok(ip) = e {
+            // A default route answers for anything; its source is a local address.
+            assert!(check_local(&me, &Endpoint { ip, port: 0, scope: None }).is_ok());
+        }
     }
 }

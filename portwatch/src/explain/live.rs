@@ -16,6 +16,7 @@ use std::{
 };
 
 use super::{
+    ask::rtnetlink_route_source,
     query::{explain_bind, explain_connect, BindQuery, ConnectQuery},
     variant::Variant,
 };
@@ -136,15 +137,7 @@ impl Explainer {
     fn route_source(&mut self, netns: u32, dst: SocketAddr) -> Option<IpAddr> {
         *self.sources.entry((netns, dst)).or_insert_with(|| {
             let path = netns_path_for_inode(netns).ok()?;
-            run_in(&path, move || -> Option<IpAddr> {
-                let s = std::net::UdpSocket::bind(match dst {
-                    SocketAddr::V4(_) => "0.0.0.0:0",
-                    SocketAddr::V6(_) => "[::]:0",
-                })
-                .ok()?;
-                s.connect(dst).ok()?;
-                s.local_addr().ok().map(|a| a.ip())
-            })
+            run_in(&path, move || rtnetlink_route_source(dst.ip()).ok())
             .ok()
             .flatten()
         })

@@ -132,6 +132,14 @@ pub fn named(o: &OwnerRow) -> Option<NamedOwner> {
     })
 }
 
+/// The owners of `port` in `netns`, named, in the order the engine's owner indices
+/// (`connect::PortVerdict::holders`, `bind::Conflict::owner`) count them.
+pub fn port_owners(snap: &Snapshot, netns: u32, port: u16) -> Vec<Option<NamedOwner>> {
+    bucket(snap, netns, port)
+        .map(|b| owners_of(b).into_iter().map(|(_, o)| named(o)).collect())
+        .unwrap_or_default()
+}
+
 /// The bucket of `port` outside any VRF in `netns`, from a snapshot.
 fn bucket(snap: &Snapshot, netns: u32, port: u16) -> Option<&BucketRow> {
     snap.buckets
@@ -201,6 +209,16 @@ pub fn explain_connect(
     q: &ConnectQuery,
     v: &Variant,
 ) -> Option<ConnectExplanation> {
+    connect_report(snap, netns, q, v).map(|(e, _)| e)
+}
+
+/// As [`explain_connect`], with the engine's verdict on every port of the range.
+pub fn connect_report(
+    snap: &Snapshot,
+    netns: u32,
+    q: &ConnectQuery,
+    v: &Variant,
+) -> Option<(ConnectExplanation, connect::Report)> {
     let net = snap.net.as_ref()?;
     let (lo, hi) = net.range;
     let mut rows: BTreeMap<u16, &BucketRow> = BTreeMap::new();
@@ -270,7 +288,7 @@ pub fn explain_connect(
     used_by.truncate(HOLDERS_SHOWN);
     let mut blocked_by = blocked;
     blocked_by.truncate(HOLDERS_SHOWN);
-    Some(ConnectExplanation {
+    let explanation = ConnectExplanation {
         verdict: report.verdict,
         netns,
         source: q.source,
@@ -288,7 +306,8 @@ pub fn explain_connect(
         blocked_by_process: by_process,
         used_by,
         truncated: snap.truncated,
-    })
+    };
+    Some((explanation, report))
 }
 
 #[cfg(test)]

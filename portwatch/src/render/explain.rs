@@ -152,7 +152,10 @@ pub fn fix(f: &Fix, e: &BindExplanation) -> String {
         Fix::Candidate { change } if change.reuseaddr || change.reuseport || change.v6only => {
             format!("set {} on the new socket", change_words(change))
         }
-        Fix::Candidate { change } => change_words(change),
+        Fix::Candidate { change } => match change.uid {
+            Some(u) => format!("create the new socket as uid {u} (SO_REUSEPORT shares only within one uid)"),
+            None => change_words(change),
+        },
         Fix::CandidateAndOwners { change } => {
             let pids: Vec<String> = e
                 .conflicts
