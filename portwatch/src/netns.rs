@@ -308,7 +308,7 @@ fn read_port_range_at(path: &Path) -> Result<(u16, u16), NetnsError> {
 }
 
 /// Find a path that refers to the netns with this inode: `/run/netns/*` first, then
-/// `/proc/PID/ns/net` of every process.
+/// `/proc/PID/ns/net` of every process, then `/proc/PID/task/TID/ns/net` of every thread.
 pub fn netns_path_for_inode(inode: u32) -> Result<PathBuf, NetnsError> {
     let matches = |p: &Path| {
         std::fs::metadata(p)
@@ -323,16 +323,28 @@ pub fn netns_path_for_inode(inode: u32) -> Result<PathBuf, NetnsError> {
             }
         }
     }
-    let proc = std::fs::read_dir("/proc").map_err(|e| io_err("listing /proc", e))?;
-    for entry in proc.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let p = PathBuf::from(format!("/proc/{name}/ns/net"));
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .map_err(|e| io_err("listing /proc", e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    for pid in &pids {
+        let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
         if matches(&p) {
             return Ok(p);
+        }
+    }
+    // A namespace only some thread is in (a process's helper thread that entered it).
+    for pid in &pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let p = t.path().join("ns/net");
+            if matches(&p) {
+                return Ok(p);
+            }
         }
     }
     Err(NetnsError::NoPathForInode { inode })

@@ -107,6 +107,10 @@ impl ProcessTable {
     }
 }
 
+/// How old a scan must be before a socket it lacks makes [`CachedProcessTable::covering`]
+/// scan again.
+pub const RESCAN_AFTER: Duration = Duration::from_millis(100);
+
 /// A process table rescanned on demand, at most once per `min_interval`: for streams
 /// that explain failures as they happen, where each failure may name sockets made since
 /// the last scan.
@@ -124,12 +128,18 @@ impl CachedProcessTable {
         }
     }
 
-    /// The table, rescanned first when one of `inodes` is unknown to it and the last
-    /// scan is older than the interval.
+    /// Rescans when the last scan is older than the interval.
+    pub fn refresh(&mut self) {
+        if self.table.age().is_none_or(|a| a >= self.min_interval) {
+            self.table = ProcessTable::scan();
+        }
+    }
+
+    /// The table, rescanned first when one of `inodes` is unknown to it (a socket made
+    /// since the last scan) and that scan is older than [`RESCAN_AFTER`].
     pub fn covering(&mut self, inodes: impl IntoIterator<Item = u64>) -> &ProcessTable {
         let missing = inodes.into_iter().any(|i| !self.table.knows(i));
-        let stale = self.table.age().is_none_or(|a| a >= self.min_interval);
-        if missing && stale {
+        if missing && self.table.age().is_none_or(|a| a >= RESCAN_AFTER) {
             self.table = ProcessTable::scan();
         }
         &self.table

@@ -28,11 +28,11 @@ pub struct ExplainArgs {
 const EXIT_NOTE: &str = "Exit status: 0 when the call would succeed now, 1 when it would fail, 2 when \
 the request cannot be explained (unparsable or non-local address, link-local IPv6 without a \
 scope, a namespace or pid that does not exist, missing privileges). Nothing is changed on the \
-host: the owners are read by a lock-free walk of the kernel's bind table (a racy snapshot, like \
-dump), and whether the address is local (or, without --from, which source address routing \
-picks) is asked of the namespace with a UDP socket that sends nothing and is closed at once. \
-Needs CAP_BPF and CAP_PERFMON (root); with --netns of another namespace also CAP_SYS_ADMIN \
-(setns) for that check.";
+host: the owners, the port range and the reserved ports are read from the kernel by a lock-free \
+walk of its bind table (a racy snapshot, like dump); whether the address is local is asked of the \
+namespace by binding a UDP socket that takes no port and is closed at once, and without --from \
+the source address is a route lookup (like `ip route get`). Needs CAP_BPF and CAP_PERFMON \
+(root); with --netns of another namespace also CAP_SYS_ADMIN (setns) for those two questions.";
 
 #[derive(Debug, Subcommand)]
 enum ExplainCommand {

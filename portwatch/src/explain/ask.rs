@@ -355,6 +355,19 @@ pub fn rtnetlink_route_source(dst: IpAddr) -> io::Result<IpAddr> {
     Err(io::Error::other("the route has no source address"))
 }
 
+/// Fills in the holders of `snap`'s owners from `procs`, scanned before the walk (an owner
+/// that closes during the walk is still in it), scanning again for sockets made since.
+fn holders(procs: ProcessTable, snap: &mut crate::model::Snapshot) {
+    let missing = snap
+        .buckets
+        .iter()
+        .flat_map(|b| b.addresses.iter().flat_map(|a| a.owners.iter()))
+        .filter_map(|o| o.inode)
+        .any(|i| !procs.knows(i));
+    let procs = if missing { ProcessTable::scan() } else { procs };
+    procs.fill(snap);
+}
+
 /// Options of a bind() to explain, besides its address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BindOpts {
@@ -379,6 +392,7 @@ pub fn bind(
     }
     let scope = check_local(target, ep)?;
     let ns = target.open()?;
+    let procs = ProcessTable::scan();
     let mut snap = session.snapshot(&SnapOptions {
         netns: target.inode,
         port: ep.port,
@@ -387,7 +401,7 @@ pub fn bind(
         ..SnapOptions::default()
     })?;
     drop(ns);
-    ProcessTable::scan().fill(&mut snap);
+    holders(procs, &mut snap);
     let q = BindQuery {
         addr: socket_addr(ep.ip, ep.port, 0),
         reuseaddr: opts.reuseaddr,
@@ -460,6 +474,7 @@ pub fn connect_report(
         None => route_source(target, destination)?,
     };
     let ns = target.open()?;
+    let procs = ProcessTable::scan();
     let mut snap = session.snapshot(&SnapOptions {
         netns: target.inode,
         verbose: true,
@@ -467,7 +482,7 @@ pub fn connect_report(
         ..SnapOptions::default()
     })?;
     drop(ns);
-    ProcessTable::scan().fill(&mut snap);
+    holders(procs, &mut snap);
     let q = ConnectQuery {
         source,
         destination,

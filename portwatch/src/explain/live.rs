@@ -21,7 +21,7 @@ use super::{
     variant::Variant,
 };
 use crate::{
-    model::{Errno, Explanation, Family, Op, Snapshot, SocketEvent},
+    model::{Drift, Errno, Explanation, Family, Op, Snapshot, SocketEvent},
     netns::{netns_path_for_inode, run_in},
     procs::CachedProcessTable,
 };
@@ -64,6 +64,12 @@ impl Explainer {
     /// Attaches an explanation to every failure of `events` this module explains and
     /// whose buckets could be read (a read that fails leaves the event unexplained).
     pub fn annotate(&mut self, src: &mut dyn BucketSource, events: &mut [SocketEvent]) {
+        if !events.iter().any(|e| wanted(e) && e.net != 0) {
+            return;
+        }
+        // Processes first: an owner that closes right after the bucket is read is still
+        // in a table scanned before (a socket made since is found by a rescan).
+        self.procs.refresh();
         let mut ports: HashMap<(u64, u16), Option<Snapshot>> = HashMap::new();
         let mut spaces: HashMap<u64, Option<Snapshot>> = HashMap::new();
         for ev in events.iter_mut().filter(|e| wanted(e) && e.net != 0) {
@@ -116,7 +122,16 @@ impl Explainer {
             uid: ev.uid,
             bound_dev: u32::try_from(ev.bound_dev).unwrap_or(0),
         };
-        Some(Explanation::Bind(explain_bind(snap, ev.netns, &q, &self.variant)))
+        let mut e = explain_bind(snap, ev.netns, &q, &self.variant);
+        let at_failure = ev.bucket.map(|b| b.info);
+        let when_read = crate::explain::query::bucket(snap, ev.netns, ev.port).map(|b| b.info);
+        if at_failure != when_read {
+            e.drift = Some(Drift {
+                at_failure,
+                when_read,
+            });
+        }
+        Some(Explanation::Bind(e))
     }
 
     fn connect(&mut self, snap: &mut Snapshot, ev: &SocketEvent) -> Option<Explanation> {

@@ -141,7 +141,7 @@ pub fn port_owners(snap: &Snapshot, netns: u32, port: u16) -> Vec<Option<NamedOw
 }
 
 /// The bucket of `port` outside any VRF in `netns`, from a snapshot.
-fn bucket(snap: &Snapshot, netns: u32, port: u16) -> Option<&BucketRow> {
+pub fn bucket(snap: &Snapshot, netns: u32, port: u16) -> Option<&BucketRow> {
     snap.buckets
         .iter()
         .find(|b| b.key.netns == netns && b.key.port == port && b.key.l3mdev == 0)
@@ -197,6 +197,7 @@ pub fn explain_bind(snap: &Snapshot, netns: u32, q: &BindQuery, v: &Variant) -> 
         invalid: report.invalid.map(str::to_owned),
         owners: row.map_or(0, |r| r.info.owners.n as usize),
         truncated: row.is_some_and(|r| r.info.owners.truncated),
+        drift: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Family, Fastreuse, Holder, TcpState};
+use super::{BucketInfo, Family, Fastreuse, Holder, TcpState};
 use crate::explain::{
     bind::{self, Fix, Overlap, Rule, Via},
     connect,
@@ -150,6 +150,18 @@ pub struct BindExplanation {
     pub owners: usize,
     /// The owner walk was cut short: owners past the bound were not compared.
     pub truncated: bool,
+    /// For a failure explained after the fact (`trace`, `top`): the bucket as the failed
+    /// call left it and as it was read for the explanation, when they differ (the owners
+    /// in the way may have left before they could be read).
+    pub drift: Option<Drift>,
+}
+
+/// A bucket that changed between a failure and its explanation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// `None`: no bucket.
+    pub at_failure: Option<BucketInfo>,
+    pub when_read: Option<BucketInfo>,
 }
 
 /// A port of the range and who keeps connect() from using it.

@@ -16,7 +16,7 @@ pub use bucket::{BucketInfo, BucketKey, Fastreuse, OwnerCount};
 pub use errno::{errno_or_zero, Errno};
 pub use event::{SeenBucket, SocketEvent};
 pub use explanation::{
-    BindExplanation, Candidate, Conflict, ConflictRule, ConnectExplanation, Explanation,
+    BindExplanation, Candidate, Conflict, ConflictRule, ConnectExplanation, Drift, Explanation,
     NamedOwner, PortHolder, ProcessPorts, HOLDERS_SHOWN,
 };
 pub use snapshot::{AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot};

@@ -392,6 +392,19 @@ pub fn connect_fixes(e: &ConnectExplanation) -> Vec<String> {
     out
 }
 
+/// `; the bucket changed before it was read (owners 1 at the failure, now gone)`.
+pub fn drift(d: &crate::model::Drift) -> String {
+    let side = |b: &Option<crate::model::BucketInfo>| match b {
+        Some(i) => format!("owners {}, fastreuse {}", i.owners, i.fastreuse),
+        None => "no bucket".to_owned(),
+    };
+    format!(
+        "; the bucket changed before it could be read (at the failure: {}; read: {})",
+        side(&d.at_failure),
+        side(&d.when_read)
+    )
+}
+
 /// The text report of either call.
 pub fn text(e: &Explanation) -> String {
     match e {
@@ -427,10 +440,11 @@ pub fn summary(e: &Explanation) -> String {
                 )
             }
             None => format!(
-                "rules say {} now ({} owner{})",
+                "rules say {} now ({} owner{}){}",
                 b.verdict.name(),
                 b.owners,
-                if b.owners == 1 { "" } else { "s" }
+                if b.owners == 1 { "" } else { "s" },
+                b.drift.as_ref().map_or(String::new(), drift)
             ),
         },
         Explanation::Connect(c) => {
@@ -538,6 +552,7 @@ mod tests {
             invalid: None,
             owners: 2,
             truncated: false,
+            drift: None,
         }
     }
 

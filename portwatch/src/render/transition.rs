@@ -525,4 +525,43 @@ pub(crate) mod tests {
         assert!(!l.contains("pid"), "{l}");
         assert!(l.contains("  127.0.0.1:60000 → 127.9.9.9:1234  [REUSEADDR]"), "{l}");
     }
+
+    /// A failure carries its explanation into `top`'s recent pane and `trace`'s line,
+    /// spelled by the one renderer.
+    #[test]
+    fn failures_carry_their_explanation() {
+        use crate::{
+            explain::connect::Verdict,
+            model::{ConnectExplanation, Explanation},
+        };
+        let mut t = connect_failed();
+        let e = Explanation::Connect(ConnectExplanation {
+            verdict: Verdict::Eaddrnotavail,
+            netns: 4026532290,
+            source: "127.0.0.1".parse().expect("literal"),
+            destination: "127.9.9.9:1234".parse().expect("literal"),
+            range: (60000, 60000),
+            reserved: 0,
+            free: 0,
+            shared_usable: 0,
+            used_to_destination: 0,
+            time_wait_reusable: 0,
+            blocked: 1,
+            usable_sometimes_skipped: 0,
+            tw_reuse: 2,
+            blocked_by: vec![],
+            blocked_by_process: vec![],
+            used_by: vec![],
+            truncated: false,
+        });
+        let why = super::super::explain::summary(&e);
+        t.explanation = Some(e);
+        let l = recent_line(&t, Duration::from_secs(1), false);
+        assert!(l.ends_with(&format!("  why: {why}")), "{l}");
+        assert!(why.starts_with("EADDRNOTAVAIL: range 60000-60000, free 0"), "{why}");
+        let l = trace_line(&t, &clock());
+        assert!(l.ends_with(&format!("  why: {why}")), "{l}");
+        // Other transitions have none.
+        assert!(!recent_line(&fr_changed(), Duration::from_secs(1), false).contains("why:"));
+    }
 }
