@@ -26,7 +26,10 @@ pub struct ProcessTable {
 
 /// The inode of a `/proc/PID/fd/N` link text `socket:[INODE]`.
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 impl ProcessTable {
@@ -68,7 +71,10 @@ impl ProcessTable {
                             .unwrap_or_default()
                     })
                     .clone();
-                by_inode.entry(inode).or_default().push(Holder { pid, comm, fd: n });
+                by_inode
+                    .entry(inode)
+                    .or_default()
+                    .push(Holder { pid, comm, fd: n });
             }
         }
         for holders in by_inode.values_mut() {
@@ -100,7 +106,10 @@ impl ProcessTable {
         for b in &mut snap.buckets {
             for a in &mut b.addresses {
                 for o in &mut a.owners {
-                    o.holders = o.inode.map(|i| self.holders(i).to_vec()).unwrap_or_default();
+                    o.holders = o
+                        .inode
+                        .map(|i| self.holders(i).to_vec())
+                        .unwrap_or_default();
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! one call from the owners the kernel holds now; the hidden `selftest` runs the seeded,
 //! generated cases against the running kernel through the same path (the VM matrix calls
 //! it in every guest).
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
@@ -25,7 +25,8 @@ pub struct ExplainArgs {
     command: ExplainCommand,
 }
 
-const EXIT_NOTE: &str = "Exit status: 0 when the call would succeed now, 1 when it would fail, 2 when \
+const EXIT_NOTE: &str =
+    "Exit status: 0 when the call would succeed now, 1 when it would fail, 2 when \
 the request cannot be explained (unparsable or non-local address, link-local IPv6 without a \
 scope, a namespace or pid that does not exist, missing privileges). Nothing is changed on the \
 host: the owners, the port range and the reserved ports are read from the kernel by a lock-free \
@@ -145,14 +146,22 @@ fn rules() -> Result<Variant> {
 
 /// Prints an explanation; exit 0 when the call would succeed, 1 when not.
 fn report(e: &Explanation, json: bool) -> Result<ExitCode> {
-    if json {
-        let v = match e {
+    let text = if json {
+        let mut v = match e {
             Explanation::Bind(b) => serde_json::to_string_pretty(b)?,
             Explanation::Connect(c) => serde_json::to_string_pretty(c)?,
         };
-        println!("{v}");
+        v.push('\n');
+        v
     } else {
-        print!("{}", render::explain::text(e));
+        render::explain::text(e)
+    };
+    // `| head`: the reader left; the verdict still decides the exit status.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing to stdout")
+        }
+        _ => {}
     }
     Ok(if e.verdict_name() == "ok" {
         ExitCode::SUCCESS
@@ -209,8 +218,8 @@ fn selftest(a: SelftestArgs) -> Result<ExitCode> {
     };
     let mut session = super::open_session(&SessionOptions::default())?;
     let started = std::time::Instant::now();
-    let tally = judge::run(&opts, &variant, &mut session, |_| {})
-        .context("running the generated cases")?;
+    let tally =
+        judge::run(&opts, &variant, &mut session, |_| {}).context("running the generated cases")?;
     let secs = started.elapsed().as_secs_f64();
     let table_matches = variant == table;
     if a.json {

@@ -17,7 +17,7 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6},
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -128,7 +128,11 @@ pub fn parse_endpoint(input: &str) -> Result<Endpoint, AskError> {
             Err(_) if !sc.is_empty() => Scope::Name(sc.to_owned()),
             Err(_) => return Err(bad("empty scope after `%`")),
         }),
-        (_, Some(_)) => return Err(bad("a scope (`%...`) only goes with a link-local IPv6 address")),
+        (_, Some(_)) => {
+            return Err(bad(
+                "a scope (`%...`) only goes with a link-local IPv6 address",
+            ))
+        }
     };
     if let IpAddr::V6(a) = ip {
         if is_link_local(&a) && scope.is_none() {
@@ -239,10 +243,12 @@ pub fn check_local(target: &Target, ep: &Endpoint) -> Result<u32, AskError> {
                 netns: target.inode,
             },
         }),
-        Err((false, e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Err(AskError::NotLocal {
-            addr: ep.ip,
-            netns: target.inode,
-        }),
+        Err((false, e)) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            Err(AskError::NotLocal {
+                addr: ep.ip,
+                netns: target.inode,
+            })
+        }
         Err((false, e)) => Err(AskError::Probe {
             what: format!("that {} is local", ep.ip),
             netns: target.inode,
@@ -263,96 +269,57 @@ pub fn route_source(target: &Target, dst: SocketAddr) -> Result<IpAddr, AskError
     })
 }
 
-/// One `RTM_GETROUTE` request on a `NETLINK_ROUTE` socket of the calling thread's
-/// namespace: the reply's `RTA_PREFSRC` is the source address routing picks for `dst`.
+/// One `RTM_GETROUTE` request on an rtnetlink socket of the calling thread's namespace
+/// (`ip route get DST`): the reply's `RTA_PREFSRC` is the source address routing picks.
 pub fn rtnetlink_route_source(dst: IpAddr) -> io::Result<IpAddr> {
-    const NLMSG_HDR: usize = 16;
-    const RTMSG: usize = 12;
-    const NLMSG_ERROR: u16 = 2;
-    let (family, addr): (u8, Vec<u8>) = match dst {
-        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+    use netlink_packet_route::{
+        route::{RouteAddress, RouteAttribute, RouteMessage},
+        AddressFamily, RouteNetlinkMessage,
     };
-    // nlmsghdr, rtmsg, one rtattr RTA_DST (all fields in host order, 4-byte aligned).
-    let attr_len = 4 + addr.len();
-    let total = NLMSG_HDR + RTMSG + attr_len;
-    let mut req = Vec::with_capacity(total);
-    req.extend_from_slice(&(total as u32).to_ne_bytes());
-    req.extend_from_slice(&libc::RTM_GETROUTE.to_ne_bytes());
-    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    req.extend_from_slice(&[family, (addr.len() * 8) as u8, 0, 0, 0, 0, 0, 0]);
-    req.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
-    req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    req.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
-    req.extend_from_slice(&addr);
-    // SAFETY: plain socket(2) call; the descriptor is owned by `fd` below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
+    use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut route = RouteMessage::default();
+    let (family, bits) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
     };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
+    route.header.address_family = family;
+    route.header.destination_prefix_length = bits;
+    route
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(route)),
+    );
+    req.finalize();
+    let mut buf = vec![0; req.header.length as usize];
+    req.serialize(&mut buf);
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind_auto()?;
+    sock.connect(&SocketAddr::new(0, 0))?;
+    sock.send(&buf, 0)?;
+    let mut reply = vec![0; 8192];
+    let n = sock.recv(&mut &mut reply[..], 0)?;
+    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n])
+        .map_err(|e| invalid(e.to_string()))?;
+    match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::PrefSource(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                _ => None,
+            })
+            .ok_or_else(|| io::Error::other("the route has no source address")),
+        NetlinkPayload::Error(e) => Err(e.to_io()),
+        other => Err(invalid(format!("unexpected reply {other:?}"))),
     }
-    // SAFETY: `raw` is a descriptor this function just opened and nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_nl is plain data; all-zero is the kernel's address.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: `req` and `kernel` are live for the call; the lengths are theirs.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 8192];
-    // SAFETY: `buf` is live and writable for its whole length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let msg = &buf[..n as usize];
-    let u16_at = |b: &[u8], i: usize| b.get(i..i + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
-    let u32_at =
-        |b: &[u8], i: usize| b.get(i..i + 4).map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]));
-    let bad = || io::Error::other("malformed route reply");
-    let len = u32_at(msg, 0).ok_or_else(bad)? as usize;
-    let msg = msg.get(..len).ok_or_else(bad)?;
-    if u16_at(msg, 4) == Some(NLMSG_ERROR) {
-        let errno = u32_at(msg, NLMSG_HDR).ok_or_else(bad)? as i32;
-        return Err(io::Error::from_raw_os_error(-errno));
-    }
-    let mut at = NLMSG_HDR + RTMSG;
-    while at + 4 <= msg.len() {
-        let alen = usize::from(u16_at(msg, at).ok_or_else(bad)?);
-        let kind = u16_at(msg, at + 2).ok_or_else(bad)?;
-        if alen < 4 {
-            break;
-        }
-        let data = msg.get(at + 4..at + alen).ok_or_else(bad)?;
-        if kind == libc::RTA_PREFSRC {
-            return match *data {
-                [a, b, c, d] => Ok(IpAddr::from([a, b, c, d])),
-                _ => <[u8; 16]>::try_from(data)
-                    .map(IpAddr::from)
-                    .map_err(|_| bad()),
-            };
-        }
-        at += (alen + 3) & !3;
-    }
-    Err(io::Error::other("the route has no source address"))
 }
 
 /// Fills in the holders of `snap`'s owners from `procs`, scanned before the walk (an owner
@@ -452,15 +419,17 @@ pub fn connect_report(
     let dst_scope = match &dst.scope {
         Some(sc) => {
             let sc = sc.clone();
-            run_in(&target.path, move || scope_index(&sc))?.map_err(|_| match (&dst.scope, dst.ip) {
-                (Some(Scope::Name(n)), IpAddr::V6(a)) => AskError::NoInterface {
-                    name: n.clone(),
-                    addr: a,
-                },
-                _ => AskError::NotLocal {
-                    addr: dst.ip,
-                    netns: target.inode,
-                },
+            run_in(&target.path, move || scope_index(&sc))?.map_err(|_| {
+                match (&dst.scope, dst.ip) {
+                    (Some(Scope::Name(n)), IpAddr::V6(a)) => AskError::NoInterface {
+                        name: n.clone(),
+                        addr: a,
+                    },
+                    _ => AskError::NotLocal {
+                        addr: dst.ip,
+                        netns: target.inode,
+                    },
+                }
             })?
         }
         None => 0,
@@ -506,7 +475,10 @@ mod tests {
     #[test]
     fn endpoints_parse_with_brackets_and_scopes() {
         let e = parse_endpoint("127.0.0.1:8080").unwrap();
-        assert_eq!((e.ip, e.port, e.scope), ("127.0.0.1".parse().unwrap(), 8080, None));
+        assert_eq!(
+            (e.ip, e.port, e.scope),
+            ("127.0.0.1".parse().unwrap(), 8080, None)
+        );
         let e = parse_endpoint("[::1]:80").unwrap();
         assert_eq!(e.ip, "::1".parse::<IpAddr>().unwrap());
         let e = parse_endpoint("[fe80::1%2]:80").unwrap();
@@ -557,7 +529,15 @@ mod tests {
         let e = route_source(&me, "240.0.0.1:9".parse().unwrap());
         if let Ok(ip) = e {
             // A default route answers for anything; its source is a local address.
-            assert!(check_local(&me, &Endpoint { ip, port: 0, scope: None }).is_ok());
+            assert!(check_local(
+                &me,
+                &Endpoint {
+                    ip,
+                    port: 0,
+                    scope: None
+                }
+            )
+            .is_ok());
         }
     }
 }

@@ -457,10 +457,12 @@ fn fixes(cand: &Sock, owners: &[Owner], found: &[Conflict], v: &Variant) -> Vec<
     uids.dedup();
     let v6only_possible = cand.local.is_v6() && !cand.local.is_mapped() && !cand.opts.v6only;
     let mut changes: Vec<Change> = Vec::new();
+    // A sharing option the new socket already sets still counts: the owners may need it
+    // too (both sockets must set SO_REUSEADDR, or SO_REUSEPORT).
     for bits in 0u8..8 {
         let base = Change {
-            reuseaddr: bits & 1 != 0 && !cand.opts.reuseaddr,
-            reuseport: bits & 2 != 0 && !cand.opts.reuseport,
+            reuseaddr: bits & 1 != 0,
+            reuseport: bits & 2 != 0,
             v6only: bits & 4 != 0 && v6only_possible,
             uid: None,
         };

@@ -153,8 +153,8 @@ impl Explainer {
         *self.sources.entry((netns, dst)).or_insert_with(|| {
             let path = netns_path_for_inode(netns).ok()?;
             run_in(&path, move || rtnetlink_route_source(dst.ip()).ok())
-            .ok()
-            .flatten()
+                .ok()
+                .flatten()
         })
     }
 }

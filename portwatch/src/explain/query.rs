@@ -16,8 +16,7 @@ use super::{
 };
 use crate::model::{
     BindExplanation, BucketRow, Candidate, Conflict, ConflictRule, ConnectExplanation, Family,
-    FastPath, NamedOwner, OwnerRow, PortHolder, ProcessPorts, Snapshot, TcpState,
-    HOLDERS_SHOWN,
+    FastPath, NamedOwner, OwnerRow, PortHolder, ProcessPorts, Snapshot, TcpState, HOLDERS_SHOWN,
 };
 
 /// A bind() to explain: the address and options of the socket that would make it.
@@ -224,9 +223,11 @@ pub fn connect_report(
     let (lo, hi) = net.range;
     let mut rows: BTreeMap<u16, &BucketRow> = BTreeMap::new();
     let mut buckets: BTreeMap<u16, connect::Bucket> = BTreeMap::new();
-    for b in snap.buckets.iter().filter(|b| {
-        b.key.netns == netns && b.key.l3mdev == 0 && (lo..=hi).contains(&b.key.port)
-    }) {
+    for b in snap
+        .buckets
+        .iter()
+        .filter(|b| b.key.netns == netns && b.key.l3mdev == 0 && (lo..=hi).contains(&b.key.port))
+    {
         rows.insert(b.key.port, b);
         buckets.insert(
             b.key.port,
@@ -247,7 +248,9 @@ pub fn connect_report(
     let holders_of = |class: Class| -> Vec<PortHolder> {
         let mut out = Vec::new();
         for p in report.ports.iter().filter(|p| p.class == class) {
-            let Some(row) = rows.get(&p.port) else { continue };
+            let Some(row) = rows.get(&p.port) else {
+                continue;
+            };
             let owned = owners_of(row);
             for i in &p.holders {
                 let Some(owner) = owned.get(*i).and_then(|(_, o)| named(o)) else {
@@ -387,7 +390,12 @@ mod tests {
             buckets: vec![row(
                 60000,
                 0,
-                vec![owner("127.0.0.1:60000", Family::Inet, TcpState::Established, false)],
+                vec![owner(
+                    "127.0.0.1:60000",
+                    Family::Inet,
+                    TcpState::Established,
+                    false,
+                )],
             )],
             ..Snapshot::default()
         };
@@ -396,8 +404,14 @@ mod tests {
         assert_eq!(e.conflicts.len(), 1);
         let c = &e.conflicts[0];
         assert_eq!(c.rule, ConflictRule::SameAddress);
-        assert_eq!((c.owner.pid, c.owner.comm.as_deref()), (Some(42), Some("nc")));
-        assert!(e.fixes.iter().any(|f| matches!(f, bind::Fix::CandidateAndOwners { change } if change.reuseaddr)));
+        assert_eq!(
+            (c.owner.pid, c.owner.comm.as_deref()),
+            (Some(42), Some("nc"))
+        );
+        assert!(e
+            .fixes
+            .iter()
+            .any(|f| matches!(f, bind::Fix::CandidateAndOwners { change } if change.reuseaddr)));
         // Another address of the port: no conflict.
         let e = explain_bind(&snap, 1, &query("127.0.0.2:60000", false), &v618());
         assert_eq!(e.verdict, bind::Verdict::Ok);
@@ -426,7 +440,12 @@ mod tests {
 
     #[test]
     fn quiz_3_connect_counts_and_blocking_process() {
-        let mut bound = owner("127.1.1.1:60000", Family::Inet, TcpState::Established, false);
+        let mut bound = owner(
+            "127.1.1.1:60000",
+            Family::Inet,
+            TcpState::Established,
+            false,
+        );
         bound.remote = Some("127.9.9.9:1234".parse().unwrap());
         let snap = Snapshot {
             buckets: vec![row(60000, 0, vec![bound])],

@@ -44,7 +44,9 @@ pub fn holders(o: &NamedOwner) -> String {
 /// `127.0.0.1:60000 ESTABLISHED -> 127.8.8.8:1234 [SO_REUSEADDR] uid 1000`.
 pub fn owner(o: &NamedOwner) -> String {
     let mut s = match o.family {
-        Family::Inet6 if o.local.is_ipv4() => format!("[::ffff:{}]:{}", o.local.ip(), o.local.port()),
+        Family::Inet6 if o.local.is_ipv4() => {
+            format!("[::ffff:{}]:{}", o.local.ip(), o.local.port())
+        }
         _ => o.local.to_string(),
     };
     let _ = write!(s, " {}", o.state);
@@ -75,9 +77,17 @@ pub fn rule(c: &Conflict, e: &BindExplanation) -> String {
         ConflictRule::SameAddress => "same address".to_owned(),
         ConflictRule::WildcardOverlap => {
             if cand.local.ip().is_unspecified() {
-                format!("wildcard overlap: {} covers {}", cand.local.ip(), c.owner.local.ip())
+                format!(
+                    "wildcard overlap: {} covers {}",
+                    cand.local.ip(),
+                    c.owner.local.ip()
+                )
             } else {
-                format!("wildcard overlap: {} covers {}", c.owner.local.ip(), cand.local.ip())
+                format!(
+                    "wildcard overlap: {} covers {}",
+                    c.owner.local.ip(),
+                    cand.local.ip()
+                )
             }
         }
         ConflictRule::DualStackOverlap => {
@@ -89,22 +99,20 @@ pub fn rule(c: &Conflict, e: &BindExplanation) -> String {
                     with a listener"
                 .to_owned()
         }
-        ConflictRule::ReuseportOtherUid => {
-            return match c.sharing {
-                Rule::ReuseportOtherUid {
-                    candidate_uid,
-                    owner_uid,
-                } if candidate_uid != u32::MAX => format!(
-                    "both set SO_REUSEPORT, but SO_REUSEPORT shares only within one uid: the owner's \
+        ConflictRule::ReuseportOtherUid => return match c.sharing {
+            Rule::ReuseportOtherUid {
+                candidate_uid,
+                owner_uid,
+            } if candidate_uid != u32::MAX => format!(
+                "both set SO_REUSEPORT, but SO_REUSEPORT shares only within one uid: the owner's \
                      is {owner_uid}, this socket's {candidate_uid}"
-                ),
-                Rule::ReuseportOtherUid { owner_uid, .. } => format!(
-                    "both set SO_REUSEPORT, but SO_REUSEPORT shares only within one uid: the owner's \
+            ),
+            Rule::ReuseportOtherUid { owner_uid, .. } => format!(
+                "both set SO_REUSEPORT, but SO_REUSEPORT shares only within one uid: the owner's \
                      is {owner_uid}, this socket's is not known"
-                ),
-                _ => "SO_REUSEPORT shares only within one uid".to_owned(),
-            }
-        }
+            ),
+            _ => "SO_REUSEPORT shares only within one uid".to_owned(),
+        },
     };
     match c.sharing {
         Rule::NotShared {
@@ -153,23 +161,37 @@ pub fn fix(f: &Fix, e: &BindExplanation) -> String {
             format!("set {} on the new socket", change_words(change))
         }
         Fix::Candidate { change } => match change.uid {
-            Some(u) => format!("create the new socket as uid {u} (SO_REUSEPORT shares only within one uid)"),
+            Some(u) => format!(
+                "create the new socket as uid {u} (SO_REUSEPORT shares only within one uid)"
+            ),
             None => change_words(change),
         },
         Fix::CandidateAndOwners { change } => {
             let pids: Vec<String> = e
                 .conflicts
                 .iter()
-                .flat_map(|c| c.owner.holders.iter().map(|h| format!("{} {}", h.pid, h.comm)))
+                .flat_map(|c| {
+                    c.owner
+                        .holders
+                        .iter()
+                        .map(|h| format!("{} {}", h.pid, h.comm))
+                })
                 .collect();
             let restart = if pids.is_empty() {
                 String::new()
             } else {
                 format!(" (restart {})", pids.join(", "))
             };
+            let already = (!change.reuseaddr || e.candidate.reuseaddr)
+                && (!change.reuseport || e.candidate.reuseport);
             format!(
-                "set {} on the new socket and on the conflicting owner{}{restart}",
+                "set {} on {} conflicting owner{}{restart}",
                 change_words(change),
+                if already {
+                    "the"
+                } else {
+                    "the new socket and on the"
+                },
                 if e.conflicts.len() > 1 { "s" } else { "" }
             )
         }
@@ -245,7 +267,10 @@ pub fn bind_text(e: &BindExplanation) -> String {
         _ => {}
     }
     if !e.bypassed.is_empty() {
-        let _ = writeln!(s, "  owners the full check would refuse, skipped by the fast path:");
+        let _ = writeln!(
+            s,
+            "  owners the full check would refuse, skipped by the fast path:"
+        );
         for c in &e.bypassed {
             conflict_lines(&mut s, c, e);
         }
@@ -305,8 +330,16 @@ pub fn connect_text(e: &ConnectExplanation) -> String {
             s,
             "  {} usable port{} at an end of an odd-sized range: some attempts skip {}",
             e.usable_sometimes_skipped,
-            if e.usable_sometimes_skipped == 1 { "" } else { "s" },
-            if e.usable_sometimes_skipped == 1 { "it" } else { "them" }
+            if e.usable_sometimes_skipped == 1 {
+                ""
+            } else {
+                "s"
+            },
+            if e.usable_sometimes_skipped == 1 {
+                "it"
+            } else {
+                "them"
+            }
         );
     }
     if e.truncated {
@@ -341,14 +374,32 @@ pub fn connect_text(e: &ConnectExplanation) -> String {
         let list: Vec<String> = e
             .blocked_by_process
             .iter()
-            .map(|p| format!("{}/{} {}", p.pid, p.comm, p.ports))
+            .map(|p| {
+                format!(
+                    "{} pid {} ({} port{})",
+                    p.comm,
+                    p.pid,
+                    p.ports,
+                    if p.ports == 1 { "" } else { "s" }
+                )
+            })
             .collect();
         let _ = writeln!(s, "  processes holding blocked ports: {}", list.join(", "));
     }
     if !e.used_by.is_empty() {
-        let _ = writeln!(s, "  ports already connected from {} to {}:", e.source, e.destination);
+        let _ = writeln!(
+            s,
+            "  ports already connected from {} to {}:",
+            e.source, e.destination
+        );
         for h in &e.used_by {
-            let _ = writeln!(s, "    {:<5}  {}  {}", h.port, owner(&h.owner), holders(&h.owner));
+            let _ = writeln!(
+                s,
+                "    {:<5}  {}  {}",
+                h.port,
+                owner(&h.owner),
+                holders(&h.owner)
+            );
         }
     }
     let fixes = connect_fixes(e);
@@ -460,7 +511,7 @@ pub fn summary(e: &Explanation) -> String {
                 c.reserved
             );
             if let Some(p) = c.blocked_by_process.first() {
-                let _ = write!(s, " (most by {}/{})", p.pid, p.comm);
+                let _ = write!(s, " (most by {} pid {})", p.comm, p.pid);
             }
             s
         }
@@ -583,8 +634,14 @@ mod tests {
         let c = &v["conflicts"][0];
         assert_eq!(c["local"], "127.0.0.1:60000");
         assert_eq!(c["state"], "ESTABLISHED");
-        assert_eq!((c["reuseaddr"].as_bool(), c["reuseport"].as_bool()), (Some(false), Some(false)));
-        assert_eq!((c["pid"].as_u64(), c["comm"].as_str()), (Some(4242), Some("python3")));
+        assert_eq!(
+            (c["reuseaddr"].as_bool(), c["reuseport"].as_bool()),
+            (Some(false), Some(false))
+        );
+        assert_eq!(
+            (c["pid"].as_u64(), c["comm"].as_str()),
+            (Some(4242), Some("python3"))
+        );
         assert_eq!(c["rule"], "same_address");
         let tw = &v["conflicts"][1];
         assert!(tw["pid"].is_null() && tw["comm"].is_null(), "{tw}");
@@ -652,13 +709,19 @@ mod tests {
         let v = serde_json::to_value(exhausted()).unwrap();
         assert_eq!(v["verdict"], "EADDRNOTAVAIL");
         assert_eq!(v["range"], serde_json::json!([60000, 60000]));
-        for k in ["reserved", "free", "shared_usable", "used_to_destination", "blocked"] {
+        for k in [
+            "reserved",
+            "free",
+            "shared_usable",
+            "used_to_destination",
+            "blocked",
+        ] {
             assert!(v[k].is_u64(), "{k}: {v}");
         }
         assert_eq!(v["blocked_by"][0]["pid"], 9);
         assert_eq!(
             summary(&Explanation::Connect(exhausted())),
-            "EADDRNOTAVAIL: range 60000-60000, free 0, shared 0, used to dst 0, blocked 1, reserved 0 (most by 9/client)"
+            "EADDRNOTAVAIL: range 60000-60000, free 0, shared 0, used to dst 0, blocked 1, reserved 0 (most by client pid 9)"
         );
     }
 }

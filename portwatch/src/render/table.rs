@@ -83,18 +83,34 @@ pub fn dump(snap: &Snapshot, show_netns: bool, verbose: bool) -> String {
     };
     let columns = Column::shown(shown);
     let mut table = bucket_table(&columns, &[]);
+    // Owner sockets are lines of their own under their address's row, outside the
+    // table's columns (a socket with its peer and processes is wider than a port).
+    let mut under: Vec<Vec<String>> = Vec::new();
     for b in &rows {
         table.add_row(columns.iter().map(|c| c.cell(&b.key, &b.info)));
+        under.push(Vec::new());
         if verbose {
             for a in &b.addresses {
                 table.add_row(columns.iter().map(|c| c.addr_cell(a)));
-                for o in &a.owners {
-                    table.add_row(columns.iter().map(|c| c.owner_cell(o)));
-                }
+                under.push(
+                    a.owners
+                        .iter()
+                        .map(|o| Column::Port.owner_cell(o))
+                        .collect(),
+                );
             }
         }
     }
-    let mut out = table_to_string(&table);
+    let mut out = String::new();
+    for (i, line) in table.lines().enumerate() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+        // Line 0 is the header; row r is line r + 1.
+        for extra in i.checked_sub(1).and_then(|r| under.get(r)).into_iter().flatten() {
+            out.push_str(extra);
+            out.push('\n');
+        }
+    }
     footer(&mut out, rows.is_empty(), snap.truncated);
     out
 }
