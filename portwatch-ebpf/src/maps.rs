@@ -62,6 +62,11 @@ pub static OWNER_WALK: PerCpuArray<crate::walk::OwnerCursor> = PerCpuArray::with
 pub static CHAIN_WALK: PerCpuArray<crate::walk::ChainCursor> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SNAP_WALK: PerCpuArray<crate::snapshot::TableWalk> = PerCpuArray::with_max_entries(1, 0);
+/// The snapshot record being built (one per CPU): a record on the stack of the walk's
+/// callback, added to the caller's frame, exceeds what older verifiers allow in all
+/// (512 bytes over the chain of calls).
+#[map]
+pub static SNAP_REC: PerCpuArray<portwatch_common::SnapRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -31,7 +31,7 @@ use crate::{
         current_net, net_inum, net_of_nsfs_fd, owner_details, reserved_ports, sk_of_bind_node,
         tb_fast_state, tb_of_node, tb_state, AF_INET6,
     },
-    maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
+    maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK, TP},
     read::{bits, field, layout, layout_ready, rd},
     walk::{find_bucket, lookup_bucket, owner_step, OwnerCursor, OwnerStep},
 };
@@ -83,9 +83,24 @@ pub struct TableWalk {
     _pad: [u8; 1],
 }
 
+/// Builds a record in this CPU's scratch slot (`SNAP_REC`, zeroed first) and sends it;
+/// false when it could not be sent (the ring is full).
 #[inline(always)]
-fn out(r: &SnapRecord, w: &mut TableWalk) {
-    if SNAP_RB.output::<SnapRecord>(r, 0).is_err() {
+fn emit(fill: impl FnOnce(&mut SnapRecord)) -> bool {
+    let Some(p) = SNAP_REC.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
+    let r = unsafe { &mut *p };
+    *r = SnapRecord::default();
+    fill(r);
+    SNAP_RB.output::<SnapRecord>(r, 0).is_ok()
+}
+
+/// [`emit`] within a walk: a record that does not fit truncates it.
+#[inline(always)]
+fn out(w: &mut TableWalk, fill: impl FnOnce(&mut SnapRecord)) {
+    if !emit(fill) {
         w.truncated = 1;
     }
 }
@@ -121,24 +136,29 @@ fn end_bucket(w: &mut TableWalk) {
         if fast.ipv6_only != 0 {
             flags |= snapflag::V6ONLY;
         }
-        let r = SnapRecord {
-            addr: w.tb,
-            netns: w.cur_netns,
-            owners: w.owners.count,
-            l3mdev: w.cur_l3mdev,
-            port: w.cur_port,
-            family: fast.family,
-            laddr: fast.addr,
-            fastreuse: w.cur_fr,
-            fastreuseport: w.cur_frp,
-            kind: rec::BUCKET,
-            flags,
-            state: 0,
-            _pad: [0; 3],
-            uid: fast.uid,
-            ..SnapRecord::default()
-        };
-        out(&r, w);
+        let (tb, netns, count, l3mdev, port, fr, frp) = (
+            w.tb,
+            w.cur_netns,
+            w.owners.count,
+            w.cur_l3mdev,
+            w.cur_port,
+            w.cur_fr,
+            w.cur_frp,
+        );
+        out(w, |r| {
+            r.addr = tb;
+            r.netns = netns;
+            r.owners = count;
+            r.l3mdev = l3mdev;
+            r.port = port;
+            r.family = fast.family;
+            r.laddr = fast.addr;
+            r.fastreuse = fr;
+            r.fastreuseport = frp;
+            r.kind = rec::BUCKET;
+            r.flags = flags;
+            r.uid = fast.uid;
+        });
         w.buckets += 1;
     }
     w.tb = 0;
@@ -166,23 +186,20 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
     } else {
         0
     };
-    let r = SnapRecord {
-        addr: w.tb,
-        netns: w.cur_netns,
-        owners: state.is_some() as u32,
-        l3mdev: w.cur_l3mdev,
-        port: w.cur_port,
-        family,
-        laddr,
-        fastreuse,
-        fastreuseport,
-        kind: rec::ADDR,
-        flags,
-        state: 0,
-        _pad: [0; 3],
-        ..SnapRecord::default()
-    };
-    out(&r, w);
+    let (tb, netns, l3mdev, port) = (w.tb, w.cur_netns, w.cur_l3mdev, w.cur_port);
+    out(w, |r| {
+        r.addr = tb;
+        r.netns = netns;
+        r.owners = state.is_some() as u32;
+        r.l3mdev = l3mdev;
+        r.port = port;
+        r.family = family;
+        r.laddr = laddr;
+        r.fastreuse = fastreuse;
+        r.fastreuseport = fastreuseport;
+        r.kind = rec::ADDR;
+        r.flags = flags;
+    });
 }
 
 #[inline(always)]
@@ -207,28 +224,24 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
     if d.v6only != 0 {
         flags |= snapflag::V6ONLY;
     }
-    let r = SnapRecord {
-        addr: w.tb,
-        netns: w.cur_netns,
-        owners: 0,
-        l3mdev: w.cur_l3mdev,
-        port: field(sk, layout!(sk_num)).unwrap_or(w.cur_port),
-        family,
-        laddr,
-        fastreuse: 0,
-        fastreuseport: 0,
-        kind: rec::OWNER,
-        flags,
-        state,
-        _pad: [0; 3],
-        ino: d.ino,
-        uid: d.uid,
-        bound_dev: d.bound_dev,
-        raddr: d.raddr,
-        rport: d.rport,
-        _pad2: [0; 6],
-    };
-    out(&r, w);
+    let (tb, netns, l3mdev) = (w.tb, w.cur_netns, w.cur_l3mdev);
+    let port = field(sk, layout!(sk_num)).unwrap_or(w.cur_port);
+    out(w, |r| {
+        r.addr = tb;
+        r.netns = netns;
+        r.l3mdev = l3mdev;
+        r.port = port;
+        r.family = family;
+        r.laddr = laddr;
+        r.kind = rec::OWNER;
+        r.flags = flags;
+        r.state = state;
+        r.ino = d.ino;
+        r.uid = d.uid;
+        r.bound_dev = d.bound_dev;
+        r.raddr = d.raddr;
+        r.rport = d.rport;
+    });
 }
 
 /// A RESERVED record for the next chunk of the namespace's reserved-ports bitmap, when
@@ -245,14 +258,13 @@ fn emit_reserved(w: &mut TableWalk) {
     if a | b == 0 {
         return;
     }
-    let r = SnapRecord {
-        netns: w.cur_netns,
-        port: (chunk * RESERVED_CHUNK) as u16,
-        laddr: bits,
-        kind: rec::RESERVED,
-        ..SnapRecord::default()
-    };
-    out(&r, w);
+    let netns = w.cur_netns;
+    out(w, |r| {
+        r.netns = netns;
+        r.port = (chunk * RESERVED_CHUNK) as u16;
+        r.laddr = bits;
+        r.kind = rec::RESERVED;
+    });
 }
 
 /// The NET record of `net` (its range and `tcp_tw_reuse`); returns its inode and range.
@@ -260,16 +272,15 @@ fn emit_reserved(w: &mut TableWalk) {
 fn emit_net(net: u64) -> (u32, u16, u16) {
     let (lo, hi) = compat::port_range(net);
     let netns = net_inum(net);
-    let r = SnapRecord {
-        addr: net,
-        netns,
-        port: lo,
-        rport: hi,
-        state: compat::tcp_tw_reuse(net),
-        kind: rec::NET,
-        ..SnapRecord::default()
-    };
-    let _ = SNAP_RB.output::<SnapRecord>(&r, 0);
+    let tw_reuse = compat::tcp_tw_reuse(net);
+    emit(|r| {
+        r.addr = net;
+        r.netns = netns;
+        r.port = lo;
+        r.rport = hi;
+        r.state = tw_reuse;
+        r.kind = rec::NET;
+    });
     (netns, lo, hi)
 }
 
@@ -340,7 +351,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     if pid != SNAP_TRIGGER_PID as i64 {
         return None;
     }
-    let req: SnapRequest = *SNAP_REQ.get(0)?;
+    let req: &SnapRequest = SNAP_REQ.get(0)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     if req.tid == 0 || req.tid != tid {
         return None;
@@ -366,7 +377,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         }
     }
     if req.mode == SNAP_LOOKUP && req.verbose == 0 {
-        lookup(&req);
+        lookup(req);
         return Some(());
     }
     let net = current_net()?;
@@ -384,39 +395,38 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         }
     }
     let p = SNAP_WALK.get_ptr_mut(0)?;
-    let w0 = TableWalk {
-        bhash,
-        reserved,
-        node,
-        tb: 0,
-        seq: req.seq,
-        owners: OwnerCursor::EMPTY,
-        res_next,
-        res_end,
-        slot: 0,
-        size,
-        bucket_size: layout!(bind_hashbucket_size),
-        chain_off: layout!(bind_hashbucket_chain),
-        netns_filter: req.netns,
-        max_owners: req.max_owners,
-        max_chain: req.max_chain,
-        chain_len: 0,
-        buckets: 0,
-        cur_netns: asked_netns,
-        cur_l3mdev: 0,
-        port_filter: req.port,
-        cur_port: 0,
-        cur_fr: 0,
-        cur_frp: 0,
-        verbose: req.verbose,
-        skip: 0,
-        truncated: 0,
-        done: 0,
-        single,
-        _pad: [0; 1],
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    unsafe { *p = w0 };
+    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU. Set field
+    // by field: a whole TableWalk built on the stack first adds to the frame the
+    // verifier bounds.
+    let w0 = unsafe { &mut *p };
+    w0.bhash = bhash;
+    w0.reserved = reserved;
+    w0.node = node;
+    w0.tb = 0;
+    w0.seq = req.seq;
+    w0.owners = OwnerCursor::EMPTY;
+    w0.res_next = res_next;
+    w0.res_end = res_end;
+    w0.slot = 0;
+    w0.size = size;
+    w0.bucket_size = layout!(bind_hashbucket_size);
+    w0.chain_off = layout!(bind_hashbucket_chain);
+    w0.netns_filter = req.netns;
+    w0.max_owners = req.max_owners;
+    w0.max_chain = req.max_chain;
+    w0.chain_len = 0;
+    w0.buckets = 0;
+    w0.cur_netns = asked_netns;
+    w0.cur_l3mdev = 0;
+    w0.port_filter = req.port;
+    w0.cur_port = 0;
+    w0.cur_fr = 0;
+    w0.cur_frp = 0;
+    w0.verbose = req.verbose;
+    w0.skip = 0;
+    w0.truncated = 0;
+    w0.done = 0;
+    w0.single = single;
     // SAFETY: the callback is a plain extern "C" fn; it finds its state in the scratch
     // map, so ctx is unused.
     unsafe {
@@ -433,24 +443,15 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     if w.truncated != 0 || w.done == 0 {
         flags |= snapflag::WALK_TRUNCATED;
     }
-    let end = SnapRecord {
-        addr: w.seq,
-        netns: w.slot,
-        owners: w.buckets,
-        l3mdev: 0,
-        port: 0,
-        family: 0,
-        laddr: [0; 16],
-        fastreuse: 0,
-        fastreuseport: 0,
-        kind: rec::END,
-        flags,
-        state: 0,
-        _pad: [0; 3],
-        ..SnapRecord::default()
-    };
+    let (seq, slot, buckets) = (w.seq, w.slot, w.buckets);
     // If even END does not fit, user space sees no END and reports the walk as lost.
-    let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
+    emit(|r| {
+        r.addr = seq;
+        r.netns = slot;
+        r.owners = buckets;
+        r.kind = rec::END;
+        r.flags = flags;
+    });
     Some(())
 }
 
@@ -461,37 +462,32 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
 fn lookup(req: &SnapRequest) {
     let mut end_flags = 0u8;
     if let Some((b, truncated)) = lookup_bucket(req.net, req.port, req.max_owners) {
-        let r = SnapRecord {
-            addr: b.tb,
-            netns: net_inum(req.net),
-            owners: b.owners,
-            l3mdev: b.l3mdev,
-            port: b.port,
-            family: 0,
-            laddr: [0; 16],
-            fastreuse: b.fastreuse,
-            fastreuseport: b.fastreuseport,
-            kind: rec::BUCKET,
-            flags: if truncated {
+        let netns = net_inum(req.net);
+        let sent = emit(|r| {
+            r.addr = b.tb;
+            r.netns = netns;
+            r.owners = b.owners;
+            r.l3mdev = b.l3mdev;
+            r.port = b.port;
+            r.fastreuse = b.fastreuse;
+            r.fastreuseport = b.fastreuseport;
+            r.kind = rec::BUCKET;
+            r.flags = if truncated {
                 snapflag::OWNERS_TRUNCATED
             } else {
                 0
-            },
-            state: 0,
-            _pad: [0; 3],
-            ..SnapRecord::default()
-        };
-        if SNAP_RB.output::<SnapRecord>(&r, 0).is_err() {
+            };
+        });
+        if !sent {
             end_flags |= snapflag::WALK_TRUNCATED;
         }
     }
-    let end = SnapRecord {
-        addr: req.seq,
-        kind: rec::END,
-        flags: end_flags,
-        ..SnapRecord::default()
-    };
-    let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
+    let seq = req.seq;
+    emit(|r| {
+        r.addr = seq;
+        r.kind = rec::END;
+        r.flags = end_flags;
+    });
 }
 
 #[tracepoint]
