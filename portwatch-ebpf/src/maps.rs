@@ -66,7 +66,8 @@ pub static SNAP_WALK: PerCpuArray<crate::snapshot::TableWalk> = PerCpuArray::wit
 /// callback, added to the caller's frame, exceeds what older verifiers allow in all
 /// (512 bytes over the chain of calls).
 #[map]
-pub static SNAP_REC: PerCpuArray<portwatch_common::SnapRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static SNAP_REC: PerCpuArray<portwatch_common::SnapRecord> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

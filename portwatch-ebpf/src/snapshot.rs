@@ -250,10 +250,15 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
 fn emit_reserved(w: &mut TableWalk) {
     let chunk = w.res_next;
     w.res_next += 1;
-    let bits: [u8; 16] = rd(w.reserved + chunk as u64 * (RESERVED_CHUNK as u64 / 8)).unwrap_or([0; 16]);
+    let bits: [u8; 16] =
+        rd(w.reserved + chunk as u64 * (RESERVED_CHUNK as u64 / 8)).unwrap_or([0; 16]);
     let (a, b): (u64, u64) = (
-        u64::from_ne_bytes([bits[0], bits[1], bits[2], bits[3], bits[4], bits[5], bits[6], bits[7]]),
-        u64::from_ne_bytes([bits[8], bits[9], bits[10], bits[11], bits[12], bits[13], bits[14], bits[15]]),
+        u64::from_ne_bytes([
+            bits[0], bits[1], bits[2], bits[3], bits[4], bits[5], bits[6], bits[7],
+        ]),
+        u64::from_ne_bytes([
+            bits[8], bits[9], bits[10], bits[11], bits[12], bits[13], bits[14], bits[15],
+        ]),
     );
     if a | b == 0 {
         return;

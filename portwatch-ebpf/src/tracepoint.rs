@@ -12,8 +12,7 @@ use portwatch_common::{flag, hook, op, NO_FIELD};
 use crate::{
     compat::port_range,
     emit::{
-        config, netns_wanted, port_wanted, remember, send, send_asked, send_known, Asked,
-        Subject,
+        config, netns_wanted, port_wanted, remember, send, send_asked, send_known, Asked, Subject,
     },
     kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
     maps::{Pending, PENDING, SOCKS, TP},

@@ -295,8 +295,14 @@ mod tests {
         );
         // A TIME-WAIT owner has no uid, inode or process.
         let tw = &addrs[0]["owners"][1];
-        assert_eq!((tw["state"].as_str(), tw["uid"].is_null()), (Some("TIME_WAIT"), true));
-        assert_eq!((tw["inode"].is_null(), tw["holders"].clone()), (true, json!([])));
+        assert_eq!(
+            (tw["state"].as_str(), tw["uid"].is_null()),
+            (Some("TIME_WAIT"), true)
+        );
+        assert_eq!(
+            (tw["inode"].is_null(), tw["holders"].clone()),
+            (true, json!([]))
+        );
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
         assert_eq!(dump(&snap(vec![]), true), json!([]));

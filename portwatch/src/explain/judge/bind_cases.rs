@@ -325,7 +325,10 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
             Some(i) => named.push(i),
             None => j.disagree(
                 &step,
-                format!("explain names {} {}, which is no owner the case made", c.owner.local, c.owner.state),
+                format!(
+                    "explain names {} {}, which is no owner the case made",
+                    c.owner.local, c.owner.state
+                ),
             ),
         }
     }

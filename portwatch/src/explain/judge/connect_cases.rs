@@ -488,9 +488,8 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
             .iter()
             .map(|h| {
                 let ino = named.get(*h)?.as_ref()?.inode?;
-                made.iter().position(|m| {
-                    m.socket.as_ref().and_then(socket_inode) == Some(ino)
-                })
+                made.iter()
+                    .position(|m| m.socket.as_ref().and_then(socket_inode) == Some(ino))
             })
             .collect();
         idx.map(|i| (p.port, i))
