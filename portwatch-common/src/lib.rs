@@ -171,6 +171,11 @@ layout_struct! {
     tb_fast_rcv_saddr: u32,
     tb_fast_sk_family: u32,
     tb_fast_ipv6_only: u32,
+    /// The per-address bucket an owner hangs on: `inet_connection_sock.icsk_bind2_hash`
+    /// (full sockets) and `inet_timewait_sock.tw_tb2` (TIME-WAIT), for its family on
+    /// kernels whose buckets keep one.
+    icsk_bind2_hash: u32,
+    tw_tb2: u32,
     /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
     owners_mode: u32,
     /// 1 when this layout was filled in by user space (the eBPF side refuses to run on
@@ -315,7 +320,7 @@ pub mod snapflag {
     /// OWNER: `IPV6_V6ONLY`. BUCKET: `fast_ipv6_only`.
     pub const V6ONLY: u8 = 1 << 4;
     /// ADDR: `family` is the per-address bucket's own (`inet_bind2_bucket.family`, 6.1
-    /// to 6.7), not the form its address is read in.
+    /// to 6.7), not the form its address is read in. OWNER: `tb2_family` is set.
     pub const TB2_FAMILY: u8 = 1 << 5;
 }
 
@@ -352,7 +357,9 @@ pub struct SnapRecord {
     /// OWNER: remote address (IPv4 in the first four bytes) and port (host order).
     pub raddr: [u8; 16],
     pub rport: u16,
-    pub _pad2: [u8; 6],
+    /// OWNER, with flag `TB2_FAMILY`: the family of the per-address bucket it hangs on.
+    pub tb2_family: u16,
+    pub _pad2: [u8; 4],
 }
 
 /// Arguments of a snapshot request, written by user space into the `SNAP_REQ` array

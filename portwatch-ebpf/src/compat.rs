@@ -74,6 +74,28 @@ pub fn tb2_address(tb2: u64) -> (u16, [u8; 16]) {
     (family, addr)
 }
 
+/// The family of the per-address bucket owner `sk` hangs on (`full`: a full socket, else
+/// a TIME-WAIT one), 0 where buckets keep none. From "net: Add a bhash2 table hashed by
+/// port and address" (28044fc1d495, 6.1) to "tcp: Save address type in
+/// inet_bind2_bucket." (5a22bba13d01, 6.8) a bucket keeps the family of the socket that
+/// created it, and an IPv4 socket and a v4-mapped IPv6 one of an address share it.
+#[inline(always)]
+pub fn tb2_family_of(sk: u64, full: bool) -> u16 {
+    if layout!(tb2_addr_mapped) == 1 || layout!(tb2_family) == NO_FIELD {
+        return 0;
+    }
+    let link = if full {
+        layout!(icsk_bind2_hash)
+    } else {
+        layout!(tw_tb2)
+    };
+    let tb2: u64 = zfield(sk, link);
+    if tb2 == 0 {
+        return 0;
+    }
+    zfield(tb2, layout!(tb2_family))
+}
+
 /// `(fastreuse, fastreuseport)` of per-address bucket `tb2`, `None` on kernels where
 /// only the port's bucket has them. "tcp: Update bind bucket state on port release"
 /// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` its own pair.

@@ -228,7 +228,8 @@ const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// What `explain` needs of an owner besides its address and sharing options: its uid
-/// and inode (full sockets only), `IPV6_V6ONLY`, bound device and remote end.
+/// and inode (full sockets only), `IPV6_V6ONLY`, bound device, remote end, and the
+/// family of its per-address bucket (0 where buckets keep none).
 pub struct OwnerDetails {
     pub ino: u64,
     pub uid: u32,
@@ -236,6 +237,7 @@ pub struct OwnerDetails {
     pub v6only: u64,
     pub raddr: [u8; 16],
     pub rport: u16,
+    pub tb2_family: u16,
 }
 
 #[inline(always)]
@@ -247,14 +249,17 @@ pub fn owner_details(sk: u64, family: u16, state: u8) -> OwnerDetails {
         v6only: zbits(sk, layout!(sk_ipv6only)),
         raddr: [0; 16],
         rport: u16::from_be(zfield::<u16>(sk, layout!(sk_dport))),
+        tb2_family: 0,
     };
+    let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
+    d.tb2_family = compat::tb2_family_of(sk, full);
     if family == AF_INET6 {
         d.raddr = zfield(sk, layout!(sk_v6_daddr));
     } else {
         let r: [u8; 4] = zfield(sk, layout!(sk_daddr));
         d.raddr[..4].copy_from_slice(&r);
     }
-    if state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV {
+    if full {
         d.uid = zfield(sk, layout!(sk_uid));
         let socket: u64 = zfield(sk, layout!(sk_socket));
         if socket != 0 {

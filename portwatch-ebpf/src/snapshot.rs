@@ -224,6 +224,9 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
     if d.v6only != 0 {
         flags |= snapflag::V6ONLY;
     }
+    if d.tb2_family != 0 {
+        flags |= snapflag::TB2_FAMILY;
+    }
     let (tb, netns, l3mdev) = (w.tb, w.cur_netns, w.cur_l3mdev);
     let port = field(sk, layout!(sk_num)).unwrap_or(w.cur_port);
     out(w, |r| {
@@ -241,6 +244,7 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
         r.bound_dev = d.bound_dev;
         r.raddr = d.raddr;
         r.rport = d.rport;
+        r.tb2_family = d.tb2_family;
     });
 }
 

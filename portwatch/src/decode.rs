@@ -206,6 +206,11 @@ fn owner_row(r: &SnapRecord) -> OwnerRow {
         remote: (r.rport != 0)
             .then(|| socket_addr(r.family, &r.raddr, r.rport))
             .flatten(),
+        bucket_family: if r.flags & snapflag::TB2_FAMILY != 0 {
+            family(r.tb2_family)
+        } else {
+            None
+        },
         holders: Vec::new(),
     }
 }
@@ -681,6 +686,8 @@ mod tests {
         o.uid = 1000;
         o.ino = 4711;
         o.bound_dev = 2;
+        o.flags |= snapflag::TB2_FAMILY;
+        o.tb2_family = AF_INET;
         let mut tw = rec(rec::OWNER, 7000, 0);
         tw.family = AF_INET;
         tw.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -705,8 +712,11 @@ mod tests {
         assert_eq!(owner.local, Some(SocketAddr::from(([127, 0, 0, 1], 7000))));
         assert_eq!(owner.family, Some(Family::Inet6));
         assert_eq!((owner.uid, owner.inode, owner.v6only, owner.bound_dev), (Some(1000), Some(4711), true, 2));
+        // A v4-mapped socket on a per-address bucket an IPv4 socket created (6.1 to 6.7).
+        assert_eq!(owner.bucket_family, Some(Family::Inet));
         let t = &row.addresses[0].owners[1];
         assert_eq!((t.state, t.uid, t.inode), (TcpState::TimeWait, None, None), "TIME-WAIT has no uid or inode");
+        assert_eq!(t.bucket_family, None, "no TB2_FAMILY flag: no bucket family");
         assert_eq!(t.remote, Some(SocketAddr::from(([127, 0, 0, 2], 5000))));
         let fast = row.fast.expect("fastreuseport 2 has a fast path");
         assert_eq!((fast.uid, fast.family, fast.ipv6_only), (1000, Some(Family::Inet), true));

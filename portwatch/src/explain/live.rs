@@ -222,6 +222,7 @@ mod tests {
             bound_dev: 0,
             inode: None,
             remote: None,
+            bucket_family: None,
             holders: vec![],
         };
         let snap = Snapshot {

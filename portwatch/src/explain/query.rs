@@ -106,7 +106,7 @@ fn bucket_state(b: &BucketRow) -> BucketState {
 fn owners_of(b: &BucketRow) -> Vec<(Owner, &OwnerRow)> {
     b.addresses
         .iter()
-        .flat_map(|a| a.owners.iter().map(move |o| (a.family, o)))
+        .flat_map(|a| a.owners.iter().map(move |o| (o.bucket_family.or(a.family), o)))
         .filter_map(|(fam, o)| owner_of(o, fam).map(|owner| (owner, o)))
         .collect()
 }
@@ -338,6 +338,7 @@ mod tests {
             bound_dev: 0,
             inode: (state != TcpState::TimeWait).then_some(77),
             remote: None,
+            bucket_family: None,
             holders: if state == TcpState::TimeWait {
                 vec![]
             } else {
@@ -436,6 +437,31 @@ mod tests {
         let e = explain_bind(&snap, 1, &query("127.0.0.2:7000", false), &v618());
         assert_eq!(e.conflicts[0].rule, ConflictRule::DualStackOverlap);
         assert_eq!(e.conflicts[0].owner.family, Family::Inet6);
+    }
+
+    /// 6.1 to 6.7: a v4-mapped bind checks the wildcard bucket 0.0.0.0 only when an IPv4
+    /// socket created it; the kernel reports each owner's bucket family.
+    #[test]
+    fn bucket_family_read_from_the_kernel_decides_on_6_1() {
+        let v61 = Variant::for_version(KernelVersion::new(6, 1, 192));
+        let mut listener = owner("0.0.0.0:7000", Family::Inet, TcpState::Listen, true);
+        listener.reuseport = true;
+        let snap = |bucket: Family| {
+            let mut o = listener.clone();
+            o.bucket_family = Some(bucket);
+            Snapshot {
+                buckets: vec![row(7000, 0, vec![o])],
+                ..Snapshot::default()
+            }
+        };
+        let q = query("[::ffff:127.0.0.2]:7000", true);
+        // Created by ::ffff:0.0.0.0 (an IPv6 socket): not checked.
+        let e = explain_bind(&snap(Family::Inet6), 1, &q, &v61);
+        assert_eq!(e.verdict, bind::Verdict::Ok);
+        // Created by the IPv4 listener: checked, and a listener refuses SO_REUSEADDR.
+        let e = explain_bind(&snap(Family::Inet), 1, &q, &v61);
+        assert_eq!(e.verdict, bind::Verdict::Eaddrinuse);
+        assert_eq!(e.conflicts[0].rule, ConflictRule::ReuseaddrOwnerListening);
     }
 
     #[test]

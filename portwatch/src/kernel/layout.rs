@@ -302,6 +302,8 @@ fn explain_fields(btf: &KernelBtf, l: &mut Layout) -> Result<(), LayoutError> {
     l.tb_fast_rcv_saddr = int(TB, "fast_rcv_saddr", &[4])?;
     l.tb_fast_sk_family = int(TB, "fast_sk_family", &[2])?;
     l.tb_fast_ipv6_only = int(TB, "fast_ipv6_only", &[1])?;
+    l.icsk_bind2_hash = ptr("inet_connection_sock", "icsk_bind2_hash")?;
+    l.tw_tb2 = ptr("inet_timewait_sock", "tw_tb2")?;
     Ok(())
 }
 
@@ -467,6 +469,8 @@ mod tests {
             tb_fast_rcv_saddr: 36,
             tb_fast_sk_family: 40,
             tb_fast_ipv6_only: 42,
+            icsk_bind2_hash: 1040,
+            tw_tb2: NO_FIELD,
             owners_mode: OWNERS_ON_TB2,
             valid: 1,
         }

@@ -45,6 +45,9 @@ pub struct OwnerRow {
     pub inode: Option<u64>,
     /// The remote end of a connected or TIME-WAIT socket.
     pub remote: Option<SocketAddr>,
+    /// The family of the per-address bucket it hangs on, where buckets keep one (6.1 to
+    /// 6.7: the family of the socket that created the bucket).
+    pub bucket_family: Option<Family>,
     /// The processes holding it; empty until [`crate::procs`] fills them in.
     pub holders: Vec<Holder>,
 }

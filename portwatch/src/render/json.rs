@@ -92,6 +92,7 @@ fn addr_json(a: &AddrRow) -> Value {
             "bound_dev": o.bound_dev,
             "inode": o.inode,
             "remote": o.remote,
+            "bucket_family": o.bucket_family,
             "holders": o.holders,
         })).collect::<Vec<_>>(),
     })
@@ -290,7 +291,7 @@ mod tests {
             addrs[0]["owners"][0],
             json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false,
                    "family":"inet","v6only":false,"uid":0,"bound_dev":0,"inode":4711,
-                   "remote":"127.9.9.9:1234",
+                   "remote":"127.9.9.9:1234","bucket_family":null,
                    "holders":[{"pid":4242,"comm":"python3","fd":3},{"pid":4243,"comm":"python3","fd":3}]})
         );
         // A TIME-WAIT owner has no uid, inode or process.

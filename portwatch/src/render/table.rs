@@ -233,6 +233,7 @@ pub(crate) mod tests {
                         bound_dev: 0,
                         inode: Some(4711),
                         remote: Some(SocketAddr::from(([127, 9, 9, 9], 1234))),
+                        bucket_family: None,
                         holders: vec![
                             Holder {
                                 pid: 4242,
@@ -257,6 +258,7 @@ pub(crate) mod tests {
                         bound_dev: 0,
                         inode: None,
                         remote: Some(SocketAddr::from(([127, 8, 8, 8], 1234))),
+                        bucket_family: None,
                         holders: vec![],
                     },
                 ],
