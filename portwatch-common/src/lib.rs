@@ -197,7 +197,7 @@ pub mod flag {
     /// The event was sent before the kernel released the port (no later hook of the
     /// backend runs after the release in this context): its bucket is not filled in and
     /// must be read by user space after the event arrived.
-    pub const OBSERVE_LATER: u16 = 1 << 8;
+    pub const OBSERVE_LATER: u16 = 1 << 15;
 }
 
 /// The state of the bind bucket of (netns, port) as read after an operation.
