@@ -42,6 +42,10 @@ const RESERVED_CHUNK: u32 = 128;
 /// Upper bound of loop iterations (the kernel's BPF_MAX_LOOPS is 1 << 23).
 const MAX_STEPS: u32 = 1 << 23;
 
+/// The tool reads the snapshot ring right after the walk returns in its own thread: no
+/// record needs to wake anyone.
+const NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
+
 /// State of a whole-table walk. Lives in per-CPU map memory (see `walk.rs`).
 #[repr(C)]
 pub struct TableWalk {
@@ -94,7 +98,7 @@ fn emit(fill: impl FnOnce(&mut SnapRecord)) -> bool {
     let r = unsafe { &mut *p };
     *r = SnapRecord::default();
     fill(r);
-    SNAP_RB.output::<SnapRecord>(r, 0).is_ok()
+    SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_ok()
 }
 
 /// [`emit`] within a walk: a record that does not fit truncates it.

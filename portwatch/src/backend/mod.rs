@@ -23,7 +23,9 @@ use thiserror::Error;
 
 pub use self::{
     refusal::Refusal,
-    session::{ProbeSession, SessionOptions, EXPLAIN_RING_BYTES, LOOKUP_RING_BYTES},
+    session::{
+        ProbeSession, SessionOptions, DRAIN_INTERVAL, EXPLAIN_RING_BYTES, LOOKUP_RING_BYTES,
+    },
 };
 use crate::{
     bpf::MapError,
