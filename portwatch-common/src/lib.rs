@@ -190,6 +190,9 @@ pub mod flag {
     pub const PORT_FROM_RANGE: u16 = 1 << 6;
     /// The socket's own information (address, options) could be read.
     pub const SOCK_KNOWN: u16 = 1 << 7;
+    /// The bucket lookup gave up before the end of the hash chain (the walk's step
+    /// budget ran out): `BUCKET_PRESENT` unset means "not known", not "absent".
+    pub const LOOKUP_TRUNCATED: u16 = 1 << 8;
 }
 
 /// The state of the bind bucket of (netns, port) as read after an operation.
@@ -265,6 +268,12 @@ pub mod snapflag {
     pub const WALK_TRUNCATED: u8 = 1 << 1;
     pub const REUSEADDR: u8 = 1 << 2;
     pub const REUSEPORT: u8 = 1 << 3;
+    /// END of one run of a walk that goes on in the next run: the run's step budget
+    /// was spent, the walk state is kept in the `SNAP_WALK` map; trigger again.
+    pub const WALK_MORE: u8 = 1 << 4;
+    /// END of a lookup that gave up before the end of the hash chain: no BUCKET record
+    /// means "not known", not "absent".
+    pub const LOOKUP_TRUNCATED: u8 = 1 << 5;
 }
 
 /// One record of a snapshot walk.
@@ -316,6 +325,36 @@ pub struct SnapRequest {
 
 pub const SNAP_WALK: u8 = 0;
 pub const SNAP_LOOKUP: u8 = 1;
+
+/// Step budgets of one program run, per walk, in the `WALK` global (set by user space
+/// when it loads the object). The object built with the bounded-loop walk driver loops
+/// at most this many times: the verifier explores a bounded loop iteration by
+/// iteration, so these bound the verification work on kernels without `bpf_loop`. The
+/// `bpf_loop` object takes its bounds from the requests and ignores these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct WalkBudget {
+    /// Owner walk of one bucket (per event and per bucket of a snapshot): owners plus,
+    /// on kernels with owners on per-address buckets, those buckets.
+    pub owner_steps: u32,
+    /// Buckets visited in one hash chain by a bucket lookup.
+    pub chain_steps: u32,
+    /// Steps of a whole-table walk per run (slots, buckets, owners); the walk resumes in
+    /// the next run.
+    pub snap_steps: u32,
+    pub _pad: u32,
+}
+
+impl WalkBudget {
+    /// The budget compiled into the object; user space always sets its own.
+    pub const UNSET: WalkBudget = WalkBudget {
+        owner_steps: 1,
+        chain_steps: 1,
+        snap_steps: 1,
+        _pad: 0,
+    };
+}
 
 /// Filter configuration of the event programs, in the `CONFIG` global.
 #[repr(C)]
@@ -387,6 +426,13 @@ pub struct ArgPos {
     pub hashdance_sk: u32,
     /// `inet_twsk_bind_unhash(tw, hashinfo)`.
     pub bind_unhash_tw: u32,
+    /// Parameter counts of the functions whose return value an fexit program reads: the
+    /// trampoline stores it in the context slot after the parameters on every kernel
+    /// with fexit (`bpf_get_func_ret`, which finds it without the count, needs 5.17).
+    pub get_port_nargs: u32,
+    pub hash_connect_nargs: u32,
+    pub inherit_nargs: u32,
+    pub _pad: u32,
 }
 
 pub const NO_ARG: u32 = u32::MAX;
@@ -401,6 +447,10 @@ impl ArgPos {
         put_port_sk: NO_ARG,
         hashdance_sk: NO_ARG,
         bind_unhash_tw: NO_ARG,
+        get_port_nargs: NO_ARG,
+        hash_connect_nargs: NO_ARG,
+        inherit_nargs: NO_ARG,
+        _pad: 0,
     };
 }
 
@@ -414,7 +464,8 @@ const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
-const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);
+const _: () = assert!(core::mem::size_of::<ArgPos>() == 48);
+const _: () = assert!(core::mem::size_of::<WalkBudget>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -434,4 +485,6 @@ mod user {
     unsafe impl aya::Pod for TpOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ArgPos {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WalkBudget {}
 }

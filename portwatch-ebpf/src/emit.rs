@@ -7,7 +7,7 @@ use crate::{
     compat::port_range,
     kernel::{net_inum, sock_info},
     maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
-    walk::lookup_bucket,
+    walk::{lookup_bucket, Found},
 };
 
 /// The runtime configuration (defaults when user space has not written it).
@@ -107,11 +107,12 @@ fn with_bucket(e: &mut Event, net: u64, port: u16, max_owners: u32) -> u16 {
     e.range_lo = lo;
     e.range_hi = hi;
     match lookup_bucket(net, port, max_owners) {
-        Some((b, truncated)) => {
+        Found::Bucket((b, truncated)) => {
             e.bucket = b;
             flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED)
         }
-        None => 0,
+        Found::Absent => 0,
+        Found::Unknown => flag::LOOKUP_TRUNCATED,
     }
 }
 

@@ -128,6 +128,7 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
             bind_address_no_port: has(flag::BIND_ADDRESS_NO_PORT),
         },
         port_from_range: has(flag::PORT_FROM_RANGE),
+        lookup_truncated: has(flag::LOOKUP_TRUNCATED) && !has(flag::BUCKET_PRESENT),
     })
 }
 
@@ -482,6 +483,21 @@ mod tests {
         assert_eq!(socket_event(&raw).expect("decodes").remote, None);
         raw.op = 0;
         assert_eq!(socket_event(&raw), Err(DecodeError::UnknownOp(0)));
+    }
+
+    #[test]
+    fn a_lookup_that_gave_up_is_not_an_absent_bucket() {
+        let mut raw = sample_event();
+        raw.flags = flag::LOOKUP_TRUNCATED | flag::SOCK_KNOWN;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.bucket, None);
+        assert!(e.lookup_truncated);
+        raw.flags = flag::SOCK_KNOWN;
+        assert!(!socket_event(&raw).expect("decodes").lookup_truncated);
+        // A bucket that was found is known, whatever else is set.
+        raw.flags = flag::LOOKUP_TRUNCATED | flag::BUCKET_PRESENT;
+        let e = socket_event(&raw).expect("decodes");
+        assert!(e.bucket.is_some() && !e.lookup_truncated);
     }
 
     fn rec(kind: u8, port: u16, owners: u32) -> SnapRecord {

@@ -89,6 +89,14 @@ fn pos(resolved: &Resolved, func: &str, name: &str) -> u32 {
         .unwrap_or(NO_ARG)
 }
 
+/// Number of parameters of `func` in BTF (`NO_ARG` when it is absent).
+fn nargs(resolved: &Resolved, func: &str) -> u32 {
+    resolved
+        .function_params(func)
+        .map(|ps| ps.len() as u32)
+        .unwrap_or(NO_ARG)
+}
+
 /// Argument positions of every hooked function, from BTF.
 pub fn arg_positions(resolved: &Resolved) -> ArgPos {
     ArgPos {
@@ -100,6 +108,10 @@ pub fn arg_positions(resolved: &Resolved) -> ArgPos {
         put_port_sk: pos(resolved, "inet_put_port", "sk"),
         hashdance_sk: pos(resolved, hashdance(resolved), "sk"),
         bind_unhash_tw: pos(resolved, "inet_twsk_bind_unhash", "tw"),
+        get_port_nargs: nargs(resolved, "inet_csk_get_port"),
+        hash_connect_nargs: nargs(resolved, "__inet_hash_connect"),
+        inherit_nargs: nargs(resolved, "__inet_inherit_port"),
+        _pad: 0,
     }
 }
 
@@ -182,6 +194,15 @@ mod tests {
             );
             assert!(warnings.is_empty(), "{warnings:?}");
             assert_eq!(arg_positions(&r).hashdance_sk, 1);
+        }
+        // fexit reads the return value after the parameters: their counts come from BTF.
+        for (kernel, hash_connect) in [(FakeKernel::linux_6_18(), 5), (FakeKernel::linux_6_1(), 4)] {
+            let r = layout_from_btf_bytes(&kernel.encode(), "fake").expect("layout");
+            let a = arg_positions(&r);
+            assert_eq!(
+                (a.get_port_nargs, a.hash_connect_nargs, a.inherit_nargs),
+                (2, hash_connect, 2)
+            );
         }
     }
 

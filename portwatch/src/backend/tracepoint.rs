@@ -8,6 +8,7 @@ use super::{Backend, BackendError, Descriptor, FixUp, Refusal};
 use crate::{
     bpf::{self, error_chain},
     kernel::Resolved,
+    snapshot::Lookup,
 };
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
@@ -92,8 +93,9 @@ fn reread(cx: &mut FixUp<'_>, ev: &Event) -> Result<Option<Event>, BackendError>
         .snapshots
         .lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?;
     let mut again = *ev;
+    again.flags &= !flag::LOOKUP_TRUNCATED;
     match now {
-        Some(r) => {
+        Lookup::Bucket(r) => {
             if r.addr == ev.bucket.tb
                 && r.owners == ev.bucket.owners
                 && r.fastreuse == ev.bucket.fastreuse
@@ -113,9 +115,14 @@ fn reread(cx: &mut FixUp<'_>, ev: &Event) -> Result<Option<Event>, BackendError>
                 again.flags &= !flag::OWNERS_TRUNCATED;
             }
         }
-        None => {
+        Lookup::Absent => {
             again.bucket = Default::default();
             again.flags &= !flag::BUCKET_PRESENT;
+        }
+        Lookup::Unknown => {
+            again.bucket = Default::default();
+            again.flags &= !flag::BUCKET_PRESENT;
+            again.flags |= flag::LOOKUP_TRUNCATED;
         }
     }
     Ok(Some(again))

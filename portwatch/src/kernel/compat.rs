@@ -16,6 +16,7 @@ use super::{btf::KernelBtf, LayoutError};
 #[serde(rename_all = "kebab-case")]
 pub enum Id {
     SkProtocolU16,
+    BpfLoop,
     Bhash2,
     Tb2Deathrow,
     SocketPortRange,
@@ -107,6 +108,17 @@ pub const VARIANTS: &[Variant] = &[
         detect: Detect::IntMember("sock", "sk_protocol", 2),
         with: "sk_protocol read as a u16",
         without: "sk_protocol read as a byte when it is one; a bit field is refused",
+    },
+    Variant {
+        id: Id::BpfLoop,
+        change: "the bpf_loop helper (and callbacks as subprograms in the verifier)",
+        since: (5, 17),
+        commits: &["e6f2dd0f8067"],
+        backports: &[],
+        until: None,
+        detect: Detect::Func("bpf_loop"),
+        with: "walks driven by bpf_loop: one program run per walk, owner counts exact up to --max-owners (the object's probe_bpf_loop program confirms it at load)",
+        without: "walks driven by bounded loops (5.3+): owner counts per event stop at the step budget (shown as ≥N), a bucket lookup deeper than the budget in its hash chain is reported as lookup_truncated, the snapshot resumes over several program runs",
     },
     Variant {
         id: Id::Bhash2,

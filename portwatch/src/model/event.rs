@@ -39,4 +39,7 @@ pub struct SocketEvent {
     pub opts: SockOpts,
     /// The port was not asked for but is the only port of the ephemeral range.
     pub port_from_range: bool,
+    /// The bucket lookup gave up before the end of its hash chain: `bucket` is `None`
+    /// because its state is not known, not because there is none.
+    pub lookup_truncated: bool,
 }

@@ -52,6 +52,9 @@ pub enum TransitionKind {
     BucketDestroyed,
     BindFailed,
     ConnectFailed,
+    /// The bucket could not be looked up after the operation (the walk gave up before
+    /// the end of its hash chain; bounded-loop walk driver): its state is not known.
+    LookupTruncated,
 }
 
 impl TransitionKind {
@@ -66,6 +69,7 @@ impl TransitionKind {
             TransitionKind::BucketDestroyed => "bucket_destroyed",
             TransitionKind::BindFailed => "bind_failed",
             TransitionKind::ConnectFailed => "connect_failed",
+            TransitionKind::LookupTruncated => "lookup_truncated",
         }
     }
 
@@ -154,7 +158,8 @@ pub struct Transition {
     /// State after the operation; `None` when the bucket no longer exists (or never did,
     /// for a failure on a port without a bucket).
     pub after: Option<BucketInfo>,
-    /// Set for the failures (`BindFailed`, `ConnectFailed`).
+    /// Set for the failures (`BindFailed`, `ConnectFailed`), and for `LookupTruncated`
+    /// after a failed operation.
     #[serde(with = "super::errno::errno_or_zero")]
     pub errno: Option<Errno>,
     #[serde(flatten)]

@@ -50,7 +50,9 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
         format!("port {}", t.key.port)
     };
     let change = match (t.errno, t.change()) {
-        (Some(e), _) if t.kind.is_failure() => format!("{e:#}"),
+        (Some(e), _) if t.kind.is_failure() || t.kind == TransitionKind::LookupTruncated => {
+            format!("{e:#}")
+        }
         (_, Some((from, to))) => format!("{from} -> {to}"),
         _ => "-".to_string(),
     };
@@ -63,6 +65,9 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
             "bucket fastreuse {} owners {} (frp {})",
             a.fastreuse, a.owners, a.fastreuseport
         ),
+        (None, _) if t.kind == TransitionKind::LookupTruncated => {
+            "unknown (hash chain walk cut short)".to_string()
+        }
         (None, _) => "no bucket".to_string(),
     };
     let mut sock = Vec::new();
@@ -101,7 +106,10 @@ pub fn timeline_line(t: &Transition) -> String {
     if let Some((from, to)) = t.change() {
         let _ = write!(s, " {from} -> {to}");
     }
-    if let (Some(e), true) = (t.errno, t.kind.is_failure()) {
+    if let (Some(e), true) = (
+        t.errno,
+        t.kind.is_failure() || t.kind == TransitionKind::LookupTruncated,
+    ) {
         let _ = write!(s, " {e:#}");
     }
     match t.after {
@@ -111,6 +119,7 @@ pub fn timeline_line(t: &Transition) -> String {
                 let _ = write!(s, " fastreuseport {}", info.fastreuseport);
             }
         }
+        None if t.kind == TransitionKind::LookupTruncated => s.push_str(" (bucket state unknown)"),
         None if t.kind != TransitionKind::BucketDestroyed => s.push_str(" (no bucket)"),
         None => {}
     }
@@ -190,6 +199,10 @@ pub fn describe(t: &Transition) -> String {
             }
             s
         }
+        TransitionKind::LookupTruncated => match t.errno {
+            Some(e) => format!("state unknown, lookup truncated ({op} failed {e})"),
+            None => format!("state unknown, lookup truncated ({op})"),
+        },
     }
 }
 
@@ -293,6 +306,26 @@ pub(crate) mod tests {
             opts: SockOpts::default(),
             ..fr_changed()
         }
+    }
+
+    #[test]
+    fn a_truncated_lookup_says_the_state_is_unknown() {
+        let t = Transition {
+            kind: TransitionKind::LookupTruncated,
+            op: Op::Bind,
+            before: Some(info(0, -1, 1)),
+            after: None,
+            errno: Errno::new(98),
+            ..fr_changed()
+        };
+        let l = trace_line(&t, &clock());
+        for part in ["  lookup_truncated  ", "EADDRINUSE (98)", "unknown (hash chain walk cut short)"] {
+            assert!(l.contains(part), "missing {part:?} in {l}");
+        }
+        assert!(!l.contains("no bucket"), "{l}");
+        let tl = timeline_line(&t);
+        assert!(tl.contains("(bucket state unknown)") && tl.contains("EADDRINUSE"), "{tl}");
+        assert_eq!(describe(&t), "state unknown, lookup truncated (bind failed EADDRINUSE)");
     }
 
     #[test]
