@@ -23,7 +23,32 @@ pub trait Walk: Sized {
     fn budget(b: &WalkBudget) -> u32;
     /// Advances the walk by one step; false once it is over.
     fn step(&mut self) -> bool;
+    /// [`Walk::step`] on the walk's state, through the walk's global function (see
+    /// [`out_of_line_step`]).
+    #[cfg(feature = "bounded")]
+    fn step_out_of_line() -> bool;
 }
+
+/// Defines `$name`: one step of walk `$ty` on its map slot, as a global BPF function
+/// (bounded build). Since 5.6 the verifier checks a global function once, on its own,
+/// and treats a call of it as returning some integer; a step inlined into a bounded loop
+/// is instead checked again for every iteration and every path of every program that
+/// drives the walk, which on older kernels takes most of the load time.
+macro_rules! out_of_line_step {
+    ($name:ident, $ty:ty) => {
+        #[cfg(feature = "bounded")]
+        #[no_mangle]
+        #[inline(never)]
+        pub extern "C" fn $name() -> i64 {
+            match <$ty as $crate::drive::Walk>::state() {
+                // SAFETY: the walk's own map slot (see `drive`).
+                Some(p) => i64::from(unsafe { (*p).step() }),
+                None => 0,
+            }
+        }
+    };
+}
+pub(crate) use out_of_line_step;
 
 /// The step budgets user space chose when it loaded the object.
 #[cfg(feature = "bounded")]
@@ -35,21 +60,18 @@ fn budgets() -> WalkBudget {
     unsafe { core::ptr::read_volatile(&crate::maps::WALK) }
 }
 
-/// Runs at most `limit` steps of walk `W` (fewer where the driver's budget is smaller),
-/// stopping when the step function says the walk is over. Callers read the outcome from
-/// the walk's state.
+/// Runs at most the driver's budget of steps of walk `W`, stopping when the step function
+/// says the walk is over. Callers read the outcome from the walk's state. `limit` (the
+/// `bpf_loop` driver's bound) is not used: every step function enforces its own bounds,
+/// and a second, runtime bound in the loop condition multiplies the paths the verifier
+/// of older kernels explores.
 #[cfg(feature = "bounded")]
 #[inline(always)]
-pub fn drive<W: Walk>(limit: u32) {
-    let Some(p) = W::state() else {
-        return;
-    };
+pub fn drive<W: Walk>(_limit: u32) {
     let n = W::budget(&budgets());
     let mut i: u32 = 0;
-    while i < n && i < limit {
-        // SAFETY: the walk's own map slot; tracing programs do not nest on one CPU, and
-        // the snapshot walk's global slot is used by the one thread that triggers it.
-        if !unsafe { (*p).step() } {
+    while i < n {
+        if !W::step_out_of_line() {
             break;
         }
         i += 1;

@@ -17,7 +17,7 @@ use portwatch_common::{
 
 use crate::{
     compat,
-    drive::{drive, Walk},
+    drive::{drive, out_of_line_step, Walk},
     kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
     maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
     read::{bits, field, layout, layout_ready, rd},
@@ -236,7 +236,15 @@ impl Walk for TableWalk {
     fn step(&mut self) -> bool {
         self.ring_full == 0 && table_step(self)
     }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_table_step() != 0
+    }
 }
+
+out_of_line_step!(walk_table_step, TableWalk);
 
 /// The tracepoint trigger: a request from the tool's own thread.
 #[inline(always)]

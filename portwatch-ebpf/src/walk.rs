@@ -8,7 +8,7 @@ use portwatch_common::{BucketState, WalkBudget};
 
 use crate::{
     compat,
-    drive::{drive, Walk},
+    drive::{drive, out_of_line_step, Walk},
     kernel::{bhash_chain_head, tb2_of_bhash_node, tb_net_port, tb_of_node, tb_state},
     maps::{CHAIN_WALK, OWNER_WALK},
     read::{field, layout, rd},
@@ -118,7 +118,15 @@ impl Walk for OwnerCursor {
     fn step(&mut self) -> bool {
         !matches!(owner_step(self), OwnerStep::Done)
     }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_owner_step() != 0
+    }
 }
+
+out_of_line_step!(walk_owner_step, OwnerCursor);
 
 /// Number of sockets owning bucket `tb` (TIME-WAIT included), and whether the bound
 /// `max` (or the driver's step budget) cut the count short.
@@ -179,7 +187,15 @@ impl Walk for ChainCursor {
     fn step(&mut self) -> bool {
         chain_step(self)
     }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_chain_step() != 0
+    }
 }
+
+out_of_line_step!(walk_chain_step, ChainCursor);
 
 /// What a search for the bucket of (net, port) found.
 pub enum Found<T> {
