@@ -142,6 +142,18 @@ layout_struct! {
     tb2_v6_rcv_saddr: u32,
     /// The IPv4 member of the address union, on kernels that have one.
     tb2_rcv_saddr: u32,
+    /// `sock.sk_userlocks` (a 4-bit bit field up to 6.11, a byte since).
+    sk_userlocks: BitField,
+    /// `SOCK_CONNECT_BIND`, the bit of `sk_userlocks` that marks a socket whose port
+    /// connect() chose, on kernels that keep it (d57f4b874946, 6.18); 0 elsewhere.
+    connect_bind_mask: u32,
+    /// `inet_timewait_sock.tw_connect_bind`: the same mark on TIME-WAIT sockets.
+    tw_connect_bind: BitField,
+    /// `inet_sock.local_port_range`: the socket's IP_LOCAL_PORT_RANGE as one u32
+    /// (lo | hi << 16, both as struct members before 6.8), 0 when unset.
+    inet_local_port_range: u32,
+    /// `inet_connection_sock.icsk_bind2_hash`: the socket's per-address bucket.
+    icsk_bind2_hash: u32,
     /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
     owners_mode: u32,
     /// 1 when this layout was filled in by user space (the eBPF side refuses to run on
@@ -193,6 +205,14 @@ pub mod flag {
     /// The bucket lookup gave up before the end of the hash chain (the walk's step
     /// budget ran out): `BUCKET_PRESENT` unset means "not known", not "absent".
     pub const LOOKUP_TRUNCATED: u16 = 1 << 8;
+    /// The kernel marks sockets whose port connect() chose (6.18+): `CONNECT_BOUND`
+    /// says whether this one is.
+    pub const CONNECT_BIND_KNOWN: u16 = 1 << 9;
+    /// The socket got its port from connect(), not bind() (`SOCK_CONNECT_BIND`).
+    pub const CONNECT_BOUND: u16 = 1 << 10;
+    /// `addr_fastreuse`/`addr_fastreuseport` hold the state of the socket's
+    /// per-address bucket (kernels where it has its own, 6.18+).
+    pub const ADDR_STATE: u16 = 1 << 11;
 }
 
 /// The state of the bind bucket of (netns, port) as read after an operation.
@@ -247,6 +267,12 @@ pub struct Event {
     pub hook: u8,
     pub _pad: [u8; 1],
     pub comm: [u8; 16],
+    /// The socket's IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when it set none.
+    pub local_port_range: u32,
+    /// State of the socket's per-address bucket (with `flag::ADDR_STATE`).
+    pub addr_fastreuse: i8,
+    pub addr_fastreuseport: i8,
+    pub _pad2: [u8; 2],
 }
 
 /// Records of a bind-table snapshot, tagged by `kind`.
@@ -274,6 +300,12 @@ pub mod snapflag {
     /// END of a lookup that gave up before the end of the hash chain: no BUCKET record
     /// means "not known", not "absent".
     pub const LOOKUP_TRUNCATED: u8 = 1 << 5;
+    /// OWNER: the kernel marks sockets whose port connect() chose (6.18+), and
+    /// `CONNECT_BOUND` says whether this one is.
+    pub const CONNECT_BIND_KNOWN: u8 = 1 << 6;
+    /// OWNER: the socket got its port from connect() (`SOCK_CONNECT_BIND`,
+    /// `tw_connect_bind`).
+    pub const CONNECT_BOUND: u8 = 1 << 7;
 }
 
 /// One record of a snapshot walk.
@@ -296,6 +328,9 @@ pub struct SnapRecord {
     /// TCP state (OWNER).
     pub state: u8,
     pub _pad: [u8; 3],
+    /// OWNER: the socket's IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when it set none.
+    pub local_port_range: u32,
+    pub _pad2: u32,
 }
 
 /// Arguments of a snapshot request, written by user space into the `SNAP_REQ` array
@@ -459,8 +494,8 @@ pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
 
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
-const _: () = assert!(core::mem::size_of::<Event>() == 128);
-const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<Event>() == 136);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);

@@ -4,7 +4,7 @@ use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktim
 use portwatch_common::{flag, Config, Event};
 
 use crate::{
-    compat::port_range,
+    compat::{self, port_range},
     kernel::{net_inum, sock_info},
     maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
     walk::{lookup_bucket, Found},
@@ -91,7 +91,14 @@ pub fn send(cfg: &Config, s: &Subject) {
             flags |= flag::SOCK_KNOWN
                 | (((si.reuse != 0) as u16) * flag::REUSEADDR)
                 | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
-                | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
+                | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT)
+                | ((compat::connect_bind_known() as u16) * flag::CONNECT_BIND_KNOWN)
+                | ((si.connect_bound as u16) * flag::CONNECT_BOUND);
+            e.local_port_range = si.port_range;
+            let (addr_known, fr, frp) = si.addr_state;
+            flags |= (addr_known as u16) * flag::ADDR_STATE;
+            e.addr_fastreuse = fr;
+            e.addr_fastreuseport = frp;
         }
         flags |= with_bucket(e, s.net, s.port, cfg.max_owners);
         e.flags = flags;

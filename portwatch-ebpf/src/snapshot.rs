@@ -113,6 +113,8 @@ fn end_bucket(w: &mut TableWalk) {
             flags,
             state: 0,
             _pad: [0; 3],
+            local_port_range: 0,
+            _pad2: 0,
         };
         out(&r, w);
         w.buckets += 1;
@@ -147,6 +149,8 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
         flags: 0,
         state: 0,
         _pad: [0; 3],
+        local_port_range: 0,
+        _pad2: 0,
     };
     out(&r, w);
 }
@@ -161,12 +165,19 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
     } else if let Some(a) = field::<[u8; 4]>(sk, layout!(sk_rcv_saddr)) {
         laddr[..4].copy_from_slice(&a);
     }
+    let state: u8 = field(sk, layout!(sk_state)).unwrap_or(0);
     let mut flags = 0u8;
     if bits(sk, layout!(sk_reuse)).unwrap_or(0) != 0 {
         flags |= snapflag::REUSEADDR;
     }
     if bits(sk, layout!(sk_reuseport)).unwrap_or(0) != 0 {
         flags |= snapflag::REUSEPORT;
+    }
+    if compat::connect_bind_known() {
+        flags |= snapflag::CONNECT_BIND_KNOWN;
+        if compat::connect_bound(sk, state) {
+            flags |= snapflag::CONNECT_BOUND;
+        }
     }
     let r = SnapRecord {
         addr: w.tb,
@@ -180,8 +191,10 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
         fastreuseport: 0,
         kind: rec::OWNER,
         flags,
-        state: field(sk, layout!(sk_state)).unwrap_or(0),
+        state,
         _pad: [0; 3],
+        local_port_range: compat::socket_port_range(sk, state),
+        _pad2: 0,
     };
     out(&r, w);
 }
@@ -340,6 +353,8 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         flags,
         state: 0,
         _pad: [0; 3],
+        local_port_range: 0,
+        _pad2: 0,
     };
     // If even END does not fit, user space sees no END and reports the walk as lost.
     let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
@@ -375,6 +390,8 @@ fn lookup(req: &SnapRequest) {
             },
             state: 0,
             _pad: [0; 3],
+            local_port_range: 0,
+            _pad2: 0,
         };
         if SNAP_RB.output::<SnapRecord>(&r, 0).is_err() {
             end_flags |= snapflag::WALK_TRUNCATED;

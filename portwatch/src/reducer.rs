@@ -180,6 +180,7 @@ impl Reducer {
                 remote: ev.remote,
                 opts: ev.opts,
                 port_from_range: ev.port_from_range,
+                addr: ev.addr,
             }
         };
         let mut out = Vec::new();
@@ -276,6 +277,7 @@ impl Reducer {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                addr: None,
             }
         };
         let mut out = Vec::new();
@@ -680,7 +682,9 @@ mod tests {
             SockOpts {
                 reuseaddr: true,
                 reuseport: true,
-                bind_address_no_port: true
+                bind_address_no_port: true,
+                connect_bound: None,
+                local_port_range: None,
             }
         );
         // No change at all: nothing.

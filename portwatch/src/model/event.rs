@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{BucketInfo, Errno, Op, SockOpts, Task};
+use super::{AddrState, BucketInfo, Errno, Op, SockOpts, Task};
 
 /// The bucket an event found after its operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,4 +42,6 @@ pub struct SocketEvent {
     /// The bucket lookup gave up before the end of its hash chain: `bucket` is `None`
     /// because its state is not known, not because there is none.
     pub lookup_truncated: bool,
+    /// The state of the socket's per-address bucket, where it keeps its own (6.18+).
+    pub addr: Option<AddrState>,
 }

@@ -602,6 +602,7 @@ mod tests {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                addr: None,
             };
             // One transition of ours, one of another netns, one of an unrelated port.
             Ok(vec![

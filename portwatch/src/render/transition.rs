@@ -37,6 +37,12 @@ fn sock_opts(o: &SockOpts) -> Option<String> {
     (!set.is_empty()).then(|| format!("[{}]", set.join(",")))
 }
 
+/// How a socket got its port, where the kernel records it (6.18+): `connect()-bound` or
+/// `bind()-bound`.
+pub fn bound_by(connect_bound: Option<bool>) -> Option<&'static str> {
+    connect_bound.map(|c| if c { "connect()-bound" } else { "bind()-bound" })
+}
+
 /// One aligned, greppable `trace` line for a transition (no trailing newline).
 pub fn trace_line(t: &Transition, clock: &Clock) -> String {
     let who = match &t.task {
@@ -78,6 +84,13 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
         sock.push(format!("remote {r}"));
     }
     sock.extend(sock_opts(&t.opts));
+    sock.extend(bound_by(t.opts.connect_bound).map(str::to_owned));
+    if let Some(r) = t.opts.local_port_range {
+        sock.push(format!("range {r}"));
+    }
+    if let Some(a) = t.addr {
+        sock.push(format!("addr bucket fr {} frp {}", a.fastreuse, a.fastreuseport));
+    }
     if t.port_from_range {
         sock.push("(only port of the ephemeral range)".to_string());
     }
@@ -278,6 +291,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             port_from_range: false,
+            addr: None,
         }
     }
 
@@ -437,6 +451,7 @@ pub(crate) mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            addr: None,
         }
     }
 

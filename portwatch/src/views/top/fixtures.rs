@@ -42,6 +42,7 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
         opts: SockOpts::default(),
         port_from_range: false,
         lookup_truncated: false,
+        addr: None,
     }
 }
 
