@@ -4,7 +4,7 @@
 use portwatch_common::{ArgPos, NO_ARG};
 
 use super::Refusal;
-use crate::kernel::{compat::Id, Resolved};
+use crate::kernel::{compat::Id, symbols::Verdict, Resolved};
 
 /// A hooked kernel function: its kprobe and fentry programs (entry, return).
 #[derive(Debug)]
@@ -160,6 +160,18 @@ pub fn present_hooks(
             ));
             continue;
         }
+        // BTF names the function; the kernel's text says whether a hook on it sees every
+        // call (fentry also needs ftrace to be able to attach).
+        let verdict = resolved
+            .site(h.func)
+            .map_or(Verdict::Usable, |s| s.verdict(h.func, backend == "fentry"));
+        if let Verdict::Unusable(reason) = verdict {
+            if h.required {
+                return Err(Refusal::HookSite { func: h.func, reason });
+            }
+            warnings.push(format!("{backend}: {}: changes it makes are not seen", reason));
+            continue;
+        }
         hooks.push(h);
     }
     Ok(hooks)
@@ -226,5 +238,50 @@ mod tests {
             err.to_string(),
             "BTF lacks the parameters inet_put_port(sk)"
         );
+    }
+
+    #[test]
+    fn hooks_not_where_btf_says_refuse_or_warn() {
+        let mut r = layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
+        let whole = |f: &str| format!("ffffffff81000000 T {f}\n");
+        let mut text: String = TRACKED_FUNCTIONS.iter().map(|f| whole(f)).collect();
+        // Nothing read (BTF from a file): BTF decides alone.
+        assert!(present_hooks(&r, "fentry", &mut Vec::new()).is_ok());
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        let mut warnings = Vec::new();
+        assert_eq!(present_hooks(&r, "fentry", &mut warnings).expect("all whole").len(), 6);
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // A required function split by partial inlining refuses the backend.
+        text = text.replace(" T __inet_hash_connect\n", " t __inet_hash_connect.part.0\n");
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        let err = present_hooks(&r, "kprobe", &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::HookSite { func: "__inet_hash_connect", reason } if reason.contains(".part.0")),
+            "{err}"
+        );
+        assert_eq!(err.short(), "__inet_hash_connect not hookable");
+
+        // An optional one inlined is left out with a warning.
+        let text = TRACKED_FUNCTIONS
+            .iter()
+            .filter(|f| **f != "inet_twsk_bind_unhash")
+            .map(|f| whole(f))
+            .collect::<String>();
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        let mut warnings = Vec::new();
+        let hooks = present_hooks(&r, "kprobe", &mut warnings).expect("optional");
+        assert!(!hooks.iter().any(|h| h.func == "inet_twsk_bind_unhash"));
+        assert!(warnings[0].contains("inlined"), "{warnings:?}");
+
+        // Not ftrace-able: fentry refuses, kprobe does not care.
+        let text: String = TRACKED_FUNCTIONS.iter().map(|f| whole(f)).collect();
+        let ff: String = TRACKED_FUNCTIONS.iter().filter(|f| **f != "inet_put_port").map(|f| format!("{f}\n")).collect();
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, Some(&ff)));
+        assert!(matches!(
+            present_hooks(&r, "fentry", &mut Vec::new()),
+            Err(Refusal::HookSite { func: "inet_put_port", .. })
+        ));
+        assert!(present_hooks(&r, "kprobe", &mut Vec::new()).is_ok());
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     btf::{optional, IntShape, KernelBtf},
     compat::{self, Detected, Id},
+    symbols::HookSite,
     LayoutError,
 };
 
@@ -37,6 +38,9 @@ pub struct Resolved {
     pub variants: Detected,
     /// Each of [`TRACKED_FUNCTIONS`]: `Some(parameter names)` when present as a BTF FUNC.
     pub functions: BTreeMap<String, Option<Vec<String>>>,
+    /// Each of [`TRACKED_FUNCTIONS`] in the running kernel's text (inlined, cloned...);
+    /// `None` when not read (BTF from a file, or /proc/kallsyms unreadable).
+    pub sites: Option<BTreeMap<String, HookSite>>,
 }
 
 /// Which member of `struct inet_bind2_bucket` tells its address family.
@@ -81,6 +85,11 @@ impl Resolved {
     /// Whether `name` exists as a BTF FUNC (only for [`TRACKED_FUNCTIONS`]).
     pub fn has_function(&self, name: &str) -> bool {
         matches!(self.functions.get(name), Some(Some(_)))
+    }
+
+    /// Where a tracked function is in the kernel's text, when that was read.
+    pub fn site(&self, name: &str) -> Option<&HookSite> {
+        self.sites.as_ref()?.get(name)
     }
 
     /// Parameter names of a tracked function, when present.
@@ -271,6 +280,7 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
         kernel_release: btf.kernel().to_string(),
         variants,
         functions,
+        sites: None,
     })
 }
 
