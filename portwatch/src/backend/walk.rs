@@ -14,7 +14,7 @@
 use std::fmt;
 
 use portwatch_common::WalkBudget;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Refusal;
 
@@ -33,7 +33,7 @@ pub enum WalkDriverChoice {
 }
 
 /// The driver of the loaded object.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "driver")]
 pub enum WalkDriver {
     BpfLoop,
@@ -82,8 +82,9 @@ pub const BUDGETS: [WalkBudget; 3] = [
 /// from each request), but the global must be set.
 pub const BPF_LOOP_BUDGET: WalkBudget = BUDGETS[0];
 
-/// The walk driver of a session and why it was chosen.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The walk driver of a session and why it was chosen (`walk` in `portwatch probes
+/// --json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalkReport {
     #[serde(flatten)]
     pub driver: WalkDriver,
