@@ -61,32 +61,30 @@ pub fn owner_lists(tb: u64) -> (u64, u64) {
 /// a union (28044fc1d495, 6.1).
 #[inline(always)]
 pub fn tb2_address(tb2: u64) -> (u16, [u8; 16]) {
-    let mut addr = [0u8; 16];
     if layout!(tb2_addr_mapped) == 1 {
-        addr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
-        return (AF_INET6, addr);
+        return (AF_INET6, zfield(tb2, layout!(tb2_v6_rcv_saddr)));
     }
-    let family: u16 = field(tb2, layout!(tb2_family)).unwrap_or(0);
-    if family == AF_INET6 {
-        addr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field::<[u8; 4]>(tb2, layout!(tb2_rcv_saddr)) {
-        addr[..4].copy_from_slice(&a);
-    }
+    let family: u16 = zfield(tb2, layout!(tb2_family));
+    let addr = if family == AF_INET6 {
+        zfield(tb2, layout!(tb2_v6_rcv_saddr))
+    } else {
+        let a: [u8; 4] = zfield(tb2, layout!(tb2_rcv_saddr));
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
     (family, addr)
 }
 
-/// `(fastreuse, fastreuseport)` of per-address bucket `tb2`, `None` on kernels where
-/// only the port's bucket has them. "tcp: Update bind bucket state on port release"
-/// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` its own pair.
+/// `(known, fastreuse, fastreuseport)` of per-address bucket `tb2`, known on kernels
+/// where it has its own pair: "tcp: Update bind bucket state on port release"
+/// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` one. Branch-free (see
+/// `sk_addr_fastreuse`).
 #[inline(always)]
-pub fn tb2_fastreuse(tb2: u64) -> Option<(i8, i8)> {
-    if layout!(tb2_fastreuse) == NO_FIELD {
-        return None;
-    }
-    Some((
-        field(tb2, layout!(tb2_fastreuse)).unwrap_or(0),
-        field(tb2, layout!(tb2_fastreuseport)).unwrap_or(0),
-    ))
+pub fn tb2_fastreuse(tb2: u64) -> (bool, i8, i8) {
+    (
+        layout!(tb2_fastreuse) != NO_FIELD,
+        zfield(tb2, layout!(tb2_fastreuse)),
+        zfield(tb2, layout!(tb2_fastreuseport)),
+    )
 }
 
 /// Whether the kernel marks sockets whose port connect() chose. "tcp: Update bind bucket

@@ -20,7 +20,7 @@ use crate::{
     drive::{drive, out_of_line_step, Walk},
     kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
     maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
-    read::{bits, field, layout, layout_ready, rd},
+    read::{field, layout, layout_ready, rd, zbits, zfield},
     walk::{lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
 
@@ -76,7 +76,7 @@ fn out(r: &SnapRecord, w: &mut TableWalk) {
 fn begin_bucket(w: &mut TableWalk) {
     let tb = tb_of_node(w.node);
     let st = tb_state(tb);
-    let net: u64 = field(tb, layout!(tb_net)).unwrap_or(0);
+    let net: u64 = zfield(tb, layout!(tb_net));
     w.tb = tb;
     w.cur_netns = net_inum(net);
     w.cur_port = st.port;
@@ -133,12 +133,11 @@ fn end_bucket(w: &mut TableWalk) {
 #[inline(always)]
 fn emit_addr(w: &mut TableWalk, tb2: u64) {
     let (family, laddr) = compat::tb2_address(tb2);
-    let state = compat::tb2_fastreuse(tb2);
-    let (fastreuse, fastreuseport) = state.unwrap_or((0, 0));
+    let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
-        owners: state.is_some() as u32,
+        owners: known as u32,
         l3mdev: w.cur_l3mdev,
         port: w.cur_port,
         family,
@@ -155,36 +154,32 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
     out(&r, w);
 }
 
+/// An OWNER record. Read without branching on the outcome of each read (see
+/// `read::zfield`): the verifier of older kernels refuses to read back a stack slot
+/// some path never wrote, which is what an `Option` kept on one path becomes.
 #[inline(always)]
 fn emit_owner(w: &mut TableWalk, node: u64) {
     let sk = sk_of_bind_node(node);
-    let family: u16 = field(sk, layout!(sk_family)).unwrap_or(0);
-    let mut laddr = [0u8; 16];
-    if family == AF_INET6 {
-        laddr = field(sk, layout!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field::<[u8; 4]>(sk, layout!(sk_rcv_saddr)) {
-        laddr[..4].copy_from_slice(&a);
-    }
-    let state: u8 = field(sk, layout!(sk_state)).unwrap_or(0);
-    let mut flags = 0u8;
-    if bits(sk, layout!(sk_reuse)).unwrap_or(0) != 0 {
-        flags |= snapflag::REUSEADDR;
-    }
-    if bits(sk, layout!(sk_reuseport)).unwrap_or(0) != 0 {
-        flags |= snapflag::REUSEPORT;
-    }
-    if compat::connect_bind_known() {
-        flags |= snapflag::CONNECT_BIND_KNOWN;
-        if compat::connect_bound(sk, state) {
-            flags |= snapflag::CONNECT_BOUND;
-        }
-    }
+    let family: u16 = zfield(sk, layout!(sk_family));
+    let laddr: [u8; 16] = if family == AF_INET6 {
+        zfield(sk, layout!(sk_v6_rcv_saddr))
+    } else {
+        let a: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let state: u8 = zfield(sk, layout!(sk_state));
+    let known = compat::connect_bind_known();
+    let flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
+        | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
+        | (known as u8) * snapflag::CONNECT_BIND_KNOWN
+        | ((known && compat::connect_bound(sk, state)) as u8) * snapflag::CONNECT_BOUND;
+    let port: u16 = zfield(sk, layout!(sk_num));
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
         owners: 0,
         l3mdev: w.cur_l3mdev,
-        port: field(sk, layout!(sk_num)).unwrap_or(w.cur_port),
+        port: if port == 0 { w.cur_port } else { port },
         family,
         laddr,
         fastreuse: 0,
