@@ -8,10 +8,10 @@ use aya_ebpf::{
 use portwatch_common::{flag, op, BucketState, Config, Event};
 
 use crate::{
-    compat::port_range,
+    compat::{self, port_range},
     kernel::{held_bucket, net_inum, sock_info, tb_net_port, SockHead},
     maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
-    walk::{bucket_state, find_bucket},
+    walk::{bucket_state, find_bucket, Found},
 };
 
 /// The runtime configuration (defaults when user space has not written it).
@@ -139,11 +139,18 @@ pub fn send_asked(cfg: &Config, s: &Subject, asked: Option<Asked>) {
         put!(e.rport = si.rport);
         put!(e.uid = si.uid);
         put!(e.bound_dev = si.bound_dev);
+        put!(e.local_port_range = si.port_range);
+        let (addr_known, fr, frp) = si.addr_state;
+        put!(e.addr_fastreuse = fr);
+        put!(e.addr_fastreuseport = frp);
         // Flags by arithmetic, not branches (see read::zfield).
         sock_flags = flag::SOCK_KNOWN
             | (((si.reuse != 0) as u16) * flag::REUSEADDR)
             | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
             | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT)
+            | ((compat::connect_bind_known() as u16) * flag::CONNECT_BIND_KNOWN)
+            | ((si.connect_bound as u16) * flag::CONNECT_BOUND)
+            | ((addr_known as u16) * flag::ADDR_STATE)
             | (((si.v6only != 0) as u16) * flag::V6ONLY);
     } else {
         put!(e.family = 0);
@@ -153,7 +160,11 @@ pub fn send_asked(cfg: &Config, s: &Subject, asked: Option<Asked>) {
         put!(e.rport = 0);
         put!(e.uid = 0);
         put!(e.bound_dev = 0);
+        put!(e.local_port_range = 0);
+        put!(e.addr_fastreuse = 0);
+        put!(e.addr_fastreuseport = 0);
     }
+    put!(e._pad2 = [0; 2]);
     match asked {
         Some(Asked::Local(family, addr)) => {
             put!(e.family = family);
@@ -216,10 +227,11 @@ fn fill_bucket(
         }
     }
     if tb == 0 {
-        tb = find_bucket(net, port);
-    }
-    if tb == 0 {
-        return flags;
+        match find_bucket(net, port) {
+            Found::Bucket(found) => tb = found,
+            Found::Absent => return flags,
+            Found::Unknown => return flags | flag::LOOKUP_TRUNCATED,
+        }
     }
     // One owner count for both ways of finding the bucket: each call site of a walk
     // costs the verifier a full pass over it.
@@ -266,6 +278,10 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution, flag
     put!(e.comm = k.comm);
     put!(e.uid = 0);
     put!(e.bound_dev = 0);
+    put!(e.local_port_range = 0);
+    put!(e.addr_fastreuse = 0);
+    put!(e.addr_fastreuseport = 0);
+    put!(e._pad2 = [0; 2]);
     submit(cfg, entry);
 }
 

@@ -140,12 +140,18 @@ pub struct SockInfo {
     /// `sk_uid` and bound device (`SO_BINDTODEVICE`); the socket is a full one.
     pub uid: u32,
     pub bound_dev: i32,
+    pub connect_bound: bool,
+    /// IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when unset.
+    pub port_range: u32,
+    /// The per-address bucket's own state: (known, fastreuse, fastreuseport).
+    pub addr_state: (bool, i8, i8),
 }
 
 #[inline(always)]
 pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
     let h = &head.0;
     let family: u16 = h.get(layout!(sk_family));
+    let state: u8 = h.get(layout!(sk_state));
     let rport_be: u16 = h.get(layout!(sk_dport));
     let mut laddr = [0u8; 16];
     let mut raddr = [0u8; 16];
@@ -162,7 +168,7 @@ pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
     let no_port = zbits(sk, layout!(inet_bind_address_no_port));
     SockInfo {
         family,
-        state: h.get(layout!(sk_state)),
+        state,
         rport: u16::from_be(rport_be),
         laddr,
         raddr,
@@ -173,6 +179,9 @@ pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
         // sk_uid lives beyond the head: read on its own.
         uid: zfield(sk, layout!(sk_uid)),
         bound_dev: h.get(layout!(sk_bound_dev_if)),
+        connect_bound: compat::connect_bound(sk, state),
+        port_range: compat::socket_port_range(sk, state),
+        addr_state: compat::sk_addr_fastreuse(sk),
     }
 }
 
@@ -303,31 +312,27 @@ pub struct OwnerDetails {
 
 #[inline(always)]
 pub fn owner_details(sk: u64, family: u16, state: u8) -> OwnerDetails {
-    let mut d = OwnerDetails {
-        ino: 0,
-        uid: 0,
-        bound_dev: zfield(sk, layout!(sk_bound_dev_if)),
-        v6only: zbits(sk, layout!(sk_ipv6only)),
-        raddr: [0; 16],
-        rport: u16::from_be(zfield::<u16>(sk, layout!(sk_dport))),
-        tb2_family: 0,
-    };
+    // Read without branching on the outcome (see `read::zfield`): a TIME-WAIT or request
+    // socket's uid and inode read as 0 by arithmetic, and a socket address of 0 makes
+    // the inode read fault to 0.
     let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
-    d.tb2_family = compat::tb2_family_of(sk, full);
-    if family == AF_INET6 {
-        d.raddr = zfield(sk, layout!(sk_v6_daddr));
+    let raddr: [u8; 16] = if family == AF_INET6 {
+        zfield(sk, layout!(sk_v6_daddr))
     } else {
         let r: [u8; 4] = zfield(sk, layout!(sk_daddr));
-        d.raddr[..4].copy_from_slice(&r);
+        [r[0], r[1], r[2], r[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let socket: u64 = zfield::<u64>(sk, layout!(sk_socket)) * (full as u64);
+    let ino: u64 = zfield(socket, layout!(socket_ino));
+    OwnerDetails {
+        ino: ino * ((socket != 0) as u64),
+        uid: zfield::<u32>(sk, layout!(sk_uid)) * (full as u32),
+        bound_dev: zfield(sk, layout!(sk_bound_dev_if)),
+        v6only: zbits(sk, layout!(sk_ipv6only)),
+        raddr,
+        rport: u16::from_be(zfield::<u16>(sk, layout!(sk_dport))),
+        tb2_family: compat::tb2_family_of(sk, full),
     }
-    if full {
-        d.uid = zfield(sk, layout!(sk_uid));
-        let socket: u64 = zfield(sk, layout!(sk_socket));
-        if socket != 0 {
-            d.ino = zfield(socket, layout!(socket_ino));
-        }
-    }
-    d
 }
 
 /// The fast-path fields of bucket `tb` that `sk_reuseport_match()` reads: `fastuid`,
@@ -342,13 +347,12 @@ pub struct FastState {
 #[inline(always)]
 pub fn tb_fast_state(tb: u64) -> FastState {
     let family: u16 = zfield(tb, layout!(tb_fast_sk_family));
-    let mut addr = [0u8; 16];
-    if family == AF_INET6 {
-        addr = zfield(tb, layout!(tb_fast_v6_rcv_saddr));
+    let addr: [u8; 16] = if family == AF_INET6 {
+        zfield(tb, layout!(tb_fast_v6_rcv_saddr))
     } else {
         let a: [u8; 4] = zfield(tb, layout!(tb_fast_rcv_saddr));
-        addr[..4].copy_from_slice(&a);
-    }
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
     FastState {
         uid: zfield(tb, layout!(tb_fastuid)),
         family,

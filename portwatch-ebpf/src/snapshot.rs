@@ -1,7 +1,7 @@
 //! The snapshot walk: every slot of `bhash`, every bucket of every chain, and (verbose)
 //! every per-address bucket and owner, like the article's drgn script but in the kernel.
 //! Triggered by the tool itself: `getpgid(SNAP_TRIGGER_PID)` from the thread named in
-//! `SNAP_REQ`.
+//! `SNAP_REQ`; [`serve`] answers a request from any program type.
 //!
 //! A request can also ask for the namespace's NET record (its port range and
 //! `tcp_tw_reuse`, from an event's `struct net` or from an nsfs file descriptor of the
@@ -11,42 +11,41 @@
 //! The walk is a state machine (`TableWalk`) advanced one list node per call of
 //! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
 //! short (reported as truncated) but never hang it. The owners of each bucket are
-//! walked by the same cursor the per-event lookup uses (`walk::OwnerCursor`). The
-//! driver at the bottom repeats the step with `bpf_loop`; another driver (a bounded
-//! loop, or a walk resumed over several runs) can repeat the same step.
-use core::ffi::c_void;
-
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_loop},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+//! walked by the same cursor the per-event lookup uses (`walk::OwnerCursor`). A driver
+//! of `drive.rs` repeats the step; the state stays in the `SNAP_WALK` map between
+//! program runs, so a walk whose run spent its step budget ends the run with
+//! `WALK_MORE` and resumes where it stopped when the tool triggers the next run.
+//! Records are built in this CPU's `SNAP_REC` slot, not on the stack of the step.
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 use portwatch_common::{
-    rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID,
+    rec, snapdetail, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP,
+    SNAP_TRIGGER_PID,
 };
 
 use crate::{
     compat,
+    drive::{drive, out_of_line_step, Walk},
     kernel::{
         current_net, net_inum, net_of_nsfs_fd, owner_details, reserved_ports, sk_of_bind_node,
         tb_fast_state, tb_of_node, tb_state, AF_INET6,
     },
     maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK, TP},
-    read::{bits, field, layout, layout_ready, rd},
-    walk::{find_bucket, lookup_bucket, owner_step, OwnerCursor, OwnerStep},
+    read::{field, layout, layout_ready, rd, zbits, zfield},
+    walk::{find_bucket, lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
+
+/// Steps of one run of the `bpf_loop` driver (the kernel's BPF_MAX_LOOPS); the bounded
+/// driver takes its own, smaller budget.
+const RUN_STEPS: u32 = 1 << 23;
 
 /// Ports per RESERVED record (the 16 bytes of its `laddr`).
 const RESERVED_CHUNK: u32 = 128;
-
-/// Upper bound of loop iterations (the kernel's BPF_MAX_LOOPS is 1 << 23).
-const MAX_STEPS: u32 = 1 << 23;
 
 /// The tool reads the snapshot ring right after the walk returns in its own thread: no
 /// record needs to wake anyone.
 const NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
 
-/// State of a whole-table walk. Lives in per-CPU map memory (see `walk.rs`).
+/// State of a whole-table walk, kept in `SNAP_WALK` between runs.
 #[repr(C)]
 pub struct TableWalk {
     bhash: u64,
@@ -82,9 +81,13 @@ pub struct TableWalk {
     skip: u8,
     truncated: u8,
     done: u8,
-    /// One bucket only (a lookup): the walk ends with it.
+    /// The ring buffer was full: the walk stops (what follows could not be delivered).
+    ring_full: u8,
+    /// One bucket only (a verbose lookup): the walk ends with it.
     single: u8,
-    _pad: [u8; 1],
+    /// The verbose lookup's search gave up before the end of the hash chain.
+    lookup_truncated: u8,
+    _pad: [u8; 7],
 }
 
 /// Builds a record in this CPU's scratch slot (`SNAP_REC`, zeroed first) and sends it;
@@ -101,11 +104,12 @@ fn emit(fill: impl FnOnce(&mut SnapRecord)) -> bool {
     SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_ok()
 }
 
-/// [`emit`] within a walk: a record that does not fit truncates it.
+/// [`emit`] within a walk: a record that does not fit truncates and stops it.
 #[inline(always)]
 fn out(w: &mut TableWalk, fill: impl FnOnce(&mut SnapRecord)) {
     if !emit(fill) {
         w.truncated = 1;
+        w.ring_full = 1;
     }
 }
 
@@ -113,7 +117,7 @@ fn out(w: &mut TableWalk, fill: impl FnOnce(&mut SnapRecord)) {
 fn begin_bucket(w: &mut TableWalk) {
     let tb = tb_of_node(w.node);
     let st = tb_state(tb);
-    let net: u64 = field(tb, layout!(tb_net)).unwrap_or(0);
+    let net: u64 = zfield(tb, layout!(tb_net));
     w.tb = tb;
     w.cur_netns = net_inum(net);
     w.cur_port = st.port;
@@ -129,17 +133,13 @@ fn begin_bucket(w: &mut TableWalk) {
     };
 }
 
+/// The BUCKET record, with the bucket's fast-path state (`sk_reuseport_match()`).
 #[inline(always)]
 fn end_bucket(w: &mut TableWalk) {
     if w.skip == 0 {
-        let mut flags = 0u8;
-        if w.owners.truncated != 0 {
-            flags |= snapflag::OWNERS_TRUNCATED;
-        }
+        let flags = ((w.owners.truncated != 0) as u8) * snapflag::OWNERS_TRUNCATED;
         let fast = tb_fast_state(w.tb);
-        if fast.ipv6_only != 0 {
-            flags |= snapflag::V6ONLY;
-        }
+        let detail = ((fast.ipv6_only != 0) as u8) * snapdetail::V6ONLY;
         let (tb, netns, count, l3mdev, port, fr, frp) = (
             w.tb,
             w.cur_netns,
@@ -162,15 +162,13 @@ fn end_bucket(w: &mut TableWalk) {
             r.kind = rec::BUCKET;
             r.flags = flags;
             r.uid = fast.uid;
+            r.detail = detail;
         });
         w.buckets += 1;
     }
     w.tb = 0;
     w.chain_len += 1;
-    w.node = rd::<u64>(w.node).unwrap_or(0);
-    if w.single != 0 {
-        w.node = 0;
-    }
+    w.node = rd::<u64>(w.node).unwrap_or(0) * ((w.single == 0) as u64);
     if w.node != 0 && w.chain_len >= w.max_chain {
         w.truncated = 1;
         w.node = 0;
@@ -182,19 +180,15 @@ fn end_bucket(w: &mut TableWalk) {
 #[inline(always)]
 fn emit_addr(w: &mut TableWalk, tb2: u64) {
     let (family, laddr) = compat::tb2_address(tb2);
-    let state = compat::tb2_fastreuse(tb2);
-    let (fastreuse, fastreuseport) = state.unwrap_or((0, 0));
+    let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
     // Before 06a8c04f8994 (6.8) `family` is the bucket's own, kept from its creator.
-    let flags = if layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD {
-        snapflag::TB2_FAMILY
-    } else {
-        0
-    };
+    let own_family = layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD;
+    let detail = (own_family as u8) * snapdetail::TB2_FAMILY;
     let (tb, netns, l3mdev, port) = (w.tb, w.cur_netns, w.cur_l3mdev, w.cur_port);
     out(w, |r| {
         r.addr = tb;
         r.netns = netns;
-        r.owners = state.is_some() as u32;
+        r.owners = known as u32;
         r.l3mdev = l3mdev;
         r.port = port;
         r.family = family;
@@ -202,37 +196,37 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
         r.fastreuse = fastreuse;
         r.fastreuseport = fastreuseport;
         r.kind = rec::ADDR;
-        r.flags = flags;
+        r.detail = detail;
     });
 }
 
+/// An OWNER record with what `explain` needs of the socket. Read without branching on
+/// the outcome of each read (see `read::zfield`): the verifier of older kernels refuses
+/// to read back a stack slot some path never wrote, which is what an `Option` kept on
+/// one path becomes.
 #[inline(always)]
 fn emit_owner(w: &mut TableWalk, node: u64) {
     let sk = sk_of_bind_node(node);
-    let family: u16 = field(sk, layout!(sk_family)).unwrap_or(0);
-    let mut laddr = [0u8; 16];
-    if family == AF_INET6 {
-        laddr = field(sk, layout!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field::<[u8; 4]>(sk, layout!(sk_rcv_saddr)) {
-        laddr[..4].copy_from_slice(&a);
-    }
-    let mut flags = 0u8;
-    if bits(sk, layout!(sk_reuse)).unwrap_or(0) != 0 {
-        flags |= snapflag::REUSEADDR;
-    }
-    if bits(sk, layout!(sk_reuseport)).unwrap_or(0) != 0 {
-        flags |= snapflag::REUSEPORT;
-    }
-    let state: u8 = field(sk, layout!(sk_state)).unwrap_or(0);
+    let family: u16 = zfield(sk, layout!(sk_family));
+    let laddr: [u8; 16] = if family == AF_INET6 {
+        zfield(sk, layout!(sk_v6_rcv_saddr))
+    } else {
+        let a: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let state: u8 = zfield(sk, layout!(sk_state));
+    let known = compat::connect_bind_known();
+    let flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
+        | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
+        | (known as u8) * snapflag::CONNECT_BIND_KNOWN
+        | ((known && compat::connect_bound(sk, state)) as u8) * snapflag::CONNECT_BOUND;
     let d = owner_details(sk, family, state);
-    if d.v6only != 0 {
-        flags |= snapflag::V6ONLY;
-    }
-    if d.tb2_family != 0 {
-        flags |= snapflag::TB2_FAMILY;
-    }
+    let detail = ((d.v6only != 0) as u8) * snapdetail::V6ONLY
+        | ((d.tb2_family != 0) as u8) * snapdetail::TB2_FAMILY;
+    let num: u16 = zfield(sk, layout!(sk_num));
+    let port = if num == 0 { w.cur_port } else { num };
+    let range = compat::socket_port_range(sk, state);
     let (tb, netns, l3mdev) = (w.tb, w.cur_netns, w.cur_l3mdev);
-    let port = field(sk, layout!(sk_num)).unwrap_or(w.cur_port);
     out(w, |r| {
         r.addr = tb;
         r.netns = netns;
@@ -243,12 +237,14 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
         r.kind = rec::OWNER;
         r.flags = flags;
         r.state = state;
+        r.local_port_range = range;
         r.ino = d.ino;
         r.uid = d.uid;
         r.bound_dev = d.bound_dev;
         r.raddr = d.raddr;
         r.rport = d.rport;
         r.tb2_family = d.tb2_family;
+        r.detail = detail;
     });
 }
 
@@ -258,8 +254,7 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
 fn emit_reserved(w: &mut TableWalk) {
     let chunk = w.res_next;
     w.res_next += 1;
-    let bits: [u8; 16] =
-        rd(w.reserved + chunk as u64 * (RESERVED_CHUNK as u64 / 8)).unwrap_or([0; 16]);
+    let bits: [u8; 16] = zfield(w.reserved, chunk * (RESERVED_CHUNK / 8));
     let (a, b): (u64, u64) = (
         u64::from_ne_bytes([
             bits[0], bits[1], bits[2], bits[3], bits[4], bits[5], bits[6], bits[7],
@@ -297,8 +292,9 @@ fn emit_net(net: u64) -> (u32, u16, u16) {
     (netns, lo, hi)
 }
 
-/// Advances the walk by one node: the next slot, the next bucket of a chain, or the
-/// next per-address bucket or owner of the current bucket. False once the walk is over.
+/// Advances the walk by one node: the next chunk of reserved ports, the next slot, the
+/// next bucket of a chain, or the next per-address bucket or owner of the current
+/// bucket. False once the walk is over.
 #[inline(always)]
 pub fn table_step(w: &mut TableWalk) -> bool {
     if w.res_next < w.res_end {
@@ -336,24 +332,34 @@ pub fn table_step(w: &mut TableWalk) -> bool {
     true
 }
 
-extern "C" fn table_step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = SNAP_WALK.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    let w = unsafe { &mut *p };
-    if table_step(w) {
-        0
-    } else {
-        1
+impl Walk for TableWalk {
+    #[inline(always)]
+    fn state() -> Option<*mut Self> {
+        SNAP_WALK.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn budget(b: &WalkBudget) -> u32 {
+        b.snap_steps
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        self.ring_full == 0 && table_step(self)
+    }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_table_step() != 0
     }
 }
 
+out_of_line_step!(walk_table_step, TableWalk);
+
+/// The tracepoint trigger: a request from the tool's own thread.
 #[inline(always)]
-fn walk(ctx: &TracePointContext) -> Option<()> {
-    if !layout_ready() {
-        return None;
-    }
+fn triggered(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: TP is a plain static in .rodata.
     let args = unsafe { core::ptr::read_volatile(&TP.sys_enter_args) };
     if args == NO_FIELD {
@@ -369,93 +375,111 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     if req.tid == 0 || req.tid != tid {
         return None;
     }
-    // The namespace asked for, and its reserved ports within its range.
-    let mut reserved = 0u64;
-    let (mut res_next, mut res_end) = (0u32, 0u32);
-    let mut asked_netns = 0u32;
-    if req.with_net != 0 {
-        let target = if req.net != 0 {
-            Some(req.net)
-        } else {
-            net_of_nsfs_fd(req.netns_fd as i64)
-        };
-        if let Some(target) = target {
-            let (netns, lo, hi) = emit_net(target);
-            asked_netns = netns;
-            reserved = reserved_ports(target);
-            if reserved != 0 && lo <= hi {
-                res_next = lo as u32 / RESERVED_CHUNK;
-                res_end = hi as u32 / RESERVED_CHUNK + 1;
-            }
-        }
+    serve(req)
+}
+
+/// The namespace asked for (`with_net`): its NET record, and the walk's reserved-ports
+/// chunks within its range. Returns (netns inode, reserved bitmap, first chunk, end
+/// chunk), zeroes when not asked or not found.
+#[inline(always)]
+fn asked_net(req: &SnapRequest) -> (u32, u64, u32, u32) {
+    if req.with_net == 0 {
+        return (0, 0, 0, 0);
+    }
+    let target = if req.net != 0 {
+        Some(req.net)
+    } else {
+        net_of_nsfs_fd(req.netns_fd as i64)
+    };
+    let Some(target) = target else {
+        return (0, 0, 0, 0);
+    };
+    let (netns, lo, hi) = emit_net(target);
+    let reserved = reserved_ports(target);
+    if reserved == 0 || lo > hi {
+        return (netns, 0, 0, 0);
+    }
+    (
+        netns,
+        reserved,
+        lo as u32 / RESERVED_CHUNK,
+        hi as u32 / RESERVED_CHUNK + 1,
+    )
+}
+
+/// Answers one request: a lookup, or one run of a whole-table walk (or of a verbose
+/// lookup, the walk of one bucket). A walk whose `seq` differs from the one in
+/// `SNAP_WALK` starts afresh; the same `seq` resumes it.
+#[inline(always)]
+pub fn serve(req: &SnapRequest) -> Option<()> {
+    if !layout_ready() {
+        return None;
     }
     if req.mode == SNAP_LOOKUP && req.verbose == 0 {
+        asked_net(req);
         lookup(req);
         return Some(());
     }
-    let net = current_net()?;
-    let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
-    let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
-    let mut size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
-    // A verbose lookup walks the one bucket of (net, port) with its owners.
-    let mut node = 0u64;
-    let single = (req.mode == SNAP_LOOKUP) as u8;
-    if single != 0 {
-        let tb = find_bucket(req.net, req.port);
-        size = 0;
-        if tb != 0 {
-            node = tb + layout!(tb_node) as u64;
+    let p = TableWalk::state()?;
+    // SAFETY: the walk state is used only by the one thread that triggers walks.
+    if unsafe { (*p).seq } != req.seq {
+        let (asked_netns, reserved, res_next, res_end) = asked_net(req);
+        let net = current_net()?;
+        let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
+        let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
+        let mut size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+        // A verbose lookup walks the one bucket of (net, port) with its owners.
+        let mut node = 0u64;
+        let single = (req.mode == SNAP_LOOKUP) as u8;
+        let mut lookup_truncated = 0u8;
+        if single != 0 {
+            size = 0;
+            match find_bucket(req.net, req.port) {
+                Found::Bucket(tb) => node = tb + layout!(tb_node) as u64,
+                Found::Absent => {}
+                Found::Unknown => lookup_truncated = 1,
+            }
         }
+        // SAFETY: as above. Set field by field: a whole TableWalk built on the stack
+        // first adds to the frame the verifier bounds.
+        let w0 = unsafe { &mut *p };
+        w0.bhash = bhash;
+        w0.reserved = reserved;
+        w0.node = node;
+        w0.tb = 0;
+        w0.seq = req.seq;
+        w0.owners = OwnerCursor::EMPTY;
+        w0.res_next = res_next;
+        w0.res_end = res_end;
+        w0.slot = 0;
+        w0.size = size;
+        w0.bucket_size = layout!(bind_hashbucket_size);
+        w0.chain_off = layout!(bind_hashbucket_chain);
+        w0.netns_filter = req.netns;
+        w0.max_owners = req.max_owners;
+        w0.max_chain = req.max_chain;
+        w0.chain_len = 0;
+        w0.buckets = 0;
+        w0.cur_netns = asked_netns;
+        w0.cur_l3mdev = 0;
+        w0.port_filter = req.port;
+        w0.cur_port = 0;
+        w0.cur_fr = 0;
+        w0.cur_frp = 0;
+        w0.verbose = req.verbose;
+        w0.skip = 0;
+        w0.truncated = 0;
+        w0.done = 0;
+        w0.ring_full = 0;
+        w0.single = single;
+        w0.lookup_truncated = lookup_truncated;
     }
-    let p = SNAP_WALK.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU. Set field
-    // by field: a whole TableWalk built on the stack first adds to the frame the
-    // verifier bounds.
-    let w0 = unsafe { &mut *p };
-    w0.bhash = bhash;
-    w0.reserved = reserved;
-    w0.node = node;
-    w0.tb = 0;
-    w0.seq = req.seq;
-    w0.owners = OwnerCursor::EMPTY;
-    w0.res_next = res_next;
-    w0.res_end = res_end;
-    w0.slot = 0;
-    w0.size = size;
-    w0.bucket_size = layout!(bind_hashbucket_size);
-    w0.chain_off = layout!(bind_hashbucket_chain);
-    w0.netns_filter = req.netns;
-    w0.max_owners = req.max_owners;
-    w0.max_chain = req.max_chain;
-    w0.chain_len = 0;
-    w0.buckets = 0;
-    w0.cur_netns = asked_netns;
-    w0.cur_l3mdev = 0;
-    w0.port_filter = req.port;
-    w0.cur_port = 0;
-    w0.cur_fr = 0;
-    w0.cur_frp = 0;
-    w0.verbose = req.verbose;
-    w0.skip = 0;
-    w0.truncated = 0;
-    w0.done = 0;
-    w0.single = single;
-    // SAFETY: the callback is a plain extern "C" fn; it finds its state in the scratch
-    // map, so ctx is unused.
-    unsafe {
-        bpf_loop(
-            MAX_STEPS,
-            table_step_cb as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-    }
+    drive::<TableWalk>(RUN_STEPS);
     // SAFETY: as above.
     let w = unsafe { &*p };
-    let mut flags = 0u8;
-    if w.truncated != 0 || w.done == 0 {
-        flags |= snapflag::WALK_TRUNCATED;
-    }
+    let flags = (w.truncated != 0) as u8 * snapflag::WALK_TRUNCATED
+        | (w.done == 0 && w.ring_full == 0) as u8 * snapflag::WALK_MORE
+        | (w.lookup_truncated != 0) as u8 * snapflag::LOOKUP_TRUNCATED;
     let (seq, slot, buckets) = (w.seq, w.slot, w.buckets);
     // If even END does not fit, user space sees no END and reports the walk as lost.
     emit(|r| {
@@ -474,7 +498,11 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 fn lookup(req: &SnapRequest) {
     let mut end_flags = 0u8;
-    if let Some((b, truncated)) = lookup_bucket(req.net, req.port, req.max_owners) {
+    let found = lookup_bucket(req.net, req.port, req.max_owners);
+    if let Found::Unknown = found {
+        end_flags |= snapflag::LOOKUP_TRUNCATED;
+    }
+    if let Found::Bucket((b, truncated)) = found {
         let netns = net_inum(req.net);
         let sent = emit(|r| {
             r.addr = b.tb;
@@ -485,11 +513,7 @@ fn lookup(req: &SnapRequest) {
             r.fastreuse = b.fastreuse;
             r.fastreuseport = b.fastreuseport;
             r.kind = rec::BUCKET;
-            r.flags = if truncated {
-                snapflag::OWNERS_TRUNCATED
-            } else {
-                0
-            };
+            r.flags = (truncated as u8) * snapflag::OWNERS_TRUNCATED;
         });
         if !sent {
             end_flags |= snapflag::WALK_TRUNCATED;
@@ -505,6 +529,6 @@ fn lookup(req: &SnapRequest) {
 
 #[tracepoint]
 pub fn snapshot_trigger(ctx: TracePointContext) -> u32 {
-    let _ = walk(&ctx);
+    let _ = triggered(&ctx);
     0
 }

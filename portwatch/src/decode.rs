@@ -7,11 +7,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{flag, op, rec, snapflag, Event, SnapRecord};
+use portwatch_common::{flag, op, rec, snapdetail, snapflag, Event, SnapRecord};
 
 use crate::model::{
-    AddrRow, BucketInfo, BucketKey, BucketRow, Errno, Family, FastPath, Fastreuse, NetInfo, Op,
-    OwnerCount, OwnerRow, SeenBucket, Snapshot, SockOpts, SocketEvent, Task, TcpState,
+    AddrRow, AddrState, BucketInfo, BucketKey, BucketRow, Errno, Family, FastPath, Fastreuse,
+    NetInfo, Op, OwnerCount, OwnerRow, PortRange, SeenBucket, Snapshot, SockOpts, SocketEvent,
+    Task, TcpState,
 };
 
 /// `AF_INET` as the kernel numbers it.
@@ -141,6 +142,10 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
             reuseaddr: has(flag::REUSEADDR),
             reuseport: has(flag::REUSEPORT),
             bind_address_no_port: has(flag::BIND_ADDRESS_NO_PORT),
+            connect_bound: (has(flag::SOCK_KNOWN) && has(flag::CONNECT_BIND_KNOWN))
+                .then(|| has(flag::CONNECT_BOUND)),
+            local_port_range: PortRange::from_packed(ev.local_port_range)
+                .filter(|_| has(flag::SOCK_KNOWN)),
         },
         port_from_range: has(flag::PORT_FROM_RANGE),
         net: ev.net,
@@ -149,6 +154,11 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
         uid: read.then_some(ev.uid),
         bound_dev: ev.bound_dev,
         explanation: None,
+        lookup_truncated: has(flag::LOOKUP_TRUNCATED) && !has(flag::BUCKET_PRESENT),
+        addr: has(flag::ADDR_STATE).then_some(AddrState {
+            fastreuse: Fastreuse(ev.addr_fastreuse),
+            fastreuseport: Fastreuse(ev.addr_fastreuseport),
+        }),
     })
 }
 
@@ -199,18 +209,21 @@ fn owner_row(r: &SnapRecord) -> OwnerRow {
         state,
         reuseaddr: r.flags & snapflag::REUSEADDR != 0,
         reuseport: r.flags & snapflag::REUSEPORT != 0,
-        v6only: r.flags & snapflag::V6ONLY != 0,
+        v6only: r.detail & snapdetail::V6ONLY != 0,
         uid: full.then_some(r.uid),
         bound_dev: r.bound_dev,
         inode: (full && r.ino != 0).then_some(r.ino),
         remote: (r.rport != 0)
             .then(|| socket_addr(r.family, &r.raddr, r.rport))
             .flatten(),
-        bucket_family: if r.flags & snapflag::TB2_FAMILY != 0 {
+        bucket_family: if r.detail & snapdetail::TB2_FAMILY != 0 {
             family(r.tb2_family)
         } else {
             None
         },
+        connect_bound: (r.flags & snapflag::CONNECT_BIND_KNOWN != 0)
+            .then_some(r.flags & snapflag::CONNECT_BOUND != 0),
+        local_port_range: PortRange::from_packed(r.local_port_range),
         holders: Vec::new(),
     }
 }
@@ -222,7 +235,7 @@ fn fast_path(r: &SnapRecord) -> Option<FastPath> {
         uid: r.uid,
         address: ip(r.family, &r.laddr),
         family: family(r.family),
-        ipv6_only: r.flags & snapflag::V6ONLY != 0,
+        ipv6_only: r.detail & snapdetail::V6ONLY != 0,
     })
 }
 
@@ -283,7 +296,7 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                 let has_state = r.owners != 0;
                 addrs.push(AddrRow {
                     address: ip(r.family, &r.laddr),
-                    family: if r.flags & snapflag::TB2_FAMILY != 0 {
+                    family: if r.detail & snapdetail::TB2_FAMILY != 0 {
                         family(r.family)
                     } else {
                         None
@@ -390,6 +403,10 @@ mod tests {
             hook: 1,
             _pad: [0],
             comm,
+            local_port_range: 0,
+            addr_fastreuse: 0,
+            addr_fastreuseport: 0,
+            _pad2: [0; 2],
             uid: 1000,
             bound_dev: 0,
         }
@@ -399,7 +416,7 @@ mod tests {
     fn event_round_trips() {
         let ev = sample_event();
         let b = bytes_of(&ev);
-        assert_eq!(b.len(), 136);
+        assert_eq!(b.len(), 144);
         assert_eq!(decode_event(&b), Ok(ev));
     }
 
@@ -416,11 +433,11 @@ mod tests {
     fn event_too_short_is_an_error() {
         let b = bytes_of(&sample_event());
         assert_eq!(
-            decode_event(&b[..135]),
+            decode_event(&b[..143]),
             Err(DecodeError::TooShort {
                 what: "event",
-                got: 135,
-                want: 136
+                got: 143,
+                want: 144
             })
         );
         assert!(decode_event(&[]).is_err());
@@ -461,17 +478,18 @@ mod tests {
             flags: 0,
             state: 0,
             _pad: [0; 3],
+            local_port_range: 0,
             ..SnapRecord::default()
         };
         let b = bytes_of(&r);
-        assert_eq!(b.len(), 88);
+        assert_eq!(b.len(), 96);
         assert_eq!(decode_snap_record(&b), Ok(r));
         assert_eq!(
-            decode_snap_record(&b[..87]),
+            decode_snap_record(&b[..95]),
             Err(DecodeError::TooShort {
                 what: "snapshot",
-                got: 87,
-                want: 88
+                got: 95,
+                want: 96
             })
         );
         for k in [rec::ADDR, rec::OWNER, rec::END, rec::NET, rec::RESERVED] {
@@ -583,7 +601,9 @@ mod tests {
             SockOpts {
                 reuseaddr: true,
                 reuseport: true,
-                bind_address_no_port: true
+                bind_address_no_port: true,
+                connect_bound: None,
+                local_port_range: None,
             }
         );
         assert!(e.port_from_range);
@@ -600,6 +620,58 @@ mod tests {
         assert_eq!(socket_event(&raw).expect("decodes").remote, None);
         raw.op = 0;
         assert_eq!(socket_event(&raw), Err(DecodeError::UnknownOp(0)));
+    }
+
+    #[test]
+    fn what_newer_kernels_record_per_socket() {
+        let mut raw = sample_event();
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!((e.opts.connect_bound, e.opts.local_port_range, e.addr), (None, None, None));
+        raw.flags |= flag::CONNECT_BIND_KNOWN | flag::CONNECT_BOUND | flag::ADDR_STATE;
+        raw.local_port_range = 40009 << 16 | 40000;
+        raw.addr_fastreuse = 0;
+        raw.addr_fastreuseport = -1;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.opts.connect_bound, Some(true));
+        assert_eq!(e.opts.local_port_range, Some(PortRange { lo: 40000, hi: 40009 }));
+        assert_eq!(
+            e.addr,
+            Some(AddrState { fastreuse: Fastreuse(0), fastreuseport: Fastreuse(-1) })
+        );
+        raw.flags &= !flag::CONNECT_BOUND;
+        assert_eq!(socket_event(&raw).expect("decodes").opts.connect_bound, Some(false));
+        // Nothing is said about a socket that could not be read.
+        raw.flags &= !flag::SOCK_KNOWN;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!((e.opts.connect_bound, e.opts.local_port_range), (None, None));
+
+        let mut o = rec(rec::OWNER, 60000, 0);
+        o.family = 2;
+        o.flags = snapflag::CONNECT_BIND_KNOWN;
+        o.local_port_range = 50000 << 16;
+        let b = rec(rec::BUCKET, 60000, 1);
+        let snap = snapshot(&[o, b]);
+        let owner = &snap.buckets[0].addresses[0].owners[0];
+        assert_eq!(owner.connect_bound, Some(false));
+        assert_eq!(owner.local_port_range, Some(PortRange { lo: 0, hi: 50000 }));
+        o.flags = snapflag::CONNECT_BOUND;
+        let snap = snapshot(&[o, b]);
+        assert_eq!(snap.buckets[0].addresses[0].owners[0].connect_bound, None, "not recorded");
+    }
+
+    #[test]
+    fn a_lookup_that_gave_up_is_not_an_absent_bucket() {
+        let mut raw = sample_event();
+        raw.flags = flag::LOOKUP_TRUNCATED | flag::SOCK_KNOWN;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.bucket, None);
+        assert!(e.lookup_truncated);
+        raw.flags = flag::SOCK_KNOWN;
+        assert!(!socket_event(&raw).expect("decodes").lookup_truncated);
+        // A bucket that was found is known, whatever else is set.
+        raw.flags = flag::LOOKUP_TRUNCATED | flag::BUCKET_PRESENT;
+        let e = socket_event(&raw).expect("decodes");
+        assert!(e.bucket.is_some() && !e.lookup_truncated);
     }
 
     fn rec(kind: u8, port: u16, owners: u32) -> SnapRecord {
@@ -677,16 +749,16 @@ mod tests {
         r2.laddr[12] = 0b0000_0100; // 60130: outside the range
         let mut a = rec(rec::ADDR, 7000, 0);
         a.family = AF_INET6;
-        a.flags = snapflag::TB2_FAMILY;
+        a.detail = snapdetail::TB2_FAMILY;
         let mut o = rec(rec::OWNER, 7000, 0);
         o.family = AF_INET6;
         o.laddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
         o.state = 10;
-        o.flags = snapflag::V6ONLY;
+        o.detail = snapdetail::V6ONLY;
         o.uid = 1000;
         o.ino = 4711;
         o.bound_dev = 2;
-        o.flags |= snapflag::TB2_FAMILY;
+        o.detail |= snapdetail::TB2_FAMILY;
         o.tb2_family = AF_INET;
         let mut tw = rec(rec::OWNER, 7000, 0);
         tw.family = AF_INET;
@@ -700,7 +772,7 @@ mod tests {
         b.fastreuseport = 2;
         b.uid = 1000;
         b.family = AF_INET;
-        b.flags = snapflag::V6ONLY;
+        b.detail = snapdetail::V6ONLY;
         let snap = snapshot(&[net, r1, r2, a, o, tw, b]);
         let n = snap.net.expect("NET record");
         assert_eq!((n.netns, n.range, n.tw_reuse), (7, (60000, 60127), 2));

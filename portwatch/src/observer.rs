@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use crate::{
     backend::ProbeSession,
     decode,
-    model::{BucketInfo, Transition},
+    model::{BucketInfo, Snapshot, Transition},
     quiz::Observer,
     reducer::Reducer,
     snapshot::SnapOptions,
@@ -20,6 +20,15 @@ pub struct SessionObserver<'a> {
 impl<'a> SessionObserver<'a> {
     pub fn new(session: &'a mut ProbeSession) -> SessionObserver<'a> {
         SessionObserver { session, reducer: Reducer::new(), netns: 0 }
+    }
+}
+
+impl SessionObserver<'_> {
+    /// A snapshot of one namespace (verbose: with per-address buckets and owners).
+    pub fn snapshot(&mut self, netns: u32, verbose: bool) -> anyhow::Result<Snapshot> {
+        self.session
+            .snapshot(&SnapOptions { netns, verbose, ..SnapOptions::default() })
+            .context("taking a snapshot")
     }
 }
 

@@ -14,6 +14,7 @@ mod refusal;
 mod session;
 pub mod tracefs;
 pub mod tracepoint;
+pub mod walk;
 
 use std::fmt;
 
@@ -26,6 +27,7 @@ pub use self::{
     session::{
         ProbeSession, SessionOptions, DRAIN_INTERVAL, EXPLAIN_RING_BYTES, LOOKUP_RING_BYTES,
     },
+    walk::{WalkDriver, WalkDriverChoice, WalkReport},
 };
 use crate::{
     bpf::MapError,
@@ -152,6 +154,8 @@ pub enum BackendError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Walk(#[from] walk::WalkError),
 }
 
 fn summary(attempts: &[Attempt]) -> String {

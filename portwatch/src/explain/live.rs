@@ -206,6 +206,8 @@ mod tests {
             uid: Some(0),
             bound_dev: 0,
             explanation: None,
+            lookup_truncated: false,
+            addr: None,
         }
     }
 
@@ -224,6 +226,8 @@ mod tests {
             remote: None,
             bucket_family: None,
             holders: vec![],
+            connect_bound: None,
+            local_port_range: None,
         };
         let snap = Snapshot {
             buckets: vec![BucketRow {

@@ -348,6 +348,8 @@ mod tests {
                     fd: 3,
                 }]
             },
+            connect_bound: None,
+            local_port_range: None,
         }
     }
 

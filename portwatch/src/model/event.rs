@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{BucketInfo, Errno, Explanation, Family, Op, SockOpts, Task};
+use super::{AddrState, BucketInfo, Errno, Explanation, Family, Op, SockOpts, Task};
 
 /// The bucket an event found after its operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,4 +51,9 @@ pub struct SocketEvent {
     /// Why a failed bind/connect failed, when it was explained (see
     /// [`crate::explain::live`]); the reducer passes it on to the failure's transition.
     pub explanation: Option<Explanation>,
+    /// The bucket lookup gave up before the end of its hash chain: `bucket` is `None`
+    /// because its state is not known, not because there is none.
+    pub lookup_truncated: bool,
+    /// The state of the socket's per-address bucket, where it keeps its own (6.18+).
+    pub addr: Option<AddrState>,
 }

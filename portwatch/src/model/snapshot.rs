@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BucketInfo, BucketKey, Fastreuse, TcpState};
+use super::{BucketInfo, BucketKey, Fastreuse, PortRange, TcpState};
 
 /// An address family, as a socket or a per-address bucket has it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -50,6 +50,13 @@ pub struct OwnerRow {
     pub bucket_family: Option<Family>,
     /// The processes holding it; empty until [`crate::procs`] fills them in.
     pub holders: Vec<Holder>,
+    /// connect() chose its port (`SOCK_CONNECT_BIND` / `tw_connect_bind`), not bind();
+    /// `None` on kernels that do not record it (before 6.18).
+    #[serde(default)]
+    pub connect_bound: Option<bool>,
+    /// Its own ephemeral range (IP_LOCAL_PORT_RANGE), `None` when it set none.
+    #[serde(default)]
+    pub local_port_range: Option<PortRange>,
 }
 
 /// One per-address bucket (bhash2) in a verbose snapshot, or the owners of one address

@@ -159,6 +159,13 @@ impl Column {
         if o.v6only {
             s.push_str(" V6ONLY");
         }
+        if let Some(how) = super::transition::bound_by(o.connect_bound) {
+            s.push(' ');
+            s.push_str(how);
+        }
+        if let Some(r) = o.local_port_range {
+            s.push_str(&format!(" range {r}"));
+        }
         if let Some(r) = o.remote {
             s.push_str(&format!(" -> {r}"));
         }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{table::sorted_buckets, time::Clock};
-use crate::model::{AddrRow, Explanation, Snapshot, Transition};
+use crate::model::{AddrRow, Explanation, PortRange, Snapshot, Transition};
 
 /// The JSON object of one transition; keys in this order, names fixed.
 #[derive(Serialize)]
@@ -38,6 +38,13 @@ struct TransitionLine<'a> {
     port_from_range: bool,
     /// For failures: why (see `model::Explanation`), null when not explained.
     explanation: Option<&'a Explanation>,
+    /// null where the kernel does not record it (before 6.18).
+    connect_bound: Option<bool>,
+    /// The socket's IP_LOCAL_PORT_RANGE, null when it set none.
+    local_port_range: Option<PortRange>,
+    /// The socket's per-address bucket (6.18+), null elsewhere.
+    addr_fastreuse: Option<i8>,
+    addr_fastreuseport: Option<i8>,
 }
 
 /// One JSON object (one line, no trailing newline) for a transition. `time` is RFC 3339
@@ -71,6 +78,10 @@ pub fn transition_line(t: &Transition, clock: &Clock) -> serde_json::Result<Stri
         bind_address_no_port: t.opts.bind_address_no_port,
         port_from_range: t.port_from_range,
         explanation: t.explanation.as_ref(),
+        connect_bound: t.opts.connect_bound,
+        local_port_range: t.opts.local_port_range,
+        addr_fastreuse: t.addr.map(|a| a.fastreuse.get()),
+        addr_fastreuseport: t.addr.map(|a| a.fastreuseport.get()),
     };
     serde_json::to_string(&j)
 }
@@ -94,6 +105,8 @@ fn addr_json(a: &AddrRow) -> Value {
             "remote": o.remote,
             "bucket_family": o.bucket_family,
             "holders": o.holders,
+            "connect_bound": o.connect_bound,
+            "local_port_range": o.local_port_range,
         })).collect::<Vec<_>>(),
     })
 }
@@ -146,7 +159,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 24] = [
+    const KEYS: [&str; 28] = [
         "ts_ns",
         "time",
         "netns",
@@ -171,6 +184,10 @@ mod tests {
         "bind_address_no_port",
         "port_from_range",
         "explanation",
+        "connect_bound",
+        "local_port_range",
+        "addr_fastreuse",
+        "addr_fastreuseport",
     ];
 
     #[test]
@@ -204,6 +221,34 @@ mod tests {
         assert_eq!(m["reuseport"], false);
         assert_eq!(m["bind_address_no_port"], false);
         assert_eq!(m["port_from_range"], false);
+    }
+
+    #[test]
+    fn json_what_newer_kernels_record_per_socket() {
+        let m = parse(&fr_changed());
+        for k in ["connect_bound", "local_port_range", "addr_fastreuse", "addr_fastreuseport"] {
+            assert_eq!(m[k], Value::Null, "{k}: not recorded, not set");
+        }
+        let t = Transition {
+            opts: crate::model::SockOpts {
+                connect_bound: Some(false),
+                local_port_range: Some(PortRange { lo: 40000, hi: 40009 }),
+                ..Default::default()
+            },
+            addr: Some(crate::model::AddrState {
+                fastreuse: crate::model::Fastreuse(0),
+                fastreuseport: crate::model::Fastreuse(-1),
+            }),
+            ..fr_changed()
+        };
+        let m = parse(&t);
+        assert_eq!(m["connect_bound"], false);
+        assert_eq!(m["local_port_range"], serde_json::json!({"lo": 40000, "hi": 40009}));
+        assert_eq!((m["addr_fastreuse"].as_i64(), m["addr_fastreuseport"].as_i64()), (Some(0), Some(-1)));
+        let line = crate::render::transition::trace_line(&t, &clock());
+        for part in ["bind()-bound", "range 40000-40009", "addr bucket fr 0 frp -1"] {
+            assert!(line.contains(part), "missing {part:?} in {line}");
+        }
     }
 
     #[test]
@@ -292,6 +337,7 @@ mod tests {
             json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false,
                    "family":"inet","v6only":false,"uid":0,"bound_dev":0,"inode":4711,
                    "remote":"127.9.9.9:1234","bucket_family":null,
+                   "connect_bound":false,"local_port_range":{"lo":40000,"hi":40009},
                    "holders":[{"pid":4242,"comm":"python3","fd":3},{"pid":4243,"comm":"python3","fd":3}]})
         );
         // A TIME-WAIT owner has no uid, inode or process.
@@ -304,6 +350,8 @@ mod tests {
             (tw["inode"].is_null(), tw["holders"].clone()),
             (true, json!([]))
         );
+        assert_eq!(addrs[0]["owners"][1]["connect_bound"], json!(true));
+        assert_eq!(addrs[0]["owners"][1]["local_port_range"], Value::Null);
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
         assert_eq!(dump(&snap(vec![]), true), json!([]));

@@ -337,6 +337,7 @@ mod tests {
             opts: SockOpts::default(),
             port_from_range: false,
             explanation: None,
+            addr: None,
         }
     }
 

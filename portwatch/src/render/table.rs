@@ -246,6 +246,8 @@ pub(crate) mod tests {
                                 fd: 3,
                             },
                         ],
+                        connect_bound: Some(false),
+                        local_port_range: Some(crate::model::PortRange { lo: 40000, hi: 40009 }),
                     },
                     OwnerRow {
                         local: Some(lo),
@@ -260,6 +262,8 @@ pub(crate) mod tests {
                         remote: Some(SocketAddr::from(([127, 8, 8, 8], 1234))),
                         bucket_family: None,
                         holders: vec![],
+                        connect_bound: Some(true),
+                        local_port_range: None,
                     },
                 ],
             },
@@ -288,16 +292,18 @@ pub(crate) mod tests {
             "{out}"
         );
         assert!(!lines[3].contains("REUSEPORT"));
-        assert!(lines[4].contains("TIME_WAIT REUSEPORT"), "{out}");
-        // Like ss -p: the processes holding each owner; TIME-WAIT has none.
         assert!(
             lines[3].ends_with(
-                "-> 127.9.9.9:1234 users:((\"python3\",pid=4242,fd=3),(\"python3\",pid=4243,fd=3))"
+                "REUSEADDR bind()-bound range 40000-40009 -> 127.9.9.9:1234 \
+                 users:((\"python3\",pid=4242,fd=3),(\"python3\",pid=4243,fd=3))"
             ),
             "{out}"
         );
+        // Like ss -p: the processes holding each owner; TIME-WAIT has none.
         assert!(
-            lines[4].ends_with("-> 127.8.8.8:1234 (TIME-WAIT: no process)"),
+            lines[4].ends_with(
+                "TIME_WAIT REUSEPORT connect()-bound -> 127.8.8.8:1234 (TIME-WAIT: no process)"
+            ),
             "{out}"
         );
         // No per-address state on this kernel: blank cells, only the owner count.

@@ -48,6 +48,8 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
         uid: None,
         bound_dev: 0,
         explanation: None,
+        lookup_truncated: false,
+        addr: None,
     }
 }
 
