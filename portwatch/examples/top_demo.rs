@@ -114,6 +114,8 @@ impl DemoSource {
             uid: None,
             bound_dev: 0,
             explanation: None,
+            lookup_truncated: false,
+            addr: None,
         });
     }
 
