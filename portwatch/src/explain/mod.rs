@@ -37,8 +37,9 @@
 //! | `tw_reuse` | a TIME-WAIT socket on the same 4-tuple blocks the port unless `tcp_tw_reuse` (1, or 2 on loopback) lets connect() take it over once it is about a second old and both ends used timestamps (`tcp_twsk_unique()`) | all | — |
 //! | `release_resets_bucket` | when an owner leaves and every remaining owner took its port through connect(), the bucket returns to -1/-1 | 6.18+ | d57f4b874946 |
 //!
-//! Each dated row is one [`variant::Row`]; [`variant::Variant`] holds the switches for one
-//! kernel.
+//! Each dated row is one [`variant::Row`], naming its change's row of the compatibility
+//! table (`kernel::compat`, which holds the release, commit and backports);
+//! [`variant::Variant`] holds the switches for one kernel.
 
 pub mod ask;
 pub mod bind;

@@ -1,50 +1,44 @@
-//! Which of the kernel's port-sharing rules hold on a given kernel: one row per change,
-//! naming the release and commit that introduced it, and the switches the rules engine
-//! reads ([`Variant`]).
+//! Which of the kernel's port-sharing rules hold on a given kernel: the rows of the
+//! compatibility table (`kernel::compat`) whose change alters a rule, what the rule is
+//! then, and the switches the rules engine reads ([`Variant`]).
 //!
-//! A row can also hold on older stable releases that took the change as a backport; those
-//! releases are listed in the row (only backports read in a stable release's sources are
-//! listed).
+//! A row's release, commit and stable backports (to the patch level) live in that table
+//! only; a rule holds on a release that carries its row's change.
 
 use serde::Serialize;
 
 pub use crate::kernel::KernelVersion;
+use crate::kernel::compat::{self, Id};
 
 /// One kernel change that alters a port-sharing rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
     /// The switch in [`Variant`] this row sets.
     pub name: &'static str,
-    /// First mainline release with the change.
-    pub since: KernelVersion,
-    /// Upstream commit (12 hex digits) and its subject.
-    pub commit: &'static str,
-    pub subject: &'static str,
-    /// Older stable releases that carry it (`x.y.z`: that series from z on).
-    pub backports: &'static [KernelVersion],
+    /// The compatibility-table row of the change.
+    pub change: Id,
     /// What the rule is on kernels that have the change.
     pub effect: &'static str,
 }
 
 impl Row {
-    /// True when `v` has this change (mainline `since` or a listed stable backport).
-    pub fn holds_on(&self, v: KernelVersion) -> bool {
-        self.since.reached(self.backports, v)
+    /// The change's row in the compatibility table.
+    pub fn variant(&self) -> &'static compat::Variant {
+        compat::variant(self.change)
     }
-}
 
-const fn kv(major: u16, minor: u16, patch: u16) -> KernelVersion {
-    KernelVersion::new(major, minor, patch)
+    /// True when `v` has this change (mainline or a listed stable backport; a later
+    /// release that reworked the same structures keeps the rule).
+    pub fn holds_on(&self, v: KernelVersion) -> bool {
+        self.variant().introduced_in(v)
+    }
 }
 
 /// Every change the rules engine knows, oldest first.
 pub const ROWS: &[Row] = &[
     Row {
         name: "bhash2_bind",
-        since: kv(6, 1, 0),
-        commit: "28044fc1d495",
-        subject: "net: Add a bhash2 table hashed by port and address",
-        backports: &[],
+        change: Id::Bhash2,
         effect: "a bind() to a specific address checks only the owners of its own \
                  (port, address) bucket and of the port's wildcard buckets \
                  (inet_bhash2_conflict, inet_bhash2_addr_any_conflict); a wildcard bind \
@@ -52,29 +46,14 @@ pub const ROWS: &[Row] = &[
     },
     Row {
         name: "bhash2_timewait",
-        since: kv(6, 2, 0),
-        commit: "936a192f9740",
-        subject: "tcp: Add TIME_WAIT sockets in bhash2.",
-        backports: &[kv(6, 1, 176)],
-        effect: "TIME-WAIT sockets sit in the per-address buckets too, so they conflict \
-                 with a bind() to a specific address",
-    },
-    Row {
-        name: "bhash2_v6only_owner",
-        since: kv(6, 9, 0),
-        commit: "ea111449501e",
-        subject: "tcp: Fix bind() regression for v6-only wildcard and v4-mapped-v6 \
-                  non-wildcard addresses.",
-        backports: &[kv(6, 1, 168)],
-        effect: "on the per-address path an IPV6_V6ONLY owner never conflicts with an IPv4 \
-                 or v4-mapped bind() (__inet_bhash2_conflict)",
+        change: Id::Tb2Deathrow,
+        effect: "TIME-WAIT sockets sit in the per-address buckets too (on tb2->deathrow, \
+                 with the other owners from 6.8), so they conflict with a bind() to a \
+                 specific address",
     },
     Row {
         name: "bind2_no_family",
-        since: kv(6, 8, 0),
-        commit: "06a8c04f8994",
-        subject: "tcp: Save v4 address as v4-mapped-v6 in inet_bind2_bucket.v6_rcv_saddr.",
-        backports: &[],
+        change: Id::Tb2AddrType,
         effect: "per-address buckets hold IPv4 addresses in v4-mapped form and no family: a \
                  wildcard bucket of 0.0.0.0 / ::ffff:0.0.0.0 is checked by a v4-mapped bind() \
                  whoever created it; from 6.1 to 6.7 a bucket keeps the family of the socket \
@@ -83,22 +62,22 @@ pub const ROWS: &[Row] = &[
     },
     Row {
         name: "first_owner_sets_fastreuse",
-        since: kv(6, 8, 0),
-        commit: "8002d44fe84d",
-        subject: "tcp: Check hlist_empty(&tb->bhash2) instead of hlist_empty(&tb->owners).",
-        backports: &[],
+        change: Id::OwnersOnTb2,
         effect: "inet_csk_update_fastreuse() no longer sees a new bucket as empty (its \
-                 per-address bucket is linked first): a bucket made by an SO_REUSEADDR bind \
-                 starts at fastreuse 0, not +1, and one made by an SO_REUSEPORT bind at \
-                 fastreuseport 2 (strict), not 1 (any); this row is the change, the switch \
-                 is true before it",
+                 per-address bucket is linked first, 8002d44fe84d): a bucket made by an \
+                 SO_REUSEADDR bind starts at fastreuse 0, not +1, and one made by an \
+                 SO_REUSEPORT bind at fastreuseport 2 (strict), not 1 (any); this row is the \
+                 change, the switch is true before it",
+    },
+    Row {
+        name: "bhash2_v6only_owner",
+        change: Id::V6onlyOwnerOnTb2,
+        effect: "on the per-address path an IPV6_V6ONLY owner never conflicts with an IPv4 \
+                 or v4-mapped bind() (__inet_bhash2_conflict)",
     },
     Row {
         name: "release_resets_bucket",
-        since: kv(6, 18, 0),
-        commit: "d57f4b874946",
-        subject: "tcp: Update bind bucket state on port release",
-        backports: &[],
+        change: Id::ConnectBind,
         effect: "when an owner leaves and every owner left was bound by connect() \
                  (SOCK_CONNECT_BIND), the bucket returns to fastreuse -1 / fastreuseport -1 \
                  and connect() can share its port again; before, the state stays until the \
@@ -149,6 +128,10 @@ impl Variant {
 mod tests {
     use super::*;
 
+    const fn kv(major: u16, minor: u16, patch: u16) -> KernelVersion {
+        KernelVersion::new(major, minor, patch)
+    }
+
     #[test]
     fn rows_by_release() {
         let v510 = Variant::for_version(kv(5, 10, 262));
@@ -166,12 +149,8 @@ mod tests {
         assert!(v618.release_resets_bucket);
         assert_eq!(Variant::for_version(kv(7, 3, 4)).rows().count(), ROWS.len());
         for r in ROWS {
-            assert_eq!(r.commit.len(), 12, "{}", r.name);
-            assert!(
-                r.commit.bytes().all(|b| b.is_ascii_hexdigit()),
-                "{}",
-                r.name
-            );
+            assert!(!r.variant().commits.is_empty(), "{}", r.name);
         }
+        assert!(ROWS.windows(2).all(|w| w[0].variant().since <= w[1].variant().since));
     }
 }

@@ -1,8 +1,9 @@
-//! The kernel variants portwatch knows: one row per change in the kernel's bind table or
-//! in the functions portwatch hooks, with the release and commit that introduced it and
-//! how the running kernel's BTF shows it. The layout builder (`layout.rs`), the eBPF
-//! helpers (`portwatch-ebpf/src/compat.rs`), the hook table of the fentry and kprobe
-//! backends and the report of `portwatch probes` all decide by these rows.
+//! The kernel variants portwatch knows: one row per change in the kernel's bind table, in
+//! its port-sharing rules or in the functions portwatch hooks, with the release and commit
+//! that introduced it and how the running kernel's BTF shows it. The layout builder
+//! (`layout.rs`), the eBPF helpers (`portwatch-ebpf/src/compat.rs`), the hook table of the
+//! fentry and kprobe backends, the rules of `explain` (`explain/variant.rs`) and the
+//! report of `portwatch probes` all decide by these rows.
 //!
 //! A commit list is empty where no commit could be confirmed (version only).
 use std::collections::BTreeMap;
@@ -29,6 +30,7 @@ pub enum Id {
     PackedPortRange,
     OwnersOnTb2,
     Tb2AddrType,
+    V6onlyOwnerOnTb2,
     HashdanceSchedule,
     HashConnectPort0,
     Tb2Fastreuse,
@@ -50,6 +52,9 @@ pub enum Detect {
     Func(&'static str),
     /// The function has a parameter of this name.
     Param(&'static str, &'static str),
+    /// Nothing in BTF (a change in a function's logic only): present by release, to the
+    /// stable patch level, and checked by experiment by `explain selftest`.
+    Release,
 }
 
 /// One kernel variant.
@@ -75,6 +80,12 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// Whether release `v` carries the change (mainline or a listed stable backport),
+    /// whatever a later release did with it (`until` is not applied).
+    pub fn introduced_in(&self, v: KernelVersion) -> bool {
+        self.since.reached(self.backports, v)
+    }
+
     /// Whether the latest releases of stable series `series` have this variant.
     pub fn in_series(&self, series: impl Into<KernelVersion>) -> bool {
         let s = series.into().series();
@@ -152,7 +163,7 @@ pub const VARIANTS: &[Variant] = &[
         change: "TIME-WAIT sockets of a per-address bucket on tb2->deathrow",
         since: release(6, 2),
         commits: &["936a192f9740"],
-        backports: &[release(6, 1)],
+        backports: &[KernelVersion::new(6, 1, 176)],
         until: Some(release(6, 8)),
         detect: Detect::Member("inet_bind2_bucket", "deathrow"),
         with: "not read: these kernels also keep every owner, TIME-WAIT included, on tb->owners",
@@ -195,7 +206,7 @@ pub const VARIANTS: &[Variant] = &[
         id: Id::OwnersOnTb2,
         change: "owners moved from tb->owners to the owners of each tb2 on tb->bhash2",
         since: release(6, 8),
-        commits: &["822fb91fc724", "b2cb9f9ef240", "770041d337a8"],
+        commits: &["822fb91fc724", "8002d44fe84d", "b2cb9f9ef240", "770041d337a8"],
         backports: &[],
         until: None,
         detect: Detect::Member("inet_bind_bucket", "bhash2"),
@@ -212,6 +223,17 @@ pub const VARIANTS: &[Variant] = &[
         detect: Detect::Member("inet_bind2_bucket", "addr_type"),
         with: "per-address buckets read as IPv6 addresses (v4-mapped shown as IPv4)",
         without: "per-address buckets read by their family (AF_INET or AF_INET6)",
+    },
+    Variant {
+        id: Id::V6onlyOwnerOnTb2,
+        change: "bind() to an IPv4 or v4-mapped address no longer conflicts with an IPV6_V6ONLY owner on the per-address path (__inet_bhash2_conflict)",
+        since: release(6, 9),
+        commits: &["ea111449501e"],
+        backports: &[KernelVersion::new(6, 1, 168)],
+        until: None,
+        detect: Detect::Release,
+        with: "explain: a v6-only owner does not block an IPv4 or v4-mapped bind() that checks per-address buckets",
+        without: "explain: a v6-only wildcard owner blocks an IPv4 or v4-mapped bind() that checks per-address buckets",
     },
     Variant {
         id: Id::HashdanceSchedule,
@@ -292,11 +314,13 @@ pub fn variant(id: Id) -> &'static Variant {
 /// Which variants a kernel has.
 pub type Detected = BTreeMap<Id, bool>;
 
-/// Evaluates every row against `btf`. Only malformed BTF is an error; a missing struct,
-/// member or function means the variant is absent.
+/// Evaluates every row with a BTF signature against `btf` (rows detected by release are
+/// left out). Only malformed BTF is an error; a missing struct, member or function means
+/// the variant is absent.
 pub fn detect(btf: &KernelBtf) -> Result<Detected, LayoutError> {
     VARIANTS
         .iter()
+        .filter(|v| !matches!(v.detect, Detect::Release))
         .map(|v| Ok((v.id, detect_one(btf, v.detect)?)))
         .collect()
 }
@@ -318,6 +342,7 @@ fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
         Detect::Param(f, p) => btf
             .func_params(f)
             .is_some_and(|ps| ps.iter().any(|x| x == p)),
+        Detect::Release => false,
     })
 }
 
@@ -325,6 +350,13 @@ fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
 mod tests {
     use super::*;
     use crate::kernel::{fake_kernel::FakeKernel, layout_from_btf_bytes};
+
+    /// The rows BTF shows.
+    fn in_btf() -> impl Iterator<Item = &'static Variant> {
+        VARIANTS
+            .iter()
+            .filter(|v| !matches!(v.detect, Detect::Release))
+    }
 
     #[test]
     fn every_id_has_exactly_one_row_and_rows_are_oldest_first() {
@@ -364,11 +396,11 @@ mod tests {
         }
         assert_eq!(
             variant(Id::OwnersOnTb2).provenance(),
-            "6.8 (822fb91fc724, b2cb9f9ef240, 770041d337a8)"
+            "6.8 (822fb91fc724, 8002d44fe84d, b2cb9f9ef240, 770041d337a8)"
         );
         assert_eq!(
             variant(Id::Tb2Deathrow).provenance(),
-            "6.2 (936a192f9740), backported to 6.1.y, gone in 6.8"
+            "6.2 (936a192f9740), backported to 6.1.176, gone in 6.8"
         );
         assert_eq!(
             variant(Id::NsCommonType).provenance(),
@@ -394,7 +426,7 @@ mod tests {
         for series in [(5, 10), (5, 15), (6, 1), (6, 6), (6, 8), (6, 12), (6, 18)] {
             let k = FakeKernel::linux_6_18().rewound_to(series);
             let detected = k.detected();
-            for v in VARIANTS {
+            for v in in_btf() {
                 assert_eq!(
                     detected[&v.id],
                     v.in_series(series),
@@ -417,14 +449,14 @@ mod tests {
     #[test]
     fn each_variant_is_detected_by_its_own_row() {
         let base = FakeKernel::linux_6_18().detected();
-        for v in VARIANTS {
+        for v in in_btf() {
             if v.id == Id::Bhash2 {
                 continue; // every per-address variant goes with it
             }
             let mut k = FakeKernel::linux_6_18();
             k.set_variant(v.id, !base[&v.id]);
             let now = k.detected();
-            for w in VARIANTS {
+            for w in in_btf() {
                 let expect = if w.id == v.id {
                     !base[&w.id]
                 } else {
