@@ -2,11 +2,11 @@
 //! bind buckets), through the BTF-derived `LAYOUT`. Where kernels differ, the accessor
 //! calls the helper of `compat.rs` for that change.
 use aya_ebpf::helpers::bpf_get_current_task;
-use portwatch_common::BucketState;
+use portwatch_common::{BucketState, SnapRecord};
 
 use crate::{
     compat,
-    read::{field, layout, rd, zbits, zfield, Window},
+    read::{field, layout, rd, zbits, zfield, zread_into, Window},
 };
 
 pub const AF_INET: u16 = 2;
@@ -297,68 +297,45 @@ pub fn net_of_nsfs_fd(fd: i64) -> Option<u64> {
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
-/// What `explain` needs of an owner besides its address and sharing options: its uid
-/// and inode (full sockets only), `IPV6_V6ONLY`, bound device, remote end, and the
-/// family of its per-address bucket (0 where buckets keep none).
-pub struct OwnerDetails {
-    pub ino: u64,
-    pub uid: u32,
-    pub bound_dev: i32,
-    pub v6only: u64,
-    pub raddr: [u8; 16],
-    pub rport: u16,
-    pub tb2_family: u16,
-}
-
+/// Fills in what `explain` needs of owner `sk` (whose `family` and `state` are in `r`)
+/// besides its address and sharing options: its uid and inode (full sockets only),
+/// bound device, remote end, the family of its per-address bucket (0 where buckets keep
+/// none), and returns its `IPV6_V6ONLY` bit. Addresses are read straight into the record
+/// (map memory): copies on the stack would add to the frame of the walk's step, which
+/// older verifiers bound together with the trigger's. Branch-free (see `read::zfield`):
+/// a TIME-WAIT or request socket's uid and inode read as 0 by arithmetic, and a socket
+/// address of 0 makes the inode read fault to 0.
 #[inline(always)]
-pub fn owner_details(sk: u64, family: u16, state: u8) -> OwnerDetails {
-    // Read without branching on the outcome (see `read::zfield`): a TIME-WAIT or request
-    // socket's uid and inode read as 0 by arithmetic, and a socket address of 0 makes
-    // the inode read fault to 0.
-    let full = state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV;
-    let raddr: [u8; 16] = if family == AF_INET6 {
-        zfield(sk, layout!(sk_v6_daddr))
+pub fn fill_owner(r: &mut SnapRecord, sk: u64) -> u64 {
+    let full = r.state != TCP_TIME_WAIT && r.state != TCP_NEW_SYN_RECV;
+    if r.family == AF_INET6 {
+        zread_into(r.raddr.as_mut_ptr(), 16, sk, layout!(sk_v6_daddr));
     } else {
-        let r: [u8; 4] = zfield(sk, layout!(sk_daddr));
-        [r[0], r[1], r[2], r[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    };
+        zread_into(r.raddr.as_mut_ptr(), 4, sk, layout!(sk_daddr));
+    }
     let socket: u64 = zfield::<u64>(sk, layout!(sk_socket)) * (full as u64);
     let ino: u64 = zfield(socket, layout!(socket_ino));
-    OwnerDetails {
-        ino: ino * ((socket != 0) as u64),
-        uid: zfield::<u32>(sk, layout!(sk_uid)) * (full as u32),
-        bound_dev: zfield(sk, layout!(sk_bound_dev_if)),
-        v6only: zbits(sk, layout!(sk_ipv6only)),
-        raddr,
-        rport: u16::from_be(zfield::<u16>(sk, layout!(sk_dport))),
-        tb2_family: compat::tb2_family_of(sk, full),
-    }
+    r.ino = ino * ((socket != 0) as u64);
+    r.uid = zfield::<u32>(sk, layout!(sk_uid)) * (full as u32);
+    r.bound_dev = zfield(sk, layout!(sk_bound_dev_if));
+    r.rport = u16::from_be(zfield::<u16>(sk, layout!(sk_dport)));
+    r.tb2_family = compat::tb2_family_of(sk, full);
+    zbits(sk, layout!(sk_ipv6only))
 }
 
-/// The fast-path fields of bucket `tb` that `sk_reuseport_match()` reads: `fastuid`,
-/// the fast address (IPv4 in the first four bytes) with its family, `fast_ipv6_only`.
-pub struct FastState {
-    pub uid: u32,
-    pub family: u16,
-    pub addr: [u8; 16],
-    pub ipv6_only: u8,
-}
-
+/// Fills in the fast-path fields of bucket `tb` that `sk_reuseport_match()` reads:
+/// `fastuid` (`uid`), the fast address (`laddr`, IPv4 in the first four bytes) with its
+/// family; returns `fast_ipv6_only`. Read straight into the record, as in [`fill_owner`].
 #[inline(always)]
-pub fn tb_fast_state(tb: u64) -> FastState {
-    let family: u16 = zfield(tb, layout!(tb_fast_sk_family));
-    let addr: [u8; 16] = if family == AF_INET6 {
-        zfield(tb, layout!(tb_fast_v6_rcv_saddr))
+pub fn fill_fast(r: &mut SnapRecord, tb: u64) -> u8 {
+    r.family = zfield(tb, layout!(tb_fast_sk_family));
+    if r.family == AF_INET6 {
+        zread_into(r.laddr.as_mut_ptr(), 16, tb, layout!(tb_fast_v6_rcv_saddr));
     } else {
-        let a: [u8; 4] = zfield(tb, layout!(tb_fast_rcv_saddr));
-        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    };
-    FastState {
-        uid: zfield(tb, layout!(tb_fastuid)),
-        family,
-        addr,
-        ipv6_only: zfield(tb, layout!(tb_fast_ipv6_only)),
+        zread_into(r.laddr.as_mut_ptr(), 4, tb, layout!(tb_fast_rcv_saddr));
     }
+    r.uid = zfield(tb, layout!(tb_fastuid));
+    zfield(tb, layout!(tb_fast_ipv6_only))
 }
 
 /// `net->ipv4.sysctl_local_reserved_ports`: the bitmap of reserved ports (0 when absent).

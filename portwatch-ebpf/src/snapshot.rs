@@ -26,11 +26,11 @@ use crate::{
     compat,
     drive::{drive, out_of_line_step, Walk},
     kernel::{
-        current_net, net_inum, net_of_nsfs_fd, owner_details, reserved_ports, sk_of_bind_node,
-        tb_fast_state, tb_of_node, tb_state, AF_INET6,
+        current_net, fill_fast, fill_owner, net_inum, net_of_nsfs_fd, reserved_ports,
+        sk_of_bind_node, tb_of_node, tb_state, AF_INET6,
     },
     maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK, TP},
-    read::{field, layout, layout_ready, rd, zbits, zfield},
+    read::{field, layout, layout_ready, rd, zbits, zfield, zread_into},
     walk::{find_bucket, lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
 
@@ -90,24 +90,41 @@ pub struct TableWalk {
     _pad: [u8; 7],
 }
 
-/// Builds a record in this CPU's scratch slot (`SNAP_REC`, zeroed first) and sends it;
-/// false when it could not be sent (the ring is full).
+/// This CPU's scratch record (`SNAP_REC`), zeroed. Records are filled in there, field
+/// by field and kernel reads straight into it: a record, or copies of its parts, on the
+/// stack of the walk's step would add to a frame older verifiers bound together with the
+/// trigger's (512 bytes in all).
 #[inline(always)]
-fn emit(fill: impl FnOnce(&mut SnapRecord)) -> bool {
-    let Some(p) = SNAP_REC.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    let r = unsafe { &mut *p };
-    *r = SnapRecord::default();
-    fill(r);
+fn slot() -> Option<&'static mut SnapRecord> {
+    let p = SNAP_REC.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU. Zeroed in
+    // place (no zero record built on the stack first).
+    unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        Some(&mut *p)
+    }
+}
+
+/// Sends a record built in [`slot`]; false when the ring is full.
+#[inline(always)]
+fn send(r: &SnapRecord) -> bool {
     SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_ok()
 }
 
-/// [`emit`] within a walk: a record that does not fit truncates and stops it.
+/// Builds a record in [`slot`] and sends it; false when it could not be sent.
 #[inline(always)]
-fn out(w: &mut TableWalk, fill: impl FnOnce(&mut SnapRecord)) {
-    if !emit(fill) {
+fn emit(fill: impl FnOnce(&mut SnapRecord)) -> bool {
+    let Some(r) = slot() else {
+        return false;
+    };
+    fill(r);
+    send(r)
+}
+
+/// Within a walk: a record that does not fit truncates and stops it.
+#[inline(always)]
+fn sent(w: &mut TableWalk, ok: bool) {
+    if !ok {
         w.truncated = 1;
         w.ring_full = 1;
     }
@@ -137,33 +154,24 @@ fn begin_bucket(w: &mut TableWalk) {
 #[inline(always)]
 fn end_bucket(w: &mut TableWalk) {
     if w.skip == 0 {
-        let flags = ((w.owners.truncated != 0) as u8) * snapflag::OWNERS_TRUNCATED;
-        let fast = tb_fast_state(w.tb);
-        let detail = ((fast.ipv6_only != 0) as u8) * snapdetail::V6ONLY;
-        let (tb, netns, count, l3mdev, port, fr, frp) = (
-            w.tb,
-            w.cur_netns,
-            w.owners.count,
-            w.cur_l3mdev,
-            w.cur_port,
-            w.cur_fr,
-            w.cur_frp,
-        );
-        out(w, |r| {
-            r.addr = tb;
-            r.netns = netns;
-            r.owners = count;
-            r.l3mdev = l3mdev;
-            r.port = port;
-            r.family = fast.family;
-            r.laddr = fast.addr;
-            r.fastreuse = fr;
-            r.fastreuseport = frp;
-            r.kind = rec::BUCKET;
-            r.flags = flags;
-            r.uid = fast.uid;
-            r.detail = detail;
-        });
+        let ok = match slot() {
+            Some(r) => {
+                r.addr = w.tb;
+                r.netns = w.cur_netns;
+                r.owners = w.owners.count;
+                r.l3mdev = w.cur_l3mdev;
+                r.port = w.cur_port;
+                r.fastreuse = w.cur_fr;
+                r.fastreuseport = w.cur_frp;
+                r.kind = rec::BUCKET;
+                r.flags = ((w.owners.truncated != 0) as u8) * snapflag::OWNERS_TRUNCATED;
+                let v6only = fill_fast(r, w.tb);
+                r.detail = ((v6only != 0) as u8) * snapdetail::V6ONLY;
+                send(r)
+            }
+            None => false,
+        };
+        sent(w, ok);
         w.buckets += 1;
     }
     w.tb = 0;
@@ -179,25 +187,28 @@ fn end_bucket(w: &mut TableWalk) {
 /// fastreuse state per address (then in `fastreuse`/`fastreuseport`), else 0.
 #[inline(always)]
 fn emit_addr(w: &mut TableWalk, tb2: u64) {
-    let (family, laddr) = compat::tb2_address(tb2);
-    let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
-    // Before 06a8c04f8994 (6.8) `family` is the bucket's own, kept from its creator.
-    let own_family = layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD;
-    let detail = (own_family as u8) * snapdetail::TB2_FAMILY;
-    let (tb, netns, l3mdev, port) = (w.tb, w.cur_netns, w.cur_l3mdev, w.cur_port);
-    out(w, |r| {
-        r.addr = tb;
-        r.netns = netns;
-        r.owners = known as u32;
-        r.l3mdev = l3mdev;
-        r.port = port;
-        r.family = family;
-        r.laddr = laddr;
-        r.fastreuse = fastreuse;
-        r.fastreuseport = fastreuseport;
-        r.kind = rec::ADDR;
-        r.detail = detail;
-    });
+    let ok = match slot() {
+        Some(r) => {
+            let (family, laddr) = compat::tb2_address(tb2);
+            let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
+            // Before 06a8c04f8994 (6.8) `family` is the bucket's own, kept from its creator.
+            let own_family = layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD;
+            r.addr = w.tb;
+            r.netns = w.cur_netns;
+            r.owners = known as u32;
+            r.l3mdev = w.cur_l3mdev;
+            r.port = w.cur_port;
+            r.family = family;
+            r.laddr = laddr;
+            r.fastreuse = fastreuse;
+            r.fastreuseport = fastreuseport;
+            r.kind = rec::ADDR;
+            r.detail = (own_family as u8) * snapdetail::TB2_FAMILY;
+            send(r)
+        }
+        None => false,
+    };
+    sent(w, ok);
 }
 
 /// An OWNER record with what `explain` needs of the socket. Read without branching on
@@ -206,46 +217,37 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
 /// one path becomes.
 #[inline(always)]
 fn emit_owner(w: &mut TableWalk, node: u64) {
-    let sk = sk_of_bind_node(node);
-    let family: u16 = zfield(sk, layout!(sk_family));
-    let laddr: [u8; 16] = if family == AF_INET6 {
-        zfield(sk, layout!(sk_v6_rcv_saddr))
-    } else {
-        let a: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
-        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    let ok = match slot() {
+        Some(r) => {
+            let sk = sk_of_bind_node(node);
+            r.addr = w.tb;
+            r.netns = w.cur_netns;
+            r.l3mdev = w.cur_l3mdev;
+            r.kind = rec::OWNER;
+            r.family = zfield(sk, layout!(sk_family));
+            if r.family == AF_INET6 {
+                zread_into(r.laddr.as_mut_ptr(), 16, sk, layout!(sk_v6_rcv_saddr));
+            } else {
+                zread_into(r.laddr.as_mut_ptr(), 4, sk, layout!(sk_rcv_saddr));
+            }
+            r.state = zfield(sk, layout!(sk_state));
+            let known = compat::connect_bind_known();
+            r.flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
+                | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
+                | (known as u8) * snapflag::CONNECT_BIND_KNOWN
+                | ((known && compat::connect_bound(sk, r.state)) as u8)
+                    * snapflag::CONNECT_BOUND;
+            let num: u16 = zfield(sk, layout!(sk_num));
+            r.port = if num == 0 { w.cur_port } else { num };
+            r.local_port_range = compat::socket_port_range(sk, r.state);
+            let v6only = fill_owner(r, sk);
+            r.detail = ((v6only != 0) as u8) * snapdetail::V6ONLY
+                | ((r.tb2_family != 0) as u8) * snapdetail::TB2_FAMILY;
+            send(r)
+        }
+        None => false,
     };
-    let state: u8 = zfield(sk, layout!(sk_state));
-    let known = compat::connect_bind_known();
-    let flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
-        | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
-        | (known as u8) * snapflag::CONNECT_BIND_KNOWN
-        | ((known && compat::connect_bound(sk, state)) as u8) * snapflag::CONNECT_BOUND;
-    let d = owner_details(sk, family, state);
-    let detail = ((d.v6only != 0) as u8) * snapdetail::V6ONLY
-        | ((d.tb2_family != 0) as u8) * snapdetail::TB2_FAMILY;
-    let num: u16 = zfield(sk, layout!(sk_num));
-    let port = if num == 0 { w.cur_port } else { num };
-    let range = compat::socket_port_range(sk, state);
-    let (tb, netns, l3mdev) = (w.tb, w.cur_netns, w.cur_l3mdev);
-    out(w, |r| {
-        r.addr = tb;
-        r.netns = netns;
-        r.l3mdev = l3mdev;
-        r.port = port;
-        r.family = family;
-        r.laddr = laddr;
-        r.kind = rec::OWNER;
-        r.flags = flags;
-        r.state = state;
-        r.local_port_range = range;
-        r.ino = d.ino;
-        r.uid = d.uid;
-        r.bound_dev = d.bound_dev;
-        r.raddr = d.raddr;
-        r.rport = d.rport;
-        r.tb2_family = d.tb2_family;
-        r.detail = detail;
-    });
+    sent(w, ok);
 }
 
 /// A RESERVED record for the next chunk of the namespace's reserved-ports bitmap, when
@@ -254,25 +256,24 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
 fn emit_reserved(w: &mut TableWalk) {
     let chunk = w.res_next;
     w.res_next += 1;
-    let bits: [u8; 16] = zfield(w.reserved, chunk * (RESERVED_CHUNK / 8));
-    let (a, b): (u64, u64) = (
-        u64::from_ne_bytes([
-            bits[0], bits[1], bits[2], bits[3], bits[4], bits[5], bits[6], bits[7],
-        ]),
-        u64::from_ne_bytes([
-            bits[8], bits[9], bits[10], bits[11], bits[12], bits[13], bits[14], bits[15],
-        ]),
-    );
+    let at = chunk * (RESERVED_CHUNK / 8);
+    let a: u64 = zfield(w.reserved, at);
+    let b: u64 = zfield(w.reserved, at + 8);
     if a | b == 0 {
         return;
     }
-    let netns = w.cur_netns;
-    out(w, |r| {
-        r.netns = netns;
-        r.port = (chunk * RESERVED_CHUNK) as u16;
-        r.laddr = bits;
-        r.kind = rec::RESERVED;
-    });
+    let ok = match slot() {
+        Some(r) => {
+            r.netns = w.cur_netns;
+            r.port = (chunk * RESERVED_CHUNK) as u16;
+            r.laddr[..8].copy_from_slice(&a.to_ne_bytes());
+            r.laddr[8..].copy_from_slice(&b.to_ne_bytes());
+            r.kind = rec::RESERVED;
+            send(r)
+        }
+        None => false,
+    };
+    sent(w, ok);
 }
 
 /// The NET record of `net` (its range and `tcp_tw_reuse`); returns its inode and range.
