@@ -215,7 +215,7 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                     }
                 }
                 let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
-                snap.truncated |= truncated;
+                snap.owners_truncated |= truncated;
                 snap.buckets.push(BucketRow {
                     key: BucketKey {
                         netns: r.netns,
@@ -615,7 +615,7 @@ mod tests {
         assert_eq!(row.addresses.len(), 2);
         assert_eq!(row.addresses[0].owners.len(), 2);
         assert_eq!(row.addresses[0].fastreuse, None);
-        assert!(!snap.truncated);
+        assert!(!snap.owners_truncated && snap.complete);
     }
 
     #[test]
@@ -623,7 +623,7 @@ mod tests {
         let mut b = rec(rec::BUCKET, 80, 4096);
         b.flags = snapflag::OWNERS_TRUNCATED;
         let snap = snapshot(&[b]);
-        assert!(snap.truncated);
+        assert!(snap.owners_truncated);
         assert_eq!(snap.buckets[0].info.owners, OwnerCount::at_least(4096));
     }
 

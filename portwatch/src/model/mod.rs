@@ -7,6 +7,7 @@
 mod bucket;
 mod errno;
 mod event;
+mod resync;
 mod snapshot;
 mod tcp_state;
 mod transition;
@@ -14,6 +15,7 @@ mod transition;
 pub use bucket::{AddrState, BucketInfo, BucketKey, Fastreuse, OwnerCount, PortRange};
 pub use errno::{errno_or_zero, Errno};
 pub use event::{SeenBucket, SocketEvent};
+pub use resync::{Reread, Resync};
 pub use snapshot::{AddrRow, BucketRow, OwnerRow, Scope, Snapshot};
 pub use tcp_state::TcpState;
 pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};
