@@ -51,8 +51,29 @@ fn build_ebpf(workspace: &Path) -> anyhow::Result<()> {
         )?;
         // aya-build copies the binary target (named `portwatch`) into OUT_DIR.
         std::fs::rename(out_dir.join("portwatch"), out_dir.join(name))?;
+        strip_debug(&out_dir.join(name))?;
     }
     Ok(())
+}
+
+/// Removes the DWARF sections from an eBPF object. They are three quarters of its size
+/// and only debuggers read them; loading needs the `.BTF`/`.BTF.ext` sections, which
+/// `--strip-debug` keeps. llvm-strip comes with LLVM 22, the LLVM bpf-linker is built
+/// against.
+#[cfg(feature = "ebpf")]
+fn strip_debug(object: &Path) -> anyhow::Result<()> {
+    let tools = ["llvm-strip-22", "llvm-strip"];
+    for tool in tools {
+        match Command::new(tool).arg("--strip-debug").arg(object).status() {
+            Ok(s) if s.success() => return Ok(()),
+            Ok(s) => anyhow::bail!("`{tool} --strip-debug {}` failed ({s})", object.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => anyhow::bail!("running {tool}: {e}"),
+        }
+    }
+    anyhow::bail!(
+        "none of {tools:?} found: install the Debian package llvm-22 (`cargo xtask setup` does)"
+    )
 }
 
 /// `PORTWATCH_GIT_COMMIT` when set (a build from a source tarball), else the checkout's

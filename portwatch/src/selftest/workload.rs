@@ -130,7 +130,11 @@ impl Workload {
         // The accepted socket inherits the listener's port and options.
         w.add(&a1, TcpState::Established, true, false, None)?;
         // TIME-WAIT on the server side: it closes first; the client waits for the FIN.
+        // The client binds a port outside the ephemeral range: once it has closed, a
+        // later connect() could otherwise take its port, and that SYN on the TIME-WAIT's
+        // 4-tuple makes the kernel recycle the TIME-WAIT socket (the port loses an owner).
         let c2 = sock(false)?;
+        c2.bind(&addr("127.0.0.1:7004"))?;
         c2.connect(&addr("127.0.0.1:7003"))?;
         let (a2, _) = l.accept()?;
         let a2_at = local(&a2)?;
