@@ -25,7 +25,8 @@ use portwatch_common::{flag, hook, op, NO_FIELD};
 use crate::{
     compat::port_range,
     emit::{
-        config, netns_wanted, port_wanted, remember, send, send_asked, send_known, Asked, Subject,
+        config, count_lost, netns_wanted, port_wanted, remember, send, send_asked, send_known,
+        Asked, Subject,
     },
     kernel::{is_tcp, net_inum, sk_net, sk_num, sock_from_fd, SockHead, AF_INET, AF_INET6},
     maps::{Pending, CLOSING, PENDING, SOCKS, TP},
@@ -137,7 +138,12 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         _pad: [0; 4],
     };
     let key = bpf_get_current_pid_tgid();
-    PENDING.insert(key, p, 0).ok()
+    if PENDING.insert(key, p, 0).is_err() {
+        // The exit hook will find nothing: this operation's event is lost.
+        count_lost(net, netns, if port != 0 { port } else { cur });
+        return None;
+    }
+    Some(())
 }
 
 /// Exit side: report the bucket of the port involved.

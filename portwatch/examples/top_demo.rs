@@ -200,7 +200,8 @@ impl TopSource for DemoSource {
                     fast: None,
                 })
                 .collect(),
-            truncated: false,
+            complete: true,
+            owners_truncated: false,
             slots: 65536,
             net: None,
         })

@@ -5,6 +5,7 @@ pub mod kernel;
 pub mod views;
 pub mod decode;
 pub mod reducer;
+pub mod repair;
 pub mod render;
 pub mod backend;
 pub mod bpf;

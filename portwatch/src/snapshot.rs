@@ -149,7 +149,7 @@ impl Snapshotter {
         let (records, end) = self.request(ebpf, req)?;
         let mut snap = crate::decode::snapshot(&records);
         snap.slots = end.netns;
-        snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
+        snap.complete = end.flags & snapflag::WALK_TRUNCATED == 0;
         Ok(snap)
     }
 
@@ -193,7 +193,7 @@ impl Snapshotter {
         let (records, end) = self.request(ebpf, req)?;
         let mut snap = crate::decode::snapshot(&records);
         // A search that gave up found no bucket without knowing there is none.
-        snap.truncated |= end.flags & (snapflag::WALK_TRUNCATED | snapflag::LOOKUP_TRUNCATED) != 0;
+        snap.complete = end.flags & (snapflag::WALK_TRUNCATED | snapflag::LOOKUP_TRUNCATED) == 0;
         Ok(snap)
     }
 

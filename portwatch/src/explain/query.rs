@@ -309,7 +309,7 @@ pub fn connect_report(
         blocked_by,
         blocked_by_process: by_process,
         used_by,
-        truncated: snap.truncated,
+        truncated: !snap.complete || snap.owners_truncated,
     };
     Some((explanation, report))
 }

@@ -8,6 +8,7 @@ mod bucket;
 mod errno;
 mod event;
 mod explanation;
+mod resync;
 mod snapshot;
 mod tcp_state;
 mod transition;
@@ -19,6 +20,7 @@ pub use explanation::{
     BindExplanation, Candidate, Conflict, ConflictRule, ConnectExplanation, Drift, Explanation,
     NamedOwner, PortHolder, ProcessPorts, HOLDERS_SHOWN,
 };
+pub use resync::{Reread, Resync};
 pub use snapshot::{AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot};
 pub use tcp_state::TcpState;
 pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};
