@@ -1,7 +1,8 @@
 //! The snapshot walk: every slot of `bhash`, every bucket of every chain, and (verbose)
 //! every per-address bucket and owner, like the article's drgn script but in the kernel.
-//! Triggered by the tool itself: `getpgid(SNAP_TRIGGER_PID)` from the thread named in
-//! `SNAP_REQ`; [`serve`] answers a request from any program type.
+//! Run by the tool itself with `BPF_PROG_TEST_RUN` (a raw tracepoint program attached
+//! nowhere: it runs synchronously in the calling thread, and there is nothing to detach);
+//! [`serve`] answers a request from any program type.
 //!
 //! A request can also ask for the namespace's NET record (its port range and
 //! `tcp_tw_reuse`, from an event's `struct net` or from an nsfs file descriptor of the
@@ -25,10 +26,9 @@
 //! when it is no longer there, the rest of the chain cannot be found and the walk is
 //! reported as not covering its scope (`WALK_TRUNCATED`), never as a shorter table.
 //! Records are built in this CPU's `SNAP_REC` slot, not on the stack of the step.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use portwatch_common::{
     rec, snapdetail, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP,
-    SNAP_TRIGGER_PID,
 };
 
 use crate::{
@@ -38,7 +38,7 @@ use crate::{
         current_net, fill_fast, fill_owner, net_inum, net_of_nsfs_fd, reserved_ports,
         sk_of_bind_node, tb_of_node, tb_state, AF_INET6,
     },
-    maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK, TP},
+    maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
     read::{field, layout, layout_ready, rd, zbits, zfield, zread_into},
     walk::{find_bucket, lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
@@ -440,19 +440,9 @@ impl Walk for TableWalk {
 
 out_of_line_step!(walk_table_step, TableWalk);
 
-/// The tracepoint trigger: a request from the tool's own thread.
+/// A request from the tool's own thread (the one named in `SNAP_REQ`).
 #[inline(always)]
-fn triggered(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: TP is a plain static in .rodata.
-    let args = unsafe { core::ptr::read_volatile(&TP.sys_enter_args) };
-    if args == NO_FIELD {
-        return None;
-    }
-    // SAFETY: reads the first syscall argument at an offset from the tracepoint format.
-    let pid: i64 = unsafe { ctx.read_at(args as usize).ok()? };
-    if pid != SNAP_TRIGGER_PID as i64 {
-        return None;
-    }
+fn triggered() -> Option<()> {
     let req: &SnapRequest = SNAP_REQ.get(0)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     if req.tid == 0 || req.tid != tid {
@@ -624,8 +614,9 @@ fn lookup(req: &SnapRequest) {
     });
 }
 
-#[tracepoint]
-pub fn snapshot_trigger(ctx: TracePointContext) -> u32 {
-    let _ = triggered(&ctx);
+/// Attached nowhere: the tool runs it with `BPF_PROG_TEST_RUN` (raw tracepoints since 5.10).
+#[raw_tracepoint]
+pub fn snapshot_trigger(_ctx: RawTracePointContext) -> i32 {
+    let _ = triggered();
     0
 }
