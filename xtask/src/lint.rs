@@ -1,4 +1,4 @@
-//! `cargo xtask lint`: rustfmt and clippy, as CI runs them.
+//! `cargo xtask lint`: rustfmt and clippy, the first stages of `cargo xtask test` (CI).
 //!
 //! rustfmt runs from the nightly toolchain: the repository's rustfmt.toml groups and
 //! merges imports (`group_imports`, `imports_granularity`), options only nightly rustfmt

@@ -45,15 +45,16 @@ enum Cmd {
     /// Setup, `cargo build --release -p portwatch`, then run it as root
     /// (through `sudo -E` when not root). Default arguments: `quiz --all`.
     Run(run::RunArgs),
-    /// Setup, build, the artefacts (dist) and their checks, `cargo test --workspace` (test
-    /// binaries as root), the soak, then the VM matrix.
+    /// Setup, build, rustfmt and clippy, the artefacts (dist) and their checks, `cargo test
+    /// --workspace` (test binaries as root), the soak, then the VM matrix.
     Test(test::TestArgs),
     /// Boot stock Debian kernels under qemu and run portwatch in each (the VM matrix).
     Vm(vm::VmArgs),
     /// Setup for dist, then the release artefacts in target/dist/: a static musl binary,
     /// portwatch-VERSION-x86_64-linux-musl.tar.gz and a Debian package.
     Dist(dist::DistArgs),
-    /// rustfmt (nightly, for rustfmt.toml's options) and clippy `-D warnings`.
+    /// rustfmt (nightly, for rustfmt.toml's options) and clippy `-D warnings` (also stages
+    /// of `cargo xtask test`).
     Lint(lint::LintArgs),
     /// Benchmarks (root): tracing overhead, capture and drop accounting, dump vs ss,
     /// top CPU; prints a table and writes JSON.

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, build, the release artefacts and their checks, `cargo test
-//! --workspace` as root, the soak, then the VM matrix (which runs the static binary).
+//! `cargo xtask test`: setup, build, rustfmt and clippy, the release artefacts and their
+//! checks, `cargo test --workspace` as root, the soak, then the VM matrix (which runs the
+//! static binary).
 //!
 //! The integration tests in portwatch/tests/ load eBPF programs and create network
 //! namespaces, so every test binary runs as root: directly when we are root, otherwise
@@ -9,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{build, cmd, dist, setup};
+use crate::{build, cmd, dist, lint, setup};
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
@@ -122,6 +123,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
     setup::run(setup::Need::Test)?;
     build::release(&[])?;
     let mut stages: Vec<(&str, Stage)> = Vec::new();
+    stages.push(("rustfmt (nightly, --check)", lint_stage(lint::fmt_check())));
+    stages.push(("clippy -D warnings", lint_stage(lint::clippy())));
     let (artefacts, dist) = artefact_stage();
     stages.push(("artefacts (dist + checks)", artefacts));
 
@@ -162,6 +165,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
         bail!("tests failed (see the summary above)");
     }
     Ok(())
+}
+
+/// A lint's result as a stage (its output is above the summary).
+fn lint_stage(r: Result<()>) -> Stage {
+    match r {
+        Ok(()) => Stage::Passed(String::new()),
+        Err(e) => Stage::Failed(format!("{e}")),
+    }
 }
 
 /// `cargo xtask dist` (static binary, tarball, Debian package) and the checks of what it
