@@ -93,6 +93,10 @@ layout_struct! {
     net_port_range: u32,
     /// 1: `range` is one u32 (lo | hi << 16); otherwise `int range[2]`.
     port_range_packed: u32,
+    /// `net->ipv4.sysctl_local_reserved_ports`: a pointer to the netns's
+    /// `ip_local_reserved_ports` bitmap (65536 bits, bit p = port p), from the start of
+    /// `struct net`.
+    net_reserved_ports: u32,
     // struct inet_hashinfo
     hashinfo_bhash: u32,
     hashinfo_bhash_size: u32,
@@ -287,6 +291,9 @@ pub struct SnapRecord {
     /// TCP state (OWNER).
     pub state: u8,
     pub _pad: [u8; 3],
+    /// Kernel address of the bucket's `struct net` (BUCKET; identity only, and the handle
+    /// a `SNAP_NETNS` request takes).
+    pub net: u64,
 }
 
 /// Arguments of a snapshot request, written by user space into the `SNAP_REQ` array
@@ -302,20 +309,88 @@ pub struct SnapRequest {
     pub port: u16,
     /// 1 = also emit ADDR and OWNER records.
     pub verbose: u8,
-    /// `SNAP_WALK` (the whole table) or `SNAP_LOOKUP` (the one bucket of (`net`, `port`)).
+    /// `SNAP_WALK` (the whole table), `SNAP_LOOKUP` (the one bucket of (`net`, `port`))
+    /// or `SNAP_NETNS` (the ephemeral range and reserved ports of `net`, into `NETNS_PORTS`).
     pub mode: u8,
     /// Bounds: at most this many buckets in one chain and owners per bucket.
     pub max_chain: u32,
     pub max_owners: u32,
-    pub _pad2: u32,
+    /// `SNAP_NETNS` with `net` 0: a socket file descriptor of the triggering process whose
+    /// netns is read; negative: the triggering thread's own netns.
+    pub sock_fd: i32,
     /// Sequence number echoed in the END record's `addr` field.
     pub seq: u64,
-    /// `SNAP_LOOKUP`: kernel address of the `struct net` (from an event).
+    /// `SNAP_LOOKUP`, `SNAP_NETNS`: kernel address of the `struct net` (from an event or a
+    /// BUCKET record); `SNAP_NETNS` with 0: see `sock_fd`.
     pub net: u64,
 }
 
 pub const SNAP_WALK: u8 = 0;
 pub const SNAP_LOOKUP: u8 = 1;
+pub const SNAP_NETNS: u8 = 2;
+
+/// Words of the `ip_local_reserved_ports` bitmap (65536 bits).
+pub const RESERVED_WORDS: usize = 1024;
+
+/// What a `SNAP_NETNS` request reads of one `struct net`, written into the one slot of the
+/// `NETNS_PORTS` array (too big for a ring-buffer record).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsPorts {
+    /// The `struct net` read (the request's, or the trigger's own netns).
+    pub net: u64,
+    /// The request's sequence number: the slot belongs to that request.
+    pub seq: u64,
+    /// `net->ns.inum` as read now: 0 when the namespace is gone or unreadable. User space
+    /// compares it with the inode it expects (a freed `struct net` may be reused).
+    pub netns: u32,
+    /// `ip_local_port_range`.
+    pub range_lo: u16,
+    pub range_hi: u16,
+    /// 1 when `reserved` holds the bitmap, 0 when it could not be read.
+    pub reserved_read: u32,
+    pub _pad: u32,
+    /// `ip_local_reserved_ports`: bit `p % 64` of word `p / 64` set = port `p` reserved.
+    pub reserved: [u64; RESERVED_WORDS],
+}
+
+impl NetnsPorts {
+    pub const EMPTY: NetnsPorts = NetnsPorts {
+        net: 0,
+        seq: 0,
+        netns: 0,
+        range_lo: 0,
+        range_hi: 0,
+        reserved_read: 0,
+        _pad: 0,
+        reserved: [0; RESERVED_WORDS],
+    };
+}
+
+/// Key of the `ERRORS` hash map: failed bind()/connect() calls counted in the kernel per
+/// network namespace, syscall and errno, whatever the event stream and the port filter do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrorKey {
+    /// Inode of the network namespace; 0 only in [`ErrorKey::MAP_FULL`].
+    pub netns: u32,
+    /// The positive errno.
+    pub errno: u16,
+    /// `op::BIND` or `op::CONNECT`.
+    pub op: u8,
+    pub _pad: u8,
+}
+
+impl ErrorKey {
+    /// The slot (inserted by user space at load) counting failures that found the map full
+    /// and could not get a slot of their own.
+    pub const MAP_FULL: ErrorKey = ErrorKey {
+        netns: 0,
+        errno: 0,
+        op: 0,
+        _pad: 0,
+    };
+}
 
 /// Filter configuration of the event programs, in the `CONFIG` global.
 #[repr(C)]
@@ -410,11 +485,13 @@ pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
-const _: () = assert!(core::mem::size_of::<SnapRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);
+const _: () = assert!(core::mem::size_of::<NetnsPorts>() == 32 + 8 * RESERVED_WORDS);
+const _: () = assert!(core::mem::size_of::<ErrorKey>() == 8);
 
 #[cfg(feature = "user")]
 mod user {
@@ -434,4 +511,8 @@ mod user {
     unsafe impl aya::Pod for TpOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ArgPos {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NetnsPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ErrorKey {}
 }

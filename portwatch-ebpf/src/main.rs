@@ -2,7 +2,8 @@
 //! - `tracepoint.rs`: syscall enter/exit tracepoints and `sock:inet_sock_set_state`;
 //! - `kprobe.rs`, `fentry.rs`: kprobe/kretprobe and fentry/fexit pairs on the kernel
 //!   functions that change bind buckets, sharing their logic in `kernel_functions.rs`;
-//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool.
+//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool;
+//!   `netns.rs`: a namespace's ephemeral range and reserved ports, on the same trigger.
 //!
 //! Shared by them:
 //! - `read.rs`: reading kernel memory through the BTF-derived `LAYOUT`;
@@ -10,14 +11,20 @@
 //! - `compat.rs`: one helper per kernel change, each naming its commit;
 //! - `walk.rs`: the bounded owner and chain walks (cursors and step functions);
 //! - `emit.rs`: building and sending events (every backend emits the same model);
+//! - `errors.rs`: the in-kernel counters of failed bind()/connect() calls;
 //! - `maps.rs`: globals and maps.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The atomic add of `errors.rs` (core has no atomic read-modify-write types for BPF).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod compat;
 #[cfg(target_arch = "bpf")]
 mod emit;
+#[cfg(target_arch = "bpf")]
+mod errors;
 #[cfg(target_arch = "bpf")]
 mod fentry;
 #[cfg(target_arch = "bpf")]
@@ -28,6 +35,8 @@ mod kernel_functions;
 mod kprobe;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod netns;
 #[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]

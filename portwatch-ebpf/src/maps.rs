@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{ArgPos, Config, Layout, SnapRequest, TpOffsets};
+use portwatch_common::{ArgPos, Config, ErrorKey, Layout, NetnsPorts, SnapRequest, TpOffsets};
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
 #[no_mangle]
@@ -33,6 +33,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Failed bind()/connect() calls per (netns, errno, syscall), counted by `errors.rs`
+/// wherever a backend sees a failure; read by user space at scrape time.
+#[map]
+pub static ERRORS: HashMap<ErrorKey, u64> = HashMap::with_max_entries(16384, 0);
+
 /// Calls in flight: what the enter hook saw, keyed by pid_tgid (tracepoints) or
 /// pid_tgid with the hook's id in the top bits (kernel-function hooks, which can be
 /// interrupted by a softirq running another hooked function on the same task).
@@ -51,6 +56,11 @@ pub static SNAP_REQ: Array<SnapRequest> = Array::with_max_entries(1, 0);
 /// Snapshot records to user space.
 #[map]
 pub static SNAP_RB: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
+
+/// The ephemeral range and reserved ports of one netns (index 0), written by a
+/// `SNAP_NETNS` request (`netns.rs`).
+#[map]
+pub static NETNS_PORTS: Array<NetnsPorts> = Array::with_max_entries(1, 0);
 
 /// Scratch space of the bounded walks (one slot per CPU). Walk state lives in map memory,
 /// not on the stack: the verifier then treats counters as unknown values and the

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use portwatch_common::{
-    rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_TRIGGER_PID,
+    rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_NETNS, SNAP_TRIGGER_PID,
 };
 
 use crate::{
@@ -39,6 +39,8 @@ pub struct TableWalk {
     node: u64,
     /// Current bucket, 0 between buckets.
     tb: u64,
+    /// The current bucket's `struct net`.
+    cur_net: u64,
     seq: u64,
     /// The current bucket's owners.
     owners: OwnerCursor,
@@ -78,6 +80,7 @@ fn begin_bucket(w: &mut TableWalk) {
     let st = tb_state(tb);
     let net: u64 = field(tb, layout!(tb_net)).unwrap_or(0);
     w.tb = tb;
+    w.cur_net = net;
     w.cur_netns = net_inum(net);
     w.cur_port = st.port;
     w.cur_l3mdev = st.l3mdev;
@@ -113,6 +116,7 @@ fn end_bucket(w: &mut TableWalk) {
             flags,
             state: 0,
             _pad: [0; 3],
+            net: w.cur_net,
         };
         out(&r, w);
         w.buckets += 1;
@@ -147,6 +151,7 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
         flags: 0,
         state: 0,
         _pad: [0; 3],
+        net: w.cur_net,
     };
     out(&r, w);
 }
@@ -182,6 +187,7 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
         flags,
         state: field(sk, layout!(sk_state)).unwrap_or(0),
         _pad: [0; 3],
+        net: w.cur_net,
     };
     out(&r, w);
 }
@@ -258,6 +264,16 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         lookup(&req);
         return Some(());
     }
+    if req.mode == SNAP_NETNS {
+        crate::netns::read_ports(&req);
+        let end = SnapRecord {
+            addr: req.seq,
+            kind: rec::END,
+            ..SnapRecord::default()
+        };
+        let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
+        return Some(());
+    }
     let net = current_net()?;
     let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
     let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
@@ -267,6 +283,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         bhash,
         node: 0,
         tb: 0,
+        cur_net: 0,
         seq: req.seq,
         owners: OwnerCursor::EMPTY,
         slot: 0,
@@ -322,6 +339,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         flags,
         state: 0,
         _pad: [0; 3],
+        net: 0,
     };
     // If even END does not fit, user space sees no END and reports the walk as lost.
     let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
@@ -353,6 +371,7 @@ fn lookup(req: &SnapRequest) {
             },
             state: 0,
             _pad: [0; 3],
+            net: req.net,
         };
         if SNAP_RB.output::<SnapRecord>(&r, 0).is_err() {
             end_flags |= snapflag::WALK_TRUNCATED;

@@ -1,17 +1,19 @@
 //! The tracepoint backend: syscall enter/exit of bind, listen, connect, accept, accept4
 //! and close, plus `sock:inet_sock_set_state` for releases outside those syscalls.
 //! The enter hook resolves the fd to its socket and remembers what it saw; the exit hook
-//! reports the bucket of the port involved, looked up in the bind hash table.
+//! counts a failed bind()/connect() (`errors.rs`) and reports the bucket of the port
+//! involved, looked up in the bind hash table.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{flag, hook, op, NO_FIELD};
+use portwatch_common::{flag, hook, op, Config, NO_FIELD};
 
 use crate::{
     compat::port_range,
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
+    errors::count_failure,
     kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
     maps::{Pending, PENDING, SOCKS, TP},
     read::layout_ready,
@@ -69,7 +71,18 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
             port = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
         if port != 0 && !port_wanted(&cfg, port) {
-            return None;
+            // No event wanted, but a failure is still counted: keep only the fd, whose
+            // socket the exit resolves if the call failed.
+            let p = Pending {
+                sk: 0,
+                net: 0,
+                aux: arg(ctx, 0)?,
+                netns: 0,
+                port,
+                op: which,
+                had_port: 0,
+            };
+            return PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0).ok();
         }
     }
     let fd = arg(ctx, 0)? as i64;
@@ -106,7 +119,9 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     PENDING.insert(key, p, 0).ok()
 }
 
-/// Exit side: report the bucket of the port involved.
+/// Exit side: report the bucket of the port involved, then count a failure. The count
+/// comes last so that the verifier does not explore the report once per path through it
+/// (older verifiers prune too little for that).
 #[inline(always)]
 fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     let key = bpf_get_current_pid_tgid();
@@ -120,6 +135,23 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     let cfg = config();
     let ok = rc == 0 || (which == op::CONNECT && rc == -EINPROGRESS);
     let errno = if ok { 0 } else { (-rc) as i32 };
+    // `sk` 0: a bind() only counted (its port is filtered out).
+    if p.sk != 0 {
+        let _ = report(&cfg, &p, which, ok, errno);
+    }
+    if !ok {
+        if p.sk != 0 {
+            count_failure(p.netns, which, errno);
+        } else {
+            let _ = count_unresolved(&cfg, p.aux as i64, which, errno);
+        }
+    }
+    Some(())
+}
+
+/// The event of a finished call: the bucket of the port it took, held or asked for.
+#[inline(always)]
+fn report(cfg: &Config, p: &Pending, which: u8, ok: bool, errno: i32) -> Option<()> {
     let mut flags = if p.had_port != 0 { flag::HAD_PORT } else { 0 };
     let now = sk_num(p.sk);
     let port = if which == op::CLOSE {
@@ -144,7 +176,7 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         // bind() with IP_BIND_ADDRESS_NO_PORT and port 0 takes no port: nothing changed.
         return None;
     }
-    if port != 0 && !port_wanted(&cfg, port) {
+    if port != 0 && !port_wanted(cfg, port) {
         return None;
     }
     if ok && which != op::CLOSE {
@@ -165,7 +197,21 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         flags,
         anon: false,
     };
-    send(&cfg, &s);
+    send(cfg, &s);
+    Some(())
+}
+
+/// Counts a failure of a call whose socket the enter side did not resolve.
+#[inline(always)]
+fn count_unresolved(cfg: &Config, fd: i64, which: u8, errno: i32) -> Option<()> {
+    let sk = sock_from_fd(fd)?;
+    if !is_tcp(sk) {
+        return None;
+    }
+    let netns = net_inum(sk_net(sk)?);
+    if netns_wanted(cfg, netns) {
+        count_failure(netns, which, errno);
+    }
     Some(())
 }
 

@@ -21,8 +21,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use portwatch::{
     model::{
-        BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, Scope, SeenBucket,
-        Snapshot, SockOpts, SocketEvent, Task,
+        BucketInfo, BucketKey, BucketRow, EphemeralRange, Errno, Fastreuse, Op, OwnerCount, Scope,
+        SeenBucket, Snapshot, SockOpts, SocketEvent, Task,
     },
     views::top::{run_top, TopOptions, TopSource},
 };
@@ -193,6 +193,7 @@ impl TopSource for DemoSource {
                 .collect(),
             truncated: false,
             slots: 65536,
+            ..Default::default()
         })
     }
 
@@ -214,11 +215,11 @@ impl TopSource for DemoSource {
         Ok(std::mem::take(&mut self.pending))
     }
 
-    fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)> {
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<EphemeralRange> {
         if netns != NETNS {
             bail!("the demo knows only netns {NETNS}, not {netns}");
         }
-        Ok(RANGE)
+        Ok(EphemeralRange::new(RANGE.0, RANGE.1, []))
     }
 
     fn header_netns(&self) -> u32 {

@@ -7,11 +7,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{flag, op, rec, snapflag, Event, SnapRecord};
+use portwatch_common::{flag, op, rec, snapflag, ErrorKey, Event, NetnsPorts, SnapRecord};
 
 use crate::model::{
-    AddrRow, BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, OwnerRow,
-    SeenBucket, Snapshot, SockOpts, SocketEvent, Task, TcpState,
+    AddrRow, BucketInfo, BucketKey, BucketRow, EphemeralRange, Errno, FailureCount,
+    FailureCounts, Fastreuse, Op, OwnerCount, OwnerRow, SeenBucket, Snapshot, SockOpts,
+    SocketEvent, Task, TcpState,
 };
 
 /// `AF_INET` as the kernel numbers it.
@@ -204,6 +205,9 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                 }
                 let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
                 snap.truncated |= truncated;
+                if r.net != 0 {
+                    snap.nets.insert(r.netns, r.net);
+                }
                 snap.buckets.push(BucketRow {
                     key: BucketKey {
                         netns: r.netns,
@@ -226,6 +230,40 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
     }
     snap.buckets.sort_by_key(|b| b.key);
     snap
+}
+
+/// The namespace inode and ephemeral range a `SNAP_NETNS` request read; `None` when the
+/// namespace was gone (its inode read as 0) or its reserved ports could not be read.
+pub fn ephemeral_range(raw: &NetnsPorts) -> Option<(u32, EphemeralRange)> {
+    if raw.netns == 0 || raw.reserved_read == 0 {
+        return None;
+    }
+    let reserved = (raw.range_lo..=raw.range_hi).filter(|&p| {
+        let word = raw.reserved[usize::from(p) / 64];
+        word & (1u64 << (p % 64)) != 0
+    });
+    Some((raw.netns, EphemeralRange::new(raw.range_lo, raw.range_hi, reserved)))
+}
+
+/// The failure counts of the `ERRORS` map's entries. Entries of another op or errno 0
+/// (which the programs never write) are left out.
+pub fn failure_counts(entries: impl IntoIterator<Item = (ErrorKey, u64)>) -> FailureCounts {
+    let mut out = FailureCounts::default();
+    for (key, count) in entries {
+        if key == ErrorKey::MAP_FULL {
+            out.unslotted += count;
+            continue;
+        }
+        let op = match key.op {
+            op::BIND => Op::Bind,
+            op::CONNECT => Op::Connect,
+            _ => continue,
+        };
+        let Some(errno) = Errno::new(i32::from(key.errno)) else { continue };
+        out.counts.push(FailureCount { netns: key.netns, op, errno, count });
+    }
+    out.counts.sort_by_key(|c| (c.netns, c.op != Op::Bind, c.errno));
+    out
 }
 
 #[cfg(test)]
@@ -344,16 +382,17 @@ mod tests {
             flags: 0,
             state: 0,
             _pad: [0; 3],
+            net: 0xffff_ffff_8200_0000,
         };
         let b = bytes_of(&r);
-        assert_eq!(b.len(), 48);
+        assert_eq!(b.len(), 56);
         assert_eq!(decode_snap_record(&b), Ok(r));
         assert_eq!(
-            decode_snap_record(&b[..47]),
+            decode_snap_record(&b[..55]),
             Err(DecodeError::TooShort {
                 what: "snapshot",
-                got: 47,
-                want: 48
+                got: 55,
+                want: 56
             })
         );
         for k in [rec::ADDR, rec::OWNER, rec::END] {
@@ -565,5 +604,67 @@ mod tests {
         assert_eq!(snap.buckets[0].addresses[0].address, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))));
         // No owners on this per-address bucket: no per-address state either.
         assert_eq!(snap.buckets[0].addresses[0].fastreuseport, None);
+    }
+
+    #[test]
+    fn snapshot_keeps_the_net_of_each_namespace() {
+        let mut b = rec(rec::BUCKET, 80, 1);
+        b.net = 0xffff_8880_0100_0000;
+        let mut c = rec(rec::BUCKET, 81, 1);
+        c.netns = 8;
+        c.net = 0xffff_8880_0200_0000;
+        let snap = snapshot(&[b, c, rec(rec::BUCKET, 82, 1)]);
+        assert_eq!(snap.nets.get(&7), Some(&0xffff_8880_0100_0000));
+        assert_eq!(snap.nets.get(&8), Some(&0xffff_8880_0200_0000));
+        assert_eq!(snap.nets.len(), 2);
+    }
+
+    fn netns_ports(lo: u16, hi: u16, reserved: &[u16]) -> NetnsPorts {
+        let mut raw = NetnsPorts { netns: 4026532300, range_lo: lo, range_hi: hi, reserved_read: 1, ..NetnsPorts::EMPTY };
+        for &p in reserved {
+            raw.reserved[usize::from(p) / 64] |= 1 << (p % 64);
+        }
+        raw
+    }
+
+    #[test]
+    fn ephemeral_range_reads_the_reserved_bitmap_inside_the_range() {
+        let raw = netns_ports(60000, 60009, &[8080, 60000, 60063, 60064, 60005]);
+        let (netns, r) = ephemeral_range(&raw).expect("readable");
+        assert_eq!(netns, 4026532300);
+        assert_eq!((r.lo, r.hi, r.reserved()), (60000, 60009, &[60000u16, 60005][..]));
+        assert_eq!(r.usable(), 8);
+        // The edges of the port space and of bitmap words.
+        let raw = netns_ports(0, 65535, &[0, 63, 64, 65535]);
+        assert_eq!(ephemeral_range(&raw).expect("readable").1.reserved(), [0, 63, 64, 65535]);
+        // A namespace gone, or a bitmap not read: nothing.
+        assert_eq!(ephemeral_range(&NetnsPorts { netns: 0, ..raw }), None);
+        assert_eq!(ephemeral_range(&NetnsPorts { reserved_read: 0, ..raw }), None);
+    }
+
+    #[test]
+    fn failure_counts_sorted_with_the_unslotted_apart() {
+        let key = |netns, errno, op| ErrorKey { netns, errno, op, _pad: 0 };
+        let counts = failure_counts([
+            (key(9, 99, op::CONNECT), 4),
+            (key(9, 98, op::BIND), 1),
+            (key(7, 111, op::CONNECT), 2),
+            (ErrorKey::MAP_FULL, 5),
+            (key(7, 98, op::LISTEN), 3),
+            (key(7, 0, op::BIND), 3),
+        ]);
+        let got: Vec<(u32, Op, String, u64)> =
+            counts.counts.iter().map(|c| (c.netns, c.op, c.errno.to_string(), c.count)).collect();
+        assert_eq!(
+            got,
+            [
+                (7, Op::Connect, "ECONNREFUSED".to_string(), 2),
+                (9, Op::Bind, "EADDRINUSE".to_string(), 1),
+                (9, Op::Connect, "EADDRNOTAVAIL".to_string(), 4),
+            ]
+        );
+        assert_eq!(counts.unslotted, 5);
+        assert_eq!(counts.namespaces().collect::<Vec<_>>(), [7, 9]);
+        assert_eq!(counts.of(9, Op::Connect).count(), 1);
     }
 }

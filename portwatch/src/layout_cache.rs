@@ -15,7 +15,7 @@ use crate::kernel::{host_layout, LayoutError, Resolved, OSRELEASE, VMLINUX_BTF};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Bump when `Resolved` or `Layout` change shape.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug, Clone)]
 struct Key {

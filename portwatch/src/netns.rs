@@ -6,7 +6,8 @@
 //!   then be used (bind, connect, close) from any thread.
 //! - [`resolve_netns`]: the CLI's `--netns PID|PATH|all`.
 //! - [`read_port_range_in`]: `net.ipv4.ip_local_port_range` of another netns, read by a
-//!   short-lived thread that `setns()`-es into it.
+//!   short-lived thread that `setns()`-es into it; [`socket_in`]: a socket made there the
+//!   same way (a handle by which the kernel's side names that namespace).
 
 use std::fs::File;
 use std::io;
@@ -254,6 +255,15 @@ pub fn read_port_range_in(target: NetnsTarget<'_>) -> Result<(u16, u16), NetnsEr
 }
 
 fn read_port_range_at(path: &Path) -> Result<(u16, u16), NetnsError> {
+    run_in(path, read_port_range_here)
+}
+
+/// Runs `f` on a short-lived thread that entered the network namespace at `path`; the
+/// calling thread is not moved.
+fn run_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -270,13 +280,23 @@ fn read_port_range_at(path: &Path) -> Result<(u16, u16), NetnsError> {
     }
     let handle = std::thread::Builder::new()
         .name("portwatch-setns".into())
-        .spawn(move || -> Result<(u16, u16), NetnsError> {
+        .spawn(move || -> Result<T, NetnsError> {
             nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
                 .map_err(|e| sys_err("setns(CLONE_NEWNET)", e))?;
-            read_port_range_here()
+            f()
         })
         .map_err(NetnsError::Spawn)?;
     handle.join().map_err(|_| NetnsError::ThreadGone)?
+}
+
+/// An unbound TCP socket in the network namespace at `path` (made by a thread that
+/// entered it). It takes no port; closing it is all the cleanup there is.
+pub fn socket_in(path: &Path) -> Result<std::os::fd::OwnedFd, NetnsError> {
+    run_in(path, || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|e| io_err("socket(AF_INET, SOCK_STREAM)", e))?;
+        Ok(s.into())
+    })
 }
 
 /// Find a path that refers to the netns with this inode: `/run/netns/*` first, then

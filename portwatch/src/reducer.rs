@@ -76,6 +76,23 @@ impl Reducer {
         self.known.iter().map(|(k, v)| (k, &v.info))
     }
 
+    /// The buckets of one network namespace, ordered by key.
+    pub fn in_netns(&self, netns: u32) -> impl Iterator<Item = (&BucketKey, &BucketInfo)> {
+        let first = BucketKey { netns, l3mdev: i32::MIN, port: 0 };
+        let last = BucketKey { netns, l3mdev: i32::MAX, port: u16::MAX };
+        self.known.range(first..=last).map(|(k, v)| (k, &v.info))
+    }
+
+    /// The network namespaces with at least one known bucket, ascending.
+    pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut last = None;
+        self.known.keys().filter_map(move |k| {
+            let new = last != Some(k.netns);
+            last = Some(k.netns);
+            new.then_some(k.netns)
+        })
+    }
+
     /// The last known state of one bucket.
     pub fn get(&self, key: &BucketKey) -> Option<&BucketInfo> {
         self.known.get(key).map(|k| &k.info)
@@ -712,6 +729,7 @@ mod tests {
             }],
             truncated: false,
             slots: 65536,
+            ..Default::default()
         };
         let mut r2 = Reducer::new();
         assert_eq!(kinds(&r2.reconcile(&snap, Scope::ALL, 0)), [K::BucketCreated]);
@@ -740,6 +758,7 @@ mod tests {
             buckets: rows,
             truncated: false,
             slots: 65536,
+            ..Default::default()
         }
     }
 

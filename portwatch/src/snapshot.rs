@@ -2,21 +2,27 @@
 //! copy of the bind hash table; [`crate::decode::snapshot`] turns its records into a
 //! `model::Snapshot`. It sits below the backends: every backend's session has one, and
 //! the tracepoint backend uses its single-bucket lookup to re-read buckets after close().
+//! The same trigger reads a namespace's ephemeral range and reserved ports from its
+//! `struct net` ([`Snapshotter::ephemeral_range`]): no need to enter the namespace.
 //!
 //! The walk takes no kernel locks, exactly like the article's drgn script: a bucket that
 //! changes during the walk may be seen in either state, and a chain cut short is reported
 //! as truncation. Every walk is bounded.
+use std::os::fd::{AsRawFd, BorrowedFd};
+
 use aya::{
     maps::{Array, MapData, RingBuf},
     programs::TracePoint,
     Ebpf,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_TRIGGER_PID, SNAP_WALK};
+use portwatch_common::{
+    rec, snapflag, NetnsPorts, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_NETNS, SNAP_TRIGGER_PID, SNAP_WALK,
+};
 
 use crate::{
     bpf::{self, MapError, ProgramLookupError},
     decode::{decode_snap_record, DecodeError},
-    model::Snapshot,
+    model::{EphemeralRange, Snapshot},
 };
 
 /// The program that runs the walk, and what triggers it.
@@ -58,6 +64,20 @@ impl Default for SnapOptions {
     fn default() -> Self {
         SnapOptions { netns: 0, port: 0, verbose: false, max_chain: 4096, max_owners: 65536 }
     }
+}
+
+/// The network namespace whose ephemeral range is read.
+#[derive(Clone, Copy, Debug)]
+pub enum NetnsRef<'a> {
+    /// The caller's own.
+    Caller,
+    /// That of a socket of this process (e.g. one made in the namespace by a thread that
+    /// entered it).
+    Socket(BorrowedFd<'a>),
+    /// The `struct net` at this kernel address, as a walk or an event reported it
+    /// ([`Snapshot::nets`], `Event::net`); reading it checks that it still is the
+    /// namespace expected.
+    Kernel(u64),
 }
 
 /// The loaded trigger program and its ring buffer.
@@ -103,6 +123,30 @@ impl Snapshotter {
         let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, ..SnapRequest::default() };
         let (records, _) = self.request(ebpf, req)?;
         Ok(records.into_iter().find(|r| r.kind == rec::BUCKET))
+    }
+
+    /// The ephemeral range and reserved ports of a namespace, read from its `struct net`,
+    /// with its inode; `None` when it is gone (or its `struct net` now belongs to another
+    /// namespace than `expect`, when given) or its reserved ports could not be read.
+    pub fn ephemeral_range(
+        &mut self,
+        ebpf: &mut Ebpf,
+        netns: NetnsRef<'_>,
+        expect: Option<u32>,
+    ) -> Result<Option<(u32, EphemeralRange)>, SnapshotError> {
+        let (net, sock_fd) = match netns {
+            NetnsRef::Caller => (0, -1),
+            NetnsRef::Socket(fd) => (0, fd.as_raw_fd()),
+            NetnsRef::Kernel(net) => (net, -1),
+        };
+        let req = SnapRequest { mode: SNAP_NETNS, net, sock_fd, ..SnapRequest::default() };
+        self.request(ebpf, req)?;
+        let arr: Array<_, NetnsPorts> = bpf::map(ebpf, "NETNS_PORTS")?;
+        let raw = arr.get(&0, 0).map_err(bpf::access("NETNS_PORTS"))?;
+        if raw.seq != self.seq {
+            return Err(SnapshotError::NoReply);
+        }
+        Ok(crate::decode::ephemeral_range(&raw).filter(|(inode, _)| expect.is_none_or(|e| e == *inode)))
     }
 
     /// Writes the request, makes the trigger syscall, collects the records up to END.

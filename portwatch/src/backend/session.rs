@@ -6,7 +6,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
-use portwatch_common::{ArgPos, Config, Event, Layout, TpOffsets};
+use portwatch_common::{ArgPos, Config, ErrorKey, Event, Layout, TpOffsets};
 
 use super::{
     kernel_functions, object, tracefs, Attempt, Backend, BackendError, FixUp, ProbeChoice,
@@ -15,8 +15,8 @@ use crate::{
     bpf::{self, error_chain},
     decode::decode_event,
     kernel::Resolved,
-    model::Snapshot,
-    snapshot::{SnapOptions, Snapshotter},
+    model::{EphemeralRange, FailureCounts, Snapshot},
+    snapshot::{NetnsRef, SnapOptions, Snapshotter},
 };
 
 /// A snapshot ring for sessions that only look up single buckets.
@@ -211,6 +211,28 @@ impl ProbeSession {
     pub fn snapshot(&mut self, req: &SnapOptions) -> Result<Snapshot, BackendError> {
         Ok(self.snapshots.take(&mut self.ebpf, req)?)
     }
+
+    /// The ephemeral range and reserved ports of a namespace with its inode, read from the
+    /// kernel (see [`Snapshotter::ephemeral_range`]); `None` when it is gone or not the
+    /// namespace `expect`ed.
+    pub fn ephemeral_range(
+        &mut self,
+        netns: NetnsRef<'_>,
+        expect: Option<u32>,
+    ) -> Result<Option<(u32, EphemeralRange)>, BackendError> {
+        Ok(self.snapshots.ephemeral_range(&mut self.ebpf, netns, expect)?)
+    }
+
+    /// The failed bind()/connect() calls the kernel counted since the programs were loaded
+    /// (every backend counts where it sees a failure; see the eBPF crate's `errors.rs`).
+    pub fn failure_counts(&self) -> Result<FailureCounts, BackendError> {
+        let map: HashMap<_, ErrorKey, u64> = bpf::map(&self.ebpf, "ERRORS")?;
+        let entries = map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bpf::access("ERRORS"))?;
+        Ok(crate::decode::failure_counts(entries))
+    }
 }
 
 /// Tracepoint record offsets from tracefs.
@@ -250,6 +272,7 @@ fn load_object(
         let page = 4096;
         loader
             .map_max_entries("EVENTS", page)
+            .map_max_entries("ERRORS", 1)
             .map_max_entries("PENDING", 1)
             .map_max_entries("SOCKS", 1)
             .map_max_entries("PORTS", 1);
@@ -269,6 +292,9 @@ fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendErr
     };
     let mut arr: Array<_, Config> = bpf::map_mut(ebpf, "CONFIG")?;
     arr.set(0, cfg, 0).map_err(bpf::access("CONFIG"))?;
+    // The slot for failures that find the counter map full, made while there is room.
+    let mut errors: HashMap<_, ErrorKey, u64> = bpf::map_mut(ebpf, "ERRORS")?;
+    errors.insert(ErrorKey::MAP_FULL, 0, 0).map_err(bpf::access("ERRORS"))?;
     if !opts.ports.is_empty() {
         let mut ports: HashMap<_, u16, u8> = bpf::map_mut(ebpf, "PORTS")?;
         for p in &opts.ports {

@@ -7,9 +7,9 @@ use clap::Args;
 use portwatch::{
     backend::{ProbeChoice, ProbeSession, SessionOptions},
     decode,
-    model::{Scope, Snapshot, SocketEvent},
-    netns::{current_netns_inode, read_port_range_in, NetnsFilter, NetnsTarget},
-    snapshot::SnapOptions,
+    model::{EphemeralRange, Scope, Snapshot, SocketEvent},
+    netns::{current_netns_inode, netns_path_for_inode, socket_in, NetnsFilter},
+    snapshot::{NetnsRef, SnapOptions},
     views::top::{run_top, TopOptions, TopSource},
 };
 
@@ -50,6 +50,8 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 struct SessionSource {
     session: ProbeSession,
     snap: SnapOptions,
+    /// This process's netns.
+    own_netns: u32,
     header_netns: u32,
     header_path: Option<PathBuf>,
     summary: String,
@@ -73,12 +75,22 @@ impl TopSource for SessionSource {
         Ok(raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?)
     }
 
-    fn port_range(&mut self, netns: u32) -> Result<(u16, u16)> {
-        let r = match &self.header_path {
-            Some(p) if netns == self.header_netns => read_port_range_in(NetnsTarget::Path(p)),
-            _ => read_port_range_in(NetnsTarget::Inode(netns)),
+    /// Read by the kernel side from the namespace's `struct net`: this process's own
+    /// directly, another through a socket made in it for the occasion.
+    fn port_range(&mut self, netns: u32) -> Result<EphemeralRange> {
+        let read = if netns == self.own_netns {
+            self.session.ephemeral_range(NetnsRef::Caller, Some(netns))
+        } else {
+            let path = match &self.header_path {
+                Some(p) if netns == self.header_netns => p.clone(),
+                _ => netns_path_for_inode(netns)?,
+            };
+            let sock = socket_in(&path).with_context(|| format!("entering netns {netns} ({})", path.display()))?;
+            self.session.ephemeral_range(NetnsRef::Socket(std::os::fd::AsFd::as_fd(&sock)), Some(netns))
         };
-        r.with_context(|| format!("reading ip_local_port_range of netns {netns}"))
+        let read = read.with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
+        read.map(|(_, range)| range)
+            .with_context(|| format!("netns {netns} is gone, or its ip_local_reserved_ports could not be read"))
     }
 
     fn header_netns(&self) -> u32 {
@@ -116,6 +128,7 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     let mut src = SessionSource {
         session,
         snap: SnapOptions { netns: filter, port: a.port.unwrap_or(0), ..SnapOptions::default() },
+        own_netns: current_netns_inode().context("reading this process's netns")?,
         header_netns,
         header_path,
         summary,

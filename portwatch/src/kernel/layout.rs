@@ -174,6 +174,8 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
         }
     }
 
+    l.net_reserved_ports = btf.ptr_offset("net", "ipv4.sysctl_local_reserved_ports")?;
+
     // struct inet_hashinfo / inet_bind_hashbucket
     l.hashinfo_bhash = btf.ptr_offset("inet_hashinfo", "bhash")?;
     l.hashinfo_bhash_size = btf.int_offset("inet_hashinfo", "bhash_size", &[4])?.0;
@@ -363,6 +365,7 @@ mod tests {
             net_hashinfo: 320 + 64 + 64,
             net_port_range: 320 + 680,
             port_range_packed: 1,
+            net_reserved_ports: 320 + 704,
             hashinfo_bhash: 32,
             hashinfo_bhash_size: 56,
             bind_hashbucket_size: 16,

@@ -7,6 +7,8 @@
 mod bucket;
 mod errno;
 mod event;
+mod failures;
+mod ports;
 mod snapshot;
 mod tcp_state;
 mod transition;
@@ -14,6 +16,8 @@ mod transition;
 pub use bucket::{BucketInfo, BucketKey, Fastreuse, OwnerCount};
 pub use errno::{errno_or_zero, Errno};
 pub use event::{SeenBucket, SocketEvent};
+pub use failures::{FailureCount, FailureCounts};
+pub use ports::EphemeralRange;
 pub use snapshot::{AddrRow, BucketRow, OwnerRow, Scope, Snapshot};
 pub use tcp_state::TcpState;
 pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};

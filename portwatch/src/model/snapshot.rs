@@ -1,6 +1,9 @@
 //! A racy copy of the bind hash table and the part of it a walk covered.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +49,11 @@ pub struct Snapshot {
     pub truncated: bool,
     /// Slots of the bind hash table walked.
     pub slots: u32,
+    /// The kernel address of the `struct net` of each namespace with a bucket in the walk:
+    /// an identity, and the handle by which its ephemeral range is read
+    /// ([`crate::snapshot::NetnsRef::Kernel`]). Not part of any report.
+    #[serde(skip)]
+    pub nets: BTreeMap<u32, u64>,
 }
 
 /// The buckets a walk covered: one network namespace or all, one port or all. A bucket

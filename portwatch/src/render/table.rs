@@ -127,6 +127,7 @@ pub(crate) mod tests {
             buckets,
             truncated: false,
             slots: 65536,
+            ..Default::default()
         }
     }
 

@@ -21,6 +21,7 @@ pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
         buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![] }).collect(),
         truncated: false,
         slots: 65536,
+        ..Default::default()
     }
 }
 
