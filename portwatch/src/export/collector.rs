@@ -1,13 +1,17 @@
-//! The collection side of `portwatch export`: one thread owns the eBPF session, drains its
-//! events in the background, and answers scrape requests with a [`Sample`].
+//! The collection side of `portwatch export`: one thread owns the eBPF session, keeps the
+//! bucket states in the [`Reducer`] (fed with the events, drained in the background, and
+//! reconciled with rescans), and answers scrape requests with a [`Sample`].
 //!
-//! A scrape reads the kernel's counters and takes a bind-table rescan only when the last
-//! one is older than the rescan interval, so scrapes in quick succession never each pay
-//! for a full-table walk. HTTP requests reach this thread only through [`ScrapeHandle`]:
-//! whatever the HTTP side receives, collection goes on.
+//! A scrape is answered from the reducer's current state, the kernel's failure counters
+//! and each namespace's ephemeral range as last read: it never waits for a bind-table
+//! walk, except the very first one. After answering, the collector rescans the table if
+//! the last rescan is older than the rescan interval (and reads every namespace's range
+//! again), so scrapes in quick succession never each pay for a full-table walk. HTTP
+//! requests reach this thread only through [`ScrapeHandle`]: whatever the HTTP side
+//! receives, collection goes on.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -15,13 +19,23 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use super::{
-    exposition::{BuildInfo, NetnsSample, Sample},
+    exposition::{BuildInfo, NetnsSample, PortStates, Sample},
     netns_name::NetnsNamer,
 };
-use crate::{backend::ProbeSession, snapshot::SnapOptions};
+use crate::{
+    backend::ProbeSession,
+    decode,
+    model::{EphemeralRange, FailureCounts, Fastreuse, Op, Scope},
+    pressure::pressure,
+    reducer::Reducer,
+    snapshot::{NetnsRef, SnapOptions},
+};
 
 /// How often events are drained between scrapes (keeps the ring buffer from filling up).
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
+
+/// The fastreuse values every namespace reports, zero or not (series do not come and go).
+const FASTREUSE_VALUES: [Fastreuse; 3] = [Fastreuse(-1), Fastreuse(0), Fastreuse(1)];
 
 enum Request {
     Scrape(tokio::sync::oneshot::Sender<Result<Sample, String>>),
@@ -40,7 +54,8 @@ impl ScrapeHandle {
         self.tx
             .send(Request::Scrape(tx))
             .map_err(|_| "the collector thread has stopped".to_string())?;
-        rx.await.map_err(|_| "the collector thread has stopped".to_string())?
+        rx.await
+            .map_err(|_| "the collector thread has stopped".to_string())?
     }
 }
 
@@ -53,19 +68,38 @@ pub struct CollectorConfig {
     pub build: BuildInfo,
 }
 
+/// What is known of a namespace besides its buckets.
+#[derive(Debug, Default)]
+struct Namespace {
+    /// Kernel address of its `struct net` (from a walk or an event): how its range is read.
+    net: Option<u64>,
+    /// Its ephemeral range as last read.
+    range: Option<EphemeralRange>,
+}
+
 /// The collector's state, owned by its thread.
 pub struct Collector {
     session: ProbeSession,
     config: CollectorConfig,
     namer: NetnsNamer,
-    /// When the last rescan ran and the namespaces it found.
+    /// The bucket states: the one owner of them.
+    buckets: Reducer,
+    namespaces: BTreeMap<u32, Namespace>,
     last_scan: Option<Instant>,
-    namespaces: BTreeSet<u32>,
+    scratch: Vec<u8>,
 }
 
 impl Collector {
     pub fn new(session: ProbeSession, config: CollectorConfig, namer: NetnsNamer) -> Collector {
-        Collector { session, config, namer, last_scan: None, namespaces: BTreeSet::new() }
+        Collector {
+            session,
+            config,
+            namer,
+            buckets: Reducer::new(),
+            namespaces: BTreeMap::new(),
+            last_scan: None,
+            scratch: Vec::with_capacity(usize::from(u16::MAX) + 1),
+        }
     }
 
     /// Starts the collector thread; it ends (dropping the session, which detaches every
@@ -79,6 +113,9 @@ impl Collector {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Request>) {
+        if let Err(e) = self.rescan(Instant::now()) {
+            eprintln!("portwatch: {e:#}");
+        }
         loop {
             match rx.recv_timeout(DRAIN_EVERY) {
                 Ok(Request::Scrape(reply)) => {
@@ -88,6 +125,9 @@ impl Collector {
                     }
                     // The client may have gone away meanwhile; nothing to do then.
                     let _ = reply.send(sample);
+                    if let Err(e) = self.rescan_if_due(Instant::now()) {
+                        eprintln!("portwatch: {e:#}");
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Err(e) = self.drain() {
@@ -99,28 +139,117 @@ impl Collector {
         }
     }
 
-    /// Reads what the programs sent since the last call.
+    fn wanted(&self, netns: u32) -> bool {
+        netns != 0 && self.config.netns.is_none_or(|n| n == netns)
+    }
+
+    /// Applies what the programs sent since the last call to the bucket states; a
+    /// namespace seen for the first time gets its range read at once.
     fn drain(&mut self) -> Result<()> {
-        for ev in self.session.drain().context("reading the event ring buffer")? {
+        let events = self
+            .session
+            .drain()
+            .context("reading the event ring buffer")?;
+        let mut new = Vec::new();
+        for ev in &events {
             self.namer.saw_pid(ev.netns, ev.pid);
-            if self.config.netns.is_none_or(|n| n == ev.netns) && ev.netns != 0 {
-                self.namespaces.insert(ev.netns);
+            if !self.wanted(ev.netns) {
+                continue;
+            }
+            let ns = self.namespaces.entry(ev.netns).or_default();
+            if ev.net != 0 && ns.net != Some(ev.net) {
+                ns.net = Some(ev.net);
+                if ns.range.is_none() {
+                    new.push(ev.netns);
+                }
+            }
+            let typed = decode::socket_event(ev).context("decoding an event")?;
+            self.buckets.apply(&typed);
+        }
+        for netns in new {
+            self.read_range(netns)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the range of `netns` through its `struct net`; forgets a namespace that is
+    /// gone and holds no bucket.
+    fn read_range(&mut self, netns: u32) -> Result<()> {
+        let Some(net) = self.namespaces.get(&netns).and_then(|n| n.net) else {
+            return Ok(());
+        };
+        let read = self
+            .session
+            .ephemeral_range(NetnsRef::Kernel(net), Some(netns))
+            .with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
+        match read {
+            Some((_, range)) => {
+                if let Some(ns) = self.namespaces.get_mut(&netns) {
+                    ns.range = Some(range);
+                }
+            }
+            None if self.buckets.in_netns(netns).next().is_none() => {
+                self.namespaces.remove(&netns);
+            }
+            None => {
+                if let Some(ns) = self.namespaces.get_mut(&netns) {
+                    ns.net = None;
+                }
             }
         }
         Ok(())
     }
 
     fn rescan_if_due(&mut self, now: Instant) -> Result<()> {
-        if self.last_scan.is_some_and(|t| now.saturating_duration_since(t) < self.config.rescan_interval) {
+        if self
+            .last_scan
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.rescan_interval)
+        {
             return Ok(());
         }
-        let opts = SnapOptions { netns: self.config.netns.unwrap_or(0), ..SnapOptions::default() };
-        let snap = self.session.snapshot(&opts).context("rescanning the bind table")?;
-        self.namespaces = snap.buckets.iter().map(|b| b.key.netns).collect();
-        if let Some(n) = self.config.netns {
-            self.namespaces.insert(n);
+        self.rescan(now)
+    }
+
+    /// Walks the bind table, reconciles the bucket states with it and reads every known
+    /// namespace's range again (this process's own through itself).
+    fn rescan(&mut self, now: Instant) -> Result<()> {
+        self.drain()?;
+        let opts = SnapOptions {
+            netns: self.config.netns.unwrap_or(0),
+            ..SnapOptions::default()
+        };
+        let snap = self
+            .session
+            .snapshot(&opts)
+            .context("rescanning the bind table")?;
+        let ts_ns = crate::render::time::monotonic_now_ns().unwrap_or(0);
+        self.buckets.reconcile(
+            &snap,
+            Scope {
+                netns: self.config.netns,
+                port: None,
+            },
+            ts_ns,
+        );
+        for (&netns, &net) in &snap.nets {
+            if self.wanted(netns) {
+                self.namespaces.entry(netns).or_default().net = Some(net);
+            }
         }
         self.last_scan = Some(now);
+        let own = self
+            .session
+            .ephemeral_range(NetnsRef::Caller, None)
+            .context("reading this process's ephemeral port range")?;
+        if let Some((netns, range)) = own {
+            if self.wanted(netns) {
+                self.namespaces.entry(netns).or_default().range = Some(range);
+            }
+        }
+        let known: Vec<u32> = self.namespaces.keys().copied().collect();
+        for netns in known {
+            self.read_range(netns)?;
+        }
         Ok(())
     }
 
@@ -128,13 +257,73 @@ impl Collector {
     pub fn sample(&mut self) -> Result<Sample> {
         let start = Instant::now();
         self.drain()?;
-        self.rescan_if_due(start)?;
-        let namespaces = self
-            .namespaces
-            .iter()
-            .map(|&netns| NetnsSample { netns, name: self.namer.name(netns, start), ..NetnsSample::default() })
-            .collect();
-        let events_lost = self.session.dropped().context("reading the count of lost events")?;
-        Ok(Sample { build: self.config.build.clone(), events_lost, duration: start.elapsed(), namespaces })
+        if self.last_scan.is_none() {
+            self.rescan(start)?;
+        }
+        let failures = self
+            .session
+            .failure_counts()
+            .context("reading the kernel's failure counters")?;
+        let mut netns_set: BTreeSet<u32> = self.namespaces.keys().copied().collect();
+        netns_set.extend(self.buckets.namespaces());
+        netns_set.extend(failures.namespaces());
+        netns_set.extend(self.config.netns);
+        netns_set.retain(|&n| self.wanted(n));
+        let mut namespaces = Vec::with_capacity(netns_set.len());
+        for netns in netns_set {
+            let name = self.namer.name(netns, start);
+            namespaces.push(self.netns_sample(netns, name, &failures));
+        }
+        let events_lost = self
+            .session
+            .dropped()
+            .context("reading the count of lost events")?;
+        Ok(Sample {
+            build: self.config.build.clone(),
+            events_lost,
+            errors_unslotted: failures.unslotted,
+            duration: start.elapsed(),
+            namespaces,
+        })
+    }
+
+    fn netns_sample(
+        &mut self,
+        netns: u32,
+        name: Option<super::exposition::NetnsLabel>,
+        failures: &FailureCounts,
+    ) -> NetnsSample {
+        let range = self.namespaces.get(&netns).and_then(|n| n.range.as_ref());
+        let ports = range.map(|r| {
+            let p = pressure(self.buckets.in_netns(netns), netns, r, &mut self.scratch);
+            PortStates {
+                free: p.free,
+                shared: p.shared,
+                blocked: p.blocked,
+            }
+        });
+        let mut by_fastreuse: BTreeMap<Fastreuse, u64> =
+            FASTREUSE_VALUES.iter().map(|&f| (f, 0)).collect();
+        for (_, info) in self.buckets.in_netns(netns) {
+            *by_fastreuse.entry(info.fastreuse).or_default() += 1;
+        }
+        let errors = |op: Op| {
+            failures
+                .of(netns, op)
+                .map(|c| (c.errno.to_string(), c.count))
+                .collect()
+        };
+        NetnsSample {
+            netns,
+            name,
+            range_ports: range.map(EphemeralRange::usable),
+            ports,
+            buckets: by_fastreuse
+                .into_iter()
+                .map(|(f, n)| (f.to_string(), n))
+                .collect(),
+            bind_errors: errors(Op::Bind),
+            connect_errors: errors(Op::Connect),
+        }
     }
 }
