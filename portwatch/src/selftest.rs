@@ -121,6 +121,16 @@ impl Ctx<'_, '_> {
         self.check(ok, format!("port {port}: transitions {got:?}, expected {want:?}"));
     }
 
+    /// Checks the kernel's failure counters of `netns` against `want` (op, errno, count),
+    /// exactly: no other count may be there.
+    fn expect_failure_counts(&mut self, netns: u32, want: &[(Op, Errno, u64)]) -> anyhow::Result<()> {
+        let counts = self.obs.session().failure_counts()?;
+        let got: Vec<(Op, Errno, u64)> =
+            counts.counts.iter().filter(|c| c.netns == netns).map(|c| (c.op, c.errno, c.count)).collect();
+        self.check(got == want, format!("kernel failure counters of netns {netns}: {got:?}, expected {want:?}"));
+        Ok(())
+    }
+
     fn find(&self, port: u16, kind: TransitionKind) -> Option<&ScenarioTransition> {
         self.steps.iter().find(|s| s.port == port && s.kind == kind)
     }
@@ -222,6 +232,7 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
             f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRINUSE) && s.owners == 1 && s.fastreuse == Some(Fastreuse(0))),
             format!("bind_failed must carry errno 98 and the bucket 0/1, got {f:?}"),
         );
+        c.expect_failure_counts(ns.inode(), &[(Op::Bind, Errno::EADDRINUSE, 1)])?;
         Ok(Vec::new())
     }));
 
@@ -245,6 +256,7 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
             f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRNOTAVAIL) && s.fastreuse == Some(Fastreuse(0)) && s.owners == 1),
             format!("connect_failed must carry errno 99 and the bucket 0/1, got {f:?}"),
         );
+        c.expect_failure_counts(ns.inode(), &[(Op::Connect, Errno::EADDRNOTAVAIL, 1)])?;
         drop(s2);
         drop(s1);
         drop(l);
@@ -263,6 +275,40 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
         c.collect()?;
         // The article shows +1; 6.18 leaves 0 (bhash2 linked before the test): observed.
         Ok(vec![("fastreuse after SO_REUSEADDR bind".into(), fr)])
+    }));
+
+    scenarios.push(scenario(&mut obs, "ephemeral_range", (40000, 40009), &[], |ns, c| {
+        ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "40003,40005-40006,8080"))?
+            .map_err(|e| anyhow::anyhow!("writing ip_local_reserved_ports in the private netns: {e}"))?;
+        let held = tcp(ns)?;
+        held.bind(&addr("127.0.0.1:5000"))?;
+        let want = crate::model::EphemeralRange::new(40000, 40009, [40003, 40005, 40006]);
+        let session = c.obs.session();
+        let snap = session.snapshot(&crate::snapshot::SnapOptions { netns: ns.inode(), ..Default::default() })?;
+        let net = snap.nets.get(&ns.inode()).copied();
+        c.check(net.is_some(), format!("the walk must name the struct net of netns {}", ns.inode()));
+        let by_net = match net {
+            Some(net) => c.obs.session().ephemeral_range(crate::snapshot::NetnsRef::Kernel(net), Some(ns.inode()))?,
+            None => None,
+        };
+        c.check(
+            by_net.as_ref().map(|(_, r)| r) == Some(&want),
+            format!("range read through the walk's struct net: {by_net:?}, expected {want:?}"),
+        );
+        let sock = tcp(ns)?;
+        let by_socket = c.obs.session().ephemeral_range(
+            crate::snapshot::NetnsRef::Socket(std::os::fd::AsFd::as_fd(&sock)),
+            Some(ns.inode()),
+        )?;
+        c.check(
+            by_socket == Some((ns.inode(), want.clone())),
+            format!("range read through a socket of the netns: {by_socket:?}, expected {want:?}"),
+        );
+        // A struct net that is not the namespace expected reads as nothing.
+        let other = c.obs.session().ephemeral_range(crate::snapshot::NetnsRef::Kernel(net.unwrap_or(0)), Some(ns.inode() + 1))?;
+        c.check(other.is_none(), format!("a struct net of another netns must not pass for it: {other:?}"));
+        drop(held);
+        Ok(Vec::new())
     }));
 
     scenarios.push(timewait_purge(&mut obs, &backend));
