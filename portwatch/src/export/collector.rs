@@ -3,12 +3,13 @@
 //! reconciled with rescans), and answers scrape requests with a [`Sample`].
 //!
 //! A scrape is answered from the reducer's current state, the kernel's failure counters
-//! and each namespace's ephemeral range as last read: it never waits for a bind-table
-//! walk, except the very first one. After answering, the collector rescans the table if
-//! the last rescan is older than the rescan interval (and reads every namespace's range
-//! again), so scrapes in quick succession never each pay for a full-table walk. HTTP
-//! requests reach this thread only through [`ScrapeHandle`]: whatever the HTTP side
-//! receives, collection goes on.
+//! and each namespace's ephemeral range as last read. Bind-table walks run on the
+//! [`Walker`]'s thread: after answering a scrape, the collector asks for one if the last
+//! is older than the rescan interval, and reconciles the reducer with it (and reads every
+//! namespace's range again) once it is done. So scrapes in quick succession never each
+//! pay for a walk, and none waits for one but the very first. HTTP requests reach this
+//! thread only through [`ScrapeHandle`]: whatever the HTTP side receives, collection goes
+//! on.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,11 +22,12 @@ use anyhow::{Context as _, Result};
 use super::{
     exposition::{BuildInfo, NetnsSample, PortStates, Sample},
     netns_name::NetnsNamer,
+    walker::Walker,
 };
 use crate::{
     backend::ProbeSession,
     decode,
-    model::{EphemeralRange, FailureCounts, Fastreuse, Op, Scope},
+    model::{EphemeralRange, FailureCounts, Fastreuse, Op, Scope, Snapshot},
     pressure::pressure,
     reducer::Reducer,
     snapshot::{NetnsRef, SnapOptions},
@@ -80,19 +82,30 @@ struct Namespace {
 /// The collector's state, owned by its thread.
 pub struct Collector {
     session: ProbeSession,
+    /// A snapshot-only session for the walker thread.
+    walk_session: Option<ProbeSession>,
     config: CollectorConfig,
     namer: NetnsNamer,
     /// The bucket states: the one owner of them.
     buckets: Reducer,
     namespaces: BTreeMap<u32, Namespace>,
+    /// When the last walk was asked for; `None` until one was reconciled.
     last_scan: Option<Instant>,
     scratch: Vec<u8>,
 }
 
 impl Collector {
-    pub fn new(session: ProbeSession, config: CollectorConfig, namer: NetnsNamer) -> Collector {
+    /// A collector reading events and counters through `session` (which has the backend
+    /// attached) and walking the table through `walk_session` (snapshot only).
+    pub fn new(
+        session: ProbeSession,
+        walk_session: ProbeSession,
+        config: CollectorConfig,
+        namer: NetnsNamer,
+    ) -> Collector {
         Collector {
             session,
+            walk_session: Some(walk_session),
             config,
             namer,
             buckets: Reducer::new(),
@@ -102,31 +115,45 @@ impl Collector {
         }
     }
 
-    /// Starts the collector thread; it ends (dropping the session, which detaches every
-    /// program) once every [`ScrapeHandle`] is gone.
-    pub fn spawn(self) -> std::io::Result<(ScrapeHandle, std::thread::JoinHandle<()>)> {
+    /// Starts the collector thread (and the walker's); it ends (dropping the sessions,
+    /// which detaches every program) once every [`ScrapeHandle`] is gone.
+    pub fn spawn(mut self) -> std::io::Result<(ScrapeHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel();
+        let opts = SnapOptions {
+            netns: self.config.netns.unwrap_or(0),
+            ..SnapOptions::default()
+        };
+        let walker = match self.walk_session.take() {
+            Some(s) => Walker::spawn(s, opts)?,
+            None => return Err(std::io::Error::other("the collector was started twice")),
+        };
         let thread = std::thread::Builder::new()
             .name("portwatch-collect".into())
-            .spawn(move || self.run(rx))?;
+            .spawn(move || self.run(rx, walker))?;
         Ok((ScrapeHandle { tx }, thread))
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Request>) {
-        if let Err(e) = self.rescan(Instant::now()) {
-            eprintln!("portwatch: {e:#}");
-        }
+    fn run(mut self, rx: mpsc::Receiver<Request>, mut walker: Walker) {
+        // The first walk, before any scrape is answered.
+        self.rescan_now(&mut walker, Instant::now());
         loop {
             match rx.recv_timeout(DRAIN_EVERY) {
                 Ok(Request::Scrape(reply)) => {
+                    if self.last_scan.is_none() && !walker.pending() {
+                        self.rescan_now(&mut walker, Instant::now());
+                    }
                     let sample = self.sample().map_err(|e| format!("{e:#}"));
                     if let Err(e) = &sample {
                         eprintln!("portwatch: scrape failed: {e}");
                     }
                     // The client may have gone away meanwhile; nothing to do then.
                     let _ = reply.send(sample);
-                    if let Err(e) = self.rescan_if_due(Instant::now()) {
-                        eprintln!("portwatch: {e:#}");
+                    let now = Instant::now();
+                    let due = self.last_scan.is_none_or(|t| {
+                        now.saturating_duration_since(t) >= self.config.rescan_interval
+                    });
+                    if due && walker.request() {
+                        self.last_scan = Some(now);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -136,6 +163,31 @@ impl Collector {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            if let Some(walk) = walker.try_take() {
+                self.reconcile(walk);
+            }
+        }
+    }
+
+    /// Asks for a walk and waits for it.
+    fn rescan_now(&mut self, walker: &mut Walker, now: Instant) {
+        if walker.request() {
+            if let Some(walk) = walker.wait() {
+                self.reconcile(walk);
+                self.last_scan = Some(now);
+            }
+        } else {
+            eprintln!("portwatch: the walker thread has stopped");
+        }
+    }
+
+    /// Reconciles the reducer with a finished walk and reads the ranges again.
+    fn reconcile(&mut self, walk: Result<Snapshot, String>) {
+        let result = walk
+            .map_err(anyhow::Error::msg)
+            .and_then(|snap| self.apply_walk(&snap));
+        if let Err(e) = result {
+            eprintln!("portwatch: {e:#}");
         }
     }
 
@@ -200,43 +252,22 @@ impl Collector {
         Ok(())
     }
 
-    fn rescan_if_due(&mut self, now: Instant) -> Result<()> {
-        if self
-            .last_scan
-            .is_some_and(|t| now.saturating_duration_since(t) < self.config.rescan_interval)
-        {
-            return Ok(());
-        }
-        self.rescan(now)
-    }
-
-    /// Walks the bind table, reconciles the bucket states with it and reads every known
-    /// namespace's range again (this process's own through itself).
-    fn rescan(&mut self, now: Instant) -> Result<()> {
+    /// Makes the reducer agree with a walk (events drained first, so the walk has the
+    /// last word) and reads every known namespace's range again (this process's own
+    /// through itself).
+    fn apply_walk(&mut self, snap: &Snapshot) -> Result<()> {
         self.drain()?;
-        let opts = SnapOptions {
-            netns: self.config.netns.unwrap_or(0),
-            ..SnapOptions::default()
-        };
-        let snap = self
-            .session
-            .snapshot(&opts)
-            .context("rescanning the bind table")?;
         let ts_ns = crate::render::time::monotonic_now_ns().unwrap_or(0);
-        self.buckets.reconcile(
-            &snap,
-            Scope {
-                netns: self.config.netns,
-                port: None,
-            },
-            ts_ns,
-        );
+        let scope = Scope {
+            netns: self.config.netns,
+            port: None,
+        };
+        self.buckets.reconcile(snap, scope, ts_ns);
         for (&netns, &net) in &snap.nets {
             if self.wanted(netns) {
                 self.namespaces.entry(netns).or_default().net = Some(net);
             }
         }
-        self.last_scan = Some(now);
         let own = self
             .session
             .ephemeral_range(NetnsRef::Caller, None)
@@ -257,9 +288,6 @@ impl Collector {
     pub fn sample(&mut self) -> Result<Sample> {
         let start = Instant::now();
         self.drain()?;
-        if self.last_scan.is_none() {
-            self.rescan(start)?;
-        }
         let failures = self
             .session
             .failure_counts()
