@@ -113,6 +113,11 @@ fn systemd_unit_is_valid_and_not_root() {
     assert!(!ambient.contains("CAP_SYS_ADMIN"), "{ambient}");
     assert_eq!(value("NoNewPrivileges"), Some("yes"));
     assert!(value("ExecStart").is_some_and(|e| e.contains(" export")), "{unit}");
+    // The binary where the Debian package (which ships this unit) installs it.
+    let manifest = std::fs::read_to_string(repo_root().join("portwatch/Cargo.toml")).unwrap();
+    assert!(manifest.contains(r#"["target/release/portwatch", "usr/sbin/", "755"]"#), "the package's binary moved");
+    assert!(manifest.contains(r#"["../contrib/systemd/portwatch-export.service", "usr/lib/systemd/system/", "644"]"#));
+    assert!(value("ExecStart").is_some_and(|e| e.starts_with("/usr/sbin/portwatch ")), "{unit}");
     let Ok(analyze) = which("systemd-analyze") else {
         eprintln!("SKIPPED systemd-analyze verify: systemd-analyze not installed");
         return;
