@@ -148,6 +148,10 @@ layout_struct! {
     tb2_rcv_saddr: u32,
     /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
     owners_mode: u32,
+    /// `inet_connection_sock.icsk_bind_hash` (from the start of `struct sock`): the
+    /// bucket a socket holds, so an event after a successful bind/connect/listen/accept
+    /// reads it without searching the chain.
+    sk_bind_hash: u32,
     /// 1 when this layout was filled in by user space (the eBPF side refuses to run on
     /// the compiled-in placeholder).
     valid: u32,
@@ -194,6 +198,10 @@ pub mod flag {
     pub const PORT_FROM_RANGE: u16 = 1 << 6;
     /// The socket's own information (address, options) could be read.
     pub const SOCK_KNOWN: u16 = 1 << 7;
+    /// The event was sent before the kernel released the port (no later hook of the
+    /// backend runs after the release in this context): its bucket is not filled in and
+    /// must be read by user space after the event arrived.
+    pub const OBSERVE_LATER: u16 = 1 << 15;
 }
 
 /// The state of the bind bucket of (netns, port) as read after an operation.
@@ -404,6 +412,11 @@ pub struct Config {
     pub self_tgid: u32,
     /// Bound on the owner walk per event.
     pub max_owners: u32,
+    /// Events are submitted without waking the consumer (it drains on a timer) until this
+    /// many bytes wait in the ring; above it every submit wakes the consumer. 0: wake on
+    /// every submit.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -412,8 +425,13 @@ impl Config {
         filter_ports: 0,
         self_tgid: 0,
         max_owners: 4096,
+        wakeup_bytes: 0,
+        _pad: 0,
     };
 }
+
+/// Size of the event ring buffer unless user space asks for another (`EVENTS`).
+pub const EVENT_RING_BYTES: u32 = 1 << 22;
 
 /// Offsets of the tracepoint fields the programs read, from the tracepoints' `format`
 /// files in tracefs (global `TP`).
@@ -428,6 +446,9 @@ pub struct TpOffsets {
     pub set_state_skaddr: u32,
     pub set_state_newstate: u32,
     pub set_state_protocol: u32,
+    /// `tcp:tcp_destroy_sock`: offsets of `skaddr` and `sport` (host order).
+    pub destroy_skaddr: u32,
+    pub destroy_sport: u32,
     pub _pad: u32,
 }
 
@@ -438,6 +459,8 @@ impl TpOffsets {
         set_state_skaddr: NO_FIELD,
         set_state_newstate: NO_FIELD,
         set_state_protocol: NO_FIELD,
+        destroy_skaddr: NO_FIELD,
+        destroy_sport: NO_FIELD,
         _pad: 0,
     };
 }
@@ -487,8 +510,8 @@ const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 128);
 const _: () = assert!(core::mem::size_of::<SnapRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
-const _: () = assert!(core::mem::size_of::<TpOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<TpOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);
 const _: () = assert!(core::mem::size_of::<NetnsPorts>() == 32 + 8 * RESERVED_WORDS);
 const _: () = assert!(core::mem::size_of::<ErrorKey>() == 8);

@@ -1,13 +1,17 @@
 //! Building and sending events; shared by every hook family so all backends emit the
 //! same model.
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use portwatch_common::{flag, Config, Event};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    maps::ring_buf::RingBufEntry,
+};
+use portwatch_common::{flag, op, BucketState, Config, Event};
 
 use crate::{
     compat::port_range,
-    kernel::{net_inum, sock_info},
+    kernel::{held_bucket, net_inum, sock_info, tb_net_port, SockHead},
     maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
-    walk::lookup_bucket,
+    walk::{bucket_state, find_bucket},
 };
 
 /// The runtime configuration (defaults when user space has not written it).
@@ -36,11 +40,13 @@ pub fn port_wanted(cfg: &Config, port: u16) -> bool {
 }
 
 /// What an event is about.
-pub struct Subject {
+pub struct Subject<'a> {
     pub op: u8,
     pub hook: u8,
     /// The socket (0 when it is gone or unknown).
     pub sk: u64,
+    /// Its head, when the caller read it already (else read here).
+    pub head: Option<&'a SockHead>,
     pub net: u64,
     pub netns: u32,
     /// The port whose bucket is reported (0: none could be attributed).
@@ -51,97 +57,177 @@ pub struct Subject {
     pub anon: bool,
 }
 
+/// Writes one field of the event in the ring (`e`: `*mut Event` to reserved memory).
+/// Fields are written straight into the ring buffer: the verifier tracks that memory as
+/// one region, so paths that fill it differently still prune, where a copy built on the
+/// stack first makes every branch a new state (the 6.1 verifier then gives up).
+macro_rules! put {
+    ($e:ident . $($f:ident).+ = $v:expr) => {
+        // SAFETY: `$e` points at a reserved, exclusively owned ring-buffer slot of an
+        // Event's size; writing a field through a raw pointer needs no initialised value.
+        unsafe { core::ptr::addr_of_mut!((*$e).$($f).+).write($v) }
+    };
+}
+
 /// Finds the bucket of the subject's port, fills in an event and sends it. Counts a drop
 /// when the ring buffer is full.
 #[inline(always)]
 pub fn send(cfg: &Config, s: &Subject) {
-    let mut flags = s.flags;
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, exclusively owned ring-buffer slot big enough
-    // for an Event; every field is written before submit.
-    unsafe {
-        let e = &mut *ev;
-        *e = Event::default();
-        e.ts_ns = bpf_ktime_get_ns();
-        e.sock = s.sk;
-        e.net = s.net;
-        if !s.anon {
-            let pid_tgid = bpf_get_current_pid_tgid();
-            e.pid = (pid_tgid >> 32) as u32;
-            e.tid = pid_tgid as u32;
-            e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        }
-        e.netns = s.netns;
-        e.errno = s.errno;
-        e.port = s.port;
-        e.op = s.op;
-        e.hook = s.hook;
-        if s.sk != 0 {
-            let si = sock_info(s.sk);
-            e.family = si.family;
-            e.sk_state = si.state;
-            e.laddr = si.laddr;
-            e.raddr = si.raddr;
-            e.rport = si.rport;
-            // Flags by arithmetic, not branches (see read::zfield).
-            flags |= flag::SOCK_KNOWN
-                | (((si.reuse != 0) as u16) * flag::REUSEADDR)
-                | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
-                | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
-        }
-        flags |= with_bucket(e, s.net, s.port, cfg.max_owners);
-        e.flags = flags;
+    let e = entry.as_mut_ptr();
+    // A socket that just took its port points at the bucket: no chain to search.
+    let taken = s.errno == 0 && s.op != op::CLOSE && s.op != op::RELEASE && s.op != op::TIMEWAIT;
+    let held_by = if taken { s.sk } else { 0 };
+    // The bucket first: its walks are the costly part to verify, before other branches.
+    let flags = fill_bucket(e, s.flags, s.net, s.port, cfg.max_owners, held_by);
+    // SAFETY: the helper only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    put!(e.ts_ns = now);
+    put!(e.sock = s.sk);
+    put!(e.net = s.net);
+    put!(e.netns = s.netns);
+    put!(e.errno = s.errno);
+    put!(e.port = s.port);
+    put!(e.op = s.op);
+    put!(e.hook = s.hook);
+    put!(e._pad = [0; 1]);
+    if s.anon {
+        put!(e.pid = 0);
+        put!(e.tid = 0);
+        put!(e.comm = [0; 16]);
+    } else {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        put!(e.pid = (pid_tgid >> 32) as u32);
+        put!(e.tid = pid_tgid as u32);
+        put!(e.comm = bpf_get_current_comm().unwrap_or([0; 16]));
     }
-    entry.submit(0);
+    let mut sock_flags = 0u16;
+    if s.sk != 0 {
+        let read;
+        let head = match s.head {
+            Some(h) => h,
+            None => {
+                read = SockHead::read(s.sk);
+                &read
+            }
+        };
+        let si = sock_info(s.sk, head);
+        put!(e.family = si.family);
+        put!(e.sk_state = si.state);
+        put!(e.laddr = si.laddr);
+        put!(e.raddr = si.raddr);
+        put!(e.rport = si.rport);
+        // Flags by arithmetic, not branches (see read::zfield).
+        sock_flags = flag::SOCK_KNOWN
+            | (((si.reuse != 0) as u16) * flag::REUSEADDR)
+            | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
+            | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
+    } else {
+        put!(e.family = 0);
+        put!(e.sk_state = 0);
+        put!(e.laddr = [0; 16]);
+        put!(e.raddr = [0; 16]);
+        put!(e.rport = 0);
+    }
+    put!(e.flags = flags | sock_flags);
+    submit(cfg, entry);
 }
 
-/// Fills in the netns's port range and the bucket of (net, port); returns the flags
-/// that say what was found.
+/// Commits an event. Waking the consumer costs an irq_work (a self-IPI, which traps on
+/// virtual machines) per submit: the consumer drains on a short timer instead, and is
+/// woken only once `Config::wakeup_bytes` wait in the ring, before it can fill up.
 #[inline(always)]
-fn with_bucket(e: &mut Event, net: u64, port: u16, max_owners: u32) -> u16 {
+fn submit(cfg: &Config, entry: RingBufEntry<Event>) {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if waiting >= cfg.wakeup_bytes as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}
+
+/// Writes the netns's port range and the bucket of (net, port) into `e` and returns
+/// `flags` with the flags that say what was found; the bucket socket `held_by` holds,
+/// when not 0 and the right one, saves the search. An `OBSERVE_LATER` event gets no
+/// bucket: read now, it would still hold the leaving socket, so user space reads it
+/// after the release.
+#[inline(always)]
+fn fill_bucket(
+    e: *mut Event,
+    flags: u16,
+    net: u64,
+    port: u16,
+    max_owners: u32,
+    held_by: u64,
+) -> u16 {
     let (lo, hi) = port_range(net);
-    e.range_lo = lo;
-    e.range_hi = hi;
-    match lookup_bucket(net, port, max_owners) {
-        Some((b, truncated)) => {
-            e.bucket = b;
-            flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED)
-        }
-        None => 0,
+    put!(e.range_lo = lo);
+    put!(e.range_hi = hi);
+    put!(e.bucket = BucketState::default());
+    if flags & flag::OBSERVE_LATER != 0 {
+        return flags;
     }
+    let mut tb = 0;
+    if held_by != 0 {
+        let held = held_bucket(held_by);
+        if held != 0 && tb_net_port(held) == (net, port) {
+            tb = held;
+        }
+    }
+    if tb == 0 {
+        tb = find_bucket(net, port);
+    }
+    if tb == 0 {
+        return flags;
+    }
+    // One owner count for both ways of finding the bucket: each call site of a walk
+    // costs the verifier a full pass over it.
+    let (b, truncated) = bucket_state(tb, max_owners);
+    put!(e.bucket = b);
+    present(flags, truncated)
+}
+
+#[inline(always)]
+fn present(flags: u16, truncated: bool) -> u16 {
+    flags | flag::BUCKET_PRESENT | ((truncated as u16) * flag::OWNERS_TRUNCATED)
 }
 
 /// Sends an event on behalf of a socket we knew, with the attribution saved then
 /// (used where the kernel already cleared the socket's port, or in softirq context).
+/// `flags` adds to `HAD_PORT` (e.g. `OBSERVE_LATER`).
 #[inline(always)]
-pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution) {
+pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution, flags: u16) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_drop();
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: as in `send`.
-    unsafe {
-        let e = &mut *ev;
-        *e = Event::default();
-        e.ts_ns = bpf_ktime_get_ns();
-        e.sock = sk;
-        e.net = k.net;
-        e.pid = k.tgid;
-        e.tid = 0;
-        e.netns = k.netns;
-        e.port = k.port;
-        e.family = k.family;
-        e.op = op;
-        e.hook = hook;
-        e.comm = k.comm;
-        e.flags = flag::HAD_PORT | with_bucket(e, k.net, k.port, cfg.max_owners);
-    }
-    entry.submit(0);
+    let e = entry.as_mut_ptr();
+    let flags = fill_bucket(e, flag::HAD_PORT | flags, k.net, k.port, cfg.max_owners, 0);
+    // SAFETY: the helper only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    put!(e.ts_ns = now);
+    put!(e.sock = sk);
+    put!(e.net = k.net);
+    put!(e.pid = k.tgid);
+    put!(e.tid = 0);
+    put!(e.netns = k.netns);
+    put!(e.errno = 0);
+    put!(e.family = k.family);
+    put!(e.port = k.port);
+    put!(e.laddr = [0; 16]);
+    put!(e.raddr = [0; 16]);
+    put!(e.rport = 0);
+    put!(e.flags = flags);
+    put!(e.op = op);
+    put!(e.sk_state = 0);
+    put!(e.hook = hook);
+    put!(e._pad = [0; 1]);
+    put!(e.comm = k.comm);
+    submit(cfg, entry);
 }
 
 /// Remembers a socket that holds `port`, for attributing its later release.

@@ -6,7 +6,7 @@ use portwatch_common::BucketState;
 
 use crate::{
     compat,
-    read::{field, layout, rd, zbits, zfield},
+    read::{field, layout, rd, zbits, zfield, Window},
 };
 
 pub const AF_INET: u16 = 2;
@@ -54,13 +54,41 @@ pub fn sock_from_fd(fd: i64) -> Option<u64> {
     Some(sk)
 }
 
+/// Bytes of `struct sock` copied at once: `struct sock_common` (family, port, state,
+/// addresses, netns, reuse bits) is its start, and every event reads several of those.
+const SK_HEAD: usize = 96;
+
+/// The start of a socket (`struct sock_common`), read with one helper call.
+pub struct SockHead(Window<SK_HEAD>);
+
+impl SockHead {
+    #[inline(always)]
+    pub fn read(sk: u64) -> SockHead {
+        SockHead(Window::read(sk))
+    }
+
+    #[inline(always)]
+    pub fn family(&self) -> u16 {
+        self.0.get(layout!(sk_family))
+    }
+
+    /// The local port (`inet_num`, host order), 0 when the socket holds none.
+    #[inline(always)]
+    pub fn num(&self) -> u16 {
+        self.0.get(layout!(sk_num))
+    }
+
+    /// The socket's `struct net` (0 when unreadable).
+    #[inline(always)]
+    pub fn net(&self) -> u64 {
+        self.0.get(layout!(sk_net))
+    }
+}
+
 /// True for TCP sockets of family AF_INET/AF_INET6.
 #[inline(always)]
-pub fn is_tcp(sk: u64) -> bool {
-    let family: u16 = match field(sk, layout!(sk_family)) {
-        Some(f) => f,
-        None => return false,
-    };
+pub fn is_tcp(sk: u64, head: &SockHead) -> bool {
+    let family = head.family();
     if family != AF_INET && family != AF_INET6 {
         return false;
     }
@@ -105,30 +133,39 @@ pub struct SockInfo {
 }
 
 #[inline(always)]
-pub fn sock_info(sk: u64) -> SockInfo {
-    let family: u16 = zfield(sk, layout!(sk_family));
-    let rport_be: u16 = zfield(sk, layout!(sk_dport));
+pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
+    let h = &head.0;
+    let family: u16 = h.get(layout!(sk_family));
+    let rport_be: u16 = h.get(layout!(sk_dport));
     let mut laddr = [0u8; 16];
     let mut raddr = [0u8; 16];
     if family == AF_INET6 {
-        laddr = zfield(sk, layout!(sk_v6_rcv_saddr));
-        raddr = zfield(sk, layout!(sk_v6_daddr));
+        laddr = h.get(layout!(sk_v6_rcv_saddr));
+        raddr = h.get(layout!(sk_v6_daddr));
     } else {
-        let l: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
-        let r: [u8; 4] = zfield(sk, layout!(sk_daddr));
+        let l: [u8; 4] = h.get(layout!(sk_rcv_saddr));
+        let r: [u8; 4] = h.get(layout!(sk_daddr));
         laddr[..4].copy_from_slice(&l);
         raddr[..4].copy_from_slice(&r);
     }
+    // IP_BIND_ADDRESS_NO_PORT lives in inet_sock, beyond the head: read on its own.
+    let no_port = zbits(sk, layout!(inet_bind_address_no_port));
     SockInfo {
         family,
-        state: zfield(sk, layout!(sk_state)),
+        state: h.get(layout!(sk_state)),
         rport: u16::from_be(rport_be),
         laddr,
         raddr,
-        reuse: zbits(sk, layout!(sk_reuse)),
-        reuseport: zbits(sk, layout!(sk_reuseport)),
-        no_port: zbits(sk, layout!(inet_bind_address_no_port)),
+        reuse: h.bits(layout!(sk_reuse)),
+        reuseport: h.bits(layout!(sk_reuseport)),
+        no_port,
     }
+}
+
+/// The bucket socket `sk` holds (`icsk_bind_hash`), 0 when none or unreadable.
+#[inline(always)]
+pub fn held_bucket(sk: u64) -> u64 {
+    zfield(sk, layout!(sk_bind_hash))
 }
 
 /// The head of the bhash chain where (net, port) lives.
@@ -164,25 +201,48 @@ pub fn sk_of_bind_node(node: u64) -> u64 {
     node - layout!(sk_bind_node) as u64
 }
 
+/// Bytes of `struct inet_bind_bucket` copied at once: its netns, l3mdev, port and
+/// fastreuse pair lead the struct on every kernel portwatch supports.
+const TB_HEAD: usize = 16;
+
+/// The start of a bind bucket, read with one helper call.
+pub struct TbHead(Window<TB_HEAD>);
+
+impl TbHead {
+    #[inline(always)]
+    pub fn read(tb: u64) -> TbHead {
+        TbHead(Window::read(tb))
+    }
+
+    /// The bucket's netns (`struct net` address) and port, for matching a chain entry.
+    #[inline(always)]
+    pub fn net_port(&self) -> (u64, u16) {
+        (self.0.get(layout!(tb_net)), self.0.get(layout!(tb_port)))
+    }
+
+    /// Bucket `tb`'s state apart from its owner count (filled in by the caller).
+    #[inline(always)]
+    pub fn state(&self, tb: u64) -> BucketState {
+        BucketState {
+            tb,
+            owners: 0,
+            l3mdev: self.0.get(layout!(tb_l3mdev)),
+            port: self.0.get(layout!(tb_port)),
+            fastreuse: self.0.get(layout!(tb_fastreuse)),
+            fastreuseport: self.0.get(layout!(tb_fastreuseport)),
+            _pad: [0; 4],
+        }
+    }
+}
+
 /// The bucket's netns (`struct net` address) and port, for matching a chain entry.
 #[inline(always)]
 pub fn tb_net_port(tb: u64) -> (u64, u16) {
-    (
-        field(tb, layout!(tb_net)).unwrap_or(0),
-        field(tb, layout!(tb_port)).unwrap_or(0),
-    )
+    TbHead::read(tb).net_port()
 }
 
 /// Bucket `tb`'s state apart from its owner count (filled in by the caller).
 #[inline(always)]
 pub fn tb_state(tb: u64) -> BucketState {
-    BucketState {
-        tb,
-        owners: 0,
-        l3mdev: zfield(tb, layout!(tb_l3mdev)),
-        port: zfield(tb, layout!(tb_port)),
-        fastreuse: zfield(tb, layout!(tb_fastreuse)),
-        fastreuseport: zfield(tb, layout!(tb_fastreuseport)),
-        _pad: [0; 4],
-    }
+    TbHead::read(tb).state(tb)
 }

@@ -16,7 +16,7 @@ use crate::{
     compat::port_range,
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
     errors::count_failure,
-    kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num},
+    kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, SockHead},
     maps::{Pending, PENDING, SOCKS},
     read::{field, layout, layout_ready},
 };
@@ -49,15 +49,19 @@ fn take(hook_id: u64) -> Option<Pending> {
 /// Remembers `sk` (a TCP socket of a wanted netns) for the return side.
 #[inline(always)]
 fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
-    if !layout_ready() || sk == 0 || !is_tcp(sk) {
+    if !layout_ready() || sk == 0 {
         return None;
     }
-    let net = sk_net(sk)?;
+    let head = SockHead::read(sk);
+    if !is_tcp(sk, &head) {
+        return None;
+    }
+    let net = head.net();
     let netns = net_inum(net);
     if !netns_wanted(&config(), netns) {
         return None;
     }
-    let cur = sk_num(sk);
+    let cur = head.num();
     let p = Pending {
         sk,
         net,
@@ -99,6 +103,7 @@ fn report(hook: u8, p: &Pending, which: u8, port: u16, errno: i32, flags: u16, a
         op: which,
         hook,
         sk: p.sk,
+        head: None,
         net: p.net,
         netns: p.netns,
         port,
@@ -195,13 +200,14 @@ pub fn inherit_return(hook: u8, ret: i64) {
         // Attribute to the listener's owner; the child is remembered under its own
         // address for its later release.
         let _ = SOCKS.insert(p.sk, kk, 0);
-        send_known(&cfg, op::ACCEPT, hook, p.sk, &kk);
+        send_known(&cfg, op::ACCEPT, hook, p.sk, &kk, 0);
     } else {
         remember(p.sk, p.net, port, sk_family(p.sk));
         let s = Subject {
             op: op::ACCEPT,
             hook,
             sk: p.sk,
+            head: None,
             net: p.net,
             netns: p.netns,
             port,
@@ -233,7 +239,7 @@ pub fn put_port_return(hook: u8) {
     let known = unsafe { SOCKS.get(p.sk).copied() };
     let _ = SOCKS.remove(p.sk);
     match known {
-        Some(k) => send_known(&cfg, op::RELEASE, hook, p.sk, &k),
+        Some(k) => send_known(&cfg, op::RELEASE, hook, p.sk, &k, 0),
         None => release_anon(&cfg, hook, &p),
     }
 }
@@ -245,6 +251,7 @@ fn release_anon(cfg: &portwatch_common::Config, hook: u8, p: &Pending) {
         op: op::RELEASE,
         hook,
         sk: 0,
+        head: None,
         net: p.net,
         netns: p.netns,
         port: p.port,

@@ -3,7 +3,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{ArgPos, Config, ErrorKey, Layout, NetnsPorts, SnapRequest, TpOffsets};
+use portwatch_common::{
+    ArgPos, Config, ErrorKey, Layout, NetnsPorts, SnapRequest, TpOffsets, EVENT_RING_BYTES,
+};
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
 #[no_mangle]
@@ -27,7 +29,7 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Events to user space.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 
 /// Events that did not fit into `EVENTS` (per CPU, index 0).
 #[map]
@@ -43,6 +45,21 @@ pub static ERRORS: HashMap<ErrorKey, u64> = HashMap::with_max_entries(16384, 0);
 /// interrupted by a softirq running another hooked function on the same task).
 #[map]
 pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// The thread in close() on each CPU (`pid_tgid`, 0: none), set at `sys_enter_close`
+/// without reading anything (most closes are not of sockets) and read by
+/// `tcp:tcp_destroy_sock`, which fires in that close() when it frees a TCP socket.
+#[map]
+pub static CLOSING: PerCpuArray<CloseMark> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CloseMark {
+    pub pid_tgid: u64,
+    /// 1 when a destroyed socket of this close() waits in `PENDING` for the syscall's exit.
+    pub stashed: u32,
+    pub _pad: u32,
+}
 
 /// Sockets we reported, so a later release (where the kernel already cleared the port)
 /// can be attributed: socket address -> what we knew.

@@ -86,3 +86,57 @@ pub fn bits(base: u64, bf: BitField) -> Option<u64> {
     let word: u64 = rd(base + bf.byte_off as u64)?;
     Some((word >> bf.shift) & ((1u64 << bf.width) - 1))
 }
+
+/// `N` bytes of a kernel struct copied with one helper call: fields inside the copy are
+/// taken from it, fields beyond it (or missing) are read one by one as `zfield` would.
+/// One call for a struct's first bytes costs about as much as one call per field, so
+/// this divides the cost of reading several fields of one struct.
+pub struct Window<const N: usize> {
+    base: u64,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> Window<N> {
+    /// Copies `N` bytes at `base` (zeroes when the read faults).
+    #[inline(always)]
+    pub fn read(base: u64) -> Self {
+        let mut bytes = core::mem::MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: the helper writes exactly N bytes into `bytes`: the copy, or zeroes
+        // when the read faults; any source address is allowed.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                bytes.as_mut_ptr() as *mut c_void,
+                N as u32,
+                base as *const c_void,
+            );
+        }
+        Window {
+            base,
+            // SAFETY: fully written by the helper above.
+            bytes: unsafe { bytes.assume_init() },
+        }
+    }
+
+    /// The `T` at byte `off` of the struct (`NO_FIELD`: zero).
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, off: u32) -> T {
+        let size = core::mem::size_of::<T>();
+        if off != NO_FIELD && size <= N && (off as usize) <= N - size {
+            // SAFETY: `off + size <= N` (checked above): inside the copy; `T` is a plain
+            // integer or integer array, valid for any bytes.
+            unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(off as usize) as *const T) }
+        } else {
+            zfield(self.base, off)
+        }
+    }
+
+    /// A bit field (see `BitField`), 0 when absent.
+    #[inline(always)]
+    pub fn bits(&self, bf: BitField) -> u64 {
+        if bf.byte_off == NO_FIELD || bf.width == 0 || bf.width > 63 || bf.shift > 63 {
+            return 0;
+        }
+        let word: u64 = self.get(bf.byte_off);
+        (word >> bf.shift) & ((1u64 << bf.width) - 1)
+    }
+}

@@ -31,6 +31,10 @@ use crate::{
 /// Upper bound of loop iterations (the kernel's BPF_MAX_LOOPS is 1 << 23).
 const MAX_STEPS: u32 = 1 << 23;
 
+/// The tool reads the snapshot ring right after the walk returns in its own thread: no
+/// record needs to wake anyone.
+const NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
+
 /// State of a whole-table walk. Lives in per-CPU map memory (see `walk.rs`).
 #[repr(C)]
 pub struct TableWalk {
@@ -69,7 +73,7 @@ pub struct TableWalk {
 
 #[inline(always)]
 fn out(r: &SnapRecord, w: &mut TableWalk) {
-    if SNAP_RB.output::<SnapRecord>(r, 0).is_err() {
+    if SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_err() {
         w.truncated = 1;
     }
 }
@@ -271,7 +275,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
             kind: rec::END,
             ..SnapRecord::default()
         };
-        let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
+        let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
         return Some(());
     }
     let net = current_net()?;
@@ -342,7 +346,7 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         net: 0,
     };
     // If even END does not fit, user space sees no END and reports the walk as lost.
-    let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
+    let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
     Some(())
 }
 
@@ -373,7 +377,7 @@ fn lookup(req: &SnapRequest) {
             _pad: [0; 3],
             net: req.net,
         };
-        if SNAP_RB.output::<SnapRecord>(&r, 0).is_err() {
+        if SNAP_RB.output::<SnapRecord>(&r, NO_WAKEUP).is_err() {
             end_flags |= snapflag::WALK_TRUNCATED;
         }
     }
@@ -383,7 +387,7 @@ fn lookup(req: &SnapRequest) {
         flags: end_flags,
         ..SnapRecord::default()
     };
-    let _ = SNAP_RB.output::<SnapRecord>(&end, 0);
+    let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
 }
 
 #[tracepoint]

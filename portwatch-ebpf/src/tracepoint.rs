@@ -1,9 +1,21 @@
-//! The tracepoint backend: syscall enter/exit of bind, listen, connect, accept, accept4
-//! and close, plus `sock:inet_sock_set_state` for releases outside those syscalls.
-//! The enter hook resolves the fd to its socket and remembers what it saw; the exit hook
-//! counts a failed bind()/connect() (`errors.rs`) and reports the bucket of the port
-//! involved, looked up in the bind hash table.
+//! The tracepoint backend: syscall enter/exit of bind, listen, connect, accept and
+//! accept4, `sock:inet_sock_set_state` for releases when a connection closes, and
+//! `tcp:tcp_destroy_sock` with close()'s enter/exit for the release of a socket's port
+//! when the socket is freed.
+//!
+//! bind/connect/listen: the enter hook resolves the fd to its socket and remembers what
+//! it saw; the exit hook counts a failed bind()/connect() (`errors.rs`) and reports the
+//! bucket of the port involved, looked up in the bind hash table.
+//!
+//! close: `tcp_destroy_sock` fires only for TCP sockets, before `inet_put_port()`, with
+//! the socket and its port in the record, so the port filter applies before anything is
+//! read. Inside close() (marked per CPU by `sys_enter_close`, which reads nothing) it
+//! leaves the socket for `sys_exit_close`, which reads the bucket after the release.
+//! Elsewhere (process exit, a socket freed from softirq or after the syscall returned,
+//! dup2()) no hook of this backend runs after the release: the event is sent at once
+//! with `OBSERVE_LATER` and user space reads the bucket.
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
     programs::TracePointContext,
@@ -14,10 +26,14 @@ use crate::{
     compat::port_range,
     emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
     errors::count_failure,
-    kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, sock_from_fd, AF_INET, AF_INET6},
-    maps::{Pending, PENDING, SOCKS, TP},
+    kernel::{is_tcp, net_inum, sk_net, sk_num, sock_from_fd, SockHead, AF_INET, AF_INET6},
+    maps::{Pending, CLOSING, PENDING, SOCKS, TP},
     read::layout_ready,
 };
+
+/// Tag of a destroyed socket's entry in `PENDING` (key `pid_tgid ^ CLOSE_TAG`), apart
+/// from the bind/connect/listen entries of the same thread.
+const CLOSE_TAG: u64 = 1 << 63;
 
 const EINPROGRESS: i64 = 115;
 const TCP_CLOSE: i32 = 7;
@@ -51,7 +67,7 @@ fn ret(ctx: &TracePointContext) -> Option<i64> {
     unsafe { ctx.read_at::<i64>(off as usize).ok() }
 }
 
-/// Enter side shared by bind/connect/listen/close: remember the socket of `fd`.
+/// Enter side shared by bind/connect/listen: remember the socket of `fd`.
 #[inline(always)]
 fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     if !layout_ready() {
@@ -82,30 +98,21 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
                 op: which,
                 had_port: 0,
             };
-            return PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0).ok();
+            return PENDING.insert(bpf_get_current_pid_tgid(), p, 0).ok();
         }
     }
     let fd = arg(ctx, 0)? as i64;
     let sk = sock_from_fd(fd)?;
-    if !is_tcp(sk) {
+    let head = SockHead::read(sk);
+    if !is_tcp(sk, &head) {
         return None;
     }
-    let net = sk_net(sk)?;
+    let net = head.net();
     let netns = net_inum(net);
     if !netns_wanted(&cfg, netns) {
         return None;
     }
-    let cur = sk_num(sk);
-    if which == op::CLOSE {
-        if cur == 0 {
-            return None;
-        }
-        port = cur;
-        // The port is known now: a port filter applies here, before the map insert.
-        if !port_wanted(&cfg, port) {
-            return None;
-        }
-    }
+    let cur = head.num();
     let p = Pending {
         sk,
         net,
@@ -153,10 +160,9 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
 #[inline(always)]
 fn report(cfg: &Config, p: &Pending, which: u8, ok: bool, errno: i32) -> Option<()> {
     let mut flags = if p.had_port != 0 { flag::HAD_PORT } else { 0 };
-    let now = sk_num(p.sk);
-    let port = if which == op::CLOSE {
-        p.port
-    } else if ok {
+    let head = SockHead::read(p.sk);
+    let now = head.num();
+    let port = if ok {
         now
     } else if which == op::BIND && p.port != 0 {
         p.port
@@ -179,17 +185,18 @@ fn report(cfg: &Config, p: &Pending, which: u8, ok: bool, errno: i32) -> Option<
     if port != 0 && !port_wanted(cfg, port) {
         return None;
     }
-    if ok && which != op::CLOSE {
-        remember(p.sk, p.net, port, sk_family(p.sk));
-    }
-    if which == op::CLOSE {
-        let _ = SOCKS.remove(p.sk);
+    // Only sockets whose port can be released by a state change (connected, or
+    // listening without an explicit port) need their owner remembered for
+    // `inet_sock_set_state`; a bound socket's port is released when it is destroyed,
+    // where `tcp_destroy_sock` knows the owner.
+    if ok && which != op::BIND {
+        remember(p.sk, p.net, port, head.family());
     }
     let s = Subject {
         op: which,
         hook: hook::TRACEPOINT,
-        // After close the socket may be freed: do not read it.
-        sk: if which == op::CLOSE { 0 } else { p.sk },
+        sk: p.sk,
+        head: Some(&head),
         net: p.net,
         netns: p.netns,
         port,
@@ -205,10 +212,11 @@ fn report(cfg: &Config, p: &Pending, which: u8, ok: bool, errno: i32) -> Option<
 #[inline(always)]
 fn count_unresolved(cfg: &Config, fd: i64, which: u8, errno: i32) -> Option<()> {
     let sk = sock_from_fd(fd)?;
-    if !is_tcp(sk) {
+    let head = SockHead::read(sk);
+    if !is_tcp(sk, &head) {
         return None;
     }
-    let netns = net_inum(sk_net(sk)?);
+    let netns = net_inum(head.net());
     if netns_wanted(cfg, netns) {
         count_failure(netns, which, errno);
     }
@@ -251,15 +259,151 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Marks this CPU's thread as being in close(); reads nothing.
 #[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let _ = enter(&ctx, op::CLOSE);
+pub fn sys_enter_close(_ctx: TracePointContext) -> u32 {
+    if let Some(m) = CLOSING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; tracing programs do not nest on one CPU.
+        unsafe {
+            (*m).pid_tgid = bpf_get_current_pid_tgid();
+            (*m).stashed = 0;
+        }
+    }
     0
 }
 
+/// A TCP socket is being destroyed (`tcp_v4_destroy_sock()`, before `inet_put_port()`).
+#[inline(always)]
+fn destroyed(ctx: &TracePointContext) -> Option<()> {
+    if !layout_ready() {
+        return None;
+    }
+    let off_sk = tp_off!(destroy_skaddr);
+    let off_sport = tp_off!(destroy_sport);
+    if off_sk == NO_FIELD || off_sport == NO_FIELD {
+        return None;
+    }
+    // SAFETY: reads of the tracepoint record at offsets taken from its format.
+    let port: u16 = unsafe { ctx.read_at(off_sport as usize).ok()? };
+    let cfg = config();
+    if port == 0 || !port_wanted(&cfg, port) {
+        return None;
+    }
+    // SAFETY: as above.
+    let sk: u64 = unsafe { ctx.read_at(off_sk as usize).ok()? };
+    // `sport` outlives the port: a socket whose port a state change released already
+    // (reported by `inet_sock_set_state`) has none left here.
+    if sk_num(sk) != port {
+        return None;
+    }
+    let net = sk_net(sk)?;
+    let netns = net_inum(net);
+    if !netns_wanted(&cfg, netns) {
+        return None;
+    }
+    // SAFETY: copy out the value; the entry is removed right after.
+    let known = unsafe { SOCKS.get(sk).copied() };
+    if known.is_some() {
+        let _ = SOCKS.remove(sk);
+    }
+    let key = bpf_get_current_pid_tgid();
+    if let Some(m) = CLOSING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; tracing programs do not nest on one CPU.
+        let m = unsafe { &mut *m };
+        if m.pid_tgid == key {
+            let p = Pending {
+                sk,
+                net,
+                aux: 0,
+                netns,
+                port,
+                op: op::CLOSE,
+                had_port: 1,
+            };
+            if PENDING
+                .insert(key ^ CLOSE_TAG, p, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                m.stashed = 1;
+                return Some(());
+            }
+        }
+    }
+    match known {
+        Some(k) => send_known(
+            &cfg,
+            op::RELEASE,
+            hook::TRACEPOINT,
+            sk,
+            &k,
+            flag::OBSERVE_LATER,
+        ),
+        None => send(
+            &cfg,
+            &Subject {
+                op: op::RELEASE,
+                hook: hook::TRACEPOINT,
+                sk,
+                head: None,
+                net,
+                netns,
+                port,
+                errno: 0,
+                flags: flag::HAD_PORT | flag::OBSERVE_LATER,
+                anon: false,
+            },
+        ),
+    }
+    Some(())
+}
+
 #[tracepoint]
-pub fn sys_exit_close(ctx: TracePointContext) -> u32 {
-    let _ = exit(&ctx, op::CLOSE);
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    let _ = destroyed(&ctx);
+    0
+}
+
+/// close() returns: report the bucket of the socket it destroyed, now released.
+#[inline(always)]
+fn close_exit() -> Option<()> {
+    let key = bpf_get_current_pid_tgid();
+    let m = CLOSING.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; tracing programs do not nest on one CPU.
+    let m = unsafe { &mut *m };
+    if m.pid_tgid == key {
+        m.pid_tgid = 0;
+        if m.stashed == 0 {
+            return None;
+        }
+        m.stashed = 0;
+    }
+    // A socket is stashed, or this CPU's mark is another thread's (this thread may have
+    // moved to this CPU during close()): look for its entry.
+    let k = key ^ CLOSE_TAG;
+    // SAFETY: copy out the value; the entry is removed right after.
+    let p = unsafe { *PENDING.get(k)? };
+    let _ = PENDING.remove(k);
+    let cfg = config();
+    let s = Subject {
+        op: op::CLOSE,
+        hook: hook::TRACEPOINT,
+        // Freed by now: not to be read.
+        sk: 0,
+        head: None,
+        net: p.net,
+        netns: p.netns,
+        port: p.port,
+        errno: 0,
+        flags: flag::HAD_PORT,
+        anon: false,
+    };
+    send(&cfg, &s);
+    Some(())
+}
+
+#[tracepoint]
+pub fn sys_exit_close(_ctx: TracePointContext) -> u32 {
+    let _ = close_exit();
     0
 }
 
@@ -271,24 +415,26 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
     }
     let fd = ret(ctx)?;
     let sk = sock_from_fd(fd)?;
-    if !is_tcp(sk) {
+    let head = SockHead::read(sk);
+    if !is_tcp(sk, &head) {
         return None;
     }
-    let net = sk_net(sk)?;
+    let net = head.net();
     let netns = net_inum(net);
     let cfg = config();
     if !netns_wanted(&cfg, netns) {
         return None;
     }
-    let port = sk_num(sk);
+    let port = head.num();
     if port == 0 || !port_wanted(&cfg, port) {
         return None;
     }
-    remember(sk, net, port, sk_family(sk));
+    remember(sk, net, port, head.family());
     let s = Subject {
         op: op::ACCEPT,
         hook: hook::TRACEPOINT,
         sk,
+        head: Some(&head),
         net,
         netns,
         port,
@@ -312,9 +458,9 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `->TCP_CLOSE` fires after `inet_put_port()` released the port (the kernel has cleared
-/// the socket's port by then, hence the saved attribution). Covers releases no syscall
-/// of ours sees: RST, connect() failures, process exit of connected sockets.
+/// `->TCP_CLOSE` fires after `tcp_set_state()` released the port of a socket that did
+/// not bind it explicitly (the kernel has cleared the socket's port by then, hence the
+/// saved attribution): connections closed by close(), RST or timeout, in any context.
 #[inline(always)]
 fn set_state(ctx: &TracePointContext) -> Option<()> {
     if !layout_ready() {
@@ -340,12 +486,17 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = unsafe { ctx.read_at(off_sk as usize).ok()? };
     // SAFETY: copy out the value; the entry is removed right after.
     let k = unsafe { *SOCKS.get(sk)? };
+    // A port bound explicitly (SOCK_BINDPORT_LOCK, inherited by accepted sockets) stays
+    // until the socket is destroyed: `tcp_destroy_sock` reports that release.
+    if sk_num(sk) != 0 {
+        return None;
+    }
     let _ = SOCKS.remove(sk);
     let cfg = config();
     if !netns_wanted(&cfg, k.netns) || !port_wanted(&cfg, k.port) {
         return None;
     }
-    send_known(&cfg, op::RELEASE, hook::TRACEPOINT, sk, &k);
+    send_known(&cfg, op::RELEASE, hook::TRACEPOINT, sk, &k, 0);
     Some(())
 }
 

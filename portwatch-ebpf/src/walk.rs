@@ -230,8 +230,15 @@ pub fn lookup_bucket(net: u64, port: u16, max_owners: u32) -> Option<(BucketStat
     if tb == 0 {
         return None;
     }
-    let (owners, truncated) = count_owners(tb, max_owners);
+    Some(bucket_state(tb, max_owners))
+}
+
+/// The state of bucket `tb` with its owners counted; the flag says the count is a lower
+/// bound.
+#[inline(always)]
+pub fn bucket_state(tb: u64, max_owners: u32) -> (BucketState, bool) {
     let mut st = tb_state(tb);
+    let (owners, truncated) = count_owners(tb, max_owners);
     st.owners = owners;
-    Some((st, truncated))
+    (st, truncated)
 }

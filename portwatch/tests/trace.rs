@@ -222,3 +222,55 @@ fn ipv6_sockets_are_traced_with_their_addresses() {
     assert_eq!(failed.len(), 1, "{s}");
     assert_eq!(failed[0]["errno"], 98, "{s}");
 }
+
+/// A process that exits with a bound socket (no close()) releases the port when its
+/// files are closed at exit: the release is traced, attributed to that process.
+#[test]
+fn a_port_held_at_process_exit_is_released_and_traced() {
+    if !require_root("a_port_held_at_process_exit_is_released_and_traced") {
+        return;
+    }
+    let mut child_pid = 0;
+    let lines = traced((32768, 60999), &["--port", "7400"], |ns| {
+        child_pid = ns
+            .run(|| {
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 7400u16.to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: the child makes only async-signal-safe calls (socket, bind,
+                // _exit) and exits holding the bound socket; the parent waits for it.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+                if pid == 0 {
+                    // SAFETY: see above; `addr` is a valid sockaddr_in of the given size.
+                    unsafe {
+                        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                        let rc = libc::bind(
+                            fd,
+                            (&addr as *const libc::sockaddr_in).cast(),
+                            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                        );
+                        libc::_exit(if rc == 0 { 0 } else { 1 });
+                    }
+                }
+                let mut status = 0;
+                // SAFETY: waits for the child forked above.
+                let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+                assert_eq!(waited, pid);
+                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child's bind failed: {status}");
+                pid as u32
+            })
+            .expect("netns thread");
+    });
+    let s = summary(&lines);
+    let created = find(&lines, "bucket_created", 7400);
+    assert_eq!(created.len(), 1, "{s}");
+    assert_eq!(created[0]["op"], "bind", "{s}");
+    let destroyed = find(&lines, "bucket_destroyed", 7400);
+    assert_eq!(destroyed.len(), 1, "the release at exit is traced: {s}");
+    assert_eq!(destroyed[0]["pid"].as_u64(), Some(u64::from(child_pid)), "{s}");
+    assert_eq!(destroyed[0]["owners"], 0, "{s}");
+}

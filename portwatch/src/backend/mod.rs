@@ -23,7 +23,7 @@ use thiserror::Error;
 
 pub use self::{
     refusal::Refusal,
-    session::{ProbeSession, SessionOptions, LOOKUP_RING_BYTES},
+    session::{ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
 };
 use crate::{
     bpf::MapError,

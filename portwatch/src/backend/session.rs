@@ -6,7 +6,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     Ebpf, EbpfLoader,
 };
-use portwatch_common::{ArgPos, Config, ErrorKey, Event, Layout, TpOffsets};
+use portwatch_common::{ArgPos, Config, ErrorKey, Event, Layout, TpOffsets, EVENT_RING_BYTES};
 
 use super::{
     kernel_functions, object, tracefs, Attempt, Backend, BackendError, FixUp, ProbeChoice,
@@ -21,6 +21,15 @@ use crate::{
 
 /// A snapshot ring for sessions that only look up single buckets.
 pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
+
+/// How often a consumer drains the event ring: the programs do not wake it per event (see
+/// `Config::wakeup_bytes`), so it must drain on its own at least this often. Short enough
+/// to look immediate to a person, long enough that each drain takes a batch.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The programs wake the consumer once this fraction of the event ring waits to be read
+/// (an early warning: a consumer draining every `DRAIN_INTERVAL` rarely lets it get there).
+const WAKEUP_FRACTION: u32 = 4;
 
 /// Options for a session.
 #[derive(Clone, Debug)]
@@ -243,6 +252,8 @@ fn tp_offsets(root: &Path) -> Result<TpOffsets, BackendError> {
         set_state_skaddr: tracefs::field_offset(root, "sock", "inet_sock_set_state", "skaddr")?,
         set_state_newstate: tracefs::field_offset(root, "sock", "inet_sock_set_state", "newstate")?,
         set_state_protocol: tracefs::field_offset(root, "sock", "inet_sock_set_state", "protocol")?,
+        destroy_skaddr: tracefs::field_offset(root, "tcp", "tcp_destroy_sock", "skaddr")?,
+        destroy_sport: tracefs::field_offset(root, "tcp", "tcp_destroy_sock", "sport")?,
         _pad: 0,
     })
 }
@@ -284,11 +295,14 @@ fn load_object(
 }
 
 fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendError> {
+    let ring = opts.ring_bytes.unwrap_or(EVENT_RING_BYTES);
     let cfg = Config {
         netns: opts.netns,
         filter_ports: (!opts.ports.is_empty()) as u32,
         self_tgid: 0,
         max_owners: opts.max_owners,
+        wakeup_bytes: ring / WAKEUP_FRACTION,
+        _pad: 0,
     };
     let mut arr: Array<_, Config> = bpf::map_mut(ebpf, "CONFIG")?;
     arr.set(0, cfg, 0).map_err(bpf::access("CONFIG"))?;

@@ -1,8 +1,9 @@
-//! The tracepoint backend: syscall enter/exit tracepoints and `sock:inet_sock_set_state`
-//! (programs in `portwatch-ebpf/src/tracepoint.rs`), and its fix-up: close() events are
-//! re-read after the fact.
+//! The tracepoint backend: syscall enter/exit tracepoints, `sock:inet_sock_set_state` and
+//! `tcp:tcp_destroy_sock` (programs in `portwatch-ebpf/src/tracepoint.rs`), and its
+//! fix-up: a release the programs could only see before it happened is read after the
+//! fact.
 use aya::{programs::TracePoint, Ebpf};
-use portwatch_common::{flag, op, snapflag, Event};
+use portwatch_common::{flag, snapflag, Event};
 
 use super::{Backend, BackendError, Descriptor, FixUp, Refusal};
 use crate::{
@@ -14,11 +15,11 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     backend: Backend::Tracepoint,
     programs,
     attach,
-    fix_up: Some(reread_closes),
+    fix_up: Some(observe_releases),
 };
 
 /// (program, category, tracepoint, required).
-const TRACEPOINTS: [(&str, &str, &str, bool); 11] = [
+const TRACEPOINTS: [(&str, &str, &str, bool); 12] = [
     ("sys_enter_bind", "syscalls", "sys_enter_bind", true),
     ("sys_exit_bind", "syscalls", "sys_exit_bind", true),
     ("sys_enter_connect", "syscalls", "sys_enter_connect", true),
@@ -30,6 +31,7 @@ const TRACEPOINTS: [(&str, &str, &str, bool); 11] = [
     ("sys_exit_accept", "syscalls", "sys_exit_accept", false),
     ("sys_exit_accept4", "syscalls", "sys_exit_accept4", true),
     ("inet_sock_set_state", "sock", "inet_sock_set_state", true),
+    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock", true),
 ];
 
 fn programs() -> Vec<&'static str> {
@@ -61,62 +63,45 @@ fn attach(
     Ok(())
 }
 
-/// close() is reported at the syscall's exit; kernels before 6.15 release the socket
-/// after that (the final fput runs on the way back to user space), so a close event
-/// whose bucket still shows the port is followed by a re-read of that bucket, sent as a
-/// second close event when it changed.
-fn reread_closes(cx: &mut FixUp<'_>, events: Vec<Event>) -> Result<Vec<Event>, BackendError> {
-    if !events.iter().any(needs_reread) {
-        return Ok(events);
+/// `tcp:tcp_destroy_sock` fires before the kernel releases the socket's port; inside
+/// close() the release is read at the syscall's exit, but elsewhere (process exit, a
+/// socket freed from softirq or by a deferred final fput) no hook runs after it, and the
+/// event comes flagged `OBSERVE_LATER` without a bucket: its bucket is read now, when the
+/// release is done.
+fn observe_releases(
+    cx: &mut FixUp<'_>,
+    mut events: Vec<Event>,
+) -> Result<Vec<Event>, BackendError> {
+    for ev in events
+        .iter_mut()
+        .filter(|e| e.flags & flag::OBSERVE_LATER != 0)
+    {
+        observe(cx, ev)?;
     }
-    let mut merged = Vec::with_capacity(events.len() + 1);
-    for ev in events {
-        let again = if needs_reread(&ev) {
-            reread(cx, &ev)?
-        } else {
-            None
-        };
-        merged.push(ev);
-        merged.extend(again);
-    }
-    Ok(merged)
+    Ok(events)
 }
 
-fn needs_reread(ev: &Event) -> bool {
-    ev.op == op::CLOSE && ev.errno == 0 && ev.flags & flag::BUCKET_PRESENT != 0 && ev.net != 0
-}
-
-/// The event `ev` with its bucket read again now, if that differs.
-fn reread(cx: &mut FixUp<'_>, ev: &Event) -> Result<Option<Event>, BackendError> {
-    let now = cx
+/// Fills in the bucket of `ev`, read now.
+fn observe(cx: &mut FixUp<'_>, ev: &mut Event) -> Result<(), BackendError> {
+    ev.flags &= !(flag::OBSERVE_LATER | flag::BUCKET_PRESENT | flag::OWNERS_TRUNCATED);
+    ev.bucket = Default::default();
+    if ev.net == 0 {
+        return Ok(());
+    }
+    if let Some(r) = cx
         .snapshots
-        .lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?;
-    let mut again = *ev;
-    match now {
-        Some(r) => {
-            if r.addr == ev.bucket.tb
-                && r.owners == ev.bucket.owners
-                && r.fastreuse == ev.bucket.fastreuse
-                && r.fastreuseport == ev.bucket.fastreuseport
-            {
-                return Ok(None);
-            }
-            again.bucket.tb = r.addr;
-            again.bucket.owners = r.owners;
-            again.bucket.fastreuse = r.fastreuse;
-            again.bucket.fastreuseport = r.fastreuseport;
-            again.bucket.l3mdev = r.l3mdev;
-            again.flags |= flag::BUCKET_PRESENT;
-            if r.flags & snapflag::OWNERS_TRUNCATED != 0 {
-                again.flags |= flag::OWNERS_TRUNCATED;
-            } else {
-                again.flags &= !flag::OWNERS_TRUNCATED;
-            }
-        }
-        None => {
-            again.bucket = Default::default();
-            again.flags &= !flag::BUCKET_PRESENT;
+        .lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?
+    {
+        ev.bucket.tb = r.addr;
+        ev.bucket.owners = r.owners;
+        ev.bucket.fastreuse = r.fastreuse;
+        ev.bucket.fastreuseport = r.fastreuseport;
+        ev.bucket.l3mdev = r.l3mdev;
+        ev.bucket.port = r.port;
+        ev.flags |= flag::BUCKET_PRESENT;
+        if r.flags & snapflag::OWNERS_TRUNCATED != 0 {
+            ev.flags |= flag::OWNERS_TRUNCATED;
         }
     }
-    Ok(Some(again))
+    Ok(())
 }

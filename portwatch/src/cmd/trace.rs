@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, ProbeSession, SessionOptions, LOOKUP_RING_BYTES},
+    backend::{ProbeChoice, ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
     decode,
     reducer::Reducer,
     render::{
@@ -115,6 +115,9 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Res
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The programs wake us only when the ring is filling up: drain on a timer.
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     super::write_ready_file(a.ready_file.as_deref())?;
     // Test hook (tests/reliability.rs): panic once attached, to check that a crash leaves
     // no program behind. Not a user option.
@@ -145,6 +148,7 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Res
                     dropped_seen = d;
                 }
             }
+            _ = drain.tick() => {}
             guard = afd.readable() => {
                 let mut guard = guard.context("waiting for events")?;
                 guard.clear_ready();

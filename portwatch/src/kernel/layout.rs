@@ -206,6 +206,8 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
     l.sk_protocol_size = proto_size as u32;
     l.sk_type = btf.int_offset("sock", "sk_type", &[2])?.0;
     l.sk_socket = btf.ptr_offset("sock", "sk_socket")?;
+    // inet_connection_sock starts with inet_sock, which starts with sock.
+    l.sk_bind_hash = btf.ptr_offset("inet_connection_sock", "icsk_bind_hash")?;
     l.sk_reuse = btf.bitfield("sock", "__sk_common.skc_reuse")?;
     l.sk_reuseport = btf.bitfield("sock", "__sk_common.skc_reuseport")?;
     l.inet_bind_address_no_port = bind_address_no_port(btf, has(Id::InetFlags))?;
@@ -404,6 +406,7 @@ mod tests {
             tb2_v6_rcv_saddr: 16,
             tb2_rcv_saddr: NO_FIELD,
             owners_mode: OWNERS_ON_TB2,
+            sk_bind_hash: 1032,
             valid: 1,
         }
     }
@@ -879,6 +882,7 @@ mod tests {
         assert_eq!(l.sk_protocol_size, 2);
         assert!(l.bind_hashbucket_size > l.bind_hashbucket_chain);
         assert!(icsk_bind_hash != NO_FIELD);
+        assert_eq!(l.sk_bind_hash, icsk_bind_hash);
         for b in [
             btf.bitfield("sock", "sk_userlocks").unwrap(),
             l.sk_reuse,
