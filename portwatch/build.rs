@@ -1,6 +1,8 @@
 //! Builds the eBPF programs (crate `portwatch-ebpf`) with the nightly toolchain and
-//! bpf-linker when the `ebpf` feature is on; the object is embedded into the binary (see
-//! `src/backend/object.rs`). Also records, for `portwatch --version`, the git commit the
+//! bpf-linker when the `ebpf` feature is on, twice: with the `bpf_loop` walk driver
+//! (kernels 5.17+) and with the bounded-loop driver (feature `bounded`, older kernels).
+//! Both objects are embedded into the binary (see `src/backend/object.rs`); the loader
+//! picks one at run time. Also records, for `portwatch --version`, the git commit the
 //! binary is built from and the aya version it links.
 use std::{
     path::{Path, PathBuf},
@@ -23,19 +25,54 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (features of `portwatch-ebpf`, name of the object in OUT_DIR)
+#[cfg(feature = "ebpf")]
+const OBJECTS: [(&[&str], &str); 2] = [
+    (&[], "portwatch-bpf-loop"),
+    (&["bounded"], "portwatch-bounded"),
+];
+
 #[cfg(feature = "ebpf")]
 fn build_ebpf(workspace: &Path) -> anyhow::Result<()> {
     let root = workspace.join("portwatch-ebpf");
     let root_dir = root
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "portwatch-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    for (features, name) in OBJECTS {
+        aya_build::build_ebpf(
+            [aya_build::Package {
+                name: "portwatch-ebpf",
+                root_dir,
+                features,
+                ..Default::default()
+            }],
+            aya_build::Toolchain::default(),
+        )?;
+        // aya-build copies the binary target (named `portwatch`) into OUT_DIR.
+        std::fs::rename(out_dir.join("portwatch"), out_dir.join(name))?;
+        strip_debug(&out_dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// Removes the DWARF sections from an eBPF object. They are three quarters of its size
+/// and only debuggers read them; loading needs the `.BTF`/`.BTF.ext` sections, which
+/// `--strip-debug` keeps. llvm-strip comes with LLVM 22, the LLVM bpf-linker is built
+/// against.
+#[cfg(feature = "ebpf")]
+fn strip_debug(object: &Path) -> anyhow::Result<()> {
+    let tools = ["llvm-strip-22", "llvm-strip"];
+    for tool in tools {
+        match Command::new(tool).arg("--strip-debug").arg(object).status() {
+            Ok(s) if s.success() => return Ok(()),
+            Ok(s) => anyhow::bail!("`{tool} --strip-debug {}` failed ({s})", object.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => anyhow::bail!("running {tool}: {e}"),
+        }
+    }
+    anyhow::bail!(
+        "none of {tools:?} found: install the Debian package llvm-22 (`cargo xtask setup` does)"
     )
 }
 

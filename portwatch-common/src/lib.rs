@@ -146,6 +146,18 @@ layout_struct! {
     tb2_v6_rcv_saddr: u32,
     /// The IPv4 member of the address union, on kernels that have one.
     tb2_rcv_saddr: u32,
+    /// `sock.sk_userlocks` (a 4-bit bit field up to 6.11, a byte since).
+    sk_userlocks: BitField,
+    /// `SOCK_CONNECT_BIND`, the bit of `sk_userlocks` that marks a socket whose port
+    /// connect() chose, on kernels that keep it (d57f4b874946, 6.18); 0 elsewhere.
+    connect_bind_mask: u32,
+    /// `inet_timewait_sock.tw_connect_bind`: the same mark on TIME-WAIT sockets.
+    tw_connect_bind: BitField,
+    /// `inet_sock.local_port_range`: the socket's IP_LOCAL_PORT_RANGE as one u32
+    /// (lo | hi << 16, both as struct members before 6.8), 0 when unset.
+    inet_local_port_range: u32,
+    /// `inet_connection_sock.icsk_bind2_hash`: the socket's per-address bucket.
+    icsk_bind2_hash: u32,
     /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
     owners_mode: u32,
     /// `inet_connection_sock.icsk_bind_hash` (from the start of `struct sock`): the
@@ -198,6 +210,17 @@ pub mod flag {
     pub const PORT_FROM_RANGE: u16 = 1 << 6;
     /// The socket's own information (address, options) could be read.
     pub const SOCK_KNOWN: u16 = 1 << 7;
+    /// The bucket lookup gave up before the end of the hash chain (the walk's step
+    /// budget ran out): `BUCKET_PRESENT` unset means "not known", not "absent".
+    pub const LOOKUP_TRUNCATED: u16 = 1 << 8;
+    /// The kernel marks sockets whose port connect() chose (6.18+): `CONNECT_BOUND`
+    /// says whether this one is.
+    pub const CONNECT_BIND_KNOWN: u16 = 1 << 9;
+    /// The socket got its port from connect(), not bind() (`SOCK_CONNECT_BIND`).
+    pub const CONNECT_BOUND: u16 = 1 << 10;
+    /// `addr_fastreuse`/`addr_fastreuseport` hold the state of the socket's
+    /// per-address bucket (kernels where it has its own, 6.18+).
+    pub const ADDR_STATE: u16 = 1 << 11;
     /// The event was sent before the kernel released the port (no later hook of the
     /// backend runs after the release in this context): its bucket is not filled in and
     /// must be read by user space after the event arrived.
@@ -256,6 +279,12 @@ pub struct Event {
     pub hook: u8,
     pub _pad: [u8; 1],
     pub comm: [u8; 16],
+    /// The socket's IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when it set none.
+    pub local_port_range: u32,
+    /// State of the socket's per-address bucket (with `flag::ADDR_STATE`).
+    pub addr_fastreuse: i8,
+    pub addr_fastreuseport: i8,
+    pub _pad2: [u8; 2],
 }
 
 /// Records of a bind-table snapshot, tagged by `kind`.
@@ -277,6 +306,18 @@ pub mod snapflag {
     pub const WALK_TRUNCATED: u8 = 1 << 1;
     pub const REUSEADDR: u8 = 1 << 2;
     pub const REUSEPORT: u8 = 1 << 3;
+    /// END of one run of a walk that goes on in the next run: the run's step budget
+    /// was spent, the walk state is kept in the `SNAP_WALK` map; trigger again.
+    pub const WALK_MORE: u8 = 1 << 4;
+    /// END of a lookup that gave up before the end of the hash chain: no BUCKET record
+    /// means "not known", not "absent".
+    pub const LOOKUP_TRUNCATED: u8 = 1 << 5;
+    /// OWNER: the kernel marks sockets whose port connect() chose (6.18+), and
+    /// `CONNECT_BOUND` says whether this one is.
+    pub const CONNECT_BIND_KNOWN: u8 = 1 << 6;
+    /// OWNER: the socket got its port from connect() (`SOCK_CONNECT_BIND`,
+    /// `tw_connect_bind`).
+    pub const CONNECT_BOUND: u8 = 1 << 7;
 }
 
 /// One record of a snapshot walk.
@@ -299,6 +340,9 @@ pub struct SnapRecord {
     /// TCP state (OWNER).
     pub state: u8,
     pub _pad: [u8; 3],
+    /// OWNER: the socket's IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when it set none.
+    pub local_port_range: u32,
+    pub _pad2: u32,
     /// Kernel address of the bucket's `struct net` (BUCKET; identity only, and the handle
     /// a `SNAP_NETNS` request takes).
     pub net: u64,
@@ -400,6 +444,36 @@ impl ErrorKey {
     };
 }
 
+/// Step budgets of one program run, per walk, in the `WALK` global (set by user space
+/// when it loads the object). The object built with the bounded-loop walk driver loops
+/// at most this many times: the verifier explores a bounded loop iteration by
+/// iteration, so these bound the verification work on kernels without `bpf_loop`. The
+/// `bpf_loop` object takes its bounds from the requests and ignores these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct WalkBudget {
+    /// Owner walk of one bucket (per event and per bucket of a snapshot): owners plus,
+    /// on kernels with owners on per-address buckets, those buckets.
+    pub owner_steps: u32,
+    /// Buckets visited in one hash chain by a bucket lookup.
+    pub chain_steps: u32,
+    /// Steps of a whole-table walk per run (slots, buckets, owners); the walk resumes in
+    /// the next run.
+    pub snap_steps: u32,
+    pub _pad: u32,
+}
+
+impl WalkBudget {
+    /// The budget compiled into the object; user space always sets its own.
+    pub const UNSET: WalkBudget = WalkBudget {
+        owner_steps: 1,
+        chain_steps: 1,
+        snap_steps: 1,
+        _pad: 0,
+    };
+}
+
 /// Filter configuration of the event programs, in the `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,6 +559,13 @@ pub struct ArgPos {
     pub hashdance_sk: u32,
     /// `inet_twsk_bind_unhash(tw, hashinfo)`.
     pub bind_unhash_tw: u32,
+    /// Parameter counts of the functions whose return value an fexit program reads: the
+    /// trampoline stores it in the context slot after the parameters on every kernel
+    /// with fexit (`bpf_get_func_ret`, which finds it without the count, needs 5.17).
+    pub get_port_nargs: u32,
+    pub hash_connect_nargs: u32,
+    pub inherit_nargs: u32,
+    pub _pad: u32,
 }
 
 pub const NO_ARG: u32 = u32::MAX;
@@ -499,6 +580,10 @@ impl ArgPos {
         put_port_sk: NO_ARG,
         hashdance_sk: NO_ARG,
         bind_unhash_tw: NO_ARG,
+        get_port_nargs: NO_ARG,
+        hash_connect_nargs: NO_ARG,
+        inherit_nargs: NO_ARG,
+        _pad: 0,
     };
 }
 
@@ -507,12 +592,13 @@ pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
 
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
-const _: () = assert!(core::mem::size_of::<Event>() == 128);
-const _: () = assert!(core::mem::size_of::<SnapRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<Event>() == 136);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 32);
-const _: () = assert!(core::mem::size_of::<ArgPos>() == 32);
+const _: () = assert!(core::mem::size_of::<ArgPos>() == 48);
+const _: () = assert!(core::mem::size_of::<WalkBudget>() == 16);
 const _: () = assert!(core::mem::size_of::<NetnsPorts>() == 32 + 8 * RESERVED_WORDS);
 const _: () = assert!(core::mem::size_of::<ErrorKey>() == 8);
 
@@ -534,6 +620,8 @@ mod user {
     unsafe impl aya::Pod for TpOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ArgPos {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for WalkBudget {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NetnsPorts {}
     // SAFETY: as above.

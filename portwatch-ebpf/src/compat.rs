@@ -10,9 +10,10 @@
 //! fentry program attaches; moved members (such as `ns_common.inum`) are offsets.
 use portwatch_common::{NO_FIELD, OWNERS_ON_TB2};
 
-use crate::read::{field, layout, zfield};
+use crate::read::{field, layout, zbits, zfield};
 
 const AF_INET6: u16 = 10;
+const TCP_TIME_WAIT: u8 = 6;
 
 /// `sk_protocol`: a `u16` since "sock: Make sk_protocol a 16-bit value" (bf9765145b85,
 /// 5.6); user space refuses the older bit field, so only the width varies here.
@@ -60,30 +61,78 @@ pub fn owner_lists(tb: u64) -> (u64, u64) {
 /// a union (28044fc1d495, 6.1).
 #[inline(always)]
 pub fn tb2_address(tb2: u64) -> (u16, [u8; 16]) {
-    let mut addr = [0u8; 16];
     if layout!(tb2_addr_mapped) == 1 {
-        addr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
-        return (AF_INET6, addr);
+        return (AF_INET6, zfield(tb2, layout!(tb2_v6_rcv_saddr)));
     }
-    let family: u16 = field(tb2, layout!(tb2_family)).unwrap_or(0);
-    if family == AF_INET6 {
-        addr = field(tb2, layout!(tb2_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field::<[u8; 4]>(tb2, layout!(tb2_rcv_saddr)) {
-        addr[..4].copy_from_slice(&a);
-    }
+    let family: u16 = zfield(tb2, layout!(tb2_family));
+    let addr = if family == AF_INET6 {
+        zfield(tb2, layout!(tb2_v6_rcv_saddr))
+    } else {
+        let a: [u8; 4] = zfield(tb2, layout!(tb2_rcv_saddr));
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
     (family, addr)
 }
 
-/// `(fastreuse, fastreuseport)` of per-address bucket `tb2`, `None` on kernels where
-/// only the port's bucket has them. "tcp: Update bind bucket state on port release"
-/// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` its own pair.
+/// `(known, fastreuse, fastreuseport)` of per-address bucket `tb2`, known on kernels
+/// where it has its own pair: "tcp: Update bind bucket state on port release"
+/// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` one. Branch-free (see
+/// `sk_addr_fastreuse`).
 #[inline(always)]
-pub fn tb2_fastreuse(tb2: u64) -> Option<(i8, i8)> {
-    if layout!(tb2_fastreuse) == NO_FIELD {
-        return None;
+pub fn tb2_fastreuse(tb2: u64) -> (bool, i8, i8) {
+    (
+        layout!(tb2_fastreuse) != NO_FIELD,
+        zfield(tb2, layout!(tb2_fastreuse)),
+        zfield(tb2, layout!(tb2_fastreuseport)),
+    )
+}
+
+/// Whether the kernel marks sockets whose port connect() chose. "tcp: Update bind bucket
+/// state on port release" (d57f4b874946, 6.18) added `SOCK_CONNECT_BIND` to
+/// `sk_userlocks` and `tw_connect_bind` to TIME-WAIT sockets; user space passes the bit
+/// (0 on kernels without it).
+#[inline(always)]
+pub fn connect_bind_known() -> bool {
+    let m = layout!(connect_bind_mask);
+    m != 0 && m != NO_FIELD
+}
+
+/// Whether socket `sk` (in TCP state `state`) got its port from connect(): the mark of
+/// d57f4b874946 (see `connect_bind_known`), on a full socket or a TIME-WAIT one.
+#[inline(always)]
+pub fn connect_bound(sk: u64, state: u8) -> bool {
+    if state == TCP_TIME_WAIT {
+        zbits(sk, layout!(tw_connect_bind)) != 0
+    } else {
+        zbits(sk, layout!(sk_userlocks)) & u64::from(layout!(connect_bind_mask)) != 0
     }
-    Some((
-        field(tb2, layout!(tb2_fastreuse)).unwrap_or(0),
-        field(tb2, layout!(tb2_fastreuseport)).unwrap_or(0),
-    ))
+}
+
+/// The socket's own ephemeral port range, IP_LOCAL_PORT_RANGE (lo | hi << 16; 0 when it
+/// set none or the kernel has none). "inet: Add IP_LOCAL_PORT_RANGE socket option"
+/// (91d0b78c5177, 6.3, backported to 6.1.31) added `inet_sock.local_port_range` as a
+/// `{ u16 lo, hi }` pair; 6.8 made it one u32 of the same bytes. A TIME-WAIT socket has
+/// no `inet_sock` part: 0.
+#[inline(always)]
+pub fn socket_port_range(sk: u64, state: u8) -> u32 {
+    if state == TCP_TIME_WAIT {
+        return 0;
+    }
+    zfield(sk, layout!(inet_local_port_range))
+}
+
+/// `(known, fastreuse, fastreuseport)` of the per-address bucket socket `sk` is on
+/// (`icsk_bind2_hash`), known on kernels where it has its own pair (d57f4b874946, 6.18;
+/// see `tb2_fastreuse`). Read without branching on the outcome (see `read::zfield`):
+/// values kept on one path only would be stack slots some paths never wrote, which the
+/// verifier of older kernels refuses to read back.
+#[inline(always)]
+pub fn sk_addr_fastreuse(sk: u64) -> (bool, i8, i8) {
+    let has = layout!(tb2_fastreuse) != NO_FIELD && layout!(icsk_bind2_hash) != NO_FIELD;
+    let tb2: u64 = zfield(sk, layout!(icsk_bind2_hash));
+    (
+        has && tb2 != 0,
+        zfield(tb2, layout!(tb2_fastreuse)),
+        zfield(tb2, layout!(tb2_fastreuseport)),
+    )
 }

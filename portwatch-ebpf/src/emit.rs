@@ -8,10 +8,10 @@ use aya_ebpf::{
 use portwatch_common::{flag, op, BucketState, Config, Event};
 
 use crate::{
-    compat::port_range,
+    compat::{self, port_range},
     kernel::{held_bucket, net_inum, sock_info, tb_net_port, SockHead},
     maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
-    walk::{bucket_state, find_bucket},
+    walk::{bucket_state, find_bucket, Found},
 };
 
 /// The runtime configuration (defaults when user space has not written it).
@@ -121,17 +121,28 @@ pub fn send(cfg: &Config, s: &Subject) {
         put!(e.raddr = si.raddr);
         put!(e.rport = si.rport);
         // Flags by arithmetic, not branches (see read::zfield).
+        let (addr_known, addr_fr, addr_frp) = si.addr_state;
         sock_flags = flag::SOCK_KNOWN
             | (((si.reuse != 0) as u16) * flag::REUSEADDR)
             | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
-            | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT);
+            | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT)
+            | ((compat::connect_bind_known() as u16) * flag::CONNECT_BIND_KNOWN)
+            | ((si.connect_bound as u16) * flag::CONNECT_BOUND)
+            | ((addr_known as u16) * flag::ADDR_STATE);
+        put!(e.local_port_range = si.port_range);
+        put!(e.addr_fastreuse = addr_fr);
+        put!(e.addr_fastreuseport = addr_frp);
     } else {
         put!(e.family = 0);
         put!(e.sk_state = 0);
         put!(e.laddr = [0; 16]);
         put!(e.raddr = [0; 16]);
         put!(e.rport = 0);
+        put!(e.local_port_range = 0);
+        put!(e.addr_fastreuse = 0);
+        put!(e.addr_fastreuseport = 0);
     }
+    put!(e._pad2 = [0; 2]);
     put!(e.flags = flags | sock_flags);
     submit(cfg, entry);
 }
@@ -179,10 +190,11 @@ fn fill_bucket(
         }
     }
     if tb == 0 {
-        tb = find_bucket(net, port);
-    }
-    if tb == 0 {
-        return flags;
+        match find_bucket(net, port) {
+            Found::Bucket(found) => tb = found,
+            Found::Absent => return flags,
+            Found::Unknown => return flags | flag::LOOKUP_TRUNCATED,
+        }
     }
     // One owner count for both ways of finding the bucket: each call site of a walk
     // costs the verifier a full pass over it.
@@ -227,6 +239,10 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution, flag
     put!(e.hook = hook);
     put!(e._pad = [0; 1]);
     put!(e.comm = k.comm);
+    put!(e.local_port_range = 0);
+    put!(e.addr_fastreuse = 0);
+    put!(e.addr_fastreuseport = 0);
+    put!(e._pad2 = [0; 2]);
     submit(cfg, entry);
 }
 

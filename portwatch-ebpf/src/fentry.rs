@@ -48,12 +48,24 @@ fn arg<const N: u32>(ctx: &FEntryContext, n: u32) -> Option<u64> {
     Some(core::hint::black_box(ctx.arg::<u64>(3)))
 }
 
+/// The return value of the traced function: the context slot after its `nargs`
+/// parameters, where the trampoline stores it on every kernel with fexit (5.5+). aya's
+/// `FExitContext::ret` calls `bpf_get_func_ret`, which only exists from 5.17. `nargs`
+/// comes from BTF through .rodata: the verifier sees one constant context offset, and
+/// each candidate slot is loaded at a constant offset (see `arg`). Return values here are
+/// `int`: the low 32 bits, sign-extended; -1 when the count is unknown.
 #[inline(always)]
-fn ret(ctx: &FExitContext) -> i64 {
-    match ctx.ret::<u64>() {
-        Ok(v) => v as i32 as i64,
-        Err(_) => -1,
-    }
+fn ret(ctx: &FExitContext, nargs: u32) -> i64 {
+    let v: u64 = match nargs {
+        1 => core::hint::black_box(ctx.arg::<u64>(1)),
+        2 => core::hint::black_box(ctx.arg::<u64>(2)),
+        3 => core::hint::black_box(ctx.arg::<u64>(3)),
+        4 => core::hint::black_box(ctx.arg::<u64>(4)),
+        5 => core::hint::black_box(ctx.arg::<u64>(5)),
+        6 => core::hint::black_box(ctx.arg::<u64>(6)),
+        _ => return -1,
+    };
+    v as i32 as i64
 }
 
 #[fentry(function = "inet_csk_get_port")]
@@ -69,7 +81,7 @@ pub fn fe_get_port(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_csk_get_port")]
 pub fn fx_get_port(ctx: FExitContext) -> u32 {
-    hooks::get_port_return(FENTRY, ret(&ctx));
+    hooks::get_port_return(FENTRY, ret(&ctx, argpos!(get_port_nargs)));
     0
 }
 
@@ -83,7 +95,7 @@ pub fn fe_hash_connect(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn fx_hash_connect(ctx: FExitContext) -> u32 {
-    hooks::hash_connect_return(FENTRY, ret(&ctx));
+    hooks::hash_connect_return(FENTRY, ret(&ctx, argpos!(hash_connect_nargs)));
     0
 }
 
@@ -100,7 +112,7 @@ pub fn fe_inherit(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "__inet_inherit_port")]
 pub fn fx_inherit(ctx: FExitContext) -> u32 {
-    hooks::inherit_return(FENTRY, ret(&ctx));
+    hooks::inherit_return(FENTRY, ret(&ctx, argpos!(inherit_nargs)));
     0
 }
 

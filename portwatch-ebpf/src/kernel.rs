@@ -130,12 +130,18 @@ pub struct SockInfo {
     pub reuse: u64,
     pub reuseport: u64,
     pub no_port: u64,
+    pub connect_bound: bool,
+    /// IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when unset.
+    pub port_range: u32,
+    /// The per-address bucket's own state: (known, fastreuse, fastreuseport).
+    pub addr_state: (bool, i8, i8),
 }
 
 #[inline(always)]
 pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
     let h = &head.0;
     let family: u16 = h.get(layout!(sk_family));
+    let state: u8 = h.get(layout!(sk_state));
     let rport_be: u16 = h.get(layout!(sk_dport));
     let mut laddr = [0u8; 16];
     let mut raddr = [0u8; 16];
@@ -152,13 +158,16 @@ pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
     let no_port = zbits(sk, layout!(inet_bind_address_no_port));
     SockInfo {
         family,
-        state: h.get(layout!(sk_state)),
+        state,
         rport: u16::from_be(rport_be),
         laddr,
         raddr,
         reuse: h.bits(layout!(sk_reuse)),
         reuseport: h.bits(layout!(sk_reuseport)),
         no_port,
+        connect_bound: compat::connect_bound(sk, state),
+        port_range: compat::socket_port_range(sk, state),
+        addr_state: compat::sk_addr_fastreuse(sk),
     }
 }
 

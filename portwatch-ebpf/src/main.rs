@@ -10,6 +10,7 @@
 //! - `kernel.rs`: typed accessors over the kernel structs;
 //! - `compat.rs`: one helper per kernel change, each naming its commit;
 //! - `walk.rs`: the bounded owner and chain walks (cursors and step functions);
+//! - `drive.rs`: the walk drivers (`bpf_loop`, or bounded loops: feature `bounded`);
 //! - `emit.rs`: building and sending events (every backend emits the same model);
 //! - `errors.rs`: the in-kernel counters of failed bind()/connect() calls;
 //! - `maps.rs`: globals and maps.
@@ -21,6 +22,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod compat;
+#[cfg(target_arch = "bpf")]
+mod drive;
 #[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]

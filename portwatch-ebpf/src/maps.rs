@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    ArgPos, Config, ErrorKey, Layout, NetnsPorts, SnapRequest, TpOffsets, EVENT_RING_BYTES,
+    ArgPos, Config, ErrorKey, Layout, NetnsPorts, SnapRequest, TpOffsets, WalkBudget,
+    EVENT_RING_BYTES,
 };
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
@@ -18,6 +19,11 @@ pub static TP: TpOffsets = TpOffsets::UNSET;
 /// Argument positions of hooked kernel functions, from BTF.
 #[no_mangle]
 pub static ARGS: ArgPos = ArgPos::UNSET;
+
+/// Step budgets of the bounded-loop walk driver (`drive.rs`), chosen by user space when
+/// it loads the object.
+#[no_mangle]
+pub static WALK: WalkBudget = WalkBudget::UNSET;
 
 /// Runtime filters (index 0), changeable while attached.
 #[map]
@@ -79,16 +85,17 @@ pub static SNAP_RB: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
 #[map]
 pub static NETNS_PORTS: Array<NetnsPorts> = Array::with_max_entries(1, 0);
 
-/// Scratch space of the bounded walks (one slot per CPU). Walk state lives in map memory,
-/// not on the stack: the verifier then treats counters as unknown values and the
-/// `bpf_loop` callbacks converge instead of being explored value by value. Tracing
-/// programs do not nest on one CPU (`bpf_prog_active`), so one slot per CPU suffices.
+/// State of the walks within one program run (see `drive.rs`), one slot per CPU:
+/// tracing programs do not nest on one CPU (`bpf_prog_active`).
 #[map]
 pub static OWNER_WALK: PerCpuArray<crate::walk::OwnerCursor> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static CHAIN_WALK: PerCpuArray<crate::walk::ChainCursor> = PerCpuArray::with_max_entries(1, 0);
+/// State of the whole-table walk, kept between runs: a walk that spends its step budget
+/// resumes in the next run, which may be on another CPU. Only the one thread named in
+/// `SNAP_REQ` runs it.
 #[map]
-pub static SNAP_WALK: PerCpuArray<crate::snapshot::TableWalk> = PerCpuArray::with_max_entries(1, 0);
+pub static SNAP_WALK: Array<crate::snapshot::TableWalk> = Array::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

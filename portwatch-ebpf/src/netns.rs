@@ -1,6 +1,9 @@
 //! A network namespace's ephemeral port range and reserved ports, read from its
 //! `struct net` (`ip_local_ports.range` and the `ip_local_reserved_ports` bitmap) for a
 //! `SNAP_NETNS` request: user space learns them without entering the namespace.
+//!
+//! Every kernel read here is branch-free (`zfield`, zero on a fault or a missing field):
+//! the verifier of older kernels then sees one path through it.
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
@@ -8,9 +11,9 @@ use portwatch_common::{SnapRequest, RESERVED_WORDS};
 
 use crate::{
     compat::port_range,
-    kernel::{current_net, net_inum, sk_net, sock_from_fd},
+    kernel::{current_net, net_inum, sock_from_fd},
     maps::NETNS_PORTS,
-    read::{field, layout},
+    read::{layout, zfield},
 };
 
 /// Fills the `NETNS_PORTS` slot for the namespace of the request: `req.net`, else that of
@@ -21,9 +24,8 @@ pub fn read_ports(req: &SnapRequest) {
     let net = if req.net != 0 {
         req.net
     } else if req.sock_fd >= 0 {
-        sock_from_fd(req.sock_fd as i64)
-            .and_then(sk_net)
-            .unwrap_or(0)
+        let sk = sock_from_fd(req.sock_fd as i64).unwrap_or(0);
+        zfield::<u64>(sk, layout!(sk_net))
     } else {
         current_net().unwrap_or(0)
     };
@@ -39,8 +41,7 @@ pub fn read_ports(req: &SnapRequest) {
     out.netns = net_inum(net);
     out.range_lo = lo;
     out.range_hi = hi;
-    out.reserved_read = 0;
-    let bitmap: u64 = field(net, layout!(net_reserved_ports)).unwrap_or(0);
+    let bitmap: u64 = zfield(net, layout!(net_reserved_ports));
     let dst = out.reserved.as_mut_ptr() as *mut c_void;
     const BYTES: u32 = (RESERVED_WORDS * 8) as u32;
     // SAFETY: `dst` is the slot's bitmap of exactly BYTES bytes in map memory; the helper

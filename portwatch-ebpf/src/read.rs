@@ -77,16 +77,6 @@ pub fn zbits(base: u64, bf: BitField) -> u64 {
     (word >> bf.shift) & ((1u64 << bf.width) - 1)
 }
 
-/// Reads a bit field (see `BitField`), `None` when absent or unreadable.
-#[inline(always)]
-pub fn bits(base: u64, bf: BitField) -> Option<u64> {
-    if bf.byte_off == NO_FIELD || base == 0 || bf.width == 0 || bf.width > 63 || bf.shift > 63 {
-        return None;
-    }
-    let word: u64 = rd(base + bf.byte_off as u64)?;
-    Some((word >> bf.shift) & ((1u64 << bf.width) - 1))
-}
-
 /// `N` bytes of a kernel struct copied with one helper call: fields inside the copy are
 /// taken from it, fields beyond it (or missing) are read one by one as `zfield` would.
 /// One call for a struct's first bytes costs about as much as one call per field, so

@@ -1,41 +1,39 @@
 //! The snapshot walk: every slot of `bhash`, every bucket of every chain, and (verbose)
 //! every per-address bucket and owner, like the article's drgn script but in the kernel.
 //! Triggered by the tool itself: `getpgid(SNAP_TRIGGER_PID)` from the thread named in
-//! `SNAP_REQ`.
+//! `SNAP_REQ`; [`serve`] answers a request from any program type.
 //!
 //! The walk is a state machine (`TableWalk`) advanced one list node per call of
 //! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
 //! short (reported as truncated) but never hang it. The owners of each bucket are
-//! walked by the same cursor the per-event lookup uses (`walk::OwnerCursor`). The
-//! driver at the bottom repeats the step with `bpf_loop`; another driver (a bounded
-//! loop, or a walk resumed over several runs) can repeat the same step.
-use core::ffi::c_void;
-
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_loop},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+//! walked by the same cursor the per-event lookup uses (`walk::OwnerCursor`). A driver
+//! of `drive.rs` repeats the step; the state stays in the `SNAP_WALK` map between
+//! program runs, so a walk whose run spent its step budget ends the run with
+//! `WALK_MORE` and resumes where it stopped when the tool triggers the next run.
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 use portwatch_common::{
-    rec, snapflag, SnapRecord, SnapRequest, NO_FIELD, SNAP_LOOKUP, SNAP_NETNS, SNAP_TRIGGER_PID,
+    rec, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP, SNAP_NETNS,
+    SNAP_TRIGGER_PID,
 };
 
 use crate::{
     compat,
+    drive::{drive, out_of_line_step, Walk},
     kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
     maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
-    read::{bits, field, layout, layout_ready, rd},
-    walk::{lookup_bucket, owner_step, OwnerCursor, OwnerStep},
+    read::{field, layout, layout_ready, rd, zbits, zfield},
+    walk::{lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
 
-/// Upper bound of loop iterations (the kernel's BPF_MAX_LOOPS is 1 << 23).
-const MAX_STEPS: u32 = 1 << 23;
+/// Steps of one run of the `bpf_loop` driver (the kernel's BPF_MAX_LOOPS); the bounded
+/// driver takes its own, smaller budget.
+const RUN_STEPS: u32 = 1 << 23;
 
-/// The tool reads the snapshot ring right after the walk returns in its own thread: no
-/// record needs to wake anyone.
+/// The tool reads the snapshot ring right after each run of the walk returns, in its own
+/// thread: no record needs to wake anyone.
 const NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
 
-/// State of a whole-table walk. Lives in per-CPU map memory (see `walk.rs`).
+/// State of a whole-table walk, kept in `SNAP_WALK` between runs.
 #[repr(C)]
 pub struct TableWalk {
     bhash: u64,
@@ -68,13 +66,16 @@ pub struct TableWalk {
     skip: u8,
     truncated: u8,
     done: u8,
-    _pad: [u8; 2],
+    /// The ring buffer was full: the walk stops (what follows could not be delivered).
+    ring_full: u8,
+    _pad: u8,
 }
 
 #[inline(always)]
 fn out(r: &SnapRecord, w: &mut TableWalk) {
     if SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_err() {
         w.truncated = 1;
+        w.ring_full = 1;
     }
 }
 
@@ -82,7 +83,7 @@ fn out(r: &SnapRecord, w: &mut TableWalk) {
 fn begin_bucket(w: &mut TableWalk) {
     let tb = tb_of_node(w.node);
     let st = tb_state(tb);
-    let net: u64 = field(tb, layout!(tb_net)).unwrap_or(0);
+    let net: u64 = zfield(tb, layout!(tb_net));
     w.tb = tb;
     w.cur_net = net;
     w.cur_netns = net_inum(net);
@@ -120,6 +121,8 @@ fn end_bucket(w: &mut TableWalk) {
             flags,
             state: 0,
             _pad: [0; 3],
+            local_port_range: 0,
+            _pad2: 0,
             net: w.cur_net,
         };
         out(&r, w);
@@ -139,12 +142,11 @@ fn end_bucket(w: &mut TableWalk) {
 #[inline(always)]
 fn emit_addr(w: &mut TableWalk, tb2: u64) {
     let (family, laddr) = compat::tb2_address(tb2);
-    let state = compat::tb2_fastreuse(tb2);
-    let (fastreuse, fastreuseport) = state.unwrap_or((0, 0));
+    let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
-        owners: state.is_some() as u32,
+        owners: known as u32,
         l3mdev: w.cur_l3mdev,
         port: w.cur_port,
         family,
@@ -155,42 +157,49 @@ fn emit_addr(w: &mut TableWalk, tb2: u64) {
         flags: 0,
         state: 0,
         _pad: [0; 3],
+        local_port_range: 0,
+        _pad2: 0,
         net: w.cur_net,
     };
     out(&r, w);
 }
 
+/// An OWNER record. Read without branching on the outcome of each read (see
+/// `read::zfield`): the verifier of older kernels refuses to read back a stack slot
+/// some path never wrote, which is what an `Option` kept on one path becomes.
 #[inline(always)]
 fn emit_owner(w: &mut TableWalk, node: u64) {
     let sk = sk_of_bind_node(node);
-    let family: u16 = field(sk, layout!(sk_family)).unwrap_or(0);
-    let mut laddr = [0u8; 16];
-    if family == AF_INET6 {
-        laddr = field(sk, layout!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-    } else if let Some(a) = field::<[u8; 4]>(sk, layout!(sk_rcv_saddr)) {
-        laddr[..4].copy_from_slice(&a);
-    }
-    let mut flags = 0u8;
-    if bits(sk, layout!(sk_reuse)).unwrap_or(0) != 0 {
-        flags |= snapflag::REUSEADDR;
-    }
-    if bits(sk, layout!(sk_reuseport)).unwrap_or(0) != 0 {
-        flags |= snapflag::REUSEPORT;
-    }
+    let family: u16 = zfield(sk, layout!(sk_family));
+    let laddr: [u8; 16] = if family == AF_INET6 {
+        zfield(sk, layout!(sk_v6_rcv_saddr))
+    } else {
+        let a: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let state: u8 = zfield(sk, layout!(sk_state));
+    let known = compat::connect_bind_known();
+    let flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
+        | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
+        | (known as u8) * snapflag::CONNECT_BIND_KNOWN
+        | ((known && compat::connect_bound(sk, state)) as u8) * snapflag::CONNECT_BOUND;
+    let port: u16 = zfield(sk, layout!(sk_num));
     let r = SnapRecord {
         addr: w.tb,
         netns: w.cur_netns,
         owners: 0,
         l3mdev: w.cur_l3mdev,
-        port: field(sk, layout!(sk_num)).unwrap_or(w.cur_port),
+        port: if port == 0 { w.cur_port } else { port },
         family,
         laddr,
         fastreuse: 0,
         fastreuseport: 0,
         kind: rec::OWNER,
         flags,
-        state: field(sk, layout!(sk_state)).unwrap_or(0),
+        state,
         _pad: [0; 3],
+        local_port_range: compat::socket_port_range(sk, state),
+        _pad2: 0,
         net: w.cur_net,
     };
     out(&r, w);
@@ -231,24 +240,34 @@ pub fn table_step(w: &mut TableWalk) -> bool {
     true
 }
 
-extern "C" fn table_step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = SNAP_WALK.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    let w = unsafe { &mut *p };
-    if table_step(w) {
-        0
-    } else {
-        1
+impl Walk for TableWalk {
+    #[inline(always)]
+    fn state() -> Option<*mut Self> {
+        SNAP_WALK.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn budget(b: &WalkBudget) -> u32 {
+        b.snap_steps
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        self.ring_full == 0 && table_step(self)
+    }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_table_step() != 0
     }
 }
 
+out_of_line_step!(walk_table_step, TableWalk);
+
+/// The tracepoint trigger: a request from the tool's own thread.
 #[inline(always)]
-fn walk(ctx: &TracePointContext) -> Option<()> {
-    if !layout_ready() {
-        return None;
-    }
+fn triggered(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: TP is a plain static in .rodata.
     let args = unsafe { core::ptr::read_volatile(&TP.sys_enter_args) };
     if args == NO_FIELD {
@@ -264,12 +283,22 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
     if req.tid == 0 || req.tid != tid {
         return None;
     }
+    serve(&req)
+}
+
+/// Answers one request: a lookup, or one run of a whole-table walk. A walk whose `seq`
+/// differs from the one in `SNAP_WALK` starts afresh; the same `seq` resumes it.
+#[inline(always)]
+pub fn serve(req: &SnapRequest) -> Option<()> {
+    if !layout_ready() {
+        return None;
+    }
     if req.mode == SNAP_LOOKUP {
-        lookup(&req);
+        lookup(req);
         return Some(());
     }
     if req.mode == SNAP_NETNS {
-        crate::netns::read_ports(&req);
+        crate::netns::read_ports(req);
         let end = SnapRecord {
             addr: req.seq,
             kind: rec::END,
@@ -278,56 +307,54 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
         return Some(());
     }
-    let net = current_net()?;
-    let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
-    let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
-    let size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
-    let p = SNAP_WALK.get_ptr_mut(0)?;
-    let w0 = TableWalk {
-        bhash,
-        node: 0,
-        tb: 0,
-        cur_net: 0,
-        seq: req.seq,
-        owners: OwnerCursor::EMPTY,
-        slot: 0,
-        size,
-        bucket_size: layout!(bind_hashbucket_size),
-        chain_off: layout!(bind_hashbucket_chain),
-        netns_filter: req.netns,
-        max_owners: req.max_owners,
-        max_chain: req.max_chain,
-        chain_len: 0,
-        buckets: 0,
-        cur_netns: 0,
-        cur_l3mdev: 0,
-        port_filter: req.port,
-        cur_port: 0,
-        cur_fr: 0,
-        cur_frp: 0,
-        verbose: req.verbose,
-        skip: 0,
-        truncated: 0,
-        done: 0,
-        _pad: [0; 2],
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    unsafe { *p = w0 };
-    // SAFETY: the callback is a plain extern "C" fn; it finds its state in the scratch
-    // map, so ctx is unused.
-    unsafe {
-        bpf_loop(
-            MAX_STEPS,
-            table_step_cb as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
+    let p = TableWalk::state()?;
+    // SAFETY: the walk state is used only by the one thread that triggers walks.
+    if unsafe { (*p).seq } != req.seq {
+        let net = current_net()?;
+        let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
+        let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
+        let size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+        let w0 = TableWalk {
+            bhash,
+            node: 0,
+            tb: 0,
+            cur_net: 0,
+            seq: req.seq,
+            owners: OwnerCursor::EMPTY,
+            slot: 0,
+            size,
+            bucket_size: layout!(bind_hashbucket_size),
+            chain_off: layout!(bind_hashbucket_chain),
+            netns_filter: req.netns,
+            max_owners: req.max_owners,
+            max_chain: req.max_chain,
+            chain_len: 0,
+            buckets: 0,
+            cur_netns: 0,
+            cur_l3mdev: 0,
+            port_filter: req.port,
+            cur_port: 0,
+            cur_fr: 0,
+            cur_frp: 0,
+            verbose: req.verbose,
+            skip: 0,
+            truncated: 0,
+            done: 0,
+            ring_full: 0,
+            _pad: 0,
+        };
+        // SAFETY: as above.
+        unsafe { *p = w0 };
     }
+    drive::<TableWalk>(RUN_STEPS);
     // SAFETY: as above.
     let w = unsafe { &*p };
     let mut flags = 0u8;
-    if w.truncated != 0 || w.done == 0 {
+    if w.truncated != 0 {
         flags |= snapflag::WALK_TRUNCATED;
+    }
+    if w.done == 0 && w.ring_full == 0 {
+        flags |= snapflag::WALK_MORE;
     }
     let end = SnapRecord {
         addr: w.seq,
@@ -343,6 +370,8 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
         flags,
         state: 0,
         _pad: [0; 3],
+        local_port_range: 0,
+        _pad2: 0,
         net: 0,
     };
     // If even END does not fit, user space sees no END and reports the walk as lost.
@@ -356,7 +385,11 @@ fn walk(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 fn lookup(req: &SnapRequest) {
     let mut end_flags = 0u8;
-    if let Some((b, truncated)) = lookup_bucket(req.net, req.port, req.max_owners) {
+    let found = lookup_bucket(req.net, req.port, req.max_owners);
+    if let Found::Unknown = found {
+        end_flags |= snapflag::LOOKUP_TRUNCATED;
+    }
+    if let Found::Bucket((b, truncated)) = found {
         let r = SnapRecord {
             addr: b.tb,
             netns: net_inum(req.net),
@@ -375,6 +408,8 @@ fn lookup(req: &SnapRequest) {
             },
             state: 0,
             _pad: [0; 3],
+            local_port_range: 0,
+            _pad2: 0,
             net: req.net,
         };
         if SNAP_RB.output::<SnapRecord>(&r, NO_WAKEUP).is_err() {
@@ -392,6 +427,6 @@ fn lookup(req: &SnapRequest) {
 
 #[tracepoint]
 pub fn snapshot_trigger(ctx: TracePointContext) -> u32 {
-    let _ = walk(&ctx);
+    let _ = triggered(&ctx);
     0
 }

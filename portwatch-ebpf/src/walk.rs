@@ -2,18 +2,13 @@
 //! per-event lookup here and by the snapshot walk in `snapshot.rs`) and a bhash chain.
 //!
 //! Each walk is a cursor plus a step function that advances it by one list node and
-//! says what it visited. A driver repeats the step: the drivers here use `bpf_loop`
-//! (5.17+) with the cursor in per-CPU map memory, so the verifier treats the counters
-//! as unknown values and checks the callback once instead of value by value. A driver
-//! for kernels without `bpf_loop` (a bounded loop, or a walk split over several runs)
-//! reuses the same cursors and step functions.
-use core::ffi::c_void;
-
-use aya_ebpf::helpers::generated::bpf_loop;
-use portwatch_common::BucketState;
+//! says what it visited; a driver of `drive.rs` repeats the step (`bpf_loop`, or a
+//! bounded loop on kernels without it).
+use portwatch_common::{BucketState, WalkBudget};
 
 use crate::{
     compat,
+    drive::{drive, out_of_line_step, Walk},
     kernel::{bhash_chain_head, tb2_of_bhash_node, tb_net_port, tb_of_node, tb_state},
     maps::{CHAIN_WALK, OWNER_WALK},
     read::{field, layout, rd},
@@ -108,40 +103,43 @@ pub fn owner_step(c: &mut OwnerCursor) -> OwnerStep {
     OwnerStep::Done
 }
 
-extern "C" fn count_owners_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = OWNER_WALK.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    let c = unsafe { &mut *p };
-    match owner_step(c) {
-        OwnerStep::Done => 1,
-        _ => 0,
+impl Walk for OwnerCursor {
+    #[inline(always)]
+    fn state() -> Option<*mut Self> {
+        OWNER_WALK.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn budget(b: &WalkBudget) -> u32 {
+        b.owner_steps
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        !matches!(owner_step(self), OwnerStep::Done)
+    }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_owner_step() != 0
     }
 }
 
+out_of_line_step!(walk_owner_step, OwnerCursor);
+
 /// Number of sockets owning bucket `tb` (TIME-WAIT included), and whether the bound
-/// `max` (or the step budget) cut the count short.
+/// `max` (or the driver's step budget) cut the count short.
 #[inline(always)]
 pub fn count_owners(tb: u64, max: u32) -> (u32, bool) {
     let max = if max > MAX_OWNERS { MAX_OWNERS } else { max };
-    let Some(p) = OWNER_WALK.get_ptr_mut(0) else {
+    let Some(p) = OwnerCursor::state() else {
         return (0, true);
     };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     unsafe { *p = OwnerCursor::start(tb, max) };
     // Owners plus per-address buckets plus one final step.
-    let steps = max.saturating_mul(2).saturating_add(2);
-    // SAFETY: the callback is a plain extern "C" fn taking (index, ctx); it finds its
-    // state in the scratch map, so ctx is unused.
-    unsafe {
-        bpf_loop(
-            steps,
-            count_owners_cb as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-    }
+    drive::<OwnerCursor>(max.saturating_mul(2).saturating_add(2));
     // SAFETY: as above.
     let c = unsafe { &*p };
     (c.count, c.truncated != 0 || !c.finished())
@@ -174,30 +172,52 @@ pub fn chain_step(c: &mut ChainCursor) -> bool {
     true
 }
 
-extern "C" fn find_bucket_cb(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(p) = CHAIN_WALK.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
-    let c = unsafe { &mut *p };
-    if chain_step(c) {
-        0
-    } else {
-        1
+impl Walk for ChainCursor {
+    #[inline(always)]
+    fn state() -> Option<*mut Self> {
+        CHAIN_WALK.get_ptr_mut(0)
+    }
+
+    #[inline(always)]
+    fn budget(b: &WalkBudget) -> u32 {
+        b.chain_steps
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        chain_step(self)
+    }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_chain_step() != 0
     }
 }
 
-/// The bucket of (net, port), 0 when there is none.
+out_of_line_step!(walk_chain_step, ChainCursor);
+
+/// What a search for the bucket of (net, port) found.
+pub enum Found<T> {
+    Bucket(T),
+    /// The chain ended without it: there is no such bucket.
+    Absent,
+    /// The search gave up before the end of the chain (its step budget ran out): the
+    /// bucket may exist.
+    Unknown,
+}
+
+/// The bucket of (net, port).
 #[inline(always)]
-pub fn find_bucket(net: u64, port: u16) -> u64 {
+pub fn find_bucket(net: u64, port: u16) -> Found<u64> {
     if port == 0 {
-        return 0;
+        return Found::Absent;
     }
     let Some(head) = bhash_chain_head(net, port) else {
-        return 0;
+        return Found::Absent;
     };
-    let Some(p) = CHAIN_WALK.get_ptr_mut(0) else {
-        return 0;
+    let Some(p) = ChainCursor::state() else {
+        return Found::Unknown;
     };
     // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU.
     unsafe {
@@ -209,36 +229,35 @@ pub fn find_bucket(net: u64, port: u16) -> u64 {
             _pad: [0; 6],
         }
     };
-    // SAFETY: as in count_owners.
-    unsafe {
-        bpf_loop(
-            MAX_CHAIN,
-            find_bucket_cb as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        );
-    }
+    drive::<ChainCursor>(MAX_CHAIN);
     // SAFETY: as above.
-    unsafe { (*p).found }
+    let c = unsafe { &*p };
+    if c.found != 0 {
+        Found::Bucket(c.found)
+    } else if c.node == 0 {
+        Found::Absent
+    } else {
+        Found::Unknown
+    }
 }
 
-/// Finds the bucket of (net, port) and reads its state; `None` when there is none.
-/// The flag says the owner count is a lower bound.
+/// Finds the bucket of (net, port) and reads its state; the flag says the owner count is
+/// a lower bound.
 #[inline(always)]
-pub fn lookup_bucket(net: u64, port: u16, max_owners: u32) -> Option<(BucketState, bool)> {
-    let tb = find_bucket(net, port);
-    if tb == 0 {
-        return None;
+pub fn lookup_bucket(net: u64, port: u16, max_owners: u32) -> Found<(BucketState, bool)> {
+    match find_bucket(net, port) {
+        Found::Bucket(tb) => Found::Bucket(bucket_state(tb, max_owners)),
+        Found::Absent => Found::Absent,
+        Found::Unknown => Found::Unknown,
     }
-    Some(bucket_state(tb, max_owners))
 }
 
 /// The state of bucket `tb` with its owners counted; the flag says the count is a lower
 /// bound.
 #[inline(always)]
 pub fn bucket_state(tb: u64, max_owners: u32) -> (BucketState, bool) {
-    let mut st = tb_state(tb);
     let (owners, truncated) = count_owners(tb, max_owners);
+    let mut st = tb_state(tb);
     st.owners = owners;
     (st, truncated)
 }

@@ -108,6 +108,8 @@ impl DemoSource {
                 ..SockOpts::default()
             },
             port_from_range: RANGE.0 == RANGE.1,
+            lookup_truncated: false,
+            addr: None,
         });
     }
 

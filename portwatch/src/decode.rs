@@ -10,9 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use portwatch_common::{flag, op, rec, snapflag, ErrorKey, Event, NetnsPorts, SnapRecord};
 
 use crate::model::{
-    AddrRow, BucketInfo, BucketKey, BucketRow, EphemeralRange, Errno, FailureCount,
-    FailureCounts, Fastreuse, Op, OwnerCount, OwnerRow, SeenBucket, Snapshot, SockOpts,
-    SocketEvent, Task, TcpState,
+    AddrRow, AddrState, BucketInfo, BucketKey, BucketRow, EphemeralRange, Errno, FailureCount,
+    FailureCounts, Fastreuse, Op, OwnerCount, OwnerRow, PortRange, SeenBucket, Snapshot,
+    SockOpts, SocketEvent, Task, TcpState,
 };
 
 /// `AF_INET` as the kernel numbers it.
@@ -127,8 +127,17 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
             reuseaddr: has(flag::REUSEADDR),
             reuseport: has(flag::REUSEPORT),
             bind_address_no_port: has(flag::BIND_ADDRESS_NO_PORT),
+            connect_bound: (has(flag::SOCK_KNOWN) && has(flag::CONNECT_BIND_KNOWN))
+                .then(|| has(flag::CONNECT_BOUND)),
+            local_port_range: PortRange::from_packed(ev.local_port_range)
+                .filter(|_| has(flag::SOCK_KNOWN)),
         },
         port_from_range: has(flag::PORT_FROM_RANGE),
+        lookup_truncated: has(flag::LOOKUP_TRUNCATED) && !has(flag::BUCKET_PRESENT),
+        addr: has(flag::ADDR_STATE).then_some(AddrState {
+            fastreuse: Fastreuse(ev.addr_fastreuse),
+            fastreuseport: Fastreuse(ev.addr_fastreuseport),
+        }),
     })
 }
 
@@ -185,6 +194,9 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                     state: TcpState::from_kernel(r.state),
                     reuseaddr: r.flags & snapflag::REUSEADDR != 0,
                     reuseport: r.flags & snapflag::REUSEPORT != 0,
+                    connect_bound: (r.flags & snapflag::CONNECT_BIND_KNOWN != 0)
+                        .then_some(r.flags & snapflag::CONNECT_BOUND != 0),
+                    local_port_range: PortRange::from_packed(r.local_port_range),
                 };
                 match addrs.last_mut() {
                     Some(a) => a.owners.push(owner),
@@ -313,6 +325,10 @@ mod tests {
             hook: 1,
             _pad: [0],
             comm,
+            local_port_range: 0,
+            addr_fastreuse: 0,
+            addr_fastreuseport: 0,
+            _pad2: [0; 2],
         }
     }
 
@@ -320,7 +336,7 @@ mod tests {
     fn event_round_trips() {
         let ev = sample_event();
         let b = bytes_of(&ev);
-        assert_eq!(b.len(), 128);
+        assert_eq!(b.len(), 136);
         assert_eq!(decode_event(&b), Ok(ev));
     }
 
@@ -337,11 +353,11 @@ mod tests {
     fn event_too_short_is_an_error() {
         let b = bytes_of(&sample_event());
         assert_eq!(
-            decode_event(&b[..127]),
+            decode_event(&b[..135]),
             Err(DecodeError::TooShort {
                 what: "event",
-                got: 127,
-                want: 128
+                got: 135,
+                want: 136
             })
         );
         assert!(decode_event(&[]).is_err());
@@ -382,17 +398,19 @@ mod tests {
             flags: 0,
             state: 0,
             _pad: [0; 3],
+            local_port_range: 0,
+            _pad2: 0,
             net: 0xffff_ffff_8200_0000,
         };
         let b = bytes_of(&r);
-        assert_eq!(b.len(), 56);
+        assert_eq!(b.len(), 64);
         assert_eq!(decode_snap_record(&b), Ok(r));
         assert_eq!(
-            decode_snap_record(&b[..55]),
+            decode_snap_record(&b[..63]),
             Err(DecodeError::TooShort {
                 what: "snapshot",
-                got: 55,
-                want: 56
+                got: 63,
+                want: 64
             })
         );
         for k in [rec::ADDR, rec::OWNER, rec::END] {
@@ -504,7 +522,9 @@ mod tests {
             SockOpts {
                 reuseaddr: true,
                 reuseport: true,
-                bind_address_no_port: true
+                bind_address_no_port: true,
+                connect_bound: None,
+                local_port_range: None,
             }
         );
         assert!(e.port_from_range);
@@ -521,6 +541,58 @@ mod tests {
         assert_eq!(socket_event(&raw).expect("decodes").remote, None);
         raw.op = 0;
         assert_eq!(socket_event(&raw), Err(DecodeError::UnknownOp(0)));
+    }
+
+    #[test]
+    fn what_newer_kernels_record_per_socket() {
+        let mut raw = sample_event();
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!((e.opts.connect_bound, e.opts.local_port_range, e.addr), (None, None, None));
+        raw.flags |= flag::CONNECT_BIND_KNOWN | flag::CONNECT_BOUND | flag::ADDR_STATE;
+        raw.local_port_range = 40009 << 16 | 40000;
+        raw.addr_fastreuse = 0;
+        raw.addr_fastreuseport = -1;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.opts.connect_bound, Some(true));
+        assert_eq!(e.opts.local_port_range, Some(PortRange { lo: 40000, hi: 40009 }));
+        assert_eq!(
+            e.addr,
+            Some(AddrState { fastreuse: Fastreuse(0), fastreuseport: Fastreuse(-1) })
+        );
+        raw.flags &= !flag::CONNECT_BOUND;
+        assert_eq!(socket_event(&raw).expect("decodes").opts.connect_bound, Some(false));
+        // Nothing is said about a socket that could not be read.
+        raw.flags &= !flag::SOCK_KNOWN;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!((e.opts.connect_bound, e.opts.local_port_range), (None, None));
+
+        let mut o = rec(rec::OWNER, 60000, 0);
+        o.family = 2;
+        o.flags = snapflag::CONNECT_BIND_KNOWN;
+        o.local_port_range = 50000 << 16;
+        let b = rec(rec::BUCKET, 60000, 1);
+        let snap = snapshot(&[o, b]);
+        let owner = &snap.buckets[0].addresses[0].owners[0];
+        assert_eq!(owner.connect_bound, Some(false));
+        assert_eq!(owner.local_port_range, Some(PortRange { lo: 0, hi: 50000 }));
+        o.flags = snapflag::CONNECT_BOUND;
+        let snap = snapshot(&[o, b]);
+        assert_eq!(snap.buckets[0].addresses[0].owners[0].connect_bound, None, "not recorded");
+    }
+
+    #[test]
+    fn a_lookup_that_gave_up_is_not_an_absent_bucket() {
+        let mut raw = sample_event();
+        raw.flags = flag::LOOKUP_TRUNCATED | flag::SOCK_KNOWN;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.bucket, None);
+        assert!(e.lookup_truncated);
+        raw.flags = flag::SOCK_KNOWN;
+        assert!(!socket_event(&raw).expect("decodes").lookup_truncated);
+        // A bucket that was found is known, whatever else is set.
+        raw.flags = flag::LOOKUP_TRUNCATED | flag::BUCKET_PRESENT;
+        let e = socket_event(&raw).expect("decodes");
+        assert!(e.bucket.is_some() && !e.lookup_truncated);
     }
 
     fn rec(kind: u8, port: u16, owners: u32) -> SnapRecord {

@@ -1,7 +1,9 @@
 //! A cache of the BTF-derived layout in /run (tmpfs, root-only): parsing the kernel's BTF
 //! costs ~140 ms per start, more than the whole `dump` walk. The kernel's BTF cannot
 //! change without a reboot, so the cache is keyed by the boot id, the kernel release and
-//! the BTF file's size; anything unreadable or mismatched is ignored and rebuilt.
+//! the BTF file's size, and by what this binary reads (the size of `Layout` and the rows
+//! of the compatibility table, so a binary of another version never takes another's
+//! cache); anything unreadable or mismatched is ignored and rebuilt.
 use std::{
     fs,
     io::Write as _,
@@ -11,15 +13,17 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::{host_layout, LayoutError, Resolved, OSRELEASE, VMLINUX_BTF};
+use crate::kernel::{compat::VARIANTS, host_layout, LayoutError, Resolved, OSRELEASE, VMLINUX_BTF};
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Bump when `Resolved` or `Layout` change shape.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 5;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug, Clone)]
 struct Key {
     format: u32,
+    /// What this binary reads: the size of `Layout` and the ids of the table's rows.
+    schema: String,
     boot_id: String,
     release: String,
     btf_size: u64,
@@ -34,10 +38,23 @@ struct Entry {
 fn current_key() -> Option<Key> {
     Some(Key {
         format: FORMAT,
+        schema: schema(),
         boot_id: fs::read_to_string(BOOT_ID).ok()?.trim().to_string(),
         release: fs::read_to_string(OSRELEASE).ok()?.trim().to_string(),
         btf_size: fs::metadata(VMLINUX_BTF).ok()?.len(),
     })
+}
+
+fn schema() -> String {
+    let ids: Vec<String> = VARIANTS
+        .iter()
+        .map(|v| serde_json::to_string(&v.id).unwrap_or_default())
+        .collect();
+    format!(
+        "layout {} bytes; {}",
+        std::mem::size_of::<portwatch_common::Layout>(),
+        ids.join(",")
+    )
 }
 
 /// Where the cache lives.
@@ -126,6 +143,11 @@ mod tests {
             ..key.clone()
         };
         assert_eq!(read(&path, &other), None);
+        let other = Key {
+            schema: format!("{} and one more row", key.schema),
+            ..key.clone()
+        };
+        assert_eq!(read(&path, &other), None, "another binary's cache is not used");
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read(&path, &key), None, "garbage is ignored");
         assert_eq!(host_layout_cached_at(&path).expect("rebuilt"), fresh);

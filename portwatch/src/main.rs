@@ -22,6 +22,12 @@ const VERSION: &str = concat!(
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the in-kernel walks (bucket lookups, owner counts, snapshots) run: `auto` uses
+    /// bpf_loop where the kernel has it (5.17+) and bounded loops otherwise (owner counts
+    /// per event capped, snapshots over several program runs; `portwatch probes` shows
+    /// the limits); `bounded` uses the older kernels' driver on any kernel.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    walk_driver: portwatch::backend::WalkDriverChoice,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +84,7 @@ findings about this kernel), 1 when one could not run, 3 with --strict when one 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cmd::set_walk_driver(cli.walk_driver);
     let result = match cli.command {
         Command::Trace(a) => cmd::trace::run(a),
         Command::Dump(a) => cmd::dump::run(a),

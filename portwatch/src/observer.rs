@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use crate::{
     backend::ProbeSession,
     decode,
-    model::{BucketInfo, Transition},
+    model::{BucketInfo, Snapshot, Transition},
     quiz::Observer,
     reducer::Reducer,
     snapshot::SnapOptions,
@@ -25,6 +25,15 @@ impl<'a> SessionObserver<'a> {
     /// The session observed, for what it reads besides events (failure counters, ranges).
     pub fn session(&mut self) -> &mut ProbeSession {
         self.session
+    }
+}
+
+impl SessionObserver<'_> {
+    /// A snapshot of one namespace (verbose: with per-address buckets and owners).
+    pub fn snapshot(&mut self, netns: u32, verbose: bool) -> anyhow::Result<Snapshot> {
+        self.session
+            .snapshot(&SnapOptions { netns, verbose, ..SnapOptions::default() })
+            .context("taking a snapshot")
     }
 }
 

@@ -41,7 +41,9 @@ struct TrackedBucket {
 ///     `BucketCreated` when it has exactly one owner, `OwnerAdded` when more; otherwise
 ///     just remembered;
 ///   - first seen and absent after close/release/timewait of a socket that had the
-///     port: `BucketDestroyed` (that socket held it).
+///     port: `BucketDestroyed` (that socket held it);
+/// - an event whose bucket lookup gave up (`lookup_truncated`) yields only
+///   `LookupTruncated` (with the errno of a failure) and changes nothing known.
 ///
 /// Every transition carries the state known before it (`before`) and the state after.
 #[derive(Debug, Default)]
@@ -195,9 +197,20 @@ impl Reducer {
                 remote: ev.remote,
                 opts: ev.opts,
                 port_from_range: ev.port_from_range,
+                addr: ev.addr,
             }
         };
         let mut out = Vec::new();
+
+        if ev.lookup_truncated {
+            // The bucket after the operation is not known (its lookup gave up): nothing
+            // is inferred from it and the known state stays as it was.
+            out.push(Transition {
+                errno: ev.errno,
+                ..make(TransitionKind::LookupTruncated, prior.map(|p| p.info), None)
+            });
+            return out;
+        }
 
         if failed {
             let kind = match ev.op {
@@ -281,6 +294,7 @@ impl Reducer {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                addr: None,
             }
         };
         // The walk's rows in scope, by key; of two rows of one key (a racy walk may meet a
@@ -498,6 +512,24 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_lookup_changes_nothing_known() {
+        let mut r = Reducer::new();
+        assert_eq!(kinds(&r.apply_raw(&ev(op::BIND, 0, Some((0, 1))))), [K::BucketCreated]);
+        // The close's lookup gave up: not "destroyed", and the state stays known.
+        let t = r.apply_raw(&ev(op::CLOSE, flag::HAD_PORT | flag::LOOKUP_TRUNCATED, None));
+        assert_eq!(kinds(&t), [K::LookupTruncated]);
+        assert_eq!((t[0].before, t[0].after, t[0].errno), (Some(info(0, 1)), None, None));
+        assert_eq!(r.get(&key()), Some(&info(0, 1)));
+        // A failure whose lookup gave up keeps its errno.
+        let mut e = ev(op::BIND, flag::LOOKUP_TRUNCATED, None);
+        e.errno = 98;
+        let t = r.apply_raw(&e);
+        assert_eq!(kinds(&t), [K::LookupTruncated]);
+        assert_eq!(t[0].errno, Errno::new(98));
+        assert_eq!(r.get(&key()), Some(&info(0, 1)));
+    }
+
+    #[test]
     fn quiz3_connect_failure() {
         let mut r = Reducer::new();
         // s1: bind 127.1.1.1:0 takes 60000 at fastreuse 0.
@@ -696,7 +728,9 @@ mod tests {
             SockOpts {
                 reuseaddr: true,
                 reuseport: true,
-                bind_address_no_port: true
+                bind_address_no_port: true,
+                connect_bound: None,
+                local_port_range: None,
             }
         );
         // No change at all: nothing.
@@ -944,6 +978,18 @@ mod tests {
                         continue;
                     }
                     let present = e.flags & flag::BUCKET_PRESENT != 0;
+                    let unknown = !present && e.flags & flag::LOOKUP_TRUNCATED != 0;
+                    if unknown {
+                        // A lookup that gave up: one LookupTruncated, nothing learnt.
+                        prop_assert_eq!(ts.len(), 1);
+                        prop_assert_eq!(ts[0].kind, K::LookupTruncated);
+                        prop_assert_eq!(ts[0].errno, Errno::new(e.errno));
+                        prop_assert!(ts[0].after.is_none());
+                        let got: BTreeMap<BucketKey, BucketInfo> =
+                            r.known().map(|(k, v)| (*k, *v)).collect();
+                        prop_assert_eq!(&got, &model);
+                        continue;
+                    }
                     let failure_kind = matches!(e.op, op::BIND | op::LISTEN | op::CONNECT);
                     if e.errno != 0 && failure_kind {
                         let k = ts.first().map(|t| t.kind);
@@ -964,6 +1010,7 @@ mod tests {
                                 prop_assert!(t.change().is_some_and(|(from, to)| from != to));
                             }
                             K::OwnerAdded | K::OwnerRemoved => prop_assert!(t.after.is_some()),
+                            K::LookupTruncated => prop_assert!(false, "only for unknown buckets"),
                         }
                         if !matches!(t.kind, K::BindFailed | K::ConnectFailed) {
                             prop_assert!(t.errno.is_none());

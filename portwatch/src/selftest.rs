@@ -4,14 +4,20 @@
 //!
 //! Each scenario runs in a fresh private netns with the tracer filtered to it. Checks
 //! compare what the running kernel did against values that hold on every supported
-//! kernel; kernel-dependent values (fastreuse after an SO_REUSEADDR bind) are recorded
-//! as observations, not checked.
+//! kernel, or against what the compatibility table says this kernel does (a port release
+//! that resets a bucket, 6.18+; what the kernel records per owner); other
+//! kernel-dependent values (fastreuse after an SO_REUSEADDR bind) are recorded as
+//! observations, not checked.
+mod release;
+mod workload;
+
 use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     backend::ProbeSession,
+    kernel::compat::Id,
     model::{Errno, Fastreuse, Op, Transition, TransitionKind},
     netns::PrivateNetns,
     observer::SessionObserver,
@@ -80,6 +86,16 @@ impl SelftestReport {
     }
 }
 
+/// Observation keys the VM matrix reads (kernel-dependent values, one per scenario).
+pub mod observation {
+    /// fastreuse of a bucket a bind() with SO_REUSEADDR created (article: +1).
+    pub const REUSEADDR: &str = "fastreuse after SO_REUSEADDR bind";
+    /// fastreuse/fastreuseport after a release leaves only connect()-bound owners.
+    pub const RELEASE: &str = "bucket after its only bind()-bound owner left";
+    /// What a connect() to another remote did after that release.
+    pub const RECONNECT: &str = "connect() to another remote after that";
+}
+
 fn addr(s: &str) -> socket2::SockAddr {
     // The literals below are valid; a parse error would be a bug caught by every run.
     let a: SocketAddr = s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -94,6 +110,8 @@ struct Ctx<'a, 'b> {
     obs: &'a mut SessionObserver<'b>,
     ports: Vec<u16>,
     steps: Vec<ScenarioTransition>,
+    /// The transitions behind `steps`, whole.
+    seen: Vec<Transition>,
     failures: Vec<String>,
 }
 
@@ -104,9 +122,19 @@ impl Ctx<'_, '_> {
         for t in self.obs.collect()? {
             if self.ports.contains(&t.key.port) {
                 self.steps.push(ScenarioTransition::of(&t));
+                self.seen.push(t);
             }
         }
         Ok(())
+    }
+
+    /// (fastreuse, fastreuseport) after the last transition of `port` that left a bucket.
+    fn last_state(&self, port: u16) -> Option<(Fastreuse, Fastreuse)> {
+        self.steps
+            .iter()
+            .rev()
+            .find(|s| s.port == port)
+            .and_then(|s| s.fastreuse.zip(s.fastreuseport))
     }
 
     fn check(&mut self, ok: bool, what: impl Into<String>) {
@@ -143,7 +171,7 @@ fn scenario(
     ports: &[u16],
     body: impl FnOnce(&PrivateNetns, &mut Ctx<'_, '_>) -> anyhow::Result<Vec<(String, String)>>,
 ) -> ScenarioResult {
-    let mut ctx = Ctx { obs, ports: ports.to_vec(), steps: Vec::new(), failures: Vec::new() };
+    let mut ctx = Ctx { obs, ports: ports.to_vec(), steps: Vec::new(), seen: Vec::new(), failures: Vec::new() };
     let observations = (|| -> anyhow::Result<Vec<(String, String)>> {
         let ns = PrivateNetns::with_port_range(range.0, range.1)?;
         ctx.obs.watch(ns.inode())?;
@@ -163,6 +191,11 @@ fn scenario(
 pub fn run(session: &mut ProbeSession) -> SelftestReport {
     let backend = session.backend.map(|b| b.as_str().to_string()).unwrap_or_else(|| "none".into());
     let kernel = session.resolved.kernel_release.clone();
+    let resets = session.resolved.has(Id::ConnectBind);
+    let records = workload::Records {
+        connect_bind: session.resolved.has(Id::ConnectBind),
+        socket_port_range: session.resolved.has(Id::SocketPortRange),
+    };
     let mut obs = SessionObserver::new(session);
     let mut scenarios = Vec::new();
 
@@ -274,7 +307,7 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
         drop(a);
         c.collect()?;
         // The article shows +1; 6.18 leaves 0 (bhash2 linked before the test): observed.
-        Ok(vec![("fastreuse after SO_REUSEADDR bind".into(), fr)])
+        Ok(vec![(observation::REUSEADDR.into(), fr)])
     }));
 
     scenarios.push(scenario(&mut obs, "ephemeral_range", (40000, 40009), &[], |ns, c| {
@@ -310,6 +343,10 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
         drop(held);
         Ok(Vec::new())
     }));
+
+    scenarios.push(release::port_release_reset(&mut obs, resets));
+
+    scenarios.push(workload::dump_workload(&mut obs, records));
 
     scenarios.push(timewait_purge(&mut obs, &backend));
 

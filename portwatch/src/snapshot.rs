@@ -7,7 +7,10 @@
 //!
 //! The walk takes no kernel locks, exactly like the article's drgn script: a bucket that
 //! changes during the walk may be seen in either state, and a chain cut short is reported
-//! as truncation. Every walk is bounded.
+//! as truncation. Every walk is bounded. A walk may take several program runs (the
+//! bounded-loop driver spends its step budget long before the table ends): each run ends
+//! with an END record, flagged `WALK_MORE` while the walk goes on, and [`Snapshotter`]
+//! triggers the next run until one ends without it.
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use aya::{
@@ -20,6 +23,7 @@ use portwatch_common::{
 };
 
 use crate::{
+    backend::Refusal,
     bpf::{self, MapError, ProgramLookupError},
     decode::{decode_snap_record, DecodeError},
     model::{EphemeralRange, Snapshot},
@@ -37,12 +41,32 @@ pub enum SnapshotError {
     Program(#[from] ProgramLookupError),
     #[error("program `{PROGRAM}`: {action} failed: {reason}")]
     Load { action: &'static str, reason: String },
+    /// The kernel refused to load the walk program.
+    #[error("the snapshot walk could not be loaded: {0}")]
+    Refused(Refusal),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error(
         "snapshot: the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)"
     )]
     NoReply,
+    #[error("snapshot: the walk did not finish in {0} program runs")]
+    TooManyRuns(u32),
+}
+
+/// Bound on the program runs of one walk. The bounded-loop driver's smallest budget (2
+/// steps per run) needs about 40,000 runs for an empty 65,536-slot table; every slot,
+/// bucket and owner is one step.
+const MAX_RUNS: u32 = 1 << 22;
+
+/// What a single-bucket lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Bucket(SnapRecord),
+    /// The chain ended without the bucket.
+    Absent,
+    /// The lookup gave up before the end of the chain (walk step budget): not known.
+    Unknown,
 }
 
 /// What to walk.
@@ -90,7 +114,7 @@ impl Snapshotter {
     /// Loads `snapshot_trigger` and attaches it to `syscalls:sys_enter_getpgid`.
     pub fn new(ebpf: &mut Ebpf) -> Result<Snapshotter, SnapshotError> {
         let prog: &mut TracePoint = bpf::program(ebpf, PROGRAM)?;
-        prog.load().map_err(|e| SnapshotError::Load { action: "BPF_PROG_LOAD", reason: bpf::error_chain(&e) })?;
+        prog.load().map_err(|e| SnapshotError::Refused(Refusal::from_load(PROGRAM, &e)))?;
         prog.attach(TRIGGER.0, TRIGGER.1).map_err(|e| SnapshotError::Load {
             action: "attach to syscalls:sys_enter_getpgid",
             reason: bpf::error_chain(&e),
@@ -118,11 +142,15 @@ impl Snapshotter {
     }
 
     /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
-    /// `struct net` taken from an event. `None`: no such bucket now.
-    pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Option<SnapRecord>, SnapshotError> {
+    /// `struct net` taken from an event.
+    pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Lookup, SnapshotError> {
         let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, ..SnapRequest::default() };
-        let (records, _) = self.request(ebpf, req)?;
-        Ok(records.into_iter().find(|r| r.kind == rec::BUCKET))
+        let (records, end) = self.request(ebpf, req)?;
+        Ok(match records.into_iter().find(|r| r.kind == rec::BUCKET) {
+            Some(r) => Lookup::Bucket(r),
+            None if end.flags & snapflag::LOOKUP_TRUNCATED != 0 => Lookup::Unknown,
+            None => Lookup::Absent,
+        })
     }
 
     /// The ephemeral range and reserved ports of a namespace, read from its `struct net`,
@@ -159,21 +187,29 @@ impl Snapshotter {
         req.seq = self.seq;
         let mut arr: Array<_, SnapRequest> = bpf::map_mut(ebpf, "SNAP_REQ")?;
         arr.set(0, req, 0).map_err(bpf::access("SNAP_REQ"))?;
-        // The walk runs synchronously inside this syscall (which then fails with ESRCH,
-        // as no such process exists).
-        // SAFETY: getpgid has no memory-safety preconditions.
-        unsafe { libc::getpgid(SNAP_TRIGGER_PID) };
+        // Each run is synchronous inside this syscall (which then fails with ESRCH, as
+        // no such process exists); a run that ends with WALK_MORE is followed by another.
         let mut records = Vec::new();
-        while let Some(item) = self.rb.next() {
-            let r = decode_snap_record(&item)?;
-            if r.kind == rec::END {
-                if r.addr == self.seq {
-                    return Ok((records, r));
+        for _ in 0..MAX_RUNS {
+            // SAFETY: getpgid has no memory-safety preconditions.
+            unsafe { libc::getpgid(SNAP_TRIGGER_PID) };
+            let mut end = None;
+            while let Some(item) = self.rb.next() {
+                let r = decode_snap_record(&item)?;
+                if r.kind == rec::END {
+                    if r.addr == self.seq {
+                        end = Some(r);
+                    }
+                    break;
                 }
-                break;
+                records.push(r);
             }
-            records.push(r);
+            match end {
+                Some(e) if e.flags & snapflag::WALK_MORE != 0 => continue,
+                Some(e) => return Ok((records, e)),
+                None => return Err(SnapshotError::NoReply),
+            }
         }
-        Err(SnapshotError::NoReply)
+        Err(SnapshotError::TooManyRuns(MAX_RUNS))
     }
 }

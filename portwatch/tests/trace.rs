@@ -274,3 +274,74 @@ fn a_port_held_at_process_exit_is_released_and_traced() {
     assert_eq!(destroyed[0]["pid"].as_u64(), Some(u64::from(child_pid)), "{s}");
     assert_eq!(destroyed[0]["owners"], 0, "{s}");
 }
+
+/// Whether the running kernel has compatibility-table row `id`, as `probes --json` says.
+fn kernel_has(id: &str) -> bool {
+    let out = std::process::Command::new(common::bin()).args(["probes", "--json"]).output().expect("probes");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("probes JSON");
+    v["variants"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|x| x["id"] == id))
+        .map(|x| x["present"] == true)
+        .unwrap_or_else(|| panic!("no row {id} in probes: {v}"))
+}
+
+/// What newer kernels record per socket, in the trace JSON: connect()-bound or bound
+/// (6.18+), the socket's own IP_LOCAL_PORT_RANGE (6.3+), its per-address bucket's state
+/// (6.18+); null where the kernel does not keep it.
+#[test]
+fn trace_shows_what_the_kernel_records_per_socket() {
+    if !require_root("trace_shows_what_the_kernel_records_per_socket") {
+        return;
+    }
+    let (connect_bind, own_range, addr_state) =
+        (kernel_has("connect-bind"), kernel_has("socket-port-range"), kernel_has("tb2-fastreuse"));
+    let lines = traced((40000, 40009), &[], |ns| {
+        let l = listener(ns, 1234);
+        let c = tcp(ns);
+        if own_range {
+            use std::os::fd::AsRawFd as _;
+            let v: u32 = 40005 | 40009 << 16;
+            // SAFETY: setsockopt reads size_of::<u32>() bytes from a live u32.
+            let rc = unsafe {
+                libc::setsockopt(c.as_raw_fd(), libc::IPPROTO_IP, 51, (&v as *const u32).cast(), 4)
+            };
+            assert_eq!(rc, 0, "IP_LOCAL_PORT_RANGE: {}", std::io::Error::last_os_error());
+        }
+        c.connect(&v4("127.0.0.1", 1234)).expect("connect");
+        let b = tcp(ns);
+        b.bind(&v4("127.0.0.1", 7001)).expect("bind");
+        drop(b);
+        drop(c);
+        drop(l);
+    });
+    let s = summary(&lines);
+    let created = |port: Option<u64>| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == "bucket_created" && l["op"] != "rescan" && port.is_none_or(|p| l["port"] == p) && l["port"] != 1234)
+            .unwrap_or_else(|| panic!("bucket_created: {s}"))
+    };
+    let by_connect = created(None);
+    let by_bind = created(Some(7001));
+    assert_eq!(by_connect["op"], "connect", "{s}");
+    if connect_bind {
+        assert_eq!(by_connect["connect_bound"], true, "{by_connect}");
+        assert_eq!(by_bind["connect_bound"], false, "{by_bind}");
+    } else {
+        assert_eq!(by_connect["connect_bound"], Value::Null, "{by_connect}");
+    }
+    if own_range {
+        assert_eq!(by_connect["local_port_range"], serde_json::json!({"lo": 40005, "hi": 40009}), "{by_connect}");
+        let port = by_connect["port"].as_u64().expect("port");
+        assert!((40005..=40009).contains(&port), "{by_connect}");
+    }
+    assert_eq!(by_bind["local_port_range"], Value::Null, "{by_bind}");
+    if addr_state {
+        // connect() creates its address's bucket at -1/-1 too; a plain bind() at 0/0.
+        assert_eq!((by_connect["addr_fastreuse"].as_i64(), by_connect["addr_fastreuseport"].as_i64()), (Some(-1), Some(-1)), "{by_connect}");
+        assert_eq!((by_bind["addr_fastreuse"].as_i64(), by_bind["addr_fastreuseport"].as_i64()), (Some(0), Some(0)), "{by_bind}");
+    } else {
+        assert_eq!(by_bind["addr_fastreuse"], Value::Null, "{by_bind}");
+    }
+}

@@ -40,8 +40,11 @@ pub use serial::CmdResult;
 /// Arguments of `cargo xtask vm`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct VmArgs {
-    /// Kernel series to boot (newest Debian cloud kernel of each, found with apt).
-    #[arg(long, value_delimiter = ',', default_value = "6.1,6.12")]
+    /// Kernel series to boot: MAJOR.MINOR for the newest Debian cloud kernel of that
+    /// series, MAJOR for the newest MAJOR.x the registry serves (the row is labelled with
+    /// the MAJOR.MINOR it resolved to). Found through a private apt configuration under
+    /// target/vm-cache/apt, downloaded once and cached there.
+    #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,6.18,7")]
     pub kernels: Vec<String>,
     /// Seconds before a guest is killed and reported as failed.
     #[arg(long, default_value_t = 180)]

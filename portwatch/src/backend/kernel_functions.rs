@@ -4,7 +4,7 @@
 use portwatch_common::{ArgPos, NO_ARG};
 
 use super::Refusal;
-use crate::kernel::{compat::Id, Resolved};
+use crate::kernel::{compat::Id, symbols::Verdict, Resolved};
 
 /// A hooked kernel function: its kprobe and fentry programs (entry, return).
 #[derive(Debug)]
@@ -89,6 +89,14 @@ fn pos(resolved: &Resolved, func: &str, name: &str) -> u32 {
         .unwrap_or(NO_ARG)
 }
 
+/// Number of parameters of `func` in BTF (`NO_ARG` when it is absent).
+fn nargs(resolved: &Resolved, func: &str) -> u32 {
+    resolved
+        .function_params(func)
+        .map(|ps| ps.len() as u32)
+        .unwrap_or(NO_ARG)
+}
+
 /// Argument positions of every hooked function, from BTF.
 pub fn arg_positions(resolved: &Resolved) -> ArgPos {
     ArgPos {
@@ -100,6 +108,10 @@ pub fn arg_positions(resolved: &Resolved) -> ArgPos {
         put_port_sk: pos(resolved, "inet_put_port", "sk"),
         hashdance_sk: pos(resolved, hashdance(resolved), "sk"),
         bind_unhash_tw: pos(resolved, "inet_twsk_bind_unhash", "tw"),
+        get_port_nargs: nargs(resolved, "inet_csk_get_port"),
+        hash_connect_nargs: nargs(resolved, "__inet_hash_connect"),
+        inherit_nargs: nargs(resolved, "__inet_inherit_port"),
+        _pad: 0,
     }
 }
 
@@ -148,6 +160,18 @@ pub fn present_hooks(
             ));
             continue;
         }
+        // BTF names the function; the kernel's text says whether a hook on it sees every
+        // call (fentry also needs ftrace to be able to attach).
+        let verdict = resolved
+            .site(h.func)
+            .map_or(Verdict::Usable, |s| s.verdict(h.func, backend == "fentry"));
+        if let Verdict::Unusable(reason) = verdict {
+            if h.required {
+                return Err(Refusal::HookSite { func: h.func, reason });
+            }
+            warnings.push(format!("{backend}: {}: changes it makes are not seen", reason));
+            continue;
+        }
         hooks.push(h);
     }
     Ok(hooks)
@@ -183,6 +207,15 @@ mod tests {
             assert!(warnings.is_empty(), "{warnings:?}");
             assert_eq!(arg_positions(&r).hashdance_sk, 1);
         }
+        // fexit reads the return value after the parameters: their counts come from BTF.
+        for (kernel, hash_connect) in [(FakeKernel::linux_6_18(), 5), (FakeKernel::linux_6_1(), 4)] {
+            let r = layout_from_btf_bytes(&kernel.encode(), "fake").expect("layout");
+            let a = arg_positions(&r);
+            assert_eq!(
+                (a.get_port_nargs, a.hash_connect_nargs, a.inherit_nargs),
+                (2, hash_connect, 2)
+            );
+        }
     }
 
     #[test]
@@ -205,5 +238,50 @@ mod tests {
             err.to_string(),
             "BTF lacks the parameters inet_put_port(sk)"
         );
+    }
+
+    #[test]
+    fn hooks_not_where_btf_says_refuse_or_warn() {
+        let mut r = layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
+        let whole = |f: &str| format!("ffffffff81000000 T {f}\n");
+        let mut text: String = TRACKED_FUNCTIONS.iter().map(|f| whole(f)).collect();
+        // Nothing read (BTF from a file): BTF decides alone.
+        assert!(present_hooks(&r, "fentry", &mut Vec::new()).is_ok());
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        let mut warnings = Vec::new();
+        assert_eq!(present_hooks(&r, "fentry", &mut warnings).expect("all whole").len(), 6);
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // A required function split by partial inlining refuses the backend.
+        text = text.replace(" T __inet_hash_connect\n", " t __inet_hash_connect.part.0\n");
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        let err = present_hooks(&r, "kprobe", &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(&err, Refusal::HookSite { func: "__inet_hash_connect", reason } if reason.contains(".part.0")),
+            "{err}"
+        );
+        assert_eq!(err.short(), "__inet_hash_connect not hookable");
+
+        // An optional one inlined is left out with a warning.
+        let text = TRACKED_FUNCTIONS
+            .iter()
+            .filter(|f| **f != "inet_twsk_bind_unhash")
+            .map(|f| whole(f))
+            .collect::<String>();
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        let mut warnings = Vec::new();
+        let hooks = present_hooks(&r, "kprobe", &mut warnings).expect("optional");
+        assert!(!hooks.iter().any(|h| h.func == "inet_twsk_bind_unhash"));
+        assert!(warnings[0].contains("inlined"), "{warnings:?}");
+
+        // Not ftrace-able: fentry refuses, kprobe does not care.
+        let text: String = TRACKED_FUNCTIONS.iter().map(|f| whole(f)).collect();
+        let ff: String = TRACKED_FUNCTIONS.iter().filter(|f| **f != "inet_put_port").map(|f| format!("{f}\n")).collect();
+        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, Some(&ff)));
+        assert!(matches!(
+            present_hooks(&r, "fentry", &mut Vec::new()),
+            Err(Refusal::HookSite { func: "inet_put_port", .. })
+        ));
+        assert!(present_hooks(&r, "kprobe", &mut Vec::new()).is_ok());
     }
 }

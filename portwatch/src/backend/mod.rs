@@ -14,6 +14,7 @@ mod refusal;
 mod session;
 pub mod tracefs;
 pub mod tracepoint;
+pub mod walk;
 
 use std::fmt;
 
@@ -24,6 +25,7 @@ use thiserror::Error;
 pub use self::{
     refusal::Refusal,
     session::{ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
+    walk::{WalkDriver, WalkDriverChoice, WalkReport},
 };
 use crate::{
     bpf::MapError,
@@ -150,6 +152,8 @@ pub enum BackendError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Walk(#[from] walk::WalkError),
 }
 
 fn summary(attempts: &[Attempt]) -> String {

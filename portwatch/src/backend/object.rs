@@ -1,16 +1,39 @@
-//! The eBPF object built by `build.rs` from the `portwatch-ebpf` crate and embedded in the
-//! binary, and what it holds. Without the cargo feature `ebpf` (e.g. the library as
-//! xtask uses it) nothing is embedded and loading fails with an error naming the feature.
+//! The eBPF objects built by `build.rs` from the `portwatch-ebpf` crate and embedded in the
+//! binary, and what they hold: the same programs with two walk drivers (see
+//! [`super::walk`]). Without the cargo feature `ebpf` (e.g. the library as xtask uses it)
+//! nothing is embedded and loading fails with an error naming the feature.
 
 use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-/// The object file, 8-byte aligned as the ELF parser wants.
+/// Walks driven by `bpf_loop` (kernels 5.17+); 8-byte aligned as the ELF parser wants.
 #[cfg(feature = "ebpf")]
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+static BPF_LOOP: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-bpf-loop"));
+/// Walks driven by bounded loops (kernels without `bpf_loop`).
+#[cfg(feature = "ebpf")]
+static BOUNDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-bounded"));
 #[cfg(not(feature = "ebpf"))]
-static OBJECT: &[u8] = &[];
+static BPF_LOOP: &[u8] = &[];
+#[cfg(not(feature = "ebpf"))]
+static BOUNDED: &[u8] = &[];
+
+/// Which of the two objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    BpfLoop,
+    Bounded,
+}
+
+impl Object {
+    fn embedded(self) -> &'static [u8] {
+        match self {
+            Object::BpfLoop => BPF_LOOP,
+            Object::Bounded => BOUNDED,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 #[error(
@@ -20,21 +43,24 @@ static OBJECT: &[u8] = &[];
 pub struct NotEmbedded;
 
 /// The embedded object, or why there is none.
-pub fn bytes() -> Result<&'static [u8], NotEmbedded> {
-    if OBJECT.is_empty() {
+pub fn bytes(object: Object) -> Result<&'static [u8], NotEmbedded> {
+    let b = object.embedded();
+    if b.is_empty() {
         Err(NotEmbedded)
     } else {
-        Ok(OBJECT)
+        Ok(b)
     }
 }
 
 /// What this binary was built with, for `portwatch probes` and `--version`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BuiltWith {
-    /// The cargo feature `ebpf` was on (the object is embedded).
+    /// The cargo feature `ebpf` was on (the objects are embedded).
     pub ebpf: bool,
+    /// Size of the `bpf_loop` object (the bounded-loop one is about as large).
     pub object_bytes: usize,
-    /// Programs in the object by attach type ("fentry", "kprobe", "tracepoint", ...).
+    /// Programs in the `bpf_loop` object by attach type ("fentry", "kprobe",
+    /// "tracepoint", ...); the bounded-loop object has the same but `probe_bpf_loop`.
     pub programs: BTreeMap<String, usize>,
     /// Why the object could not be read (empty when it could).
     pub error: Option<String>,
@@ -43,15 +69,15 @@ pub struct BuiltWith {
 /// Reads the embedded object's program list (no privileges needed: nothing is loaded).
 pub fn built_with() -> BuiltWith {
     let mut b = BuiltWith {
-        ebpf: !OBJECT.is_empty(),
-        object_bytes: OBJECT.len(),
+        ebpf: !BPF_LOOP.is_empty(),
+        object_bytes: BPF_LOOP.len(),
         programs: BTreeMap::new(),
         error: None,
     };
-    if OBJECT.is_empty() {
+    if BPF_LOOP.is_empty() {
         return b;
     }
-    match aya_obj::Object::parse(OBJECT) {
+    match aya_obj::Object::parse(BPF_LOOP) {
         Ok(obj) => {
             for p in obj.programs.values() {
                 *b.programs.entry(section_kind(&p.section)).or_default() += 1;
@@ -110,7 +136,9 @@ mod tests {
     fn object_matches_the_feature() {
         let b = built_with();
         assert_eq!(b.ebpf, cfg!(feature = "ebpf"));
-        assert_eq!(bytes().is_ok(), cfg!(feature = "ebpf"));
+        for o in [Object::BpfLoop, Object::Bounded] {
+            assert_eq!(bytes(o).is_ok(), cfg!(feature = "ebpf"));
+        }
         if cfg!(feature = "ebpf") {
             assert!(b.error.is_none(), "{b:?}");
             // Every backend has programs in the object.
@@ -121,7 +149,7 @@ mod tests {
                 );
             }
         } else {
-            assert!(bytes()
+            assert!(bytes(Object::Bounded)
                 .unwrap_err()
                 .to_string()
                 .contains("cargo feature `ebpf`"));

@@ -11,6 +11,10 @@ pub enum Refusal {
     /// A required kernel function is not in the kernel's BTF.
     #[error("kernel has no function {0}")]
     MissingFunction(&'static str),
+    /// A required function is in BTF but a hook on it would miss calls (inlined, cloned)
+    /// or cannot attach (not ftrace-able).
+    #[error("cannot hook {func}: {reason}")]
+    HookSite { func: &'static str, reason: String },
     /// The object lacks a program (a build mismatch).
     #[error(transparent)]
     Program(#[from] ProgramLookupError),
@@ -47,6 +51,7 @@ impl Refusal {
         match self {
             Refusal::MissingParameters(_) => "BTF lacks hook parameters".to_string(),
             Refusal::MissingFunction(f) => format!("kernel has no function {f}"),
+            Refusal::HookSite { func, .. } => format!("{func} not hookable"),
             Refusal::Program(_) => "program missing from the object".to_string(),
             Refusal::Verifier { errno, .. } => format!("BPF_PROG_LOAD {errno}"),
             Refusal::Load { .. } => "loading failed".to_string(),

@@ -4,19 +4,26 @@ use std::{os::fd::AsRawFd, path::Path};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
     Ebpf, EbpfLoader,
 };
-use portwatch_common::{ArgPos, Config, ErrorKey, Event, Layout, TpOffsets, EVENT_RING_BYTES};
+use portwatch_common::{
+    ArgPos, Config, ErrorKey, Event, Layout, TpOffsets, WalkBudget, EVENT_RING_BYTES,
+};
 
 use super::{
-    kernel_functions, object, tracefs, Attempt, Backend, BackendError, FixUp, ProbeChoice,
+    kernel_functions, object,
+    refusal::Refusal,
+    tracefs,
+    walk::{self, Load, WalkDriverChoice, WalkPlan, WalkReport},
+    Attempt, Backend, BackendError, FixUp, ProbeChoice,
 };
 use crate::{
     bpf::{self, error_chain},
     decode::decode_event,
-    kernel::Resolved,
+    kernel::{compat::Id, Resolved},
     model::{EphemeralRange, FailureCounts, Snapshot},
-    snapshot::{NetnsRef, SnapOptions, Snapshotter},
+    snapshot::{NetnsRef, SnapOptions, SnapshotError, Snapshotter},
 };
 
 /// A snapshot ring for sessions that only look up single buckets.
@@ -48,6 +55,8 @@ pub struct SessionOptions {
     /// (`dump`, `top`). Sessions that only look up single buckets pass a small one: the
     /// ring is mapped into the process and counts in its memory.
     pub snapshot_ring_bytes: Option<u32>,
+    /// Which walk driver to load (`--walk-driver`).
+    pub walk_driver: WalkDriverChoice,
 }
 
 impl Default for SessionOptions {
@@ -59,6 +68,7 @@ impl Default for SessionOptions {
             max_owners: 65536,
             ring_bytes: None,
             snapshot_ring_bytes: None,
+            walk_driver: WalkDriverChoice::Auto,
         }
     }
 }
@@ -74,6 +84,17 @@ pub struct ProbeSession {
     pub warnings: Vec<String>,
     snapshots: Snapshotter,
     max_owners: u32,
+    /// How the in-kernel walks run here, and why.
+    pub walk: WalkReport,
+}
+
+/// What attaching gave, before the session is put together.
+struct Attached {
+    ebpf: Ebpf,
+    backend: Option<Backend>,
+    attempts: Vec<Attempt>,
+    warnings: Vec<String>,
+    snapshots: Snapshotter,
 }
 
 impl ProbeSession {
@@ -83,8 +104,58 @@ impl ProbeSession {
         let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
         let tp = tp_offsets(&tracefs_root)?;
         let args = kernel_functions::arg_positions(&resolved);
-        let mut ebpf = load_object(&resolved.layout, &tp, &args, opts)?;
-        write_config(&mut ebpf, opts)?;
+        let mut plan = WalkPlan::new(opts.walk_driver, resolved.has(Id::BpfLoop));
+        let a = loop {
+            let ebpf = match plan.next() {
+                Load::BpfLoop => {
+                    let mut ebpf = load_object(
+                        object::Object::BpfLoop,
+                        &walk::BPF_LOOP_BUDGET,
+                        &resolved.layout,
+                        &tp,
+                        &args,
+                        opts,
+                    )?;
+                    match probe_bpf_loop(&mut ebpf) {
+                        Ok(()) => ebpf,
+                        Err(why) => {
+                            plan.bpf_loop_refused(why)?;
+                            continue;
+                        }
+                    }
+                }
+                Load::Bounded(budget) => load_object(
+                    object::Object::Bounded,
+                    &budget,
+                    &resolved.layout,
+                    &tp,
+                    &args,
+                    opts,
+                )?,
+            };
+            let outcome = attach(ebpf, &resolved, opts);
+            // A budget the verifier finds too complex is retried with a smaller one
+            // before any backend is given up for it.
+            let complex = match &outcome {
+                Ok(a) => too_complex(a.attempts.iter().filter_map(|at| at.refused.as_ref())),
+                Err(Failure::Backend(BackendError::NoneWorks(attempts))) => {
+                    too_complex(attempts.iter().filter_map(|at| at.refused.as_ref()))
+                }
+                Err(Failure::Backend(BackendError::Refused { refusal, .. })) => {
+                    too_complex(std::iter::once(refusal))
+                }
+                Err(Failure::Snapshot(SnapshotError::Refused(r))) => too_complex(std::iter::once(r)),
+                Err(_) => None,
+            };
+            if complex.is_some_and(|r| plan.too_complex(r)) {
+                continue;
+            }
+            match outcome {
+                Ok(a) => break a,
+                Err(Failure::Backend(e)) => return Err(e),
+                Err(Failure::Snapshot(e)) => return Err(e.into()),
+            }
+        };
         let mut warnings = Vec::new();
         if mounted {
             warnings.push(format!(
@@ -92,56 +163,22 @@ impl ProbeSession {
                 tracefs_root.display()
             ));
         }
-        let mut attempts = Vec::new();
-        let mut backend = None;
-        if let Some(choice) = opts.probe {
-            for b in choice.candidates() {
-                let d = b.descriptor();
-                match (d.attach)(&mut ebpf, &resolved, &mut warnings) {
-                    Ok(()) => {
-                        attempts.push(Attempt {
-                            backend: b,
-                            refused: None,
-                        });
-                        backend = Some(b);
-                        break;
-                    }
-                    Err(refusal) => {
-                        // Nothing of a refused backend may run beside the next one.
-                        for p in (d.programs)() {
-                            bpf::unload(&mut ebpf, p);
-                        }
-                        if choice != ProbeChoice::Auto {
-                            return Err(BackendError::Refused {
-                                backend: b,
-                                refusal,
-                            });
-                        }
-                        attempts.push(Attempt {
-                            backend: b,
-                            refused: Some(refusal),
-                        });
-                    }
-                }
-            }
-            if backend.is_none() {
-                return Err(BackendError::NoneWorks(attempts));
-            }
-        }
-        let events = match backend {
+        warnings.extend(a.warnings);
+        let mut ebpf = a.ebpf;
+        let events = match a.backend {
             Some(_) => Some(bpf::take_map(&mut ebpf, "EVENTS")?),
             None => None,
         };
-        let snapshots = Snapshotter::new(&mut ebpf)?;
         Ok(ProbeSession {
             ebpf,
             events,
-            backend,
-            attempts,
+            backend: a.backend,
+            attempts: a.attempts,
             resolved,
             warnings,
-            snapshots,
+            snapshots: a.snapshots,
             max_owners: opts.max_owners,
+            walk: plan.report(),
         })
     }
 
@@ -258,7 +295,85 @@ fn tp_offsets(root: &Path) -> Result<TpOffsets, BackendError> {
     })
 }
 
+/// The first refusal that says a program is too complex for the verifier.
+fn too_complex<'a>(mut refusals: impl Iterator<Item = &'a Refusal>) -> Option<&'a Refusal> {
+    refusals.find(|r| walk::is_too_complex(r))
+}
+
+/// Why attaching failed: a backend could not run, or the snapshot program could not.
+enum Failure {
+    Backend(BackendError),
+    Snapshot(SnapshotError),
+}
+
+/// Attaches the backends `opts` asks for (the first the kernel accepts) and the snapshot
+/// trigger to a freshly loaded object.
+fn attach(
+    mut ebpf: Ebpf,
+    resolved: &Resolved,
+    opts: &SessionOptions,
+) -> Result<Attached, Failure> {
+    write_config(&mut ebpf, opts).map_err(Failure::Backend)?;
+    let mut warnings = Vec::new();
+    let mut attempts = Vec::new();
+    let mut backend = None;
+    if let Some(choice) = opts.probe {
+        for b in choice.candidates() {
+            let d = b.descriptor();
+            match (d.attach)(&mut ebpf, resolved, &mut warnings) {
+                Ok(()) => {
+                    attempts.push(Attempt {
+                        backend: b,
+                        refused: None,
+                    });
+                    backend = Some(b);
+                    break;
+                }
+                Err(refusal) => {
+                    // Nothing of a refused backend may run beside the next one.
+                    for p in (d.programs)() {
+                        bpf::unload(&mut ebpf, p);
+                    }
+                    if choice != ProbeChoice::Auto {
+                        return Err(Failure::Backend(BackendError::Refused {
+                            backend: b,
+                            refusal,
+                        }));
+                    }
+                    attempts.push(Attempt {
+                        backend: b,
+                        refused: Some(refusal),
+                    });
+                }
+            }
+        }
+        if backend.is_none() {
+            return Err(Failure::Backend(BackendError::NoneWorks(attempts)));
+        }
+    }
+    let snapshots = Snapshotter::new(&mut ebpf).map_err(Failure::Snapshot)?;
+    Ok(Attached {
+        ebpf,
+        backend,
+        attempts,
+        warnings,
+        snapshots,
+    })
+}
+
+/// Loads `probe_bpf_loop` of the `bpf_loop` object (and unloads it again): whether this
+/// kernel's verifier accepts `bpf_loop` and its callback.
+fn probe_bpf_loop(ebpf: &mut Ebpf) -> Result<(), Refusal> {
+    const PROBE: &str = "probe_bpf_loop";
+    let p: &mut TracePoint = bpf::program(ebpf, PROBE)?;
+    let loaded = p.load().map_err(|e| Refusal::from_load(PROBE, &e));
+    bpf::unload(ebpf, PROBE);
+    loaded
+}
+
 fn load_object(
+    object: object::Object,
+    budget: &WalkBudget,
     layout: &Layout,
     tp: &TpOffsets,
     args: &ArgPos,
@@ -271,7 +386,8 @@ fn load_object(
         .btf(None)
         .override_global("LAYOUT", layout, true)
         .override_global("TP", tp, true)
-        .override_global("ARGS", args, true);
+        .override_global("ARGS", args, true)
+        .override_global("WALK", budget, true);
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
@@ -288,7 +404,7 @@ fn load_object(
             .map_max_entries("SOCKS", 1)
             .map_max_entries("PORTS", 1);
     }
-    let object = object::bytes().map_err(|e| BackendError::Load(e.to_string()))?;
+    let object = object::bytes(object).map_err(|e| BackendError::Load(e.to_string()))?;
     loader
         .load(object)
         .map_err(|e| BackendError::Load(error_chain(&e)))

@@ -9,6 +9,7 @@ use super::{Backend, BackendError, Descriptor, FixUp, Refusal};
 use crate::{
     bpf::{self, error_chain},
     kernel::Resolved,
+    snapshot::Lookup,
 };
 
 pub const DESCRIPTOR: Descriptor = Descriptor {
@@ -88,20 +89,25 @@ fn observe(cx: &mut FixUp<'_>, ev: &mut Event) -> Result<(), BackendError> {
     if ev.net == 0 {
         return Ok(());
     }
-    if let Some(r) = cx
+    let now = cx
         .snapshots
-        .lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?
-    {
-        ev.bucket.tb = r.addr;
-        ev.bucket.owners = r.owners;
-        ev.bucket.fastreuse = r.fastreuse;
-        ev.bucket.fastreuseport = r.fastreuseport;
-        ev.bucket.l3mdev = r.l3mdev;
-        ev.bucket.port = r.port;
-        ev.flags |= flag::BUCKET_PRESENT;
-        if r.flags & snapflag::OWNERS_TRUNCATED != 0 {
-            ev.flags |= flag::OWNERS_TRUNCATED;
+        .lookup(cx.ebpf, ev.net, ev.port, cx.max_owners)?;
+    ev.flags &= !flag::LOOKUP_TRUNCATED;
+    match now {
+        Lookup::Bucket(r) => {
+            ev.bucket.tb = r.addr;
+            ev.bucket.owners = r.owners;
+            ev.bucket.fastreuse = r.fastreuse;
+            ev.bucket.fastreuseport = r.fastreuseport;
+            ev.bucket.l3mdev = r.l3mdev;
+            ev.bucket.port = r.port;
+            ev.flags |= flag::BUCKET_PRESENT;
+            if r.flags & snapflag::OWNERS_TRUNCATED != 0 {
+                ev.flags |= flag::OWNERS_TRUNCATED;
+            }
         }
+        Lookup::Absent => {}
+        Lookup::Unknown => ev.flags |= flag::LOOKUP_TRUNCATED,
     }
     Ok(())
 }

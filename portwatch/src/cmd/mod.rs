@@ -9,9 +9,11 @@ pub mod selftest;
 pub mod top;
 pub mod trace;
 
+use std::sync::OnceLock;
+
 use anyhow::{Context as _, Result};
 use portwatch::{
-    backend::{ProbeSession, SessionOptions},
+    backend::{ProbeSession, SessionOptions, WalkDriverChoice},
     netns::{resolve_netns, NetnsFilter},
     privileges::require_bpf,
 };
@@ -30,10 +32,22 @@ pub fn netns_arg(spec: Option<&str>, default: &str) -> Result<NetnsFilter> {
     resolve_netns(spec).with_context(|| format!("--netns {spec}"))
 }
 
+/// The global `--walk-driver`, for every session the command opens.
+static WALK_DRIVER: OnceLock<WalkDriverChoice> = OnceLock::new();
+
+/// Records the global `--walk-driver` (once, before any session is opened).
+pub fn set_walk_driver(choice: WalkDriverChoice) {
+    let _ = WALK_DRIVER.set(choice);
+}
+
 /// Checks privileges, then opens a session, printing warnings on stderr.
 pub fn open_session(opts: &SessionOptions) -> Result<ProbeSession> {
     require_bpf()?;
-    let session = ProbeSession::open(opts).context("starting the eBPF programs")?;
+    let opts = SessionOptions {
+        walk_driver: WALK_DRIVER.get().copied().unwrap_or_default(),
+        ..opts.clone()
+    };
+    let session = ProbeSession::open(&opts).context("starting the eBPF programs")?;
     for w in &session.warnings {
         eprintln!("portwatch: {w}");
     }

@@ -24,6 +24,7 @@ pub fn run(a: ProbesArgs) -> Result<ExitCode> {
         v["chosen"] = serde_json::to_value(session.backend)?;
         v["attempts"] = serde_json::to_value(&session.attempts)?;
         v["built_with"] = serde_json::to_value(object::built_with())?;
+        v["walk"] = serde_json::to_value(&session.walk)?;
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("kernel {}", r.kernel_release);
@@ -35,6 +36,10 @@ pub fn run(a: ProbesArgs) -> Result<ExitCode> {
             }
         }
         println!("owners counted {}", r.owners_mode());
+        println!("walks driven by {}", session.walk);
+        if let Some(limits) = session.walk.limits() {
+            println!("  {limits}");
+        }
         println!(
             "kernel variants (BTF; [x] present here, release and commit that introduced each):"
         );

@@ -16,6 +16,7 @@ use super::{btf::KernelBtf, LayoutError};
 #[serde(rename_all = "kebab-case")]
 pub enum Id {
     SkProtocolU16,
+    BpfLoop,
     Bhash2,
     Tb2Deathrow,
     SocketPortRange,
@@ -26,6 +27,7 @@ pub enum Id {
     HashdanceSchedule,
     HashConnectPort0,
     Tb2Fastreuse,
+    ConnectBind,
     UpdateFastreuseTb2,
     NsCommonType,
 }
@@ -109,6 +111,17 @@ pub const VARIANTS: &[Variant] = &[
         without: "sk_protocol read as a byte when it is one; a bit field is refused",
     },
     Variant {
+        id: Id::BpfLoop,
+        change: "the bpf_loop helper (and callbacks as subprograms in the verifier)",
+        since: (5, 17),
+        commits: &["e6f2dd0f8067"],
+        backports: &[],
+        until: None,
+        detect: Detect::Func("bpf_loop"),
+        with: "walks driven by bpf_loop: one program run per walk, owner counts exact up to --max-owners (the object's probe_bpf_loop program confirms it at load)",
+        without: "walks driven by bounded loops (5.3+): owner counts per event stop at the step budget (shown as ≥N), a bucket lookup deeper than the budget in its hash chain is reported as lookup_truncated, the snapshot resumes over several program runs",
+    },
+    Variant {
         id: Id::Bhash2,
         change: "per-address bind buckets (struct inet_bind2_bucket, the bhash2 table)",
         since: (6, 1),
@@ -138,8 +151,8 @@ pub const VARIANTS: &[Variant] = &[
         backports: &[(6, 1)],
         until: None,
         detect: Detect::Member("inet_sock", "local_port_range"),
-        with: "not read: events show the netns's range, a socket may search a narrower one",
-        without: "nothing to do",
+        with: "each socket's own range shown in dump -v and trace (events also show the netns's range)",
+        without: "no per-socket range: connect() searches the netns's",
     },
     Variant {
         id: Id::InetFlags,
@@ -209,14 +222,25 @@ pub const VARIANTS: &[Variant] = &[
     },
     Variant {
         id: Id::Tb2Fastreuse,
-        change: "each tb2 has its own fastreuse/fastreuseport; SOCK_CONNECT_BIND marks connect()-bound owners, and releasing a port can reset a bucket to -1",
+        change: "each per-address bucket (tb2) has its own fastreuse/fastreuseport",
         since: (6, 18),
         commits: &["d57f4b874946"],
         backports: &[],
         until: None,
         detect: Detect::Member("inet_bind2_bucket", "fastreuse"),
-        with: "dump -v shows fastreuse per address; a bucket may return to -1 without being destroyed",
-        without: "fastreuse only per port; a bucket keeps its state until it is destroyed",
+        with: "dump -v shows fastreuse/fastreuseport per address, trace the state of each socket's own address",
+        without: "fastreuse only per port",
+    },
+    Variant {
+        id: Id::ConnectBind,
+        change: "connect()-bound owners are marked (SOCK_CONNECT_BIND in sk_userlocks, tw_connect_bind); releasing a port resets a bucket to -1/-1 when only connect()-bound owners remain (inet_bind{,2}_bucket_destroy() then runs on a bucket that keeps its owners)",
+        since: (6, 18),
+        commits: &["d57f4b874946"],
+        backports: &[],
+        until: None,
+        detect: Detect::Member("inet_timewait_sock", "tw_connect_bind"),
+        with: "dump -v and trace show each owner as connect()-bound or bound; a release that leaves only connect()-bound owners shows fastreuse/fastreuseport back at -1, the bucket not destroyed",
+        without: "the kernel does not record how an owner got its port; a bucket keeps its state until it is destroyed",
     },
     Variant {
         id: Id::UpdateFastreuseTb2,

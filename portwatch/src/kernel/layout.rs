@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     btf::{optional, IntShape, KernelBtf},
     compat::{self, Detected, Id},
+    symbols::HookSite,
     LayoutError,
 };
 
@@ -37,6 +38,9 @@ pub struct Resolved {
     pub variants: Detected,
     /// Each of [`TRACKED_FUNCTIONS`]: `Some(parameter names)` when present as a BTF FUNC.
     pub functions: BTreeMap<String, Option<Vec<String>>>,
+    /// Each of [`TRACKED_FUNCTIONS`] in the running kernel's text (inlined, cloned...);
+    /// `None` when not read (BTF from a file, or /proc/kallsyms unreadable).
+    pub sites: Option<BTreeMap<String, HookSite>>,
 }
 
 /// Which member of `struct inet_bind2_bucket` tells its address family.
@@ -81,6 +85,11 @@ impl Resolved {
     /// Whether `name` exists as a BTF FUNC (only for [`TRACKED_FUNCTIONS`]).
     pub fn has_function(&self, name: &str) -> bool {
         matches!(self.functions.get(name), Some(Some(_)))
+    }
+
+    /// Where a tracked function is in the kernel's text, when that was read.
+    pub fn site(&self, name: &str) -> Option<&HookSite> {
+        self.sites.as_ref()?.get(name)
     }
 
     /// Parameter names of a tracked function, when present.
@@ -211,6 +220,26 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
     l.sk_reuse = btf.bitfield("sock", "__sk_common.skc_reuse")?;
     l.sk_reuseport = btf.bitfield("sock", "__sk_common.skc_reuseport")?;
     l.inet_bind_address_no_port = bind_address_no_port(btf, has(Id::InetFlags))?;
+    l.sk_userlocks = btf.bitfield("sock", "sk_userlocks")?;
+    if has(Id::ConnectBind) {
+        l.connect_bind_mask = SOCK_CONNECT_BIND;
+        l.tw_connect_bind = btf.bitfield("inet_timewait_sock", "tw_connect_bind")?;
+        if u32::from(l.sk_userlocks.width) <= SOCK_CONNECT_BIND.trailing_zeros() {
+            return Err(btf.unexpected(
+                "sock",
+                "sk_userlocks",
+                "room for SOCK_CONNECT_BIND (bit 4)",
+                format!("a {}-bit field", l.sk_userlocks.width),
+            ));
+        }
+    } else {
+        l.connect_bind_mask = 0;
+    }
+    if has(Id::SocketPortRange) {
+        l.inet_local_port_range = socket_port_range(btf)?;
+    }
+    l.icsk_bind2_hash =
+        optional(btf.ptr_offset("inet_connection_sock", "icsk_bind2_hash"))?.unwrap_or(NO_FIELD);
 
     // struct inet_bind_bucket
     const TB: &str = "inet_bind_bucket";
@@ -255,6 +284,7 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
         kernel_release: btf.kernel().to_string(),
         variants,
         functions,
+        sites: None,
     })
 }
 
@@ -302,6 +332,31 @@ fn bind_address_no_port(btf: &KernelBtf, inet_flags: bool) -> Result<BitField, L
         width: 1,
         _pad: [0; 2],
     })
+}
+
+/// `SOCK_CONNECT_BIND`: a `#define` in include/net/sock.h (d57f4b874946), so not in BTF;
+/// its presence is told by `tw_connect_bind` (row [`Id::ConnectBind`]).
+pub const SOCK_CONNECT_BIND: u32 = 16;
+
+/// `inet_sock.local_port_range`: a u32 (lo | hi << 16) since 6.8, a `{ u16 lo, hi }`
+/// struct before; both are the same four bytes.
+fn socket_port_range(btf: &KernelBtf) -> Result<u32, LayoutError> {
+    const S: &str = "inet_sock";
+    const M: &str = "local_port_range";
+    let f = btf.field(S, M)?;
+    let lo_hi = btf.int_offset(S, "local_port_range.lo", &[2]).ok().zip(
+        btf.int_offset(S, "local_port_range.hi", &[2]).ok(),
+    );
+    match (btf.int_size(f.tid), lo_hi) {
+        (Some(4), _) => btf.byte_offset(S, M, f),
+        (_, Some(((lo, _), (hi, _)))) if hi == lo + 2 => Ok(lo),
+        _ => Err(btf.unexpected(
+            S,
+            M,
+            "a 4-byte integer or a { u16 lo; u16 hi; } struct",
+            btf.describe(f.tid),
+        )),
+    }
 }
 
 /// Where owners are counted: `tb->owners` when the bucket has one, else the owners of
@@ -389,6 +444,11 @@ mod tests {
             sk_reuse: bit(19, 0, 4),
             sk_reuseport: bit(19, 4, 1),
             inet_bind_address_no_port: bit(776, 18, 1),
+            sk_userlocks: bit(291, 0, 8),
+            connect_bind_mask: SOCK_CONNECT_BIND,
+            tw_connect_bind: bit(146, 6, 1),
+            inet_local_port_range: 792,
+            icsk_bind2_hash: 1040,
             tb_net: 0,
             tb_l3mdev: 8,
             tb_port: 12,
@@ -433,6 +493,10 @@ mod tests {
             tb2_v6_rcv_saddr: 16,
             tb2_rcv_saddr: 16,
             owners_mode: OWNERS_ON_TB,
+            // No connect()-bound mark before 6.18; the socket's own range is the same
+            // four bytes as a { lo, hi } pair (6.1.31 backport).
+            connect_bind_mask: 0,
+            tw_connect_bind: BitField::NONE,
             ..expected_6_18()
         }
     }

@@ -1,11 +1,13 @@
 //! What portwatch knows about kernels: a reader of the running kernel's BTF ([`btf`]),
 //! the table of kernel variants ([`compat`]), the layout handed to the eBPF programs
-//! built from both ([`layout`]), and the report of all three ([`report`]).
+//! built from both ([`layout`]), where the hooked functions really are in the kernel's
+//! text ([`symbols`]), and the report of all of it ([`report`]).
 pub mod btf;
 pub mod compat;
 mod error;
 pub mod layout;
 pub mod report;
+pub mod symbols;
 
 use std::path::Path;
 
@@ -17,11 +19,14 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// The running kernel's release string.
 pub const OSRELEASE: &str = "/proc/sys/kernel/osrelease";
 
-/// Resolves the layout from the running kernel (reads [`VMLINUX_BTF`] and [`OSRELEASE`]).
+/// Resolves the layout from the running kernel (reads [`VMLINUX_BTF`] and [`OSRELEASE`]),
+/// and where the tracked functions are in its text ([`symbols`]).
 pub fn host_layout() -> Result<Resolved, LayoutError> {
     let bytes = read_btf(Path::new(VMLINUX_BTF))?;
     let release = read_release()?;
-    layout_from_btf_bytes(&bytes, &release)
+    let mut r = layout_from_btf_bytes(&bytes, &release)?;
+    r.sites = symbols::host_sites(&TRACKED_FUNCTIONS, &crate::backend::tracefs::CANDIDATES);
+    Ok(r)
 }
 
 /// Resolves the layout from a raw BTF file. The kernel release is the running kernel's

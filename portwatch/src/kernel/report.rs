@@ -1,7 +1,7 @@
 //! What portwatch found out about the running kernel, as text lines and JSON (used by
 //! `portwatch probes`): every row of the compatibility table with whether this kernel
-//! has it and what portwatch does about it, the owner counting mode and the hooked
-//! functions' signatures.
+//! has it and what portwatch does about it, the owner counting mode, and the hooked
+//! functions' signatures and where they are in the kernel's text.
 use serde_json::{json, Value};
 
 use super::{
@@ -57,13 +57,20 @@ impl Resolved {
         out
     }
 
-    /// `name(params)` or `name: absent` for each tracked function.
+    /// `name(params)` or `name: absent` for each tracked function, with where it is in
+    /// the kernel's text when that was read (`; text symbol, ftrace-able`).
     pub fn function_lines(&self) -> Vec<String> {
         self.functions
             .iter()
-            .map(|(name, params)| match params {
-                Some(p) => format!("{name}({})", p.join(", ")),
-                None => format!("{name}: absent"),
+            .map(|(name, params)| {
+                let mut l = match params {
+                    Some(p) => format!("{name}({})", p.join(", ")),
+                    None => format!("{name}: absent"),
+                };
+                if let (Some(_), Some(site)) = (params, self.site(name)) {
+                    l.push_str(&format!("; {}", site.describe()));
+                }
+                l
             })
             .collect()
     }
@@ -79,6 +86,7 @@ impl Resolved {
             "owners_mode": self.owners_mode(),
             "variants": variants,
             "functions": self.functions,
+            "sites": self.sites,
         })
     }
 }

@@ -60,6 +60,33 @@ impl OwnerCount {
     }
 }
 
+/// A port range `lo..=hi`, e.g. a socket's IP_LOCAL_PORT_RANGE. Displayed `lo-hi`; in
+/// JSON `{"lo": .., "hi": ..}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// The kernel's packed form (`lo | hi << 16`); `None` for 0 (no range set). A socket
+    /// may set only one bound (the other stays 0: the netns's bound applies).
+    pub fn from_packed(v: u32) -> Option<PortRange> {
+        (v != 0).then_some(PortRange {
+            lo: v as u16,
+            hi: (v >> 16) as u16,
+        })
+    }
+}
+
+/// The state of a per-address bucket (`inet_bind2_bucket`) on kernels where it keeps its
+/// own (6.18+).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AddrState {
+    pub fastreuse: Fastreuse,
+    pub fastreuseport: Fastreuse,
+}
+
 /// The observable state of one bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BucketInfo {
@@ -88,6 +115,17 @@ mod tests {
             fastreuseport: Fastreuse(frp),
             owners: OwnerCount { n: owners, truncated },
         }
+    }
+
+    #[test]
+    fn port_range_from_the_kernels_packed_form() {
+        assert_eq!(PortRange::from_packed(0), None);
+        assert_eq!(
+            PortRange::from_packed(40009 << 16 | 40000),
+            Some(PortRange { lo: 40000, hi: 40009 })
+        );
+        // Only an upper bound set: lo 0 means the netns's lower bound.
+        assert_eq!(PortRange::from_packed(50000 << 16), Some(PortRange { lo: 0, hi: 50000 }));
     }
 
     #[test]

@@ -43,6 +43,8 @@ impl Errno {
         Some(match self.0 {
             libc::EPERM => "EPERM",
             libc::ENOENT => "ENOENT",
+            libc::ESRCH => "ESRCH",
+            libc::E2BIG => "E2BIG",
             libc::EINTR => "EINTR",
             libc::EBADF => "EBADF",
             libc::EAGAIN => "EAGAIN",

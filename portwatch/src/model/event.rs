@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{BucketInfo, Errno, Op, SockOpts, Task};
+use super::{AddrState, BucketInfo, Errno, Op, SockOpts, Task};
 
 /// The bucket an event found after its operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,4 +39,9 @@ pub struct SocketEvent {
     pub opts: SockOpts,
     /// The port was not asked for but is the only port of the ephemeral range.
     pub port_from_range: bool,
+    /// The bucket lookup gave up before the end of its hash chain: `bucket` is `None`
+    /// because its state is not known, not because there is none.
+    pub lookup_truncated: bool,
+    /// The state of the socket's per-address bucket, where it keeps its own (6.18+).
+    pub addr: Option<AddrState>,
 }

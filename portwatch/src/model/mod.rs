@@ -13,7 +13,7 @@ mod snapshot;
 mod tcp_state;
 mod transition;
 
-pub use bucket::{BucketInfo, BucketKey, Fastreuse, OwnerCount};
+pub use bucket::{AddrState, BucketInfo, BucketKey, Fastreuse, OwnerCount, PortRange};
 pub use errno::{errno_or_zero, Errno};
 pub use event::{SeenBucket, SocketEvent};
 pub use failures::{FailureCount, FailureCounts};

@@ -7,7 +7,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{BucketInfo, BucketKey, Fastreuse, TcpState};
+use super::{BucketInfo, BucketKey, Fastreuse, PortRange, TcpState};
 
 /// One owner socket in a verbose snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,13 @@ pub struct OwnerRow {
     pub state: TcpState,
     pub reuseaddr: bool,
     pub reuseport: bool,
+    /// connect() chose its port (`SOCK_CONNECT_BIND` / `tw_connect_bind`), not bind();
+    /// `None` on kernels that do not record it (before 6.18).
+    #[serde(default)]
+    pub connect_bound: Option<bool>,
+    /// Its own ephemeral range (IP_LOCAL_PORT_RANGE), `None` when it set none.
+    #[serde(default)]
+    pub local_port_range: Option<PortRange>,
 }
 
 /// One per-address bucket (bhash2) in a verbose snapshot, or the owners of one address

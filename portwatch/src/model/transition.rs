@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bucket::BucketInfo, errno::Errno, BucketKey, Fastreuse};
+use super::{bucket::BucketInfo, errno::Errno, AddrState, BucketKey, Fastreuse, PortRange};
 
 /// The syscall or kernel action behind a transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub enum TransitionKind {
     BucketDestroyed,
     BindFailed,
     ConnectFailed,
+    /// The bucket could not be looked up after the operation (the walk gave up before
+    /// the end of its hash chain; bounded-loop walk driver): its state is not known.
+    LookupTruncated,
 }
 
 impl TransitionKind {
@@ -66,6 +69,7 @@ impl TransitionKind {
             TransitionKind::BucketDestroyed => "bucket_destroyed",
             TransitionKind::BindFailed => "bind_failed",
             TransitionKind::ConnectFailed => "connect_failed",
+            TransitionKind::LookupTruncated => "lookup_truncated",
         }
     }
 
@@ -133,12 +137,21 @@ impl From<Task> for TaskFields {
     }
 }
 
-/// Socket options relevant to port sharing, as set on the socket of the event.
+/// Socket options relevant to port sharing, as set on the socket of the event, and how
+/// the socket got its port where the kernel records it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SockOpts {
     pub reuseaddr: bool,
     pub reuseport: bool,
     pub bind_address_no_port: bool,
+    /// connect() chose the port (`SOCK_CONNECT_BIND`), not bind(); `None` on kernels
+    /// that do not record it (before 6.18).
+    #[serde(default)]
+    pub connect_bound: Option<bool>,
+    /// The socket's own ephemeral range (IP_LOCAL_PORT_RANGE, 6.3+ and 6.1.31+); `None`
+    /// when it set none.
+    #[serde(default)]
+    pub local_port_range: Option<PortRange>,
 }
 
 /// One transition of one bucket, derived by the reducer from an event (or from a rescan).
@@ -154,7 +167,8 @@ pub struct Transition {
     /// State after the operation; `None` when the bucket no longer exists (or never did,
     /// for a failure on a port without a bucket).
     pub after: Option<BucketInfo>,
-    /// Set for the failures (`BindFailed`, `ConnectFailed`).
+    /// Set for the failures (`BindFailed`, `ConnectFailed`), and for `LookupTruncated`
+    /// after a failed operation.
     #[serde(with = "super::errno::errno_or_zero")]
     pub errno: Option<Errno>,
     #[serde(flatten)]
@@ -166,6 +180,10 @@ pub struct Transition {
     pub opts: SockOpts,
     /// The port was not asked for but is the only port of the ephemeral range.
     pub port_from_range: bool,
+    /// The state of the socket's per-address bucket after the operation, on kernels
+    /// where it keeps its own (6.18+).
+    #[serde(default)]
+    pub addr: Option<AddrState>,
 }
 
 impl Transition {
@@ -207,6 +225,7 @@ mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            addr: None,
         }
     }
 

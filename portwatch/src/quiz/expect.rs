@@ -15,6 +15,7 @@ pub enum Call {
     Bind,
     Connect,
     Getsockname,
+    Close,
 }
 
 impl Call {
@@ -25,6 +26,7 @@ impl Call {
             Call::Bind => "bind",
             Call::Connect => "connect",
             Call::Getsockname => "getsockname",
+            Call::Close => "close",
         }
     }
 }

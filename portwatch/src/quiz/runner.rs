@@ -117,6 +117,8 @@ fn apply(sock: &Socket, action: Action, port_under_test: u16) -> io::Result<()> 
         Action::BindAddressNoPort => set_bind_address_no_port(sock),
         Action::Bind(a) => sock.bind(&SockAddr::from(a.resolve(port_under_test))),
         Action::Connect(a) => sock.connect(&SockAddr::from(a.resolve(port_under_test))),
+        // Sockets are closed by the replay, which drops them.
+        Action::Close => Ok(()),
     }
 }
 
@@ -233,6 +235,13 @@ impl<'o> Replay<'o> {
                 }
                 Err(crate::netns::NetnsError::Io { source, .. }) => Err(source),
                 Err(e) => return Err(e).context("creating a socket in the private netns"),
+            },
+            Action::Close => match self.socks[i].take() {
+                Some(s) => {
+                    drop(s);
+                    Ok(())
+                }
+                None => anyhow::bail!("scenario bug: {} closed before socket()", step.sock.name()),
             },
             action => {
                 let Some(sock) = self.socks[i].as_ref() else {
@@ -602,6 +611,7 @@ mod tests {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                addr: None,
             };
             // One transition of ours, one of another netns, one of an unrelated port.
             Ok(vec![
@@ -693,6 +703,7 @@ mod tests {
                 "-1/connect",
                 "-1/no-port-bind",
                 "-1/bind",
+                "-1/bind-release",
                 "-1/reuseaddr-bind",
                 "+1/reuseaddr-bind",
                 "+1/bind"
@@ -727,7 +738,7 @@ mod tests {
         println!("{text}");
         assert!(
             text.trim_end()
-                .ends_with("states: 8 checks ran, bucket states not observed (no tracer)"),
+                .ends_with("states: 9 checks ran, bucket states not observed (no tracer)"),
             "{text}"
         );
         for c in &r.checks {

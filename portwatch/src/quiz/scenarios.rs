@@ -122,6 +122,8 @@ pub enum Action {
     BindAddressNoPort,
     Bind(Addr),
     Connect(Addr),
+    /// `close()`: the socket releases its port.
+    Close,
 }
 
 impl Action {
@@ -132,6 +134,7 @@ impl Action {
             Action::ReuseAddr | Action::BindAddressNoPort => Call::Setsockopt,
             Action::Bind(_) => Call::Bind,
             Action::Connect(_) => Call::Connect,
+            Action::Close => Call::Close,
         }
     }
 }
@@ -165,6 +168,7 @@ impl SocketStep {
             }
             Action::Bind(a) => format!("{s}.bind{}", py(a)),
             Action::Connect(a) => format!("{s}.connect{}", py(a)),
+            Action::Close => format!("{s}.close()"),
         }
     }
 
@@ -176,6 +180,7 @@ impl SocketStep {
             Action::BindAddressNoPort => "IP_BIND_ADDRESS_NO_PORT",
             Action::Bind(_) => "bind",
             Action::Connect(_) => "connect",
+            Action::Close => "close",
         };
         format!("{} {what}", self.sock.name())
     }
@@ -188,6 +193,7 @@ impl SocketStep {
             Action::BindAddressNoPort => Some("IP_BIND_ADDRESS_NO_PORT".into()),
             Action::Bind(a) => Some(format!("bind {}", a.text(under_test))),
             Action::Connect(a) => Some(format!("connect {}", a.text(under_test))),
+            Action::Close => Some("close".into()),
         }
     }
 }
@@ -283,7 +289,7 @@ const fn fails(call: Call, errno: Errno, why: &'static str) -> Expected {
     }
 }
 
-use Action::{Bind, BindAddressNoPort, Connect, ReuseAddr, Socket};
+use Action::{Bind, BindAddressNoPort, Close, Connect, ReuseAddr, Socket};
 use Sock::{S1, S2};
 
 const EADDRINUSE: Errno = Errno::EADDRINUSE;
@@ -585,6 +591,28 @@ pub static STATE_CHECKS: &[StateCheck] = &[
         ],
     },
     StateCheck {
+        id: "-1/bind-release",
+        from: Fastreuse(-1),
+        title: "from -1: plain bind() of another IP on the port, then that socket closes",
+        steps: &[
+            st(S1, Socket),
+            chk(S1, Connect(R8), -1, WHY_CONNECT_CREATES),
+            st(S2, Socket),
+            chk(
+                S2,
+                Bind(under_test(L2)),
+                0,
+                "a non-conflicting bind() without SO_REUSEADDR moves the bucket to 0",
+            ),
+            chk(
+                S2,
+                Close,
+                0,
+                "a bucket keeps its state until it is destroyed; s1 still holds the port",
+            ),
+        ],
+    },
+    StateCheck {
         id: "-1/reuseaddr-bind",
         from: Fastreuse(-1),
         title: "from -1: SO_REUSEADDR bind() of another IP on the port",
@@ -840,7 +868,10 @@ mod tests {
             for s in c.steps {
                 assert_eq!(
                     s.expect.is_some(),
-                    matches!(s.step.action, Action::Bind(_) | Action::Connect(_)),
+                    matches!(
+                        s.step.action,
+                        Action::Bind(_) | Action::Connect(_) | Action::Close
+                    ),
                     "{}",
                     c.id
                 );
@@ -862,6 +893,7 @@ mod tests {
         assert_eq!(last("-1/connect"), -1);
         assert_eq!(last("-1/no-port-bind"), -1);
         assert_eq!(last("-1/bind"), 0);
+        assert_eq!(last("-1/bind-release"), 0);
         assert_eq!(last("-1/reuseaddr-bind"), -1);
         assert_eq!(last("0/bind"), 0);
         assert_eq!(last("0/reuseaddr-bind"), 0);

@@ -156,6 +156,13 @@ impl Column {
         if o.reuseport {
             s.push_str(" REUSEPORT");
         }
+        if let Some(how) = super::transition::bound_by(o.connect_bound) {
+            s.push(' ');
+            s.push_str(how);
+        }
+        if let Some(r) = o.local_port_range {
+            s.push_str(&format!(" range {r}"));
+        }
         s
     }
 }

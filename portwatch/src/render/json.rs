@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{table::sorted_buckets, time::Clock};
-use crate::model::{AddrRow, Snapshot, Transition};
+use crate::model::{AddrRow, PortRange, Snapshot, Transition};
 
 /// The JSON object of one transition; keys in this order, names fixed.
 #[derive(Serialize)]
@@ -36,6 +36,13 @@ struct TransitionLine<'a> {
     reuseport: bool,
     bind_address_no_port: bool,
     port_from_range: bool,
+    /// null where the kernel does not record it (before 6.18).
+    connect_bound: Option<bool>,
+    /// The socket's IP_LOCAL_PORT_RANGE, null when it set none.
+    local_port_range: Option<PortRange>,
+    /// The socket's per-address bucket (6.18+), null elsewhere.
+    addr_fastreuse: Option<i8>,
+    addr_fastreuseport: Option<i8>,
 }
 
 /// One JSON object (one line, no trailing newline) for a transition. `time` is RFC 3339
@@ -68,6 +75,10 @@ pub fn transition_line(t: &Transition, clock: &Clock) -> serde_json::Result<Stri
         reuseport: t.opts.reuseport,
         bind_address_no_port: t.opts.bind_address_no_port,
         port_from_range: t.port_from_range,
+        connect_bound: t.opts.connect_bound,
+        local_port_range: t.opts.local_port_range,
+        addr_fastreuse: t.addr.map(|a| a.fastreuse.get()),
+        addr_fastreuseport: t.addr.map(|a| a.fastreuseport.get()),
     };
     serde_json::to_string(&j)
 }
@@ -82,6 +93,8 @@ fn addr_json(a: &AddrRow) -> Value {
             "state": o.state.to_string(),
             "reuseaddr": o.reuseaddr,
             "reuseport": o.reuseport,
+            "connect_bound": o.connect_bound,
+            "local_port_range": o.local_port_range,
         })).collect::<Vec<_>>(),
     })
 }
@@ -134,7 +147,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 23] = [
+    const KEYS: [&str; 27] = [
         "ts_ns",
         "time",
         "netns",
@@ -158,6 +171,10 @@ mod tests {
         "reuseport",
         "bind_address_no_port",
         "port_from_range",
+        "connect_bound",
+        "local_port_range",
+        "addr_fastreuse",
+        "addr_fastreuseport",
     ];
 
     #[test]
@@ -191,6 +208,34 @@ mod tests {
         assert_eq!(m["reuseport"], false);
         assert_eq!(m["bind_address_no_port"], false);
         assert_eq!(m["port_from_range"], false);
+    }
+
+    #[test]
+    fn json_what_newer_kernels_record_per_socket() {
+        let m = parse(&fr_changed());
+        for k in ["connect_bound", "local_port_range", "addr_fastreuse", "addr_fastreuseport"] {
+            assert_eq!(m[k], Value::Null, "{k}: not recorded, not set");
+        }
+        let t = Transition {
+            opts: crate::model::SockOpts {
+                connect_bound: Some(false),
+                local_port_range: Some(PortRange { lo: 40000, hi: 40009 }),
+                ..Default::default()
+            },
+            addr: Some(crate::model::AddrState {
+                fastreuse: crate::model::Fastreuse(0),
+                fastreuseport: crate::model::Fastreuse(-1),
+            }),
+            ..fr_changed()
+        };
+        let m = parse(&t);
+        assert_eq!(m["connect_bound"], false);
+        assert_eq!(m["local_port_range"], serde_json::json!({"lo": 40000, "hi": 40009}));
+        assert_eq!((m["addr_fastreuse"].as_i64(), m["addr_fastreuseport"].as_i64()), (Some(0), Some(-1)));
+        let line = crate::render::transition::trace_line(&t, &clock());
+        for part in ["bind()-bound", "range 40000-40009", "addr bucket fr 0 frp -1"] {
+            assert!(line.contains(part), "missing {part:?} in {line}");
+        }
     }
 
     #[test]
@@ -276,8 +321,11 @@ mod tests {
         assert_eq!(addrs[0]["fastreuse"], json!(-1));
         assert_eq!(
             addrs[0]["owners"][0],
-            json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false})
+            json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false,
+                "connect_bound":false,"local_port_range":{"lo":40000,"hi":40009}})
         );
+        assert_eq!(addrs[0]["owners"][1]["connect_bound"], json!(true));
+        assert_eq!(addrs[0]["owners"][1]["local_port_range"], Value::Null);
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
         assert_eq!(dump(&snap(vec![]), true), json!([]));

@@ -207,12 +207,16 @@ pub(crate) mod tests {
                         state: TcpState::Established,
                         reuseaddr: true,
                         reuseport: false,
+                        connect_bound: Some(false),
+                        local_port_range: Some(crate::model::PortRange { lo: 40000, hi: 40009 }),
                     },
                     OwnerRow {
                         local: Some(lo),
                         state: TcpState::TimeWait,
                         reuseaddr: false,
                         reuseport: true,
+                        connect_bound: Some(true),
+                        local_port_range: None,
                     },
                 ],
             },
@@ -240,7 +244,8 @@ pub(crate) mod tests {
             "{out}"
         );
         assert!(!lines[3].contains("REUSEPORT"));
-        assert!(lines[4].contains("TIME_WAIT REUSEPORT"), "{out}");
+        assert!(lines[3].ends_with("REUSEADDR bind()-bound range 40000-40009"), "{out}");
+        assert!(lines[4].ends_with("TIME_WAIT REUSEPORT connect()-bound"), "{out}");
         // No per-address state on this kernel: blank cells, only the owner count.
         assert_eq!(words(lines[5])[0], ["addr", "127.2.2.2", "0"]);
         // Not verbose: the bucket line only.

@@ -37,6 +37,12 @@ fn sock_opts(o: &SockOpts) -> Option<String> {
     (!set.is_empty()).then(|| format!("[{}]", set.join(",")))
 }
 
+/// How a socket got its port, where the kernel records it (6.18+): `connect()-bound` or
+/// `bind()-bound`.
+pub fn bound_by(connect_bound: Option<bool>) -> Option<&'static str> {
+    connect_bound.map(|c| if c { "connect()-bound" } else { "bind()-bound" })
+}
+
 /// One aligned, greppable `trace` line for a transition (no trailing newline).
 pub fn trace_line(t: &Transition, clock: &Clock) -> String {
     let who = match &t.task {
@@ -50,7 +56,9 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
         format!("port {}", t.key.port)
     };
     let change = match (t.errno, t.change()) {
-        (Some(e), _) if t.kind.is_failure() => format!("{e:#}"),
+        (Some(e), _) if t.kind.is_failure() || t.kind == TransitionKind::LookupTruncated => {
+            format!("{e:#}")
+        }
         (_, Some((from, to))) => format!("{from} -> {to}"),
         _ => "-".to_string(),
     };
@@ -63,6 +71,9 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
             "bucket fastreuse {} owners {} (frp {})",
             a.fastreuse, a.owners, a.fastreuseport
         ),
+        (None, _) if t.kind == TransitionKind::LookupTruncated => {
+            "unknown (hash chain walk cut short)".to_string()
+        }
         (None, _) => "no bucket".to_string(),
     };
     let mut sock = Vec::new();
@@ -73,6 +84,13 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
         sock.push(format!("remote {r}"));
     }
     sock.extend(sock_opts(&t.opts));
+    sock.extend(bound_by(t.opts.connect_bound).map(str::to_owned));
+    if let Some(r) = t.opts.local_port_range {
+        sock.push(format!("range {r}"));
+    }
+    if let Some(a) = t.addr {
+        sock.push(format!("addr bucket fr {} frp {}", a.fastreuse, a.fastreuseport));
+    }
     if t.port_from_range {
         sock.push("(only port of the ephemeral range)".to_string());
     }
@@ -101,7 +119,10 @@ pub fn timeline_line(t: &Transition) -> String {
     if let Some((from, to)) = t.change() {
         let _ = write!(s, " {from} -> {to}");
     }
-    if let (Some(e), true) = (t.errno, t.kind.is_failure()) {
+    if let (Some(e), true) = (
+        t.errno,
+        t.kind.is_failure() || t.kind == TransitionKind::LookupTruncated,
+    ) {
         let _ = write!(s, " {e:#}");
     }
     match t.after {
@@ -111,6 +132,7 @@ pub fn timeline_line(t: &Transition) -> String {
                 let _ = write!(s, " fastreuseport {}", info.fastreuseport);
             }
         }
+        None if t.kind == TransitionKind::LookupTruncated => s.push_str(" (bucket state unknown)"),
         None if t.kind != TransitionKind::BucketDestroyed => s.push_str(" (no bucket)"),
         None => {}
     }
@@ -190,6 +212,10 @@ pub fn describe(t: &Transition) -> String {
             }
             s
         }
+        TransitionKind::LookupTruncated => match t.errno {
+            Some(e) => format!("state unknown, lookup truncated ({op} failed {e})"),
+            None => format!("state unknown, lookup truncated ({op})"),
+        },
     }
 }
 
@@ -265,6 +291,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             port_from_range: false,
+            addr: None,
         }
     }
 
@@ -293,6 +320,26 @@ pub(crate) mod tests {
             opts: SockOpts::default(),
             ..fr_changed()
         }
+    }
+
+    #[test]
+    fn a_truncated_lookup_says_the_state_is_unknown() {
+        let t = Transition {
+            kind: TransitionKind::LookupTruncated,
+            op: Op::Bind,
+            before: Some(info(0, -1, 1)),
+            after: None,
+            errno: Errno::new(98),
+            ..fr_changed()
+        };
+        let l = trace_line(&t, &clock());
+        for part in ["  lookup_truncated  ", "EADDRINUSE (98)", "unknown (hash chain walk cut short)"] {
+            assert!(l.contains(part), "missing {part:?} in {l}");
+        }
+        assert!(!l.contains("no bucket"), "{l}");
+        let tl = timeline_line(&t);
+        assert!(tl.contains("(bucket state unknown)") && tl.contains("EADDRINUSE"), "{tl}");
+        assert_eq!(describe(&t), "state unknown, lookup truncated (bind failed EADDRINUSE)");
     }
 
     #[test]
@@ -404,6 +451,7 @@ pub(crate) mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            addr: None,
         }
     }
 

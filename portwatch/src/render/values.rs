@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::model::{Errno, Fastreuse, Op, OwnerCount, TcpState, TransitionKind};
+use crate::model::{Errno, Fastreuse, Op, OwnerCount, PortRange, TcpState, TransitionKind};
 
 /// `-1`, `0`, `+1` as the article writes them (`+2` for `FASTREUSEPORT_STRICT`).
 impl fmt::Display for Fastreuse {
@@ -13,6 +13,14 @@ impl fmt::Display for Fastreuse {
         } else {
             write!(f, "{}", self.0)
         }
+    }
+}
+
+/// `lo-hi`; a bound the socket left unset (0) is shown as `*`.
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bound = |v: u16| if v == 0 { "*".to_owned() } else { v.to_string() };
+        write!(f, "{}-{}", bound(self.lo), bound(self.hi))
     }
 }
 

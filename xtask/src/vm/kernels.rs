@@ -1,10 +1,13 @@
 //! Locating, downloading and unpacking Debian's stock cloud kernels.
 //!
-//! Package names are looked up with `apt-cache search` at run time; nothing about
-//! versions or URLs is hard-coded. The newest package of each requested series
-//! (e.g. "6.1", "6.12") is downloaded with `apt-get download` and unpacked with
-//! `dpkg -x` into the cache directory; both steps are skipped when the unpacked
-//! image is already present.
+//! Package names are looked up with `apt-cache search` at run time, through a private
+//! apt configuration under the cache directory ([`crate::apt::PrivateApt`]) that lists
+//! the suites carrying the matrix's kernels on the mirrors the machine's own sources
+//! name; nothing about versions or URLs is hard-coded and the machine's apt sources,
+//! lists and caches are never touched. The newest package of each requested series
+//! ("6.12", or "7" for the newest 7.x) is downloaded with `apt-get download` and
+//! unpacked with `dpkg -x` into the cache directory; both steps are skipped when the
+//! unpacked image is already present.
 
 use std::{
     fs,
@@ -14,6 +17,11 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+
+use crate::{
+    apt::{self, PrivateApt},
+    cmd,
+};
 
 const PKG_PREFIX: &str = "linux-image-";
 const PKG_SUFFIX: &str = "-cloud-amd64";
@@ -32,10 +40,17 @@ pub struct KernelImage {
     pub vmlinuz: PathBuf,
 }
 
-/// Validates a series string ("MAJOR.MINOR", digits only).
+/// Validates a series string: "MAJOR.MINOR" (e.g. "6.12"), or "MAJOR" for the newest
+/// MAJOR.x the registry serves (e.g. "7"); a missing minor is `u32::MAX`.
 pub fn parse_series(series: &str) -> Result<(u32, u32)> {
+    if !series.is_empty() && series.chars().all(|c| c.is_ascii_digit()) {
+        let maj = series
+            .parse::<u32>()
+            .with_context(|| format!("kernel series {series:?} is not a number"))?;
+        return Ok((maj, u32::MAX));
+    }
     let (maj, min) = series.split_once('.').with_context(|| {
-        format!("kernel series {series:?} is not of the form MAJOR.MINOR, e.g. 6.12")
+        format!("kernel series {series:?} is not of the form MAJOR.MINOR (e.g. 6.12) or MAJOR (e.g. 7)")
     })?;
     let maj = maj
         .parse::<u32>()
@@ -49,6 +64,9 @@ pub fn parse_series(series: &str) -> Result<(u32, u32)> {
 /// The `apt-cache search --names-only` regular expression for a series.
 pub fn apt_regex(series: &str) -> Result<String> {
     let (maj, min) = parse_series(series)?;
+    if min == u32::MAX {
+        return Ok(format!("^{PKG_PREFIX}{maj}\\.[0-9]+\\.[0-9].*{PKG_SUFFIX}$"));
+    }
     Ok(format!("^{PKG_PREFIX}{maj}\\.{min}\\.[0-9].*{PKG_SUFFIX}$"))
 }
 
@@ -77,7 +95,8 @@ pub fn matches_series(package: &str, series: &str) -> bool {
     let Some(rest) = core.strip_prefix(&format!("{series}.")) else {
         return false;
     };
-    // The next character must start the patch level: "6.1." must not match "6.12.".
+    // The next character must start the patch level: "6.1." must not match "6.12.";
+    // for a major-only series ("7") it starts the minor.
     rest.chars().next().is_some_and(|c| c.is_ascii_digit())
         && !core.contains("-dbg")
         && !core.contains("-unsigned")
@@ -98,9 +117,52 @@ pub fn candidates(apt_search_output: &str, series: &str) -> Vec<String> {
     names
 }
 
-fn apt_search(series: &str) -> Result<String> {
+/// Suites of the main archive and of the security archive that carry the matrix's
+/// kernels: 5.10 in bullseye(-security), 6.1 in bookworm, 6.12 in bookworm and trixie,
+/// 6.16 to 7.x in trixie-backports.
+const MAIN_SUITES: [&str; 6] = [
+    "bullseye",
+    "bookworm",
+    "bookworm-updates",
+    "bookworm-backports",
+    "trixie",
+    "trixie-backports",
+];
+const SECURITY_SUITES: [&str; 3] = ["bullseye-security", "bookworm-security", "trixie-security"];
+
+/// The sources.list of the private configuration.
+pub fn private_sources(main: &str, security: &str) -> String {
+    let suites = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let mut s = apt::sources_lines(main, &suites(&MAIN_SUITES));
+    s.push_str(&apt::sources_lines(security, &suites(&SECURITY_SUITES)));
+    s
+}
+
+/// The private configuration under `cache/apt`, its lists fetched when missing or older
+/// than a day.
+fn prepare_apt(cache: &Path) -> Result<PrivateApt> {
+    let (main, security) = apt::host_mirrors()?;
+    let how = cmd::elevation("fetching the package lists of the VM matrix's kernels")?;
+    PrivateApt::prepare(&cache.join("apt"), &private_sources(&main, &security), &how)
+}
+
+/// `Depends:` of the newest version of `package`.
+fn depends(apt: &PrivateApt, package: &str) -> Result<Vec<String>> {
+    let out = cmd::output(apt.command("apt-cache").args(["show", "--no-all-versions", package]))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Depends:"))
+        .flat_map(|d| d.split(','))
+        .map(|d| d.split_whitespace().next().unwrap_or("").to_owned())
+        .filter(|d| !d.is_empty())
+        .collect())
+}
+
+fn apt_search(apt: &PrivateApt, series: &str) -> Result<String> {
     let re = apt_regex(series)?;
-    let out = Command::new("apt-cache")
+    let out = apt
+        .command("apt-cache")
         .args(["search", "--names-only", &re])
         .output()
         .context("running apt-cache (Debian's apt is needed to locate kernels)")?;
@@ -114,36 +176,52 @@ fn apt_search(series: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn apt_update() -> Result<()> {
-    eprintln!("vm: no kernel packages known to apt; running apt-get update");
-    let st = Command::new("apt-get")
-        .args(["update", "-q"])
-        .status()
-        .context("running apt-get update")?;
-    if !st.success() {
-        bail!("apt-get update failed ({st}); run it by hand (as root) and retry");
-    }
-    Ok(())
-}
-
-/// Finds `boot/vmlinuz-*` under an unpacked package root.
+/// Finds the kernel image under an unpacked package root: `boot/vmlinuz-RELEASE` (image
+/// packages up to 6.x) or `usr/lib/modules/RELEASE/vmlinuz` (the `linux-binary-RELEASE`
+/// package that 7.x image packages depend on).
 pub fn find_vmlinuz(unpacked: &Path) -> Result<(PathBuf, String)> {
     let boot = unpacked.join("boot");
-    let rd = fs::read_dir(&boot).with_context(|| format!("reading {}", boot.display()))?;
-    for e in rd {
-        let e = e.with_context(|| format!("reading {}", boot.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(release) = name.strip_prefix("vmlinuz-") {
-            return Ok((e.path(), release.to_owned()));
+    if let Ok(rd) = fs::read_dir(&boot) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(release) = name.strip_prefix("vmlinuz-") {
+                return Ok((e.path(), release.to_owned()));
+            }
         }
     }
-    bail!("no boot/vmlinuz-* in {}", unpacked.display())
+    let modules = unpacked.join("usr/lib/modules");
+    if let Ok(rd) = fs::read_dir(&modules) {
+        for e in rd.flatten() {
+            let img = e.path().join("vmlinuz");
+            if img.is_file() {
+                return Ok((img, e.file_name().to_string_lossy().into_owned()));
+            }
+        }
+    }
+    bail!(
+        "no boot/vmlinuz-* or usr/lib/modules/*/vmlinuz in {}",
+        unpacked.display()
+    )
 }
 
 /// Returns the cached image of `package`, downloading and unpacking it when absent.
-fn fetch_package(cache: &Path, package: &str) -> Result<(PathBuf, String)> {
-    let unpacked = cache.join("unpacked").join(package);
-    if let Ok(found) = find_vmlinuz(&unpacked) {
+fn fetch_package(apt: &PrivateApt, cache: &Path, package: &str) -> Result<(PathBuf, String)> {
+    // 7.x image packages are meta packages: the image is in linux-binary-RELEASE.
+    let release = package
+        .strip_prefix(PKG_PREFIX)
+        .unwrap_or(package)
+        .to_owned();
+    let binary = format!("linux-binary-{release}");
+    let unpacked_dir = cache.join("unpacked").join(package);
+    if find_vmlinuz(&unpacked_dir).is_err() && depends(apt, package)?.iter().any(|d| *d == binary) {
+        return fetch_one(apt, cache, &binary, &unpacked_dir);
+    }
+    fetch_one(apt, cache, package, &unpacked_dir)
+}
+
+/// Downloads `package` (unless its .deb is cached) and unpacks it into `unpacked`.
+fn fetch_one(apt: &PrivateApt, cache: &Path, package: &str, unpacked: &Path) -> Result<(PathBuf, String)> {
+    if let Ok(found) = find_vmlinuz(unpacked) {
         eprintln!("vm: {package}: cached in {}", unpacked.display());
         return Ok(found);
     }
@@ -153,7 +231,8 @@ fn fetch_package(cache: &Path, package: &str) -> Result<(PathBuf, String)> {
         Some(d) => d,
         None => {
             eprintln!("vm: {package}: apt-get download into {}", debs.display());
-            let out = Command::new("apt-get")
+            let out = apt
+                .command("apt-get")
                 .args(["download", "-q", package])
                 .current_dir(&debs)
                 .output()
@@ -174,6 +253,8 @@ fn fetch_package(cache: &Path, package: &str) -> Result<(PathBuf, String)> {
         }
     };
     let tmp = cache.join("unpacked").join(format!(".{package}.tmp"));
+    fs::create_dir_all(cache.join("unpacked"))
+        .with_context(|| format!("creating {}", cache.join("unpacked").display()))?;
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_context(|| format!("removing stale {}", tmp.display()))?;
     }
@@ -193,12 +274,12 @@ fn fetch_package(cache: &Path, package: &str) -> Result<(PathBuf, String)> {
     }
     find_vmlinuz(&tmp).with_context(|| format!("package {package} holds no kernel image"))?;
     if unpacked.exists() {
-        fs::remove_dir_all(&unpacked)
+        fs::remove_dir_all(unpacked)
             .with_context(|| format!("removing incomplete {}", unpacked.display()))?;
     }
-    fs::rename(&tmp, &unpacked)
+    fs::rename(&tmp, unpacked)
         .with_context(|| format!("renaming {} to {}", tmp.display(), unpacked.display()))?;
-    find_vmlinuz(&unpacked)
+    find_vmlinuz(unpacked)
 }
 
 fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
@@ -233,20 +314,28 @@ fn cached_for_series(cache: &Path, series: &str) -> Option<(String, PathBuf, Str
 /// into `cache`.
 pub fn prepare_kernels_in(cache: &Path, series: &[&str]) -> Result<Vec<KernelImage>> {
     let mut out = Vec::new();
-    let mut updated = false;
     for s in series {
         parse_series(s)?;
-        let mut names = candidates(&apt_search(s)?, s);
-        if names.is_empty() && !updated {
-            updated = true;
-            apt_update()?;
-            names = candidates(&apt_search(s)?, s);
+    }
+    // Offline with everything cached: the cached kernels serve.
+    let apt = match prepare_apt(cache) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("vm: warning: {e:#}; using cached kernels only");
+            None
         }
+    };
+    for s in series {
+        let names = match &apt {
+            Some(apt) => candidates(&apt_search(apt, s)?, s),
+            None => Vec::new(),
+        };
         let mut errors = Vec::new();
         let mut chosen = None;
         // Newest first; an index may list a package the mirror no longer serves.
         for name in names.iter().take(3) {
-            match fetch_package(cache, name) {
+            let Some(apt) = &apt else { break };
+            match fetch_package(apt, cache, name) {
                 Ok((img, rel)) => {
                     chosen = Some((name.clone(), img, rel));
                     break;
@@ -269,9 +358,10 @@ pub fn prepare_kernels_in(cache: &Path, series: &[&str]) -> Result<Vec<KernelIma
         let Some((package, vmlinuz, release)) = chosen else {
             if names.is_empty() {
                 bail!(
-                    "no Debian package matches {} (series {s}); check /etc/apt/sources.list* \
-                     has Debian main and run apt-get update",
-                    apt_regex(s)?
+                    "no Debian package matches {} (series {s}) in the suites {:?} and {:?}",
+                    apt_regex(s)?,
+                    MAIN_SUITES,
+                    SECURITY_SUITES
                 );
             }
             bail!(
@@ -280,8 +370,19 @@ pub fn prepare_kernels_in(cache: &Path, series: &[&str]) -> Result<Vec<KernelIma
             );
         };
         eprintln!("vm: series {s}: {package} ({})", vmlinuz.display());
+        // A major-only series ("7") is labelled with the MAJOR.MINOR it resolved to.
+        let label = match parse_series(s)? {
+            (_, u32::MAX) => {
+                let k = version_key(&package);
+                match k.get(..2) {
+                    Some([maj, min]) => format!("{maj}.{min}"),
+                    _ => (*s).to_owned(),
+                }
+            }
+            _ => (*s).to_owned(),
+        };
         out.push(KernelImage {
-            series: (*s).to_owned(),
+            series: label,
             package,
             release,
             vmlinuz,
@@ -359,13 +460,53 @@ linux-image-cloud-amd64 - Linux for x86-64 cloud (meta-package)
 
     #[test]
     fn series_validation_and_regex() {
-        assert!(parse_series("6").is_err());
+        assert_eq!(parse_series("7").ok(), Some((7, u32::MAX)));
         assert!(parse_series("6.x").is_err());
+        assert!(parse_series("").is_err());
+        assert_eq!(
+            apt_regex("7").ok().as_deref(),
+            Some("^linux-image-7\\.[0-9]+\\.[0-9].*-cloud-amd64$")
+        );
         assert_eq!(parse_series("6.12").ok(), Some((6, 12)));
         assert_eq!(
             apt_regex("6.1").ok().as_deref(),
             Some("^linux-image-6\\.1\\.[0-9].*-cloud-amd64$")
         );
+    }
+
+    #[test]
+    fn major_only_series_takes_the_newest_minor() {
+        let search = "\
+linux-image-7.0.13+deb13-cloud-amd64 - Linux 7.0 for x86-64 cloud (signed)
+linux-image-7.3.4+deb13-cloud-amd64 - Linux 7.3 for x86-64 cloud (signed)
+linux-image-7.2.12+deb13-cloud-amd64 - Linux 7.2 for x86-64 cloud (signed)
+linux-image-6.19.14+deb13-cloud-amd64 - Linux 6.19 for x86-64 cloud (signed)
+";
+        let c = candidates(search, "7");
+        assert_eq!(c[0], "linux-image-7.3.4+deb13-cloud-amd64");
+        assert_eq!(c.len(), 3, "{c:?}");
+    }
+
+    #[test]
+    fn private_sources_list_every_kernel_suite_signed() {
+        let list = private_sources("http://m.example/debian", "http://m.example/debian-security");
+        assert!(list.contains("http://m.example/debian trixie-backports main"));
+        assert!(list.contains("http://m.example/debian bullseye main"));
+        assert!(list.contains("http://m.example/debian-security bullseye-security main"));
+        assert_eq!(list.lines().count(), MAIN_SUITES.len() + SECURITY_SUITES.len());
+        assert!(list.lines().all(|l| l.starts_with("deb [signed-by=")));
+    }
+
+    #[test]
+    fn finds_vmlinuz_of_7x_binary_package() {
+        let d = tempdir();
+        let m = d.join("usr/lib/modules/7.3.4+deb13-cloud-amd64");
+        fs::create_dir_all(&m).unwrap();
+        fs::write(m.join("vmlinuz"), "x").unwrap();
+        let (p, rel) = find_vmlinuz(&d).unwrap();
+        assert_eq!(rel, "7.3.4+deb13-cloud-amd64");
+        assert!(p.ends_with("usr/lib/modules/7.3.4+deb13-cloud-amd64/vmlinuz"));
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! canned JSON; no root, no qemu.
 
 mod agree;
+mod explain;
 mod outputs;
 mod quiz;
 mod render;
@@ -16,7 +17,7 @@ mod tests;
 use portwatch::model::Fastreuse;
 use serde::Serialize;
 
-pub use self::{agree::*, outputs::*, quiz::*, render::*};
+pub use self::{agree::*, explain::*, outputs::*, quiz::*, render::*};
 use super::{CmdResult, GuestCmd};
 
 /// The probe backends, in the order portwatch tries them.
@@ -25,8 +26,14 @@ pub const BACKENDS: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 pub const PROBES: &str = "probes";
 /// Name of the `portwatch quiz --all --json` command.
 pub const QUIZ: &str = "quiz";
+/// Name of the `portwatch explain selftest --json` command.
+pub const EXPLAIN: &str = "explain";
+/// Generated cases of the explain judge per kernel: enough to exercise every rule, few
+/// enough for a TCG guest (about 20 s on 5.10 and 6.1 under load).
+pub const EXPLAIN_BIND_CASES: usize = 60;
+pub const EXPLAIN_CONNECT_CASES: usize = 20;
 /// The selftest observation reported per backend.
-pub const REUSEADDR_OBSERVATION: &str = "fastreuse after SO_REUSEADDR bind";
+pub const REUSEADDR_OBSERVATION: &str = portwatch::selftest::observation::REUSEADDR;
 
 /// Name of the selftest command of `backend`.
 pub fn selftest_name(backend: &str) -> String {
@@ -45,6 +52,13 @@ pub fn matrix_cmds() -> Vec<GuestCmd> {
     c.push(GuestCmd::new(
         QUIZ,
         ["portwatch", "quiz", "--all", "--json"],
+    ));
+    let (bind, connect) = (EXPLAIN_BIND_CASES.to_string(), EXPLAIN_CONNECT_CASES.to_string());
+    c.push(GuestCmd::new(
+        EXPLAIN,
+        [
+            "portwatch", "explain", "selftest", "--bind", &bind, "--connect", &connect, "--json",
+        ],
     ));
     c
 }
@@ -96,11 +110,32 @@ pub struct KernelRow {
     pub boot_problems: Vec<String>,
     /// Backend `portwatch probes` chose (auto).
     pub chosen: Option<String>,
+    /// How the in-kernel walks run (`portwatch probes`).
+    pub walk: Option<WalkReport>,
+    /// What the kernel records per owner, from its compatibility-table rows.
+    pub records: Records,
+    /// Hooked functions a hook would miss calls of (inlined, cloned), from `probes`.
+    pub hook_notes: Vec<String>,
+    /// Kernel-dependent values the selftests observed (from the first passing backend).
+    pub observations: Vec<(String, String)>,
+    pub explain: ExplainSummary,
     pub backends: Vec<BackendCell>,
     pub disagreements: Vec<Disagreement>,
     pub quiz: QuizSummary,
     /// Everything that makes this kernel's row a failure.
     pub failures: Vec<String>,
+}
+
+/// What a kernel records per owner socket, from its compatibility-table rows (`None`
+/// when `probes` did not say).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Records {
+    /// connect()-bound vs bound (row `connect-bind`, 6.18+).
+    pub connect_bound: Option<bool>,
+    /// IP_LOCAL_PORT_RANGE per socket (row `socket-port-range`, 6.3+ and 6.1.31+).
+    pub socket_port_range: Option<bool>,
+    /// A fastreuse pair per per-address bucket (row `tb2-fastreuse`, 6.18+).
+    pub addr_fastreuse: Option<bool>,
 }
 
 impl KernelRow {
@@ -264,6 +299,31 @@ pub fn kernel_row(input: &KernelInput) -> KernelRow {
     if !covered(QUIZ) {
         failures.extend(quiz.problems.iter().cloned());
     }
+    let explain = explain_summary(input.results.iter().find(|r| r.name == EXPLAIN));
+    if !covered(EXPLAIN) {
+        failures.extend(explain.problems.iter().cloned());
+    }
+    let observations = passed
+        .first()
+        .map(|st| st.scenarios.iter().flat_map(|s| s.observations.iter().cloned()).collect())
+        .unwrap_or_default();
+    let records = probes.as_ref().map_or_else(Records::default, |p| Records {
+        connect_bound: p.has("connect-bind"),
+        socket_port_range: p.has("socket-port-range"),
+        addr_fastreuse: p.has("tb2-fastreuse"),
+    });
+    let hook_notes = probes
+        .as_ref()
+        .and_then(|p| p.sites.as_ref())
+        .map(|sites| {
+            sites
+                .iter()
+                .filter(|(_, s)| !s.clones.is_empty() || !s.symbol || !s.cold.is_empty())
+                .map(|(f, s)| format!("{f}: {}", s.describe()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let walk = probes.as_ref().and_then(|p| p.walk.clone());
     KernelRow {
         label: input.label.clone(),
         host: input.host,
@@ -271,6 +331,11 @@ pub fn kernel_row(input: &KernelInput) -> KernelRow {
         secs: input.secs,
         boot_problems: input.boot_problems.clone(),
         chosen: probes.and_then(|p| p.chosen),
+        walk,
+        records,
+        hook_notes,
+        observations,
+        explain,
         backends,
         disagreements,
         quiz,

@@ -42,6 +42,8 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
         remote: None,
         opts: SockOpts::default(),
         port_from_range: false,
+        lookup_truncated: false,
+        addr: None,
     }
 }
 

@@ -3,11 +3,17 @@
 //! portwatch's own report types ([`SelftestReport`], [`QuizRunReport`]), so the schema
 //! has one definition.
 
-pub use portwatch::{quiz::results::QuizRunReport, selftest::SelftestReport};
+use std::collections::BTreeMap;
+
+pub use portwatch::{
+    backend::WalkReport, kernel::symbols::HookSite, quiz::results::QuizRunReport,
+    selftest::SelftestReport,
+};
 use serde::{de::DeserializeOwned, Deserialize};
 
 /// `portwatch probes --json` (only the fields used here). portwatch builds that document
-/// without a report type of its own (cmd/probes.rs), so these three fields are read here.
+/// without a report type of its own (cmd/probes.rs), so its top-level fields are read
+/// here; the walk report and the hook sites are portwatch's own types.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProbesOut {
     pub kernel: String,
@@ -15,6 +21,44 @@ pub struct ProbesOut {
     pub chosen: Option<String>,
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// How the in-kernel walks run there.
+    #[serde(default)]
+    pub walk: Option<WalkReport>,
+    /// Every row of the compatibility table: whether the kernel has it.
+    #[serde(default)]
+    pub variants: Vec<VariantOut>,
+    /// Where the tracked functions are in the kernel's text.
+    #[serde(default)]
+    pub sites: Option<BTreeMap<String, HookSite>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VariantOut {
+    pub id: String,
+    pub present: bool,
+}
+
+impl ProbesOut {
+    /// Whether the kernel has the compatibility-table row `id` (`None`: not reported).
+    pub fn has(&self, id: &str) -> Option<bool> {
+        self.variants.iter().find(|v| v.id == id).map(|v| v.present)
+    }
+}
+
+/// `portwatch explain selftest --json` (only the fields used here; portwatch builds that
+/// document without a report type of its own, cmd/explain.rs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExplainOut {
+    pub table_matches: bool,
+    pub tally: ExplainTally,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ExplainTally {
+    pub bind_cases: usize,
+    pub connect_cases: usize,
+    #[serde(default)]
+    pub disagreements: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

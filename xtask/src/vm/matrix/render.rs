@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{BackendCell, BackendStatus, KernelRow, Matrix, BACKENDS};
+use portwatch::backend::WalkDriver;
+
+use super::{BackendCell, BackendStatus, KernelRow, Matrix, REUSEADDR_OBSERVATION, BACKENDS};
+
+use portwatch::selftest::observation::{RECONNECT as RECONNECT_OBSERVATION, RELEASE as RELEASE_OBSERVATION};
 
 pub fn backend_text(c: &BackendCell) -> String {
     match &c.status {
@@ -89,6 +93,99 @@ pub fn backend_table(m: &Matrix) -> Vec<Vec<String>> {
         rows.push(row);
     }
     rows
+}
+
+fn yes_no(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "?",
+    }
+}
+
+pub fn walk_text(r: &KernelRow) -> String {
+    let Some(w) = &r.walk else {
+        return "?".to_owned();
+    };
+    let mut t = match w.driver {
+        WalkDriver::BpfLoop => "bpf_loop".to_owned(),
+        WalkDriver::Bounded {
+            owner_steps,
+            chain_steps,
+            snap_steps,
+        } => format!("bounded loops {owner_steps}/{chain_steps}/{snap_steps}"),
+    };
+    if !w.refused_budgets.is_empty() {
+        t.push_str(&format!(" (after {} refused)", w.refused_budgets.len()));
+    }
+    t
+}
+
+/// The kernel table: how portwatch runs on each kernel and what the kernel records.
+pub fn kernel_table(m: &Matrix) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "kernel".to_owned(),
+        "walk driver".to_owned(),
+        "hooked functions".to_owned(),
+        "connect()-bound recorded".to_owned(),
+        "own port range (IP_LOCAL_PORT_RANGE)".to_owned(),
+        "per-address fastreuse".to_owned(),
+        "explain judge".to_owned(),
+    ]];
+    for r in &m.rows {
+        let hooks = if r.walk.is_none() {
+            "?".to_owned()
+        } else if r.hook_notes.is_empty() {
+            "all plain text symbols".to_owned()
+        } else {
+            r.hook_notes.join("; ")
+        };
+        rows.push(vec![
+            r.label.clone(),
+            walk_text(r),
+            hooks,
+            yes_no(r.records.connect_bound).to_owned(),
+            yes_no(r.records.socket_port_range).to_owned(),
+            yes_no(r.records.addr_fastreuse).to_owned(),
+            r.explain.text(),
+        ]);
+    }
+    rows
+}
+
+/// What this kernel did that the article does not say, from the quizzes, the state
+/// checks and the selftests' observations.
+pub fn article_differences(r: &KernelRow) -> Vec<String> {
+    let mut out = Vec::new();
+    let q = &r.quiz;
+    for id in &q.quiz_differs {
+        out.push(format!("quiz {id} ends differently from the article"));
+    }
+    for id in &q.fix_differs {
+        out.push(format!("fix {id} ends differently from the article"));
+    }
+    for s in q.state_findings() {
+        out.push(format!(
+            "state check {} after `{}`: fastreuse {} (article: {})",
+            s.check,
+            s.label,
+            s.observed_text(),
+            s.article
+        ));
+    }
+    let obs = |k: &str| r.observations.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    if let Some(v) = obs(REUSEADDR_OBSERVATION).filter(|v| *v != "+1") {
+        out.push(format!(
+            "a bind() with SO_REUSEADDR creates its bucket at fastreuse {v} (article: +1)"
+        ));
+    }
+    if let Some(v) = obs(RELEASE_OBSERVATION).filter(|v| *v != "0/0") {
+        let then = obs(RECONNECT_OBSERVATION).unwrap_or("?");
+        out.push(format!(
+            "releasing a port that leaves only connect()-bound owners resets the bucket to {v}              (article: the bucket keeps its state until it is destroyed); then {then}"
+        ));
+    }
+    out
 }
 
 /// The quiz table: one row per kernel.
@@ -207,6 +304,18 @@ pub fn render_text(m: &Matrix) -> String {
     out.push_str(&crate::table::text(&quiz_table(m)));
     out.push_str("\nState checks: fastreuse after each checked step, article vs kernels:\n");
     out.push_str(&crate::table::text(&state_table_rows(m)));
+    out.push_str("\nKernels (`portwatch probes`, `portwatch explain selftest`):\n");
+    out.push_str(&crate::table::text(&kernel_table(m)));
+    out.push_str("\nWhat differs from the article:\n");
+    for r in &m.rows {
+        let d = article_differences(r);
+        if d.is_empty() {
+            out.push_str(&format!("  {}: nothing\n", r.label));
+        }
+        for x in d {
+            out.push_str(&format!("  {}: {x}\n", r.label));
+        }
+    }
     let diffs = failure_lines(m);
     if !diffs.is_empty() {
         out.push('\n');
@@ -244,6 +353,27 @@ pub fn render_markdown(m: &Matrix, produced_by: &str) -> String {
         "\nState checks: fastreuse observed after each checked step, article vs kernels.\n\n",
     );
     out.push_str(&md_table(&state_table_rows(m)));
+    out.push_str(
+        "\nKernels: how the in-kernel walks run (`portwatch probes`: bpf_loop from 5.17, bounded \
+         loops with owner/chain/snapshot steps per program run before), whether the hooked \
+         functions are plain text symbols (not inlined or cloned), what the kernel records per \
+         owner socket (shown by `dump -v` and `trace`), and the explain rules engine judged by \
+         the kernel (`portwatch explain selftest`).\n\n",
+    );
+    out.push_str(&md_table(&kernel_table(m)));
+    out.push_str("\nWhat each kernel does differently from the article:\n\n");
+    for r in &m.rows {
+        let d = article_differences(r);
+        let rel = r.release.as_deref().unwrap_or("?");
+        if d.is_empty() {
+            out.push_str(&format!("- **{}** ({rel}): nothing found\n", r.label));
+        } else {
+            out.push_str(&format!("- **{}** ({rel}):\n", r.label));
+            for x in d {
+                out.push_str(&format!("  - {x}\n"));
+            }
+        }
+    }
     let diffs = failure_lines(m);
     let f = m.failures();
     if !diffs.is_empty() || !f.is_empty() {

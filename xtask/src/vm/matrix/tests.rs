@@ -27,6 +27,8 @@ const PROBES_HOST: &str = r#"{
   "kernel": "6.18.44"
 }"#;
 
+const EXPLAIN_OK: &str = r#"{"kernel":{"major":6,"minor":1,"patch":192},"options":{"seed":1,"bind_cases":60,"connect_cases":20},"observations":[],"table_matches":true,"variant":{},"tally":{"bind_cases":60,"bind_calls":150,"connect_cases":20,"disagreements":[]},"secs":9.5}"#;
+
 /// A value of one of portwatch's enums from its JSON name ("release", "bucket_created").
 fn named<T: serde::de::DeserializeOwned>(name: &str) -> T {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).unwrap()
@@ -249,6 +251,7 @@ fn all_pass_61() -> KernelInput {
                 &selftest(k, "tracepoint", "close", 1, false),
             ),
             res(QUIZ, Some(0), &quiz_json(1, "same", false)),
+            res(EXPLAIN, Some(0), EXPLAIN_OK),
         ],
     )
 }
@@ -259,8 +262,9 @@ fn matrix_cmds_are_valid_unique_and_json() {
     assert!(c.iter().all(|c| c.validate().is_ok()));
     let names: std::collections::HashSet<_> = c.iter().map(|c| &c.name).collect();
     assert_eq!(names.len(), c.len());
-    assert_eq!(c.len(), 5);
+    assert_eq!(c.len(), 6);
     assert!(c.iter().all(|c| c.argv.iter().any(|a| a == "--json")));
+    assert!(c.iter().any(|c| c.name == EXPLAIN && c.argv[..3] == ["portwatch", "explain", "selftest"]));
     assert!(c
         .iter()
         .any(|c| c.argv == ["portwatch", "selftest", "--probe", "kprobe", "--json"]));
@@ -323,6 +327,7 @@ fn host_refused_backends_are_not_failures() {
                 &selftest(k, "tracepoint", "close", 0, false),
             ),
             res(QUIZ, Some(0), &quiz_json(0, "same", false)),
+            res(EXPLAIN, Some(0), EXPLAIN_OK),
         ],
     };
     let row = kernel_row(&input);
@@ -376,6 +381,7 @@ fn a_backend_that_is_not_refused_and_fails_is_a_failure() {
             "portwatch: backend: tracepoint",
         ),
         res(QUIZ, Some(0), &quiz_json(1, "same", false)),
+        res(EXPLAIN, Some(0), EXPLAIN_OK),
     ];
     let row = kernel_row(&input);
     assert!(
@@ -596,4 +602,58 @@ fn diff_lines_marks_insertions_and_deletions() {
 fn md_table_escapes_pipes() {
     let t = md_table(&[vec!["a".into(), "b".into()], vec!["x|y".into(), "z".into()]]);
     assert_eq!(t, "| a | b |\n|---|---|\n| x\\|y | z |\n");
+}
+
+#[test]
+fn explain_disagreements_and_a_table_mismatch_are_failures() {
+    let mut input = all_pass_61();
+    let row = kernel_row(&input);
+    assert!(row.explain.ran && row.explain.problems.is_empty(), "{:?}", row.explain);
+    assert_eq!(row.explain.text(), "pass 1.5s (60 bind + 20 connect cases, 0 disagreements)");
+    let bad = EXPLAIN_OK
+        .replace(r#""disagreements":[]"#, r#""disagreements":[{"case":"bind 7","what":"kernel EADDRINUSE, engine ok"}]"#)
+        .replace(r#""table_matches":true"#, r#""table_matches":false"#);
+    input.results[5] = res(EXPLAIN, Some(1), &bad);
+    let row = kernel_row(&input);
+    assert_eq!(row.failures.len(), 2, "{:?}", row.failures);
+    assert!(row.failures[0].contains("disagreed with the rules engine in 1 case(s)") && row.failures[0].contains("bind 7"));
+    assert!(row.failures[1].contains("differ from the engine's table"));
+    input.results.truncate(5);
+    assert_eq!(kernel_row(&input).failures, ["explain never ran"]);
+}
+
+#[test]
+fn kernel_table_and_what_differs_from_the_article() {
+    let probes = r#"{"kernel":"5.10.0-46-cloud-amd64","chosen":"fentry","attempts":[{"backend":"fentry","refused":null}],
+        "walk":{"driver":"bounded","owner_steps":16,"chain_steps":8,"snap_steps":16,"reason":"the kernel has no bpf_loop (5.17+)","refused_budgets":[]},
+        "variants":[{"id":"connect-bind","present":false},{"id":"socket-port-range","present":false},{"id":"tb2-fastreuse","present":false}],
+        "sites":{"inet_put_port":{"symbol":true,"clones":[],"cold":[],"ftrace":true},
+                 "inet_csk_update_fastreuse":{"symbol":true,"clones":[],"cold":["inet_csk_update_fastreuse.cold"],"ftrace":true}}}"#;
+    let mut input = all_pass_61();
+    input.label = "5.10".into();
+    input.release = Some("5.10.0-46-cloud-amd64".into());
+    input.results[0] = res(PROBES, Some(0), probes);
+    for (i, b) in BACKENDS.iter().enumerate() {
+        let mut st = selftest("5.10.0-46-cloud-amd64", b, "release", 1, false);
+        st = st.replace(
+            r#""observations":[]"#,
+            r#""observations":[["bucket after its only bind()-bound owner left","-1/-1"],["connect() to another remote after that","connect() reused the port"]]"#,
+        );
+        input.results[i + 1] = res(&selftest_name(b), Some(0), &st);
+    }
+    let row = kernel_row(&input);
+    assert!(row.failures.is_empty(), "{:?}", row.failures);
+    let m = Matrix::new(&[input], vec![]);
+    let t = kernel_table(&m);
+    assert_eq!(t[1][..6], ["5.10", "bounded loops 16/8/16", "inet_csk_update_fastreuse: text symbol, cold part inet_csk_update_fastreuse.cold, ftrace-able", "no", "no", "no"]);
+    let d = article_differences(&m.rows[0]);
+    assert!(d.iter().any(|x| x.starts_with("state check +1/reuseaddr-bind")), "{d:?}");
+    assert!(
+        d.iter().any(|x| x.contains("resets the bucket to -1/-1") && x.ends_with("then connect() reused the port")),
+        "{d:?}"
+    );
+    // fastreuse +1 after an SO_REUSEADDR bind is what the article says: not listed.
+    assert!(!d.iter().any(|x| x.contains("SO_REUSEADDR creates")), "{d:?}");
+    let md = render_markdown(&m, "x");
+    assert!(md.contains("- **5.10** (5.10.0-46-cloud-amd64):\n  - state check"), "{md}");
 }
