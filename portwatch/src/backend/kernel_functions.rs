@@ -284,4 +284,20 @@ mod tests {
         ));
         assert!(present_hooks(&r, "kprobe", &mut Vec::new()).is_ok());
     }
+
+    #[test]
+    fn probes_report_sites_only_of_functions_btf_has() {
+        // 6.18 has inet_twsk_hashdance_schedule, not its pre-6.11 name.
+        let mut r = layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
+        assert!(!r.has_function("inet_twsk_hashdance"));
+        r.sites = Some(crate::kernel::symbols::sites(
+            &TRACKED_FUNCTIONS,
+            "ffffffff81000000 T inet_put_port\n",
+            None,
+        ));
+        let sites = r.report_json()["sites"].clone();
+        assert!(sites.get("inet_twsk_hashdance").is_none(), "{sites}");
+        assert_eq!(sites["inet_put_port"]["symbol"], true, "{sites}");
+        assert_eq!(sites["inet_twsk_hashdance_schedule"]["symbol"], false, "{sites}");
+    }
 }

@@ -86,7 +86,14 @@ impl Resolved {
             "owners_mode": self.owners_mode(),
             "variants": variants,
             "functions": self.functions,
-            "sites": self.sites,
+            // Sites of the functions this kernel has: a name BTF lacks is absent, not
+            // inlined.
+            "sites": self.sites.as_ref().map(|sites| {
+                sites
+                    .iter()
+                    .filter(|(f, _)| self.has_function(f))
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            }),
         })
     }
 }

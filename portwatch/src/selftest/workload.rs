@@ -1,9 +1,10 @@
 //! `dump -v` of a known workload, checked port by port against the owners the workload
 //! created: bound-only sockets, an SO_REUSEADDR pair, a listener with connected and
-//! accepted sockets, TIME-WAIT on both sides of a connection, ephemeral ports chosen by
-//! bind() and by connect(), and a socket with its own IP_LOCAL_PORT_RANGE where the
-//! kernel has the option. What the kernel records per owner (connect()-bound, the
-//! socket's own range) is checked where the compatibility table says it keeps it.
+//! accepted sockets, TIME-WAIT on both sides of a connection (two server-side ones on the
+//! listener's per-address bucket), ephemeral ports chosen by bind() and by connect(), and
+//! a socket with its own IP_LOCAL_PORT_RANGE where the kernel has the option. What the
+//! kernel records per owner (connect()-bound, the socket's own range) is checked where
+//! the compatibility table says it keeps it.
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Read as _,
@@ -129,29 +130,13 @@ impl Workload {
         let (a1, _) = l.accept()?;
         // The accepted socket inherits the listener's port and options.
         w.add(&a1, TcpState::Established, true, false, None)?;
-        // TIME-WAIT on the server side: it closes first; the client waits for the FIN.
-        // The client binds a port outside the ephemeral range: once it has closed, a
-        // later connect() could otherwise take its port, and that SYN on the TIME-WAIT's
-        // 4-tuple makes the kernel recycle the TIME-WAIT socket (the port loses an owner).
-        let c2 = sock(false)?;
-        c2.bind(&addr("127.0.0.1:7004"))?;
-        c2.connect(&addr("127.0.0.1:7003"))?;
-        let (a2, _) = l.accept()?;
-        let a2_at = local(&a2)?;
-        drop(a2);
-        let _ = (&c2).read(&mut [0u8; 1])?;
-        drop(c2);
-        w.add_at(a2_at, TcpState::TimeWait, true, false, None);
-        // TIME-WAIT on the client side: connect()-bound, on its ephemeral port.
-        let c3 = sock(false)?;
-        c3.connect(&addr("127.0.0.1:7003"))?;
-        let (a3, _) = l.accept()?;
-        let c3_at = local(&c3)?;
-        drop(c3);
-        let _ = (&a3).read(&mut [0u8; 1])?;
-        drop(a3);
-        w.add_at(c3_at, TcpState::TimeWait, false, true, None);
-        w.by_connect.insert(c3_at.port());
+        // Every connection is opened before any is closed. In a range this small a later
+        // connect() often gets the port a closed client released and sends its SYN on
+        // the 4-tuple of that client's peer in TIME-WAIT; the kernel then ends the
+        // TIME-WAIT and hands the SYN to the listener (tcp_timewait_state_process:
+        // TCP_TW_SYN), so the TIME-WAIT would be gone by the dump. With no connect()
+        // after the first close, each TIME-WAIT stays until its timer (60 s).
+        //
         // A socket with its own range, where the kernel has the option.
         let p = sock(false)?;
         let mut range = None;
@@ -183,6 +168,33 @@ impl Workload {
         }
         let (a4, _) = l.accept()?;
         w.add(&a4, TcpState::Established, true, false, None)?;
+        // Two connections to close server side first (two TIME-WAIT owners on the
+        // listener's per-address bucket) and one to close client side first.
+        let mut server_first = Vec::new();
+        for _ in 0..2 {
+            let c = sock(false)?;
+            c.connect(&addr("127.0.0.1:7003"))?;
+            let (a, _) = l.accept()?;
+            server_first.push((c, a));
+        }
+        let c3 = sock(false)?;
+        c3.connect(&addr("127.0.0.1:7003"))?;
+        let (a3, _) = l.accept()?;
+        // TIME-WAIT on the server side: it closes first; the client waits for the FIN.
+        for (c, a) in server_first {
+            let a_at = local(&a)?;
+            drop(a);
+            let _ = (&c).read(&mut [0u8; 1])?;
+            drop(c);
+            w.add_at(a_at, TcpState::TimeWait, true, false, None);
+        }
+        // TIME-WAIT on the client side: connect()-bound, on its ephemeral port.
+        let c3_at = local(&c3)?;
+        drop(c3);
+        let _ = (&a3).read(&mut [0u8; 1])?;
+        drop(a3);
+        w.add_at(c3_at, TcpState::TimeWait, false, true, None);
+        w.by_connect.insert(c3_at.port());
         w.keep.extend([l, c1, a1, p, a4]);
         Ok(w)
     }

@@ -213,7 +213,7 @@ fn fetch_package(apt: &PrivateApt, cache: &Path, package: &str) -> Result<(PathB
         .to_owned();
     let binary = format!("linux-binary-{release}");
     let unpacked_dir = cache.join("unpacked").join(package);
-    if find_vmlinuz(&unpacked_dir).is_err() && depends(apt, package)?.iter().any(|d| *d == binary) {
+    if find_vmlinuz(&unpacked_dir).is_err() && depends(apt, package)?.contains(&binary) {
         return fetch_one(apt, cache, &binary, &unpacked_dir);
     }
     fetch_one(apt, cache, package, &unpacked_dir)
