@@ -302,7 +302,9 @@ pub mod rec {
 /// Snapshot flags in [`SnapRecord::flags`].
 pub mod snapflag {
     pub const OWNERS_TRUNCATED: u8 = 1 << 0;
-    /// The walk stopped early (a chain longer than the bound or the step budget spent).
+    /// END: the walk did not cover its whole scope (a chain longer than the bound, a
+    /// chain read that failed, a resumed chain that changed between runs, the ring
+    /// buffer full): a bucket in scope may be missing from it.
     pub const WALK_TRUNCATED: u8 = 1 << 1;
     pub const REUSEADDR: u8 = 1 << 2;
     pub const REUSEPORT: u8 = 1 << 3;
@@ -318,6 +320,30 @@ pub mod snapflag {
     /// OWNER: the socket got its port from connect() (`SOCK_CONNECT_BIND`,
     /// `tw_connect_bind`).
     pub const CONNECT_BOUND: u8 = 1 << 7;
+}
+
+/// Indexes of the per-CPU loss counters (`DROPS`).
+pub mod lost {
+    /// Events not delivered: the ring buffer was full, or an operation's entry could
+    /// not be kept for its exit hook.
+    pub const EVENTS: u32 = 0;
+    /// Of those, the ones whose bucket could not be recorded in `LOST` (port not known
+    /// yet, or `LOST` full): the whole scope must be read again.
+    pub const UNATTRIBUTED: u32 = 1;
+    pub const COUNTERS: u32 = 2;
+}
+
+/// The bucket an undelivered event was about (key of the `LOST` map): user space reads
+/// it again (and deletes the key) to repair what the event would have told.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LostPort {
+    /// Kernel address of the `struct net` (what a single-bucket lookup takes).
+    pub net: u64,
+    /// Its inode number.
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// One record of a snapshot walk.
@@ -596,6 +622,7 @@ const _: () = assert!(core::mem::size_of::<Event>() == 136);
 const _: () = assert!(core::mem::size_of::<SnapRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<LostPort>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 48);
 const _: () = assert!(core::mem::size_of::<WalkBudget>() == 16);
@@ -616,6 +643,8 @@ mod user {
     unsafe impl aya::Pod for SnapRequest {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for LostPort {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TpOffsets {}
     // SAFETY: as above.

@@ -5,12 +5,12 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     maps::ring_buf::RingBufEntry,
 };
-use portwatch_common::{flag, op, BucketState, Config, Event};
+use portwatch_common::{flag, lost, op, BucketState, Config, Event, LostPort};
 
 use crate::{
     compat::{self, port_range},
     kernel::{held_bucket, net_inum, sock_info, tb_net_port, SockHead},
-    maps::{Attribution, CONFIG, DROPS, EVENTS, PORTS, SOCKS},
+    maps::{Attribution, CONFIG, DROPS, EVENTS, LOST, PORTS, SOCKS},
     walk::{bucket_state, find_bucket, Found},
 };
 
@@ -74,7 +74,7 @@ macro_rules! put {
 #[inline(always)]
 pub fn send(cfg: &Config, s: &Subject) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count_drop();
+        count_lost(s.net, s.netns, s.port);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -214,7 +214,7 @@ fn present(flags: u16, truncated: bool) -> u16 {
 #[inline(always)]
 pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution, flags: u16) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count_drop();
+        count_lost(k.net, k.netns, k.port);
         return;
     };
     let e = entry.as_mut_ptr();
@@ -262,9 +262,25 @@ pub fn remember(sk: u64, net: u64, port: u16, family: u16) {
     let _ = SOCKS.insert(sk, k, 0);
 }
 
+/// Counts an event that will not be delivered and records its bucket (`port` 0: not
+/// known yet) for user space to read again.
 #[inline(always)]
-fn count_drop() {
-    if let Some(p) = DROPS.get_ptr_mut(0) {
+pub fn count_lost(net: u64, netns: u32, port: u16) {
+    bump(lost::EVENTS);
+    let key = LostPort {
+        net,
+        netns,
+        port,
+        _pad: 0,
+    };
+    if port == 0 || LOST.insert(&key, &1, 0).is_err() {
+        bump(lost::UNATTRIBUTED);
+    }
+}
+
+#[inline(always)]
+fn bump(counter: u32) {
+    if let Some(p) = DROPS.get_ptr_mut(counter) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU in this context.
         unsafe { *p += 1 };
     }

@@ -14,7 +14,7 @@ use portwatch_common::{flag, op};
 
 use crate::{
     compat::port_range,
-    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
+    emit::{config, count_lost, netns_wanted, port_wanted, remember, send, send_known, Subject},
     errors::count_failure,
     kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, SockHead},
     maps::{Pending, PENDING, SOCKS},
@@ -71,7 +71,12 @@ fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
         op: which,
         had_port: (cur != 0) as u8,
     };
-    PENDING.insert(key(hook_id), p, 0).ok()
+    if PENDING.insert(key(hook_id), p, 0).is_err() {
+        // The return hook will find nothing: this operation's event is lost.
+        count_lost(net, netns, if port != 0 { port } else { cur });
+        return None;
+    }
+    Some(())
 }
 
 /// The port a failed ephemeral search was about: the range's only port, if so.
@@ -299,7 +304,9 @@ pub fn tw_unhash_entry(tw: u64) {
         op: op::RELEASE,
         had_port: 1,
     };
-    let _ = PENDING.insert(key(H_TW_UNHASH), p, 0);
+    if PENDING.insert(key(H_TW_UNHASH), p, 0).is_err() {
+        count_lost(net, netns, port);
+    }
 }
 
 #[inline(always)]

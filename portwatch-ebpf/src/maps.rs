@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    ArgPos, Config, ErrorKey, Layout, NetnsPorts, SnapRequest, TpOffsets, WalkBudget,
-    EVENT_RING_BYTES,
+    lost, ArgPos, Config, ErrorKey, Layout, LostPort, NetnsPorts, SnapRequest, TpOffsets,
+    WalkBudget, EVENT_RING_BYTES,
 };
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
@@ -37,9 +37,13 @@ pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 
-/// Events that did not fit into `EVENTS` (per CPU, index 0).
+/// Events lost (per CPU, indexes in `portwatch_common::lost`).
 #[map]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNTERS, 0);
+
+/// The buckets of lost events, for user space to read again (and delete).
+#[map]
+pub static LOST: HashMap<LostPort, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Failed bind()/connect() calls per (netns, errno, syscall), counted by `errors.rs`
 /// wherever a backend sees a failure; read by user space at scrape time.

@@ -5,11 +5,20 @@
 //!
 //! The walk is a state machine (`TableWalk`) advanced one list node per call of
 //! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
-//! short (reported as truncated) but never hang it. The owners of each bucket are
+//! short (reported as truncated: the walk did not cover its scope) but never hang it. The owners of each bucket are
 //! walked by the same cursor the per-event lookup uses (`walk::OwnerCursor`). A driver
 //! of `drive.rs` repeats the step; the state stays in the `SNAP_WALK` map between
 //! program runs, so a walk whose run spent its step budget ends the run with
-//! `WALK_MORE` and resumes where it stopped when the tool triggers the next run.
+//! `WALK_MORE` and resumes where it stopped when the tool triggers the next run. A run
+//! also ends (with `WALK_MORE`) when the snapshot ring has no room left for a few more
+//! records: the tool drains it between runs, so a small ring suffices for any table.
+//!
+//! Between two runs the walk holds nothing: the bucket it stopped at may leave its chain
+//! and be freed (and its memory reused) before the next run. Following that bucket's
+//! `next` would then skip the rest of its chain, or wander into another one. So a run
+//! that resumes inside a chain first looks for that bucket from the chain's head again;
+//! when it is no longer there, the rest of the chain cannot be found and the walk is
+//! reported as not covering its scope (`WALK_TRUNCATED`), never as a shorter table.
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 use portwatch_common::{
     rec, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP, SNAP_NETNS,
@@ -44,6 +53,8 @@ pub struct TableWalk {
     /// The current bucket's `struct net`.
     cur_net: u64,
     seq: u64,
+    /// While `verifying`: the chain node being compared with `node`.
+    verify: u64,
     /// The current bucket's owners.
     owners: OwnerCursor,
     slot: u32,
@@ -54,6 +65,8 @@ pub struct TableWalk {
     max_owners: u32,
     max_chain: u32,
     chain_len: u32,
+    /// Nodes compared while `verifying`.
+    verify_len: u32,
     buckets: u32,
     cur_netns: u32,
     cur_l3mdev: i32,
@@ -68,7 +81,25 @@ pub struct TableWalk {
     done: u8,
     /// The ring buffer was full: the walk stops (what follows could not be delivered).
     ring_full: u8,
-    _pad: u8,
+    /// This run resumed inside a chain: `node` is being looked for from the chain's head.
+    verifying: u8,
+    /// The ring is nearly full: this run ends, the next resumes.
+    paused: u8,
+    _pad: [u8; 7],
+}
+
+/// Bytes one record takes in the ring (its 8-byte header included).
+const RECORD_BYTES: u64 = core::mem::size_of::<SnapRecord>() as u64 + 8;
+
+/// Room a run keeps free: a step writes at most one record, and END must still fit.
+const RESERVE_BYTES: u64 = 4 * RECORD_BYTES;
+
+/// Whether the snapshot ring has room for one more step and the run's END record.
+#[inline(always)]
+fn ring_has_room() -> bool {
+    let size = SNAP_RB.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64);
+    let waiting = SNAP_RB.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
+    waiting + RESERVE_BYTES <= size
 }
 
 #[inline(always)]
@@ -130,11 +161,51 @@ fn end_bucket(w: &mut TableWalk) {
     }
     w.tb = 0;
     w.chain_len += 1;
-    w.node = rd::<u64>(w.node).unwrap_or(0);
+    w.node = next_node(w, w.node);
     if w.node != 0 && w.chain_len >= w.max_chain {
         w.truncated = 1;
         w.node = 0;
     }
+}
+
+/// The `next` pointer at `at`; 0 (and the walk marked as not covering its scope) when it
+/// cannot be read: the rest of that chain is not known, which is not the same as empty.
+#[inline(always)]
+fn next_node(w: &mut TableWalk, at: u64) -> u64 {
+    match rd::<u64>(at) {
+        Some(n) => n,
+        None => {
+            w.truncated = 1;
+            0
+        }
+    }
+}
+
+/// Address of the chain head of slot `slot`.
+#[inline(always)]
+fn chain_head(w: &TableWalk, slot: u32) -> u64 {
+    w.bhash + slot as u64 * w.bucket_size as u64 + w.chain_off as u64
+}
+
+/// One step of looking for `node` again from its chain's head (see the module docs).
+#[inline(always)]
+fn verify_step(w: &mut TableWalk) {
+    if w.verify == w.node {
+        w.verifying = 0;
+        return;
+    }
+    if w.verify == 0 || w.verify_len >= w.max_chain {
+        // The node left its chain between runs: the rest of the chain is lost to this
+        // walk. Go on with the next slot.
+        w.verifying = 0;
+        w.truncated = 1;
+        w.node = 0;
+        w.tb = 0;
+        w.owners = OwnerCursor::EMPTY;
+        return;
+    }
+    w.verify_len += 1;
+    w.verify = next_node(w, w.verify);
 }
 
 /// An ADDR record for per-address bucket `tb2`. `owners` is 1 when the kernel keeps a
@@ -209,6 +280,10 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
 /// next per-address bucket or owner of the current bucket. False once the walk is over.
 #[inline(always)]
 pub fn table_step(w: &mut TableWalk) -> bool {
+    if w.verifying != 0 {
+        verify_step(w);
+        return true;
+    }
     if w.tb == 0 {
         if w.node != 0 {
             begin_bucket(w);
@@ -218,8 +293,7 @@ pub fn table_step(w: &mut TableWalk) -> bool {
             w.done = 1;
             return false;
         }
-        let bucket = w.bhash + w.slot as u64 * w.bucket_size as u64;
-        w.node = rd::<u64>(bucket + w.chain_off as u64).unwrap_or(0);
+        w.node = next_node(w, chain_head(w, w.slot));
         w.chain_len = 0;
         w.slot += 1;
         return true;
@@ -253,7 +327,14 @@ impl Walk for TableWalk {
 
     #[inline(always)]
     fn step(&mut self) -> bool {
-        self.ring_full == 0 && table_step(self)
+        if self.ring_full != 0 {
+            return false;
+        }
+        if !ring_has_room() {
+            self.paused = 1;
+            return false;
+        }
+        table_step(self)
     }
 
     #[cfg(feature = "bounded")]
@@ -320,6 +401,7 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
             tb: 0,
             cur_net: 0,
             seq: req.seq,
+            verify: 0,
             owners: OwnerCursor::EMPTY,
             slot: 0,
             size,
@@ -329,6 +411,7 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
             max_owners: req.max_owners,
             max_chain: req.max_chain,
             chain_len: 0,
+            verify_len: 0,
             buckets: 0,
             cur_netns: 0,
             cur_l3mdev: 0,
@@ -341,10 +424,22 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
             truncated: 0,
             done: 0,
             ring_full: 0,
-            _pad: 0,
+            verifying: 0,
+            paused: 0,
+            _pad: [0; 7],
         };
         // SAFETY: as above.
         unsafe { *p = w0 };
+    } else {
+        // SAFETY: as above.
+        let w = unsafe { &mut *p };
+        w.paused = 0;
+        // Resuming inside a chain: make sure the walk's place in it still exists.
+        if w.node != 0 && w.slot > 0 {
+            w.verify = next_node(w, chain_head(w, w.slot - 1));
+            w.verify_len = 0;
+            w.verifying = 1;
+        }
     }
     drive::<TableWalk>(RUN_STEPS);
     // SAFETY: as above.

@@ -24,7 +24,7 @@ use portwatch_common::{flag, hook, op, Config, NO_FIELD};
 
 use crate::{
     compat::port_range,
-    emit::{config, netns_wanted, port_wanted, remember, send, send_known, Subject},
+    emit::{config, count_lost, netns_wanted, port_wanted, remember, send, send_known, Subject},
     errors::count_failure,
     kernel::{is_tcp, net_inum, sk_net, sk_num, sock_from_fd, SockHead, AF_INET, AF_INET6},
     maps::{Pending, CLOSING, PENDING, SOCKS, TP},
@@ -123,7 +123,12 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         had_port: (cur != 0) as u8,
     };
     let key = bpf_get_current_pid_tgid();
-    PENDING.insert(key, p, 0).ok()
+    if PENDING.insert(key, p, 0).is_err() {
+        // The exit hook will find nothing: this operation's event is lost.
+        count_lost(net, netns, if port != 0 { port } else { cur });
+        return None;
+    }
+    Some(())
 }
 
 /// Exit side: report the bucket of the port involved, then count a failure. The count

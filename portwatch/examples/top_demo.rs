@@ -193,7 +193,8 @@ impl TopSource for DemoSource {
                     addresses: Vec::new(),
                 })
                 .collect(),
-            truncated: false,
+            complete: true,
+            owners_truncated: false,
             slots: 65536,
             ..Default::default()
         })

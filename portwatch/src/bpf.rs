@@ -111,3 +111,44 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
     trimmed.to_string()
 }
+
+/// Runs of the loaded programs that the kernel skipped because another tracing program
+/// was running on the same CPU (`recursion_misses` of `bpf_prog_info`, 5.12+; 0 where the
+/// kernel does not count them), summed over every loaded program of the object.
+pub fn recursion_misses(ebpf: &Ebpf) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// `bpf_attr.info` of BPF_OBJ_GET_INFO_BY_FD.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut total = 0u64;
+    for (_, prog) in ebpf.programs() {
+        let Ok(fd) = prog.fd() else { continue };
+        // SAFETY: bpf_prog_info is a plain C struct of integers; all-zero is valid.
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let mut attr = InfoAttr {
+            bpf_fd: fd.as_fd().as_raw_fd() as u32,
+            info_len: std::mem::size_of_val(&info) as u32,
+            info: std::ptr::addr_of_mut!(info) as u64,
+        };
+        // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to `info`, which
+        // points at a live bpf_prog_info of that size; `attr` lives across the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                std::ptr::addr_of_mut!(attr),
+                std::mem::size_of::<InfoAttr>() as u32,
+            )
+        };
+        if rc == 0 {
+            total += info.recursion_misses;
+        }
+    }
+    total
+}

@@ -172,12 +172,22 @@ fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
 /// records precede the BUCKET record they belong to (the walker learns the owner count
 /// only at the end of a bucket). ADDR records carry their family: AF_INET6 (v4-mapped
 /// for IPv4) on kernels that store every per-address bucket as IPv6, else the bucket's.
+/// Every record carries its bucket's address: records of a bucket the walk left without
+/// its BUCKET record (the bucket left its chain between two runs of the walk) are not
+/// given to the next bucket.
 pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut addrs: Vec<AddrRow> = Vec::new();
     // Owners seen before any ADDR record (kernels whose owners hang off the bucket).
     let mut loose: Vec<(Option<IpAddr>, OwnerRow)> = Vec::new();
+    // The bucket the pending ADDR/OWNER records belong to.
+    let mut pending_of = 0u64;
     for r in records {
+        if matches!(r.kind, rec::ADDR | rec::OWNER | rec::BUCKET) && r.addr != pending_of {
+            addrs.clear();
+            loose.clear();
+            pending_of = r.addr;
+        }
         match r.kind {
             rec::ADDR => {
                 let has_state = r.owners != 0;
@@ -216,7 +226,7 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                     }
                 }
                 let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
-                snap.truncated |= truncated;
+                snap.owners_truncated |= truncated;
                 if r.net != 0 {
                     snap.nets.insert(r.netns, r.net);
                 }
@@ -654,7 +664,28 @@ mod tests {
         assert_eq!(row.addresses.len(), 2);
         assert_eq!(row.addresses[0].owners.len(), 2);
         assert_eq!(row.addresses[0].fastreuse, None);
-        assert!(!snap.truncated);
+        assert!(!snap.owners_truncated && snap.complete);
+    }
+
+    #[test]
+    fn records_of_a_bucket_left_without_its_bucket_record_are_dropped() {
+        // The walk emitted an owner of bucket 0x100, then (next run) lost that bucket from
+        // its chain and went on with bucket 0x200.
+        let mut stale = rec(rec::OWNER, 80, 0);
+        stale.addr = 0x100;
+        stale.family = 2;
+        let mut a = rec(rec::ADDR, 81, 0);
+        a.addr = 0x200;
+        a.family = 2;
+        let mut o = rec(rec::OWNER, 81, 0);
+        o.addr = 0x200;
+        o.family = 2;
+        let mut b = rec(rec::BUCKET, 81, 1);
+        b.addr = 0x200;
+        let snap = snapshot(&[stale, a, o, b]);
+        assert_eq!(snap.buckets.len(), 1);
+        let owners: usize = snap.buckets[0].addresses.iter().map(|a| a.owners.len()).sum();
+        assert_eq!((snap.buckets[0].addresses.len(), owners), (1, 1));
     }
 
     #[test]
@@ -662,7 +693,7 @@ mod tests {
         let mut b = rec(rec::BUCKET, 80, 4096);
         b.flags = snapflag::OWNERS_TRUNCATED;
         let snap = snapshot(&[b]);
-        assert!(snap.truncated);
+        assert!(snap.owners_truncated);
         assert_eq!(snap.buckets[0].info.owners, OwnerCount::at_least(4096));
     }
 

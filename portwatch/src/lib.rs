@@ -6,6 +6,7 @@ pub mod views;
 pub mod decode;
 pub mod pressure;
 pub mod reducer;
+pub mod repair;
 pub mod render;
 pub mod backend;
 pub mod bpf;

@@ -274,7 +274,9 @@ impl Reducer {
     /// time of the walk), in key order: `BucketCreated` for a bucket the reducer did not
     /// know, `OwnerAdded`/`OwnerRemoved`/`FastreuseChanged`/`FastreuseportChanged` for one
     /// whose state differs, `BucketDestroyed` for a known bucket inside `scope` that the
-    /// walk did not find. Buckets outside `scope` are left as they are.
+    /// walk did not find. Buckets outside `scope` are left as they are, and so are the
+    /// known buckets an incomplete walk (`!snap.complete`: a chain cut short, the ring
+    /// buffer full, a lookup that gave up) did not find: not seen is not gone.
     ///
     /// This is how whatever the event stream missed (dropped events, a release no hook
     /// saw) is repaired. The walk is racy: a bucket that changed during it may show an
@@ -347,6 +349,10 @@ impl Reducer {
             }
         }
         missing.extend(known);
+        if !snap.complete {
+            // Not seen by an incomplete walk is not gone.
+            missing.clear();
+        }
         // The walk does not say whether a changed bucket is still the same one: no identity.
         for (key, now) in changed {
             self.insert(key, TrackedBucket { info: now, id: 0 });
@@ -790,7 +796,8 @@ mod tests {
                 info: info(-1, 1),
                 addresses: vec![],
             }],
-            truncated: false,
+            complete: true,
+            owners_truncated: false,
             slots: 65536,
             ..Default::default()
         };
@@ -819,7 +826,8 @@ mod tests {
     fn snap_of(rows: Vec<BucketRow>) -> Snapshot {
         Snapshot {
             buckets: rows,
-            truncated: false,
+            complete: true,
+            owners_truncated: false,
             slots: 65536,
             ..Default::default()
         }
@@ -888,6 +896,47 @@ mod tests {
         assert_eq!(t[0].key, key());
         assert_eq!(r.get(&other), Some(&info(0, 1)));
         assert_eq!(r.get(&key()), None);
+    }
+
+    #[test]
+    fn an_incomplete_walk_never_drops_a_known_bucket() {
+        let k = |port| BucketKey {
+            netns: NS,
+            l3mdev: 0,
+            port,
+        };
+        let mut r = Reducer::new();
+        r.seed(k(80), info(0, 3), TB);
+        r.seed(k(60000), info(-1, 1), TB + 64);
+        // The walk stopped before port 60000's chain (ring full, chain cut, a resumed
+        // chain that changed): it saw 80 with one owner fewer and a new bucket 9000.
+        let mut snap = snap_of(vec![row(k(80), info(0, 2)), row(k(9000), info(0, 1))]);
+        snap.complete = false;
+        let t = r.reconcile(&snap, Scope::ALL, 7);
+        assert_eq!(
+            t.iter().map(|t| (t.key, t.kind)).collect::<Vec<_>>(),
+            [(k(80), K::OwnerRemoved), (k(9000), K::BucketCreated)]
+        );
+        assert_eq!(r.get(&k(60000)), Some(&info(-1, 1)), "not seen is not gone");
+        // The same scope walked completely: now its absence means it is gone.
+        snap.complete = true;
+        let t = r.reconcile(&snap, Scope::ALL, 8);
+        assert_eq!(t.iter().map(|t| (t.key, t.kind)).collect::<Vec<_>>(), [(k(60000), K::BucketDestroyed)]);
+        assert_eq!(r.get(&k(60000)), None);
+    }
+
+    #[test]
+    fn an_incomplete_lookup_of_one_port_changes_nothing_when_it_saw_nothing() {
+        let mut r = Reducer::new();
+        r.seed(key(), info(-1, 1), TB);
+        let scope = Scope {
+            netns: Some(NS),
+            port: Some(60000),
+        };
+        let mut gave_up = snap_of(vec![]);
+        gave_up.complete = false;
+        assert!(r.reconcile(&gave_up, scope, 1).is_empty());
+        assert_eq!(r.get(&key()), Some(&info(-1, 1)));
     }
 
     #[test]
@@ -1078,23 +1127,27 @@ mod tests {
 
         proptest! {
             /// After a reconcile the reducer holds exactly the walk inside its scope and
-            /// what it held outside; the corrections are exactly the differences, each
-            /// with the state before and after.
+            /// what it held outside (and, after an incomplete walk, also what it held
+            /// inside that the walk did not see); the corrections are exactly the
+            /// differences, each with the state before and after.
             #[test]
             fn reconcile_is_the_diff_within_scope(
                 known in proptest::collection::btree_map(arb_key(), arb_info(), 0..20),
                 walked in proptest::collection::btree_map(arb_key(), arb_info(), 0..20),
                 scope in arb_scope(),
+                complete in any::<bool>(),
             ) {
                 let mut r = Reducer::new();
                 for (k, i) in &known {
                     r.seed(*k, *i, 64);
                 }
-                let snap = snap_of(walked.iter().map(|(k, i)| row(*k, *i)).collect());
+                let mut snap = snap_of(walked.iter().map(|(k, i)| row(*k, *i)).collect());
+                snap.complete = complete;
                 let corrections = r.reconcile(&snap, scope, 1);
                 let got: BTreeMap<BucketKey, BucketInfo> = r.known().map(|(k, i)| (*k, *i)).collect();
+                let kept = |k: &BucketKey| !scope.contains(k) || (!complete && !walked.contains_key(k));
                 let mut want: BTreeMap<BucketKey, BucketInfo> =
-                    known.iter().filter(|(k, _)| !scope.contains(k)).map(|(k, i)| (*k, *i)).collect();
+                    known.iter().filter(|(k, _)| kept(k)).map(|(k, i)| (*k, *i)).collect();
                 want.extend(walked.iter().filter(|(k, _)| scope.contains(k)).map(|(k, i)| (*k, *i)));
                 prop_assert_eq!(&got, &want);
                 prop_assert!(corrections.windows(2).all(|w| w[0].key <= w[1].key));

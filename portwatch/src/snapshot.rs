@@ -137,7 +137,7 @@ impl Snapshotter {
         let (records, end) = self.request(ebpf, req)?;
         let mut snap = crate::decode::snapshot(&records);
         snap.slots = end.netns;
-        snap.truncated |= end.flags & snapflag::WALK_TRUNCATED != 0;
+        snap.complete = end.flags & snapflag::WALK_TRUNCATED == 0;
         Ok(snap)
     }
 

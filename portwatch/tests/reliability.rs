@@ -4,7 +4,8 @@
 //! - bad arguments, wrong namespaces and missing privileges fail cleanly, naming the
 //!   problem, without a panic; `--help` works unprivileged;
 //! - refused backends are reported with their reason;
-//! - ring-buffer loss is counted exactly.
+//! - ring-buffer loss is counted exactly (up to the program runs the kernel skipped,
+//!   which are counted too).
 //!
 //! Which programs a process holds is read from /proc/PID/fdinfo (`prog_id:` of its
 //! bpf-prog and bpf_link fds), and checked against `bpftool -j prog show`. bpftool's own
@@ -343,27 +344,6 @@ fn forced_backends_fail_with_the_reason_and_probes_lists_them() {
 
 // ---- loss ------------------------------------------------------------------------------
 
-/// Kills (by pid) and reaps a child still owned when dropped, e.g. when an assertion fails.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Reads "N events dropped in total" from stderr (0 when absent).
-fn dropped_total(stderr: &str) -> u64 {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("portwatch: ")?.strip_suffix(" events dropped in total"))
-        .map(|n| n.trim().parse().unwrap_or_else(|e| panic!("drop count `{n}`: {e}")))
-        .unwrap_or(0)
-}
-
 #[test]
 fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
     if !require_root("drops_are_reported_and_delivered_plus_dropped_equals_produced") {
@@ -384,16 +364,9 @@ fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning portwatch");
-    let mut guard = KillOnDrop(Some(child));
+    let mut guard = common::KillOnDrop(Some(child));
     let child = guard.0.as_mut().expect("child");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            panic!("trace exited early with {st}");
-        }
-        assert!(Instant::now() < deadline, "trace not ready after 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_ready(child, &ready);
     // The burst: 1500 sockets created first (no event), then bound to distinct ports (one
     // event per successful bind), then closed (one event per close of a bound socket).
     const N: u16 = 1500;
@@ -418,28 +391,36 @@ fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill on the pid of the child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("trace did not exit within 20 s of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_exit(child, Duration::from_secs(20));
     let res = guard.0.take().expect("child").wait_with_output().expect("output");
     let err = String::from_utf8_lossy(&res.stderr).into_owned();
     let out = std::fs::read_to_string(&out_path).expect("stdout file");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(res.status.code(), Some(0), "{err}");
-    let dropped = dropped_total(&err);
-    let delivered = out.lines().filter(|l| !l.trim().is_empty()).count() as u64;
-    eprintln!("produced {produced}, delivered {delivered} transitions, dropped {dropped}");
+    let dropped = common::dropped_total(&err);
+    let skipped = common::skipped_total(&err);
+    let lines = common::json_lines(&out);
+    // The transitions events delivered: not the resync records, nor the corrections
+    // (op `rescan`) that follow them.
+    let delivered = lines.iter().filter(|l| l["kind"] != "resync" && l["op"] != "rescan").count() as u64;
+    let resynced: u64 = lines.iter().filter(|l| l["kind"] == "resync").map(|l| l["dropped"].as_u64().expect("dropped")).sum();
+    eprintln!("produced {produced}, delivered {delivered} transitions, dropped {dropped}, skipped runs {skipped}");
     assert!(dropped > 0, "a 4096-byte ring loses part of a {produced}-event burst; stderr: {err}");
     assert!(err.contains(&format!("{dropped} events dropped in total")), "{err}");
-    assert_eq!(
-        delivered + dropped,
-        produced,
-        "delivered ({delivered}) + dropped ({dropped}) = produced ({produced}); stderr: {err}"
-    );
+    assert_eq!(resynced, dropped, "the resync records account for every dropped event");
+    if skipped == 0 {
+        assert_eq!(
+            delivered + dropped,
+            produced,
+            "delivered ({delivered}) + dropped ({dropped}) = produced ({produced}); stderr: {err}"
+        );
+    } else {
+        // A program run the kernel skipped (another tracing program was running on that
+        // CPU, e.g. another tool's walk) may or may not have been one of our events: the
+        // count is exact up to those runs, which trace reports and resyncs.
+        assert!(
+            delivered + dropped <= produced && produced <= delivered + dropped + skipped,
+            "delivered ({delivered}) + dropped ({dropped}) <= produced ({produced}) <= that + skipped runs ({skipped}); stderr: {err}"
+        );
+    }
 }

@@ -345,3 +345,117 @@ fn trace_shows_what_the_kernel_records_per_socket() {
         assert_eq!(by_bind["addr_fastreuse"], Value::Null, "{by_bind}");
     }
 }
+
+/// A tiny event ring loses events under churn: the loss is reported, a `resync` record
+/// names what was read again, and the state the stream ends with (the reducer's, printed
+/// by `--state-at-exit` after the last resync) equals a fresh `dump` of the namespace.
+#[test]
+fn lost_events_are_resynced_and_the_final_state_equals_a_fresh_dump() {
+    if !require_root("lost_events_are_resynced_and_the_final_state_equals_a_fresh_dump") {
+        return;
+    }
+    let ns = PrivateNetns::new().expect("private netns");
+    let path = netns_path(&ns);
+    let inode = u64::from(ns.inode());
+    // stdout goes to a file: thousands of lines would fill a pipe nobody reads.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ready = dir.path().join("ready");
+    let out_path = dir.path().join("stdout");
+    let child = std::process::Command::new(common::bin())
+        .args(["trace", "--json", "--state-at-exit", "--ring-bytes", "4096", "--netns", &path, "--ready-file"])
+        .arg(&ready)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning portwatch");
+    let mut guard = common::KillOnDrop(Some(child));
+    common::wait_ready(guard.0.as_mut().expect("child"), &ready);
+
+    // Churn: 3 rounds over 600 ports. Each round binds every port (every third with
+    // SO_REUSEADDR and a second owner), listens on some, closes most again; what is kept
+    // open stays until the dump below, so the final state is known to the kernel.
+    const PORTS: u16 = 600;
+    common::raise_nofile_limit(u64::from(PORTS) * 3 + 200);
+    let mut kept = Vec::new();
+    for round in 0..3u16 {
+        let mut socks = Vec::new();
+        for i in 0..PORTS {
+            let port = 30000 + i;
+            let s = tcp(&ns);
+            let shared = i % 3 == 0;
+            if shared {
+                s.set_reuse_address(true).expect("SO_REUSEADDR");
+            }
+            if s.bind(&v4("127.0.0.1", port)).is_err() {
+                continue;
+            }
+            if shared {
+                let t = tcp(&ns);
+                t.set_reuse_address(true).expect("SO_REUSEADDR");
+                if t.bind(&v4("127.0.0.1", port)).is_ok() {
+                    socks.push(t);
+                }
+            }
+            if i % 5 == 0 {
+                s.listen(16).expect("listen");
+            }
+            socks.push(s);
+        }
+        // Keep every seventh socket of the last round; close the rest.
+        for (i, s) in socks.into_iter().enumerate() {
+            if round == 2 && i % 7 == 0 {
+                kept.push(s);
+            }
+        }
+    }
+    // A few more ticks of the tracer (it checks for losses every 500 ms), then stop: the
+    // stop drains the ring, resyncs once more, and prints the state.
+    std::thread::sleep(Duration::from_millis(1200));
+    let child = guard.0.as_mut().expect("child");
+    // SAFETY: kill on the pid of the child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    common::wait_exit(child, Duration::from_secs(30));
+    let res = guard.0.take().expect("child").wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&res.stderr).into_owned();
+    assert_eq!(res.status.code(), Some(0), "trace exit code; stderr: {err}");
+    let (code, dump_out, dump_err) = common::run_portwatch(&["dump", "--json", "--netns", &path]);
+    assert_eq!(code, 0, "dump: {dump_err}");
+    drop(kept);
+
+    let lines = json_lines(&std::fs::read_to_string(&out_path).expect("stdout file"));
+    let dropped = common::dropped_total(&err);
+    assert!(dropped > 0, "a 4096-byte ring loses events of this churn; stderr: {err}");
+    let resyncs: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "resync").collect();
+    assert!(!resyncs.is_empty(), "no resync record after {dropped} lost events; stderr: {err}");
+    let reported: u64 = resyncs.iter().map(|r| r["dropped"].as_u64().expect("dropped")).sum();
+    let corrections: u64 = resyncs.iter().map(|r| r["corrections"].as_u64().expect("corrections")).sum();
+    eprintln!("{dropped} events dropped, {} resync records, {corrections} corrections", resyncs.len());
+    assert_eq!(reported, dropped, "the resync records account for every dropped event: {resyncs:?}");
+    for r in &resyncs {
+        let lost = r["dropped"].as_u64().expect("dropped") + r["skipped"].as_u64().expect("skipped");
+        match (&r["reread"]["ports"], &r["reread"]["scope"]) {
+            (Value::Array(ports), Value::Null) => {
+                assert!(!ports.is_empty() || lost == 0, "a loss names the buckets read again: {r}");
+                for p in ports {
+                    assert_eq!(p["netns"].as_u64(), Some(inode), "{r}");
+                    assert!((30000..30000 + u64::from(PORTS)).contains(&p["port"].as_u64().expect("port")), "{r}");
+                }
+            }
+            (Value::Null, Value::Object(scope)) => assert_eq!(scope["netns"].as_u64(), Some(inode), "{r}"),
+            _ => panic!("reread is either ports or a scope: {r}"),
+        }
+        assert_eq!(r["complete"], true, "every lost bucket could be read again: {r}");
+    }
+    // Corrections come right after their resync record, as op `rescan`.
+    let first = lines.iter().position(|l| l["kind"] == "resync").expect("a resync");
+    assert!(lines[first + 1..]
+        .iter()
+        .take(resyncs[0]["corrections"].as_u64().expect("corrections") as usize)
+        .all(|l| l["op"] == "rescan"));
+    let state = lines.last().expect("a last line");
+    assert_eq!(state["kind"], "state", "the stream ends with the state: {state}");
+    let dumped: Value = serde_json::from_str(&dump_out).expect("dump JSON");
+    assert!(dumped.as_array().is_some_and(|rows| !rows.is_empty()), "the kept sockets hold buckets");
+    assert_eq!(state["buckets"], dumped, "after the resync the stream's state equals a fresh dump");
+}

@@ -24,7 +24,7 @@ use thiserror::Error;
 
 pub use self::{
     refusal::Refusal,
-    session::{ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
+    session::{Losses, ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
     walk::{WalkDriver, WalkDriverChoice, WalkReport},
 };
 use crate::{

@@ -8,7 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use portwatch_common::{
-    ArgPos, Config, ErrorKey, Event, Layout, TpOffsets, WalkBudget, EVENT_RING_BYTES,
+    lost, ArgPos, Config, ErrorKey, Event, Layout, LostPort, TpOffsets, WalkBudget,
+    EVENT_RING_BYTES,
 };
 
 use super::{
@@ -23,7 +24,7 @@ use crate::{
     decode::decode_event,
     kernel::{compat::Id, Resolved},
     model::{EphemeralRange, FailureCounts, Snapshot},
-    snapshot::{NetnsRef, SnapOptions, SnapshotError, Snapshotter},
+    snapshot::{Lookup, NetnsRef, SnapOptions, SnapshotError, Snapshotter},
 };
 
 /// A snapshot ring for sessions that only look up single buckets.
@@ -86,6 +87,40 @@ pub struct ProbeSession {
     max_owners: u32,
     /// How the in-kernel walks run here, and why.
     pub walk: WalkReport,
+    /// Loss counters as of the last [`ProbeSession::losses`].
+    losses_seen: LossTotals,
+}
+
+/// Loss counters since the session started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LossTotals {
+    dropped: u64,
+    unattributed: u64,
+    skipped: u64,
+}
+
+/// What the programs lost since the previous [`ProbeSession::losses`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// Events not delivered (ring buffer full, no room to keep an operation for its exit).
+    pub dropped: u64,
+    /// Of those, the ones whose bucket is not known: the whole scope must be read again.
+    pub unattributed: u64,
+    /// Program runs the kernel skipped (another tracing program running on that CPU).
+    pub skipped: u64,
+    /// The buckets, (struct net address, netns inode, port), lost events were about.
+    pub ports: Vec<LostPort>,
+}
+
+impl Losses {
+    pub fn any(&self) -> bool {
+        self.dropped > 0 || self.skipped > 0 || !self.ports.is_empty()
+    }
+
+    /// Whether some loss cannot be pinned to a bucket (then the whole scope is re-read).
+    pub fn needs_scope(&self) -> bool {
+        self.unattributed > 0 || self.skipped > 0
+    }
 }
 
 /// What attaching gave, before the session is put together.
@@ -179,6 +214,7 @@ impl ProbeSession {
             snapshots: a.snapshots,
             max_owners: opts.max_owners,
             walk: plan.report(),
+            losses_seen: LossTotals::default(),
         })
     }
 
@@ -246,11 +282,57 @@ impl ProbeSession {
         self.events.as_ref().map(|rb| rb.as_raw_fd())
     }
 
-    /// Events lost because the ring buffer was full (sum over CPUs).
+    /// Events lost since the session started: not delivered because the ring buffer was
+    /// full or an operation could not be kept for its exit hook (sum over CPUs).
     pub fn dropped(&self) -> Result<u64, BackendError> {
+        self.drop_counter(lost::EVENTS)
+    }
+
+    fn drop_counter(&self, index: u32) -> Result<u64, BackendError> {
         let arr: PerCpuArray<_, u64> = bpf::map(&self.ebpf, "DROPS")?;
-        let vals = arr.get(&0, 0).map_err(bpf::access("DROPS"))?;
+        let vals = arr.get(&index, 0).map_err(bpf::access("DROPS"))?;
         Ok(vals.iter().sum())
+    }
+
+    /// Runs of the event programs the kernel skipped since they were loaded (another
+    /// tracing program was running on that CPU): each may have been an event.
+    pub fn skipped(&self) -> u64 {
+        bpf::recursion_misses(&self.ebpf)
+    }
+
+    /// What was lost since the previous call: the counters' increments and the buckets of
+    /// the lost events, whose keys are taken out of the `LOST` map (a loss recorded after
+    /// this call is reported by the next one).
+    pub fn losses(&mut self) -> Result<Losses, BackendError> {
+        let now = LossTotals {
+            dropped: self.drop_counter(lost::EVENTS)?,
+            unattributed: self.drop_counter(lost::UNATTRIBUTED)?,
+            skipped: self.skipped(),
+        };
+        let mut ports = Vec::new();
+        let mut map: HashMap<_, LostPort, u8> = bpf::map_mut(&mut self.ebpf, "LOST")?;
+        for key in map.keys() {
+            ports.push(key.map_err(bpf::access("LOST"))?);
+        }
+        for key in &ports {
+            // A key gone meanwhile is fine: nothing else removes keys, so it cannot be.
+            let _ = map.remove(key);
+        }
+        ports.sort();
+        ports.dedup();
+        let seen = std::mem::replace(&mut self.losses_seen, now);
+        Ok(Losses {
+            dropped: now.dropped.saturating_sub(seen.dropped),
+            unattributed: now.unattributed.saturating_sub(seen.unattributed),
+            skipped: now.skipped.saturating_sub(seen.skipped),
+            ports,
+        })
+    }
+
+    /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
+    /// `struct net` the programs recorded.
+    pub fn lookup(&mut self, net: u64, port: u16) -> Result<Lookup, BackendError> {
+        Ok(self.snapshots.lookup(&mut self.ebpf, net, port, self.max_owners)?)
     }
 
     /// A racy snapshot of the bind table (see `snapshot`).

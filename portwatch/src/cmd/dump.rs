@@ -5,8 +5,14 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{backend::SessionOptions, render, snapshot::SnapOptions};
 
+/// Exit status of a walk that did not cover its whole scope (a hash chain cut short or
+/// unreadable, a chain that changed between two runs of a resumed walk): the table is
+/// printed, but buckets may be missing from it.
+pub const EXIT_INCOMPLETE: u8 = 4;
+
 /// The walk takes no kernel locks (like the drgn script it replaces): a bucket changing
-/// during the walk may show either state; a chain cut short is reported as truncated.
+/// during the walk may show either state. A walk that could not cover every chain says so
+/// on stderr and exits with status 4; owner lists cut short show as `≥N`.
 #[derive(Debug, Args)]
 pub struct DumpArgs {
     /// Network namespace: a PID, a path such as /proc/PID/ns/net or /run/netns/NAME, or
@@ -25,11 +31,18 @@ pub struct DumpArgs {
     /// Print the in-kernel walk time on stderr (`walk_ms=...`).
     #[arg(long, hide = true)]
     timing: bool,
+    /// Size of the snapshot ring buffer in bytes (a power of two, at least the page size):
+    /// a walk that fills it goes on in further program runs; for tests of that path.
+    #[arg(long, hide = true, value_parser = super::trace::parse_ring_bytes)]
+    snapshot_ring_bytes: Option<u32>,
 }
 
 pub fn run(a: DumpArgs) -> Result<ExitCode> {
     let netns = super::netns_arg(a.netns.as_deref(), "/proc/self/ns/net")?;
-    let mut session = super::open_session(&SessionOptions::default())?;
+    let mut session = super::open_session(&SessionOptions {
+        snapshot_ring_bytes: a.snapshot_ring_bytes,
+        ..SessionOptions::default()
+    })?;
     let started = std::time::Instant::now();
     let snap = session
         .snapshot(&SnapOptions {
@@ -42,13 +55,21 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     if a.timing {
         eprintln!("walk_ms={:.3}", started.elapsed().as_secs_f64() * 1e3);
     }
-    if snap.truncated {
-        eprintln!("portwatch: the walk was cut short (a bound was hit): counts are lower bounds");
+    if snap.owners_truncated {
+        eprintln!("portwatch: an owner list was cut short (a bound was hit): counts marked ≥ are lower bounds");
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&render::json::dump(&snap, a.verbose))?);
     } else {
         print!("{}", render::table::dump(&snap, netns.inode().is_none(), a.verbose));
+    }
+    if !snap.complete {
+        eprintln!(
+            "portwatch: INCOMPLETE: the walk did not cover every hash chain (a chain cut short or \
+             unreadable, or changed between two runs of the walk): buckets may be missing from \
+             this table; run dump again (exit status {EXIT_INCOMPLETE})"
+        );
+        return Ok(ExitCode::from(EXIT_INCOMPLETE));
     }
     Ok(ExitCode::SUCCESS)
 }

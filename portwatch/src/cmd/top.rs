@@ -59,6 +59,9 @@ struct SessionSource {
 
 impl TopSource for SessionSource {
     fn snapshot(&mut self) -> Result<Snapshot> {
+        // The rescan re-reads every bucket in scope, those of lost events included: take
+        // the record of lost buckets out of the kernel so it never fills up.
+        self.session.losses().context("reading the loss counters")?;
         let snap = self.session.snapshot(&self.snap).context("rescanning the bind table")?;
         Ok(snap)
     }

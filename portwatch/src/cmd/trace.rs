@@ -15,9 +15,10 @@ use portwatch::{
     reducer::Reducer,
     render::{
         json,
-        time::Clock,
-        transition::{trace_header, trace_line},
+        time::{monotonic_now_ns, Clock},
+        transition::{resync_line, trace_header, trace_line},
     },
+    repair::{self, StreamScope},
 };
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
@@ -45,6 +46,10 @@ pub struct TraceArgs {
     /// for tests and benchmarks that provoke loss.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+    /// At exit, print the bucket state the stream ends with as one JSON line
+    /// (`{"kind":"state","buckets":[..]}`, rows as in `dump --json`); for tests.
+    #[arg(long, hide = true, requires = "json")]
+    state_at_exit: bool,
 }
 
 fn parse_count(s: &str) -> Result<u64, String> {
@@ -56,7 +61,7 @@ fn parse_count(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+pub(super) fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let page = 4096u32;
     match s.parse::<u32>() {
         Ok(n) if n >= page && n.is_power_of_two() => Ok(n),
@@ -94,7 +99,11 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    match rt.block_on(stream(&mut session, &a, &clock)) {
+    let scope = StreamScope {
+        netns: netns.inode(),
+        ports: a.port.clone(),
+    };
+    match rt.block_on(stream(&mut session, &a, &clock, &scope)) {
         Ok(()) => {}
         // `portwatch trace | head`: the reader left; that ends the stream, not an error.
         Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
@@ -105,7 +114,46 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Result<()> {
+/// Writes one transition line.
+fn write_transition(out: &mut impl std::io::Write, t: &portwatch::model::Transition, json_out: bool, clock: &Clock) -> Result<()> {
+    if json_out {
+        writeln!(out, "{}", json::transition_line(t, clock)?)?;
+    } else {
+        writeln!(out, "{}", trace_line(t, clock))?;
+    }
+    Ok(())
+}
+
+/// Repairs what lost events hid: a resync record, then the corrections. Returns whether
+/// anything was lost.
+fn resync(
+    session: &mut ProbeSession,
+    reducer: &mut Reducer,
+    scope: &StreamScope,
+    out: &mut impl std::io::Write,
+    json_out: bool,
+    clock: &Clock,
+) -> Result<bool> {
+    let losses = session.losses().context("reading the loss counters")?;
+    if !losses.any() {
+        return Ok(false);
+    }
+    let ts_ns = monotonic_now_ns().context("reading the time of the re-read")?;
+    let (record, corrections) =
+        repair::resync(session, reducer, scope, &losses, ts_ns).context("re-reading the buckets of lost events")?;
+    if json_out {
+        writeln!(out, "{}", json::resync_line(&record, clock)?)?;
+    } else {
+        writeln!(out, "{}", resync_line(&record, clock))?;
+    }
+    for t in &corrections {
+        write_transition(out, t, json_out, clock)?;
+    }
+    out.flush()?;
+    Ok(true)
+}
+
+async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock, scope: &StreamScope) -> Result<()> {
     let fd = session.events_fd().context("no event ring buffer (no backend attached)")?;
     // SAFETY: the fd belongs to the session's ring buffer, which stays open (and the same
     // file description) for as long as `afd` lives: `afd` is dropped at the end of this
@@ -136,18 +184,13 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Res
     let mut dropped_seen = 0u64;
     let mut stop = false;
     while !stop {
+        let mut check_losses = false;
         tokio::select! {
             // Events of syscalls that returned before the signal are already in the ring
             // buffer: drain them once more below, then stop.
             _ = sigint.recv() => stop = true,
             _ = sigterm.recv() => stop = true,
-            _ = tick.tick() => {
-                let d = session.dropped()?;
-                if d > dropped_seen {
-                    eprintln!("portwatch: {} events dropped (ring buffer full); transitions may be missing", d - dropped_seen);
-                    dropped_seen = d;
-                }
-            }
+            _ = tick.tick() => check_losses = true,
             _ = drain.tick() => {}
             guard = afd.readable() => {
                 let mut guard = guard.context("waiting for events")?;
@@ -156,11 +199,7 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Res
         }
         for raw in session.drain()? {
             for t in reducer.apply(&decode::socket_event(&raw)?) {
-                if a.json {
-                    writeln!(out, "{}", json::transition_line(&t, clock)?)?;
-                } else {
-                    writeln!(out, "{}", trace_line(&t, clock))?;
-                }
+                write_transition(&mut out, &t, a.json, clock)?;
                 printed += 1;
                 if a.count.is_some_and(|c| printed >= c) {
                     out.flush()?;
@@ -169,10 +208,30 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock) -> Res
             }
         }
         out.flush()?;
+        // After the drain, so the re-read has the last word over what the ring held.
+        if check_losses || stop {
+            resync(session, &mut reducer, scope, &mut out, a.json, clock)?;
+            let d = session.dropped()?;
+            if d > dropped_seen {
+                eprintln!(
+                    "portwatch: {} events dropped (ring buffer full); their buckets were re-read (see the resync record)",
+                    d - dropped_seen
+                );
+                dropped_seen = d;
+            }
+        }
     }
     let d = session.dropped()?;
     if d > 0 {
         eprintln!("portwatch: {d} events dropped in total");
+    }
+    let skipped = session.skipped();
+    if skipped > 0 {
+        eprintln!("portwatch: {skipped} program runs skipped by the kernel in total (another tracing program was running on that CPU)");
+    }
+    if a.state_at_exit {
+        writeln!(out, "{}", json::state_line(reducer.known())?)?;
+        out.flush()?;
     }
     Ok(())
 }

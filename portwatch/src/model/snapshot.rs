@@ -48,12 +48,16 @@ pub struct BucketRow {
 }
 
 /// A racy (lock-free) copy of the bind hash table, like the article's drgn script makes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Sorted by key.
     pub buckets: Vec<BucketRow>,
-    /// The walk hit a bound somewhere: some chain or owner list was cut short.
-    pub truncated: bool,
+    /// The walk covered its whole scope: every slot, every chain to its end. A bucket in
+    /// scope that a complete walk did not find is gone; one an incomplete walk did not
+    /// find may still exist.
+    pub complete: bool,
+    /// Some owner list was cut short: those owner counts are lower bounds (`≥N`).
+    pub owners_truncated: bool,
     /// Slots of the bind hash table walked.
     pub slots: u32,
     /// The kernel address of the `struct net` of each namespace with a bucket in the walk:
@@ -61,6 +65,19 @@ pub struct Snapshot {
     /// ([`crate::snapshot::NetnsRef::Kernel`]). Not part of any report.
     #[serde(skip)]
     pub nets: BTreeMap<u32, u64>,
+}
+
+impl Default for Snapshot {
+    /// An empty table, walked completely.
+    fn default() -> Self {
+        Snapshot {
+            buckets: Vec::new(),
+            complete: true,
+            owners_truncated: false,
+            slots: 0,
+            nets: BTreeMap::new(),
+        }
+    }
 }
 
 /// The buckets a walk covered: one network namespace or all, one port or all. A bucket

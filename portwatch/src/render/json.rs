@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::{table::sorted_buckets, time::Clock};
-use crate::model::{AddrRow, PortRange, Snapshot, Transition};
+use crate::model::{AddrRow, BucketInfo, BucketKey, PortRange, Reread, Resync, Snapshot, Transition};
 
 /// The JSON object of one transition; keys in this order, names fixed.
 #[derive(Serialize)]
@@ -83,6 +83,53 @@ pub fn transition_line(t: &Transition, clock: &Clock) -> serde_json::Result<Stri
     serde_json::to_string(&j)
 }
 
+/// The JSON object (one line) of a gap in the stream and its repair:
+/// `{"kind":"resync","ts_ns":..,"time":..,"dropped":N,"skipped":M,"reread":..,
+/// "complete":bool,"corrections":K}`. `reread` is `{"ports":[{"netns":..,"port":..},..]}`
+/// (the buckets of the lost events) or `{"scope":{"netns":N|null,"ports":[..]}}` (every
+/// bucket the stream covers; `ports` empty: all). The `corrections` transitions (op
+/// `rescan`) follow it.
+pub fn resync_line(r: &Resync, clock: &Clock) -> serde_json::Result<String> {
+    let reread = match &r.reread {
+        Reread::Ports(ports) => json!({
+            "ports": ports.iter().map(|(netns, port)| json!({"netns": netns, "port": port})).collect::<Vec<_>>(),
+        }),
+        Reread::Scope { netns, ports } => json!({"scope": {"netns": netns, "ports": ports}}),
+    };
+    serde_json::to_string(&json!({
+        "kind": "resync",
+        "ts_ns": r.ts_ns,
+        "time": clock.rfc3339(r.ts_ns),
+        "dropped": r.dropped,
+        "skipped": r.skipped,
+        "reread": reread,
+        "complete": r.complete,
+        "corrections": r.corrections,
+    }))
+}
+
+/// One bucket object of `dump --json` (without `addresses`).
+fn bucket_json(key: &BucketKey, info: &BucketInfo) -> Value {
+    json!({
+        "netns": key.netns,
+        "port": key.port,
+        "l3mdev": key.l3mdev,
+        "fastreuse": info.fastreuse,
+        "fastreuseport": info.fastreuseport,
+        "owners": info.owners.n,
+        "owners_truncated": info.owners.truncated,
+    })
+}
+
+/// The JSON object (one line) of the state a stream ended with (`trace --state-at-exit`):
+/// `{"kind":"state","buckets":[..]}`, each bucket an object of `dump --json`, in its order.
+pub fn state_line<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a BucketInfo)>) -> serde_json::Result<String> {
+    let mut rows: Vec<(&BucketKey, &BucketInfo)> = buckets.collect();
+    rows.sort_by_key(|(k, _)| (k.netns, k.port, k.l3mdev));
+    let items: Vec<Value> = rows.into_iter().map(|(k, i)| bucket_json(k, i)).collect();
+    serde_json::to_string(&json!({"kind": "state", "buckets": items}))
+}
+
 fn addr_json(a: &AddrRow) -> Value {
     json!({
         "address": a.address,
@@ -106,15 +153,7 @@ pub fn dump(snap: &Snapshot, verbose: bool) -> Value {
     let items = sorted_buckets(snap)
         .into_iter()
         .map(|b| {
-            let mut obj = json!({
-                "netns": b.key.netns,
-                "port": b.key.port,
-                "l3mdev": b.key.l3mdev,
-                "fastreuse": b.info.fastreuse,
-                "fastreuseport": b.info.fastreuseport,
-                "owners": b.info.owners.n,
-                "owners_truncated": b.info.owners.truncated,
-            });
+            let mut obj = bucket_json(&b.key, &b.info);
             if verbose {
                 obj["addresses"] = Value::Array(b.addresses.iter().map(addr_json).collect());
             }
@@ -329,5 +368,42 @@ mod tests {
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
         assert_eq!(dump(&snap(vec![]), true), json!([]));
+    }
+
+    fn resync(reread: Reread) -> Resync {
+        Resync {
+            ts_ns: 1_000_000_000,
+            dropped: 12,
+            skipped: 1,
+            reread,
+            complete: true,
+            corrections: 3,
+        }
+    }
+
+    #[test]
+    fn resync_line_names_the_gap_and_what_was_read_again() {
+        let line = resync_line(&resync(Reread::Ports(vec![(7, 80), (7, 443)])), &clock()).expect("serialises");
+        assert!(!line.contains('\n'));
+        let v: Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["kind"], "resync");
+        assert_eq!((v["dropped"].as_u64(), v["skipped"].as_u64()), (Some(12), Some(1)));
+        assert_eq!(v["reread"], json!({"ports": [{"netns": 7, "port": 80}, {"netns": 7, "port": 443}]}));
+        assert_eq!((v["complete"].as_bool(), v["corrections"].as_u64()), (Some(true), Some(3)));
+        assert!(v["time"].is_string());
+        let line = resync_line(&resync(Reread::Scope { netns: None, ports: vec![] }), &clock()).expect("serialises");
+        let v: Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["reread"], json!({"scope": {"netns": null, "ports": []}}));
+    }
+
+    #[test]
+    fn state_line_holds_dump_rows_in_dump_order() {
+        let a = bucket(2, 80, 0, -1, 1);
+        let b = bucket(1, 443, 1, 1, 2);
+        let line = state_line([(&a.key, &a.info), (&b.key, &b.info)].into_iter()).expect("serialises");
+        let v: Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["kind"], "state");
+        let rows = dump(&snap(vec![a.clone(), b.clone()]), false);
+        assert_eq!(v["buckets"], rows);
     }
 }

@@ -11,6 +11,8 @@ use crate::model::{BucketRow, Snapshot};
 pub const EMPTY_MESSAGE: &str = "no TCP bind buckets";
 /// Printed under the table when the walk hit a bound.
 pub const TRUNCATED_FOOTER: &str = "walk truncated: counts are lower bounds";
+/// Under a table whose walk did not cover its whole scope.
+pub const INCOMPLETE_FOOTER: &str = "walk incomplete: buckets may be missing";
 
 /// A borderless table with two spaces between columns; the columns at `right_aligned`
 /// are right-aligned.
@@ -53,14 +55,19 @@ pub fn table_to_string(table: &Table) -> String {
     out
 }
 
-/// The lines under a table: the empty message, the truncation footer.
-pub fn footer(out: &mut String, empty: bool, truncated: bool) {
+/// The lines under a table: the empty message, the truncation footers (owner counts
+/// that are lower bounds; a walk that did not cover its whole scope).
+pub fn footer(out: &mut String, empty: bool, owners_truncated: bool, complete: bool) {
     if empty {
         out.push_str(EMPTY_MESSAGE);
         out.push('\n');
     }
-    if truncated {
+    if owners_truncated {
         out.push_str(TRUNCATED_FOOTER);
+        out.push('\n');
+    }
+    if !complete {
+        out.push_str(INCOMPLETE_FOOTER);
         out.push('\n');
     }
 }
@@ -95,7 +102,7 @@ pub fn dump(snap: &Snapshot, show_netns: bool, verbose: bool) -> String {
         }
     }
     let mut out = table_to_string(&table);
-    footer(&mut out, rows.is_empty(), snap.truncated);
+    footer(&mut out, rows.is_empty(), snap.owners_truncated, snap.complete);
     out
 }
 
@@ -125,7 +132,8 @@ pub(crate) mod tests {
     pub(crate) fn snap(buckets: Vec<BucketRow>) -> Snapshot {
         Snapshot {
             buckets,
-            truncated: false,
+            complete: true,
+            owners_truncated: false,
             slots: 65536,
             ..Default::default()
         }
@@ -178,10 +186,19 @@ pub(crate) mod tests {
         let mut b = bucket(1, 5000, 0, -1, 64);
         b.info.owners.truncated = true;
         let mut s = snap(vec![b]);
-        s.truncated = true;
+        s.owners_truncated = true;
         let out = dump(&s, false, false);
         assert!(out.contains("≥64"), "{out}");
         assert_eq!(out.lines().last(), Some(TRUNCATED_FOOTER));
+    }
+
+    #[test]
+    fn incomplete_walk_says_buckets_may_be_missing() {
+        let mut s = snap(vec![bucket(1, 5000, 0, -1, 1)]);
+        s.complete = false;
+        let out = dump(&s, false, false);
+        assert_eq!(out.lines().last(), Some(INCOMPLETE_FOOTER));
+        assert!(!out.contains(TRUNCATED_FOOTER), "{out}");
     }
 
     #[test]

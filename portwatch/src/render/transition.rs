@@ -4,7 +4,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use super::time::{age, Clock};
-use crate::model::{BucketInfo, SockOpts, Task, Transition, TransitionKind};
+use crate::model::{BucketInfo, Reread, Resync, SockOpts, Task, Transition, TransitionKind};
 
 const W_TIME: usize = 12;
 const W_WHO: usize = 23;
@@ -110,6 +110,65 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
         sock.join("  "),
     );
     line.trim_end().to_string()
+}
+
+/// Buckets a text resync line names before it says how many more there are.
+const RESYNC_PORTS_SHOWN: usize = 32;
+
+/// One `trace` line for a gap in the stream and its repair (no trailing newline), e.g.
+/// `12:00:00.000  [kernel]  resync: 12 events lost, 1 program run skipped; re-read
+/// ns:7 ports 80,443; 3 corrections follow (op rescan)`.
+pub fn resync_line(r: &Resync, clock: &Clock) -> String {
+    let what = match &r.reread {
+        Reread::Ports(ports) if ports.is_empty() => "nothing to re-read".to_string(),
+        Reread::Ports(ports) => {
+            let mut groups: Vec<(u32, Vec<u16>)> = Vec::new();
+            for &(netns, port) in ports.iter().take(RESYNC_PORTS_SHOWN) {
+                match groups.last_mut() {
+                    Some((ns, list)) if *ns == netns => list.push(port),
+                    _ => groups.push((netns, vec![port])),
+                }
+            }
+            let mut s = groups
+                .iter()
+                .map(|(ns, list)| {
+                    let list: Vec<String> = list.iter().map(u16::to_string).collect();
+                    format!("ns:{ns} port{} {}", if list.len() == 1 { "" } else { "s" }, list.join(","))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if ports.len() > RESYNC_PORTS_SHOWN {
+                let _ = write!(s, " (+{} more)", ports.len() - RESYNC_PORTS_SHOWN);
+            }
+            format!("re-read {s}")
+        }
+        Reread::Scope { netns, ports } => {
+            let ns = netns.map_or("every netns".to_string(), |n| format!("ns:{n}"));
+            if ports.is_empty() {
+                format!("re-read every bucket of {ns}")
+            } else {
+                let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                format!("re-read ports {} of {ns}", list.join(","))
+            }
+        }
+    };
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let mut line = format!(
+        "{:<W_TIME$}  {:<W_WHO$}  resync: {} event{} lost, {} program run{} skipped; {what}; {} correction{} follow{} (op rescan)",
+        clock.wall(r.ts_ns),
+        "[kernel]",
+        r.dropped,
+        plural(r.dropped),
+        r.skipped,
+        plural(r.skipped),
+        r.corrections,
+        plural(r.corrections as u64),
+        if r.corrections == 1 { "s" } else { "" },
+    );
+    if !r.complete {
+        line.push_str("; INCOMPLETE: some bucket could not be read, its state may still be wrong");
+    }
+    line
 }
 
 /// One bucket transition as a quiz timeline line:
@@ -564,5 +623,32 @@ pub(crate) mod tests {
         assert!(l.starts_with("   42s  4026532000  :60000  created"), "{l}");
         assert!(!l.contains("pid"), "{l}");
         assert!(l.contains("  127.0.0.1:60000 → 127.9.9.9:1234  [REUSEADDR]"), "{l}");
+    }
+
+    #[test]
+    fn resync_line_names_the_loss_and_the_buckets_read_again() {
+        let mut r = Resync {
+            ts_ns: 1_000_000_000,
+            dropped: 12,
+            skipped: 1,
+            reread: Reread::Ports(vec![(7, 80), (7, 443), (9, 22)]),
+            complete: true,
+            corrections: 3,
+        };
+        let line = resync_line(&r, &clock());
+        assert!(line.contains("  [kernel]  "), "{line}");
+        assert!(
+            line.ends_with(
+                "resync: 12 events lost, 1 program run skipped; re-read ns:7 ports 80,443; ns:9 port 22; 3 corrections follow (op rescan)"
+            ),
+            "{line}"
+        );
+        r.reread = Reread::Scope { netns: Some(7), ports: vec![] };
+        r.corrections = 1;
+        r.complete = false;
+        let line = resync_line(&r, &clock());
+        assert!(line.contains("re-read every bucket of ns:7; 1 correction follows (op rescan); INCOMPLETE"), "{line}");
+        r.reread = Reread::Ports((0..40).map(|p| (1, p)).collect());
+        assert!(resync_line(&r, &clock()).contains("(+8 more)"));
     }
 }

@@ -242,8 +242,11 @@ pub fn dump_workload(obs: &mut SessionObserver<'_>, records: Records) -> Scenari
         for port in seen.keys().filter(|p| !w.want.contains_key(p)) {
             failures.push(format!("port {port}: in the dump, but the workload made no socket on it"));
         }
-        if snap.truncated {
-            failures.push("the walk was truncated".to_owned());
+        if !snap.complete {
+            failures.push("the walk did not cover the whole table".to_owned());
+        }
+        if snap.owners_truncated {
+            failures.push("the walk cut an owner list short".to_owned());
         }
         for b in &snap.buckets {
             let owners = w.want.get(&b.key.port).map_or(0, Vec::len) as u32;

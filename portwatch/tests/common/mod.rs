@@ -337,3 +337,60 @@ pub fn orphan_progs_after(after: u32, timeout: Duration) -> Vec<LoadedProg> {
         .collect();
     wait_progs_gone(&orphans, timeout)
 }
+
+/// Kills (by pid) and reaps a child still owned when dropped, e.g. when an assertion fails.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until `child` created `ready` (its `--ready-file`); panics if it exits first or
+/// takes more than 30 s.
+pub fn wait_ready(child: &mut Child, ready: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            panic!("portwatch exited early with {st}");
+        }
+        assert!(Instant::now() < deadline, "portwatch not ready after 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit (after a signal); kills it and panics after `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("portwatch did not exit within {limit:?} of the signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads "N events dropped in total" from a trace's stderr (0 when absent).
+pub fn dropped_total(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("portwatch: ")?.strip_suffix(" events dropped in total"))
+        .map(|n| n.trim().parse().unwrap_or_else(|e| panic!("drop count `{n}`: {e}")))
+        .unwrap_or(0)
+}
+
+/// Reads "N program runs skipped by the kernel in total" from a trace's stderr (0 when
+/// absent).
+pub fn skipped_total(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("portwatch: ")?.split_once(" program runs skipped by the kernel in total"))
+        .map(|(n, _)| n.trim().parse().unwrap_or_else(|e| panic!("skip count `{n}`: {e}")))
+        .unwrap_or(0)
+}

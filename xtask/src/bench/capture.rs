@@ -172,7 +172,7 @@ pub fn ring_loss(ctx: &Ctx, backend: &str, ring: Option<u32>) -> RingLossRow {
         let t = tracer.stop()?;
         churn.finish()?;
         let produced = Workload::Bind.expected_events(&c);
-        let delivered = t.counts.transitions();
+        let delivered = t.counts.event_transitions();
         let dropped = t.dropped.unwrap_or(0);
         Ok(RingLoss {
             ports: c.binds_ok,

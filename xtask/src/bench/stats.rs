@@ -189,6 +189,16 @@ impl TraceCounts {
     pub fn transitions(&self) -> u64 {
         self.by_op_kind.values().sum()
     }
+
+    /// Transitions of delivered events: without the corrections (op `rescan`) that
+    /// follow a `resync` record after a loss.
+    pub fn event_transitions(&self) -> u64 {
+        self.by_op_kind
+            .iter()
+            .filter(|(k, _)| !k.starts_with("rescan/"))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 /// The value of a top-level string field `"name":"value"` in a one-line JSON object
@@ -448,6 +458,11 @@ mod tests {
         assert_eq!(t.lines, 4);
         assert_eq!(t.unparsed, 1);
         assert_eq!(t.transitions(), 3);
+        assert_eq!(t.event_transitions(), 3);
+        // A loss: the resync record is no transition, its corrections are not events'.
+        t.add_line(r#"{"complete":true,"corrections":1,"dropped":4,"kind":"resync","reread":{"ports":[]},"skipped":0}"#);
+        t.add_line(r#"{"ts_ns":4,"netns":5,"port":81,"kind":"bucket_destroyed","op":"rescan"}"#);
+        assert_eq!((t.unparsed, t.transitions(), t.event_transitions()), (2, 4, 3));
         assert_eq!(t.by_op_kind["close/bucket_destroyed"], 2);
         assert_eq!(json_str_field(r#"{"a":"b","op":"x"}"#, "op"), Some("x"));
         assert_eq!(json_str_field(r#"{"op":null}"#, "op"), None);

@@ -268,8 +268,10 @@ pub struct TopApp {
     pub header_netns: u32,
     pub backend: String,
     pub dropped: u64,
-    /// The last walk was truncated (owner counts are lower bounds).
+    /// The last walk cut some owner list short (owner counts are lower bounds).
     pub truncated: bool,
+    /// The last walk did not cover its whole scope: buckets may be missing.
+    pub incomplete: bool,
     pub scans: u64,
     pub last_scan: Option<Instant>,
 }
@@ -297,6 +299,7 @@ impl TopApp {
             backend,
             dropped: 0,
             truncated: false,
+            incomplete: false,
             scans: 0,
             last_scan: None,
         }
@@ -406,7 +409,8 @@ impl TopApp {
                 Some(_) => {}
             }
         }
-        self.truncated = snap.truncated;
+        self.truncated = snap.owners_truncated;
+        self.incomplete = !snap.complete;
         self.scans += 1;
         self.last_scan = Some(now);
         self.view_dirty = true;
@@ -757,7 +761,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         // TIME-WAIT expiry: port 60000 vanished, port 80 lost an owner, 9000 appeared.
         let mut s = snap(&[(key(1, 80), info(0, -1, 2)), (key(1, 9000), info(0, 0, 1))]);
-        s.truncated = true;
+        s.owners_truncated = true;
         rescan(&mut app, s, t1);
         assert!(app.row(&key(1, 60000)).is_none());
         let r = app.row(&key(1, 80)).expect("80");

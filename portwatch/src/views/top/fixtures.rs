@@ -19,7 +19,8 @@ pub fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
 pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
     Snapshot {
         buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![] }).collect(),
-        truncated: false,
+        complete: true,
+        owners_truncated: false,
         slots: 65536,
         ..Default::default()
     }

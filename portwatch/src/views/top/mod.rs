@@ -173,7 +173,7 @@ pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
     out.push_str(&ui::status_line(app));
     out.push('\n');
     out.push_str(&table_to_string(&table));
-    footer(&mut out, app.view_len() == 0, app.truncated);
+    footer(&mut out, app.view_len() == 0, app.truncated, !app.incomplete);
     out
 }
 
@@ -466,7 +466,7 @@ mod tests {
     fn once_on_empty_snapshot_and_failing_range() {
         let mut src = FakeSource::new(
             vec![Snapshot {
-                truncated: true,
+                owners_truncated: true,
                 ..Snapshot::default()
             }],
             vec![],

@@ -148,6 +148,9 @@ pub fn status_line(app: &TopApp) -> String {
     if app.truncated {
         s.push_str(" │ walk truncated: counts are lower bounds");
     }
+    if app.incomplete {
+        s.push_str(" │ walk incomplete: buckets may be missing");
+    }
     s
 }
 
@@ -195,7 +198,7 @@ pub fn draw(frame: &mut Frame, app: &TopApp, opts: &TopOptions, now: Instant) {
 
     let warn = Style::new().fg(Color::Red).add_modifier(Modifier::BOLD);
     let status = status_line(app);
-    let status_style = if app.paused || app.dropped > 0 || app.truncated {
+    let status_style = if app.paused || app.dropped > 0 || app.truncated || app.incomplete {
         warn
     } else {
         Style::new()
