@@ -613,9 +613,6 @@ impl ArgPos {
     };
 }
 
-/// The syscall `getpgid(SNAP_TRIGGER_PID)` made by the tool runs the snapshot walk.
-pub const SNAP_TRIGGER_PID: i32 = 0x7077_0001;
-
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 136);

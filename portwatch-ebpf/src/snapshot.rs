@@ -1,7 +1,8 @@
 //! The snapshot walk: every slot of `bhash`, every bucket of every chain, and (verbose)
 //! every per-address bucket and owner, like the article's drgn script but in the kernel.
-//! Triggered by the tool itself: `getpgid(SNAP_TRIGGER_PID)` from the thread named in
-//! `SNAP_REQ`; [`serve`] answers a request from any program type.
+//! Run by the tool itself with `BPF_PROG_TEST_RUN` (a raw tracepoint program attached
+//! nowhere: it runs synchronously in the calling thread, and there is nothing to detach);
+//! [`serve`] answers a request from any program type.
 //!
 //! The walk is a state machine (`TableWalk`) advanced one list node per call of
 //! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
@@ -19,17 +20,14 @@
 //! that resumes inside a chain first looks for that bucket from the chain's head again;
 //! when it is no longer there, the rest of the chain cannot be found and the walk is
 //! reported as not covering its scope (`WALK_TRUNCATED`), never as a shorter table.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
-use portwatch_common::{
-    rec, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP, SNAP_NETNS,
-    SNAP_TRIGGER_PID,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
+use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, WalkBudget, SNAP_LOOKUP, SNAP_NETNS};
 
 use crate::{
     compat,
     drive::{drive, out_of_line_step, Walk},
     kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
-    maps::{SNAP_RB, SNAP_REQ, SNAP_WALK, TP},
+    maps::{SNAP_RB, SNAP_REQ, SNAP_WALK},
     read::{field, layout, layout_ready, rd, zbits, zfield},
     walk::{lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
@@ -346,19 +344,9 @@ impl Walk for TableWalk {
 
 out_of_line_step!(walk_table_step, TableWalk);
 
-/// The tracepoint trigger: a request from the tool's own thread.
+/// A request from the tool's own thread (the one named in `SNAP_REQ`).
 #[inline(always)]
-fn triggered(ctx: &TracePointContext) -> Option<()> {
-    // SAFETY: TP is a plain static in .rodata.
-    let args = unsafe { core::ptr::read_volatile(&TP.sys_enter_args) };
-    if args == NO_FIELD {
-        return None;
-    }
-    // SAFETY: reads the first syscall argument at an offset from the tracepoint format.
-    let pid: i64 = unsafe { ctx.read_at(args as usize).ok()? };
-    if pid != SNAP_TRIGGER_PID as i64 {
-        return None;
-    }
+fn triggered() -> Option<()> {
     let req: SnapRequest = *SNAP_REQ.get(0)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     if req.tid == 0 || req.tid != tid {
@@ -520,8 +508,9 @@ fn lookup(req: &SnapRequest) {
     let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
 }
 
-#[tracepoint]
-pub fn snapshot_trigger(ctx: TracePointContext) -> u32 {
-    let _ = triggered(&ctx);
+/// Attached nowhere: the tool runs it with `BPF_PROG_TEST_RUN` (raw tracepoints since 5.10).
+#[raw_tracepoint]
+pub fn snapshot_trigger(_ctx: RawTracePointContext) -> i32 {
+    let _ = triggered();
     0
 }

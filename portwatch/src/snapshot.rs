@@ -15,12 +15,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use aya::{
     maps::{Array, MapData, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
     Ebpf,
 };
-use portwatch_common::{
-    rec, snapflag, NetnsPorts, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_NETNS, SNAP_TRIGGER_PID, SNAP_WALK,
-};
+use portwatch_common::{rec, snapflag, NetnsPorts, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_NETNS, SNAP_WALK};
 
 use crate::{
     backend::Refusal,
@@ -29,9 +27,10 @@ use crate::{
     model::{EphemeralRange, Snapshot},
 };
 
-/// The program that runs the walk, and what triggers it.
+/// The program that runs the walk: a raw tracepoint program attached nowhere, run with
+/// `BPF_PROG_TEST_RUN` in the calling thread (no attach, so no detach and none of the
+/// RCU grace period that closing a tracepoint link waits for).
 const PROGRAM: &str = "snapshot_trigger";
-const TRIGGER: (&str, &str) = ("syscalls", "sys_enter_getpgid");
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -39,16 +38,15 @@ pub enum SnapshotError {
     Map(#[from] MapError),
     #[error(transparent)]
     Program(#[from] ProgramLookupError),
-    #[error("program `{PROGRAM}`: {action} failed: {reason}")]
-    Load { action: &'static str, reason: String },
     /// The kernel refused to load the walk program.
     #[error("the snapshot walk could not be loaded: {0}")]
     Refused(Refusal),
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    #[error(
-        "snapshot: the walk did not report back (is syscalls:sys_enter_getpgid traced? was the ring buffer full?)"
-    )]
+    /// `BPF_PROG_TEST_RUN` of the walk program failed.
+    #[error("snapshot: running `{PROGRAM}` with BPF_PROG_TEST_RUN failed: {0}")]
+    Run(String),
+    #[error("snapshot: the walk did not report back (was the ring buffer full?)")]
     NoReply,
     #[error("snapshot: the walk did not finish in {0} program runs")]
     TooManyRuns(u32),
@@ -104,21 +102,17 @@ pub enum NetnsRef<'a> {
     Kernel(u64),
 }
 
-/// The loaded trigger program and its ring buffer.
+/// The loaded walk program and its ring buffer.
 pub struct Snapshotter {
     rb: RingBuf<MapData>,
     seq: u64,
 }
 
 impl Snapshotter {
-    /// Loads `snapshot_trigger` and attaches it to `syscalls:sys_enter_getpgid`.
+    /// Loads `snapshot_trigger` (it is run, never attached).
     pub fn new(ebpf: &mut Ebpf) -> Result<Snapshotter, SnapshotError> {
-        let prog: &mut TracePoint = bpf::program(ebpf, PROGRAM)?;
+        let prog: &mut RawTracePoint = bpf::program(ebpf, PROGRAM)?;
         prog.load().map_err(|e| SnapshotError::Refused(Refusal::from_load(PROGRAM, &e)))?;
-        prog.attach(TRIGGER.0, TRIGGER.1).map_err(|e| SnapshotError::Load {
-            action: "attach to syscalls:sys_enter_getpgid",
-            reason: bpf::error_chain(&e),
-        })?;
         let rb = bpf::take_map(ebpf, "SNAP_RB")?;
         Ok(Snapshotter { rb, seq: 0 })
     }
@@ -177,7 +171,7 @@ impl Snapshotter {
         Ok(crate::decode::ephemeral_range(&raw).filter(|(inode, _)| expect.is_none_or(|e| e == *inode)))
     }
 
-    /// Writes the request, makes the trigger syscall, collects the records up to END.
+    /// Writes the request, runs the walk program, collects the records up to END.
     fn request(&mut self, ebpf: &mut Ebpf, mut req: SnapRequest) -> Result<(Vec<SnapRecord>, SnapRecord), SnapshotError> {
         // Records of an earlier, abandoned walk must not mix into this one.
         while self.rb.next().is_some() {}
@@ -187,12 +181,13 @@ impl Snapshotter {
         req.seq = self.seq;
         let mut arr: Array<_, SnapRequest> = bpf::map_mut(ebpf, "SNAP_REQ")?;
         arr.set(0, req, 0).map_err(bpf::access("SNAP_REQ"))?;
-        // Each run is synchronous inside this syscall (which then fails with ESRCH, as
-        // no such process exists); a run that ends with WALK_MORE is followed by another.
+        // Each run is synchronous inside BPF_PROG_TEST_RUN, in this thread; a run that
+        // ends with WALK_MORE is followed by another.
+        let prog: &mut RawTracePoint = bpf::program(ebpf, PROGRAM)?;
         let mut records = Vec::new();
         for _ in 0..MAX_RUNS {
-            // SAFETY: getpgid has no memory-safety preconditions.
-            unsafe { libc::getpgid(SNAP_TRIGGER_PID) };
+            prog.test_run(RawTracePointRunOptions::new())
+                .map_err(|e| SnapshotError::Run(bpf::error_chain(&e)))?;
             let mut end = None;
             while let Some(item) = self.rb.next() {
                 let r = decode_snap_record(&item)?;

@@ -30,6 +30,12 @@ use crate::{
 /// A snapshot ring for sessions that only look up single buckets.
 pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
 
+/// The snapshot ring of sessions that walk whole tables (`dump`, `top`): 65,536 records
+/// (64 bytes each with their header), a table of 50,000 listeners in one program run.
+/// Larger walks go on in further runs (`WALK_MORE`). The kernel allocates and zeroes the
+/// whole ring when the map is created, so a larger ring costs every start.
+pub const WALK_RING_BYTES: u32 = 1 << 22;
+
 /// How often a consumer drains the event ring: the programs do not wake it per event (see
 /// `Config::wakeup_bytes`), so it must drain on its own at least this often. Short enough
 /// to look immediate to a person, long enough that each drain takes a batch.
@@ -52,8 +58,8 @@ pub struct SessionOptions {
     pub max_owners: u32,
     /// Size of the event ring buffer in bytes (power of two, multiple of the page size).
     pub ring_bytes: Option<u32>,
-    /// Size of the snapshot ring buffer; `None`: big enough for whole-table walks
-    /// (`dump`, `top`). Sessions that only look up single buckets pass a small one: the
+    /// Size of the snapshot ring buffer; `None`: [`WALK_RING_BYTES`], for whole-table
+    /// walks (`dump`, `top`). Sessions that only look up single buckets pass a small one: the
     /// ring is mapped into the process and counts in its memory.
     pub snapshot_ring_bytes: Option<u32>,
     /// Which walk driver to load (`--walk-driver`).
@@ -473,9 +479,7 @@ fn load_object(
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
-    if let Some(bytes) = opts.snapshot_ring_bytes {
-        loader.map_max_entries("SNAP_RB", bytes);
-    }
+    loader.map_max_entries("SNAP_RB", opts.snapshot_ring_bytes.unwrap_or(WALK_RING_BYTES));
     if opts.probe.is_none() {
         // Snapshot only: the event maps are never used; keep their creation cheap.
         let page = 4096;

@@ -1,5 +1,5 @@
 //! `portwatch dump`: the bind hash table once, like the article's dump_bhash.py.
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -59,7 +59,11 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         eprintln!("portwatch: an owner list was cut short (a bound was hit): counts marked ≥ are lower bounds");
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&render::json::dump(&snap, a.verbose))?);
+        // Rows go straight to a buffered stdout: no JSON tree or string of the whole table.
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &render::json::dump(&snap, a.verbose))
+            .context("writing the JSON dump to stdout")?;
+        writeln!(out).and_then(|()| out.flush()).context("writing the JSON dump to stdout")?;
     } else {
         print!("{}", render::table::dump(&snap, netns.inode().is_none(), a.verbose));
     }

@@ -61,8 +61,8 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// The capabilities scraping needs once the programs are attached. Scraping reads the
-/// kernel maps (counters, drops, the snapshot ring) through descriptors opened at start
-/// and triggers the snapshot program with a plain syscall: nothing is needed for that,
+/// kernel maps (counters, drops, the snapshot ring) and runs the snapshot program
+/// (BPF_PROG_TEST_RUN) through descriptors opened at start: nothing is needed for that,
 /// except CAP_BPF on kernels before 5.19 with unprivileged bpf() disabled. Naming
 /// namespaces reads `/proc`, with less to see once the capabilities are gone (see
 /// `netns_name`).

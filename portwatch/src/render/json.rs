@@ -5,10 +5,13 @@
 use std::net::SocketAddr;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{table::sorted_buckets, time::Clock};
-use crate::model::{AddrRow, BucketInfo, BucketKey, PortRange, Reread, Resync, Snapshot, Transition};
+use crate::model::{
+    AddrRow, BucketInfo, BucketKey, BucketRow, Fastreuse, OwnerRow, PortRange, Reread, Resync, Snapshot, TcpState,
+    Transition,
+};
 
 /// The JSON object of one transition; keys in this order, names fixed.
 #[derive(Serialize)]
@@ -108,17 +111,91 @@ pub fn resync_line(r: &Resync, clock: &Clock) -> serde_json::Result<String> {
     }))
 }
 
-/// One bucket object of `dump --json` (without `addresses`).
-fn bucket_json(key: &BucketKey, info: &BucketInfo) -> Value {
-    json!({
-        "netns": key.netns,
-        "port": key.port,
-        "l3mdev": key.l3mdev,
-        "fastreuse": info.fastreuse,
-        "fastreuseport": info.fastreuseport,
-        "owners": info.owners.n,
-        "owners_truncated": info.owners.truncated,
-    })
+/// One bucket object of `dump --json`, serialised straight to the writer. Fields in the
+/// document's key order (alphabetical); `addresses` only in verbose dumps.
+#[derive(Serialize)]
+struct BucketJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    addresses: Option<Addresses<'a>>,
+    fastreuse: Fastreuse,
+    fastreuseport: Fastreuse,
+    l3mdev: i32,
+    netns: u32,
+    owners: u32,
+    owners_truncated: bool,
+    port: u16,
+}
+
+impl<'a> BucketJson<'a> {
+    fn new(key: &BucketKey, info: &BucketInfo, addresses: Option<&'a [AddrRow]>) -> Self {
+        BucketJson {
+            addresses: addresses.map(Addresses),
+            fastreuse: info.fastreuse,
+            fastreuseport: info.fastreuseport,
+            l3mdev: key.l3mdev,
+            netns: key.netns,
+            owners: info.owners.n,
+            owners_truncated: info.owners.truncated,
+            port: key.port,
+        }
+    }
+}
+
+/// A bucket's per-address rows, serialised one by one.
+struct Addresses<'a>(&'a [AddrRow]);
+
+impl Serialize for Addresses<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(AddrJson))
+    }
+}
+
+/// One per-address object: `address`, `fastreuse`, `fastreuseport`, `owners`.
+struct AddrJson<'a>(&'a AddrRow);
+
+impl Serialize for AddrJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let a = self.0;
+        let mut st = s.serialize_struct("AddrJson", 4)?;
+        st.serialize_field("address", &a.address)?;
+        st.serialize_field("fastreuse", &a.fastreuse)?;
+        st.serialize_field("fastreuseport", &a.fastreuseport)?;
+        st.serialize_field("owners", &Owners(&a.owners))?;
+        st.end()
+    }
+}
+
+/// An address's owner sockets, serialised one by one.
+struct Owners<'a>(&'a [OwnerRow]);
+
+impl Serialize for Owners<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|o| OwnerJson {
+            connect_bound: o.connect_bound,
+            local: o.local,
+            local_port_range: o.local_port_range,
+            reuseaddr: o.reuseaddr,
+            reuseport: o.reuseport,
+            state: o.state,
+        }))
+    }
+}
+
+/// One owner socket object, keys in the document's (alphabetical) order.
+#[derive(Serialize)]
+struct OwnerJson {
+    connect_bound: Option<bool>,
+    local: Option<SocketAddr>,
+    local_port_range: Option<PortRange>,
+    reuseaddr: bool,
+    reuseport: bool,
+    #[serde(serialize_with = "display")]
+    state: TcpState,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 /// The JSON object (one line) of the state a stream ended with (`trace --state-at-exit`):
@@ -126,41 +203,34 @@ fn bucket_json(key: &BucketKey, info: &BucketInfo) -> Value {
 pub fn state_line<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a BucketInfo)>) -> serde_json::Result<String> {
     let mut rows: Vec<(&BucketKey, &BucketInfo)> = buckets.collect();
     rows.sort_by_key(|(k, _)| (k.netns, k.port, k.l3mdev));
-    let items: Vec<Value> = rows.into_iter().map(|(k, i)| bucket_json(k, i)).collect();
+    let items: Vec<BucketJson> = rows.into_iter().map(|(k, i)| BucketJson::new(k, i, None)).collect();
     serde_json::to_string(&json!({"kind": "state", "buckets": items}))
-}
-
-fn addr_json(a: &AddrRow) -> Value {
-    json!({
-        "address": a.address,
-        "fastreuse": a.fastreuse,
-        "fastreuseport": a.fastreuseport,
-        "owners": a.owners.iter().map(|o| json!({
-            "local": o.local,
-            "state": o.state.to_string(),
-            "reuseaddr": o.reuseaddr,
-            "reuseport": o.reuseport,
-            "connect_bound": o.connect_bound,
-            "local_port_range": o.local_port_range,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 /// The `dump --json` document: ONE array of bucket objects, sorted like the table, with
 /// the stable keys `netns`, `port`, `l3mdev`, `fastreuse`, `fastreuseport`, `owners`,
-/// `owners_truncated`, and (verbose only) `addresses`.
-pub fn dump(snap: &Snapshot, verbose: bool) -> Value {
-    let items = sorted_buckets(snap)
-        .into_iter()
-        .map(|b| {
-            let mut obj = bucket_json(&b.key, &b.info);
-            if verbose {
-                obj["addresses"] = Value::Array(b.addresses.iter().map(addr_json).collect());
-            }
-            obj
-        })
-        .collect();
-    Value::Array(items)
+/// `owners_truncated`, and (verbose only) `addresses`. Serialised row by row (for
+/// `serde_json::to_writer_pretty`): a table of many thousand buckets is never held as a
+/// JSON tree in memory.
+pub fn dump(snap: &Snapshot, verbose: bool) -> DumpJson<'_> {
+    DumpJson { rows: sorted_buckets(snap), verbose }
+}
+
+/// See [`dump`].
+pub struct DumpJson<'a> {
+    rows: Vec<&'a BucketRow>,
+    verbose: bool,
+}
+
+impl Serialize for DumpJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let verbose = self.verbose;
+        s.collect_seq(
+            self.rows
+                .iter()
+                .map(|b| BucketJson::new(&b.key, &b.info, verbose.then_some(b.addresses.as_slice()))),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -338,7 +408,7 @@ mod tests {
         let mut b = bucket(2, 443, 1, -1, 3);
         b.info.owners.truncated = true;
         let s = snap(vec![b, bucket(1, 80, 0, 0, 1)]);
-        let v = dump(&s, false);
+        let v = serde_json::to_value(dump(&s, false)).expect("serialises");
         let arr = v.as_array().expect("array");
         assert_eq!(arr.len(), 2);
         assert_eq!(
@@ -353,7 +423,7 @@ mod tests {
 
     #[test]
     fn verbose_dump_json_has_addresses_and_owners() {
-        let v = dump(&snap(vec![verbose_bucket()]), true);
+        let v = serde_json::to_value(dump(&snap(vec![verbose_bucket()]), true)).expect("serialises");
         let addrs = &v[0]["addresses"];
         assert_eq!(addrs.as_array().map(Vec::len), Some(2));
         assert_eq!(addrs[0]["address"], json!("127.0.0.1"));
@@ -367,7 +437,7 @@ mod tests {
         assert_eq!(addrs[0]["owners"][1]["local_port_range"], Value::Null);
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
-        assert_eq!(dump(&snap(vec![]), true), json!([]));
+        assert_eq!(serde_json::to_value(dump(&snap(vec![]), true)).expect("serialises"), json!([]));
     }
 
     fn resync(reread: Reread) -> Resync {
@@ -403,7 +473,7 @@ mod tests {
         let line = state_line([(&a.key, &a.info), (&b.key, &b.info)].into_iter()).expect("serialises");
         let v: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["kind"], "state");
-        let rows = dump(&snap(vec![a.clone(), b.clone()]), false);
+        let rows = serde_json::to_value(dump(&snap(vec![a.clone(), b.clone()]), false)).expect("serialises");
         assert_eq!(v["buckets"], rows);
     }
 }
