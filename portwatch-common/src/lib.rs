@@ -93,10 +93,6 @@ layout_struct! {
     net_port_range: u32,
     /// 1: `range` is one u32 (lo | hi << 16); otherwise `int range[2]`.
     port_range_packed: u32,
-    /// `net->ipv4.sysctl_local_reserved_ports`: a pointer to the netns's
-    /// `ip_local_reserved_ports` bitmap (65536 bits, bit p = port p), from the start of
-    /// `struct net`.
-    net_reserved_ports: u32,
     // struct inet_hashinfo
     hashinfo_bhash: u32,
     hashinfo_bhash_size: u32,
@@ -158,6 +154,39 @@ layout_struct! {
     inet_local_port_range: u32,
     /// `inet_connection_sock.icsk_bind2_hash`: the socket's per-address bucket.
     icsk_bind2_hash: u32,
+    // What `explain` reads about owners, buckets and namespaces (verbose snapshots).
+    /// `sock.sk_uid` (`kuid_t`; full sockets only: `inet_timewait_sock` has none).
+    sk_uid: u32,
+    /// `sock_common.skc_ipv6only` (`IPV6_V6ONLY`).
+    sk_ipv6only: BitField,
+    /// `sock_common.skc_bound_dev_if` (`SO_BINDTODEVICE`).
+    sk_bound_dev_if: u32,
+    /// `SOCK_INODE(socket)->i_ino` from the start of `struct socket` (the inode follows
+    /// the socket in `struct socket_alloc`): the number in `socket:[N]` of /proc/PID/fd.
+    socket_ino: u32,
+    /// A network namespace from a file descriptor of its nsfs file:
+    /// `file->f_inode->i_private` is its `ns_common`, `i_ino` its inode number.
+    file_inode: u32,
+    inode_private: u32,
+    inode_ino: u32,
+    /// `net.ns` (the `ns_common` embedded in `struct net`).
+    net_ns: u32,
+    /// `net->ipv4.sysctl_local_reserved_ports` (a pointer to a 65536-bit bitmap).
+    net_reserved_ports: u32,
+    /// `net->ipv4.sysctl_tcp_tw_reuse` and its size in bytes (a size, not an offset).
+    net_tw_reuse: u32,
+    net_tw_reuse_size: u32,
+    /// The bucket's fast-path fields (`sk_reuseport_match()`): `fastuid`, the address of
+    /// the socket that set `fastreuseport` to strict, its family and `IPV6_V6ONLY`.
+    tb_fastuid: u32,
+    tb_fast_v6_rcv_saddr: u32,
+    tb_fast_rcv_saddr: u32,
+    tb_fast_sk_family: u32,
+    tb_fast_ipv6_only: u32,
+    /// `inet_timewait_sock.tw_tb2`: the per-address bucket a TIME-WAIT owner hangs on
+    /// (`icsk_bind2_hash` for full sockets), for its family on kernels whose buckets
+    /// keep one.
+    tw_tb2: u32,
     /// `OWNERS_ON_TB` or `OWNERS_ON_TB2`.
     owners_mode: u32,
     /// `inet_connection_sock.icsk_bind_hash` (from the start of `struct sock`): the
@@ -221,6 +250,14 @@ pub mod flag {
     /// `addr_fastreuse`/`addr_fastreuseport` hold the state of the socket's
     /// per-address bucket (kernels where it has its own, 6.18+).
     pub const ADDR_STATE: u16 = 1 << 11;
+    /// `IPV6_V6ONLY` on the socket.
+    pub const V6ONLY: u16 = 1 << 12;
+    /// A failed bind(): `laddr`/`family` are the address it asked for (the kernel resets
+    /// the socket's own address when bind() fails).
+    pub const BIND_ADDR: u16 = 1 << 13;
+    /// A failed connect(): `raddr`/`rport` are the destination it asked for and `laddr`,
+    /// when not zero, its source address (it got no port).
+    pub const CONNECT_DST: u16 = 1 << 14;
     /// The event was sent before the kernel released the port (no later hook of the
     /// backend runs after the release in this context): its bucket is not filled in and
     /// must be read by user space after the event arrived.
@@ -285,6 +322,10 @@ pub struct Event {
     pub addr_fastreuse: i8,
     pub addr_fastreuseport: i8,
     pub _pad2: [u8; 2],
+    /// `sk_uid` of the socket (what `SO_REUSEPORT` sharing compares) and its bound device
+    /// (`SO_BINDTODEVICE`, 0 for none); 0 when the socket could not be read.
+    pub uid: u32,
+    pub bound_dev: i32,
 }
 
 /// Records of a bind-table snapshot, tagged by `kind`.
@@ -297,6 +338,12 @@ pub mod rec {
     pub const OWNER: u8 = 3;
     /// The last record of a walk; `owners` holds the number of buckets seen.
     pub const END: u8 = 4;
+    /// The namespace asked for (first, when asked): `addr` its `struct net`, `netns` its
+    /// inode, `port`..=`rport` its `ip_local_port_range`, `state` its `tcp_tw_reuse`.
+    pub const NET: u8 = 5;
+    /// 128 bits of the namespace's `ip_local_reserved_ports` (after NET, only chunks with
+    /// a bit set): bit `i` of `laddr` (byte `i / 8`, bit `i % 8`) is port `port + i`.
+    pub const RESERVED: u8 = 6;
 }
 
 /// Snapshot flags in [`SnapRecord::flags`].
@@ -346,7 +393,19 @@ pub struct LostPort {
     pub _pad: u16,
 }
 
-/// One record of a snapshot walk.
+/// Flags of the details `explain` reads, in [`SnapRecord::detail`].
+pub mod snapdetail {
+    /// OWNER: `IPV6_V6ONLY`. BUCKET: `fast_ipv6_only`.
+    pub const V6ONLY: u8 = 1 << 0;
+    /// ADDR: `family` is the per-address bucket's own (`inet_bind2_bucket.family`, 6.1
+    /// to 6.7), not the form its address is read in. OWNER: `tb2_family` is set.
+    pub const TB2_FAMILY: u8 = 1 << 1;
+}
+
+/// One record of a snapshot walk. The fields after `_pad2` serve `explain`: for an
+/// OWNER its inode, `sk_uid`, bound device and remote end; for a BUCKET its fast-path
+/// state (`uid` = `fastuid`, `laddr`/`family` = the fast address, `snapdetail::V6ONLY`
+/// = `fast_ipv6_only`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SnapRecord {
@@ -369,8 +428,23 @@ pub struct SnapRecord {
     /// OWNER: the socket's IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when it set none.
     pub local_port_range: u32,
     pub _pad2: u32,
-    /// Kernel address of the bucket's `struct net` (BUCKET; identity only, and the handle
-    /// a `SNAP_NETNS` request takes).
+    /// OWNER: the socket's inode (`sock_i_ino()`), 0 without a `struct socket`
+    /// (TIME-WAIT, orphaned, not yet accepted).
+    pub ino: u64,
+    /// OWNER: `sk_uid` (not for TIME-WAIT). BUCKET: `fastuid`.
+    pub uid: u32,
+    /// OWNER: `sk_bound_dev_if`.
+    pub bound_dev: i32,
+    /// OWNER: remote address (IPv4 in the first four bytes) and port (host order).
+    pub raddr: [u8; 16],
+    pub rport: u16,
+    /// OWNER, with `snapdetail::TB2_FAMILY`: the family of the per-address bucket it hangs on.
+    pub tb2_family: u16,
+    /// [`snapdetail`] flags.
+    pub detail: u8,
+    pub _pad3: [u8; 3],
+    /// BUCKET: kernel address of the bucket's `struct net` (identity only; what a
+    /// request for the namespace's NET record takes, see `SnapRequest::net`).
     pub net: u64,
 }
 
@@ -387,63 +461,27 @@ pub struct SnapRequest {
     pub port: u16,
     /// 1 = also emit ADDR and OWNER records.
     pub verbose: u8,
-    /// `SNAP_WALK` (the whole table), `SNAP_LOOKUP` (the one bucket of (`net`, `port`))
-    /// or `SNAP_NETNS` (the ephemeral range and reserved ports of `net`, into `NETNS_PORTS`).
+    /// `SNAP_WALK` (the whole table) or `SNAP_LOOKUP` (the one bucket of (`net`, `port`)).
     pub mode: u8,
     /// Bounds: at most this many buckets in one chain and owners per bucket.
     pub max_chain: u32,
     pub max_owners: u32,
-    /// `SNAP_NETNS` with `net` 0: a socket file descriptor of the triggering process whose
-    /// netns is read; negative: the triggering thread's own netns.
-    pub sock_fd: i32,
+    pub _pad2: u32,
     /// Sequence number echoed in the END record's `addr` field.
     pub seq: u64,
-    /// `SNAP_LOOKUP`, `SNAP_NETNS`: kernel address of the `struct net` (from an event or a
-    /// BUCKET record); `SNAP_NETNS` with 0: see `sock_fd`.
+    /// `SNAP_LOOKUP`: kernel address of the `struct net` (from an event).
     pub net: u64,
+    /// With `with_net` and no `net`: a descriptor, in the calling process, of the nsfs
+    /// file of the namespace (`/proc/PID/ns/net`) whose NET record is wanted.
+    pub netns_fd: i32,
+    /// 1 = first emit the namespace's NET and RESERVED records (from `net`, else
+    /// `netns_fd`).
+    pub with_net: u8,
+    pub _pad3: [u8; 3],
 }
 
 pub const SNAP_WALK: u8 = 0;
 pub const SNAP_LOOKUP: u8 = 1;
-pub const SNAP_NETNS: u8 = 2;
-
-/// Words of the `ip_local_reserved_ports` bitmap (65536 bits).
-pub const RESERVED_WORDS: usize = 1024;
-
-/// What a `SNAP_NETNS` request reads of one `struct net`, written into the one slot of the
-/// `NETNS_PORTS` array (too big for a ring-buffer record).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NetnsPorts {
-    /// The `struct net` read (the request's, or the trigger's own netns).
-    pub net: u64,
-    /// The request's sequence number: the slot belongs to that request.
-    pub seq: u64,
-    /// `net->ns.inum` as read now: 0 when the namespace is gone or unreadable. User space
-    /// compares it with the inode it expects (a freed `struct net` may be reused).
-    pub netns: u32,
-    /// `ip_local_port_range`.
-    pub range_lo: u16,
-    pub range_hi: u16,
-    /// 1 when `reserved` holds the bitmap, 0 when it could not be read.
-    pub reserved_read: u32,
-    pub _pad: u32,
-    /// `ip_local_reserved_ports`: bit `p % 64` of word `p / 64` set = port `p` reserved.
-    pub reserved: [u64; RESERVED_WORDS],
-}
-
-impl NetnsPorts {
-    pub const EMPTY: NetnsPorts = NetnsPorts {
-        net: 0,
-        seq: 0,
-        netns: 0,
-        range_lo: 0,
-        range_hi: 0,
-        reserved_read: 0,
-        _pad: 0,
-        reserved: [0; RESERVED_WORDS],
-    };
-}
 
 /// Key of the `ERRORS` hash map: failed bind()/connect() calls counted in the kernel per
 /// network namespace, syscall and errno, whatever the event stream and the port filter do.
@@ -615,15 +653,14 @@ impl ArgPos {
 
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
-const _: () = assert!(core::mem::size_of::<Event>() == 136);
-const _: () = assert!(core::mem::size_of::<SnapRecord>() == 64);
-const _: () = assert!(core::mem::size_of::<SnapRequest>() == 40);
+const _: () = assert!(core::mem::size_of::<Event>() == 144);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 104);
+const _: () = assert!(core::mem::size_of::<SnapRequest>() == 48);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<LostPort>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 48);
 const _: () = assert!(core::mem::size_of::<WalkBudget>() == 16);
-const _: () = assert!(core::mem::size_of::<NetnsPorts>() == 32 + 8 * RESERVED_WORDS);
 const _: () = assert!(core::mem::size_of::<ErrorKey>() == 8);
 
 #[cfg(feature = "user")]
@@ -648,8 +685,6 @@ mod user {
     unsafe impl aya::Pod for ArgPos {}
     // SAFETY: as above.
     unsafe impl aya::Pod for WalkBudget {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for NetnsPorts {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ErrorKey {}
 }

@@ -74,6 +74,25 @@ pub fn tb2_address(tb2: u64) -> (u16, [u8; 16]) {
     (family, addr)
 }
 
+/// The family of the per-address bucket owner `sk` hangs on (`full`: a full socket, else
+/// a TIME-WAIT one), 0 where buckets keep none. From "net: Add a bhash2 table hashed by
+/// port and address" (28044fc1d495, 6.1) to "tcp: Save address type in
+/// inet_bind2_bucket." (5a22bba13d01, 6.8) a bucket keeps the family of the socket that
+/// created it, and an IPv4 socket and a v4-mapped IPv6 one of an address share it.
+#[inline(always)]
+pub fn tb2_family_of(sk: u64, full: bool) -> u16 {
+    let has = layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD;
+    let link = if full {
+        layout!(icsk_bind2_hash)
+    } else {
+        layout!(tw_tb2)
+    };
+    let tb2: u64 = zfield(sk, link);
+    // Branch-free (see `sk_addr_fastreuse`): a zero bucket reads as family 0.
+    let family: u16 = zfield(tb2, layout!(tb2_family));
+    family * ((has && tb2 != 0) as u16)
+}
+
 /// `(known, fastreuse, fastreuseport)` of per-address bucket `tb2`, known on kernels
 /// where it has its own pair: "tcp: Update bind bucket state on port release"
 /// (d57f4b874946, 6.18) gave each `inet_bind2_bucket` one. Branch-free (see
@@ -135,4 +154,15 @@ pub fn sk_addr_fastreuse(sk: u64) -> (bool, i8, i8) {
         zfield(tb2, layout!(tb2_fastreuse)),
         zfield(tb2, layout!(tb2_fastreuseport)),
     )
+}
+
+/// `net.ipv4.tcp_tw_reuse` of a namespace. "tcp: convert elligible sysctls to u8"
+/// (4ecc1baf362c, 5.13, in 5.10.178) narrowed it from an `int` to a `u8`.
+#[inline(always)]
+pub fn tcp_tw_reuse(net: u64) -> u8 {
+    if layout!(net_tw_reuse_size) == 1 {
+        zfield::<u8>(net, layout!(net_tw_reuse))
+    } else {
+        zfield::<i32>(net, layout!(net_tw_reuse)) as u8
+    }
 }

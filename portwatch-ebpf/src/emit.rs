@@ -73,6 +73,21 @@ macro_rules! put {
 /// when the ring buffer is full.
 #[inline(always)]
 pub fn send(cfg: &Config, s: &Subject) {
+    send_asked(cfg, s, None);
+}
+
+/// What a failed call asked for, read at syscall entry: the kernel resets it before the
+/// syscall returns.
+pub enum Asked {
+    /// bind(): `(family, address)`.
+    Local(u16, [u8; 16]),
+    /// connect(): `(family, address, port)` of the destination.
+    Remote(u16, [u8; 16], u16),
+}
+
+/// As [`send`], reporting what a failed call asked for instead of the socket's own.
+#[inline(always)]
+pub fn send_asked(cfg: &Config, s: &Subject, asked: Option<Asked>) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_lost(s.net, s.netns, s.port);
         return;
@@ -105,6 +120,7 @@ pub fn send(cfg: &Config, s: &Subject) {
         put!(e.comm = bpf_get_current_comm().unwrap_or([0; 16]));
     }
     let mut sock_flags = 0u16;
+    let mut sock_family = 0u16;
     if s.sk != 0 {
         let read;
         let head = match s.head {
@@ -115,34 +131,55 @@ pub fn send(cfg: &Config, s: &Subject) {
             }
         };
         let si = sock_info(s.sk, head);
+        sock_family = si.family;
         put!(e.family = si.family);
         put!(e.sk_state = si.state);
         put!(e.laddr = si.laddr);
         put!(e.raddr = si.raddr);
         put!(e.rport = si.rport);
+        put!(e.uid = si.uid);
+        put!(e.bound_dev = si.bound_dev);
+        put!(e.local_port_range = si.port_range);
+        let (addr_known, fr, frp) = si.addr_state;
+        put!(e.addr_fastreuse = fr);
+        put!(e.addr_fastreuseport = frp);
         // Flags by arithmetic, not branches (see read::zfield).
-        let (addr_known, addr_fr, addr_frp) = si.addr_state;
         sock_flags = flag::SOCK_KNOWN
             | (((si.reuse != 0) as u16) * flag::REUSEADDR)
             | (((si.reuseport != 0) as u16) * flag::REUSEPORT)
             | (((si.no_port != 0) as u16) * flag::BIND_ADDRESS_NO_PORT)
             | ((compat::connect_bind_known() as u16) * flag::CONNECT_BIND_KNOWN)
             | ((si.connect_bound as u16) * flag::CONNECT_BOUND)
-            | ((addr_known as u16) * flag::ADDR_STATE);
-        put!(e.local_port_range = si.port_range);
-        put!(e.addr_fastreuse = addr_fr);
-        put!(e.addr_fastreuseport = addr_frp);
+            | ((addr_known as u16) * flag::ADDR_STATE)
+            | (((si.v6only != 0) as u16) * flag::V6ONLY);
     } else {
         put!(e.family = 0);
         put!(e.sk_state = 0);
         put!(e.laddr = [0; 16]);
         put!(e.raddr = [0; 16]);
         put!(e.rport = 0);
+        put!(e.uid = 0);
+        put!(e.bound_dev = 0);
         put!(e.local_port_range = 0);
         put!(e.addr_fastreuse = 0);
         put!(e.addr_fastreuseport = 0);
     }
     put!(e._pad2 = [0; 2]);
+    match asked {
+        Some(Asked::Local(family, addr)) => {
+            put!(e.family = family);
+            put!(e.laddr = addr);
+            sock_flags |= flag::BIND_ADDR;
+        }
+        Some(Asked::Remote(family, addr, port)) => {
+            if sock_family == family {
+                put!(e.raddr = addr);
+                put!(e.rport = port);
+                sock_flags |= flag::CONNECT_DST;
+            }
+        }
+        None => {}
+    }
     put!(e.flags = flags | sock_flags);
     submit(cfg, entry);
 }
@@ -239,6 +276,8 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution, flag
     put!(e.hook = hook);
     put!(e._pad = [0; 1]);
     put!(e.comm = k.comm);
+    put!(e.uid = 0);
+    put!(e.bound_dev = 0);
     put!(e.local_port_range = 0);
     put!(e.addr_fastreuse = 0);
     put!(e.addr_fastreuseport = 0);

@@ -2,11 +2,11 @@
 //! bind buckets), through the BTF-derived `LAYOUT`. Where kernels differ, the accessor
 //! calls the helper of `compat.rs` for that change.
 use aya_ebpf::helpers::bpf_get_current_task;
-use portwatch_common::BucketState;
+use portwatch_common::{BucketState, SnapRecord};
 
 use crate::{
     compat,
-    read::{field, layout, rd, zbits, zfield, Window},
+    read::{field, layout, rd, zbits, zfield, zread_into, Window},
 };
 
 pub const AF_INET: u16 = 2;
@@ -23,9 +23,9 @@ pub fn current_net() -> Option<u64> {
     field(nsproxy, layout!(nsproxy_net_ns))
 }
 
-/// The socket behind file descriptor `fd` of the current task, if it is a socket.
+/// The `struct file` behind file descriptor `fd` of the current task.
 #[inline(always)]
-pub fn sock_from_fd(fd: i64) -> Option<u64> {
+fn file_of_fd(fd: i64) -> Option<u64> {
     if fd < 0 {
         return None;
     }
@@ -38,7 +38,13 @@ pub fn sock_from_fd(fd: i64) -> Option<u64> {
         return None;
     }
     let fd_array: u64 = field(fdt, layout!(fdt_fd))?;
-    let file: u64 = rd(fd_array + (fd as u64) * 8)?;
+    rd(fd_array + (fd as u64) * 8)
+}
+
+/// The socket behind file descriptor `fd` of the current task, if it is a socket.
+#[inline(always)]
+pub fn sock_from_fd(fd: i64) -> Option<u64> {
+    let file = file_of_fd(fd)?;
     let socket: u64 = field(file, layout!(file_private_data))?;
     // A socket's file points back at it and its sock points back at the socket: this
     // rejects files whose private_data is something else.
@@ -130,6 +136,10 @@ pub struct SockInfo {
     pub reuse: u64,
     pub reuseport: u64,
     pub no_port: u64,
+    pub v6only: u64,
+    /// `sk_uid` and bound device (`SO_BINDTODEVICE`); the socket is a full one.
+    pub uid: u32,
+    pub bound_dev: i32,
     pub connect_bound: bool,
     /// IP_LOCAL_PORT_RANGE (lo | hi << 16), 0 when unset.
     pub port_range: u32,
@@ -165,6 +175,10 @@ pub fn sock_info(sk: u64, head: &SockHead) -> SockInfo {
         reuse: h.bits(layout!(sk_reuse)),
         reuseport: h.bits(layout!(sk_reuseport)),
         no_port,
+        v6only: h.bits(layout!(sk_ipv6only)),
+        // sk_uid lives beyond the head: read on its own.
+        uid: zfield(sk, layout!(sk_uid)),
+        bound_dev: h.get(layout!(sk_bound_dev_if)),
         connect_bound: compat::connect_bound(sk, state),
         port_range: compat::socket_port_range(sk, state),
         addr_state: compat::sk_addr_fastreuse(sk),
@@ -254,4 +268,78 @@ pub fn tb_net_port(tb: u64) -> (u64, u16) {
 #[inline(always)]
 pub fn tb_state(tb: u64) -> BucketState {
     TbHead::read(tb).state(tb)
+}
+
+/// The `struct net` of the namespace whose nsfs file (`/proc/PID/ns/net`) is open as
+/// `fd` in the current task: the file's inode holds the namespace's `ns_common` in
+/// `i_private` (`get_proc_ns()`), which is embedded in `struct net` at `net.ns`. The
+/// namespace's inode number must equal the file's inode number, or the read is refused
+/// (user space checks beforehand that the file is a network namespace's).
+#[inline(always)]
+pub fn net_of_nsfs_fd(fd: i64) -> Option<u64> {
+    let file = file_of_fd(fd)?;
+    let inode: u64 = field(file, layout!(file_inode))?;
+    let ns: u64 = field(inode, layout!(inode_private))?;
+    let net_ns = layout!(net_ns);
+    if net_ns == portwatch_common::NO_FIELD || ns < net_ns as u64 {
+        return None;
+    }
+    let net = ns - net_ns as u64;
+    let ino: u64 = field(inode, layout!(inode_ino))?;
+    if ino != net_inum(net) as u64 {
+        return None;
+    }
+    Some(net)
+}
+
+/// TCP states the bind table holds that are not full sockets: their struct is an
+/// `inet_timewait_sock` (or a request sock), which ends after `sock_common`.
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+
+/// Fills in what `explain` needs of owner `sk` (whose `family` and `state` are in `r`)
+/// besides its address and sharing options: its uid and inode (full sockets only),
+/// bound device, remote end, the family of its per-address bucket (0 where buckets keep
+/// none), and returns its `IPV6_V6ONLY` bit. Addresses are read straight into the record
+/// (map memory): copies on the stack would add to the frame of the walk's step, which
+/// older verifiers bound together with the trigger's. Branch-free (see `read::zfield`):
+/// a TIME-WAIT or request socket's uid and inode read as 0 by arithmetic, and a socket
+/// address of 0 makes the inode read fault to 0.
+#[inline(always)]
+pub fn fill_owner(r: &mut SnapRecord, sk: u64) -> u64 {
+    let full = r.state != TCP_TIME_WAIT && r.state != TCP_NEW_SYN_RECV;
+    if r.family == AF_INET6 {
+        zread_into(r.raddr.as_mut_ptr(), 16, sk, layout!(sk_v6_daddr));
+    } else {
+        zread_into(r.raddr.as_mut_ptr(), 4, sk, layout!(sk_daddr));
+    }
+    let socket: u64 = zfield::<u64>(sk, layout!(sk_socket)) * (full as u64);
+    let ino: u64 = zfield(socket, layout!(socket_ino));
+    r.ino = ino * ((socket != 0) as u64);
+    r.uid = zfield::<u32>(sk, layout!(sk_uid)) * (full as u32);
+    r.bound_dev = zfield(sk, layout!(sk_bound_dev_if));
+    r.rport = u16::from_be(zfield::<u16>(sk, layout!(sk_dport)));
+    r.tb2_family = compat::tb2_family_of(sk, full);
+    zbits(sk, layout!(sk_ipv6only))
+}
+
+/// Fills in the fast-path fields of bucket `tb` that `sk_reuseport_match()` reads:
+/// `fastuid` (`uid`), the fast address (`laddr`, IPv4 in the first four bytes) with its
+/// family; returns `fast_ipv6_only`. Read straight into the record, as in [`fill_owner`].
+#[inline(always)]
+pub fn fill_fast(r: &mut SnapRecord, tb: u64) -> u8 {
+    r.family = zfield(tb, layout!(tb_fast_sk_family));
+    if r.family == AF_INET6 {
+        zread_into(r.laddr.as_mut_ptr(), 16, tb, layout!(tb_fast_v6_rcv_saddr));
+    } else {
+        zread_into(r.laddr.as_mut_ptr(), 4, tb, layout!(tb_fast_rcv_saddr));
+    }
+    r.uid = zfield(tb, layout!(tb_fastuid));
+    zfield(tb, layout!(tb_fast_ipv6_only))
+}
+
+/// `net->ipv4.sysctl_local_reserved_ports`: the bitmap of reserved ports (0 when absent).
+#[inline(always)]
+pub fn reserved_ports(net: u64) -> u64 {
+    zfield(net, layout!(net_reserved_ports))
 }

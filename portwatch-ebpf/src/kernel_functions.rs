@@ -70,6 +70,10 @@ fn stash(hook_id: u64, sk: u64, aux: u64, which: u8, port: u16) -> Option<()> {
         port,
         op: which,
         had_port: (cur != 0) as u8,
+        asked: [0; 16],
+        asked_family: 0,
+        asked_port: 0,
+        _pad: [0; 4],
     };
     if PENDING.insert(key(hook_id), p, 0).is_err() {
         // The return hook will find nothing: this operation's event is lost.
@@ -144,6 +148,10 @@ pub fn get_port_return(hook: u8, ret: i64) {
         report(hook, &p, p.op, port, 0, flags, false);
     } else {
         let port = failed_port(&p, &mut flags);
+        // bind() has not reset the socket's address yet: it is the one asked for.
+        if p.op == op::BIND && p.had_port == 0 {
+            flags |= flag::BIND_ADDR;
+        }
         report(hook, &p, p.op, port, EADDRINUSE, flags, false);
         // bind() returns EADDRINUSE for any failure of inet_csk_get_port(). Counted after
         // the report, so the verifier explores the report once, not once per path here.
@@ -172,6 +180,9 @@ pub fn hash_connect_return(hook: u8, ret: i64) {
         report(hook, &p, op::CONNECT, port, 0, flags, false);
     } else {
         let port = failed_port(&p, &mut flags);
+        // The socket still has its destination and source: tcp_v4/v6_connect() resets
+        // them only after this returns.
+        flags |= flag::CONNECT_DST;
         report(hook, &p, op::CONNECT, port, (-ret) as i32, flags, false);
         count_failure(p.netns, op::CONNECT, (-ret) as i32);
     }
@@ -303,6 +314,10 @@ pub fn tw_unhash_entry(tw: u64) {
         port,
         op: op::RELEASE,
         had_port: 1,
+        asked: [0; 16],
+        asked_family: 0,
+        asked_port: 0,
+        _pad: [0; 4],
     };
     if PENDING.insert(key(H_TW_UNHASH), p, 0).is_err() {
         count_lost(net, netns, port);

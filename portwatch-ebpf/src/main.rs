@@ -2,8 +2,7 @@
 //! - `tracepoint.rs`: syscall enter/exit tracepoints and `sock:inet_sock_set_state`;
 //! - `kprobe.rs`, `fentry.rs`: kprobe/kretprobe and fentry/fexit pairs on the kernel
 //!   functions that change bind buckets, sharing their logic in `kernel_functions.rs`;
-//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool;
-//!   `netns.rs`: a namespace's ephemeral range and reserved ports, on the same trigger.
+//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool.
 //!
 //! Shared by them:
 //! - `read.rs`: reading kernel memory through the BTF-derived `LAYOUT`;
@@ -38,8 +37,6 @@ mod kernel_functions;
 mod kprobe;
 #[cfg(target_arch = "bpf")]
 mod maps;
-#[cfg(target_arch = "bpf")]
-mod netns;
 #[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    lost, ArgPos, Config, ErrorKey, Layout, LostPort, NetnsPorts, SnapRequest, TpOffsets,
-    WalkBudget, EVENT_RING_BYTES,
+    lost, ArgPos, Config, ErrorKey, Layout, LostPort, SnapRequest, TpOffsets, WalkBudget,
+    EVENT_RING_BYTES,
 };
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
@@ -84,11 +84,6 @@ pub static SNAP_REQ: Array<SnapRequest> = Array::with_max_entries(1, 0);
 #[map]
 pub static SNAP_RB: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
 
-/// The ephemeral range and reserved ports of one netns (index 0), written by a
-/// `SNAP_NETNS` request (`netns.rs`).
-#[map]
-pub static NETNS_PORTS: Array<NetnsPorts> = Array::with_max_entries(1, 0);
-
 /// State of the walks within one program run (see `drive.rs`), one slot per CPU:
 /// tracing programs do not nest on one CPU (`bpf_prog_active`).
 #[map]
@@ -100,6 +95,12 @@ pub static CHAIN_WALK: PerCpuArray<crate::walk::ChainCursor> = PerCpuArray::with
 /// `SNAP_REQ` runs it.
 #[map]
 pub static SNAP_WALK: Array<crate::snapshot::TableWalk> = Array::with_max_entries(1, 0);
+/// The snapshot record being built (one per CPU): a record on the stack of the walk's
+/// step, added to the caller's frame, exceeds what older verifiers allow in all (512
+/// bytes over the chain of calls).
+#[map]
+pub static SNAP_REC: PerCpuArray<portwatch_common::SnapRecord> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -113,6 +114,13 @@ pub struct Pending {
     pub port: u16,
     pub op: u8,
     pub had_port: u8,
+    /// bind(): the address asked for; connect(): the destination (IPv4 in the first four
+    /// bytes), with its family (0 when not read) and port. Reported if the call fails:
+    /// the kernel then resets the socket's address (bind) or remote port (connect).
+    pub asked: [u8; 16],
+    pub asked_family: u16,
+    pub asked_port: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Who held a socket's port and where: saved when an event is reported, used for its

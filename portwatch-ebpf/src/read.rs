@@ -67,6 +67,24 @@ pub fn zfield<T: Copy>(base: u64, off: u32) -> T {
     unsafe { v.assume_init() }
 }
 
+/// Reads `len` bytes at `base + off` straight into `dst` (map memory, such as a record
+/// being built), without branching on the outcome: the helper zero-fills `dst` when the
+/// read faults, and a missing field leaves it as it is.
+#[inline(always)]
+pub fn zread_into(dst: *mut u8, len: u32, base: u64, off: u32) {
+    if off != NO_FIELD {
+        // SAFETY: the caller passes `len` writable bytes at `dst`; the helper writes at
+        // most that many, and any source address is allowed.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                dst as *mut c_void,
+                len,
+                (base + off as u64) as *const c_void,
+            );
+        }
+    }
+}
+
 /// A bit field read without branching on the outcome (0 when absent or unreadable).
 #[inline(always)]
 pub fn zbits(base: u64, bf: BitField) -> u64 {

@@ -4,6 +4,11 @@
 //! nowhere: it runs synchronously in the calling thread, and there is nothing to detach);
 //! [`serve`] answers a request from any program type.
 //!
+//! A request can also ask for the namespace's NET record (its port range and
+//! `tcp_tw_reuse`, from an event's `struct net` or from an nsfs file descriptor of the
+//! caller) followed by RESERVED records (the set bits of `ip_local_reserved_ports`
+//! within that range), and, in lookup mode, for the owners of the one bucket found.
+//!
 //! The walk is a state machine (`TableWalk`) advanced one list node per call of
 //! `table_step`, so every walk is bounded; a chain that changes under us can cut a walk
 //! short (reported as truncated: the walk did not cover its scope) but never hang it. The owners of each bucket are
@@ -20,30 +25,41 @@
 //! that resumes inside a chain first looks for that bucket from the chain's head again;
 //! when it is no longer there, the rest of the chain cannot be found and the walk is
 //! reported as not covering its scope (`WALK_TRUNCATED`), never as a shorter table.
+//! Records are built in this CPU's `SNAP_REC` slot, not on the stack of the step.
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, WalkBudget, SNAP_LOOKUP, SNAP_NETNS};
+use portwatch_common::{
+    rec, snapdetail, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP,
+};
 
 use crate::{
     compat,
     drive::{drive, out_of_line_step, Walk},
-    kernel::{current_net, net_inum, sk_of_bind_node, tb_of_node, tb_state, AF_INET6},
-    maps::{SNAP_RB, SNAP_REQ, SNAP_WALK},
-    read::{field, layout, layout_ready, rd, zbits, zfield},
-    walk::{lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
+    kernel::{
+        current_net, fill_fast, fill_owner, net_inum, net_of_nsfs_fd, reserved_ports,
+        sk_of_bind_node, tb_of_node, tb_state, AF_INET6,
+    },
+    maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
+    read::{field, layout, layout_ready, rd, zbits, zfield, zread_into},
+    walk::{find_bucket, lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
 
 /// Steps of one run of the `bpf_loop` driver (the kernel's BPF_MAX_LOOPS); the bounded
 /// driver takes its own, smaller budget.
 const RUN_STEPS: u32 = 1 << 23;
 
-/// The tool reads the snapshot ring right after each run of the walk returns, in its own
-/// thread: no record needs to wake anyone.
+/// Ports per RESERVED record (the 16 bytes of its `laddr`).
+const RESERVED_CHUNK: u32 = 128;
+
+/// The tool reads the snapshot ring right after the walk returns in its own thread: no
+/// record needs to wake anyone.
 const NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
 
 /// State of a whole-table walk, kept in `SNAP_WALK` between runs.
 #[repr(C)]
 pub struct TableWalk {
     bhash: u64,
+    /// `ip_local_reserved_ports` of the namespace asked for (0: not asked).
+    reserved: u64,
     /// Current chain node (`inet_bind_bucket.node`), 0 between chains.
     node: u64,
     /// Current bucket, 0 between buckets.
@@ -55,6 +71,9 @@ pub struct TableWalk {
     verify: u64,
     /// The current bucket's owners.
     owners: OwnerCursor,
+    /// Next and end chunk of `reserved` to emit (`RESERVED_CHUNK` ports each).
+    res_next: u32,
+    res_end: u32,
     slot: u32,
     size: u32,
     bucket_size: u32,
@@ -83,7 +102,11 @@ pub struct TableWalk {
     verifying: u8,
     /// The ring is nearly full: this run ends, the next resumes.
     paused: u8,
-    _pad: [u8; 7],
+    /// One bucket only (a verbose lookup): the walk ends with it.
+    single: u8,
+    /// The verbose lookup's search gave up before the end of the hash chain.
+    lookup_truncated: u8,
+    _pad: [u8; 1],
 }
 
 /// Bytes one record takes in the ring (its 8-byte header included).
@@ -100,9 +123,41 @@ fn ring_has_room() -> bool {
     waiting + RESERVE_BYTES <= size
 }
 
+/// This CPU's scratch record (`SNAP_REC`), zeroed. Records are filled in there, field
+/// by field and kernel reads straight into it: a record, or copies of its parts, on the
+/// stack of the walk's step would add to a frame older verifiers bound together with the
+/// trigger's (512 bytes in all).
 #[inline(always)]
-fn out(r: &SnapRecord, w: &mut TableWalk) {
-    if SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_err() {
+fn slot() -> Option<&'static mut SnapRecord> {
+    let p = SNAP_REC.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU. Zeroed in
+    // place (no zero record built on the stack first).
+    unsafe {
+        core::ptr::write_bytes(p, 0, 1);
+        Some(&mut *p)
+    }
+}
+
+/// Sends a record built in [`slot`]; false when the ring is full.
+#[inline(always)]
+fn send(r: &SnapRecord) -> bool {
+    SNAP_RB.output::<SnapRecord>(r, NO_WAKEUP).is_ok()
+}
+
+/// Builds a record in [`slot`] and sends it; false when it could not be sent.
+#[inline(always)]
+fn emit(fill: impl FnOnce(&mut SnapRecord)) -> bool {
+    let Some(r) = slot() else {
+        return false;
+    };
+    fill(r);
+    send(r)
+}
+
+/// Within a walk: a record that does not fit truncates and stops it.
+#[inline(always)]
+fn sent(w: &mut TableWalk, ok: bool) {
+    if !ok {
         w.truncated = 1;
         w.ring_full = 1;
     }
@@ -129,37 +184,35 @@ fn begin_bucket(w: &mut TableWalk) {
     };
 }
 
+/// The BUCKET record, with the bucket's fast-path state (`sk_reuseport_match()`).
 #[inline(always)]
 fn end_bucket(w: &mut TableWalk) {
     if w.skip == 0 {
-        let mut flags = 0u8;
-        if w.owners.truncated != 0 {
-            flags |= snapflag::OWNERS_TRUNCATED;
-        }
-        let r = SnapRecord {
-            addr: w.tb,
-            netns: w.cur_netns,
-            owners: w.owners.count,
-            l3mdev: w.cur_l3mdev,
-            port: w.cur_port,
-            family: 0,
-            laddr: [0; 16],
-            fastreuse: w.cur_fr,
-            fastreuseport: w.cur_frp,
-            kind: rec::BUCKET,
-            flags,
-            state: 0,
-            _pad: [0; 3],
-            local_port_range: 0,
-            _pad2: 0,
-            net: w.cur_net,
+        let ok = match slot() {
+            Some(r) => {
+                r.addr = w.tb;
+                r.netns = w.cur_netns;
+                r.owners = w.owners.count;
+                r.l3mdev = w.cur_l3mdev;
+                r.port = w.cur_port;
+                r.fastreuse = w.cur_fr;
+                r.fastreuseport = w.cur_frp;
+                r.kind = rec::BUCKET;
+                r.flags = ((w.owners.truncated != 0) as u8) * snapflag::OWNERS_TRUNCATED;
+                r.net = w.cur_net;
+                let v6only = fill_fast(r, w.tb);
+                r.detail = ((v6only != 0) as u8) * snapdetail::V6ONLY;
+                send(r)
+            }
+            None => false,
         };
-        out(&r, w);
+        sent(w, ok);
         w.buckets += 1;
     }
     w.tb = 0;
     w.chain_len += 1;
-    w.node = next_node(w, w.node);
+    // A verbose lookup ends with its one bucket.
+    w.node = next_node(w, w.node) * ((w.single == 0) as u64);
     if w.node != 0 && w.chain_len >= w.max_chain {
         w.truncated = 1;
         w.node = 0;
@@ -210,74 +263,121 @@ fn verify_step(w: &mut TableWalk) {
 /// fastreuse state per address (then in `fastreuse`/`fastreuseport`), else 0.
 #[inline(always)]
 fn emit_addr(w: &mut TableWalk, tb2: u64) {
-    let (family, laddr) = compat::tb2_address(tb2);
-    let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
-    let r = SnapRecord {
-        addr: w.tb,
-        netns: w.cur_netns,
-        owners: known as u32,
-        l3mdev: w.cur_l3mdev,
-        port: w.cur_port,
-        family,
-        laddr,
-        fastreuse,
-        fastreuseport,
-        kind: rec::ADDR,
-        flags: 0,
-        state: 0,
-        _pad: [0; 3],
-        local_port_range: 0,
-        _pad2: 0,
-        net: w.cur_net,
+    let ok = match slot() {
+        Some(r) => {
+            let (family, laddr) = compat::tb2_address(tb2);
+            let (known, fastreuse, fastreuseport) = compat::tb2_fastreuse(tb2);
+            // Before 06a8c04f8994 (6.8) `family` is the bucket's own, kept from its creator.
+            let own_family = layout!(tb2_addr_mapped) != 1 && layout!(tb2_family) != NO_FIELD;
+            r.addr = w.tb;
+            r.netns = w.cur_netns;
+            r.owners = known as u32;
+            r.l3mdev = w.cur_l3mdev;
+            r.port = w.cur_port;
+            r.family = family;
+            r.laddr = laddr;
+            r.fastreuse = fastreuse;
+            r.fastreuseport = fastreuseport;
+            r.kind = rec::ADDR;
+            r.detail = (own_family as u8) * snapdetail::TB2_FAMILY;
+            send(r)
+        }
+        None => false,
     };
-    out(&r, w);
+    sent(w, ok);
 }
 
-/// An OWNER record. Read without branching on the outcome of each read (see
-/// `read::zfield`): the verifier of older kernels refuses to read back a stack slot
-/// some path never wrote, which is what an `Option` kept on one path becomes.
+/// An OWNER record with what `explain` needs of the socket. Read without branching on
+/// the outcome of each read (see `read::zfield`): the verifier of older kernels refuses
+/// to read back a stack slot some path never wrote, which is what an `Option` kept on
+/// one path becomes.
 #[inline(always)]
 fn emit_owner(w: &mut TableWalk, node: u64) {
-    let sk = sk_of_bind_node(node);
-    let family: u16 = zfield(sk, layout!(sk_family));
-    let laddr: [u8; 16] = if family == AF_INET6 {
-        zfield(sk, layout!(sk_v6_rcv_saddr))
-    } else {
-        let a: [u8; 4] = zfield(sk, layout!(sk_rcv_saddr));
-        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    let ok = match slot() {
+        Some(r) => {
+            let sk = sk_of_bind_node(node);
+            r.addr = w.tb;
+            r.netns = w.cur_netns;
+            r.l3mdev = w.cur_l3mdev;
+            r.kind = rec::OWNER;
+            r.family = zfield(sk, layout!(sk_family));
+            if r.family == AF_INET6 {
+                zread_into(r.laddr.as_mut_ptr(), 16, sk, layout!(sk_v6_rcv_saddr));
+            } else {
+                zread_into(r.laddr.as_mut_ptr(), 4, sk, layout!(sk_rcv_saddr));
+            }
+            r.state = zfield(sk, layout!(sk_state));
+            let known = compat::connect_bind_known();
+            r.flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
+                | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
+                | (known as u8) * snapflag::CONNECT_BIND_KNOWN
+                | ((known && compat::connect_bound(sk, r.state)) as u8)
+                    * snapflag::CONNECT_BOUND;
+            let num: u16 = zfield(sk, layout!(sk_num));
+            r.port = if num == 0 { w.cur_port } else { num };
+            r.local_port_range = compat::socket_port_range(sk, r.state);
+            let v6only = fill_owner(r, sk);
+            r.detail = ((v6only != 0) as u8) * snapdetail::V6ONLY
+                | ((r.tb2_family != 0) as u8) * snapdetail::TB2_FAMILY;
+            send(r)
+        }
+        None => false,
     };
-    let state: u8 = zfield(sk, layout!(sk_state));
-    let known = compat::connect_bind_known();
-    let flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
-        | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
-        | (known as u8) * snapflag::CONNECT_BIND_KNOWN
-        | ((known && compat::connect_bound(sk, state)) as u8) * snapflag::CONNECT_BOUND;
-    let port: u16 = zfield(sk, layout!(sk_num));
-    let r = SnapRecord {
-        addr: w.tb,
-        netns: w.cur_netns,
-        owners: 0,
-        l3mdev: w.cur_l3mdev,
-        port: if port == 0 { w.cur_port } else { port },
-        family,
-        laddr,
-        fastreuse: 0,
-        fastreuseport: 0,
-        kind: rec::OWNER,
-        flags,
-        state,
-        _pad: [0; 3],
-        local_port_range: compat::socket_port_range(sk, state),
-        _pad2: 0,
-        net: w.cur_net,
-    };
-    out(&r, w);
+    sent(w, ok);
 }
 
-/// Advances the walk by one node: the next slot, the next bucket of a chain, or the
-/// next per-address bucket or owner of the current bucket. False once the walk is over.
+/// A RESERVED record for the next chunk of the namespace's reserved-ports bitmap, when
+/// any of its bits is set.
+#[inline(always)]
+fn emit_reserved(w: &mut TableWalk) {
+    let chunk = w.res_next;
+    w.res_next += 1;
+    let at = chunk * (RESERVED_CHUNK / 8);
+    let a: u64 = zfield(w.reserved, at);
+    let b: u64 = zfield(w.reserved, at + 8);
+    if a | b == 0 {
+        return;
+    }
+    let ok = match slot() {
+        Some(r) => {
+            r.netns = w.cur_netns;
+            r.port = (chunk * RESERVED_CHUNK) as u16;
+            r.laddr[..8].copy_from_slice(&a.to_ne_bytes());
+            r.laddr[8..].copy_from_slice(&b.to_ne_bytes());
+            r.kind = rec::RESERVED;
+            send(r)
+        }
+        None => false,
+    };
+    sent(w, ok);
+}
+
+/// The NET record of `net` (its range and `tcp_tw_reuse`); returns its inode and range.
+#[inline(always)]
+fn emit_net(net: u64) -> (u32, u16, u16) {
+    let (lo, hi) = compat::port_range(net);
+    let netns = net_inum(net);
+    let tw_reuse = compat::tcp_tw_reuse(net);
+    emit(|r| {
+        r.addr = net;
+        r.netns = netns;
+        r.port = lo;
+        r.rport = hi;
+        r.state = tw_reuse;
+        r.kind = rec::NET;
+    });
+    (netns, lo, hi)
+}
+
+/// Advances the walk by one node: the next chunk of reserved ports, the next slot, the
+/// next bucket of a chain, or the next per-address bucket or owner of the current
+/// bucket. False once the walk is over.
 #[inline(always)]
 pub fn table_step(w: &mut TableWalk) -> bool {
+    if w.res_next < w.res_end {
+        emit_reserved(w);
+        return true;
+    }
     if w.verifying != 0 {
         verify_step(w);
         return true;
@@ -347,77 +447,114 @@ out_of_line_step!(walk_table_step, TableWalk);
 /// A request from the tool's own thread (the one named in `SNAP_REQ`).
 #[inline(always)]
 fn triggered() -> Option<()> {
-    let req: SnapRequest = *SNAP_REQ.get(0)?;
+    let req: &SnapRequest = SNAP_REQ.get(0)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     if req.tid == 0 || req.tid != tid {
         return None;
     }
-    serve(&req)
+    serve(req)
 }
 
-/// Answers one request: a lookup, or one run of a whole-table walk. A walk whose `seq`
-/// differs from the one in `SNAP_WALK` starts afresh; the same `seq` resumes it.
+/// The namespace asked for (`with_net`): its NET record, and the walk's reserved-ports
+/// chunks within its range. Returns (netns inode, reserved bitmap, first chunk, end
+/// chunk), zeroes when not asked or not found.
+#[inline(always)]
+fn asked_net(req: &SnapRequest) -> (u32, u64, u32, u32) {
+    if req.with_net == 0 {
+        return (0, 0, 0, 0);
+    }
+    let target = if req.net != 0 {
+        Some(req.net)
+    } else {
+        net_of_nsfs_fd(req.netns_fd as i64)
+    };
+    let Some(target) = target else {
+        return (0, 0, 0, 0);
+    };
+    let (netns, lo, hi) = emit_net(target);
+    let reserved = reserved_ports(target);
+    if reserved == 0 || lo > hi {
+        return (netns, 0, 0, 0);
+    }
+    (
+        netns,
+        reserved,
+        lo as u32 / RESERVED_CHUNK,
+        hi as u32 / RESERVED_CHUNK + 1,
+    )
+}
+
+/// Answers one request: a lookup, or one run of a whole-table walk (or of a verbose
+/// lookup, the walk of one bucket). A walk whose `seq` differs from the one in
+/// `SNAP_WALK` starts afresh; the same `seq` resumes it.
 #[inline(always)]
 pub fn serve(req: &SnapRequest) -> Option<()> {
     if !layout_ready() {
         return None;
     }
-    if req.mode == SNAP_LOOKUP {
+    if req.mode == SNAP_LOOKUP && req.verbose == 0 {
+        asked_net(req);
         lookup(req);
-        return Some(());
-    }
-    if req.mode == SNAP_NETNS {
-        crate::netns::read_ports(req);
-        let end = SnapRecord {
-            addr: req.seq,
-            kind: rec::END,
-            ..SnapRecord::default()
-        };
-        let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
         return Some(());
     }
     let p = TableWalk::state()?;
     // SAFETY: the walk state is used only by the one thread that triggers walks.
     if unsafe { (*p).seq } != req.seq {
+        let (asked_netns, reserved, res_next, res_end) = asked_net(req);
         let net = current_net()?;
         let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
         let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
-        let size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
-        let w0 = TableWalk {
-            bhash,
-            node: 0,
-            tb: 0,
-            cur_net: 0,
-            seq: req.seq,
-            verify: 0,
-            owners: OwnerCursor::EMPTY,
-            slot: 0,
-            size,
-            bucket_size: layout!(bind_hashbucket_size),
-            chain_off: layout!(bind_hashbucket_chain),
-            netns_filter: req.netns,
-            max_owners: req.max_owners,
-            max_chain: req.max_chain,
-            chain_len: 0,
-            verify_len: 0,
-            buckets: 0,
-            cur_netns: 0,
-            cur_l3mdev: 0,
-            port_filter: req.port,
-            cur_port: 0,
-            cur_fr: 0,
-            cur_frp: 0,
-            verbose: req.verbose,
-            skip: 0,
-            truncated: 0,
-            done: 0,
-            ring_full: 0,
-            verifying: 0,
-            paused: 0,
-            _pad: [0; 7],
-        };
-        // SAFETY: as above.
-        unsafe { *p = w0 };
+        let mut size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+        // A verbose lookup walks the one bucket of (net, port) with its owners.
+        let mut node = 0u64;
+        let single = (req.mode == SNAP_LOOKUP) as u8;
+        let mut lookup_truncated = 0u8;
+        if single != 0 {
+            size = 0;
+            match find_bucket(req.net, req.port) {
+                Found::Bucket(tb) => node = tb + layout!(tb_node) as u64,
+                Found::Absent => {}
+                Found::Unknown => lookup_truncated = 1,
+            }
+        }
+        // SAFETY: as above. Set field by field: a whole TableWalk built on the stack
+        // first adds to the frame the verifier bounds.
+        let w0 = unsafe { &mut *p };
+        w0.bhash = bhash;
+        w0.reserved = reserved;
+        w0.node = node;
+        w0.tb = 0;
+        w0.cur_net = 0;
+        w0.seq = req.seq;
+        w0.owners = OwnerCursor::EMPTY;
+        w0.res_next = res_next;
+        w0.res_end = res_end;
+        w0.slot = 0;
+        w0.size = size;
+        w0.bucket_size = layout!(bind_hashbucket_size);
+        w0.chain_off = layout!(bind_hashbucket_chain);
+        w0.netns_filter = req.netns;
+        w0.max_owners = req.max_owners;
+        w0.max_chain = req.max_chain;
+        w0.chain_len = 0;
+        w0.buckets = 0;
+        w0.cur_netns = asked_netns;
+        w0.cur_l3mdev = 0;
+        w0.port_filter = req.port;
+        w0.cur_port = 0;
+        w0.cur_fr = 0;
+        w0.cur_frp = 0;
+        w0.verbose = req.verbose;
+        w0.skip = 0;
+        w0.truncated = 0;
+        w0.done = 0;
+        w0.ring_full = 0;
+        w0.verify = 0;
+        w0.verify_len = 0;
+        w0.verifying = 0;
+        w0.paused = 0;
+        w0.single = single;
+        w0.lookup_truncated = lookup_truncated;
     } else {
         // SAFETY: as above.
         let w = unsafe { &mut *p };
@@ -432,33 +569,18 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
     drive::<TableWalk>(RUN_STEPS);
     // SAFETY: as above.
     let w = unsafe { &*p };
-    let mut flags = 0u8;
-    if w.truncated != 0 {
-        flags |= snapflag::WALK_TRUNCATED;
-    }
-    if w.done == 0 && w.ring_full == 0 {
-        flags |= snapflag::WALK_MORE;
-    }
-    let end = SnapRecord {
-        addr: w.seq,
-        netns: w.slot,
-        owners: w.buckets,
-        l3mdev: 0,
-        port: 0,
-        family: 0,
-        laddr: [0; 16],
-        fastreuse: 0,
-        fastreuseport: 0,
-        kind: rec::END,
-        flags,
-        state: 0,
-        _pad: [0; 3],
-        local_port_range: 0,
-        _pad2: 0,
-        net: 0,
-    };
+    let flags = (w.truncated != 0) as u8 * snapflag::WALK_TRUNCATED
+        | (w.done == 0 && w.ring_full == 0) as u8 * snapflag::WALK_MORE
+        | (w.lookup_truncated != 0) as u8 * snapflag::LOOKUP_TRUNCATED;
+    let (seq, slot, buckets) = (w.seq, w.slot, w.buckets);
     // If even END does not fit, user space sees no END and reports the walk as lost.
-    let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
+    emit(|r| {
+        r.addr = seq;
+        r.netns = slot;
+        r.owners = buckets;
+        r.kind = rec::END;
+        r.flags = flags;
+    });
     Some(())
 }
 
@@ -473,39 +595,29 @@ fn lookup(req: &SnapRequest) {
         end_flags |= snapflag::LOOKUP_TRUNCATED;
     }
     if let Found::Bucket((b, truncated)) = found {
-        let r = SnapRecord {
-            addr: b.tb,
-            netns: net_inum(req.net),
-            owners: b.owners,
-            l3mdev: b.l3mdev,
-            port: b.port,
-            family: 0,
-            laddr: [0; 16],
-            fastreuse: b.fastreuse,
-            fastreuseport: b.fastreuseport,
-            kind: rec::BUCKET,
-            flags: if truncated {
-                snapflag::OWNERS_TRUNCATED
-            } else {
-                0
-            },
-            state: 0,
-            _pad: [0; 3],
-            local_port_range: 0,
-            _pad2: 0,
-            net: req.net,
-        };
-        if SNAP_RB.output::<SnapRecord>(&r, NO_WAKEUP).is_err() {
+        let netns = net_inum(req.net);
+        let sent = emit(|r| {
+            r.addr = b.tb;
+            r.netns = netns;
+            r.owners = b.owners;
+            r.l3mdev = b.l3mdev;
+            r.port = b.port;
+            r.fastreuse = b.fastreuse;
+            r.fastreuseport = b.fastreuseport;
+            r.kind = rec::BUCKET;
+            r.flags = (truncated as u8) * snapflag::OWNERS_TRUNCATED;
+            r.net = req.net;
+        });
+        if !sent {
             end_flags |= snapflag::WALK_TRUNCATED;
         }
     }
-    let end = SnapRecord {
-        addr: req.seq,
-        kind: rec::END,
-        flags: end_flags,
-        ..SnapRecord::default()
-    };
-    let _ = SNAP_RB.output::<SnapRecord>(&end, NO_WAKEUP);
+    let seq = req.seq;
+    emit(|r| {
+        r.addr = seq;
+        r.kind = rec::END;
+        r.flags = end_flags;
+    });
 }
 
 /// Attached nowhere: the tool runs it with `BPF_PROG_TEST_RUN` (raw tracepoints since 5.10).

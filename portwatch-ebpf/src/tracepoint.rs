@@ -24,7 +24,10 @@ use portwatch_common::{flag, hook, op, Config, NO_FIELD};
 
 use crate::{
     compat::port_range,
-    emit::{config, count_lost, netns_wanted, port_wanted, remember, send, send_known, Subject},
+    emit::{
+        config, count_lost, netns_wanted, port_wanted, remember, send, send_asked, send_known,
+        Asked, Subject,
+    },
     errors::count_failure,
     kernel::{is_tcp, net_inum, sk_net, sk_num, sock_from_fd, SockHead, AF_INET, AF_INET6},
     maps::{Pending, CLOSING, PENDING, SOCKS, TP},
@@ -75,30 +78,54 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     }
     let cfg = config();
     let mut port = 0u16;
-    if which == op::BIND {
+    let mut asked = [0u8; 16];
+    let mut asked_family = 0u16;
+    let mut asked_port = 0u16;
+    if which == op::BIND || which == op::CONNECT {
         // struct sockaddr_in / sockaddr_in6: family (u16) then port (be16) for both.
-        // Read first: an explicit port the filter rejects ends here, before the walk
-        // from the fd to the socket (the costly part for the busy, unwanted case).
+        // Read first: an explicit bind() port the filter rejects ends here, before the
+        // walk from the fd to the socket (the costly part for the busy, unwanted case).
         let uaddr = arg(ctx, 1)?;
         // SAFETY: a fault-tolerant read of user memory passed to the syscall.
         let hdr: [u8; 4] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 4]).ok()? };
         let family = u16::from_ne_bytes([hdr[0], hdr[1]]);
         if family == AF_INET || family == AF_INET6 {
-            port = u16::from_be_bytes([hdr[2], hdr[3]]);
+            asked_port = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
-        if port != 0 && !port_wanted(&cfg, port) {
-            // No event wanted, but a failure is still counted: keep only the fd, whose
-            // socket the exit resolves if the call failed.
-            let p = Pending {
-                sk: 0,
-                net: 0,
-                aux: arg(ctx, 0)?,
-                netns: 0,
-                port,
-                op: which,
-                had_port: 0,
-            };
-            return PENDING.insert(bpf_get_current_pid_tgid(), p, 0).ok();
+        if which == op::BIND {
+            port = asked_port;
+            if port != 0 && !port_wanted(&cfg, port) {
+                // No event wanted, but a failure is still counted: keep only the fd,
+                // whose socket the exit resolves if the call failed.
+                let p = Pending {
+                    sk: 0,
+                    net: 0,
+                    aux: arg(ctx, 0)?,
+                    netns: 0,
+                    port,
+                    op: which,
+                    had_port: 0,
+                    asked: [0; 16],
+                    asked_family: 0,
+                    asked_port: 0,
+                    _pad: [0; 4],
+                };
+                return PENDING.insert(bpf_get_current_pid_tgid(), p, 0).ok();
+            }
+        }
+        // The address (sin_addr at 4, sin6_addr at 8), reported if the call fails.
+        if family == AF_INET {
+            // SAFETY: as above.
+            if let Ok(a) = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) } {
+                asked[..4].copy_from_slice(&a);
+                asked_family = family;
+            }
+        } else if family == AF_INET6 {
+            // SAFETY: as above.
+            if let Ok(a) = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) } {
+                asked = a;
+                asked_family = family;
+            }
         }
     }
     let fd = arg(ctx, 0)? as i64;
@@ -121,6 +148,10 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         port,
         op: which,
         had_port: (cur != 0) as u8,
+        asked,
+        asked_family,
+        asked_port,
+        _pad: [0; 4],
     };
     let key = bpf_get_current_pid_tgid();
     if PENDING.insert(key, p, 0).is_err() {
@@ -209,7 +240,18 @@ fn report(cfg: &Config, p: &Pending, which: u8, ok: bool, errno: i32) -> Option<
         flags,
         anon: false,
     };
-    send(cfg, &s);
+    // A failed bind() reset the socket's address, a failed connect() its remote port:
+    // report what they asked for.
+    let asked = if ok || p.had_port != 0 || p.asked_family == 0 {
+        None
+    } else if which == op::BIND {
+        Some(Asked::Local(p.asked_family, p.asked))
+    } else if which == op::CONNECT {
+        Some(Asked::Remote(p.asked_family, p.asked, p.asked_port))
+    } else {
+        None
+    };
+    send_asked(cfg, &s, asked);
     Some(())
 }
 
@@ -324,6 +366,10 @@ fn destroyed(ctx: &TracePointContext) -> Option<()> {
                 port,
                 op: op::CLOSE,
                 had_port: 1,
+                asked: [0; 16],
+                asked_family: 0,
+                asked_port: 0,
+                _pad: [0; 4],
             };
             if PENDING
                 .insert(key ^ CLOSE_TAG, p, BPF_NOEXIST as u64)

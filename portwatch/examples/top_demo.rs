@@ -21,7 +21,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use portwatch::{
     model::{
-        BucketInfo, BucketKey, BucketRow, EphemeralRange, Errno, Fastreuse, Op, OwnerCount, Scope,
+        BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, NetInfo, Op, OwnerCount, Scope,
         SeenBucket, Snapshot, SockOpts, SocketEvent, Task,
     },
     views::top::{run_top, TopOptions, TopSource},
@@ -108,6 +108,12 @@ impl DemoSource {
                 ..SockOpts::default()
             },
             port_from_range: RANGE.0 == RANGE.1,
+            net: 0,
+            family: None,
+            v6only: false,
+            uid: None,
+            bound_dev: 0,
+            explanation: None,
             lookup_truncated: false,
             addr: None,
         });
@@ -191,6 +197,7 @@ impl TopSource for DemoSource {
                     },
                     info,
                     addresses: Vec::new(),
+                    fast: None,
                 })
                 .collect(),
             complete: true,
@@ -218,11 +225,11 @@ impl TopSource for DemoSource {
         Ok(std::mem::take(&mut self.pending))
     }
 
-    fn port_range(&mut self, netns: u32) -> anyhow::Result<EphemeralRange> {
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<NetInfo> {
         if netns != NETNS {
             bail!("the demo knows only netns {NETNS}, not {netns}");
         }
-        Ok(EphemeralRange::new(RANGE.0, RANGE.1, []))
+        Ok(NetInfo { netns, range: RANGE, reserved: vec![], tw_reuse: 0 })
     }
 
     fn header_netns(&self) -> u32 {

@@ -7,12 +7,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{flag, op, rec, snapflag, ErrorKey, Event, NetnsPorts, SnapRecord};
+use portwatch_common::{flag, op, rec, snapdetail, snapflag, ErrorKey, Event, SnapRecord};
 
 use crate::model::{
-    AddrRow, AddrState, BucketInfo, BucketKey, BucketRow, EphemeralRange, Errno, FailureCount,
-    FailureCounts, Fastreuse, Op, OwnerCount, OwnerRow, PortRange, SeenBucket, Snapshot,
-    SockOpts, SocketEvent, Task, TcpState,
+    AddrRow, AddrState, BucketInfo, BucketKey, BucketRow, Errno, FailureCount, FailureCounts,
+    Family, FastPath, Fastreuse, NetInfo, Op, OwnerCount, OwnerRow, PortRange, SeenBucket,
+    Snapshot, SockOpts, SocketEvent, Task, TcpState,
 };
 
 /// `AF_INET` as the kernel numbers it.
@@ -74,7 +74,7 @@ pub fn decode_event(buf: &[u8]) -> Result<Event, DecodeError> {
 pub fn decode_snap_record(buf: &[u8]) -> Result<SnapRecord, DecodeError> {
     let r: SnapRecord = read_pod(buf, "snapshot")?;
     match r.kind {
-        rec::BUCKET | rec::ADDR | rec::OWNER | rec::END => Ok(r),
+        rec::BUCKET | rec::ADDR | rec::OWNER | rec::END | rec::NET | rec::RESERVED => Ok(r),
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -97,8 +97,25 @@ fn op_of(v: u8) -> Result<Op, DecodeError> {
 pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
     let has = |f: u16| ev.flags & f != 0;
     let errno = Errno::new(ev.errno);
-    // A socket whose bind/connect failed holds no port: its address says nothing then.
+    // A socket whose bind/connect failed holds no port: its address says nothing then,
+    // except the address a failed bind() asked for (BIND_ADDR).
     let sock_known = has(flag::SOCK_KNOWN) && (errno.is_none() || has(flag::HAD_PORT));
+    let local = if has(flag::BIND_ADDR) {
+        socket_addr(ev.family, &ev.laddr, ev.port)
+    } else if has(flag::CONNECT_DST) && !sock_known {
+        // A failed connect() got no port; its source address, when it had one.
+        (ev.laddr != [0; 16])
+            .then(|| socket_addr(ev.family, &ev.laddr, 0))
+            .flatten()
+    } else {
+        sock_known.then(|| socket_addr(ev.family, &ev.laddr, ev.port)).flatten()
+    };
+    let remote = if (sock_known || has(flag::CONNECT_DST)) && ev.rport != 0 {
+        socket_addr(ev.family, &ev.raddr, ev.rport)
+    } else {
+        None
+    };
+    let read = has(flag::SOCK_KNOWN);
     Ok(SocketEvent {
         ts_ns: ev.ts_ns,
         op: op_of(ev.op)?,
@@ -119,10 +136,8 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
         errno,
         had_port: has(flag::HAD_PORT),
         task: task(ev.pid, &ev.comm),
-        local: sock_known.then(|| socket_addr(ev.family, &ev.laddr, ev.port)).flatten(),
-        remote: (sock_known && ev.rport != 0)
-            .then(|| socket_addr(ev.family, &ev.raddr, ev.rport))
-            .flatten(),
+        local,
+        remote,
         opts: SockOpts {
             reuseaddr: has(flag::REUSEADDR),
             reuseport: has(flag::REUSEPORT),
@@ -133,6 +148,12 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
                 .filter(|_| has(flag::SOCK_KNOWN)),
         },
         port_from_range: has(flag::PORT_FROM_RANGE),
+        net: ev.net,
+        family: family(ev.family),
+        v6only: has(flag::V6ONLY),
+        uid: read.then_some(ev.uid),
+        bound_dev: ev.bound_dev,
+        explanation: None,
         lookup_truncated: has(flag::LOOKUP_TRUNCATED) && !has(flag::BUCKET_PRESENT),
         addr: has(flag::ADDR_STATE).then_some(AddrState {
             fastreuse: Fastreuse(ev.addr_fastreuse),
@@ -168,7 +189,89 @@ fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
     ip(family, addr).map(|ip| SocketAddr::new(ip, port))
 }
 
-/// Groups the records of one walk into a [`Snapshot`] sorted by key. ADDR and OWNER
+/// The family of a kernel `AF_*` value.
+fn family(af: u16) -> Option<Family> {
+    match af {
+        AF_INET => Some(Family::Inet),
+        AF_INET6 => Some(Family::Inet6),
+        _ => None,
+    }
+}
+
+/// An OWNER record as a row (its holders are filled in later, from /proc).
+fn owner_row(r: &SnapRecord) -> OwnerRow {
+    let state = TcpState::from_kernel(r.state);
+    // TIME-WAIT and request sockets are not full sockets: they have no uid or inode.
+    let full = !matches!(state, TcpState::TimeWait | TcpState::NewSynRecv);
+    OwnerRow {
+        local: socket_addr(r.family, &r.laddr, r.port),
+        family: family(r.family),
+        state,
+        reuseaddr: r.flags & snapflag::REUSEADDR != 0,
+        reuseport: r.flags & snapflag::REUSEPORT != 0,
+        v6only: r.detail & snapdetail::V6ONLY != 0,
+        uid: full.then_some(r.uid),
+        bound_dev: r.bound_dev,
+        inode: (full && r.ino != 0).then_some(r.ino),
+        remote: (r.rport != 0)
+            .then(|| socket_addr(r.family, &r.raddr, r.rport))
+            .flatten(),
+        bucket_family: if r.detail & snapdetail::TB2_FAMILY != 0 {
+            family(r.tb2_family)
+        } else {
+            None
+        },
+        connect_bound: (r.flags & snapflag::CONNECT_BIND_KNOWN != 0)
+            .then_some(r.flags & snapflag::CONNECT_BOUND != 0),
+        local_port_range: PortRange::from_packed(r.local_port_range),
+        holders: Vec::new(),
+    }
+}
+
+/// The fast path a BUCKET record carries, while `fastreuseport` is positive (the kernel
+/// writes the fast fields only when it makes the bucket strict or any).
+fn fast_path(r: &SnapRecord) -> Option<FastPath> {
+    (r.fastreuseport > 0).then(|| FastPath {
+        uid: r.uid,
+        address: ip(r.family, &r.laddr),
+        family: family(r.family),
+        ipv6_only: r.detail & snapdetail::V6ONLY != 0,
+    })
+}
+
+/// The reserved ports of `bits` (RESERVED records: 128 ports from `port`) inside
+/// `range`, as inclusive ranges in order.
+fn reserved_ranges(chunks: &[(u16, [u8; 16])], range: (u16, u16)) -> Vec<(u16, u16)> {
+    let mut ports: Vec<u16> = Vec::new();
+    for (base, bits) in chunks {
+        for (i, byte) in bits.iter().enumerate() {
+            for b in 0..8 {
+                if byte & (1 << b) == 0 {
+                    continue;
+                }
+                let port = u32::from(*base) + (i as u32) * 8 + b;
+                if let Ok(p) = u16::try_from(port) {
+                    if (range.0..=range.1).contains(&p) {
+                        ports.push(p);
+                    }
+                }
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for p in ports {
+        match out.last_mut() {
+            Some(last) if u32::from(last.1) + 1 == u32::from(p) => last.1 = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+/// Groups the records of one walk into a [`Snapshot`] sorted by key. A NET record (and
+/// its RESERVED records) comes first when the namespace was asked for. ADDR and OWNER
 /// records precede the BUCKET record they belong to (the walker learns the owner count
 /// only at the end of a bucket). ADDR records carry their family: AF_INET6 (v4-mapped
 /// for IPv4) on kernels that store every per-address bucket as IPv6, else the bucket's.
@@ -178,6 +281,7 @@ fn socket_addr(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
 pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
     let mut snap = Snapshot::default();
     let mut addrs: Vec<AddrRow> = Vec::new();
+    let mut reserved: Vec<(u16, [u8; 16])> = Vec::new();
     // Owners seen before any ADDR record (kernels whose owners hang off the bucket).
     let mut loose: Vec<(Option<IpAddr>, OwnerRow)> = Vec::new();
     // The bucket the pending ADDR/OWNER records belong to.
@@ -189,25 +293,31 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
             pending_of = r.addr;
         }
         match r.kind {
+            rec::NET => {
+                snap.net = Some(NetInfo {
+                    netns: r.netns,
+                    range: (r.port, r.rport),
+                    reserved: Vec::new(),
+                    tw_reuse: r.state,
+                });
+            }
+            rec::RESERVED => reserved.push((r.port, r.laddr)),
             rec::ADDR => {
                 let has_state = r.owners != 0;
                 addrs.push(AddrRow {
                     address: ip(r.family, &r.laddr),
+                    family: if r.detail & snapdetail::TB2_FAMILY != 0 {
+                        family(r.family)
+                    } else {
+                        None
+                    },
                     fastreuse: has_state.then_some(Fastreuse(r.fastreuse)),
                     fastreuseport: has_state.then_some(Fastreuse(r.fastreuseport)),
                     owners: Vec::new(),
                 });
             }
             rec::OWNER => {
-                let owner = OwnerRow {
-                    local: socket_addr(r.family, &r.laddr, r.port),
-                    state: TcpState::from_kernel(r.state),
-                    reuseaddr: r.flags & snapflag::REUSEADDR != 0,
-                    reuseport: r.flags & snapflag::REUSEPORT != 0,
-                    connect_bound: (r.flags & snapflag::CONNECT_BIND_KNOWN != 0)
-                        .then_some(r.flags & snapflag::CONNECT_BOUND != 0),
-                    local_port_range: PortRange::from_packed(r.local_port_range),
-                };
+                let owner = owner_row(r);
                 match addrs.last_mut() {
                     Some(a) => a.owners.push(owner),
                     None => loose.push((ip(r.family, &r.laddr), owner)),
@@ -219,6 +329,7 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                         Some(a) => a.owners.push(owner),
                         None => addrs.push(AddrRow {
                             address,
+                            family: None,
                             fastreuse: None,
                             fastreuseport: None,
                             owners: vec![owner],
@@ -245,26 +356,17 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                         },
                     },
                     addresses: std::mem::take(&mut addrs),
+                    fast: fast_path(r),
                 });
             }
             _ => {}
         }
     }
+    if let Some(net) = snap.net.as_mut() {
+        net.reserved = reserved_ranges(&reserved, net.range);
+    }
     snap.buckets.sort_by_key(|b| b.key);
     snap
-}
-
-/// The namespace inode and ephemeral range a `SNAP_NETNS` request read; `None` when the
-/// namespace was gone (its inode read as 0) or its reserved ports could not be read.
-pub fn ephemeral_range(raw: &NetnsPorts) -> Option<(u32, EphemeralRange)> {
-    if raw.netns == 0 || raw.reserved_read == 0 {
-        return None;
-    }
-    let reserved = (raw.range_lo..=raw.range_hi).filter(|&p| {
-        let word = raw.reserved[usize::from(p) / 64];
-        word & (1u64 << (p % 64)) != 0
-    });
-    Some((raw.netns, EphemeralRange::new(raw.range_lo, raw.range_hi, reserved)))
 }
 
 /// The failure counts of the `ERRORS` map's entries. Entries of another op or errno 0
@@ -339,6 +441,8 @@ mod tests {
             addr_fastreuse: 0,
             addr_fastreuseport: 0,
             _pad2: [0; 2],
+            uid: 1000,
+            bound_dev: 0,
         }
     }
 
@@ -346,7 +450,7 @@ mod tests {
     fn event_round_trips() {
         let ev = sample_event();
         let b = bytes_of(&ev);
-        assert_eq!(b.len(), 136);
+        assert_eq!(b.len(), 144);
         assert_eq!(decode_event(&b), Ok(ev));
     }
 
@@ -363,11 +467,11 @@ mod tests {
     fn event_too_short_is_an_error() {
         let b = bytes_of(&sample_event());
         assert_eq!(
-            decode_event(&b[..135]),
+            decode_event(&b[..143]),
             Err(DecodeError::TooShort {
                 what: "event",
-                got: 135,
-                want: 136
+                got: 143,
+                want: 144
             })
         );
         assert!(decode_event(&[]).is_err());
@@ -409,26 +513,26 @@ mod tests {
             state: 0,
             _pad: [0; 3],
             local_port_range: 0,
-            _pad2: 0,
             net: 0xffff_ffff_8200_0000,
+            ..SnapRecord::default()
         };
         let b = bytes_of(&r);
-        assert_eq!(b.len(), 64);
+        assert_eq!(b.len(), 104);
         assert_eq!(decode_snap_record(&b), Ok(r));
         assert_eq!(
-            decode_snap_record(&b[..63]),
+            decode_snap_record(&b[..103]),
             Err(DecodeError::TooShort {
                 what: "snapshot",
-                got: 63,
-                want: 64
+                got: 103,
+                want: 104
             })
         );
-        for k in [rec::ADDR, rec::OWNER, rec::END] {
+        for k in [rec::ADDR, rec::OWNER, rec::END, rec::NET, rec::RESERVED] {
             let mut r2 = r;
             r2.kind = k;
             assert_eq!(decode_snap_record(&bytes_of(&r2)), Ok(r2));
         }
-        for k in [0u8, 5, 200] {
+        for k in [0u8, 7, 200] {
             let mut r2 = r;
             r2.kind = k;
             assert_eq!(
@@ -689,6 +793,100 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_keeps_what_explain_needs() {
+        // NET with reserved ports 60001-60002 and 60130 (two chunks), range 60000-60127.
+        let mut net = rec(rec::NET, 60000, 0);
+        net.rport = 60127;
+        net.state = 2;
+        let mut r1 = rec(rec::RESERVED, 59904, 0);
+        // Bits for 60001, 60002: offsets 97, 98 from 59904.
+        r1.laddr[12] = 0b0000_0110;
+        let mut r2 = rec(rec::RESERVED, 60032, 0);
+        r2.laddr[12] = 0b0000_0100; // 60130: outside the range
+        let mut a = rec(rec::ADDR, 7000, 0);
+        a.family = AF_INET6;
+        a.detail = snapdetail::TB2_FAMILY;
+        let mut o = rec(rec::OWNER, 7000, 0);
+        o.family = AF_INET6;
+        o.laddr = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
+        o.state = 10;
+        o.detail = snapdetail::V6ONLY;
+        o.uid = 1000;
+        o.ino = 4711;
+        o.bound_dev = 2;
+        o.detail |= snapdetail::TB2_FAMILY;
+        o.tb2_family = AF_INET;
+        let mut tw = rec(rec::OWNER, 7000, 0);
+        tw.family = AF_INET;
+        tw.laddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tw.state = 6;
+        tw.uid = 77;
+        tw.ino = 88;
+        tw.raddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        tw.rport = 5000;
+        let mut b = rec(rec::BUCKET, 7000, 2);
+        b.fastreuseport = 2;
+        b.uid = 1000;
+        b.family = AF_INET;
+        b.detail = snapdetail::V6ONLY;
+        let snap = snapshot(&[net, r1, r2, a, o, tw, b]);
+        let n = snap.net.expect("NET record");
+        assert_eq!((n.netns, n.range, n.tw_reuse), (7, (60000, 60127), 2));
+        assert_eq!(n.reserved, vec![(60001, 60002)]);
+        assert!(n.is_reserved(60002) && !n.is_reserved(60003));
+        let row = &snap.buckets[0];
+        assert_eq!(row.addresses[0].family, Some(Family::Inet6));
+        let owner = &row.addresses[0].owners[0];
+        assert_eq!(owner.local, Some(SocketAddr::from(([127, 0, 0, 1], 7000))));
+        assert_eq!(owner.family, Some(Family::Inet6));
+        assert_eq!((owner.uid, owner.inode, owner.v6only, owner.bound_dev), (Some(1000), Some(4711), true, 2));
+        // A v4-mapped socket on a per-address bucket an IPv4 socket created (6.1 to 6.7).
+        assert_eq!(owner.bucket_family, Some(Family::Inet));
+        let t = &row.addresses[0].owners[1];
+        assert_eq!((t.state, t.uid, t.inode), (TcpState::TimeWait, None, None), "TIME-WAIT has no uid or inode");
+        assert_eq!(t.bucket_family, None, "no TB2_FAMILY flag: no bucket family");
+        assert_eq!(t.remote, Some(SocketAddr::from(([127, 0, 0, 2], 5000))));
+        let fast = row.fast.expect("fastreuseport 2 has a fast path");
+        assert_eq!((fast.uid, fast.family, fast.ipv6_only), (1000, Some(Family::Inet), true));
+        // No fast path while fastreuseport is not positive; no family without the flag.
+        let mut b0 = rec(rec::BUCKET, 80, 0);
+        b0.uid = 5;
+        let a0 = rec(rec::ADDR, 80, 0);
+        let snap = snapshot(&[a0, b0]);
+        assert_eq!(snap.buckets[0].fast, None);
+        assert_eq!(snap.buckets[0].addresses[0].family, None);
+        assert_eq!(snap.net, None);
+    }
+
+    #[test]
+    fn failed_calls_report_what_they_asked_for() {
+        let mut raw = sample_event();
+        raw.op = op::BIND;
+        raw.errno = 98;
+        raw.flags = flag::SOCK_KNOWN | flag::BIND_ADDR | flag::V6ONLY;
+        raw.family = AF_INET6;
+        raw.laddr = Ipv6Addr::LOCALHOST.octets();
+        raw.port = 7000;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.local, Some("[::1]:7000".parse().unwrap()));
+        assert_eq!((e.family, e.v6only, e.uid), (Some(Family::Inet6), true, Some(1000)));
+        assert_eq!(e.net, raw.net);
+        // A failed connect: the destination asked for, and its source without a port.
+        let mut raw = sample_event();
+        raw.errno = 99;
+        raw.flags = flag::SOCK_KNOWN | flag::CONNECT_DST;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!(e.remote, Some("127.9.9.9:1234".parse().unwrap()));
+        assert_eq!(e.local, Some("127.0.0.1:0".parse().unwrap()));
+        raw.laddr = [0; 16];
+        assert_eq!(socket_event(&raw).expect("decodes").local, None);
+        // Without the flag a failed socket says nothing about its addresses.
+        raw.flags = flag::SOCK_KNOWN;
+        let e = socket_event(&raw).expect("decodes");
+        assert_eq!((e.local, e.remote), (None, None));
+    }
+
+    #[test]
     fn snapshot_reports_truncation() {
         let mut b = rec(rec::BUCKET, 80, 4096);
         b.flags = snapflag::OWNERS_TRUNCATED;
@@ -722,27 +920,18 @@ mod tests {
         assert_eq!(snap.nets.len(), 2);
     }
 
-    fn netns_ports(lo: u16, hi: u16, reserved: &[u16]) -> NetnsPorts {
-        let mut raw = NetnsPorts { netns: 4026532300, range_lo: lo, range_hi: hi, reserved_read: 1, ..NetnsPorts::EMPTY };
-        for &p in reserved {
-            raw.reserved[usize::from(p) / 64] |= 1 << (p % 64);
-        }
-        raw
-    }
-
     #[test]
-    fn ephemeral_range_reads_the_reserved_bitmap_inside_the_range() {
-        let raw = netns_ports(60000, 60009, &[8080, 60000, 60063, 60064, 60005]);
-        let (netns, r) = ephemeral_range(&raw).expect("readable");
-        assert_eq!(netns, 4026532300);
-        assert_eq!((r.lo, r.hi, r.reserved()), (60000, 60009, &[60000u16, 60005][..]));
-        assert_eq!(r.usable(), 8);
-        // The edges of the port space and of bitmap words.
-        let raw = netns_ports(0, 65535, &[0, 63, 64, 65535]);
-        assert_eq!(ephemeral_range(&raw).expect("readable").1.reserved(), [0, 63, 64, 65535]);
-        // A namespace gone, or a bitmap not read: nothing.
-        assert_eq!(ephemeral_range(&NetnsPorts { netns: 0, ..raw }), None);
-        assert_eq!(ephemeral_range(&NetnsPorts { reserved_read: 0, ..raw }), None);
+    fn reserved_ranges_cover_the_edges_of_the_port_space_and_of_chunks() {
+        let mut low = [0u8; 16];
+        low[0] = 1; // port 0
+        low[7] = 0x80; // port 63
+        low[8] = 1; // port 64
+        let mut high = [0u8; 16];
+        high[15] = 0x80; // port 65535 (chunk 511, bit 127)
+        let chunks = [(0u16, low), (65408u16, high)];
+        assert_eq!(reserved_ranges(&chunks, (0, 65535)), [(0, 0), (63, 64), (65535, 65535)]);
+        // Only those inside the range count.
+        assert_eq!(reserved_ranges(&chunks, (1, 65534)), [(63, 64)]);
     }
 
     #[test]

@@ -17,3 +17,4 @@ pub mod selftest;
 pub mod layout_cache;
 pub mod export;
 pub mod explain;
+pub mod procs;

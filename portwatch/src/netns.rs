@@ -6,8 +6,7 @@
 //!   then be used (bind, connect, close) from any thread.
 //! - [`resolve_netns`]: the CLI's `--netns PID|PATH|all`.
 //! - [`read_port_range_in`]: `net.ipv4.ip_local_port_range` of another netns, read by a
-//!   short-lived thread that `setns()`-es into it; [`socket_in`]: a socket made there the
-//!   same way (a handle by which the kernel's side names that namespace).
+//!   short-lived thread that `setns()`-es into it.
 
 use std::fs::File;
 use std::io;
@@ -254,16 +253,35 @@ pub fn read_port_range_in(target: NetnsTarget<'_>) -> Result<(u16, u16), NetnsEr
     }
 }
 
-fn read_port_range_at(path: &Path) -> Result<(u16, u16), NetnsError> {
-    run_in(path, read_port_range_here)
+/// Runs `f` in the network namespace of nsfs file `path`: on this thread when it is this
+/// thread's namespace, else on a short-lived thread that `setns()`-es into it (which
+/// needs CAP_SYS_ADMIN). The calling thread is not moved.
+pub fn run_in<F, R>(path: &Path, f: F) -> Result<R, NetnsError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    if netns_inode_of(path)? == current_netns_inode()? {
+        return Ok(f());
+    }
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => NetnsError::NotFound {
+            path: path.to_owned(),
+        },
+        _ => io_err(format!("opening {}", path.display()), e),
+    })?;
+    let handle = std::thread::Builder::new()
+        .name("portwatch-setns".into())
+        .spawn(move || -> Result<R, NetnsError> {
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| sys_err("setns(CLONE_NEWNET)", e))?;
+            Ok(f())
+        })
+        .map_err(NetnsError::Spawn)?;
+    handle.join().map_err(|_| NetnsError::ThreadGone)?
 }
 
-/// Runs `f` on a short-lived thread that entered the network namespace at `path`; the
-/// calling thread is not moved.
-fn run_in<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
-) -> Result<T, NetnsError> {
+fn read_port_range_at(path: &Path) -> Result<(u16, u16), NetnsError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -280,27 +298,17 @@ fn run_in<T: Send + 'static>(
     }
     let handle = std::thread::Builder::new()
         .name("portwatch-setns".into())
-        .spawn(move || -> Result<T, NetnsError> {
+        .spawn(move || -> Result<(u16, u16), NetnsError> {
             nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
                 .map_err(|e| sys_err("setns(CLONE_NEWNET)", e))?;
-            f()
+            read_port_range_here()
         })
         .map_err(NetnsError::Spawn)?;
     handle.join().map_err(|_| NetnsError::ThreadGone)?
 }
 
-/// An unbound TCP socket in the network namespace at `path` (made by a thread that
-/// entered it). It takes no port; closing it is all the cleanup there is.
-pub fn socket_in(path: &Path) -> Result<std::os::fd::OwnedFd, NetnsError> {
-    run_in(path, || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .map_err(|e| io_err("socket(AF_INET, SOCK_STREAM)", e))?;
-        Ok(s.into())
-    })
-}
-
 /// Find a path that refers to the netns with this inode: `/run/netns/*` first, then
-/// `/proc/PID/ns/net` of every process.
+/// `/proc/PID/ns/net` of every process, then `/proc/PID/task/TID/ns/net` of every thread.
 pub fn netns_path_for_inode(inode: u32) -> Result<PathBuf, NetnsError> {
     let matches = |p: &Path| {
         std::fs::metadata(p)
@@ -315,16 +323,28 @@ pub fn netns_path_for_inode(inode: u32) -> Result<PathBuf, NetnsError> {
             }
         }
     }
-    let proc = std::fs::read_dir("/proc").map_err(|e| io_err("listing /proc", e))?;
-    for entry in proc.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let p = PathBuf::from(format!("/proc/{name}/ns/net"));
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .map_err(|e| io_err("listing /proc", e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    for pid in &pids {
+        let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
         if matches(&p) {
             return Ok(p);
+        }
+    }
+    // A namespace only some thread is in (a process's helper thread that entered it).
+    for pid in &pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let p = t.path().join("ns/net");
+            if matches(&p) {
+                return Ok(p);
+            }
         }
     }
     Err(NetnsError::NoPathForInode { inode })
@@ -443,6 +463,18 @@ impl PrivateNetns {
                 format!("opening {THREAD_SELF_NETNS} of the private netns"),
                 e,
             )
+        })
+    }
+
+    /// A path naming the namespace while this guard lives: its thread's
+    /// `/proc/PID/task/TID/ns/net`.
+    pub fn path(&self) -> Result<PathBuf, NetnsError> {
+        self.run(|| {
+            PathBuf::from(format!(
+                "/proc/{}/task/{}/ns/net",
+                std::process::id(),
+                nix::unistd::gettid()
+            ))
         })
     }
 

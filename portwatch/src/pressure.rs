@@ -3,7 +3,7 @@
 //! One function for every view that shows it (`top`'s header, `export`'s
 //! `portwatch_ephemeral_ports`).
 
-use crate::model::{BucketInfo, BucketKey, EphemeralRange};
+use crate::model::{BucketInfo, BucketKey, NetInfo};
 
 /// Port pressure of one netns over its ephemeral range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,21 +44,21 @@ const PORT_FREE: u8 = 0;
 const PORT_SHARED: u8 = 1;
 const PORT_BLOCKED: u8 = 2;
 
-/// Counts free / shared / blocked ports of `range` (reserved ports left out) in `netns`
-/// over `buckets`; buckets of other namespaces are skipped. `scratch` is reused between
+/// Counts free / shared / blocked ports of the ephemeral range of `net` (reserved ports
+/// left out) in `netns` over `buckets`; buckets of other namespaces are skipped. `scratch` is reused between
 /// calls (65,536 bytes once, then no allocation).
 pub fn pressure<'a>(
     buckets: impl IntoIterator<Item = (&'a BucketKey, &'a BucketInfo)>,
     netns: u32,
-    range: &EphemeralRange,
+    net: &NetInfo,
     scratch: &mut Vec<u8>,
 ) -> Pressure {
-    let (lo, hi) = (range.lo, range.hi);
+    let (lo, hi) = net.range;
     let mut p = Pressure {
         netns,
         lo,
         hi,
-        reserved: range.reserved().len() as u32,
+        reserved: net.reserved_count(),
         free: 0,
         shared: 0,
         blocked: 0,
@@ -81,7 +81,7 @@ pub fn pressure<'a>(
         *slot = (*slot).max(state);
     }
     for (port, &s) in (lo..=hi).zip(&scratch[usize::from(lo)..=usize::from(hi)]) {
-        if range.is_reserved(port) {
+        if net.is_reserved(port) {
             continue;
         }
         match s {
@@ -116,8 +116,25 @@ mod tests {
         }
     }
 
-    fn range(lo: u16, hi: u16) -> EphemeralRange {
-        EphemeralRange::new(lo, hi, [])
+    /// A namespace's NET record with `reserved` (any order, outside the range too) as
+    /// the kernel side reports them: those inside the range, in order.
+    fn net_info(lo: u16, hi: u16, reserved: impl IntoIterator<Item = u16>) -> NetInfo {
+        let mut inside: Vec<u16> = reserved
+            .into_iter()
+            .filter(|p| (lo..=hi).contains(p))
+            .collect();
+        inside.sort_unstable();
+        inside.dedup();
+        NetInfo {
+            netns: 1,
+            range: (lo, hi),
+            reserved: inside.into_iter().map(|p| (p, p)).collect(),
+            tw_reuse: 0,
+        }
+    }
+
+    fn range(lo: u16, hi: u16) -> NetInfo {
+        net_info(lo, hi, [])
     }
 
     #[test]
@@ -187,7 +204,7 @@ mod tests {
             (key(1, 60001), info(0, -1, 1)),  // blocked
             (key(1, 60002), info(0, -1, 1)),  // blocked, but reserved
         ];
-        let r = EphemeralRange::new(60000, 60004, [60000, 60002, 60004, 1234]);
+        let r = net_info(60000, 60004, [60000, 60002, 60004, 1234]);
         let p = pressure(rows.iter().map(|(k, i)| (k, i)), 1, &r, &mut Vec::new());
         assert_eq!((p.reserved, p.free, p.shared, p.blocked), (3, 1, 0, 1));
         assert_eq!((p.size(), p.usable()), (5, 2));
@@ -237,7 +254,7 @@ mod tests {
             reserved in proptest::collection::vec(0u16..90, 0..10),
         ) {
             let hi = lo.saturating_add(len);
-            let r = EphemeralRange::new(lo, hi, reserved.iter().copied());
+            let r = net_info(lo, hi, reserved.iter().copied());
             let p = pressure(rows.iter().map(|(k, i)| (k, i)), 2, &r, &mut Vec::new());
             prop_assert_eq!(p.free + p.shared + p.blocked, p.usable());
             prop_assert_eq!(p.usable(), r.usable());

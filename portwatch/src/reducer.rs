@@ -197,6 +197,7 @@ impl Reducer {
                 remote: ev.remote,
                 opts: ev.opts,
                 port_from_range: ev.port_from_range,
+                explanation: None,
                 addr: ev.addr,
             }
         };
@@ -221,6 +222,7 @@ impl Reducer {
             if let Some(kind) = kind {
                 out.push(Transition {
                     errno: ev.errno,
+                    explanation: ev.explanation.clone(),
                     ..make(kind, prior.map(|p| p.info), after)
                 });
             }
@@ -296,6 +298,7 @@ impl Reducer {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                explanation: None,
                 addr: None,
             }
         };
@@ -795,6 +798,7 @@ mod tests {
                 key: key(),
                 info: info(-1, 1),
                 addresses: vec![],
+                fast: None,
             }],
             complete: true,
             owners_truncated: false,
@@ -820,6 +824,7 @@ mod tests {
             key,
             info,
             addresses: vec![],
+            fast: None,
         }
     }
 

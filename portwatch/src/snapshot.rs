@@ -2,8 +2,9 @@
 //! copy of the bind hash table; [`crate::decode::snapshot`] turns its records into a
 //! `model::Snapshot`. It sits below the backends: every backend's session has one, and
 //! the tracepoint backend uses its single-bucket lookup to re-read buckets after close().
-//! The same trigger reads a namespace's ephemeral range and reserved ports from its
-//! `struct net` ([`Snapshotter::ephemeral_range`]): no need to enter the namespace.
+//! A request can also ask for a namespace's NET record (port range, reserved ports,
+//! `tcp_tw_reuse`), read from its `struct net` without entering it; [`Snapshotter::net_info`]
+//! asks for that record alone.
 //!
 //! The walk takes no kernel locks, exactly like the article's drgn script: a bucket that
 //! changes during the walk may be seen in either state, and a chain cut short is reported
@@ -11,20 +12,18 @@
 //! bounded-loop driver spends its step budget long before the table ends): each run ends
 //! with an END record, flagged `WALK_MORE` while the walk goes on, and [`Snapshotter`]
 //! triggers the next run until one ends without it.
-use std::os::fd::{AsRawFd, BorrowedFd};
-
 use aya::{
     maps::{Array, MapData, RingBuf},
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
     Ebpf,
 };
-use portwatch_common::{rec, snapflag, NetnsPorts, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_NETNS, SNAP_WALK};
+use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_WALK};
 
 use crate::{
     backend::Refusal,
     bpf::{self, MapError, ProgramLookupError},
     decode::{decode_snap_record, DecodeError},
-    model::{EphemeralRange, Snapshot},
+    model::{NetInfo, Snapshot},
 };
 
 /// The program that runs the walk: a raw tracepoint program attached nowhere, run with
@@ -67,6 +66,20 @@ pub enum Lookup {
     Unknown,
 }
 
+/// Which namespace's NET record (port range, reserved ports, `tcp_tw_reuse`) a walk
+/// also returns, read from its `struct net` without entering it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetAsk {
+    #[default]
+    None,
+    /// The namespace of an open nsfs file of this process (`/proc/PID/ns/net`,
+    /// `/run/netns/NAME`), by descriptor: the file must stay open during the walk.
+    Fd(std::os::fd::RawFd),
+    /// The `struct net` at this kernel address (from an event, or a walk's
+    /// [`Snapshot::nets`]).
+    Kernel(u64),
+}
+
 /// What to walk.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapOptions {
@@ -80,26 +93,29 @@ pub struct SnapOptions {
     pub max_chain: u32,
     /// At most this many owners counted per bucket.
     pub max_owners: u32,
+    /// Also the NET record of a namespace.
+    pub net: NetAsk,
 }
 
 impl Default for SnapOptions {
     fn default() -> Self {
-        SnapOptions { netns: 0, port: 0, verbose: false, max_chain: 4096, max_owners: 65536 }
+        SnapOptions { netns: 0, port: 0, verbose: false, max_chain: 4096, max_owners: 65536, net: NetAsk::None }
     }
 }
 
-/// The network namespace whose ephemeral range is read.
-#[derive(Clone, Copy, Debug)]
-pub enum NetnsRef<'a> {
-    /// The caller's own.
-    Caller,
-    /// That of a socket of this process (e.g. one made in the namespace by a thread that
-    /// entered it).
-    Socket(BorrowedFd<'a>),
-    /// The `struct net` at this kernel address, as a walk or an event reported it
-    /// ([`Snapshot::nets`], `Event::net`); reading it checks that it still is the
-    /// namespace expected.
-    Kernel(u64),
+/// The fields of a request that ask for a NET record.
+fn net_fields(req: &mut SnapRequest, ask: NetAsk) {
+    match ask {
+        NetAsk::None => {}
+        NetAsk::Fd(fd) => {
+            req.with_net = 1;
+            req.netns_fd = fd;
+        }
+        NetAsk::Kernel(net) => {
+            req.with_net = 1;
+            req.net = net;
+        }
+    }
 }
 
 /// The loaded walk program and its ring buffer.
@@ -119,15 +135,17 @@ impl Snapshotter {
 
     /// Runs one walk and collects its records.
     pub fn take(&mut self, ebpf: &mut Ebpf, opts: &SnapOptions) -> Result<Snapshot, SnapshotError> {
-        let req = SnapRequest {
+        let mut req = SnapRequest {
             netns: opts.netns,
             port: opts.port,
             verbose: opts.verbose as u8,
             mode: SNAP_WALK,
             max_chain: opts.max_chain,
             max_owners: opts.max_owners,
+            netns_fd: -1,
             ..SnapRequest::default()
         };
+        net_fields(&mut req, opts.net);
         let (records, end) = self.request(ebpf, req)?;
         let mut snap = crate::decode::snapshot(&records);
         snap.slots = end.netns;
@@ -138,7 +156,7 @@ impl Snapshotter {
     /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
     /// `struct net` taken from an event.
     pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Lookup, SnapshotError> {
-        let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, ..SnapRequest::default() };
+        let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, netns_fd: -1, ..SnapRequest::default() };
         let (records, end) = self.request(ebpf, req)?;
         Ok(match records.into_iter().find(|r| r.kind == rec::BUCKET) {
             Some(r) => Lookup::Bucket(r),
@@ -147,28 +165,48 @@ impl Snapshotter {
         })
     }
 
-    /// The ephemeral range and reserved ports of a namespace, read from its `struct net`,
-    /// with its inode; `None` when it is gone (or its `struct net` now belongs to another
-    /// namespace than `expect`, when given) or its reserved ports could not be read.
-    pub fn ephemeral_range(
+    /// The one bucket of (`net`, `port`) with its per-address buckets and owners, `net`
+    /// being the kernel address of a `struct net` taken from an event; with `with_net`,
+    /// also that namespace's NET record. A bucket that is gone gives an empty snapshot; one
+    /// the search gave up on, an empty one marked truncated.
+    pub fn lookup_owners(
         &mut self,
         ebpf: &mut Ebpf,
-        netns: NetnsRef<'_>,
-        expect: Option<u32>,
-    ) -> Result<Option<(u32, EphemeralRange)>, SnapshotError> {
-        let (net, sock_fd) = match netns {
-            NetnsRef::Caller => (0, -1),
-            NetnsRef::Socket(fd) => (0, fd.as_raw_fd()),
-            NetnsRef::Kernel(net) => (net, -1),
+        net: u64,
+        port: u16,
+        max_owners: u32,
+        with_net: bool,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut req = SnapRequest {
+            port,
+            verbose: 1,
+            mode: SNAP_LOOKUP,
+            max_owners,
+            max_chain: 1,
+            net,
+            netns_fd: -1,
+            ..SnapRequest::default()
         };
-        let req = SnapRequest { mode: SNAP_NETNS, net, sock_fd, ..SnapRequest::default() };
-        self.request(ebpf, req)?;
-        let arr: Array<_, NetnsPorts> = bpf::map(ebpf, "NETNS_PORTS")?;
-        let raw = arr.get(&0, 0).map_err(bpf::access("NETNS_PORTS"))?;
-        if raw.seq != self.seq {
-            return Err(SnapshotError::NoReply);
+        if with_net {
+            req.with_net = 1;
         }
-        Ok(crate::decode::ephemeral_range(&raw).filter(|(inode, _)| expect.is_none_or(|e| e == *inode)))
+        let (records, end) = self.request(ebpf, req)?;
+        let mut snap = crate::decode::snapshot(&records);
+        // A search that gave up found no bucket without knowing there is none.
+        snap.complete = end.flags & (snapflag::WALK_TRUNCATED | snapflag::LOOKUP_TRUNCATED) == 0;
+        Ok(snap)
+    }
+
+    /// The NET record of a namespace alone (its port range, reserved ports and
+    /// `tcp_tw_reuse`): a verbose lookup of port 0, which no bucket has, asking for it.
+    /// `None` when the namespace is gone or, given `expect`, its `struct net` now belongs
+    /// to another namespace (a freed `struct net` may be reused).
+    pub fn net_info(&mut self, ebpf: &mut Ebpf, ask: NetAsk, expect: Option<u32>) -> Result<Option<NetInfo>, SnapshotError> {
+        let mut req = SnapRequest { verbose: 1, mode: SNAP_LOOKUP, max_chain: 1, netns_fd: -1, ..SnapRequest::default() };
+        net_fields(&mut req, ask);
+        let (records, _) = self.request(ebpf, req)?;
+        let net = crate::decode::snapshot(&records).net;
+        Ok(net.filter(|n| n.netns != 0 && expect.is_none_or(|e| e == n.netns)))
     }
 
     /// Writes the request, runs the walk program, collects the records up to END.

@@ -791,6 +791,46 @@ fn verbose_lists_addresses_and_owner_sockets() {
     ] {
         assert!(out.contains(needle), "table -v lacks {needle:?}:\n{out}");
     }
+    // Like ss -p: the processes holding each owner (this test holds them all), in the
+    // JSON and the table; the TIME-WAIT socket has no process, uid or inode.
+    let me = std::process::id();
+    let comm = std::fs::read_to_string("/proc/self/comm").expect("comm");
+    let comm = comm.trim_end();
+    for (port, row) in &got {
+        for a in row["addresses"].as_array().expect("addresses") {
+            for o in a["owners"].as_array().expect("owners") {
+                if o["state"] == "TIME_WAIT" {
+                    assert_eq!(o["holders"], serde_json::json!([]), "port {port}: {o}");
+                    assert!(o["uid"].is_null() && o["inode"].is_null(), "port {port}: {o}");
+                    assert!(!o["remote"].is_null(), "a TIME-WAIT socket keeps its peer: {o}");
+                } else {
+                    let pids: Vec<u64> = o["holders"]
+                        .as_array()
+                        .expect("holders")
+                        .iter()
+                        .filter_map(|h| h["pid"].as_u64())
+                        .collect();
+                    assert_eq!(pids, vec![u64::from(me)], "port {port}: {o}");
+                    assert_eq!(o["holders"][0]["comm"], comm, "port {port}: {o}");
+                    assert!(o["inode"].as_u64().is_some_and(|i| i > 0), "port {port}: {o}");
+                    assert_eq!(o["uid"], 0, "port {port}: {o}");
+                }
+            }
+        }
+    }
+    assert!(
+        out.lines().any(|l| l.contains("127.0.0.2:1234 TIME_WAIT ")
+            && l.contains(" -> ")
+            && l.ends_with("(TIME-WAIT: no process)")),
+        "{out}"
+    );
+    let users = format!("users:((\"{comm}\",pid={me},fd=");
+    assert!(
+        out.lines()
+            .filter(|l| l.contains("0.0.0.0:1234 LISTEN"))
+            .all(|l| l.contains(&users)),
+        "table -v names the holding process like ss -p ({users}...):\n{out}"
+    );
     // Without -v: no address rows, no `addresses` key.
     let rows = dump_json(&["--netns", &path]);
     assert!(

@@ -99,6 +99,9 @@ fn bind_conflict_is_bind_failed_with_eaddrinuse() {
         let b = tcp(ns);
         let err = b.bind(&v4("127.0.0.1", 5000)).expect_err("second bind must conflict");
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+        // The owner in the way stays a moment, as it would in real life: the failure is
+        // explained from the bucket read after the event arrives.
+        std::thread::sleep(Duration::from_millis(500));
         drop(a);
         drop(b);
     });
@@ -112,6 +115,22 @@ fn bind_conflict_is_bind_failed_with_eaddrinuse() {
     assert_eq!(failed[0]["fastreuse"], 0, "{s}");
     assert_eq!(find(&lines, "bucket_created", 5000).len(), 1, "{s}");
     assert_eq!(find(&lines, "bucket_destroyed", 5000).len(), 1, "{s}");
+    // Explained as it happened: the address it asked for, and the owner in the way with
+    // its process (this test) and the rule it trips.
+    assert_eq!(failed[0]["local"], "127.0.0.1:5000", "{s}");
+    let why = &failed[0]["explanation"];
+    assert_eq!(why["call"], "bind", "{}", failed[0]);
+    assert_eq!(why["verdict"], "EADDRINUSE", "{why}");
+    assert_eq!(why["conflicts"].as_array().map(Vec::len), Some(1), "{why}");
+    let c = &why["conflicts"][0];
+    assert_eq!(c["local"], "127.0.0.1:5000", "{why}");
+    assert_eq!(c["rule"], "same_address", "{why}");
+    assert_eq!(c["pid"].as_u64(), Some(u64::from(std::process::id())), "{why}");
+    assert!(why["drift"].is_null(), "read while the owner was still there: {why}");
+    // Successful transitions carry none.
+    for l in lines.iter().filter(|l| l["errno"] == 0) {
+        assert!(l["explanation"].is_null(), "{l}");
+    }
 }
 
 #[test]
@@ -127,6 +146,7 @@ fn quiz3_connect_fails_with_eaddrnotavail_on_60000() {
         let s2 = tcp(ns);
         let err = s2.connect(&v4("127.9.9.9", 1234)).expect_err("s2 connect must fail");
         assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL));
+        std::thread::sleep(Duration::from_millis(500));
         let (c, _) = l.accept().expect("accept");
         drop(c);
         drop(s1);
@@ -149,6 +169,18 @@ fn quiz3_connect_fails_with_eaddrnotavail_on_60000() {
     // The bucket that made it fail: s1's, bound by bind(): 0, one owner.
     assert_eq!(failed[0]["fastreuse"], 0, "{s}");
     assert_eq!(failed[0]["owners"], 1, "{s}");
+    // Explained as it happened: the range read from the namespace, its one port blocked
+    // by s1 (this test's socket), bound before it connected.
+    assert_eq!(failed[0]["remote"], "127.9.9.9:1234", "{s}");
+    let why = &failed[0]["explanation"];
+    assert_eq!(why["call"], "connect", "{}", failed[0]);
+    assert_eq!(why["verdict"], "EADDRNOTAVAIL", "{why}");
+    assert_eq!(why["range"], serde_json::json!([60000, 60000]), "{why}");
+    assert_eq!((why["free"].as_u64(), why["blocked"].as_u64()), (Some(0), Some(1)), "{why}");
+    assert_eq!(why["source"], "127.0.0.1", "routing's source toward 127.9.9.9: {why}");
+    let holder = &why["blocked_by"][0];
+    assert_eq!(holder["local"], "127.1.1.1:60000", "{why}");
+    assert_eq!(holder["pid"].as_u64(), Some(u64::from(std::process::id())), "{why}");
 }
 
 #[test]

@@ -24,7 +24,10 @@ use thiserror::Error;
 
 pub use self::{
     refusal::Refusal,
-    session::{Losses, ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
+    session::{
+        Losses, ProbeSession, SessionOptions, DRAIN_INTERVAL, EXPLAIN_RING_BYTES,
+        LOOKUP_RING_BYTES,
+    },
     walk::{WalkDriver, WalkDriverChoice, WalkReport},
 };
 use crate::{

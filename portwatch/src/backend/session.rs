@@ -23,12 +23,16 @@ use crate::{
     bpf::{self, error_chain},
     decode::decode_event,
     kernel::{compat::Id, Resolved},
-    model::{EphemeralRange, FailureCounts, Snapshot},
-    snapshot::{Lookup, NetnsRef, SnapOptions, SnapshotError, Snapshotter},
+    model::{FailureCounts, NetInfo, Snapshot},
+    snapshot::{Lookup, NetAsk, SnapOptions, SnapshotError, Snapshotter},
 };
 
 /// A snapshot ring for sessions that only look up single buckets.
 pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
+/// A snapshot ring for sessions that explain failures as they happen: one failed
+/// connect() reads its namespace's buckets with their owners (88 bytes a record, about
+/// 47,000 records; a walk that does not fit is reported as cut short).
+pub const EXPLAIN_RING_BYTES: u32 = 1 << 22;
 
 /// The snapshot ring of sessions that walk whole tables (`dump`, `top`): 65,536 records
 /// (64 bytes each with their header), a table of 50,000 listeners in one program run.
@@ -346,15 +350,11 @@ impl ProbeSession {
         Ok(self.snapshots.take(&mut self.ebpf, req)?)
     }
 
-    /// The ephemeral range and reserved ports of a namespace with its inode, read from the
-    /// kernel (see [`Snapshotter::ephemeral_range`]); `None` when it is gone or not the
+    /// A namespace's NET record (port range, reserved ports, `tcp_tw_reuse`) read from
+    /// its `struct net` (see [`Snapshotter::net_info`]); `None` when it is gone or not the
     /// namespace `expect`ed.
-    pub fn ephemeral_range(
-        &mut self,
-        netns: NetnsRef<'_>,
-        expect: Option<u32>,
-    ) -> Result<Option<(u32, EphemeralRange)>, BackendError> {
-        Ok(self.snapshots.ephemeral_range(&mut self.ebpf, netns, expect)?)
+    pub fn net_info(&mut self, ask: NetAsk, expect: Option<u32>) -> Result<Option<NetInfo>, BackendError> {
+        Ok(self.snapshots.net_info(&mut self.ebpf, ask, expect)?)
     }
 
     /// The failed bind()/connect() calls the kernel counted since the programs were loaded
@@ -366,6 +366,14 @@ impl ProbeSession {
             .collect::<Result<Vec<_>, _>>()
             .map_err(bpf::access("ERRORS"))?;
         Ok(crate::decode::failure_counts(entries))
+    }
+
+    /// The owners of the one bucket of (`net`, `port`), `net` being an event's
+    /// `struct net` (see `Snapshotter::lookup_owners`).
+    pub fn lookup_owners(&mut self, net: u64, port: u16) -> Result<Snapshot, BackendError> {
+        Ok(self
+            .snapshots
+            .lookup_owners(&mut self.ebpf, net, port, self.max_owners, false)?)
     }
 }
 
@@ -518,4 +526,20 @@ fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendErr
         }
     }
     Ok(())
+}
+
+/// Explanations of failures read their buckets through the session.
+impl crate::explain::live::BucketSource for ProbeSession {
+    fn port_owners(&mut self, net: u64, port: u16) -> anyhow::Result<Snapshot> {
+        Ok(self.lookup_owners(net, port)?)
+    }
+
+    fn namespace(&mut self, net: u64, netns: u32) -> anyhow::Result<Snapshot> {
+        Ok(self.snapshot(&SnapOptions {
+            netns,
+            verbose: true,
+            net: crate::snapshot::NetAsk::Kernel(net),
+            ..SnapOptions::default()
+        })?)
+    }
 }

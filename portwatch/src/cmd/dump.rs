@@ -3,7 +3,7 @@ use std::{io::Write as _, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use portwatch::{backend::SessionOptions, render, snapshot::SnapOptions};
+use portwatch::{backend::SessionOptions, procs::ProcessTable, render, snapshot::SnapOptions};
 
 /// Exit status of a walk that did not cover its whole scope (a hash chain cut short or
 /// unreadable, a chain that changed between two runs of a resumed walk): the table is
@@ -25,7 +25,9 @@ pub struct DumpArgs {
     /// One JSON array instead of a table.
     #[arg(long)]
     json: bool,
-    /// Also list each port's per-address buckets and their owner sockets.
+    /// Also list each port's per-address buckets and their owner sockets, with the
+    /// processes holding them (pid, name, fd, as `ss -p` shows them; a TIME-WAIT socket
+    /// has none).
     #[arg(short, long)]
     verbose: bool,
     /// Print the in-kernel walk time on stderr (`walk_ms=...`).
@@ -44,7 +46,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         ..SessionOptions::default()
     })?;
     let started = std::time::Instant::now();
-    let snap = session
+    let mut snap = session
         .snapshot(&SnapOptions {
             netns: netns.inode().unwrap_or(0),
             port: a.port.unwrap_or(0),
@@ -54,6 +56,10 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         .context("walking the bind hash table")?;
     if a.timing {
         eprintln!("walk_ms={:.3}", started.elapsed().as_secs_f64() * 1e3);
+    }
+    if a.verbose {
+        // Like `ss -p`: the processes holding each owner socket.
+        ProcessTable::scan().fill(&mut snap);
     }
     if snap.owners_truncated {
         eprintln!("portwatch: an owner list was cut short (a bound was hit): counts marked ≥ are lower bounds");

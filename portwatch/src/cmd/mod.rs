@@ -54,6 +54,19 @@ pub fn open_session(opts: &SessionOptions) -> Result<ProbeSession> {
     Ok(session)
 }
 
+/// The explainer of failed bind/connect events (`trace`, `top`), with the running kernel's
+/// rules; `None` (with a warning) when the kernel release cannot be read.
+pub fn explainer() -> Option<portwatch::explain::live::Explainer> {
+    use portwatch::explain::variant::{KernelVersion, Variant};
+    match KernelVersion::running() {
+        Ok(v) => Some(portwatch::explain::live::Explainer::new(Variant::for_version(v))),
+        Err(e) => {
+            eprintln!("portwatch: failures will not be explained: reading the kernel release: {e}");
+            None
+        }
+    }
+}
+
 /// Writes the ready file once everything is attached.
 pub fn write_ready_file(path: Option<&std::path::Path>) -> Result<()> {
     if let Some(p) = path {

@@ -7,9 +7,10 @@ use clap::Args;
 use portwatch::{
     backend::{ProbeChoice, ProbeSession, SessionOptions},
     decode,
-    model::{EphemeralRange, Scope, Snapshot, SocketEvent},
-    netns::{current_netns_inode, netns_path_for_inode, socket_in, NetnsFilter},
-    snapshot::{NetnsRef, SnapOptions},
+    explain::live::Explainer,
+    model::{NetInfo, Scope, Snapshot, SocketEvent},
+    netns::{current_netns_inode, netns_path_for_inode, NetnsFilter},
+    snapshot::{NetAsk, SnapOptions},
     views::top::{run_top, TopOptions, TopSource},
 };
 
@@ -49,9 +50,8 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 struct SessionSource {
     session: ProbeSession,
+    explainer: Option<Explainer>,
     snap: SnapOptions,
-    /// This process's netns.
-    own_netns: u32,
     header_netns: u32,
     header_path: Option<PathBuf>,
     summary: String,
@@ -75,25 +75,28 @@ impl TopSource for SessionSource {
 
     fn events(&mut self) -> Result<Vec<SocketEvent>> {
         let raw = self.session.drain()?;
-        Ok(raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?)
+        let mut events: Vec<SocketEvent> =
+            raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?;
+        if let Some(x) = self.explainer.as_mut() {
+            x.annotate(&mut self.session, &mut events);
+        }
+        Ok(events)
     }
 
-    /// Read by the kernel side from the namespace's `struct net`: this process's own
-    /// directly, another through a socket made in it for the occasion.
-    fn port_range(&mut self, netns: u32) -> Result<EphemeralRange> {
-        let read = if netns == self.own_netns {
-            self.session.ephemeral_range(NetnsRef::Caller, Some(netns))
-        } else {
-            let path = match &self.header_path {
-                Some(p) if netns == self.header_netns => p.clone(),
-                _ => netns_path_for_inode(netns)?,
-            };
-            let sock = socket_in(&path).with_context(|| format!("entering netns {netns} ({})", path.display()))?;
-            self.session.ephemeral_range(NetnsRef::Socket(std::os::fd::AsFd::as_fd(&sock)), Some(netns))
+    /// Read by the kernel side from the namespace's `struct net`, reached through its
+    /// nsfs file (`/proc/self/ns/net` for this process's own): the namespace is never
+    /// entered.
+    fn port_range(&mut self, netns: u32) -> Result<NetInfo> {
+        let path = match &self.header_path {
+            Some(p) if netns == self.header_netns => p.clone(),
+            _ => netns_path_for_inode(netns)?,
         };
-        let read = read.with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
-        read.map(|(_, range)| range)
-            .with_context(|| format!("netns {netns} is gone, or its ip_local_reserved_ports could not be read"))
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let read = self
+            .session
+            .net_info(NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&ns)), Some(netns))
+            .with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
+        read.with_context(|| format!("netns {netns} is gone (its nsfs file {} names another)", path.display()))
     }
 
     fn header_netns(&self) -> u32 {
@@ -130,8 +133,8 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     }
     let mut src = SessionSource {
         session,
+        explainer: super::explainer(),
         snap: SnapOptions { netns: filter, port: a.port.unwrap_or(0), ..SnapOptions::default() },
-        own_netns: current_netns_inode().context("reading this process's netns")?,
         header_netns,
         header_path,
         summary,

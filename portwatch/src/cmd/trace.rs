@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, ProbeSession, SessionOptions, DRAIN_INTERVAL, LOOKUP_RING_BYTES},
+    backend::{ProbeChoice, ProbeSession, SessionOptions, DRAIN_INTERVAL, EXPLAIN_RING_BYTES},
     decode,
     reducer::Reducer,
     render::{
@@ -85,7 +85,7 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
         netns: netns.inode().unwrap_or(0),
         ports: a.port.clone(),
         ring_bytes: a.ring_bytes,
-        snapshot_ring_bytes: Some(LOOKUP_RING_BYTES),
+        snapshot_ring_bytes: Some(EXPLAIN_RING_BYTES),
         ..SessionOptions::default()
     };
     let mut session = super::open_session(&opts)?;
@@ -173,6 +173,7 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock, scope:
         panic!("PORTWATCH_TEST_PANIC_AFTER_ATTACH=1: induced panic after attaching");
     }
     let mut reducer = Reducer::new();
+    let mut explainer = super::explainer();
     // Stdout is line-buffered: one write(2) per line would cost more than the tracing
     // itself at high event rates. Buffer, and flush once per batch of events.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
@@ -197,8 +198,16 @@ async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock, scope:
                 guard.clear_ready();
             }
         }
-        for raw in session.drain()? {
-            for t in reducer.apply(&decode::socket_event(&raw)?) {
+        let mut events = session
+            .drain()?
+            .iter()
+            .map(decode::socket_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(x) = explainer.as_mut() {
+            x.annotate(session, &mut events);
+        }
+        for ev in &events {
+            for t in reducer.apply(ev) {
                 write_transition(&mut out, &t, a.json, clock)?;
                 printed += 1;
                 if a.count.is_some_and(|c| printed >= c) {

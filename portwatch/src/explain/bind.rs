@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     sock::{
@@ -14,7 +14,7 @@ use super::{
 };
 
 /// The result of a bind().
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     /// The bind succeeds.
     #[serde(rename = "ok")]
@@ -27,7 +27,7 @@ pub enum Verdict {
 }
 
 /// Which part of `inet_csk_get_port()` decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Path {
     /// The port has no owner.
@@ -41,7 +41,7 @@ pub enum Path {
 }
 
 /// How a conflicting owner's address overlaps the bind's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// The same address (and family).
@@ -55,7 +55,7 @@ pub enum Overlap {
 
 /// Why the two sockets may not share the port although their addresses overlap
 /// (`inet_bind_conflict()`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Rule {
     /// Neither `SO_REUSEADDR` nor `SO_REUSEPORT` is set on both sockets.
@@ -73,7 +73,7 @@ pub enum Rule {
 }
 
 /// Where in the bucket the kernel found the owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
     /// Every owner of the port compared with `inet_rcv_saddr_equal()` (before 6.1, and
@@ -96,7 +96,7 @@ pub struct Conflict {
 }
 
 /// Options to add to a socket; [`Fix`] says to which.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub reuseaddr: bool,
     pub reuseport: bool,
@@ -132,7 +132,7 @@ impl Change {
 }
 
 /// A change that makes the bind succeed, checked by running the rules again with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Fix {
     /// Set these on the new socket.
@@ -457,10 +457,12 @@ fn fixes(cand: &Sock, owners: &[Owner], found: &[Conflict], v: &Variant) -> Vec<
     uids.dedup();
     let v6only_possible = cand.local.is_v6() && !cand.local.is_mapped() && !cand.opts.v6only;
     let mut changes: Vec<Change> = Vec::new();
+    // A sharing option the new socket already sets still counts: the owners may need it
+    // too (both sockets must set SO_REUSEADDR, or SO_REUSEPORT).
     for bits in 0u8..8 {
         let base = Change {
-            reuseaddr: bits & 1 != 0 && !cand.opts.reuseaddr,
-            reuseport: bits & 2 != 0 && !cand.opts.reuseport,
+            reuseaddr: bits & 1 != 0,
+            reuseport: bits & 2 != 0,
             v6only: bits & 4 != 0 && v6only_possible,
             uid: None,
         };

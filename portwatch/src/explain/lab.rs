@@ -24,6 +24,8 @@ pub enum LabError {
     Io { what: String, source: io::Error },
     #[error("socket set-up: {0}")]
     Setup(String),
+    #[error(transparent)]
+    Ask(#[from] super::ask::AskError),
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT` (`SOL_IP`).
@@ -225,6 +227,27 @@ impl Lab {
     /// The owners made so far, in order.
     pub fn held(&self) -> &[Held] {
         &self.held
+    }
+
+    /// The namespace as `explain` addresses it (`--netns /proc/PID/task/TID/ns/net`).
+    pub fn target(&self) -> Result<super::ask::Target, LabError> {
+        Ok(super::ask::Target {
+            inode: self.ns.inode(),
+            path: self.ns.path()?,
+        })
+    }
+
+    /// The owner an explanation names: by inode for a socket that has one, else (a
+    /// TIME-WAIT socket) by local and remote address.
+    pub fn index_of(&self, o: &crate::model::NamedOwner) -> Option<usize> {
+        self.held.iter().position(|h| match (&h.socket, o.inode) {
+            (Some(s), Some(ino)) => socket_inode(s) == Some(ino),
+            (None, None) => {
+                h.owner.sock.local.canonical() == o.local.ip()
+                    && h.owner.remote.map(canonical) == o.remote.map(canonical)
+            }
+            _ => false,
+        })
     }
 
     /// Adds an owner. A per-address bucket lives while it has owners: buckets of
@@ -536,6 +559,18 @@ impl Lab {
     pub fn expect_time_wait(&self, local_port: u16, remote_port: u16) -> Result<(), LabError> {
         self.wait_time_wait(local_port, remote_port)
     }
+}
+
+/// The inode of a socket (`socket:[N]` in /proc/PID/fd).
+pub fn socket_inode(s: &Socket) -> Option<u64> {
+    nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(s))
+        .ok()
+        .map(|st| st.st_ino)
+}
+
+/// A socket address with IPv4 and v4-mapped forms made equal.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 /// Reads until the peer's FIN (with a deadline).

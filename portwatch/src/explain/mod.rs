@@ -1,6 +1,10 @@
 //! `explain`: why a bind() fails with `EADDRINUSE` or a connect() with `EADDRNOTAVAIL`,
 //! from the kernel's own rules applied to the owners of the port.
 //!
+//! [`ask`] is the command path of `explain bind`/`explain connect` (the owners read from
+//! the kernel by a verbose snapshot, turned into the engine's input by [`query`]);
+//! [`live`] explains the failures `trace` and `top` see, as they happen.
+//!
 //! The engine ([`bind`], [`connect`]) is pure: it is given the owners (address, family,
 //! TCP state, `SO_REUSEADDR`, `SO_REUSEPORT`, uid, `IPV6_V6ONLY`, bound device), the
 //! bucket's fast-path state, the candidate socket and the kernel [`variant::Variant`],
@@ -33,13 +37,17 @@
 //! | `tw_reuse` | a TIME-WAIT socket on the same 4-tuple blocks the port unless `tcp_tw_reuse` (1, or 2 on loopback) lets connect() take it over once it is about a second old and both ends used timestamps (`tcp_twsk_unique()`) | all | — |
 //! | `release_resets_bucket` | when an owner leaves and every remaining owner took its port through connect(), the bucket returns to -1/-1 | 6.18+ | d57f4b874946 |
 //!
-//! Each dated row is one [`variant::Row`]; [`variant::Variant`] holds the switches for one
-//! kernel.
+//! Each dated row is one [`variant::Row`], naming its change's row of the compatibility
+//! table (`kernel::compat`, which holds the release, commit and backports);
+//! [`variant::Variant`] holds the switches for one kernel.
 
+pub mod ask;
 pub mod bind;
 pub mod connect;
 pub mod judge;
 pub mod lab;
+pub mod live;
 pub mod observe;
+pub mod query;
 pub mod sock;
 pub mod variant;

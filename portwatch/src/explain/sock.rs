@@ -271,13 +271,8 @@ pub enum OwnerState {
     Other,
 }
 
-/// A socket family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    Inet,
-    Inet6,
-}
+/// A socket family (the model's).
+pub use crate::model::Family;
 
 /// One owner of a port: a socket in the port's bind bucket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -1,137 +1,44 @@
-//! Which of the kernel's port-sharing rules hold on a given kernel: one row per change,
-//! naming the release and commit that introduced it, and the switches the rules engine
-//! reads ([`Variant`]).
+//! Which of the kernel's port-sharing rules hold on a given kernel: the rows of the
+//! compatibility table (`kernel::compat`) whose change alters a rule, what the rule is
+//! then, and the switches the rules engine reads ([`Variant`]).
 //!
-//! A row can also hold on older stable releases that took the change as a backport; those
-//! releases are listed in the row (only backports read in a stable release's sources are
-//! listed).
-
-use std::fmt;
+//! A row's release, commit and stable backports (to the patch level) live in that table
+//! only; a rule holds on a release that carries its row's change.
 
 use serde::Serialize;
 
-/// A kernel release as `major.minor.patch` (the upstream numbers, not a distribution's ABI
-/// number: Debian's `6.1.0-57-cloud-amd64` is upstream 6.1.192, which its `/proc/version`
-/// names).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct KernelVersion {
-    pub major: u16,
-    pub minor: u16,
-    pub patch: u16,
-}
-
-impl KernelVersion {
-    pub const fn new(major: u16, minor: u16, patch: u16) -> Self {
-        KernelVersion {
-            major,
-            minor,
-            patch,
-        }
-    }
-
-    /// Parses the leading `X.Y[.Z]` of a release string (`6.18.44-fc-v1045`, `7.3.4+deb13`).
-    pub fn parse(release: &str) -> Option<Self> {
-        let head: String = release
-            .trim()
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        let mut it = head.split('.').filter(|s| !s.is_empty());
-        let major = it.next()?.parse().ok()?;
-        let minor = it.next()?.parse().ok()?;
-        let patch = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        Some(KernelVersion {
-            major,
-            minor,
-            patch,
-        })
-    }
-
-    /// The upstream release of the running kernel from the text of `/proc/version`:
-    /// Debian builds name it after `Debian ` (`... Debian 6.1.192-3 (...)`), Ubuntu's
-    /// `/proc/version_signature` ends with it; otherwise the release itself.
-    pub fn from_proc_version(proc_version: &str, signature: Option<&str>) -> Option<Self> {
-        if let Some(sig) = signature {
-            if let Some(v) = sig.split_whitespace().last().and_then(Self::parse) {
-                return Some(v);
-            }
-        }
-        let words: Vec<&str> = proc_version.split_whitespace().collect();
-        let i = words.iter().position(|w| *w == "version")?;
-        let release = words.get(i + 1).and_then(|w| Self::parse(w))?;
-        // The compiler's own "(Debian 12.2.0-14)" comes earlier: take the last "Debian X"
-        // of the same major.minor as the release.
-        let debian = words
-            .windows(2)
-            .rev()
-            .filter(|w| w[0] == "Debian")
-            .filter_map(|w| Self::parse(w[1]))
-            .find(|v| (v.major, v.minor) == (release.major, release.minor));
-        Some(debian.unwrap_or(release))
-    }
-
-    /// The running kernel's upstream release.
-    pub fn running() -> std::io::Result<Self> {
-        let text = std::fs::read_to_string("/proc/version")?;
-        let sig = std::fs::read_to_string("/proc/version_signature").ok();
-        Self::from_proc_version(&text, sig.as_deref()).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "no kernel release found in /proc/version ({:?})",
-                    text.trim()
-                ),
-            )
-        })
-    }
-}
-
-impl fmt::Display for KernelVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
+pub use crate::kernel::KernelVersion;
+use crate::kernel::compat::{self, Id};
 
 /// One kernel change that alters a port-sharing rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
     /// The switch in [`Variant`] this row sets.
     pub name: &'static str,
-    /// First mainline release with the change.
-    pub since: KernelVersion,
-    /// Upstream commit (12 hex digits) and its subject.
-    pub commit: &'static str,
-    pub subject: &'static str,
-    /// Older stable releases that carry it (`x.y.z`: that series from z on).
-    pub backports: &'static [KernelVersion],
+    /// The compatibility-table row of the change.
+    pub change: Id,
     /// What the rule is on kernels that have the change.
     pub effect: &'static str,
 }
 
 impl Row {
-    /// True when `v` has this change (mainline `since` or a listed stable backport).
-    pub fn holds_on(&self, v: KernelVersion) -> bool {
-        if v >= self.since {
-            return true;
-        }
-        self.backports
-            .iter()
-            .any(|b| b.major == v.major && b.minor == v.minor && v.patch >= b.patch)
+    /// The change's row in the compatibility table.
+    pub fn variant(&self) -> &'static compat::Variant {
+        compat::variant(self.change)
     }
-}
 
-const fn kv(major: u16, minor: u16, patch: u16) -> KernelVersion {
-    KernelVersion::new(major, minor, patch)
+    /// True when `v` has this change (mainline or a listed stable backport; a later
+    /// release that reworked the same structures keeps the rule).
+    pub fn holds_on(&self, v: KernelVersion) -> bool {
+        self.variant().introduced_in(v)
+    }
 }
 
 /// Every change the rules engine knows, oldest first.
 pub const ROWS: &[Row] = &[
     Row {
         name: "bhash2_bind",
-        since: kv(6, 1, 0),
-        commit: "28044fc1d495",
-        subject: "net: Add a bhash2 table hashed by port and address",
-        backports: &[],
+        change: Id::Bhash2,
         effect: "a bind() to a specific address checks only the owners of its own \
                  (port, address) bucket and of the port's wildcard buckets \
                  (inet_bhash2_conflict, inet_bhash2_addr_any_conflict); a wildcard bind \
@@ -139,29 +46,14 @@ pub const ROWS: &[Row] = &[
     },
     Row {
         name: "bhash2_timewait",
-        since: kv(6, 2, 0),
-        commit: "936a192f9740",
-        subject: "tcp: Add TIME_WAIT sockets in bhash2.",
-        backports: &[kv(6, 1, 176)],
-        effect: "TIME-WAIT sockets sit in the per-address buckets too, so they conflict \
-                 with a bind() to a specific address",
-    },
-    Row {
-        name: "bhash2_v6only_owner",
-        since: kv(6, 9, 0),
-        commit: "ea111449501e",
-        subject: "tcp: Fix bind() regression for v6-only wildcard and v4-mapped-v6 \
-                  non-wildcard addresses.",
-        backports: &[kv(6, 1, 168)],
-        effect: "on the per-address path an IPV6_V6ONLY owner never conflicts with an IPv4 \
-                 or v4-mapped bind() (__inet_bhash2_conflict)",
+        change: Id::Tb2Deathrow,
+        effect: "TIME-WAIT sockets sit in the per-address buckets too (on tb2->deathrow, \
+                 with the other owners from 6.8), so they conflict with a bind() to a \
+                 specific address",
     },
     Row {
         name: "bind2_no_family",
-        since: kv(6, 8, 0),
-        commit: "06a8c04f8994",
-        subject: "tcp: Save v4 address as v4-mapped-v6 in inet_bind2_bucket.v6_rcv_saddr.",
-        backports: &[],
+        change: Id::Tb2AddrType,
         effect: "per-address buckets hold IPv4 addresses in v4-mapped form and no family: a \
                  wildcard bucket of 0.0.0.0 / ::ffff:0.0.0.0 is checked by a v4-mapped bind() \
                  whoever created it; from 6.1 to 6.7 a bucket keeps the family of the socket \
@@ -170,22 +62,22 @@ pub const ROWS: &[Row] = &[
     },
     Row {
         name: "first_owner_sets_fastreuse",
-        since: kv(6, 8, 0),
-        commit: "8002d44fe84d",
-        subject: "tcp: Check hlist_empty(&tb->bhash2) instead of hlist_empty(&tb->owners).",
-        backports: &[],
+        change: Id::OwnersOnTb2,
         effect: "inet_csk_update_fastreuse() no longer sees a new bucket as empty (its \
-                 per-address bucket is linked first): a bucket made by an SO_REUSEADDR bind \
-                 starts at fastreuse 0, not +1, and one made by an SO_REUSEPORT bind at \
-                 fastreuseport 2 (strict), not 1 (any); this row is the change, the switch \
-                 is true before it",
+                 per-address bucket is linked first, 8002d44fe84d): a bucket made by an \
+                 SO_REUSEADDR bind starts at fastreuse 0, not +1, and one made by an \
+                 SO_REUSEPORT bind at fastreuseport 2 (strict), not 1 (any); this row is the \
+                 change, the switch is true before it",
+    },
+    Row {
+        name: "bhash2_v6only_owner",
+        change: Id::V6onlyOwnerOnTb2,
+        effect: "on the per-address path an IPV6_V6ONLY owner never conflicts with an IPv4 \
+                 or v4-mapped bind() (__inet_bhash2_conflict)",
     },
     Row {
         name: "release_resets_bucket",
-        since: kv(6, 18, 0),
-        commit: "d57f4b874946",
-        subject: "tcp: Update bind bucket state on port release",
-        backports: &[],
+        change: Id::ConnectBind,
         effect: "when an owner leaves and every owner left was bound by connect() \
                  (SOCK_CONNECT_BIND), the bucket returns to fastreuse -1 / fastreuseport -1 \
                  and connect() can share its port again; before, the state stays until the \
@@ -236,34 +128,8 @@ impl Variant {
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_releases_and_proc_version() {
-        assert_eq!(
-            KernelVersion::parse("6.18.44-fc-v1045"),
-            Some(kv(6, 18, 44))
-        );
-        assert_eq!(
-            KernelVersion::parse("7.3.4+deb13-cloud-amd64"),
-            Some(kv(7, 3, 4))
-        );
-        assert_eq!(KernelVersion::parse("6.8"), Some(kv(6, 8, 0)));
-        assert_eq!(KernelVersion::parse("x6.8"), None);
-        let debian = "Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) \
-                      (gcc-12 (Debian 12.2.0-14) 12.2.0) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-3 (2026-11-20)";
-        assert_eq!(
-            KernelVersion::from_proc_version(debian, None),
-            Some(kv(6, 1, 192))
-        );
-        let plain = "Linux version 6.18.44-fc-v1045 (builder@sandboxing) (gcc (GCC) 15.3.0) #1";
-        assert_eq!(
-            KernelVersion::from_proc_version(plain, None),
-            Some(kv(6, 18, 44))
-        );
-        let ubuntu_sig = "Ubuntu 6.8.0-45.45-generic 6.8.12";
-        assert_eq!(
-            KernelVersion::from_proc_version("Linux version 6.8.0-45-generic", Some(ubuntu_sig)),
-            Some(kv(6, 8, 12))
-        );
+    const fn kv(major: u16, minor: u16, patch: u16) -> KernelVersion {
+        KernelVersion::new(major, minor, patch)
     }
 
     #[test]
@@ -283,12 +149,8 @@ mod tests {
         assert!(v618.release_resets_bucket);
         assert_eq!(Variant::for_version(kv(7, 3, 4)).rows().count(), ROWS.len());
         for r in ROWS {
-            assert_eq!(r.commit.len(), 12, "{}", r.name);
-            assert!(
-                r.commit.bytes().all(|b| b.is_ascii_hexdigit()),
-                "{}",
-                r.name
-            );
+            assert!(!r.variant().commits.is_empty(), "{}", r.name);
         }
+        assert!(ROWS.windows(2).all(|w| w[0].variant().since <= w[1].variant().since));
     }
 }

@@ -27,11 +27,14 @@ use super::{
 use crate::{
     backend::ProbeSession,
     decode,
-    model::{EphemeralRange, FailureCounts, Fastreuse, Op, Scope, Snapshot},
+    model::{FailureCounts, Fastreuse, NetInfo, Op, Scope, Snapshot},
     pressure::pressure,
     reducer::Reducer,
-    snapshot::{NetnsRef, SnapOptions},
+    snapshot::{NetAsk, SnapOptions},
 };
+
+/// This process's network namespace, whose range is reported even when it holds no bucket.
+const OWN_NETNS: &str = "/proc/self/ns/net";
 
 /// How often events are drained between scrapes (keeps the ring buffer from filling up).
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
@@ -75,8 +78,8 @@ pub struct CollectorConfig {
 struct Namespace {
     /// Kernel address of its `struct net` (from a walk or an event): how its range is read.
     net: Option<u64>,
-    /// Its ephemeral range as last read.
-    range: Option<EphemeralRange>,
+    /// Its NET record (ephemeral range, reserved ports) as last read.
+    range: Option<NetInfo>,
 }
 
 /// The collector's state, owned by its thread.
@@ -232,10 +235,10 @@ impl Collector {
         };
         let read = self
             .session
-            .ephemeral_range(NetnsRef::Kernel(net), Some(netns))
+            .net_info(NetAsk::Kernel(net), Some(netns))
             .with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
         match read {
-            Some((_, range)) => {
+            Some(range) => {
                 if let Some(ns) = self.namespaces.get_mut(&netns) {
                     ns.range = Some(range);
                 }
@@ -254,7 +257,7 @@ impl Collector {
 
     /// Makes the reducer agree with a walk (events drained first, so the walk has the
     /// last word) and reads every known namespace's range again (this process's own
-    /// through itself).
+    /// through its nsfs file, which it may always open).
     fn apply_walk(&mut self, snap: &Snapshot) -> Result<()> {
         self.drain()?;
         let ts_ns = crate::render::time::monotonic_now_ns().unwrap_or(0);
@@ -268,11 +271,14 @@ impl Collector {
                 self.namespaces.entry(netns).or_default().net = Some(net);
             }
         }
+        let own_ns =
+            std::fs::File::open(OWN_NETNS).with_context(|| format!("opening {OWN_NETNS}"))?;
         let own = self
             .session
-            .ephemeral_range(NetnsRef::Caller, None)
+            .net_info(NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&own_ns)), None)
             .context("reading this process's ephemeral port range")?;
-        if let Some((netns, range)) = own {
+        if let Some(range) = own {
+            let netns = range.netns;
             if self.wanted(netns) {
                 self.namespaces.entry(netns).or_default().range = Some(range);
             }
@@ -344,7 +350,7 @@ impl Collector {
         NetnsSample {
             netns,
             name,
-            range_ports: range.map(EphemeralRange::usable),
+            range_ports: range.map(NetInfo::usable),
             ports,
             buckets: by_fastreuse
                 .into_iter()

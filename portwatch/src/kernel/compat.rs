@@ -1,21 +1,27 @@
-//! The kernel variants portwatch knows: one row per change in the kernel's bind table or
-//! in the functions portwatch hooks, with the release and commit that introduced it and
-//! how the running kernel's BTF shows it. The layout builder (`layout.rs`), the eBPF
-//! helpers (`portwatch-ebpf/src/compat.rs`), the hook table of the fentry and kprobe
-//! backends and the report of `portwatch probes` all decide by these rows.
+//! The kernel variants portwatch knows: one row per change in the kernel's bind table, in
+//! its port-sharing rules or in the functions portwatch hooks, with the release and commit
+//! that introduced it and how the running kernel's BTF shows it. The layout builder
+//! (`layout.rs`), the eBPF helpers (`portwatch-ebpf/src/compat.rs`), the hook table of the
+//! fentry and kprobe backends, the rules of `explain` (`explain/variant.rs`) and the
+//! report of `portwatch probes` all decide by these rows.
 //!
 //! A commit list is empty where no commit could be confirmed (version only).
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{btf::KernelBtf, LayoutError};
+use super::{
+    btf::KernelBtf,
+    version::{release, KernelVersion},
+    LayoutError,
+};
 
 /// Names a row of [`VARIANTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Id {
     SkProtocolU16,
+    TcpSysctlsU8,
     BpfLoop,
     Bhash2,
     Tb2Deathrow,
@@ -24,6 +30,7 @@ pub enum Id {
     PackedPortRange,
     OwnersOnTb2,
     Tb2AddrType,
+    V6onlyOwnerOnTb2,
     HashdanceSchedule,
     HashConnectPort0,
     Tb2Fastreuse,
@@ -31,9 +38,6 @@ pub enum Id {
     UpdateFastreuseTb2,
     NsCommonType,
 }
-
-/// A mainline release, `(major, minor)`.
-pub type Release = (u32, u32);
 
 /// How a variant shows in BTF.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +52,9 @@ pub enum Detect {
     Func(&'static str),
     /// The function has a parameter of this name.
     Param(&'static str, &'static str),
+    /// Nothing in BTF (a change in a function's logic only): present by release, to the
+    /// stable patch level, and checked by experiment by `explain selftest`.
+    Release,
 }
 
 /// One kernel variant.
@@ -57,13 +64,14 @@ pub struct Variant {
     /// What changed, in a few words.
     pub change: &'static str,
     /// The mainline release that introduced it.
-    pub since: Release,
+    pub since: KernelVersion,
     /// The commits that introduced it (empty: version only).
     pub commits: &'static [&'static str],
-    /// Stable series that carry it as a backport.
-    pub backports: &'static [Release],
+    /// Stable series that carry it as a backport (from release `patch` of the series;
+    /// 0 where that release is not known).
+    pub backports: &'static [KernelVersion],
     /// The mainline release that removed it again.
-    pub until: Option<Release>,
+    pub until: Option<KernelVersion>,
     pub detect: Detect,
     /// What portwatch does on a kernel with it.
     pub with: &'static str,
@@ -72,26 +80,33 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// Whether release `v` carries the change (mainline or a listed stable backport),
+    /// whatever a later release did with it (`until` is not applied).
+    pub fn introduced_in(&self, v: KernelVersion) -> bool {
+        self.since.reached(self.backports, v)
+    }
+
     /// Whether the latest releases of stable series `series` have this variant.
-    pub fn in_series(&self, series: Release) -> bool {
-        let added = self.since <= series || self.backports.contains(&series);
-        added && self.until.is_none_or(|until| series < until)
+    pub fn in_series(&self, series: impl Into<KernelVersion>) -> bool {
+        let s = series.into().series();
+        let added = self.since.series() <= s || self.backports.iter().any(|b| b.series() == s);
+        added && self.until.is_none_or(|until| s < until.series())
     }
 
     /// "6.8 (822fb91fc724, b2cb9f9ef240)", "6.15 (version only)", with backports and
     /// removal.
     pub fn provenance(&self) -> String {
-        let mut s = format!("{}.{}", self.since.0, self.since.1);
+        let mut s = self.since.mainline();
         if self.commits.is_empty() {
             s.push_str(" (version only)");
         } else {
             s.push_str(&format!(" ({})", self.commits.join(", ")));
         }
-        for (major, minor) in self.backports {
-            s.push_str(&format!(", backported to {major}.{minor}.y"));
+        for b in self.backports {
+            s.push_str(&format!(", backported to {}", b.stable()));
         }
-        if let Some((major, minor)) = self.until {
-            s.push_str(&format!(", gone in {major}.{minor}"));
+        if let Some(until) = self.until {
+            s.push_str(&format!(", gone in {}", until.mainline()));
         }
         s
     }
@@ -102,7 +117,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::SkProtocolU16,
         change: "sock.sk_protocol is a u16 instead of an 8-bit bit field",
-        since: (5, 6),
+        since: release(5, 6),
         commits: &["bf9765145b85"],
         backports: &[],
         until: None,
@@ -111,9 +126,20 @@ pub const VARIANTS: &[Variant] = &[
         without: "sk_protocol read as a byte when it is one; a bit field is refused",
     },
     Variant {
+        id: Id::TcpSysctlsU8,
+        change: "the tcp sysctls of struct netns_ipv4 narrowed to u8 (sysctl_tcp_tw_reuse among them)",
+        since: release(5, 13),
+        commits: &["4ecc1baf362c"],
+        backports: &[KernelVersion::new(5, 10, 178)],
+        until: None,
+        detect: Detect::IntMember("net", "ipv4.sysctl_tcp_tw_reuse", 1),
+        with: "explain connect reads tcp_tw_reuse as a byte",
+        without: "explain connect reads tcp_tw_reuse as an int",
+    },
+    Variant {
         id: Id::BpfLoop,
         change: "the bpf_loop helper (and callbacks as subprograms in the verifier)",
-        since: (5, 17),
+        since: release(5, 17),
         commits: &["e6f2dd0f8067"],
         backports: &[],
         until: None,
@@ -124,7 +150,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Bhash2,
         change: "per-address bind buckets (struct inet_bind2_bucket, the bhash2 table)",
-        since: (6, 1),
+        since: release(6, 1),
         commits: &["28044fc1d495"],
         backports: &[],
         until: None,
@@ -135,10 +161,10 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Tb2Deathrow,
         change: "TIME-WAIT sockets of a per-address bucket on tb2->deathrow",
-        since: (6, 2),
+        since: release(6, 2),
         commits: &["936a192f9740"],
-        backports: &[(6, 1)],
-        until: Some((6, 8)),
+        backports: &[KernelVersion::new(6, 1, 176)],
+        until: Some(release(6, 8)),
         detect: Detect::Member("inet_bind2_bucket", "deathrow"),
         with: "not read: these kernels also keep every owner, TIME-WAIT included, on tb->owners",
         without: "nothing to do",
@@ -146,9 +172,9 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::SocketPortRange,
         change: "IP_LOCAL_PORT_RANGE: an ephemeral port range per socket (inet_sock.local_port_range)",
-        since: (6, 3),
+        since: release(6, 3),
         commits: &["91d0b78c5177"],
-        backports: &[(6, 1)],
+        backports: &[KernelVersion::new(6, 1, 31)],
         until: None,
         detect: Detect::Member("inet_sock", "local_port_range"),
         with: "each socket's own range shown in dump -v and trace (events also show the netns's range)",
@@ -157,7 +183,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::InetFlags,
         change: "inet_sock bit fields moved into inet_flags (bind_address_no_port among them)",
-        since: (6, 6),
+        since: release(6, 6),
         commits: &["ca571e2eb7eb"],
         backports: &[],
         until: None,
@@ -168,7 +194,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::PackedPortRange,
         change: "ip_local_ports.range packed into one u32 (hi << 16 | lo)",
-        since: (6, 8),
+        since: release(6, 8),
         commits: &["d9f28735af87"],
         backports: &[],
         until: None,
@@ -179,8 +205,8 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::OwnersOnTb2,
         change: "owners moved from tb->owners to the owners of each tb2 on tb->bhash2",
-        since: (6, 8),
-        commits: &["822fb91fc724", "b2cb9f9ef240", "770041d337a8"],
+        since: release(6, 8),
+        commits: &["822fb91fc724", "8002d44fe84d", "b2cb9f9ef240", "770041d337a8"],
         backports: &[],
         until: None,
         detect: Detect::Member("inet_bind_bucket", "bhash2"),
@@ -190,7 +216,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Tb2AddrType,
         change: "tb2 keeps addr_type instead of family and stores IPv4 addresses v4-mapped",
-        since: (6, 8),
+        since: release(6, 8),
         commits: &["5a22bba13d01", "06a8c04f8994"],
         backports: &[],
         until: None,
@@ -199,9 +225,20 @@ pub const VARIANTS: &[Variant] = &[
         without: "per-address buckets read by their family (AF_INET or AF_INET6)",
     },
     Variant {
+        id: Id::V6onlyOwnerOnTb2,
+        change: "bind() to an IPv4 or v4-mapped address no longer conflicts with an IPV6_V6ONLY owner on the per-address path (__inet_bhash2_conflict)",
+        since: release(6, 9),
+        commits: &["ea111449501e"],
+        backports: &[KernelVersion::new(6, 1, 168)],
+        until: None,
+        detect: Detect::Release,
+        with: "explain: a v6-only owner does not block an IPv4 or v4-mapped bind() that checks per-address buckets",
+        without: "explain: a v6-only wildcard owner blocks an IPv4 or v4-mapped bind() that checks per-address buckets",
+    },
+    Variant {
         id: Id::HashdanceSchedule,
         change: "inet_twsk_hashdance became inet_twsk_hashdance_schedule",
-        since: (6, 11),
+        since: release(6, 11),
         commits: &["b334b924c9b7"],
         backports: &[],
         until: None,
@@ -212,7 +249,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::HashConnectPort0,
         change: "__inet_hash_connect gained a hash_port0 parameter",
-        since: (6, 15),
+        since: release(6, 15),
         commits: &[],
         backports: &[],
         until: None,
@@ -223,7 +260,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::Tb2Fastreuse,
         change: "each per-address bucket (tb2) has its own fastreuse/fastreuseport",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &["d57f4b874946"],
         backports: &[],
         until: None,
@@ -234,7 +271,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::ConnectBind,
         change: "connect()-bound owners are marked (SOCK_CONNECT_BIND in sk_userlocks, tw_connect_bind); releasing a port resets a bucket to -1/-1 when only connect()-bound owners remain (inet_bind{,2}_bucket_destroy() then runs on a bucket that keeps its owners)",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &["d57f4b874946"],
         backports: &[],
         until: None,
@@ -245,7 +282,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::UpdateFastreuseTb2,
         change: "inet_csk_update_fastreuse(tb, sk) became inet_csk_update_fastreuse(sk, tb, tb2)",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &["d57f4b874946"],
         backports: &[],
         until: None,
@@ -256,7 +293,7 @@ pub const VARIANTS: &[Variant] = &[
     Variant {
         id: Id::NsCommonType,
         change: "ns_common gained ns_type before inum (inum moved from offset 16 to 24)",
-        since: (6, 18),
+        since: release(6, 18),
         commits: &[],
         backports: &[],
         until: None,
@@ -277,11 +314,13 @@ pub fn variant(id: Id) -> &'static Variant {
 /// Which variants a kernel has.
 pub type Detected = BTreeMap<Id, bool>;
 
-/// Evaluates every row against `btf`. Only malformed BTF is an error; a missing struct,
-/// member or function means the variant is absent.
+/// Evaluates every row with a BTF signature against `btf` (rows detected by release are
+/// left out). Only malformed BTF is an error; a missing struct, member or function means
+/// the variant is absent.
 pub fn detect(btf: &KernelBtf) -> Result<Detected, LayoutError> {
     VARIANTS
         .iter()
+        .filter(|v| !matches!(v.detect, Detect::Release))
         .map(|v| Ok((v.id, detect_one(btf, v.detect)?)))
         .collect()
 }
@@ -303,6 +342,7 @@ fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
         Detect::Param(f, p) => btf
             .func_params(f)
             .is_some_and(|ps| ps.iter().any(|x| x == p)),
+        Detect::Release => false,
     })
 }
 
@@ -310,6 +350,13 @@ fn detect_one(btf: &KernelBtf, d: Detect) -> Result<bool, LayoutError> {
 mod tests {
     use super::*;
     use crate::kernel::{fake_kernel::FakeKernel, layout_from_btf_bytes};
+
+    /// The rows BTF shows.
+    fn in_btf() -> impl Iterator<Item = &'static Variant> {
+        VARIANTS
+            .iter()
+            .filter(|v| !matches!(v.detect, Detect::Release))
+    }
 
     #[test]
     fn every_id_has_exactly_one_row_and_rows_are_oldest_first() {
@@ -349,11 +396,11 @@ mod tests {
         }
         assert_eq!(
             variant(Id::OwnersOnTb2).provenance(),
-            "6.8 (822fb91fc724, b2cb9f9ef240, 770041d337a8)"
+            "6.8 (822fb91fc724, 8002d44fe84d, b2cb9f9ef240, 770041d337a8)"
         );
         assert_eq!(
             variant(Id::Tb2Deathrow).provenance(),
-            "6.2 (936a192f9740), backported to 6.1.y, gone in 6.8"
+            "6.2 (936a192f9740), backported to 6.1.176, gone in 6.8"
         );
         assert_eq!(
             variant(Id::NsCommonType).provenance(),
@@ -379,7 +426,7 @@ mod tests {
         for series in [(5, 10), (5, 15), (6, 1), (6, 6), (6, 8), (6, 12), (6, 18)] {
             let k = FakeKernel::linux_6_18().rewound_to(series);
             let detected = k.detected();
-            for v in VARIANTS {
+            for v in in_btf() {
                 assert_eq!(
                     detected[&v.id],
                     v.in_series(series),
@@ -402,14 +449,14 @@ mod tests {
     #[test]
     fn each_variant_is_detected_by_its_own_row() {
         let base = FakeKernel::linux_6_18().detected();
-        for v in VARIANTS {
+        for v in in_btf() {
             if v.id == Id::Bhash2 {
                 continue; // every per-address variant goes with it
             }
             let mut k = FakeKernel::linux_6_18();
             k.set_variant(v.id, !base[&v.id]);
             let now = k.detected();
-            for w in VARIANTS {
+            for w in in_btf() {
                 let expect = if w.id == v.id {
                     !base[&w.id]
                 } else {

@@ -183,8 +183,6 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
         }
     }
 
-    l.net_reserved_ports = btf.ptr_offset("net", "ipv4.sysctl_local_reserved_ports")?;
-
     // struct inet_hashinfo / inet_bind_hashbucket
     l.hashinfo_bhash = btf.ptr_offset("inet_hashinfo", "bhash")?;
     l.hashinfo_bhash_size = btf.int_offset("inet_hashinfo", "bhash_size", &[4])?.0;
@@ -272,6 +270,8 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
         l.tb2_v6_rcv_saddr = optional(btf.struct_offset(TB2, "v6_rcv_saddr"))?.unwrap_or(NO_FIELD);
     }
 
+    explain_fields(btf, &mut l)?;
+
     l.owners_mode = owners_mode(btf, &l)?;
     l.valid = 1;
 
@@ -286,6 +286,56 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
         functions,
         sites: None,
     })
+}
+
+/// What `explain` reads about owners (uid, `IPV6_V6ONLY`, bound device, inode), about a
+/// bucket's fast path and about a namespace (reached from an nsfs file: reserved ports,
+/// `tcp_tw_reuse`). Each is optional: without one, `explain` says what it could not read.
+fn explain_fields(btf: &KernelBtf, l: &mut Layout) -> Result<(), LayoutError> {
+    // A missing struct is as good as a missing member here: nothing else needs these.
+    fn absent<T>(r: Result<T, LayoutError>) -> Result<Option<T>, LayoutError> {
+        match r {
+            Err(LayoutError::MissingStruct { .. }) => Ok(None),
+            other => optional(other),
+        }
+    }
+    let int = |strukt: &str, path: &str, sizes: &[usize]| -> Result<u32, LayoutError> {
+        Ok(absent(btf.int_offset(strukt, path, sizes))?.map_or(NO_FIELD, |x| x.0))
+    };
+    let ptr = |strukt: &str, path: &str| -> Result<u32, LayoutError> {
+        Ok(absent(btf.ptr_offset(strukt, path))?.unwrap_or(NO_FIELD))
+    };
+    let embedded = |strukt: &str, path: &str| absent(btf.struct_offset(strukt, path));
+    l.sk_uid = int("sock", "sk_uid.val", &[4])?;
+    l.sk_ipv6only =
+        absent(btf.bitfield("sock", "__sk_common.skc_ipv6only"))?.unwrap_or(BitField::NONE);
+    l.sk_bound_dev_if = int("sock", "__sk_common.skc_bound_dev_if", &[4])?;
+    l.inode_ino = int("inode", "i_ino", &[8])?;
+    l.inode_private = ptr("inode", "i_private")?;
+    l.file_inode = ptr("file", "f_inode")?;
+    // SOCK_INODE(): the inode that follows the socket in struct socket_alloc.
+    l.socket_ino = match (
+        embedded("socket_alloc", "socket")?,
+        embedded("socket_alloc", "vfs_inode")?,
+    ) {
+        (Some(s), Some(i)) if i > s && l.inode_ino != NO_FIELD => i - s + l.inode_ino,
+        _ => NO_FIELD,
+    };
+    l.net_ns = embedded("net", "ns")?.unwrap_or(NO_FIELD);
+    l.net_reserved_ports = ptr("net", "ipv4.sysctl_local_reserved_ports")?;
+    // A u8 since the tcp sysctls were narrowed (row TcpSysctlsU8), an int before.
+    if let Some((o, size)) = absent(btf.int_offset("net", "ipv4.sysctl_tcp_tw_reuse", &[1, 4]))? {
+        l.net_tw_reuse = o;
+        l.net_tw_reuse_size = size as u32;
+    }
+    const TB: &str = "inet_bind_bucket";
+    l.tb_fastuid = int(TB, "fastuid.val", &[4])?;
+    l.tb_fast_v6_rcv_saddr = embedded(TB, "fast_v6_rcv_saddr")?.unwrap_or(NO_FIELD);
+    l.tb_fast_rcv_saddr = int(TB, "fast_rcv_saddr", &[4])?;
+    l.tb_fast_sk_family = int(TB, "fast_sk_family", &[2])?;
+    l.tb_fast_ipv6_only = int(TB, "fast_ipv6_only", &[1])?;
+    l.tw_tb2 = ptr("inet_timewait_sock", "tw_tb2")?;
+    Ok(())
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT`: a bit of `inet_flags` (variant [`Id::InetFlags`]) or the
@@ -422,7 +472,6 @@ mod tests {
             net_hashinfo: 320 + 64 + 64,
             net_port_range: 320 + 680,
             port_range_packed: 1,
-            net_reserved_ports: 320 + 704,
             hashinfo_bhash: 32,
             hashinfo_bhash_size: 56,
             bind_hashbucket_size: 16,
@@ -465,6 +514,23 @@ mod tests {
             tb2_addr_mapped: 1,
             tb2_v6_rcv_saddr: 16,
             tb2_rcv_saddr: NO_FIELD,
+            sk_uid: 560,
+            sk_ipv6only: bit(19, 5, 1),
+            sk_bound_dev_if: 20,
+            socket_ino: 128 + 64,
+            file_inode: 40,
+            inode_private: 560,
+            inode_ino: 64,
+            net_ns: 88,
+            net_reserved_ports: 320 + 1008,
+            net_tw_reuse: 320 + 300,
+            net_tw_reuse_size: 1,
+            tb_fastuid: 16,
+            tb_fast_v6_rcv_saddr: 20,
+            tb_fast_rcv_saddr: 36,
+            tb_fast_sk_family: 40,
+            tb_fast_ipv6_only: 42,
+            tw_tb2: NO_FIELD,
             owners_mode: OWNERS_ON_TB2,
             sk_bind_hash: 1032,
             valid: 1,

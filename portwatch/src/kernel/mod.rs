@@ -1,18 +1,21 @@
 //! What portwatch knows about kernels: a reader of the running kernel's BTF ([`btf`]),
 //! the table of kernel variants ([`compat`]), the layout handed to the eBPF programs
 //! built from both ([`layout`]), where the hooked functions really are in the kernel's
-//! text ([`symbols`]), and the report of all of it ([`report`]).
+//! text ([`symbols`]), the report of all of it ([`report`]), and the release numbers
+//! both tables of per-kernel decisions are keyed by ([`version`]).
 pub mod btf;
 pub mod compat;
 mod error;
 pub mod layout;
 pub mod report;
 pub mod symbols;
+pub mod version;
 
 use std::path::Path;
 
 pub use error::LayoutError;
 pub use layout::{NoPortSource, Resolved, Tb2Family, UpdateFastreuse, TRACKED_FUNCTIONS};
+pub use version::KernelVersion;
 
 /// Where the running kernel exposes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";

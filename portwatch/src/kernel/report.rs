@@ -5,8 +5,9 @@
 use serde_json::{json, Value};
 
 use super::{
-    compat::{Variant, VARIANTS},
+    compat::{Detect, Variant, VARIANTS},
     layout::{NoPortSource, Resolved, Tb2Family},
+    KernelVersion,
 };
 
 impl Resolved {
@@ -44,10 +45,16 @@ impl Resolved {
     /// comes from and what it changed; then what portwatch does about it here.
     pub fn variant_lines(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let running = KernelVersion::running().ok();
         for v in VARIANTS {
-            let has = self.has(v.id);
+            let has = present(self, v, running);
+            let how = if matches!(v.detect, Detect::Release) {
+                " (by release: BTF does not show it; explain selftest checks it by experiment)"
+            } else {
+                ""
+            };
             out.push(format!(
-                "[{}] {}: {}",
+                "[{}] {}: {}{how}",
                 if has { "x" } else { " " },
                 v.provenance(),
                 v.change
@@ -77,9 +84,10 @@ impl Resolved {
 
     /// The same facts as JSON.
     pub fn report_json(&self) -> Value {
+        let running = KernelVersion::running().ok();
         let variants: Vec<Value> = VARIANTS
             .iter()
-            .map(|v| variant_json(v, self.has(v.id)))
+            .map(|v| variant_json(v, present(self, v, running)))
             .collect();
         json!({
             "kernel": self.kernel_release,
@@ -98,16 +106,24 @@ impl Resolved {
     }
 }
 
+/// Whether the kernel has row `v`: by its BTF, or for a row BTF does not show, by the
+/// running kernel's release (`/proc/version`, to the stable patch level).
+fn present(r: &Resolved, v: &Variant, running: Option<KernelVersion>) -> bool {
+    match v.detect {
+        Detect::Release => running.is_some_and(|k| v.introduced_in(k)),
+        _ => r.has(v.id),
+    }
+}
+
 fn variant_json(v: &Variant, present: bool) -> Value {
-    let release = |(major, minor): (u32, u32)| format!("{major}.{minor}");
     json!({
         "id": v.id,
         "present": present,
         "change": v.change,
-        "since": release(v.since),
+        "since": v.since.mainline(),
         "commits": v.commits,
-        "backports": v.backports.iter().map(|&r| format!("{}.y", release(r))).collect::<Vec<_>>(),
-        "until": v.until.map(release),
+        "backports": v.backports.iter().map(|r| r.stable()).collect::<Vec<_>>(),
+        "until": v.until.map(|r| r.mainline()),
         "effect": if present { v.with } else { v.without },
     })
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::{AddrState, BucketInfo, Errno, Op, SockOpts, Task};
+use super::{AddrState, BucketInfo, Errno, Explanation, Family, Op, SockOpts, Task};
 
 /// The bucket an event found after its operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +39,18 @@ pub struct SocketEvent {
     pub opts: SockOpts,
     /// The port was not asked for but is the only port of the ephemeral range.
     pub port_from_range: bool,
+    /// Kernel address of the socket's `struct net`: an identity only, to read the
+    /// namespace's buckets again (0 when not known).
+    pub net: u64,
+    /// The socket's family, `IPV6_V6ONLY`, `sk_uid` and bound device, when it could be
+    /// read (what the rules compare for a failed bind).
+    pub family: Option<Family>,
+    pub v6only: bool,
+    pub uid: Option<u32>,
+    pub bound_dev: i32,
+    /// Why a failed bind/connect failed, when it was explained (see
+    /// [`crate::explain::live`]); the reducer passes it on to the failure's transition.
+    pub explanation: Option<Explanation>,
     /// The bucket lookup gave up before the end of its hash chain: `bucket` is `None`
     /// because its state is not known, not because there is none.
     pub lookup_truncated: bool,

@@ -7,8 +7,8 @@
 mod bucket;
 mod errno;
 mod event;
+mod explanation;
 mod failures;
-mod ports;
 mod resync;
 mod snapshot;
 mod tcp_state;
@@ -17,9 +17,12 @@ mod transition;
 pub use bucket::{AddrState, BucketInfo, BucketKey, Fastreuse, OwnerCount, PortRange};
 pub use errno::{errno_or_zero, Errno};
 pub use event::{SeenBucket, SocketEvent};
+pub use explanation::{
+    BindExplanation, Candidate, Conflict, ConflictRule, ConnectExplanation, Drift, Explanation,
+    NamedOwner, PortHolder, ProcessPorts, HOLDERS_SHOWN,
+};
 pub use failures::{FailureCount, FailureCounts};
-pub use ports::EphemeralRange;
 pub use resync::{Reread, Resync};
-pub use snapshot::{AddrRow, BucketRow, OwnerRow, Scope, Snapshot};
+pub use snapshot::{AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot};
 pub use tcp_state::TcpState;
 pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bucket::BucketInfo, errno::Errno, AddrState, BucketKey, Fastreuse, PortRange};
+use super::{
+    bucket::BucketInfo, errno::Errno, AddrState, BucketKey, Explanation, Fastreuse, PortRange,
+};
 
 /// The syscall or kernel action behind a transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -180,6 +182,9 @@ pub struct Transition {
     pub opts: SockOpts,
     /// The port was not asked for but is the only port of the ephemeral range.
     pub port_from_range: bool,
+    /// For `BindFailed`/`ConnectFailed`: why, when it was explained.
+    #[serde(default)]
+    pub explanation: Option<Explanation>,
     /// The state of the socket's per-address bucket after the operation, on kernels
     /// where it keeps its own (6.18+).
     #[serde(default)]
@@ -225,6 +230,7 @@ mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            explanation: None,
             addr: None,
         }
     }

@@ -611,6 +611,7 @@ mod tests {
                 remote: None,
                 opts: SockOpts::default(),
                 port_from_range: false,
+                explanation: None,
                 addr: None,
             };
             // One transition of ours, one of another netns, one of an unrelated port.

@@ -156,6 +156,9 @@ impl Column {
         if o.reuseport {
             s.push_str(" REUSEPORT");
         }
+        if o.v6only {
+            s.push_str(" V6ONLY");
+        }
         if let Some(how) = super::transition::bound_by(o.connect_bound) {
             s.push(' ');
             s.push_str(how);
@@ -163,8 +166,31 @@ impl Column {
         if let Some(r) = o.local_port_range {
             s.push_str(&format!(" range {r}"));
         }
+        if let Some(r) = o.remote {
+            s.push_str(&format!(" -> {r}"));
+        }
+        s.push(' ');
+        s.push_str(&users(o));
         s
     }
+}
+
+/// The processes holding an owner socket, as `ss -p` writes them:
+/// `users:(("nginx",pid=10,fd=6),("nginx",pid=11,fd=6))`; a TIME-WAIT socket has none
+/// (`TIME-WAIT: no process`), nor has a socket no file descriptor refers to.
+pub fn users(o: &OwnerRow) -> String {
+    if o.state == crate::model::TcpState::TimeWait {
+        return "(TIME-WAIT: no process)".to_owned();
+    }
+    if o.holders.is_empty() {
+        return "(no process)".to_owned();
+    }
+    let list: Vec<String> = o
+        .holders
+        .iter()
+        .map(|h| format!("(\"{}\",pid={},fd={})", h.comm, h.pid, h.fd))
+        .collect();
+    format!("users:({})", list.join(","))
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::{table::sorted_buckets, time::Clock};
 use crate::model::{
-    AddrRow, BucketInfo, BucketKey, BucketRow, Fastreuse, OwnerRow, PortRange, Reread, Resync, Snapshot, TcpState,
-    Transition,
+    AddrRow, BucketInfo, BucketKey, BucketRow, Explanation, Family, Fastreuse, Holder, OwnerRow,
+    PortRange, Reread, Resync, Snapshot, TcpState, Transition,
 };
 
 /// The JSON object of one transition; keys in this order, names fixed.
@@ -39,6 +39,8 @@ struct TransitionLine<'a> {
     reuseport: bool,
     bind_address_no_port: bool,
     port_from_range: bool,
+    /// For failures: why (see `model::Explanation`), null when not explained.
+    explanation: Option<&'a Explanation>,
     /// null where the kernel does not record it (before 6.18).
     connect_bound: Option<bool>,
     /// The socket's IP_LOCAL_PORT_RANGE, null when it set none.
@@ -78,6 +80,7 @@ pub fn transition_line(t: &Transition, clock: &Clock) -> serde_json::Result<Stri
         reuseport: t.opts.reuseport,
         bind_address_no_port: t.opts.bind_address_no_port,
         port_from_range: t.port_from_range,
+        explanation: t.explanation.as_ref(),
         connect_bound: t.opts.connect_bound,
         local_port_range: t.opts.local_port_range,
         addr_fastreuse: t.addr.map(|a| a.fastreuse.get()),
@@ -150,15 +153,16 @@ impl Serialize for Addresses<'_> {
     }
 }
 
-/// One per-address object: `address`, `fastreuse`, `fastreuseport`, `owners`.
+/// One per-address object: `address`, `family`, `fastreuse`, `fastreuseport`, `owners`.
 struct AddrJson<'a>(&'a AddrRow);
 
 impl Serialize for AddrJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
         let a = self.0;
-        let mut st = s.serialize_struct("AddrJson", 4)?;
+        let mut st = s.serialize_struct("AddrJson", 5)?;
         st.serialize_field("address", &a.address)?;
+        st.serialize_field("family", &a.family)?;
         st.serialize_field("fastreuse", &a.fastreuse)?;
         st.serialize_field("fastreuseport", &a.fastreuseport)?;
         st.serialize_field("owners", &Owners(&a.owners))?;
@@ -172,26 +176,42 @@ struct Owners<'a>(&'a [OwnerRow]);
 impl Serialize for Owners<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.iter().map(|o| OwnerJson {
+            bound_dev: o.bound_dev,
+            bucket_family: o.bucket_family,
             connect_bound: o.connect_bound,
+            family: o.family,
+            holders: &o.holders,
+            inode: o.inode,
             local: o.local,
             local_port_range: o.local_port_range,
+            remote: o.remote,
             reuseaddr: o.reuseaddr,
             reuseport: o.reuseport,
             state: o.state,
+            uid: o.uid,
+            v6only: o.v6only,
         }))
     }
 }
 
 /// One owner socket object, keys in the document's (alphabetical) order.
 #[derive(Serialize)]
-struct OwnerJson {
+struct OwnerJson<'a> {
+    bound_dev: i32,
+    bucket_family: Option<Family>,
     connect_bound: Option<bool>,
+    family: Option<Family>,
+    holders: &'a [Holder],
+    inode: Option<u64>,
     local: Option<SocketAddr>,
     local_port_range: Option<PortRange>,
+    remote: Option<SocketAddr>,
     reuseaddr: bool,
     reuseport: bool,
     #[serde(serialize_with = "display")]
     state: TcpState,
+    uid: Option<u32>,
+    v6only: bool,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -256,7 +276,7 @@ mod tests {
         }
     }
 
-    const KEYS: [&str; 27] = [
+    const KEYS: [&str; 28] = [
         "ts_ns",
         "time",
         "netns",
@@ -280,6 +300,7 @@ mod tests {
         "reuseport",
         "bind_address_no_port",
         "port_from_range",
+        "explanation",
         "connect_bound",
         "local_port_range",
         "addr_fastreuse",
@@ -431,7 +452,20 @@ mod tests {
         assert_eq!(
             addrs[0]["owners"][0],
             json!({"local":"127.0.0.1:60000","state":"ESTABLISHED","reuseaddr":true,"reuseport":false,
-                "connect_bound":false,"local_port_range":{"lo":40000,"hi":40009}})
+                   "family":"inet","v6only":false,"uid":0,"bound_dev":0,"inode":4711,
+                   "remote":"127.9.9.9:1234","bucket_family":null,
+                   "connect_bound":false,"local_port_range":{"lo":40000,"hi":40009},
+                   "holders":[{"pid":4242,"comm":"python3","fd":3},{"pid":4243,"comm":"python3","fd":3}]})
+        );
+        // A TIME-WAIT owner has no uid, inode or process.
+        let tw = &addrs[0]["owners"][1];
+        assert_eq!(
+            (tw["state"].as_str(), tw["uid"].is_null()),
+            (Some("TIME_WAIT"), true)
+        );
+        assert_eq!(
+            (tw["inode"].is_null(), tw["holders"].clone()),
+            (true, json!([]))
         );
         assert_eq!(addrs[0]["owners"][1]["connect_bound"], json!(true));
         assert_eq!(addrs[0]["owners"][1]["local_port_range"], Value::Null);

@@ -8,11 +8,13 @@
 //! - [`columns`]: the bucket table's columns, defined once for `dump` and `top`;
 //! - [`table`]: plain (borderless) tables and the `dump` table;
 //! - [`transition`]: transitions as trace lines, quiz timeline lines, `top` descriptions;
+//! - [`explain`]: why a bind/connect fails, as a report and as the line `trace`/`top` add;
 //! - [`json`]: `trace --json` lines and the `dump --json` document;
 //! - [`time`]: kernel timestamps as wall-clock time, ages and intervals;
 //! - [`quiz`], [`selftest`]: the reports of those commands.
 
 pub mod columns;
+pub mod explain;
 pub mod json;
 pub mod quiz;
 pub mod selftest;

@@ -336,6 +336,7 @@ mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            explanation: None,
             addr: None,
         }
     }

@@ -90,18 +90,34 @@ pub fn dump(snap: &Snapshot, show_netns: bool, verbose: bool) -> String {
     };
     let columns = Column::shown(shown);
     let mut table = bucket_table(&columns, &[]);
+    // Owner sockets are lines of their own under their address's row, outside the
+    // table's columns (a socket with its peer and processes is wider than a port).
+    let mut under: Vec<Vec<String>> = Vec::new();
     for b in &rows {
         table.add_row(columns.iter().map(|c| c.cell(&b.key, &b.info)));
+        under.push(Vec::new());
         if verbose {
             for a in &b.addresses {
                 table.add_row(columns.iter().map(|c| c.addr_cell(a)));
-                for o in &a.owners {
-                    table.add_row(columns.iter().map(|c| c.owner_cell(o)));
-                }
+                under.push(
+                    a.owners
+                        .iter()
+                        .map(|o| Column::Port.owner_cell(o))
+                        .collect(),
+                );
             }
         }
     }
-    let mut out = table_to_string(&table);
+    let mut out = String::new();
+    for (i, line) in table.lines().enumerate() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+        // Line 0 is the header; row r is line r + 1.
+        for extra in i.checked_sub(1).and_then(|r| under.get(r)).into_iter().flatten() {
+            out.push_str(extra);
+            out.push('\n');
+        }
+    }
     footer(&mut out, rows.is_empty(), snap.owners_truncated, snap.complete);
     out
 }
@@ -111,7 +127,9 @@ pub(crate) mod tests {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     use super::*;
-    use crate::model::{AddrRow, BucketInfo, BucketKey, Fastreuse, OwnerCount, OwnerRow, TcpState};
+    use crate::model::{
+        AddrRow, BucketInfo, BucketKey, Family, Fastreuse, Holder, OwnerCount, OwnerRow, TcpState,
+    };
 
     pub(crate) fn bucket(netns: u32, port: u16, fr: i8, frp: i8, owners: u32) -> BucketRow {
         BucketRow {
@@ -126,6 +144,7 @@ pub(crate) mod tests {
                 owners: OwnerCount::exact(owners),
             },
             addresses: vec![],
+            fast: None,
         }
     }
 
@@ -216,22 +235,50 @@ pub(crate) mod tests {
         b.addresses = vec![
             AddrRow {
                 address: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                family: None,
                 fastreuse: Some(Fastreuse(-1)),
                 fastreuseport: Some(Fastreuse(-1)),
                 owners: vec![
                     OwnerRow {
                         local: Some(lo),
+                        family: Some(Family::Inet),
                         state: TcpState::Established,
                         reuseaddr: true,
                         reuseport: false,
+                        v6only: false,
+                        uid: Some(0),
+                        bound_dev: 0,
+                        inode: Some(4711),
+                        remote: Some(SocketAddr::from(([127, 9, 9, 9], 1234))),
+                        bucket_family: None,
+                        holders: vec![
+                            Holder {
+                                pid: 4242,
+                                comm: "python3".into(),
+                                fd: 3,
+                            },
+                            Holder {
+                                pid: 4243,
+                                comm: "python3".into(),
+                                fd: 3,
+                            },
+                        ],
                         connect_bound: Some(false),
                         local_port_range: Some(crate::model::PortRange { lo: 40000, hi: 40009 }),
                     },
                     OwnerRow {
                         local: Some(lo),
+                        family: Some(Family::Inet),
                         state: TcpState::TimeWait,
                         reuseaddr: false,
                         reuseport: true,
+                        v6only: false,
+                        uid: None,
+                        bound_dev: 0,
+                        inode: None,
+                        remote: Some(SocketAddr::from(([127, 8, 8, 8], 1234))),
+                        bucket_family: None,
+                        holders: vec![],
                         connect_bound: Some(true),
                         local_port_range: None,
                     },
@@ -239,6 +286,7 @@ pub(crate) mod tests {
             },
             AddrRow {
                 address: Some(IpAddr::V4(Ipv4Addr::new(127, 2, 2, 2))),
+                family: None,
                 fastreuse: None,
                 fastreuseport: None,
                 owners: vec![],
@@ -261,8 +309,20 @@ pub(crate) mod tests {
             "{out}"
         );
         assert!(!lines[3].contains("REUSEPORT"));
-        assert!(lines[3].ends_with("REUSEADDR bind()-bound range 40000-40009"), "{out}");
-        assert!(lines[4].ends_with("TIME_WAIT REUSEPORT connect()-bound"), "{out}");
+        assert!(
+            lines[3].ends_with(
+                "REUSEADDR bind()-bound range 40000-40009 -> 127.9.9.9:1234 \
+                 users:((\"python3\",pid=4242,fd=3),(\"python3\",pid=4243,fd=3))"
+            ),
+            "{out}"
+        );
+        // Like ss -p: the processes holding each owner; TIME-WAIT has none.
+        assert!(
+            lines[4].ends_with(
+                "TIME_WAIT REUSEPORT connect()-bound -> 127.8.8.8:1234 (TIME-WAIT: no process)"
+            ),
+            "{out}"
+        );
         // No per-address state on this kernel: blank cells, only the owner count.
         assert_eq!(words(lines[5])[0], ["addr", "127.2.2.2", "0"]);
         // Not verbose: the bucket line only.

@@ -97,6 +97,9 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
     if sock.is_empty() {
         sock.push("-".to_string());
     }
+    if let Some(e) = &t.explanation {
+        sock.push(format!("why: {}", super::explain::summary(e)));
+    }
     let line = format!(
         "{:<W_TIME$}  {:<W_WHO$}  {:<W_NS$}  {:<W_PORT$}  {:<W_KIND$}  {:<W_OP$}  {:<W_CHANGE$}  {:<W_BUCKET$}  {}",
         clock.wall(t.ts_ns),
@@ -307,6 +310,9 @@ pub fn recent_line(t: &Transition, age_of: Duration, netns: bool) -> String {
     if t.port_from_range {
         s.push_str("  (only port of the range)");
     }
+    if let Some(e) = &t.explanation {
+        let _ = write!(s, "  why: {}", super::explain::summary(e));
+    }
     s
 }
 
@@ -350,6 +356,7 @@ pub(crate) mod tests {
                 ..Default::default()
             },
             port_from_range: false,
+            explanation: None,
             addr: None,
         }
     }
@@ -510,6 +517,7 @@ pub(crate) mod tests {
             remote: None,
             opts: SockOpts::default(),
             port_from_range: false,
+            explanation: None,
             addr: None,
         }
     }
@@ -623,6 +631,45 @@ pub(crate) mod tests {
         assert!(l.starts_with("   42s  4026532000  :60000  created"), "{l}");
         assert!(!l.contains("pid"), "{l}");
         assert!(l.contains("  127.0.0.1:60000 → 127.9.9.9:1234  [REUSEADDR]"), "{l}");
+    }
+
+    /// A failure carries its explanation into `top`'s recent pane and `trace`'s line,
+    /// spelled by the one renderer.
+    #[test]
+    fn failures_carry_their_explanation() {
+        use crate::{
+            explain::connect::Verdict,
+            model::{ConnectExplanation, Explanation},
+        };
+        let mut t = connect_failed();
+        let e = Explanation::Connect(ConnectExplanation {
+            verdict: Verdict::Eaddrnotavail,
+            netns: 4026532290,
+            source: "127.0.0.1".parse().expect("literal"),
+            destination: "127.9.9.9:1234".parse().expect("literal"),
+            range: (60000, 60000),
+            reserved: 0,
+            free: 0,
+            shared_usable: 0,
+            used_to_destination: 0,
+            time_wait_reusable: 0,
+            blocked: 1,
+            usable_sometimes_skipped: 0,
+            tw_reuse: 2,
+            blocked_by: vec![],
+            blocked_by_process: vec![],
+            used_by: vec![],
+            truncated: false,
+        });
+        let why = super::super::explain::summary(&e);
+        t.explanation = Some(e);
+        let l = recent_line(&t, Duration::from_secs(1), false);
+        assert!(l.ends_with(&format!("  why: {why}")), "{l}");
+        assert!(why.starts_with("EADDRNOTAVAIL: range 60000-60000, free 0"), "{why}");
+        let l = trace_line(&t, &clock());
+        assert!(l.ends_with(&format!("  why: {why}")), "{l}");
+        // Other transitions have none.
+        assert!(!recent_line(&fr_changed(), Duration::from_secs(1), false).contains("why:"));
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Generated bind() cases: owners made one by one (each bind() and listen() on the way is
-//! itself a judged case), then a candidate bind(). For a refusal, every named conflict is
-//! re-made alone in a fresh namespace (the candidate must fail against it), the other
-//! owners are re-made without the named ones (the candidate must succeed), and each fix
-//! is applied (the candidate must succeed).
+//! itself a judged case, predicted by the engine from the owners the case made), then a
+//! candidate bind(), explained first through `explain bind`'s command path (the owners and
+//! the bucket's fast path read from the kernel) and then made: the verdicts must be equal.
+//! For a refusal, the named conflicts must be owners the case made; each is re-made alone in
+//! a fresh namespace (at least one must refuse the candidate on its own), the named ones are
+//! closed (the candidate must then succeed), and each fix is applied (the candidate must
+//! succeed) — every one of those candidates explained first the same way.
 
 use std::net::IpAddr;
 
@@ -10,6 +13,7 @@ use rand::{seq::IndexedRandom, RngExt};
 
 use super::{
     super::{
+        ask::{BindOpts, Endpoint},
         bind::{self, Fix, Phase, Verdict},
         lab::{errno, Lab, LabError, Recipe, Role},
         sock::{BucketState, OwnerState, SharingOpts, Sock},
@@ -17,6 +21,7 @@ use super::{
     },
     Judge,
 };
+use crate::model::BindExplanation;
 
 /// The port every bind case is about (each case has its own namespace).
 pub const PORT: u16 = 7000;
@@ -223,8 +228,9 @@ impl Built {
         Ok(b)
     }
 
-    /// Binds a candidate made from `r` and closes it again: the kernel's answer, judged
-    /// against the rules' prediction. A candidate that got the port leaves the bucket's
+    /// Asks `explain bind` (the command path: owners read from the kernel) about a
+    /// candidate made from `r`, then binds it: the kernel's answer, judged against the
+    /// explanation. A candidate that got the port keeps it and leaves the bucket's
     /// fast-path state as its bind() set it.
     fn judge_candidate(
         &mut self,
@@ -232,15 +238,51 @@ impl Built {
         step: &str,
         r: &Recipe,
         v: &Variant,
-    ) -> Result<(Verdict, Result<Verdict, i32>), LabError> {
+    ) -> Result<(BindExplanation, Result<Verdict, i32>), LabError> {
         let owners = self.lab.owners();
-        let predicted = self.predict(r, v);
+        let target = self.lab.target()?;
+        let ep = Endpoint {
+            ip: r.addr,
+            port: PORT,
+            scope: None,
+        };
+        let opts = BindOpts {
+            reuseaddr: r.reuseaddr,
+            reuseport: r.reuseport,
+            v6only: r.v6only,
+            uid: Some(r.uid),
+        };
+        let e = j.asker.bind(&target, &ep, opts, v)?;
+        j.tally.explained += 1;
+        if e.owners != owners.len() || e.truncated {
+            j.disagree(
+                step,
+                format!(
+                    "the kernel's bucket shows {} owners{}, the case made {}",
+                    e.owners,
+                    if e.truncated { " (truncated)" } else { "" },
+                    owners.len()
+                ),
+            );
+        }
         let s = self
             .lab
             .socket(r.addr, r.reuseaddr, r.reuseport, r.uid, r.v6only)?;
         let got = kernel_verdict(&Lab::bind(&s, r.addr, PORT));
         j.tally.bind_calls += 1;
-        j.agree(step, predicted.verdict, got, &owners, &predicted);
+        if got != Ok(e.verdict) {
+            j.disagree(
+                step,
+                format!(
+                    "explain says {:?} (conflicts {:?}), the kernel said {got:?}; owners made {owners:?}",
+                    e.verdict,
+                    e.conflicts
+                        .iter()
+                        .map(|c| (c.owner.local, c.owner.state, c.rule))
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
         if got == Ok(Verdict::Ok) {
             self.bucket = Some(bind::after(
                 self.bucket.as_ref().filter(|_| !owners.is_empty()),
@@ -250,7 +292,7 @@ impl Built {
                 Phase::Bind,
             ));
         }
-        Ok((predicted.verdict, got))
+        Ok((e, got))
     }
 }
 
@@ -262,65 +304,93 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
     }
     let made: Vec<Recipe> = built.lab.held().iter().map(|h| h.recipe).collect();
     let cand = case.candidate;
-    let report = built.predict(&cand, v);
     let step = format!(
         "{label} candidate {} against [{}]",
         cand.describe(),
         describe_all(&made)
     );
     j.tally.bind_cases += 1;
-    // Judged in a copy of the namespace: a candidate that gets the port changes the
-    // bucket's fast-path state.
-    let (_, got) = Built::rebuild(&made, v)?.judge_candidate(j, &step, &cand, v)?;
+    // Judged in a copy of the namespace (same owners, same order): a candidate that gets
+    // the port changes the bucket's fast-path state.
+    let mut copy = Built::rebuild(&made, v)?;
+    let (report, got) = copy.judge_candidate(j, &step, &cand, v)?;
     if got != Ok(report.verdict) || report.verdict != Verdict::Eaddrinuse {
         return Ok(());
     }
     j.tally.bind_refusals += 1;
+    // The conflicts named are owners the case made (the copy holds them in `made` order).
+    let mut named: Vec<usize> = Vec::new();
+    for c in &report.conflicts {
+        match copy.lab.index_of(&c.owner) {
+            Some(i) => named.push(i),
+            None => j.disagree(
+                &step,
+                format!(
+                    "explain names {} {}, which is no owner the case made",
+                    c.owner.local, c.owner.state
+                ),
+            ),
+        }
+    }
+    drop(copy);
 
-    // Each fix, in a copy of the namespace (same owners, same order): the rules say the
-    // candidate passes, and so must the kernel.
+    // Each fix, in a copy of the namespace: explain says the candidate passes, and so
+    // must the kernel.
     for fix in &report.fixes {
         let (recipes, cand2) = match fix {
             Fix::Candidate { change } => (made.clone(), apply(&cand, change)),
             Fix::CandidateAndOwners { change } => {
                 let mut rs = made.clone();
-                for c in &report.conflicts {
-                    rs[c.owner].reuseaddr |= change.reuseaddr;
-                    rs[c.owner].reuseport |= change.reuseport;
+                for i in &named {
+                    rs[*i].reuseaddr |= change.reuseaddr;
+                    rs[*i].reuseport |= change.reuseport;
                 }
                 (rs, apply(&cand, change))
             }
             Fix::WaitForTimeWait => continue,
         };
-        let (predicted, got) = Built::rebuild(&recipes, v)?.judge_candidate(
+        let (e, got) = Built::rebuild(&recipes, v)?.judge_candidate(
             j,
             &format!("{step}: fix {fix:?}"),
             &cand2,
             v,
         )?;
         j.tally.fixes_verified += 1;
-        if predicted != Verdict::Ok || got != Ok(Verdict::Ok) {
-            j.disagree(&step, format!("fix {fix:?}: the rules say {predicted:?} once applied, the kernel said {got:?}"));
+        if e.verdict != Verdict::Ok || got != Ok(Verdict::Ok) {
+            j.disagree(
+                &step,
+                format!(
+                    "fix {fix:?}: explain says {:?} once applied, the kernel said {got:?}",
+                    e.verdict
+                ),
+            );
         }
     }
-    // Each named conflict on its own: the rules and the kernel agree (both refuse, unless
-    // the owner alone sits on a bucket of another family).
-    for c in &report.conflicts {
-        let (predicted, got) = Built::rebuild(&made[c.owner..=c.owner], v)?.judge_candidate(
+    // Each named conflict on its own: at least one must refuse the candidate by itself (an
+    // owner alone may sit on a bucket of another family than it did beside the others).
+    let mut real = 0;
+    for i in &named {
+        let (e, got) = Built::rebuild(&made[*i..=*i], v)?.judge_candidate(
             j,
-            &format!("{step}: owner {} alone", c.owner),
+            &format!("{step}: owner {i} alone"),
             &cand,
             v,
         )?;
-        if predicted == Verdict::Eaddrinuse && got == Ok(Verdict::Eaddrinuse) {
+        if e.verdict == Verdict::Eaddrinuse && got == Ok(Verdict::Eaddrinuse) {
             j.tally.conflicts_verified += 1;
+            real += 1;
         }
     }
-    // Closing every named conflict that can be closed (TIME-WAIT cannot): the rules then
-    // find only the TIME-WAIT ones, and the kernel must agree; with none left, the bind
-    // goes through, so the named list was complete and held a real conflict.
+    if real == 0 && !named.is_empty() {
+        j.disagree(
+            &step,
+            "none of the named conflicts refuses the candidate on its own".to_owned(),
+        );
+    }
+    // Closing every named conflict that can be closed (TIME-WAIT cannot): explain then
+    // names only the TIME-WAIT ones, and the kernel must agree; with none left, the bind
+    // goes through, so the named list was complete.
     let mut open = built;
-    let mut named: Vec<usize> = report.conflicts.iter().map(|c| c.owner).collect();
     named.sort_unstable_by(|a, b| b.cmp(a));
     for i in named {
         open.lab.close(i);
@@ -328,9 +398,8 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
     if open.lab.owners().is_empty() {
         open.bucket = None;
     }
-    let (predicted, got) =
-        open.judge_candidate(j, &format!("{step}: named conflicts closed"), &cand, v)?;
-    if predicted == Verdict::Ok && got == Ok(Verdict::Ok) {
+    let (e, got) = open.judge_candidate(j, &format!("{step}: named conflicts closed"), &cand, v)?;
+    if e.verdict == Verdict::Ok && got == Ok(Verdict::Ok) {
         j.tally.completeness_checks += 1;
     }
     Ok(())

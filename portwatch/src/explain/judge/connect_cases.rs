@@ -1,10 +1,12 @@
 //! Generated connect() cases: a small `ip_local_port_range` (set inside the namespace)
 //! filled port by port in mixed ways (free, reserved, taken by connect() toward the same or
 //! another destination, TIME-WAIT, bound, listening, bound next to a connect(), bound then
-//! closed), then a connect() that leaves the port to the kernel. Every port is probed on
-//! its own (range narrowed to that port) and compared with the engine's class; the real
-//! connect() over the whole range must end as predicted, on a port the engine calls
-//! usable; for a refusal, closing the named holders of a port must make it usable.
+//! closed), then a connect() that leaves the port to the kernel, explained first through
+//! `explain connect`'s command path (the range, reserved ports and owners read from the
+//! kernel). Every port is probed on its own (range narrowed to that port) and compared with
+//! the class the explanation gave it; the real connect() over the whole range must end as
+//! explained, on a port called usable; for a refusal, closing the named holders of a port
+//! must make it usable.
 
 use std::{
     collections::BTreeMap,
@@ -16,9 +18,11 @@ use socket2::{SockAddr, Socket};
 
 use super::{
     super::{
-        connect::{self, Bucket, Class, Query, Scan, TwReuse, Verdict},
-        lab::{drain_to_eof, errno, Lab, LabError},
-        sock::{BucketState, Owner, OwnerState, SharingOpts, Sock},
+        ask::Endpoint,
+        connect::{self, Class, Scan, Verdict},
+        lab::{drain_to_eof, errno, socket_inode, Lab, LabError},
+        query::port_owners,
+        sock::{Owner, OwnerState, SharingOpts, Sock},
         variant::Variant,
     },
     Judge,
@@ -129,7 +133,6 @@ fn dst_addr(i: usize) -> SocketAddr {
 struct Made {
     owner: Owner,
     socket: Option<Socket>,
-    by_connect: bool,
 }
 
 /// The namespace of one case.
@@ -138,8 +141,6 @@ struct Fixture {
     /// Listener sockets of the destinations and every connection they accepted.
     servers: Vec<Socket>,
     ports: BTreeMap<u16, Vec<Made>>,
-    /// A bind() happened on the port (the bucket left -1/-1).
-    bound_once: BTreeMap<u16, bool>,
 }
 
 impl Fixture {
@@ -152,7 +153,6 @@ impl Fixture {
             lab,
             servers,
             ports: BTreeMap::new(),
-            bound_once: BTreeMap::new(),
         })
     }
 
@@ -200,7 +200,6 @@ impl Fixture {
         list.push(Made {
             owner,
             socket: Some(s),
-            by_connect: true,
         });
         Ok(list.len() - 1)
     }
@@ -231,12 +230,10 @@ impl Fixture {
         )?;
         owner.sock.opts.reuseaddr = reuseaddr;
         owner.connect_bind = v.release_resets_bucket.then_some(false);
-        self.bound_once.insert(port, true);
         let list = self.ports.entry(port).or_default();
         list.push(Made {
             owner,
             socket: Some(s),
-            by_connect: false,
         });
         Ok(list.len() - 1)
     }
@@ -317,39 +314,6 @@ impl Fixture {
         Ok(())
     }
 
-    /// The buckets as the kernel keeps them (see the module doc of `connect`): -1/-1 when
-    /// only connect() put sockets there, or when the last bound socket left on a kernel
-    /// that resets the state on release.
-    fn buckets(&self, v: &Variant) -> BTreeMap<u16, Bucket> {
-        let mut out = BTreeMap::new();
-        for (port, made) in &self.ports {
-            if made.is_empty() {
-                continue;
-            }
-            let all_connect = made.iter().all(|m| m.by_connect);
-            let bound = self.bound_once.get(port).copied().unwrap_or(false);
-            let shared = all_connect && (!bound || v.release_resets_bucket);
-            let state = if shared {
-                BucketState::CONNECT
-            } else {
-                BucketState {
-                    fastreuse: 0,
-                    fastreuseport: 0,
-                    fastuid: None,
-                    fast_addr: None,
-                }
-            };
-            out.insert(
-                *port,
-                Bucket {
-                    state,
-                    owners: made.iter().map(|m| m.owner).collect(),
-                },
-            );
-        }
-        out
-    }
-
     /// connect() to `dst` with the range narrowed to `port`, closed with a reset: `Ok(true)`
     /// when the kernel gave that port.
     fn probe(
@@ -395,23 +359,6 @@ fn owner_of(s: &Socket, state: OwnerState) -> Result<Owner, LabError> {
     })
 }
 
-/// The source address routing picks toward `dst` in the namespace (a UDP connect()
-/// sends nothing and takes no TCP port).
-fn route_source(lab: &Lab, dst: SocketAddr) -> Result<IpAddr, LabError> {
-    let s = lab
-        .ns
-        .socket(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    s.connect(&SockAddr::from(dst)).map_err(|e| LabError::Io {
-        what: format!("UDP connect to {dst}"),
-        source: e,
-    })?;
-    s.local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .map(|a| a.ip())
-        .ok_or_else(|| LabError::Setup("UDP getsockname".into()))
-}
-
 pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<(), LabError> {
     let mut fx = Fixture::new()?;
     let hi = LO + case.count - 1;
@@ -429,24 +376,37 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
             .sysctl("net/ipv4/ip_local_reserved_ports", &list.join(","))?;
     }
     let dst = dst_addr(case.dst);
-    let src = match case.src {
-        Some(s) => IpAddr::V4(s),
-        None => route_source(&fx.lab, dst)?,
+    fx.lab.ns.set_port_range(LO, hi)?;
+    // Asked first, as `explain connect DST [--from SRC] --netns ...` would.
+    let target = fx.lab.target()?;
+    let dst_ep = Endpoint {
+        ip: dst.ip(),
+        port: dst.port(),
+        scope: None,
     };
-    let query = Query {
-        src,
-        dst,
-        range: (LO, hi),
-        reserved: reserved.iter().map(|p| (*p, *p)).collect(),
-        tw_reuse: TwReuse::Off,
-    };
-    let buckets = fx.buckets(v);
-    let report = connect::check(&query, &buckets, v);
+    let from = case.src.map(|s| Endpoint {
+        ip: IpAddr::V4(s),
+        port: 0,
+        scope: None,
+    });
+    let asked = j.asker.connect(&target, &dst_ep, from.as_ref(), v)?;
+    j.tally.explained += 1;
+    let report = &asked.ports;
+    let e = &asked.explanation;
     let step = format!(
-        "{label} connect from {src} to {dst} over {LO}-{hi} filled {:?}",
-        case.fills
+        "{label} connect from {} to {dst} over {LO}-{hi} filled {:?}",
+        e.source, case.fills
     );
     j.tally.connect_cases += 1;
+    if e.range != (LO, hi) || e.reserved != reserved.len() {
+        j.disagree(
+            &step,
+            format!(
+                "explain read range {:?} with {} reserved, the case set {LO}-{hi} with {:?}",
+                e.range, e.reserved, reserved
+            ),
+        );
+    }
 
     // Each port on its own.
     for p in &report.ports {
@@ -457,7 +417,7 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
             j.disagree(
                 &step,
                 format!(
-                    "port {}: engine says {:?}, the kernel's connect() gave {got:?}",
+                    "port {}: explain says {:?}, the kernel's connect() gave {got:?}",
                     p.port, p.class
                 ),
             );
@@ -475,7 +435,7 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
         Err(e) if errno(e) == libc::EADDRNOTAVAIL => Ok(Verdict::Eaddrnotavail),
         Err(e) => Err(errno(e)),
     };
-    let agrees = match report.verdict {
+    let agrees = match e.verdict {
         Verdict::Depends => {
             j.tally.connect_depends += 1;
             matches!(got, Ok(Verdict::Ok | Verdict::Eaddrnotavail))
@@ -486,9 +446,9 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
         j.disagree(
             &step,
             format!(
-                "engine says {:?} ({}), the kernel said {got:?}",
-                report.verdict,
-                counts(&report)
+                "explain says {:?} ({}), the kernel said {got:?}",
+                e.verdict,
+                counts(report)
             ),
         );
         return Ok(());
@@ -508,27 +468,36 @@ pub fn run_case(j: &mut Judge, label: &str, case: &Case, v: &Variant) -> Result<
         {
             j.disagree(
                 &step,
-                format!("the kernel chose port {port}, which the engine does not call usable"),
+                format!("the kernel chose port {port}, which explain does not call usable"),
             );
         }
         let _ = s.set_linger(Some(std::time::Duration::ZERO));
         return Ok(());
     }
     drop(s);
-    // A refusal: the holders the engine names really hold their port.
-    let target = report.ports.iter().find(|p| {
-        p.freed_by_closing_holders
-            && !p.holders.is_empty()
-            && fx
-                .ports
-                .get(&p.port)
-                .is_some_and(|m| p.holders.iter().all(|h| m[*h].socket.is_some()))
+    // A refusal: the holders explain names (owners read from the kernel) really hold
+    // their port. They are sockets the case made, found by inode.
+    let target = report.ports.iter().find_map(|p| {
+        if !p.freed_by_closing_holders || p.holders.is_empty() {
+            return None;
+        }
+        let named = port_owners(&asked.snapshot, e.netns, p.port);
+        let made = fx.ports.get(&p.port)?;
+        let idx: Option<Vec<usize>> = p
+            .holders
+            .iter()
+            .map(|h| {
+                let ino = named.get(*h)?.as_ref()?.inode?;
+                made.iter()
+                    .position(|m| m.socket.as_ref().and_then(socket_inode) == Some(ino))
+            })
+            .collect();
+        idx.map(|i| (p.port, i))
     });
-    if let Some(p) = target {
-        let port = p.port;
+    if let Some((port, idx)) = target {
         if let Some(made) = fx.ports.get_mut(&port) {
-            for h in &p.holders {
-                if let Some(sock) = made[*h].socket.take() {
+            for i in idx {
+                if let Some(sock) = made[i].socket.take() {
                     let _ = sock.set_linger(Some(std::time::Duration::ZERO));
                     drop(sock);
                 }

@@ -12,7 +12,7 @@ use std::{
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
-    model::{BucketInfo, BucketKey, EphemeralRange, Scope, Snapshot, SocketEvent, Transition, TransitionKind},
+    model::{BucketInfo, BucketKey, NetInfo, Scope, Snapshot, SocketEvent, Transition, TransitionKind},
     pressure::{pressure, Pressure},
     reducer::Reducer,
     render::columns::Column,
@@ -223,7 +223,7 @@ pub fn sort_keys(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RangeState {
     Unknown,
-    Known(EphemeralRange),
+    Known(NetInfo),
     Failed(String),
 }
 
@@ -554,7 +554,7 @@ impl TopApp {
 #[cfg(test)]
 mod tests {
     use super::{
-        super::fixtures::{ev, failed, info, key, snap},
+        super::fixtures::{ev, failed, info, key, net, snap},
         *,
     };
     use crate::{model::Op, render::transition::describe};
@@ -811,7 +811,7 @@ mod tests {
         let mut app = TopApp::new(7, String::new());
         rescan(&mut app, snap(&[(key(7, 60000), info(-1, -1, 1))]), t0);
         assert_eq!(app.pressure, None, "range not known yet");
-        app.set_port_range(RangeState::Known(EphemeralRange::new(60000, 60001, [])));
+        app.set_port_range(RangeState::Known(net(60000, 60001)));
         assert_eq!(
             app.pressure.map(|p| (p.free, p.shared, p.blocked)),
             Some((1, 1, 0))

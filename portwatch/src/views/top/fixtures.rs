@@ -1,8 +1,13 @@
 //! Builders shared by the `top` test modules (app, ui, run loop).
 use crate::model::{
-    BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, SeenBucket, Snapshot,
-    SockOpts, SocketEvent, Task,
+    BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, NetInfo, Op, OwnerCount, SeenBucket,
+    Snapshot, SockOpts, SocketEvent, Task,
 };
+
+/// The NET record of a namespace with ephemeral range `lo..=hi` and no reserved port.
+pub fn net(lo: u16, hi: u16) -> NetInfo {
+    NetInfo { netns: 1, range: (lo, hi), reserved: vec![], tw_reuse: 0 }
+}
 
 pub fn key(netns: u32, port: u16) -> BucketKey {
     BucketKey { netns, l3mdev: 0, port }
@@ -18,7 +23,7 @@ pub fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
 
 pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
     Snapshot {
-        buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![] }).collect(),
+        buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![], fast: None }).collect(),
         complete: true,
         owners_truncated: false,
         slots: 65536,
@@ -43,6 +48,12 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
         remote: None,
         opts: SockOpts::default(),
         port_from_range: false,
+        net: 0,
+        family: None,
+        v6only: false,
+        uid: None,
+        bound_dev: 0,
+        explanation: None,
         lookup_truncated: false,
         addr: None,
     }

@@ -26,7 +26,7 @@ use ratatui::{backend::Backend, layout::Rect, Terminal};
 
 use self::app::{KeyOutcome, RangeState, TopApp};
 use crate::{
-    model::{EphemeralRange, Scope, Snapshot, SocketEvent},
+    model::{NetInfo, Scope, Snapshot, SocketEvent},
     render::{
         table::{bucket_table, footer, table_to_string},
         time::monotonic_now_ns,
@@ -43,7 +43,7 @@ pub trait TopSource {
     fn events(&mut self) -> anyhow::Result<Vec<SocketEvent>>;
     /// The ephemeral range of that netns (`ip_local_port_range` and the reserved ports
     /// inside it).
-    fn port_range(&mut self, netns: u32) -> anyhow::Result<EphemeralRange>;
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<NetInfo>;
     /// The netns whose pressure the header shows.
     fn header_netns(&self) -> u32;
     /// E.g. "backend: tracepoint (fentry: EPERM; kprobe: kernel has no kprobes)".
@@ -342,7 +342,7 @@ mod tests {
     struct FakeSource {
         snapshots: VecDeque<Snapshot>,
         batches: VecDeque<Vec<SocketEvent>>,
-        range: Result<EphemeralRange, String>,
+        range: Result<NetInfo, String>,
         snapshot_calls: usize,
         event_calls: usize,
         fail_snapshot: bool,
@@ -353,7 +353,7 @@ mod tests {
             FakeSource {
                 snapshots: snapshots.into(),
                 batches: batches.into(),
-                range: Ok(EphemeralRange::new(60000, 60001, [])),
+                range: Ok(fixtures::net(60000, 60001)),
                 snapshot_calls: 0,
                 event_calls: 0,
                 fail_snapshot: false,
@@ -384,7 +384,7 @@ mod tests {
             self.event_calls += 1;
             Ok(self.batches.pop_front().unwrap_or_default())
         }
-        fn port_range(&mut self, netns: u32) -> anyhow::Result<EphemeralRange> {
+        fn port_range(&mut self, netns: u32) -> anyhow::Result<NetInfo> {
             assert_eq!(netns, NS);
             self.range.clone().map_err(|e| anyhow::anyhow!(e))
         }

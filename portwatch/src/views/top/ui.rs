@@ -337,10 +337,10 @@ mod tests {
     use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
 
     use super::{
-        super::fixtures::{ev, info, key, snap},
+        super::fixtures::{ev, info, key, net, snap},
         *,
     };
-    use crate::model::{EphemeralRange, Errno, Op, Scope, SockOpts, SocketEvent, Task};
+    use crate::model::{Errno, Op, Scope, SockOpts, SocketEvent, Task};
 
     fn opts() -> TopOptions {
         TopOptions {
@@ -385,7 +385,7 @@ mod tests {
             0,
             t0,
         );
-        app.set_port_range(RangeState::Known(EphemeralRange::new(60000, 60000, [])));
+        app.set_port_range(RangeState::Known(net(60000, 60000)));
         app.dropped = 3;
         let t1 = t0 + Duration::from_secs(1);
         // A plain bind() with SO_REUSEADDR: one more owner and -1 -> 0; then a bind()
@@ -540,7 +540,7 @@ mod tests {
             port: Some(80),
             ..opts()
         };
-        app.set_port_range(RangeState::Known(EphemeralRange::new(80, 81, [])));
+        app.set_port_range(RangeState::Known(net(80, 81)));
         assert!(
             pressure_line(&app, &o).ends_with("(only port 80 is watched: others count as free)")
         );
