@@ -443,6 +443,9 @@ pub struct SnapRecord {
     /// [`snapdetail`] flags.
     pub detail: u8,
     pub _pad3: [u8; 3],
+    /// BUCKET: kernel address of the bucket's `struct net` (identity only; what a
+    /// request for the namespace's NET record takes, see `SnapRequest::net`).
+    pub net: u64,
 }
 
 /// Arguments of a snapshot request, written by user space into the `SNAP_REQ` array
@@ -479,6 +482,31 @@ pub struct SnapRequest {
 
 pub const SNAP_WALK: u8 = 0;
 pub const SNAP_LOOKUP: u8 = 1;
+
+/// Key of the `ERRORS` hash map: failed bind()/connect() calls counted in the kernel per
+/// network namespace, syscall and errno, whatever the event stream and the port filter do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ErrorKey {
+    /// Inode of the network namespace; 0 only in [`ErrorKey::MAP_FULL`].
+    pub netns: u32,
+    /// The positive errno.
+    pub errno: u16,
+    /// `op::BIND` or `op::CONNECT`.
+    pub op: u8,
+    pub _pad: u8,
+}
+
+impl ErrorKey {
+    /// The slot (inserted by user space at load) counting failures that found the map full
+    /// and could not get a slot of their own.
+    pub const MAP_FULL: ErrorKey = ErrorKey {
+        netns: 0,
+        errno: 0,
+        op: 0,
+        _pad: 0,
+    };
+}
 
 /// Step budgets of one program run, per walk, in the `WALK` global (set by user space
 /// when it loads the object). The object built with the bounded-loop walk driver loops
@@ -626,13 +654,14 @@ impl ArgPos {
 const _: () = assert!(core::mem::size_of::<BitField>() == 8);
 const _: () = assert!(core::mem::size_of::<BucketState>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 144);
-const _: () = assert!(core::mem::size_of::<SnapRecord>() == 96);
+const _: () = assert!(core::mem::size_of::<SnapRecord>() == 104);
 const _: () = assert!(core::mem::size_of::<SnapRequest>() == 48);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<LostPort>() == 16);
 const _: () = assert!(core::mem::size_of::<TpOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<ArgPos>() == 48);
 const _: () = assert!(core::mem::size_of::<WalkBudget>() == 16);
+const _: () = assert!(core::mem::size_of::<ErrorKey>() == 8);
 
 #[cfg(feature = "user")]
 mod user {
@@ -656,4 +685,6 @@ mod user {
     unsafe impl aya::Pod for ArgPos {}
     // SAFETY: as above.
     unsafe impl aya::Pod for WalkBudget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ErrorKey {}
 }

@@ -15,6 +15,7 @@ use portwatch_common::{flag, op};
 use crate::{
     compat::port_range,
     emit::{config, count_lost, netns_wanted, port_wanted, remember, send, send_known, Subject},
+    errors::count_failure,
     kernel::{is_tcp, net_inum, sk_family, sk_net, sk_num, SockHead},
     maps::{Pending, PENDING, SOCKS},
     read::{field, layout, layout_ready},
@@ -152,6 +153,9 @@ pub fn get_port_return(hook: u8, ret: i64) {
             flags |= flag::BIND_ADDR;
         }
         report(hook, &p, p.op, port, EADDRINUSE, flags, false);
+        // bind() returns EADDRINUSE for any failure of inet_csk_get_port(). Counted after
+        // the report, so the verifier explores the report once, not once per path here.
+        count_failure(p.netns, p.op, EADDRINUSE);
     }
 }
 
@@ -180,6 +184,7 @@ pub fn hash_connect_return(hook: u8, ret: i64) {
         // them only after this returns.
         flags |= flag::CONNECT_DST;
         report(hook, &p, op::CONNECT, port, (-ret) as i32, flags, false);
+        count_failure(p.netns, op::CONNECT, (-ret) as i32);
     }
 }
 

@@ -11,9 +11,13 @@
 //! - `walk.rs`: the bounded owner and chain walks (cursors and step functions);
 //! - `drive.rs`: the walk drivers (`bpf_loop`, or bounded loops: feature `bounded`);
 //! - `emit.rs`: building and sending events (every backend emits the same model);
+//! - `errors.rs`: the in-kernel counters of failed bind()/connect() calls;
 //! - `maps.rs`: globals and maps.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The atomic add of `errors.rs` (core has no atomic read-modify-write types for BPF).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod compat;
@@ -21,6 +25,8 @@ mod compat;
 mod drive;
 #[cfg(target_arch = "bpf")]
 mod emit;
+#[cfg(target_arch = "bpf")]
+mod errors;
 #[cfg(target_arch = "bpf")]
 mod fentry;
 #[cfg(target_arch = "bpf")]

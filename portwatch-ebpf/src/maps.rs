@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use portwatch_common::{
-    lost, ArgPos, Config, Layout, LostPort, SnapRequest, TpOffsets, WalkBudget, EVENT_RING_BYTES,
+    lost, ArgPos, Config, ErrorKey, Layout, LostPort, SnapRequest, TpOffsets, WalkBudget,
+    EVENT_RING_BYTES,
 };
 
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
@@ -43,6 +44,11 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNTER
 /// The buckets of lost events, for user space to read again (and delete).
 #[map]
 pub static LOST: HashMap<LostPort, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Failed bind()/connect() calls per (netns, errno, syscall), counted by `errors.rs`
+/// wherever a backend sees a failure; read by user space at scrape time.
+#[map]
+pub static ERRORS: HashMap<ErrorKey, u64> = HashMap::with_max_entries(16384, 0);
 
 /// Calls in flight: what the enter hook saw, keyed by pid_tgid (tracepoints) or
 /// pid_tgid with the hook's id in the top bits (kernel-function hooks, which can be

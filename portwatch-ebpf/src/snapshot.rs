@@ -64,6 +64,8 @@ pub struct TableWalk {
     node: u64,
     /// Current bucket, 0 between buckets.
     tb: u64,
+    /// The current bucket's `struct net`.
+    cur_net: u64,
     seq: u64,
     /// While `verifying`: the chain node being compared with `node`.
     verify: u64,
@@ -167,6 +169,7 @@ fn begin_bucket(w: &mut TableWalk) {
     let st = tb_state(tb);
     let net: u64 = zfield(tb, layout!(tb_net));
     w.tb = tb;
+    w.cur_net = net;
     w.cur_netns = net_inum(net);
     w.cur_port = st.port;
     w.cur_l3mdev = st.l3mdev;
@@ -196,6 +199,7 @@ fn end_bucket(w: &mut TableWalk) {
                 r.fastreuseport = w.cur_frp;
                 r.kind = rec::BUCKET;
                 r.flags = ((w.owners.truncated != 0) as u8) * snapflag::OWNERS_TRUNCATED;
+                r.net = w.cur_net;
                 let v6only = fill_fast(r, w.tb);
                 r.detail = ((v6only != 0) as u8) * snapdetail::V6ONLY;
                 send(r)
@@ -520,6 +524,7 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         w0.reserved = reserved;
         w0.node = node;
         w0.tb = 0;
+        w0.cur_net = 0;
         w0.seq = req.seq;
         w0.owners = OwnerCursor::EMPTY;
         w0.res_next = res_next;
@@ -601,6 +606,7 @@ fn lookup(req: &SnapRequest) {
             r.fastreuseport = b.fastreuseport;
             r.kind = rec::BUCKET;
             r.flags = (truncated as u8) * snapflag::OWNERS_TRUNCATED;
+            r.net = req.net;
         });
         if !sent {
             end_flags |= snapflag::WALK_TRUNCATED;

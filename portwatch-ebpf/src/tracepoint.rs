@@ -4,8 +4,8 @@
 //! when the socket is freed.
 //!
 //! bind/connect/listen: the enter hook resolves the fd to its socket and remembers what
-//! it saw; the exit hook reports the bucket of the port involved, looked up in the bind
-//! hash table.
+//! it saw; the exit hook counts a failed bind()/connect() (`errors.rs`) and reports the
+//! bucket of the port involved, looked up in the bind hash table.
 //!
 //! close: `tcp_destroy_sock` fires only for TCP sockets, before `inet_put_port()`, with
 //! the socket and its port in the record, so the port filter applies before anything is
@@ -20,7 +20,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{flag, hook, op, NO_FIELD};
+use portwatch_common::{flag, hook, op, Config, NO_FIELD};
 
 use crate::{
     compat::port_range,
@@ -28,6 +28,7 @@ use crate::{
         config, count_lost, netns_wanted, port_wanted, remember, send, send_asked, send_known,
         Asked, Subject,
     },
+    errors::count_failure,
     kernel::{is_tcp, net_inum, sk_net, sk_num, sock_from_fd, SockHead, AF_INET, AF_INET6},
     maps::{Pending, CLOSING, PENDING, SOCKS, TP},
     read::layout_ready,
@@ -94,7 +95,22 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
         if which == op::BIND {
             port = asked_port;
             if port != 0 && !port_wanted(&cfg, port) {
-                return None;
+                // No event wanted, but a failure is still counted: keep only the fd,
+                // whose socket the exit resolves if the call failed.
+                let p = Pending {
+                    sk: 0,
+                    net: 0,
+                    aux: arg(ctx, 0)?,
+                    netns: 0,
+                    port,
+                    op: which,
+                    had_port: 0,
+                    asked: [0; 16],
+                    asked_family: 0,
+                    asked_port: 0,
+                    _pad: [0; 4],
+                };
+                return PENDING.insert(bpf_get_current_pid_tgid(), p, 0).ok();
             }
         }
         // The address (sin_addr at 4, sin6_addr at 8), reported if the call fails.
@@ -146,7 +162,9 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     Some(())
 }
 
-/// Exit side: report the bucket of the port involved.
+/// Exit side: report the bucket of the port involved, then count a failure. The count
+/// comes last so that the verifier does not explore the report once per path through it
+/// (older verifiers prune too little for that).
 #[inline(always)]
 fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     let key = bpf_get_current_pid_tgid();
@@ -160,6 +178,23 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     let cfg = config();
     let ok = rc == 0 || (which == op::CONNECT && rc == -EINPROGRESS);
     let errno = if ok { 0 } else { (-rc) as i32 };
+    // `sk` 0: a bind() only counted (its port is filtered out).
+    if p.sk != 0 {
+        let _ = report(&cfg, &p, which, ok, errno);
+    }
+    if !ok {
+        if p.sk != 0 {
+            count_failure(p.netns, which, errno);
+        } else {
+            let _ = count_unresolved(&cfg, p.aux as i64, which, errno);
+        }
+    }
+    Some(())
+}
+
+/// The event of a finished call: the bucket of the port it took, held or asked for.
+#[inline(always)]
+fn report(cfg: &Config, p: &Pending, which: u8, ok: bool, errno: i32) -> Option<()> {
     let mut flags = if p.had_port != 0 { flag::HAD_PORT } else { 0 };
     let head = SockHead::read(p.sk);
     let now = head.num();
@@ -183,7 +218,7 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         // bind() with IP_BIND_ADDRESS_NO_PORT and port 0 takes no port: nothing changed.
         return None;
     }
-    if port != 0 && !port_wanted(&cfg, port) {
+    if port != 0 && !port_wanted(cfg, port) {
         return None;
     }
     // Only sockets whose port can be released by a state change (connected, or
@@ -216,7 +251,22 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     } else {
         None
     };
-    send_asked(&cfg, &s, asked);
+    send_asked(cfg, &s, asked);
+    Some(())
+}
+
+/// Counts a failure of a call whose socket the enter side did not resolve.
+#[inline(always)]
+fn count_unresolved(cfg: &Config, fd: i64, which: u8, errno: i32) -> Option<()> {
+    let sk = sock_from_fd(fd)?;
+    let head = SockHead::read(sk);
+    if !is_tcp(sk, &head) {
+        return None;
+    }
+    let netns = net_inum(head.net());
+    if netns_wanted(cfg, netns) {
+        count_failure(netns, which, errno);
+    }
     Some(())
 }
 

@@ -21,8 +21,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use portwatch::{
     model::{
-        BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, Scope, SeenBucket,
-        Snapshot, SockOpts, SocketEvent, Task,
+        BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, NetInfo, Op, OwnerCount, Scope,
+        SeenBucket, Snapshot, SockOpts, SocketEvent, Task,
     },
     views::top::{run_top, TopOptions, TopSource},
 };
@@ -203,7 +203,7 @@ impl TopSource for DemoSource {
             complete: true,
             owners_truncated: false,
             slots: 65536,
-            net: None,
+            ..Default::default()
         })
     }
 
@@ -225,11 +225,11 @@ impl TopSource for DemoSource {
         Ok(std::mem::take(&mut self.pending))
     }
 
-    fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)> {
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<NetInfo> {
         if netns != NETNS {
             bail!("the demo knows only netns {NETNS}, not {netns}");
         }
-        Ok(RANGE)
+        Ok(NetInfo { netns, range: RANGE, reserved: vec![], tw_reuse: 0 })
     }
 
     fn header_netns(&self) -> u32 {

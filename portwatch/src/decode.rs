@@ -7,12 +7,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use portwatch_common::{flag, op, rec, snapdetail, snapflag, Event, SnapRecord};
+use portwatch_common::{flag, op, rec, snapdetail, snapflag, ErrorKey, Event, SnapRecord};
 
 use crate::model::{
-    AddrRow, AddrState, BucketInfo, BucketKey, BucketRow, Errno, Family, FastPath, Fastreuse,
-    NetInfo, Op, OwnerCount, OwnerRow, PortRange, SeenBucket, Snapshot, SockOpts, SocketEvent,
-    Task, TcpState,
+    AddrRow, AddrState, BucketInfo, BucketKey, BucketRow, Errno, FailureCount, FailureCounts,
+    Family, FastPath, Fastreuse, NetInfo, Op, OwnerCount, OwnerRow, PortRange, SeenBucket,
+    Snapshot, SockOpts, SocketEvent, Task, TcpState,
 };
 
 /// `AF_INET` as the kernel numbers it.
@@ -338,6 +338,9 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                 }
                 let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
                 snap.owners_truncated |= truncated;
+                if r.net != 0 {
+                    snap.nets.insert(r.netns, r.net);
+                }
                 snap.buckets.push(BucketRow {
                     key: BucketKey {
                         netns: r.netns,
@@ -364,6 +367,27 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
     }
     snap.buckets.sort_by_key(|b| b.key);
     snap
+}
+
+/// The failure counts of the `ERRORS` map's entries. Entries of another op or errno 0
+/// (which the programs never write) are left out.
+pub fn failure_counts(entries: impl IntoIterator<Item = (ErrorKey, u64)>) -> FailureCounts {
+    let mut out = FailureCounts::default();
+    for (key, count) in entries {
+        if key == ErrorKey::MAP_FULL {
+            out.unslotted += count;
+            continue;
+        }
+        let op = match key.op {
+            op::BIND => Op::Bind,
+            op::CONNECT => Op::Connect,
+            _ => continue,
+        };
+        let Some(errno) = Errno::new(i32::from(key.errno)) else { continue };
+        out.counts.push(FailureCount { netns: key.netns, op, errno, count });
+    }
+    out.counts.sort_by_key(|c| (c.netns, c.op != Op::Bind, c.errno));
+    out
 }
 
 #[cfg(test)]
@@ -489,17 +513,18 @@ mod tests {
             state: 0,
             _pad: [0; 3],
             local_port_range: 0,
+            net: 0xffff_ffff_8200_0000,
             ..SnapRecord::default()
         };
         let b = bytes_of(&r);
-        assert_eq!(b.len(), 96);
+        assert_eq!(b.len(), 104);
         assert_eq!(decode_snap_record(&b), Ok(r));
         assert_eq!(
-            decode_snap_record(&b[..95]),
+            decode_snap_record(&b[..103]),
             Err(DecodeError::TooShort {
                 what: "snapshot",
-                got: 95,
-                want: 96
+                got: 103,
+                want: 104
             })
         );
         for k in [rec::ADDR, rec::OWNER, rec::END, rec::NET, rec::RESERVED] {
@@ -880,5 +905,58 @@ mod tests {
         assert_eq!(snap.buckets[0].addresses[0].address, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))));
         // No owners on this per-address bucket: no per-address state either.
         assert_eq!(snap.buckets[0].addresses[0].fastreuseport, None);
+    }
+
+    #[test]
+    fn snapshot_keeps_the_net_of_each_namespace() {
+        let mut b = rec(rec::BUCKET, 80, 1);
+        b.net = 0xffff_8880_0100_0000;
+        let mut c = rec(rec::BUCKET, 81, 1);
+        c.netns = 8;
+        c.net = 0xffff_8880_0200_0000;
+        let snap = snapshot(&[b, c, rec(rec::BUCKET, 82, 1)]);
+        assert_eq!(snap.nets.get(&7), Some(&0xffff_8880_0100_0000));
+        assert_eq!(snap.nets.get(&8), Some(&0xffff_8880_0200_0000));
+        assert_eq!(snap.nets.len(), 2);
+    }
+
+    #[test]
+    fn reserved_ranges_cover_the_edges_of_the_port_space_and_of_chunks() {
+        let mut low = [0u8; 16];
+        low[0] = 1; // port 0
+        low[7] = 0x80; // port 63
+        low[8] = 1; // port 64
+        let mut high = [0u8; 16];
+        high[15] = 0x80; // port 65535 (chunk 511, bit 127)
+        let chunks = [(0u16, low), (65408u16, high)];
+        assert_eq!(reserved_ranges(&chunks, (0, 65535)), [(0, 0), (63, 64), (65535, 65535)]);
+        // Only those inside the range count.
+        assert_eq!(reserved_ranges(&chunks, (1, 65534)), [(63, 64)]);
+    }
+
+    #[test]
+    fn failure_counts_sorted_with_the_unslotted_apart() {
+        let key = |netns, errno, op| ErrorKey { netns, errno, op, _pad: 0 };
+        let counts = failure_counts([
+            (key(9, 99, op::CONNECT), 4),
+            (key(9, 98, op::BIND), 1),
+            (key(7, 111, op::CONNECT), 2),
+            (ErrorKey::MAP_FULL, 5),
+            (key(7, 98, op::LISTEN), 3),
+            (key(7, 0, op::BIND), 3),
+        ]);
+        let got: Vec<(u32, Op, String, u64)> =
+            counts.counts.iter().map(|c| (c.netns, c.op, c.errno.to_string(), c.count)).collect();
+        assert_eq!(
+            got,
+            [
+                (7, Op::Connect, "ECONNREFUSED".to_string(), 2),
+                (9, Op::Bind, "EADDRINUSE".to_string(), 1),
+                (9, Op::Connect, "EADDRNOTAVAIL".to_string(), 4),
+            ]
+        );
+        assert_eq!(counts.unslotted, 5);
+        assert_eq!(counts.namespaces().collect::<Vec<_>>(), [7, 9]);
+        assert_eq!(counts.of(9, Op::Connect).count(), 1);
     }
 }

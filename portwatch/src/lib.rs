@@ -4,6 +4,7 @@ pub mod quiz;
 pub mod kernel;
 pub mod views;
 pub mod decode;
+pub mod pressure;
 pub mod reducer;
 pub mod repair;
 pub mod render;

@@ -21,6 +21,11 @@ impl<'a> SessionObserver<'a> {
     pub fn new(session: &'a mut ProbeSession) -> SessionObserver<'a> {
         SessionObserver { session, reducer: Reducer::new(), netns: 0 }
     }
+
+    /// The session observed, for what it reads besides events (failure counters, ranges).
+    pub fn session(&mut self) -> &mut ProbeSession {
+        self.session
+    }
 }
 
 impl SessionObserver<'_> {

@@ -78,6 +78,23 @@ impl Reducer {
         self.known.iter().map(|(k, v)| (k, &v.info))
     }
 
+    /// The buckets of one network namespace, ordered by key.
+    pub fn in_netns(&self, netns: u32) -> impl Iterator<Item = (&BucketKey, &BucketInfo)> {
+        let first = BucketKey { netns, l3mdev: i32::MIN, port: 0 };
+        let last = BucketKey { netns, l3mdev: i32::MAX, port: u16::MAX };
+        self.known.range(first..=last).map(|(k, v)| (k, &v.info))
+    }
+
+    /// The network namespaces with at least one known bucket, ascending.
+    pub fn namespaces(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut last = None;
+        self.known.keys().filter_map(move |k| {
+            let new = last != Some(k.netns);
+            last = Some(k.netns);
+            new.then_some(k.netns)
+        })
+    }
+
     /// The last known state of one bucket.
     pub fn get(&self, key: &BucketKey) -> Option<&BucketInfo> {
         self.known.get(key).map(|k| &k.info)
@@ -285,31 +302,64 @@ impl Reducer {
                 addr: None,
             }
         };
-        let mut out = Vec::new();
-        let mut seen: HashSet<BucketKey> = HashSet::with_capacity(snap.buckets.len());
-        for row in snap.buckets.iter().filter(|r| scope.contains(&r.key)) {
-            seen.insert(row.key);
-            let now = row.info;
-            match self.known.get(&row.key).copied() {
-                None => {
-                    out.push(make(TransitionKind::BucketCreated, row.key, None, Some(now)));
-                    self.insert(row.key, TrackedBucket { info: now, id: 0 });
-                }
-                Some(t) if t.info != now => {
-                    let old = t.info;
-                    out.extend(diff(old, now).map(|k| make(k, row.key, Some(old), Some(now))));
-                    // The walk does not say whether this is still the same bucket.
-                    self.insert(row.key, TrackedBucket { info: now, id: 0 });
-                }
-                Some(_) => {}
+        // The walk's rows in scope, by key; of two rows of one key (a racy walk may meet a
+        // bucket twice) the later wins, as in a map.
+        let mut walked: Vec<(BucketKey, BucketInfo)> = snap
+            .buckets
+            .iter()
+            .filter(|r| scope.contains(&r.key))
+            .map(|r| (r.key, r.info))
+            .collect();
+        walked.sort_by_key(|(k, _)| *k);
+        walked.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
             }
-        }
-        let missing: Vec<(BucketKey, BucketInfo)> = self
+            same
+        });
+        // Both sides in key order: one merge finds what is new, changed and missing (a
+        // walk of 50,000 unchanged buckets costs no lookup).
+        let mut out = Vec::new();
+        let mut changed: Vec<(BucketKey, BucketInfo)> = Vec::new();
+        let mut missing: Vec<(BucketKey, BucketInfo)> = Vec::new();
+        let mut known = self
             .known
             .iter()
-            .filter(|(k, _)| snap.complete && scope.contains(k) && !seen.contains(k))
+            .filter(|(k, _)| scope.contains(k))
             .map(|(k, t)| (*k, t.info))
-            .collect();
+            .peekable();
+        for &(key, now) in &walked {
+            while let Some(&(k, old)) = known.peek() {
+                if k >= key {
+                    break;
+                }
+                missing.push((k, old));
+                known.next();
+            }
+            match known.peek() {
+                Some(&(k, old)) if k == key => {
+                    known.next();
+                    if old != now {
+                        out.extend(diff(old, now).map(|kind| make(kind, key, Some(old), Some(now))));
+                        changed.push((key, now));
+                    }
+                }
+                _ => {
+                    out.push(make(TransitionKind::BucketCreated, key, None, Some(now)));
+                    changed.push((key, now));
+                }
+            }
+        }
+        missing.extend(known);
+        if !snap.complete {
+            // Not seen by an incomplete walk is not gone.
+            missing.clear();
+        }
+        // The walk does not say whether a changed bucket is still the same one: no identity.
+        for (key, now) in changed {
+            self.insert(key, TrackedBucket { info: now, id: 0 });
+        }
         for (key, old) in missing {
             out.push(make(TransitionKind::BucketDestroyed, key, Some(old), None));
             self.remove(&key);
@@ -753,7 +803,7 @@ mod tests {
             complete: true,
             owners_truncated: false,
             slots: 65536,
-            net: None,
+            ..Default::default()
         };
         let mut r2 = Reducer::new();
         assert_eq!(kinds(&r2.reconcile(&snap, Scope::ALL, 0)), [K::BucketCreated]);
@@ -784,7 +834,7 @@ mod tests {
             complete: true,
             owners_truncated: false,
             slots: 65536,
-            net: None,
+            ..Default::default()
         }
     }
 

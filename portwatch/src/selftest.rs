@@ -149,6 +149,16 @@ impl Ctx<'_, '_> {
         self.check(ok, format!("port {port}: transitions {got:?}, expected {want:?}"));
     }
 
+    /// Checks the kernel's failure counters of `netns` against `want` (op, errno, count),
+    /// exactly: no other count may be there.
+    fn expect_failure_counts(&mut self, netns: u32, want: &[(Op, Errno, u64)]) -> anyhow::Result<()> {
+        let counts = self.obs.session().failure_counts()?;
+        let got: Vec<(Op, Errno, u64)> =
+            counts.counts.iter().filter(|c| c.netns == netns).map(|c| (c.op, c.errno, c.count)).collect();
+        self.check(got == want, format!("kernel failure counters of netns {netns}: {got:?}, expected {want:?}"));
+        Ok(())
+    }
+
     fn find(&self, port: u16, kind: TransitionKind) -> Option<&ScenarioTransition> {
         self.steps.iter().find(|s| s.port == port && s.kind == kind)
     }
@@ -255,6 +265,7 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
             f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRINUSE) && s.owners == 1 && s.fastreuse == Some(Fastreuse(0))),
             format!("bind_failed must carry errno 98 and the bucket 0/1, got {f:?}"),
         );
+        c.expect_failure_counts(ns.inode(), &[(Op::Bind, Errno::EADDRINUSE, 1)])?;
         Ok(Vec::new())
     }));
 
@@ -278,6 +289,7 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
             f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRNOTAVAIL) && s.fastreuse == Some(Fastreuse(0)) && s.owners == 1),
             format!("connect_failed must carry errno 99 and the bucket 0/1, got {f:?}"),
         );
+        c.expect_failure_counts(ns.inode(), &[(Op::Connect, Errno::EADDRNOTAVAIL, 1)])?;
         drop(s2);
         drop(s1);
         drop(l);
@@ -296,6 +308,42 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
         c.collect()?;
         // The article shows +1; 6.18 leaves 0 (bhash2 linked before the test): observed.
         Ok(vec![(observation::REUSEADDR.into(), fr)])
+    }));
+
+    scenarios.push(scenario(&mut obs, "ephemeral_range", (40000, 40009), &[], |ns, c| {
+        ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "40003,40005-40006,8080"))?
+            .map_err(|e| anyhow::anyhow!("writing ip_local_reserved_ports in the private netns: {e}"))?;
+        let held = tcp(ns)?;
+        held.bind(&addr("127.0.0.1:5000"))?;
+        // The reserved ports inside the range, as runs (8080 is outside it).
+        let want = ((40000, 40009), vec![(40003, 40003), (40005, 40006)]);
+        let got = |n: &Option<crate::model::NetInfo>| n.as_ref().map(|n| (n.range, n.reserved.clone()));
+        let session = c.obs.session();
+        let snap = session.snapshot(&crate::snapshot::SnapOptions { netns: ns.inode(), ..Default::default() })?;
+        let net = snap.nets.get(&ns.inode()).copied();
+        c.check(net.is_some(), format!("the walk must name the struct net of netns {}", ns.inode()));
+        let by_net = match net {
+            Some(net) => c.obs.session().net_info(crate::snapshot::NetAsk::Kernel(net), Some(ns.inode()))?,
+            None => None,
+        };
+        c.check(
+            got(&by_net) == Some(want.clone()),
+            format!("range read through the walk's struct net: {by_net:?}, expected {want:?}"),
+        );
+        let file = ns.ns_file()?;
+        let by_file = c
+            .obs
+            .session()
+            .net_info(crate::snapshot::NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&file)), Some(ns.inode()))?;
+        c.check(
+            by_file.as_ref().map(|n| n.netns) == Some(ns.inode()) && got(&by_file) == Some(want.clone()),
+            format!("range read through the netns's nsfs file: {by_file:?}, expected {want:?}"),
+        );
+        // A struct net that is not the namespace expected reads as nothing.
+        let other = c.obs.session().net_info(crate::snapshot::NetAsk::Kernel(net.unwrap_or(0)), Some(ns.inode() + 1))?;
+        c.check(other.is_none(), format!("a struct net of another netns must not pass for it: {other:?}"));
+        drop(held);
+        Ok(Vec::new())
     }));
 
     scenarios.push(release::port_release_reset(&mut obs, resets));

@@ -2,6 +2,9 @@
 //! copy of the bind hash table; [`crate::decode::snapshot`] turns its records into a
 //! `model::Snapshot`. It sits below the backends: every backend's session has one, and
 //! the tracepoint backend uses its single-bucket lookup to re-read buckets after close().
+//! A request can also ask for a namespace's NET record (port range, reserved ports,
+//! `tcp_tw_reuse`), read from its `struct net` without entering it; [`Snapshotter::net_info`]
+//! asks for that record alone.
 //!
 //! The walk takes no kernel locks, exactly like the article's drgn script: a bucket that
 //! changes during the walk may be seen in either state, and a chain cut short is reported
@@ -20,7 +23,7 @@ use crate::{
     backend::Refusal,
     bpf::{self, MapError, ProgramLookupError},
     decode::{decode_snap_record, DecodeError},
-    model::Snapshot,
+    model::{NetInfo, Snapshot},
 };
 
 /// The program that runs the walk: a raw tracepoint program attached nowhere, run with
@@ -72,7 +75,8 @@ pub enum NetAsk {
     /// The namespace of an open nsfs file of this process (`/proc/PID/ns/net`,
     /// `/run/netns/NAME`), by descriptor: the file must stay open during the walk.
     Fd(std::os::fd::RawFd),
-    /// The `struct net` at this kernel address (from an event).
+    /// The `struct net` at this kernel address (from an event, or a walk's
+    /// [`Snapshot::nets`]).
     Kernel(u64),
 }
 
@@ -191,6 +195,18 @@ impl Snapshotter {
         // A search that gave up found no bucket without knowing there is none.
         snap.complete = end.flags & (snapflag::WALK_TRUNCATED | snapflag::LOOKUP_TRUNCATED) == 0;
         Ok(snap)
+    }
+
+    /// The NET record of a namespace alone (its port range, reserved ports and
+    /// `tcp_tw_reuse`): a verbose lookup of port 0, which no bucket has, asking for it.
+    /// `None` when the namespace is gone or, given `expect`, its `struct net` now belongs
+    /// to another namespace (a freed `struct net` may be reused).
+    pub fn net_info(&mut self, ebpf: &mut Ebpf, ask: NetAsk, expect: Option<u32>) -> Result<Option<NetInfo>, SnapshotError> {
+        let mut req = SnapRequest { verbose: 1, mode: SNAP_LOOKUP, max_chain: 1, netns_fd: -1, ..SnapRequest::default() };
+        net_fields(&mut req, ask);
+        let (records, _) = self.request(ebpf, req)?;
+        let net = crate::decode::snapshot(&records).net;
+        Ok(net.filter(|n| n.netns != 0 && expect.is_none_or(|e| e == n.netns)))
     }
 
     /// Writes the request, runs the walk program, collects the records up to END.

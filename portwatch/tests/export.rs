@@ -43,7 +43,7 @@ fn exported_series() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    v.extend([BIND_ERRORS, CONNECT_ERRORS, EVENTS_LOST].iter().map(|s| format!("{s}_total")));
+    v.extend([BIND_ERRORS, CONNECT_ERRORS, ERRORS_OVERFLOW, EVENTS_LOST].iter().map(|s| format!("{s}_total")));
     v.extend([BUILD, NETNS_NAME].iter().map(|s| format!("{s}_info")));
     v
 }
@@ -113,6 +113,11 @@ fn systemd_unit_is_valid_and_not_root() {
     assert!(!ambient.contains("CAP_SYS_ADMIN"), "{ambient}");
     assert_eq!(value("NoNewPrivileges"), Some("yes"));
     assert!(value("ExecStart").is_some_and(|e| e.contains(" export")), "{unit}");
+    // The binary where the Debian package (which ships this unit) installs it.
+    let manifest = std::fs::read_to_string(repo_root().join("portwatch/Cargo.toml")).unwrap();
+    assert!(manifest.contains(r#"["target/release/portwatch", "usr/sbin/", "755"]"#), "the package's binary moved");
+    assert!(manifest.contains(r#"["../contrib/systemd/portwatch-export.service", "usr/lib/systemd/system/", "644"]"#));
+    assert!(value("ExecStart").is_some_and(|e| e.starts_with("/usr/sbin/portwatch ")), "{unit}");
     let Ok(analyze) = which("systemd-analyze") else {
         eprintln!("SKIPPED systemd-analyze verify: systemd-analyze not installed");
         return;
@@ -346,4 +351,135 @@ fn prometheus_scrapes_the_exporter() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("capabilities after attach:"), "{err}");
     assert!(err.contains("every program detached"), "{err}");
+}
+
+/// A TCP socket of `ns` bound to 127.0.0.1:`port` (0: any), or the bind's error.
+fn bound(ns: &portwatch::netns::PrivateNetns, port: u16) -> std::io::Result<socket2::Socket> {
+    let s = ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket in the private netns");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s)
+}
+
+/// A TCP socket of `ns` connected to 127.0.0.1:`port` from an ephemeral port, or the error.
+fn connected(ns: &portwatch::netns::PrivateNetns, port: u16) -> std::io::Result<socket2::Socket> {
+    let s = ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket in the private netns");
+    s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(s)
+}
+
+/// The issue's scenario through a real Prometheus: namespace 1 with a 10-port range, 3
+/// ports blocked by bound sockets, 2 taken by connect()s to one destination and one
+/// EADDRINUSE; namespace 2 with a one-port range that is blocked and one EADDRNOTAVAIL;
+/// namespace 3 with a 10-port range holding one reserved port. The exact values are read
+/// back with Prometheus's query API.
+#[test]
+fn prometheus_sees_exact_port_pressure_and_failures() {
+    if !require_root("prometheus_sees_exact_port_pressure_and_failures") {
+        return;
+    }
+    use portwatch::netns::PrivateNetns;
+    let ns1 = PrivateNetns::with_port_range(40000, 40009).unwrap();
+    let ns2 = PrivateNetns::with_port_range(40100, 40100).unwrap();
+    let ns3 = PrivateNetns::with_port_range(40200, 40209).unwrap();
+    ns3.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "40205,8080"))
+        .unwrap()
+        .expect("writing ip_local_reserved_ports in the private netns");
+
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let exporter = Running::start(&["export", "--listen", &addr.to_string(), "--interval", "1"]);
+
+    // Namespace 1: 3 ports blocked by bound sockets, 2 taken by connect()s to one
+    // destination (a listener outside the range), one bind() refused.
+    let listener1 = bound(&ns1, 5000).unwrap();
+    listener1.listen(16).unwrap();
+    let blocked1: Vec<_> = (40000..40003).map(|p| bound(&ns1, p).unwrap()).collect();
+    let clients1: Vec<_> = (0..2).map(|_| connected(&ns1, 5000).unwrap()).collect();
+    for c in &clients1 {
+        let port = c.local_addr().unwrap().as_socket().unwrap().port();
+        assert!((40003..=40009).contains(&port), "connect() took {port}, outside the free part of the range");
+    }
+    let refused = bound(&ns1, 40001).err().and_then(|e| e.raw_os_error());
+    assert_eq!(refused, Some(libc::EADDRINUSE));
+
+    // Namespace 2: its only port blocked by a bound socket, then a connect() that finds none.
+    let listener2 = bound(&ns2, 5000).unwrap();
+    listener2.listen(16).unwrap();
+    let blocked2 = bound(&ns2, 40100).unwrap();
+    let refused = connected(&ns2, 5000).err().and_then(|e| e.raw_os_error());
+    assert_eq!(refused, Some(libc::EADDRNOTAVAIL));
+
+    // Namespace 3: a listener outside the range makes it seen; nothing else.
+    let listener3 = bound(&ns3, 5000).unwrap();
+    listener3.listen(16).unwrap();
+
+    let prom = Prometheus::start(addr);
+    prom.wait_for(r#"up{job="portwatch"} == 1"#, Duration::from_secs(30));
+    let (n1, n2, n3) = (ns1.inode(), ns2.inode(), ns3.inode());
+    let expected: Vec<(String, f64)> = [
+        (format!(r#"portwatch_ephemeral_range_ports{{netns="{n1}"}}"#), 10.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="free"}}"#), 5.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="shared"}}"#), 2.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="blocked"}}"#), 3.0),
+        (format!(r#"portwatch_bind_buckets{{netns="{n1}",fastreuse="-1"}}"#), 2.0),
+        (format!(r#"portwatch_bind_buckets{{netns="{n1}",fastreuse="0"}}"#), 4.0),
+        (format!(r#"portwatch_bind_errors_total{{netns="{n1}",errno="EADDRINUSE"}}"#), 1.0),
+        (format!(r#"count(portwatch_bind_errors_total{{netns="{n1}"}})"#), 1.0),
+        (format!(r#"count(portwatch_connect_errors_total{{netns="{n1}"}}) or vector(0)"#), 0.0),
+        (format!(r#"portwatch_ephemeral_range_ports{{netns="{n2}"}}"#), 1.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="free"}}"#), 0.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="shared"}}"#), 0.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="blocked"}}"#), 1.0),
+        (format!(r#"portwatch_connect_errors_total{{netns="{n2}",errno="EADDRNOTAVAIL"}}"#), 1.0),
+        (format!(r#"count(portwatch_connect_errors_total{{netns="{n2}"}})"#), 1.0),
+        (format!(r#"count(portwatch_bind_errors_total{{netns="{n2}"}}) or vector(0)"#), 0.0),
+        (format!(r#"portwatch_ephemeral_range_ports{{netns="{n3}"}}"#), 9.0),
+        (format!(r#"portwatch_ephemeral_ports{{netns="{n3}",state="free"}}"#), 9.0),
+        (r#"portwatch_errors_overflow_total"#.to_string(), 0.0),
+    ]
+    .into_iter()
+    .collect();
+    // Prometheus scrapes every second; the exporter rescans at most every second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got: Vec<Option<f64>>;
+    loop {
+        got = expected
+            .iter()
+            .map(|(q, _)| {
+                let r = prom.query(q);
+                (r.len() == 1).then(|| r[0]["value"][1].as_str().and_then(|s| s.parse().ok())).flatten()
+            })
+            .collect();
+        if got.iter().zip(&expected).all(|(g, (_, want))| *g == Some(*want)) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let table: Vec<String> =
+        expected.iter().zip(&got).map(|((q, want), g)| format!("{q}: expected {want}, got {g:?}")).collect();
+    assert!(got.iter().zip(&expected).all(|(g, (_, want))| *g == Some(*want)), "{}", table.join("\n"));
+
+    // The exposition with every family filled passes promtool's linter.
+    let (status, _, body) = http_get(addr, "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(body.contains(&format!(r#"portwatch_connect_errors_total{{netns="{n2}",errno="EADDRNOTAVAIL"}} 1"#)), "{body}");
+    let mut lint = Command::new(prometheus_tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- exposition:\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    drop((listener1, blocked1, clients1, listener2, blocked2, listener3));
+    drop(prom);
+    let (code, _out, err) = exporter.stop();
+    assert_eq!(code, 0, "{err}");
 }

@@ -24,6 +24,7 @@ fn selftest_scenarios_pass_with_the_auto_backend() {
             "bind_conflict",
             "quiz3",
             "reuseaddr_bind",
+            "ephemeral_range",
             "port_release_reset",
             "dump_workload",
             "timewait_purge"

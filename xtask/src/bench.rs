@@ -25,11 +25,16 @@
 //!    (utime+stime from /proc/PID/stat) over `--top-seconds`, in its non-TTY mode (a plain
 //!    table every interval into a drained pipe) and in the TUI under `script` (a pty).
 //!    Goal: under 2 % of one core.
+//! 5. export: `portwatch export --netns PATH` on a netns with `--export-sockets` listening
+//!    sockets: client-side wall time of `--export-scrapes` scrapes 100 ms apart (p50, p99,
+//!    max), and the exporter's CPU over `--export-idle-seconds` while scraped every 15 s.
+//!    Goals: p99 under 50 ms, under 1 % of one core.
 //!
 //! Needs root (namespaces, eBPF). Everything happens in private network namespaces; no
 //! sysctl of the host is touched.
 
 mod capture;
+mod export;
 mod overhead;
 pub mod procs;
 mod report;
@@ -44,6 +49,7 @@ use serde::Serialize;
 
 use self::{
     capture::{CaptureRow, RingLossRow},
+    export::ExportFig,
     overhead::OverheadRow,
     procs::Bins,
     snapshot::SnapshotFig,
@@ -75,6 +81,15 @@ pub struct BenchArgs {
     /// How long top's CPU time is measured (after a 2 s warm-up).
     #[arg(long, default_value_t = 10.0)]
     pub top_seconds: f64,
+    /// Listening sockets in the netns of the export benchmark.
+    #[arg(long, default_value_t = 50_000)]
+    pub export_sockets: u32,
+    /// Scrapes (100 ms apart) whose wall time gives the export p99.
+    #[arg(long, default_value_t = 200)]
+    pub export_scrapes: usize,
+    /// How long the exporter's CPU time is measured while it is scraped every 15 s.
+    #[arg(long, default_value_t = 60.0)]
+    pub export_idle_seconds: f64,
     /// Only these parts (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
@@ -94,6 +109,7 @@ pub enum Part {
     Capture,
     Snapshot,
     Top,
+    Export,
 }
 
 /// A figure, or why it could not be measured.
@@ -128,6 +144,7 @@ pub struct Report {
     pub ring_loss: Vec<RingLossRow>,
     pub snapshot: Option<Fig<SnapshotFig>>,
     pub top: Vec<TopRow>,
+    pub export: Option<Fig<ExportFig>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +228,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ring_loss: Vec::new(),
         snapshot: None,
         top: Vec::new(),
+        export: None,
     };
     if want(Part::Overhead) {
         for w in Workload::ALL {
@@ -232,6 +250,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if want(Part::Top) {
         report.top = top::top(&ctx);
+    }
+    if want(Part::Export) {
+        report.export = Some(Fig::from(export::export(&ctx)));
     }
     let out = if args.out.is_absolute() {
         args.out.clone()

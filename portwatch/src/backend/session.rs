@@ -8,7 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use portwatch_common::{
-    lost, ArgPos, Config, Event, Layout, LostPort, TpOffsets, WalkBudget, EVENT_RING_BYTES,
+    lost, ArgPos, Config, ErrorKey, Event, Layout, LostPort, TpOffsets, WalkBudget,
+    EVENT_RING_BYTES,
 };
 
 use super::{
@@ -22,8 +23,8 @@ use crate::{
     bpf::{self, error_chain},
     decode::decode_event,
     kernel::{compat::Id, Resolved},
-    model::Snapshot,
-    snapshot::{Lookup, SnapOptions, SnapshotError, Snapshotter},
+    model::{FailureCounts, NetInfo, Snapshot},
+    snapshot::{Lookup, NetAsk, SnapOptions, SnapshotError, Snapshotter},
 };
 
 /// A snapshot ring for sessions that only look up single buckets.
@@ -349,6 +350,24 @@ impl ProbeSession {
         Ok(self.snapshots.take(&mut self.ebpf, req)?)
     }
 
+    /// A namespace's NET record (port range, reserved ports, `tcp_tw_reuse`) read from
+    /// its `struct net` (see [`Snapshotter::net_info`]); `None` when it is gone or not the
+    /// namespace `expect`ed.
+    pub fn net_info(&mut self, ask: NetAsk, expect: Option<u32>) -> Result<Option<NetInfo>, BackendError> {
+        Ok(self.snapshots.net_info(&mut self.ebpf, ask, expect)?)
+    }
+
+    /// The failed bind()/connect() calls the kernel counted since the programs were loaded
+    /// (every backend counts where it sees a failure; see the eBPF crate's `errors.rs`).
+    pub fn failure_counts(&self) -> Result<FailureCounts, BackendError> {
+        let map: HashMap<_, ErrorKey, u64> = bpf::map(&self.ebpf, "ERRORS")?;
+        let entries = map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bpf::access("ERRORS"))?;
+        Ok(crate::decode::failure_counts(entries))
+    }
+
     /// The owners of the one bucket of (`net`, `port`), `net` being an event's
     /// `struct net` (see `Snapshotter::lookup_owners`).
     pub fn lookup_owners(&mut self, net: u64, port: u16) -> Result<Snapshot, BackendError> {
@@ -474,6 +493,7 @@ fn load_object(
         let page = 4096;
         loader
             .map_max_entries("EVENTS", page)
+            .map_max_entries("ERRORS", 1)
             .map_max_entries("PENDING", 1)
             .map_max_entries("SOCKS", 1)
             .map_max_entries("PORTS", 1);
@@ -496,6 +516,9 @@ fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendErr
     };
     let mut arr: Array<_, Config> = bpf::map_mut(ebpf, "CONFIG")?;
     arr.set(0, cfg, 0).map_err(bpf::access("CONFIG"))?;
+    // The slot for failures that find the counter map full, made while there is room.
+    let mut errors: HashMap<_, ErrorKey, u64> = bpf::map_mut(ebpf, "ERRORS")?;
+    errors.insert(ErrorKey::MAP_FULL, 0, 0).map_err(bpf::access("ERRORS"))?;
     if !opts.ports.is_empty() {
         let mut ports: HashMap<_, u16, u8> = bpf::map_mut(ebpf, "PORTS")?;
         for p in &opts.ports {

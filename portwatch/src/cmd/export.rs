@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::Args;
 use portwatch::{
-    backend::{ProbeChoice, SessionOptions},
+    backend::{ProbeChoice, SessionOptions, LOOKUP_RING_BYTES},
     export::{
         caps::{drop_all_but, effective_summary, kept_after_attach, Host},
         collector::{Collector, CollectorConfig},
@@ -51,8 +51,11 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let session = super::open_session(&SessionOptions {
         probe: Some(a.probe),
         netns: netns.inode().unwrap_or(0),
+        // Walks run in the walker's session; this one only reads ranges through its ring.
+        snapshot_ring_bytes: Some(LOOKUP_RING_BYTES),
         ..SessionOptions::default()
     })?;
+    let walk_session = super::open_session(&SessionOptions::default())?;
     eprintln!("portwatch: {}", session.backend_summary());
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -79,7 +82,7 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         rescan_interval: Duration::from_secs_f64(a.interval),
         build,
     };
-    let (handle, collector) = Collector::new(session, config, namer).spawn().context("starting the collector thread")?;
+    let (handle, collector) = Collector::new(session, walk_session, config, namer).spawn().context("starting the collector thread")?;
     let local = listener.local_addr().context("reading the listen address")?;
     eprintln!("portwatch: serving http://{local}/metrics");
     super::write_ready_file(a.ready_file.as_deref())?;

@@ -8,9 +8,9 @@ use portwatch::{
     backend::{ProbeChoice, ProbeSession, SessionOptions},
     decode,
     explain::live::Explainer,
-    model::{Scope, Snapshot, SocketEvent},
-    netns::{current_netns_inode, read_port_range_in, NetnsFilter, NetnsTarget},
-    snapshot::SnapOptions,
+    model::{NetInfo, Scope, Snapshot, SocketEvent},
+    netns::{current_netns_inode, netns_path_for_inode, NetnsFilter},
+    snapshot::{NetAsk, SnapOptions},
     views::top::{run_top, TopOptions, TopSource},
 };
 
@@ -83,12 +83,20 @@ impl TopSource for SessionSource {
         Ok(events)
     }
 
-    fn port_range(&mut self, netns: u32) -> Result<(u16, u16)> {
-        let r = match &self.header_path {
-            Some(p) if netns == self.header_netns => read_port_range_in(NetnsTarget::Path(p)),
-            _ => read_port_range_in(NetnsTarget::Inode(netns)),
+    /// Read by the kernel side from the namespace's `struct net`, reached through its
+    /// nsfs file (`/proc/self/ns/net` for this process's own): the namespace is never
+    /// entered.
+    fn port_range(&mut self, netns: u32) -> Result<NetInfo> {
+        let path = match &self.header_path {
+            Some(p) if netns == self.header_netns => p.clone(),
+            _ => netns_path_for_inode(netns)?,
         };
-        r.with_context(|| format!("reading ip_local_port_range of netns {netns}"))
+        let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let read = self
+            .session
+            .net_info(NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&ns)), Some(netns))
+            .with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
+        read.with_context(|| format!("netns {netns} is gone (its nsfs file {} names another)", path.display()))
     }
 
     fn header_netns(&self) -> u32 {

@@ -27,6 +27,7 @@ pub mod names {
     pub const BIND_BUCKETS: &str = "portwatch_bind_buckets";
     pub const BIND_ERRORS: &str = "portwatch_bind_errors";
     pub const CONNECT_ERRORS: &str = "portwatch_connect_errors";
+    pub const ERRORS_OVERFLOW: &str = "portwatch_errors_overflow";
     pub const EVENTS_LOST: &str = "portwatch_events_lost";
     pub const SCRAPE_DURATION: &str = "portwatch_scrape_duration_seconds";
     pub const BUILD: &str = "portwatch_build";
@@ -55,10 +56,12 @@ pub struct PortStates {
     pub blocked: u32,
 }
 
-/// Bind buckets of a namespace by `fastreuse` value, keyed by its spelling (`-1`, `0`, `+1`).
+/// Bind buckets of a namespace by `fastreuse` value, keyed by the renderer's spelling of
+/// it (`-1`, `0`, `+1`).
 pub type BucketCounts = Vec<(String, u64)>;
 
-/// Failed syscalls of a namespace by errno name (`EADDRINUSE`, ...), counted in the kernel.
+/// Failed syscalls of a namespace by the renderer's spelling of the errno (`EADDRINUSE`,
+/// ...), counted in the kernel.
 pub type ErrnoCounts = Vec<(String, u64)>;
 
 /// A human name for a network namespace and where it came from.
@@ -90,6 +93,9 @@ pub struct Sample {
     pub build: BuildInfo,
     /// Events the kernel could not hand to user space (ring buffer full), since start.
     pub events_lost: u64,
+    /// Failed bind()/connect() calls in no namespace's counts: the kernel's counter map
+    /// was full.
+    pub errors_unslotted: u64,
     /// How long gathering this sample took.
     pub duration: Duration,
     /// Sorted by inode.
@@ -253,12 +259,12 @@ impl Collector for SampleCollector {
         for (name, help, pick) in [
             (
                 names::BIND_ERRORS,
-                "Failed TCP bind() calls by errno, counted in the kernel since the exporter started",
+                "Failed TCP bind() calls by errno, counted in the kernel since the exporter started (backend tracepoint: every failed bind(); fentry, kprobe: every bind() the kernel's port choice refused, EADDRINUSE)",
                 (|ns: &NetnsSample| &ns.bind_errors) as fn(&NetnsSample) -> &ErrnoCounts,
             ),
             (
                 names::CONNECT_ERRORS,
-                "Failed TCP connect() calls by errno, counted in the kernel since the exporter started",
+                "Failed TCP connect() calls by errno, counted in the kernel since the exporter started (backend tracepoint: every failed connect(); fentry, kprobe: every connect() the kernel's port choice refused, EADDRNOTAVAIL)",
                 |ns: &NetnsSample| &ns.connect_errors,
             ),
         ] {
@@ -270,6 +276,14 @@ impl Collector for SampleCollector {
                 }
             }
         }
+
+        let overflow = ConstCounter::new(s.errors_unslotted);
+        overflow.encode(enc.encode_descriptor(
+            names::ERRORS_OVERFLOW,
+            "Failed TCP bind()/connect() calls in no portwatch_bind_errors_total or portwatch_connect_errors_total series: the kernel's counter map was full",
+            None,
+            overflow.metric_type(),
+        )?)?;
 
         let lost = ConstCounter::new(s.events_lost);
         lost.encode(enc.encode_descriptor(
@@ -302,6 +316,7 @@ mod tests {
         Sample {
             build: BuildInfo { version: "0.1.0".into(), backend: "tracepoint".into(), kernel: "6.18.44".into() },
             events_lost: 3,
+            errors_unslotted: 0,
             duration: Duration::from_millis(2),
             namespaces: vec![
                 NetnsSample {
@@ -368,6 +383,7 @@ mod tests {
             r#"portwatch_bind_errors_total{netns="4026531840",errno="EADDRINUSE"} 1"#,
             r#"portwatch_connect_errors_total{netns="4026532300",errno="EADDRNOTAVAIL"} 1"#,
             "portwatch_events_lost_total 3",
+            "portwatch_errors_overflow_total 0",
             "portwatch_scrape_duration_seconds 0.002",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

@@ -151,7 +151,7 @@ kernel's bind hash table with eBPF.</p>
 <li><code>portwatch_bind_buckets{netns,fastreuse}</code>: bind buckets by fastreuse (-1, 0, +1)</li>
 <li><code>portwatch_bind_errors_total{netns,errno}</code>, <code>portwatch_connect_errors_total{netns,errno}</code></li>
 <li><code>portwatch_netns_name_info{netns,name,source}</code>, <code>portwatch_build_info{version,backend,kernel}</code></li>
-<li><code>portwatch_events_lost_total</code>, <code>portwatch_scrape_duration_seconds</code></li>
+<li><code>portwatch_errors_overflow_total</code>, <code>portwatch_events_lost_total</code>, <code>portwatch_scrape_duration_seconds</code></li>
 </ul>
 </body></html>
 "#;

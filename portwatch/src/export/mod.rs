@@ -3,14 +3,16 @@
 //!
 //! One module per concern: [`http`] serves requests, [`exposition`] names the metrics and
 //! encodes them (Prometheus text or OpenMetrics), [`collector`] owns the eBPF session and
-//! gathers the values at scrape time, [`netns_name`] names namespaces, [`caps`] drops the
-//! capabilities scraping does not need once the programs are attached.
+//! gathers the values at scrape time, [`walker`] takes the bind-table walks on a thread of
+//! its own, [`netns_name`] names namespaces, [`caps`] drops the capabilities scraping does
+//! not need once the programs are attached.
 
 pub mod caps;
 pub mod collector;
 pub mod exposition;
 pub mod http;
 pub mod netns_name;
+pub mod walker;
 
 use std::{net::SocketAddr, sync::Arc};
 

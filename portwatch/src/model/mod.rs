@@ -8,6 +8,7 @@ mod bucket;
 mod errno;
 mod event;
 mod explanation;
+mod failures;
 mod resync;
 mod snapshot;
 mod tcp_state;
@@ -20,6 +21,7 @@ pub use explanation::{
     BindExplanation, Candidate, Conflict, ConflictRule, ConnectExplanation, Drift, Explanation,
     NamedOwner, PortHolder, ProcessPorts, HOLDERS_SHOWN,
 };
+pub use failures::{FailureCount, FailureCounts};
 pub use resync::{Reread, Resync};
 pub use snapshot::{AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot};
 pub use tcp_state::TcpState;

@@ -1,6 +1,9 @@
 //! A racy copy of the bind hash table and the part of it a walk covered.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +120,29 @@ impl NetInfo {
     pub fn is_reserved(&self, port: u16) -> bool {
         self.reserved.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
     }
+
+    /// Ports of `ip_local_port_range` (reserved ones included); 0 for an inverted range.
+    pub fn size(&self) -> u32 {
+        let (lo, hi) = self.range;
+        if hi < lo {
+            0
+        } else {
+            u32::from(hi - lo) + 1
+        }
+    }
+
+    /// Reserved ports inside the range (the ephemeral search skips them).
+    pub fn reserved_count(&self) -> u32 {
+        self.reserved
+            .iter()
+            .map(|(lo, hi)| u32::from(hi.saturating_sub(*lo)) + 1)
+            .sum()
+    }
+
+    /// Ports the ephemeral search may pick: the range minus its reserved ports.
+    pub fn usable(&self) -> u32 {
+        self.size().saturating_sub(self.reserved_count())
+    }
 }
 
 /// A racy (lock-free) copy of the bind hash table, like the article's drgn script makes.
@@ -134,6 +160,11 @@ pub struct Snapshot {
     pub slots: u32,
     /// The namespace asked for, when asked.
     pub net: Option<NetInfo>,
+    /// The kernel address of the `struct net` of each namespace with a bucket in the walk:
+    /// an identity, and the handle by which its NET record is read
+    /// ([`crate::snapshot::NetAsk::Kernel`]). Not part of any report.
+    #[serde(skip)]
+    pub nets: BTreeMap<u32, u64>,
 }
 
 impl Default for Snapshot {
@@ -145,6 +176,7 @@ impl Default for Snapshot {
             owners_truncated: false,
             slots: 0,
             net: None,
+            nets: BTreeMap::new(),
         }
     }
 }
@@ -172,6 +204,17 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_info_counts_reserved_ports_inside_the_range() {
+        let n = NetInfo { netns: 1, range: (60000, 60009), reserved: vec![(60000, 60000), (60003, 60005)], tw_reuse: 2 };
+        assert_eq!((n.size(), n.reserved_count(), n.usable()), (10, 4, 6));
+        assert!(n.is_reserved(60004) && !n.is_reserved(60006));
+        let inverted = NetInfo { range: (10, 5), reserved: vec![], ..n.clone() };
+        assert_eq!((inverted.size(), inverted.usable()), (0, 0));
+        let all = NetInfo { range: (0, 65535), reserved: vec![(0, 65535)], ..n };
+        assert_eq!((all.size(), all.reserved_count(), all.usable()), (65536, 65536, 0));
+    }
 
     #[test]
     fn scope_covers_its_netns_and_port() {

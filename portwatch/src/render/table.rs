@@ -154,7 +154,7 @@ pub(crate) mod tests {
             complete: true,
             owners_truncated: false,
             slots: 65536,
-            net: None,
+            ..Default::default()
         }
     }
 

@@ -198,5 +198,35 @@ pub fn render(r: &Report) -> String {
             }
         }
     }
+    if let Some(ex) = &r.export {
+        s.push('\n');
+        match ex {
+            Fig::Ok(x) => {
+                let _ = writeln!(
+                    s,
+                    "5. export with {} listening sockets ({} buckets in the scrape; goals: scrape p99 < 50 ms, idle < 1 % of one core)",
+                    x.sockets,
+                    f(x.buckets_in_scrape, 0)
+                );
+                let _ = writeln!(
+                    s,
+                    "   {} scrapes {} ms apart: p50 {} ms, p99 {} ms, max {} ms",
+                    x.scrapes,
+                    x.scrape_every_ms,
+                    f(x.scrape_ms_p50, 1),
+                    f(x.scrape_ms_p99, 1),
+                    f(x.scrape_ms_max, 1)
+                );
+                let _ = writeln!(
+                    s,
+                    "   scraped every {} s: {:.2} % of one core over {:.1} s ({} ticks)",
+                    x.idle_scrape_every_s, x.idle_cpu_pct_one_core, x.idle_seconds, x.idle_cpu_ticks
+                );
+            }
+            Fig::NotAvailable { not_available } => {
+                let _ = writeln!(s, "5. export: not available: {not_available}");
+            }
+        }
+    }
     s
 }

@@ -21,6 +21,19 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// The `p`-th percentile (0 < p <= 100) of the finite values by the nearest-rank method:
+/// the smallest value with at least p % of the values at or below it; `None` when there
+/// is none.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() || !(p > 0.0 && p <= 100.0) {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (p / 100.0 * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
 /// `num / den`, `None` unless both are finite and `den > 0`.
 pub fn ratio(num: f64, den: f64) -> Option<f64> {
     (num.is_finite() && den.is_finite() && den > 0.0).then(|| num / den)
@@ -358,6 +371,17 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&v, 99.0), Some(198.0));
+        assert_eq!(percentile(&v, 50.0), Some(100.0));
+        assert_eq!(percentile(&v, 100.0), Some(200.0));
+        assert_eq!(percentile(&[7.0, f64::NAN], 99.0), Some(7.0));
+        assert_eq!(percentile(&[], 99.0), None);
+        assert_eq!(percentile(&[1.0], 0.0), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! again if incomplete), entered with `chroot` inside a private mount namespace (its
 //! /proc mount vanishes with the namespace). In it: `dpkg -i`, then `portwatch --version`
 //! and `--help`, the man pages and the bash, zsh and fish completions at Debian's paths,
-//! then `dpkg --purge`, after which the root's file tree must be what it was before the
+//! the exporter's systemd unit starting the installed binary, then `dpkg --purge`, after which the root's file tree must be what it was before the
 //! install (dpkg's own records aside).
 
 use std::{
@@ -34,7 +34,13 @@ pub const INSTALLED: &[&str] = &[
     "usr/share/zsh/vendor-completions/_portwatch",
     "usr/share/fish/vendor_completions.d/portwatch.fish",
     "usr/share/doc/portwatch/copyright",
+    UNIT,
+    "usr/share/portwatch/prometheus/portwatch-rules.yml",
+    "usr/share/portwatch/grafana/portwatch-dashboard.json",
 ];
+
+/// The exporter's systemd unit, as the package installs it.
+const UNIT: &str = "usr/lib/systemd/system/portwatch-export.service";
 
 /// Files dpkg itself changes on install and purge: its database, logs and caches.
 pub fn dpkg_bookkeeping(path: &str) -> bool {
@@ -204,6 +210,16 @@ pub fn check_package(deb: &Path, version: &str) -> Result<()> {
     Ok(())
 }
 
+/// The program a unit's `ExecStart=` runs (its first word, without systemd's `-@:+!`
+/// prefixes).
+fn exec_start_binary(unit: &str) -> Option<&str> {
+    let line = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ExecStart="))?;
+    let word = line.split_whitespace().next()?;
+    Some(word.trim_start_matches(['-', '@', ':', '+', '!']))
+}
+
 fn install_and_check(root: &Path, version: &str) -> Result<()> {
     run_in_root(root, "dpkg -i /tmp/portwatch.deb")?;
     let listed = run_in_root(root, "dpkg -L portwatch")?;
@@ -227,6 +243,20 @@ fn install_and_check(root: &Path, version: &str) -> Result<()> {
     ensure!(
         help.contains("Usage: portwatch") && help.contains("dump"),
         "`portwatch --help` in the Debian root printed {help:?}"
+    );
+    // The unit starts the binary where the package put it.
+    let unit = fs::read_to_string(root.join(UNIT))?;
+    let exec = exec_start_binary(&unit).with_context(|| format!("/{UNIT} has no ExecStart"))?;
+    ensure!(
+        INSTALLED.contains(&exec.trim_start_matches('/')),
+        "/{UNIT} starts {exec}, which the package does not install (it installs /{})",
+        INSTALLED[0]
+    );
+    let v = run_in_root(root, &format!("{exec} --version"))?;
+    ensure!(
+        v.starts_with("portwatch "),
+        "`{exec} --version` (the unit's ExecStart) in the Debian root printed {:?}",
+        v.trim()
     );
     // Man pages: gzip'd roff, one per visible subcommand, in man1.
     let man = gunzip(&root.join("usr/share/man/man1/portwatch.1.gz"))?;
@@ -293,6 +323,19 @@ mod tests {
             tree_diff(&before, &changed),
             ["changed: /etc (d 755 0:0 0 -> d 700 0:0 0)"]
         );
+    }
+
+    #[test]
+    fn exec_start_binary_is_the_first_word() {
+        assert_eq!(
+            exec_start_binary("[Service]\nExecStart=/usr/sbin/portwatch export --listen x\n"),
+            Some("/usr/sbin/portwatch")
+        );
+        assert_eq!(
+            exec_start_binary("ExecStart=-/usr/bin/true\n"),
+            Some("/usr/bin/true")
+        );
+        assert_eq!(exec_start_binary("[Service]\nType=simple\n"), None);
     }
 
     #[test]

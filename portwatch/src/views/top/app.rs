@@ -1,7 +1,8 @@
 //! State of `portwatch top` apart from drawing: the bucket states (held by the one
 //! [`Reducer`], fed with events and reconciled with rescans), per-row UI metadata (last
 //! change, highlight), sorting, filtering, scrolling, the recent-transitions ring and the
-//! port pressure of the header netns. Pure logic: no terminal, no I/O, time passed in.
+//! port pressure of the header netns (computed by [`crate::pressure`]). Pure logic: no
+//! terminal, no I/O, time passed in.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -11,7 +12,8 @@ use std::{
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
-    model::{BucketInfo, BucketKey, Scope, Snapshot, SocketEvent, Transition, TransitionKind},
+    model::{BucketInfo, BucketKey, NetInfo, Scope, Snapshot, SocketEvent, Transition, TransitionKind},
+    pressure::{pressure, Pressure},
     reducer::Reducer,
     render::columns::Column,
 };
@@ -147,79 +149,6 @@ impl SortKey {
     }
 }
 
-/// Port pressure of one netns over its `ip_local_port_range`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pressure {
-    pub netns: u32,
-    pub lo: u16,
-    pub hi: u16,
-    /// Ports of the range without any bucket.
-    pub free: u32,
-    /// Ports whose buckets are all fastreuse -1 / fastreuseport -1: connect() can still
-    /// pick them (given a unique 4-tuple).
-    pub shared: u32,
-    /// Ports with a bucket in fastreuse 0/+1 or fastreuseport >= 0: connect() skips them.
-    pub blocked: u32,
-}
-
-impl Pressure {
-    pub fn size(&self) -> u32 {
-        if self.hi < self.lo {
-            0
-        } else {
-            u32::from(self.hi - self.lo) + 1
-        }
-    }
-}
-
-const PORT_FREE: u8 = 0;
-const PORT_SHARED: u8 = 1;
-const PORT_BLOCKED: u8 = 2;
-
-/// Counts free / shared / blocked ports of `lo..=hi` in `netns` over `buckets`.
-/// `scratch` is reused between calls (65,536 bytes once, then no allocation).
-pub fn pressure<'a>(
-    buckets: impl IntoIterator<Item = (&'a BucketKey, &'a BucketInfo)>,
-    netns: u32,
-    lo: u16,
-    hi: u16,
-    scratch: &mut Vec<u8>,
-) -> Pressure {
-    let mut p = Pressure {
-        netns,
-        lo,
-        hi,
-        free: 0,
-        shared: 0,
-        blocked: 0,
-    };
-    if hi < lo {
-        return p;
-    }
-    scratch.clear();
-    scratch.resize(usize::from(u16::MAX) + 1, PORT_FREE);
-    for (key, info) in buckets {
-        if key.netns != netns || key.port < lo || key.port > hi {
-            continue;
-        }
-        let slot = &mut scratch[usize::from(key.port)];
-        let state = if info.connect_can_share() {
-            PORT_SHARED
-        } else {
-            PORT_BLOCKED
-        };
-        *slot = (*slot).max(state);
-    }
-    for &s in &scratch[usize::from(lo)..=usize::from(hi)] {
-        match s {
-            PORT_FREE => p.free += 1,
-            PORT_SHARED => p.shared += 1,
-            _ => p.blocked += 1,
-        }
-    }
-    p
-}
-
 /// Whether a row matches the filter text: empty matches all; otherwise the port equals
 /// the text as a number, or the netns (decimal) contains the text.
 pub fn matches_filter(key: &BucketKey, filter: &str) -> bool {
@@ -290,11 +219,11 @@ pub fn sort_keys(
     });
 }
 
-/// The `ip_local_port_range` of the header netns, as last asked.
+/// The ephemeral range of the header netns, as last asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RangeState {
     Unknown,
-    Known(u16, u16),
+    Known(NetInfo),
     Failed(String),
 }
 
@@ -496,12 +425,11 @@ impl TopApp {
     }
 
     fn update_pressure(&mut self) {
-        self.pressure = match self.range {
-            RangeState::Known(lo, hi) => Some(pressure(
-                self.buckets.known(),
+        self.pressure = match &self.range {
+            RangeState::Known(range) => Some(pressure(
+                self.buckets.in_netns(self.header_netns),
                 self.header_netns,
-                lo,
-                hi,
+                range,
                 &mut self.scratch,
             )),
             _ => None,
@@ -626,7 +554,7 @@ impl TopApp {
 #[cfg(test)]
 mod tests {
     use super::{
-        super::fixtures::{ev, failed, info, key, snap},
+        super::fixtures::{ev, failed, info, key, net, snap},
         *,
     };
     use crate::{model::Op, render::transition::describe};
@@ -646,75 +574,6 @@ mod tests {
     }
     fn ports(app: &TopApp) -> Vec<u16> {
         app.view().map(|r| r.key.port).collect()
-    }
-
-    #[test]
-    fn pressure_counts_free_shared_blocked() {
-        let rows = [
-            (key(1, 60000), info(-1, -1, 2)), // shared
-            (key(1, 60001), info(0, -1, 1)),  // blocked (fastreuse 0)
-            (key(1, 60002), info(1, -1, 1)),  // blocked (+1)
-            (key(1, 60003), info(-1, 0, 1)),  // blocked (fastreuseport 0)
-            (key(2, 60004), info(0, -1, 1)),  // other netns: ignored
-            (key(1, 1234), info(0, -1, 1)),   // outside the range
-        ];
-        let mut scratch = Vec::new();
-        let p = pressure(
-            rows.iter().map(|(k, i)| (k, i)),
-            1,
-            60000,
-            60009,
-            &mut scratch,
-        );
-        assert_eq!(
-            p,
-            Pressure {
-                netns: 1,
-                lo: 60000,
-                hi: 60009,
-                free: 6,
-                shared: 1,
-                blocked: 3
-            }
-        );
-        assert_eq!(p.size(), 10);
-        // The article's setup: a one-port range.
-        let p = pressure(
-            rows.iter().map(|(k, i)| (k, i)),
-            1,
-            60000,
-            60000,
-            &mut scratch,
-        );
-        assert_eq!((p.free, p.shared, p.blocked), (0, 1, 0));
-        // Whole port space, edges included.
-        let edge = [
-            (key(1, 0), info(0, -1, 1)),
-            (key(1, 65535), info(-1, -1, 1)),
-        ];
-        let p = pressure(edge.iter().map(|(k, i)| (k, i)), 1, 0, 65535, &mut scratch);
-        assert_eq!((p.free, p.shared, p.blocked), (65534, 1, 1));
-        // Inverted range: nothing.
-        let p = pressure(edge.iter().map(|(k, i)| (k, i)), 1, 10, 5, &mut scratch);
-        assert_eq!((p.free, p.shared, p.blocked, p.size()), (0, 0, 0, 0));
-    }
-
-    #[test]
-    fn pressure_port_with_two_vrf_buckets_is_blocked_if_any_blocks() {
-        let a = BucketKey {
-            netns: 1,
-            l3mdev: 0,
-            port: 100,
-        };
-        let b = BucketKey {
-            netns: 1,
-            l3mdev: 7,
-            port: 100,
-        };
-        let rows = [(a, info(-1, -1, 1)), (b, info(0, -1, 1))];
-        let mut scratch = Vec::new();
-        let p = pressure(rows.iter().map(|(k, i)| (k, i)), 1, 100, 100, &mut scratch);
-        assert_eq!((p.free, p.shared, p.blocked), (0, 0, 1));
     }
 
     #[test]
@@ -952,7 +811,7 @@ mod tests {
         let mut app = TopApp::new(7, String::new());
         rescan(&mut app, snap(&[(key(7, 60000), info(-1, -1, 1))]), t0);
         assert_eq!(app.pressure, None, "range not known yet");
-        app.set_port_range(RangeState::Known(60000, 60001));
+        app.set_port_range(RangeState::Known(net(60000, 60001)));
         assert_eq!(
             app.pressure.map(|p| (p.free, p.shared, p.blocked)),
             Some((1, 1, 0))
@@ -1116,23 +975,6 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(200))]
-
-            #[test]
-            fn pressure_partitions_the_range(
-                rows in proptest::collection::vec((arb_key(), arb_info()), 0..60),
-                lo in 0u16..50, len in 0u16..30,
-            ) {
-                let hi = lo.saturating_add(len);
-                let mut scratch = Vec::new();
-                let p = pressure(rows.iter().map(|(k, i)| (k, i)), 2, lo, hi, &mut scratch);
-                prop_assert_eq!(p.free + p.shared + p.blocked, p.size());
-                let ports_with_bucket: std::collections::HashSet<u16> = rows
-                    .iter()
-                    .filter(|(k, _)| k.netns == 2 && k.port >= lo && k.port <= hi)
-                    .map(|(k, _)| k.port)
-                    .collect();
-                prop_assert_eq!(p.shared + p.blocked, ports_with_bucket.len() as u32);
-            }
 
             #[test]
             fn a_rescan_has_the_last_word(

@@ -1,8 +1,13 @@
 //! Builders shared by the `top` test modules (app, ui, run loop).
 use crate::model::{
-    BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, Op, OwnerCount, SeenBucket, Snapshot,
-    SockOpts, SocketEvent, Task,
+    BucketInfo, BucketKey, BucketRow, Errno, Fastreuse, NetInfo, Op, OwnerCount, SeenBucket,
+    Snapshot, SockOpts, SocketEvent, Task,
 };
+
+/// The NET record of a namespace with ephemeral range `lo..=hi` and no reserved port.
+pub fn net(lo: u16, hi: u16) -> NetInfo {
+    NetInfo { netns: 1, range: (lo, hi), reserved: vec![], tw_reuse: 0 }
+}
 
 pub fn key(netns: u32, port: u16) -> BucketKey {
     BucketKey { netns, l3mdev: 0, port }
@@ -22,7 +27,7 @@ pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
         complete: true,
         owners_truncated: false,
         slots: 65536,
-        net: None,
+        ..Default::default()
     }
 }
 

@@ -26,7 +26,7 @@ use ratatui::{backend::Backend, layout::Rect, Terminal};
 
 use self::app::{KeyOutcome, RangeState, TopApp};
 use crate::{
-    model::{Scope, Snapshot, SocketEvent},
+    model::{NetInfo, Scope, Snapshot, SocketEvent},
     render::{
         table::{bucket_table, footer, table_to_string},
         time::monotonic_now_ns,
@@ -41,8 +41,9 @@ pub trait TopSource {
     fn scope(&self) -> Scope;
     /// Events since the previous call, decoded.
     fn events(&mut self) -> anyhow::Result<Vec<SocketEvent>>;
-    /// `ip_local_port_range` of that netns.
-    fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)>;
+    /// The ephemeral range of that netns (`ip_local_port_range` and the reserved ports
+    /// inside it).
+    fn port_range(&mut self, netns: u32) -> anyhow::Result<NetInfo>;
     /// The netns whose pressure the header shows.
     fn header_netns(&self) -> u32;
     /// E.g. "backend: tracepoint (fentry: EPERM; kprobe: kernel has no kprobes)".
@@ -141,7 +142,7 @@ fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Re
     app.apply_snapshot(snap, src.scope(), ts_ns, now);
     let netns = app.header_netns;
     app.set_port_range(match src.port_range(netns) {
-        Ok((lo, hi)) => RangeState::Known(lo, hi),
+        Ok(range) => RangeState::Known(range),
         Err(e) => RangeState::Failed(format!("{e:#}")),
     });
     app.dropped = src.dropped_events();
@@ -341,7 +342,7 @@ mod tests {
     struct FakeSource {
         snapshots: VecDeque<Snapshot>,
         batches: VecDeque<Vec<SocketEvent>>,
-        range: Result<(u16, u16), String>,
+        range: Result<NetInfo, String>,
         snapshot_calls: usize,
         event_calls: usize,
         fail_snapshot: bool,
@@ -352,7 +353,7 @@ mod tests {
             FakeSource {
                 snapshots: snapshots.into(),
                 batches: batches.into(),
-                range: Ok((60000, 60001)),
+                range: Ok(fixtures::net(60000, 60001)),
                 snapshot_calls: 0,
                 event_calls: 0,
                 fail_snapshot: false,
@@ -383,7 +384,7 @@ mod tests {
             self.event_calls += 1;
             Ok(self.batches.pop_front().unwrap_or_default())
         }
-        fn port_range(&mut self, netns: u32) -> anyhow::Result<(u16, u16)> {
+        fn port_range(&mut self, netns: u32) -> anyhow::Result<NetInfo> {
             assert_eq!(netns, NS);
             self.range.clone().map_err(|e| anyhow::anyhow!(e))
         }

@@ -95,9 +95,13 @@ pub fn pressure_line(app: &TopApp, opts: &TopOptions) -> String {
     let ns = app.header_netns;
     match (&app.range, app.pressure) {
         (RangeState::Known(..), Some(p)) => {
+            let reserved = match p.reserved {
+                0 => String::new(),
+                n => format!(", {n} reserved"),
+            };
             let mut s = format!(
-                "netns {ns} ip_local_port_range {}-{} ({} ports): {} free, {} shared by connect(), \
-                 {} blocked for connect()",
+                "netns {ns} ip_local_port_range {}-{} ({} ports{reserved}): {} free, {} shared by \
+                 connect(), {} blocked for connect()",
                 p.lo,
                 p.hi,
                 p.size(),
@@ -333,7 +337,7 @@ mod tests {
     use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
 
     use super::{
-        super::fixtures::{ev, info, key, snap},
+        super::fixtures::{ev, info, key, net, snap},
         *,
     };
     use crate::model::{Errno, Op, Scope, SockOpts, SocketEvent, Task};
@@ -381,7 +385,7 @@ mod tests {
             0,
             t0,
         );
-        app.set_port_range(RangeState::Known(60000, 60000));
+        app.set_port_range(RangeState::Known(net(60000, 60000)));
         app.dropped = 3;
         let t1 = t0 + Duration::from_secs(1);
         // A plain bind() with SO_REUSEADDR: one more owner and -1 -> 0; then a bind()
@@ -536,7 +540,7 @@ mod tests {
             port: Some(80),
             ..opts()
         };
-        app.set_port_range(RangeState::Known(80, 81));
+        app.set_port_range(RangeState::Known(net(80, 81)));
         assert!(
             pressure_line(&app, &o).ends_with("(only port 80 is watched: others count as free)")
         );
