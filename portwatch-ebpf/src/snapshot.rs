@@ -26,7 +26,9 @@
 //! when it is no longer there, the rest of the chain cannot be found and the walk is
 //! reported as not covering its scope (`WALK_TRUNCATED`), never as a shorter table.
 //! Records are built in this CPU's `SNAP_REC` slot, not on the stack of the step.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use portwatch_common::{
     rec, snapdetail, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP,
 };
@@ -311,8 +313,7 @@ fn emit_owner(w: &mut TableWalk, node: u64) {
             r.flags = ((zbits(sk, layout!(sk_reuse)) != 0) as u8) * snapflag::REUSEADDR
                 | ((zbits(sk, layout!(sk_reuseport)) != 0) as u8) * snapflag::REUSEPORT
                 | (known as u8) * snapflag::CONNECT_BIND_KNOWN
-                | ((known && compat::connect_bound(sk, r.state)) as u8)
-                    * snapflag::CONNECT_BOUND;
+                | ((known && compat::connect_bound(sk, r.state)) as u8) * snapflag::CONNECT_BOUND;
             let num: u16 = zfield(sk, layout!(sk_num));
             r.port = if num == 0 { w.cur_port } else { num };
             r.local_port_range = compat::socket_port_range(sk, r.state);

@@ -229,7 +229,12 @@ impl TopSource for DemoSource {
         if netns != NETNS {
             bail!("the demo knows only netns {NETNS}, not {netns}");
         }
-        Ok(NetInfo { netns, range: RANGE, reserved: vec![], tw_reuse: 0 })
+        Ok(NetInfo {
+            netns,
+            range: RANGE,
+            reserved: vec![],
+            tw_reuse: 0,
+        })
     }
 
     fn header_netns(&self) -> u32 {

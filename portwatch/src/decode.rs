@@ -108,7 +108,9 @@ pub fn socket_event(ev: &Event) -> Result<SocketEvent, DecodeError> {
             .then(|| socket_addr(ev.family, &ev.laddr, 0))
             .flatten()
     } else {
-        sock_known.then(|| socket_addr(ev.family, &ev.laddr, ev.port)).flatten()
+        sock_known
+            .then(|| socket_addr(ev.family, &ev.laddr, ev.port))
+            .flatten()
     };
     let remote = if (sock_known || has(flag::CONNECT_DST)) && ev.rport != 0 {
         socket_addr(ev.family, &ev.raddr, ev.rport)
@@ -179,7 +181,9 @@ fn task(pid: u32, comm: &[u8; 16]) -> Task {
 /// address is the IPv4 address it maps. `None` for other families.
 fn ip(family: u16, addr: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            addr[0], addr[1], addr[2], addr[3],
+        ))),
         AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*addr)).to_canonical()),
         _ => None,
     }
@@ -383,10 +387,18 @@ pub fn failure_counts(entries: impl IntoIterator<Item = (ErrorKey, u64)>) -> Fai
             op::CONNECT => Op::Connect,
             _ => continue,
         };
-        let Some(errno) = Errno::new(i32::from(key.errno)) else { continue };
-        out.counts.push(FailureCount { netns: key.netns, op, errno, count });
+        let Some(errno) = Errno::new(i32::from(key.errno)) else {
+            continue;
+        };
+        out.counts.push(FailureCount {
+            netns: key.netns,
+            op,
+            errno,
+            count,
+        });
     }
-    out.counts.sort_by_key(|c| (c.netns, c.op != Op::Bind, c.errno));
+    out.counts
+        .sort_by_key(|c| (c.netns, c.op != Op::Bind, c.errno));
     out
 }
 
@@ -576,7 +588,8 @@ mod tests {
 
     #[test]
     fn addresses() {
-        let sa = |family, addr: &[u8; 16], port| socket_addr(family, addr, port).map(|a| a.to_string());
+        let sa =
+            |family, addr: &[u8; 16], port| socket_addr(family, addr, port).map(|a| a.to_string());
         let mut v4 = [0u8; 16];
         v4[..4].copy_from_slice(&[127, 0, 0, 1]);
         assert_eq!(sa(AF_INET, &v4, 60000).as_deref(), Some("127.0.0.1:60000"));
@@ -588,8 +601,14 @@ mod tests {
         assert_eq!(sa(AF_INET, &[0; 16], 1234).as_deref(), Some("0.0.0.0:1234"));
         // An address of an unknown family is no address.
         assert_eq!(sa(0, &v4, 1), None);
-        assert_eq!(ip(AF_INET, &v4).map(|a| a.to_string()).as_deref(), Some("127.0.0.1"));
-        assert_eq!(ip(AF_INET6, &lo6).map(|a| a.to_string()).as_deref(), Some("::1"));
+        assert_eq!(
+            ip(AF_INET, &v4).map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(
+            ip(AF_INET6, &lo6).map(|a| a.to_string()).as_deref(),
+            Some("::1")
+        );
     }
 
     #[test]
@@ -611,9 +630,21 @@ mod tests {
         );
         assert_eq!(e.errno, None);
         assert!(!e.had_port);
-        assert_eq!(e.task, Task::Process { pid: 4242, comm: "python3".into() });
-        assert_eq!(e.local.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:60000"));
-        assert_eq!(e.remote.map(|a| a.to_string()).as_deref(), Some("127.9.9.9:1234"));
+        assert_eq!(
+            e.task,
+            Task::Process {
+                pid: 4242,
+                comm: "python3".into()
+            }
+        );
+        assert_eq!(
+            e.local.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:60000")
+        );
+        assert_eq!(
+            e.remote.map(|a| a.to_string()).as_deref(),
+            Some("127.9.9.9:1234")
+        );
         assert_eq!(e.opts, SockOpts::default());
         assert!(!e.port_from_range);
 
@@ -661,24 +692,42 @@ mod tests {
     fn what_newer_kernels_record_per_socket() {
         let mut raw = sample_event();
         let e = socket_event(&raw).expect("decodes");
-        assert_eq!((e.opts.connect_bound, e.opts.local_port_range, e.addr), (None, None, None));
+        assert_eq!(
+            (e.opts.connect_bound, e.opts.local_port_range, e.addr),
+            (None, None, None)
+        );
         raw.flags |= flag::CONNECT_BIND_KNOWN | flag::CONNECT_BOUND | flag::ADDR_STATE;
         raw.local_port_range = 40009 << 16 | 40000;
         raw.addr_fastreuse = 0;
         raw.addr_fastreuseport = -1;
         let e = socket_event(&raw).expect("decodes");
         assert_eq!(e.opts.connect_bound, Some(true));
-        assert_eq!(e.opts.local_port_range, Some(PortRange { lo: 40000, hi: 40009 }));
+        assert_eq!(
+            e.opts.local_port_range,
+            Some(PortRange {
+                lo: 40000,
+                hi: 40009
+            })
+        );
         assert_eq!(
             e.addr,
-            Some(AddrState { fastreuse: Fastreuse(0), fastreuseport: Fastreuse(-1) })
+            Some(AddrState {
+                fastreuse: Fastreuse(0),
+                fastreuseport: Fastreuse(-1)
+            })
         );
         raw.flags &= !flag::CONNECT_BOUND;
-        assert_eq!(socket_event(&raw).expect("decodes").opts.connect_bound, Some(false));
+        assert_eq!(
+            socket_event(&raw).expect("decodes").opts.connect_bound,
+            Some(false)
+        );
         // Nothing is said about a socket that could not be read.
         raw.flags &= !flag::SOCK_KNOWN;
         let e = socket_event(&raw).expect("decodes");
-        assert_eq!((e.opts.connect_bound, e.opts.local_port_range), (None, None));
+        assert_eq!(
+            (e.opts.connect_bound, e.opts.local_port_range),
+            (None, None)
+        );
 
         let mut o = rec(rec::OWNER, 60000, 0);
         o.family = 2;
@@ -691,7 +740,10 @@ mod tests {
         assert_eq!(owner.local_port_range, Some(PortRange { lo: 0, hi: 50000 }));
         o.flags = snapflag::CONNECT_BOUND;
         let snap = snapshot(&[o, b]);
-        assert_eq!(snap.buckets[0].addresses[0].owners[0].connect_bound, None, "not recorded");
+        assert_eq!(
+            snap.buckets[0].addresses[0].owners[0].connect_bound, None,
+            "not recorded"
+        );
     }
 
     #[test]
@@ -744,7 +796,10 @@ mod tests {
         assert_eq!(row.info.fastreuse, Fastreuse(-1));
         assert_eq!(row.info.owners, OwnerCount::exact(1));
         assert_eq!(row.addresses.len(), 1);
-        assert_eq!(row.addresses[0].address, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(
+            row.addresses[0].address,
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        );
         assert_eq!(row.addresses[0].fastreuse, Some(Fastreuse(0)));
         assert_eq!(
             row.addresses[0].owners[0].local,
@@ -788,7 +843,11 @@ mod tests {
         b.addr = 0x200;
         let snap = snapshot(&[stale, a, o, b]);
         assert_eq!(snap.buckets.len(), 1);
-        let owners: usize = snap.buckets[0].addresses.iter().map(|a| a.owners.len()).sum();
+        let owners: usize = snap.buckets[0]
+            .addresses
+            .iter()
+            .map(|a| a.owners.len())
+            .sum();
         assert_eq!((snap.buckets[0].addresses.len(), owners), (1, 1));
     }
 
@@ -839,15 +898,28 @@ mod tests {
         let owner = &row.addresses[0].owners[0];
         assert_eq!(owner.local, Some(SocketAddr::from(([127, 0, 0, 1], 7000))));
         assert_eq!(owner.family, Some(Family::Inet6));
-        assert_eq!((owner.uid, owner.inode, owner.v6only, owner.bound_dev), (Some(1000), Some(4711), true, 2));
+        assert_eq!(
+            (owner.uid, owner.inode, owner.v6only, owner.bound_dev),
+            (Some(1000), Some(4711), true, 2)
+        );
         // A v4-mapped socket on a per-address bucket an IPv4 socket created (6.1 to 6.7).
         assert_eq!(owner.bucket_family, Some(Family::Inet));
         let t = &row.addresses[0].owners[1];
-        assert_eq!((t.state, t.uid, t.inode), (TcpState::TimeWait, None, None), "TIME-WAIT has no uid or inode");
-        assert_eq!(t.bucket_family, None, "no TB2_FAMILY flag: no bucket family");
+        assert_eq!(
+            (t.state, t.uid, t.inode),
+            (TcpState::TimeWait, None, None),
+            "TIME-WAIT has no uid or inode"
+        );
+        assert_eq!(
+            t.bucket_family, None,
+            "no TB2_FAMILY flag: no bucket family"
+        );
         assert_eq!(t.remote, Some(SocketAddr::from(([127, 0, 0, 2], 5000))));
         let fast = row.fast.expect("fastreuseport 2 has a fast path");
-        assert_eq!((fast.uid, fast.family, fast.ipv6_only), (1000, Some(Family::Inet), true));
+        assert_eq!(
+            (fast.uid, fast.family, fast.ipv6_only),
+            (1000, Some(Family::Inet), true)
+        );
         // No fast path while fastreuseport is not positive; no family without the flag.
         let mut b0 = rec(rec::BUCKET, 80, 0);
         b0.uid = 5;
@@ -869,7 +941,10 @@ mod tests {
         raw.port = 7000;
         let e = socket_event(&raw).expect("decodes");
         assert_eq!(e.local, Some("[::1]:7000".parse().unwrap()));
-        assert_eq!((e.family, e.v6only, e.uid), (Some(Family::Inet6), true, Some(1000)));
+        assert_eq!(
+            (e.family, e.v6only, e.uid),
+            (Some(Family::Inet6), true, Some(1000))
+        );
         assert_eq!(e.net, raw.net);
         // A failed connect: the destination asked for, and its source without a port.
         let mut raw = sample_event();
@@ -902,7 +977,10 @@ mod tests {
         a.laddr[..4].copy_from_slice(&[10, 1, 2, 3]);
         let b = rec(rec::BUCKET, 80, 0);
         let snap = snapshot(&[a, b]);
-        assert_eq!(snap.buckets[0].addresses[0].address, Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))));
+        assert_eq!(
+            snap.buckets[0].addresses[0].address,
+            Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+        );
         // No owners on this per-address bucket: no per-address state either.
         assert_eq!(snap.buckets[0].addresses[0].fastreuseport, None);
     }
@@ -929,14 +1007,22 @@ mod tests {
         let mut high = [0u8; 16];
         high[15] = 0x80; // port 65535 (chunk 511, bit 127)
         let chunks = [(0u16, low), (65408u16, high)];
-        assert_eq!(reserved_ranges(&chunks, (0, 65535)), [(0, 0), (63, 64), (65535, 65535)]);
+        assert_eq!(
+            reserved_ranges(&chunks, (0, 65535)),
+            [(0, 0), (63, 64), (65535, 65535)]
+        );
         // Only those inside the range count.
         assert_eq!(reserved_ranges(&chunks, (1, 65534)), [(63, 64)]);
     }
 
     #[test]
     fn failure_counts_sorted_with_the_unslotted_apart() {
-        let key = |netns, errno, op| ErrorKey { netns, errno, op, _pad: 0 };
+        let key = |netns, errno, op| ErrorKey {
+            netns,
+            errno,
+            op,
+            _pad: 0,
+        };
         let counts = failure_counts([
             (key(9, 99, op::CONNECT), 4),
             (key(9, 98, op::BIND), 1),
@@ -945,8 +1031,11 @@ mod tests {
             (key(7, 98, op::LISTEN), 3),
             (key(7, 0, op::BIND), 3),
         ]);
-        let got: Vec<(u32, Op, String, u64)> =
-            counts.counts.iter().map(|c| (c.netns, c.op, c.errno.to_string(), c.count)).collect();
+        let got: Vec<(u32, Op, String, u64)> = counts
+            .counts
+            .iter()
+            .map(|c| (c.netns, c.op, c.errno.to_string(), c.count))
+            .collect();
         assert_eq!(
             got,
             [

@@ -147,7 +147,11 @@ mod tests {
             schema: format!("{} and one more row", key.schema),
             ..key.clone()
         };
-        assert_eq!(read(&path, &other), None, "another binary's cache is not used");
+        assert_eq!(
+            read(&path, &other),
+            None,
+            "another binary's cache is not used"
+        );
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read(&path, &key), None, "garbage is ignored");
         assert_eq!(host_layout_cached_at(&path).expect("rebuilt"), fresh);

@@ -61,12 +61,14 @@ enum Command {
     Generate(cmd::generate::GenerateArgs),
 }
 
-const SNAPSHOT_NOTE: &str = "The table is a racy snapshot, like the article's drgn script: the walk takes no \
+const SNAPSHOT_NOTE: &str =
+    "The table is a racy snapshot, like the article's drgn script: the walk takes no \
 kernel locks, so a bucket that changes during the walk may show either state; every walk is \
 bounded, and a chain or owner list cut short is reported (counts shown as lower bounds). \
 Needs CAP_BPF and CAP_PERFMON (root).";
 
-const TOP_NOTE: &str = "Keys: q/Esc quit, s next sort column, r reverse, / or f filter (a port, or part of a \
+const TOP_NOTE: &str =
+    "Keys: q/Esc quit, s next sort column, r reverse, / or f filter (a port, or part of a \
 netns id), p pause, j/k or arrows move, PgUp/PgDn, g/G first/last. Rows come from a racy \
 lock-free snapshot every --interval, kept current by the event stream in between. The header \
 shows, for the selected netns, how many ports of ip_local_port_range are free, shared by \
@@ -77,7 +79,8 @@ help page at /, on loopback unless --listen says otherwise, until SIGINT or SIGT
 CAP_PERFMON (root) to start; once the programs are attached it drops every capability scraping does \
 not need (it prints which it keeps and why).";
 
-const QUIZ_NOTE: &str = "Each replay runs in a fresh private network namespace created by portwatch (lo up, \
+const QUIZ_NOTE: &str =
+    "Each replay runs in a fresh private network namespace created by portwatch (lo up, \
 ip_local_port_range 60000 60000 set inside it only, a listener on *:1234); the host's sysctls \
 are never touched. Exit status: 0 when every replay ran (differences from the article are \
 findings about this kernel), 1 when one could not run, 3 with --strict when one differs.";

@@ -8,13 +8,14 @@
 //! - [`read_port_range_in`]: `net.ipv4.ip_local_port_range` of another netns, read by a
 //!   short-lived thread that `setns()`-es into it.
 
-use std::fs::File;
-use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::{
+    fs::File,
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread::JoinHandle,
+};
 
 use nix::sched::CloneFlags;
 
@@ -513,7 +514,9 @@ impl Drop for PrivateNetns {
 /// `ip link set lo up` for the calling thread's netns: an RTM_SETLINK request over
 /// rtnetlink, acknowledged by the kernel.
 fn bring_lo_up() -> Result<(), NetnsError> {
-    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+    use netlink_packet_core::{
+        NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
+    };
     use netlink_packet_route::{
         link::{LinkFlags, LinkMessage},
         RouteNetlinkMessage,
@@ -528,26 +531,43 @@ fn bring_lo_up() -> Result<(), NetnsError> {
     link.header.change_mask = LinkFlags::Up;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    let mut req = NetlinkMessage::new(header, NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)));
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::SetLink(link)),
+    );
     req.finalize();
     let mut buf = vec![0; req.header.length as usize];
     req.serialize(&mut buf);
 
-    let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| io_err("opening an rtnetlink socket", e))?;
-    sock.bind_auto().map_err(|e| io_err("binding an rtnetlink socket", e))?;
-    sock.connect(&SocketAddr::new(0, 0)).map_err(|e| io_err("connecting an rtnetlink socket", e))?;
-    sock.send(&buf, 0).map_err(|e| io_err("sending RTM_SETLINK (lo up)", e))?;
+    let mut sock =
+        Socket::new(NETLINK_ROUTE).map_err(|e| io_err("opening an rtnetlink socket", e))?;
+    sock.bind_auto()
+        .map_err(|e| io_err("binding an rtnetlink socket", e))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| io_err("connecting an rtnetlink socket", e))?;
+    sock.send(&buf, 0)
+        .map_err(|e| io_err("sending RTM_SETLINK (lo up)", e))?;
     let mut reply = vec![0; 4096];
-    let n = sock.recv(&mut &mut reply[..], 0).map_err(|e| io_err("reading the RTM_SETLINK acknowledgement", e))?;
+    let n = sock
+        .recv(&mut &mut reply[..], 0)
+        .map_err(|e| io_err("reading the RTM_SETLINK acknowledgement", e))?;
     let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..n]).map_err(|e| {
-        io_err("parsing the RTM_SETLINK acknowledgement", io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+        io_err(
+            "parsing the RTM_SETLINK acknowledgement",
+            io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+        )
     })?;
     match msg.payload {
-        NetlinkPayload::Error(e) if e.code.is_some() => Err(io_err("RTM_SETLINK (lo up)", e.to_io())),
+        NetlinkPayload::Error(e) if e.code.is_some() => {
+            Err(io_err("RTM_SETLINK (lo up)", e.to_io()))
+        }
         NetlinkPayload::Error(_) => Ok(()),
         other => Err(io_err(
             "RTM_SETLINK (lo up)",
-            io::Error::new(io::ErrorKind::InvalidData, format!("unexpected reply {other:?}")),
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected reply {other:?}"),
+            ),
         )),
     }
 }

@@ -19,7 +19,11 @@ pub struct SessionObserver<'a> {
 
 impl<'a> SessionObserver<'a> {
     pub fn new(session: &'a mut ProbeSession) -> SessionObserver<'a> {
-        SessionObserver { session, reducer: Reducer::new(), netns: 0 }
+        SessionObserver {
+            session,
+            reducer: Reducer::new(),
+            netns: 0,
+        }
     }
 
     /// The session observed, for what it reads besides events (failure counters, ranges).
@@ -32,14 +36,20 @@ impl SessionObserver<'_> {
     /// A snapshot of one namespace (verbose: with per-address buckets and owners).
     pub fn snapshot(&mut self, netns: u32, verbose: bool) -> anyhow::Result<Snapshot> {
         self.session
-            .snapshot(&SnapOptions { netns, verbose, ..SnapOptions::default() })
+            .snapshot(&SnapOptions {
+                netns,
+                verbose,
+                ..SnapOptions::default()
+            })
             .context("taking a snapshot")
     }
 }
 
 impl Observer for SessionObserver<'_> {
     fn watch(&mut self, netns: u32) -> anyhow::Result<()> {
-        self.session.set_netns(netns).context("filtering the tracer to the quiz's netns")?;
+        self.session
+            .set_netns(netns)
+            .context("filtering the tracer to the quiz's netns")?;
         // Whatever was in flight belongs to the previous namespace.
         self.session.drain().context("draining events")?;
         if self.netns != 0 {
@@ -62,8 +72,16 @@ impl Observer for SessionObserver<'_> {
     fn bucket(&mut self, netns: u32, port: u16) -> anyhow::Result<Option<BucketInfo>> {
         let snap = self
             .session
-            .snapshot(&SnapOptions { netns, port, ..SnapOptions::default() })
+            .snapshot(&SnapOptions {
+                netns,
+                port,
+                ..SnapOptions::default()
+            })
             .context("reading the bucket with a snapshot")?;
-        Ok(snap.buckets.iter().find(|b| b.key.port == port && b.key.netns == netns).map(|b| b.info))
+        Ok(snap
+            .buckets
+            .iter()
+            .find(|b| b.key.port == port && b.key.netns == netns)
+            .map(|b| b.info))
     }
 }

@@ -21,7 +21,8 @@ pub enum PrivilegeError {
 /// formats are read, is root-only) bypasses file read permissions. So sudo first, and
 /// file capabilities only on a binary that a root-owned group alone may execute; never
 /// CAP_SYS_ADMIN, which is close to full root.
-pub const ADVICE: &str = "Run it through sudo: `sudo portwatch ...`. To let a group of operators run it \
+pub const ADVICE: &str =
+    "Run it through sudo: `sudo portwatch ...`. To let a group of operators run it \
 without sudo, first make the binary executable by a root-owned group only (whoever can \
 execute it gets its capabilities: every network namespace's sockets, and file reads past \
 permissions), then grant the three capabilities it uses, CAP_BPF and CAP_PERFMON for the \
@@ -67,7 +68,9 @@ pub fn require_bpf() -> Result<(), PrivilegeError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PrivilegeError::Missing { missing: missing.join(", ") })
+        Err(PrivilegeError::Missing {
+            missing: missing.join(", "),
+        })
     }
 }
 
@@ -88,14 +91,26 @@ mod tests {
 
     #[test]
     fn advice_is_sudo_first_and_never_a_world_executable_cap_sys_admin() {
-        let msg = PrivilegeError::Missing { missing: "CAP_BPF".into() }.to_string();
+        let msg = PrivilegeError::Missing {
+            missing: "CAP_BPF".into(),
+        }
+        .to_string();
         let sudo = msg.find("sudo portwatch").expect("recommends sudo");
         let setcap = msg.find("setcap").expect("shows the narrow setcap");
         assert!(sudo < setcap, "sudo comes first: {msg}");
         // The file is restricted to a root-owned group before any capability is granted.
         let chmod = msg.find("chmod 0750").expect("mode 0750");
-        assert!(msg.find("chown root:portwatch").is_some_and(|c| c < setcap) && chmod < setcap, "{msg}");
-        assert!(msg.contains("setcap cap_bpf,cap_perfmon,cap_dac_read_search=ep "), "{msg}");
-        assert!(!msg.contains("cap_sys_admin+") && !msg.contains("cap_sys_admin="), "{msg}");
+        assert!(
+            msg.find("chown root:portwatch").is_some_and(|c| c < setcap) && chmod < setcap,
+            "{msg}"
+        );
+        assert!(
+            msg.contains("setcap cap_bpf,cap_perfmon,cap_dac_read_search=ep "),
+            "{msg}"
+        );
+        assert!(
+            !msg.contains("cap_sys_admin+") && !msg.contains("cap_sys_admin="),
+            "{msg}"
+        );
     }
 }

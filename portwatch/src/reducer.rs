@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::model::{
-    BucketInfo, BucketKey, Op, Scope, SockOpts, Snapshot, SocketEvent, Task, Transition,
+    BucketInfo, BucketKey, Op, Scope, Snapshot, SockOpts, SocketEvent, Task, Transition,
     TransitionKind,
 };
 
@@ -80,8 +80,16 @@ impl Reducer {
 
     /// The buckets of one network namespace, ordered by key.
     pub fn in_netns(&self, netns: u32) -> impl Iterator<Item = (&BucketKey, &BucketInfo)> {
-        let first = BucketKey { netns, l3mdev: i32::MIN, port: 0 };
-        let last = BucketKey { netns, l3mdev: i32::MAX, port: u16::MAX };
+        let first = BucketKey {
+            netns,
+            l3mdev: i32::MIN,
+            port: 0,
+        };
+        let last = BucketKey {
+            netns,
+            l3mdev: i32::MAX,
+            port: u16::MAX,
+        };
         self.known.range(first..=last).map(|(k, v)| (k, &v.info))
     }
 
@@ -258,7 +266,13 @@ impl Reducer {
                         out.push(make(TransitionKind::OwnerAdded, None, after));
                     }
                 }
-                self.insert(key, TrackedBucket { info: b.info, id: b.id });
+                self.insert(
+                    key,
+                    TrackedBucket {
+                        info: b.info,
+                        id: b.id,
+                    },
+                );
             }
             (None, None) => {
                 let releasing = matches!(ev.op, Op::Close | Op::Release | Op::Timewait);
@@ -284,7 +298,10 @@ impl Reducer {
     /// saw) is repaired. The walk is racy: a bucket that changed during it may show an
     /// older state, which the next event or rescan corrects in turn.
     pub fn reconcile(&mut self, snap: &Snapshot, scope: Scope, ts_ns: u64) -> Vec<Transition> {
-        let make = |kind: TransitionKind, key: BucketKey, before: Option<BucketInfo>, after: Option<BucketInfo>| {
+        let make = |kind: TransitionKind,
+                    key: BucketKey,
+                    before: Option<BucketInfo>,
+                    after: Option<BucketInfo>| {
             Transition {
                 ts_ns,
                 kind,
@@ -341,7 +358,9 @@ impl Reducer {
                 Some(&(k, old)) if k == key => {
                     known.next();
                     if old != now {
-                        out.extend(diff(old, now).map(|kind| make(kind, key, Some(old), Some(now))));
+                        out.extend(
+                            diff(old, now).map(|kind| make(kind, key, Some(old), Some(now))),
+                        );
                         changed.push((key, now));
                     }
                 }
@@ -379,7 +398,8 @@ fn diff(old: BucketInfo, now: BucketInfo) -> impl Iterator<Item = TransitionKind
         std::cmp::Ordering::Equal => None,
     };
     let fr = (now.fastreuse != old.fastreuse).then_some(TransitionKind::FastreuseChanged);
-    let frp = (now.fastreuseport != old.fastreuseport).then_some(TransitionKind::FastreuseportChanged);
+    let frp =
+        (now.fastreuseport != old.fastreuseport).then_some(TransitionKind::FastreuseportChanged);
     owners.into_iter().chain(fr).chain(frp)
 }
 
@@ -497,7 +517,13 @@ mod tests {
         assert_eq!(addr(&t[0].remote).as_deref(), Some("127.9.9.9:1234"));
         assert_eq!(t[0].op, Op::Connect);
         assert_eq!(t[0].key, key());
-        assert_eq!(t[0].task, Task::Process { pid: 4242, comm: "python3".into() });
+        assert_eq!(
+            t[0].task,
+            Task::Process {
+                pid: 4242,
+                comm: "python3".into()
+            }
+        );
 
         // s2: plain bind of another IP on that port: owner added, then -1 -> 0.
         let mut e = ev(op::BIND, 0, Some((0, 2)));
@@ -523,11 +549,21 @@ mod tests {
     #[test]
     fn a_truncated_lookup_changes_nothing_known() {
         let mut r = Reducer::new();
-        assert_eq!(kinds(&r.apply_raw(&ev(op::BIND, 0, Some((0, 1))))), [K::BucketCreated]);
+        assert_eq!(
+            kinds(&r.apply_raw(&ev(op::BIND, 0, Some((0, 1))))),
+            [K::BucketCreated]
+        );
         // The close's lookup gave up: not "destroyed", and the state stays known.
-        let t = r.apply_raw(&ev(op::CLOSE, flag::HAD_PORT | flag::LOOKUP_TRUNCATED, None));
+        let t = r.apply_raw(&ev(
+            op::CLOSE,
+            flag::HAD_PORT | flag::LOOKUP_TRUNCATED,
+            None,
+        ));
         assert_eq!(kinds(&t), [K::LookupTruncated]);
-        assert_eq!((t[0].before, t[0].after, t[0].errno), (Some(info(0, 1)), None, None));
+        assert_eq!(
+            (t[0].before, t[0].after, t[0].errno),
+            (Some(info(0, 1)), None, None)
+        );
         assert_eq!(r.get(&key()), Some(&info(0, 1)));
         // A failure whose lookup gave up keeps its errno.
         let mut e = ev(op::BIND, flag::LOOKUP_TRUNCATED, None);
@@ -806,7 +842,10 @@ mod tests {
             ..Default::default()
         };
         let mut r2 = Reducer::new();
-        assert_eq!(kinds(&r2.reconcile(&snap, Scope::ALL, 0)), [K::BucketCreated]);
+        assert_eq!(
+            kinds(&r2.reconcile(&snap, Scope::ALL, 0)),
+            [K::BucketCreated]
+        );
         assert_eq!(r2.get(&key()), Some(&info(-1, 1)));
         assert_eq!(
             kinds(&r2.apply_raw(&ev(op::BIND, 0, Some((0, 2))))),
@@ -865,8 +904,13 @@ mod tests {
                 (k(1, 60000), K::BucketDestroyed),
             ]
         );
-        assert!(t.iter().all(|t| t.op == Op::Rescan && t.task == Task::Kernel && t.ts_ns == 5_000));
-        assert_eq!((t[0].before, t[0].after), (Some(info(0, 3)), Some(info(0, 2))));
+        assert!(t
+            .iter()
+            .all(|t| t.op == Op::Rescan && t.task == Task::Kernel && t.ts_ns == 5_000));
+        assert_eq!(
+            (t[0].before, t[0].after),
+            (Some(info(0, 3)), Some(info(0, 2)))
+        );
         assert_eq!((t[1].before, t[1].after), (None, Some(info(0, 1))));
         assert_eq!((t[2].before, t[2].after), (Some(info(-1, 1)), None));
         let now: Vec<(BucketKey, BucketInfo)> = r.known().map(|(k, i)| (*k, *i)).collect();
@@ -889,7 +933,10 @@ mod tests {
     #[test]
     fn reconcile_of_one_port_leaves_the_other_ports_alone() {
         let mut r = Reducer::new();
-        let other = BucketKey { port: 60001, ..key() };
+        let other = BucketKey {
+            port: 60001,
+            ..key()
+        };
         r.seed(key(), info(-1, 1), TB);
         r.seed(other, info(0, 1), TB + 64);
         let scope = Scope {
@@ -926,7 +973,10 @@ mod tests {
         // The same scope walked completely: now its absence means it is gone.
         snap.complete = true;
         let t = r.reconcile(&snap, Scope::ALL, 8);
-        assert_eq!(t.iter().map(|t| (t.key, t.kind)).collect::<Vec<_>>(), [(k(60000), K::BucketDestroyed)]);
+        assert_eq!(
+            t.iter().map(|t| (t.key, t.kind)).collect::<Vec<_>>(),
+            [(k(60000), K::BucketDestroyed)]
+        );
         assert_eq!(r.get(&k(60000)), None);
     }
 
@@ -953,7 +1003,11 @@ mod tests {
         let t = r.reconcile(&snap_of(vec![row(key(), now)]), Scope::ALL, 1);
         assert_eq!(
             kinds(&t),
-            [K::OwnerRemoved, K::FastreuseChanged, K::FastreuseportChanged]
+            [
+                K::OwnerRemoved,
+                K::FastreuseChanged,
+                K::FastreuseportChanged
+            ]
         );
         assert_eq!(t[1].change(), fr(-1, 0));
         assert_eq!(t[2].change(), fr(-1, 0));
@@ -966,7 +1020,9 @@ mod tests {
         // A lower bound becoming exact (or the reverse) is no owner moving.
         let mut bound = now;
         bound.owners = OwnerCount::at_least(2);
-        assert!(r.reconcile(&snap_of(vec![row(key(), bound)]), Scope::ALL, 2).is_empty());
+        assert!(r
+            .reconcile(&snap_of(vec![row(key(), bound)]), Scope::ALL, 2)
+            .is_empty());
         assert_eq!(r.get(&key()), Some(&bound));
     }
 
@@ -1188,7 +1244,10 @@ mod tests {
         let release = ev(op::RELEASE, flag::HAD_PORT, None);
         assert_eq!(kinds(&r.apply_raw(&release)), vec![K::BucketDestroyed]);
         let close = ev(op::CLOSE, flag::HAD_PORT, None);
-        assert!(r.apply_raw(&close).is_empty(), "the same destruction must not be reported twice");
+        assert!(
+            r.apply_raw(&close).is_empty(),
+            "the same destruction must not be reported twice"
+        );
         // A new bucket on that port is a new life: its end is reported again.
         assert_eq!(kinds(&r.apply_raw(&created)), vec![K::BucketCreated]);
         assert_eq!(kinds(&r.apply_raw(&close)), vec![K::BucketDestroyed]);
@@ -1204,6 +1263,9 @@ mod tests {
         assert_eq!(t[0].local, None);
         let mut bound_fail = ev(op::CONNECT, flag::HAD_PORT, Some((0, 1)));
         bound_fail.errno = 99;
-        assert_eq!(addr(&r.apply_raw(&bound_fail)[0].local).as_deref(), Some("127.0.0.1:60000"));
+        assert_eq!(
+            addr(&r.apply_raw(&bound_fail)[0].local).as_deref(),
+            Some("127.0.0.1:60000")
+        );
     }
 }

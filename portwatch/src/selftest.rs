@@ -55,7 +55,10 @@ impl ScenarioTransition {
 
     /// Equal in everything but `op`: what backends must agree on.
     pub fn agrees_with(&self, other: &ScenarioTransition) -> bool {
-        ScenarioTransition { op: other.op, ..self.clone() } == *other
+        ScenarioTransition {
+            op: other.op,
+            ..self.clone()
+        } == *other
     }
 }
 
@@ -98,7 +101,9 @@ pub mod observation {
 
 fn addr(s: &str) -> socket2::SockAddr {
     // The literals below are valid; a parse error would be a bug caught by every run.
-    let a: SocketAddr = s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let a: SocketAddr = s
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     a.into()
 }
 
@@ -144,18 +149,37 @@ impl Ctx<'_, '_> {
     }
 
     fn expect_kinds(&mut self, port: u16, want: &[TransitionKind]) {
-        let got: Vec<TransitionKind> = self.steps.iter().filter(|s| s.port == port).map(|s| s.kind).collect();
+        let got: Vec<TransitionKind> = self
+            .steps
+            .iter()
+            .filter(|s| s.port == port)
+            .map(|s| s.kind)
+            .collect();
         let ok = got == want;
-        self.check(ok, format!("port {port}: transitions {got:?}, expected {want:?}"));
+        self.check(
+            ok,
+            format!("port {port}: transitions {got:?}, expected {want:?}"),
+        );
     }
 
     /// Checks the kernel's failure counters of `netns` against `want` (op, errno, count),
     /// exactly: no other count may be there.
-    fn expect_failure_counts(&mut self, netns: u32, want: &[(Op, Errno, u64)]) -> anyhow::Result<()> {
+    fn expect_failure_counts(
+        &mut self,
+        netns: u32,
+        want: &[(Op, Errno, u64)],
+    ) -> anyhow::Result<()> {
         let counts = self.obs.session().failure_counts()?;
-        let got: Vec<(Op, Errno, u64)> =
-            counts.counts.iter().filter(|c| c.netns == netns).map(|c| (c.op, c.errno, c.count)).collect();
-        self.check(got == want, format!("kernel failure counters of netns {netns}: {got:?}, expected {want:?}"));
+        let got: Vec<(Op, Errno, u64)> = counts
+            .counts
+            .iter()
+            .filter(|c| c.netns == netns)
+            .map(|c| (c.op, c.errno, c.count))
+            .collect();
+        self.check(
+            got == want,
+            format!("kernel failure counters of netns {netns}: {got:?}, expected {want:?}"),
+        );
         Ok(())
     }
 
@@ -171,7 +195,13 @@ fn scenario(
     ports: &[u16],
     body: impl FnOnce(&PrivateNetns, &mut Ctx<'_, '_>) -> anyhow::Result<Vec<(String, String)>>,
 ) -> ScenarioResult {
-    let mut ctx = Ctx { obs, ports: ports.to_vec(), steps: Vec::new(), seen: Vec::new(), failures: Vec::new() };
+    let mut ctx = Ctx {
+        obs,
+        ports: ports.to_vec(),
+        steps: Vec::new(),
+        seen: Vec::new(),
+        failures: Vec::new(),
+    };
     let observations = (|| -> anyhow::Result<Vec<(String, String)>> {
         let ns = PrivateNetns::with_port_range(range.0, range.1)?;
         ctx.obs.watch(ns.inode())?;
@@ -184,12 +214,20 @@ fn scenario(
             Vec::new()
         }
     };
-    ScenarioResult { name: name.to_owned(), steps: ctx.steps, failures: ctx.failures, observations }
+    ScenarioResult {
+        name: name.to_owned(),
+        steps: ctx.steps,
+        failures: ctx.failures,
+        observations,
+    }
 }
 
 /// Runs every scenario against `session` (its backend already attached).
 pub fn run(session: &mut ProbeSession) -> SelftestReport {
-    let backend = session.backend.map(|b| b.as_str().to_string()).unwrap_or_else(|| "none".into());
+    let backend = session
+        .backend
+        .map(|b| b.as_str().to_string())
+        .unwrap_or_else(|| "none".into());
     let kernel = session.resolved.kernel_release.clone();
     let resets = session.resolved.has(Id::ConnectBind);
     let records = workload::Records {
@@ -242,109 +280,172 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
         Ok(Vec::new())
     }));
 
-    scenarios.push(scenario(&mut obs, "bind_conflict", (32768, 60999), &[5000], |ns, c| {
-        let a = tcp(ns)?;
-        a.bind(&addr("127.0.0.1:5000"))?;
-        c.collect()?;
-        let b = tcp(ns)?;
-        let r = b.bind(&addr("127.0.0.1:5000"));
-        c.check(
-            r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EADDRINUSE),
-            format!("second bind must fail with EADDRINUSE, got {r:?}"),
-        );
-        c.collect()?;
-        drop(a);
-        drop(b);
-        c.collect()?;
-        c.expect_kinds(
-            5000,
-            &[TransitionKind::BucketCreated, TransitionKind::BindFailed, TransitionKind::BucketDestroyed],
-        );
-        let f = c.find(5000, TransitionKind::BindFailed).cloned();
-        c.check(
-            f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRINUSE) && s.owners == 1 && s.fastreuse == Some(Fastreuse(0))),
-            format!("bind_failed must carry errno 98 and the bucket 0/1, got {f:?}"),
-        );
-        c.expect_failure_counts(ns.inode(), &[(Op::Bind, Errno::EADDRINUSE, 1)])?;
-        Ok(Vec::new())
-    }));
+    scenarios.push(scenario(
+        &mut obs,
+        "bind_conflict",
+        (32768, 60999),
+        &[5000],
+        |ns, c| {
+            let a = tcp(ns)?;
+            a.bind(&addr("127.0.0.1:5000"))?;
+            c.collect()?;
+            let b = tcp(ns)?;
+            let r = b.bind(&addr("127.0.0.1:5000"));
+            c.check(
+                r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EADDRINUSE),
+                format!("second bind must fail with EADDRINUSE, got {r:?}"),
+            );
+            c.collect()?;
+            drop(a);
+            drop(b);
+            c.collect()?;
+            c.expect_kinds(
+                5000,
+                &[
+                    TransitionKind::BucketCreated,
+                    TransitionKind::BindFailed,
+                    TransitionKind::BucketDestroyed,
+                ],
+            );
+            let f = c.find(5000, TransitionKind::BindFailed).cloned();
+            c.check(
+                f.as_ref().is_some_and(|s| {
+                    s.errno == Some(Errno::EADDRINUSE)
+                        && s.owners == 1
+                        && s.fastreuse == Some(Fastreuse(0))
+                }),
+                format!("bind_failed must carry errno 98 and the bucket 0/1, got {f:?}"),
+            );
+            c.expect_failure_counts(ns.inode(), &[(Op::Bind, Errno::EADDRINUSE, 1)])?;
+            Ok(Vec::new())
+        },
+    ));
 
-    scenarios.push(scenario(&mut obs, "quiz3", (60000, 60000), &[60000], |ns, c| {
-        let l = tcp(ns)?;
-        l.bind(&addr("0.0.0.0:1234"))?;
-        l.listen(128)?;
-        let s1 = tcp(ns)?;
-        s1.bind(&addr("127.1.1.1:0"))?;
-        s1.connect(&addr("127.9.9.9:1234"))?;
-        c.collect()?;
-        let s2 = tcp(ns)?;
-        let r = s2.connect(&addr("127.9.9.9:1234"));
-        c.check(
-            r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EADDRNOTAVAIL),
-            format!("s2 connect must fail with EADDRNOTAVAIL, got {r:?}"),
-        );
-        c.collect()?;
-        let f = c.find(60000, TransitionKind::ConnectFailed).cloned();
-        c.check(
-            f.as_ref().is_some_and(|s| s.errno == Some(Errno::EADDRNOTAVAIL) && s.fastreuse == Some(Fastreuse(0)) && s.owners == 1),
-            format!("connect_failed must carry errno 99 and the bucket 0/1, got {f:?}"),
-        );
-        c.expect_failure_counts(ns.inode(), &[(Op::Connect, Errno::EADDRNOTAVAIL, 1)])?;
-        drop(s2);
-        drop(s1);
-        drop(l);
-        Ok(Vec::new())
-    }));
+    scenarios.push(scenario(
+        &mut obs,
+        "quiz3",
+        (60000, 60000),
+        &[60000],
+        |ns, c| {
+            let l = tcp(ns)?;
+            l.bind(&addr("0.0.0.0:1234"))?;
+            l.listen(128)?;
+            let s1 = tcp(ns)?;
+            s1.bind(&addr("127.1.1.1:0"))?;
+            s1.connect(&addr("127.9.9.9:1234"))?;
+            c.collect()?;
+            let s2 = tcp(ns)?;
+            let r = s2.connect(&addr("127.9.9.9:1234"));
+            c.check(
+                r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EADDRNOTAVAIL),
+                format!("s2 connect must fail with EADDRNOTAVAIL, got {r:?}"),
+            );
+            c.collect()?;
+            let f = c.find(60000, TransitionKind::ConnectFailed).cloned();
+            c.check(
+                f.as_ref().is_some_and(|s| {
+                    s.errno == Some(Errno::EADDRNOTAVAIL)
+                        && s.fastreuse == Some(Fastreuse(0))
+                        && s.owners == 1
+                }),
+                format!("connect_failed must carry errno 99 and the bucket 0/1, got {f:?}"),
+            );
+            c.expect_failure_counts(ns.inode(), &[(Op::Connect, Errno::EADDRNOTAVAIL, 1)])?;
+            drop(s2);
+            drop(s1);
+            drop(l);
+            Ok(Vec::new())
+        },
+    ));
 
-    scenarios.push(scenario(&mut obs, "reuseaddr_bind", (32768, 60999), &[6000], |ns, c| {
-        let a = tcp(ns)?;
-        a.set_reuse_address(true)?;
-        a.bind(&addr("127.1.1.1:6000"))?;
-        c.collect()?;
-        let first = c.find(6000, TransitionKind::BucketCreated).cloned();
-        c.check(first.is_some(), "SO_REUSEADDR bind must create the bucket");
-        let fr = first.and_then(|s| s.fastreuse).map_or_else(|| "?".to_owned(), |v| v.to_string());
-        drop(a);
-        c.collect()?;
-        // The article shows +1; 6.18 leaves 0 (bhash2 linked before the test): observed.
-        Ok(vec![(observation::REUSEADDR.into(), fr)])
-    }));
+    scenarios.push(scenario(
+        &mut obs,
+        "reuseaddr_bind",
+        (32768, 60999),
+        &[6000],
+        |ns, c| {
+            let a = tcp(ns)?;
+            a.set_reuse_address(true)?;
+            a.bind(&addr("127.1.1.1:6000"))?;
+            c.collect()?;
+            let first = c.find(6000, TransitionKind::BucketCreated).cloned();
+            c.check(first.is_some(), "SO_REUSEADDR bind must create the bucket");
+            let fr = first
+                .and_then(|s| s.fastreuse)
+                .map_or_else(|| "?".to_owned(), |v| v.to_string());
+            drop(a);
+            c.collect()?;
+            // The article shows +1; 6.18 leaves 0 (bhash2 linked before the test): observed.
+            Ok(vec![(observation::REUSEADDR.into(), fr)])
+        },
+    ));
 
-    scenarios.push(scenario(&mut obs, "ephemeral_range", (40000, 40009), &[], |ns, c| {
-        ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "40003,40005-40006,8080"))?
-            .map_err(|e| anyhow::anyhow!("writing ip_local_reserved_ports in the private netns: {e}"))?;
-        let held = tcp(ns)?;
-        held.bind(&addr("127.0.0.1:5000"))?;
-        // The reserved ports inside the range, as runs (8080 is outside it).
-        let want = ((40000, 40009), vec![(40003, 40003), (40005, 40006)]);
-        let got = |n: &Option<crate::model::NetInfo>| n.as_ref().map(|n| (n.range, n.reserved.clone()));
-        let session = c.obs.session();
-        let snap = session.snapshot(&crate::snapshot::SnapOptions { netns: ns.inode(), ..Default::default() })?;
-        let net = snap.nets.get(&ns.inode()).copied();
-        c.check(net.is_some(), format!("the walk must name the struct net of netns {}", ns.inode()));
-        let by_net = match net {
-            Some(net) => c.obs.session().net_info(crate::snapshot::NetAsk::Kernel(net), Some(ns.inode()))?,
-            None => None,
-        };
-        c.check(
-            got(&by_net) == Some(want.clone()),
-            format!("range read through the walk's struct net: {by_net:?}, expected {want:?}"),
-        );
-        let file = ns.ns_file()?;
-        let by_file = c
-            .obs
-            .session()
-            .net_info(crate::snapshot::NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&file)), Some(ns.inode()))?;
-        c.check(
-            by_file.as_ref().map(|n| n.netns) == Some(ns.inode()) && got(&by_file) == Some(want.clone()),
-            format!("range read through the netns's nsfs file: {by_file:?}, expected {want:?}"),
-        );
-        // A struct net that is not the namespace expected reads as nothing.
-        let other = c.obs.session().net_info(crate::snapshot::NetAsk::Kernel(net.unwrap_or(0)), Some(ns.inode() + 1))?;
-        c.check(other.is_none(), format!("a struct net of another netns must not pass for it: {other:?}"));
-        drop(held);
-        Ok(Vec::new())
-    }));
+    scenarios.push(scenario(
+        &mut obs,
+        "ephemeral_range",
+        (40000, 40009),
+        &[],
+        |ns, c| {
+            ns.run(|| {
+                std::fs::write(
+                    "/proc/sys/net/ipv4/ip_local_reserved_ports",
+                    "40003,40005-40006,8080",
+                )
+            })?
+            .map_err(|e| {
+                anyhow::anyhow!("writing ip_local_reserved_ports in the private netns: {e}")
+            })?;
+            let held = tcp(ns)?;
+            held.bind(&addr("127.0.0.1:5000"))?;
+            // The reserved ports inside the range, as runs (8080 is outside it).
+            let want = ((40000, 40009), vec![(40003, 40003), (40005, 40006)]);
+            let got = |n: &Option<crate::model::NetInfo>| {
+                n.as_ref().map(|n| (n.range, n.reserved.clone()))
+            };
+            let session = c.obs.session();
+            let snap = session.snapshot(&crate::snapshot::SnapOptions {
+                netns: ns.inode(),
+                ..Default::default()
+            })?;
+            let net = snap.nets.get(&ns.inode()).copied();
+            c.check(
+                net.is_some(),
+                format!("the walk must name the struct net of netns {}", ns.inode()),
+            );
+            let by_net = match net {
+                Some(net) => c
+                    .obs
+                    .session()
+                    .net_info(crate::snapshot::NetAsk::Kernel(net), Some(ns.inode()))?,
+                None => None,
+            };
+            c.check(
+                got(&by_net) == Some(want.clone()),
+                format!("range read through the walk's struct net: {by_net:?}, expected {want:?}"),
+            );
+            let file = ns.ns_file()?;
+            let by_file = c.obs.session().net_info(
+                crate::snapshot::NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&file)),
+                Some(ns.inode()),
+            )?;
+            c.check(
+                by_file.as_ref().map(|n| n.netns) == Some(ns.inode())
+                    && got(&by_file) == Some(want.clone()),
+                format!("range read through the netns's nsfs file: {by_file:?}, expected {want:?}"),
+            );
+            // A struct net that is not the namespace expected reads as nothing.
+            let other = c.obs.session().net_info(
+                crate::snapshot::NetAsk::Kernel(net.unwrap_or(0)),
+                Some(ns.inode() + 1),
+            )?;
+            c.check(
+                other.is_none(),
+                format!("a struct net of another netns must not pass for it: {other:?}"),
+            );
+            drop(held);
+            Ok(Vec::new())
+        },
+    ));
 
     scenarios.push(release::port_release_reset(&mut obs, resets));
 
@@ -352,7 +453,11 @@ pub fn run(session: &mut ProbeSession) -> SelftestReport {
 
     scenarios.push(timewait_purge(&mut obs, &backend));
 
-    SelftestReport { kernel, backend, scenarios }
+    SelftestReport {
+        kernel,
+        backend,
+        scenarios,
+    }
 }
 
 /// A TIME-WAIT socket leaves its bucket without any syscall when its namespace goes
@@ -392,7 +497,10 @@ fn timewait_purge(obs: &mut SessionObserver<'_>, backend: &str) -> ScenarioResul
         while std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
             let seen = obs.collect()?;
-            if seen.iter().any(|t| t.key.port == 1234 && t.kind == TransitionKind::BucketDestroyed) {
+            if seen
+                .iter()
+                .any(|t| t.key.port == 1234 && t.kind == TransitionKind::BucketDestroyed)
+            {
                 return Ok(true);
             }
         }
@@ -400,12 +508,22 @@ fn timewait_purge(obs: &mut SessionObserver<'_>, backend: &str) -> ScenarioResul
     })();
     match run {
         Ok(seen) => {
-            observations.push(("TIME-WAIT purge at netns exit seen".to_string(), seen.to_string()));
+            observations.push((
+                "TIME-WAIT purge at netns exit seen".to_string(),
+                seen.to_string(),
+            ));
             if !seen && backend != "tracepoint" {
-                failures.push(format!("the {backend} backend must see the TIME-WAIT socket leave port 1234"));
+                failures.push(format!(
+                    "the {backend} backend must see the TIME-WAIT socket leave port 1234"
+                ));
             }
         }
         Err(e) => failures.push(format!("could not run: {e:#}")),
     }
-    ScenarioResult { name: name.to_owned(), steps: Vec::new(), failures, observations }
+    ScenarioResult {
+        name: name.to_owned(),
+        steps: Vec::new(),
+        failures,
+        observations,
+    }
 }

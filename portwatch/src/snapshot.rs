@@ -99,7 +99,14 @@ pub struct SnapOptions {
 
 impl Default for SnapOptions {
     fn default() -> Self {
-        SnapOptions { netns: 0, port: 0, verbose: false, max_chain: 4096, max_owners: 65536, net: NetAsk::None }
+        SnapOptions {
+            netns: 0,
+            port: 0,
+            verbose: false,
+            max_chain: 4096,
+            max_owners: 65536,
+            net: NetAsk::None,
+        }
     }
 }
 
@@ -128,7 +135,8 @@ impl Snapshotter {
     /// Loads `snapshot_trigger` (it is run, never attached).
     pub fn new(ebpf: &mut Ebpf) -> Result<Snapshotter, SnapshotError> {
         let prog: &mut RawTracePoint = bpf::program(ebpf, PROGRAM)?;
-        prog.load().map_err(|e| SnapshotError::Refused(Refusal::from_load(PROGRAM, &e)))?;
+        prog.load()
+            .map_err(|e| SnapshotError::Refused(Refusal::from_load(PROGRAM, &e)))?;
         let rb = bpf::take_map(ebpf, "SNAP_RB")?;
         Ok(Snapshotter { rb, seq: 0 })
     }
@@ -155,8 +163,21 @@ impl Snapshotter {
 
     /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
     /// `struct net` taken from an event.
-    pub fn lookup(&mut self, ebpf: &mut Ebpf, net: u64, port: u16, max_owners: u32) -> Result<Lookup, SnapshotError> {
-        let req = SnapRequest { port, mode: SNAP_LOOKUP, max_owners, net, netns_fd: -1, ..SnapRequest::default() };
+    pub fn lookup(
+        &mut self,
+        ebpf: &mut Ebpf,
+        net: u64,
+        port: u16,
+        max_owners: u32,
+    ) -> Result<Lookup, SnapshotError> {
+        let req = SnapRequest {
+            port,
+            mode: SNAP_LOOKUP,
+            max_owners,
+            net,
+            netns_fd: -1,
+            ..SnapRequest::default()
+        };
         let (records, end) = self.request(ebpf, req)?;
         Ok(match records.into_iter().find(|r| r.kind == rec::BUCKET) {
             Some(r) => Lookup::Bucket(r),
@@ -201,8 +222,19 @@ impl Snapshotter {
     /// `tcp_tw_reuse`): a verbose lookup of port 0, which no bucket has, asking for it.
     /// `None` when the namespace is gone or, given `expect`, its `struct net` now belongs
     /// to another namespace (a freed `struct net` may be reused).
-    pub fn net_info(&mut self, ebpf: &mut Ebpf, ask: NetAsk, expect: Option<u32>) -> Result<Option<NetInfo>, SnapshotError> {
-        let mut req = SnapRequest { verbose: 1, mode: SNAP_LOOKUP, max_chain: 1, netns_fd: -1, ..SnapRequest::default() };
+    pub fn net_info(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ask: NetAsk,
+        expect: Option<u32>,
+    ) -> Result<Option<NetInfo>, SnapshotError> {
+        let mut req = SnapRequest {
+            verbose: 1,
+            mode: SNAP_LOOKUP,
+            max_chain: 1,
+            netns_fd: -1,
+            ..SnapRequest::default()
+        };
         net_fields(&mut req, ask);
         let (records, _) = self.request(ebpf, req)?;
         let net = crate::decode::snapshot(&records).net;
@@ -210,7 +242,11 @@ impl Snapshotter {
     }
 
     /// Writes the request, runs the walk program, collects the records up to END.
-    fn request(&mut self, ebpf: &mut Ebpf, mut req: SnapRequest) -> Result<(Vec<SnapRecord>, SnapRecord), SnapshotError> {
+    fn request(
+        &mut self,
+        ebpf: &mut Ebpf,
+        mut req: SnapRequest,
+    ) -> Result<(Vec<SnapRecord>, SnapRecord), SnapshotError> {
         // Records of an earlier, abandoned walk must not mix into this one.
         while self.rb.next().is_some() {}
         self.seq += 1;

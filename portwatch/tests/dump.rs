@@ -225,7 +225,11 @@ fn bound_share(i: usize, ports: usize, placed: u32, total: u32) -> usize {
     let later = (ports - i - 1) as u32;
     let room = total.saturating_sub(placed).saturating_sub(later);
     let last = i + 1 == ports;
-    let want = if last { room } else { room.min(bound_layout(i).len() as u32) };
+    let want = if last {
+        room
+    } else {
+        room.min(bound_layout(i).len() as u32)
+    };
     want.max(1) as usize
 }
 
@@ -801,8 +805,14 @@ fn verbose_lists_addresses_and_owner_sockets() {
             for o in a["owners"].as_array().expect("owners") {
                 if o["state"] == "TIME_WAIT" {
                     assert_eq!(o["holders"], serde_json::json!([]), "port {port}: {o}");
-                    assert!(o["uid"].is_null() && o["inode"].is_null(), "port {port}: {o}");
-                    assert!(!o["remote"].is_null(), "a TIME-WAIT socket keeps its peer: {o}");
+                    assert!(
+                        o["uid"].is_null() && o["inode"].is_null(),
+                        "port {port}: {o}"
+                    );
+                    assert!(
+                        !o["remote"].is_null(),
+                        "a TIME-WAIT socket keeps its peer: {o}"
+                    );
                 } else {
                     let pids: Vec<u64> = o["holders"]
                         .as_array()
@@ -812,7 +822,10 @@ fn verbose_lists_addresses_and_owner_sockets() {
                         .collect();
                     assert_eq!(pids, vec![u64::from(me)], "port {port}: {o}");
                     assert_eq!(o["holders"][0]["comm"], comm, "port {port}: {o}");
-                    assert!(o["inode"].as_u64().is_some_and(|i| i > 0), "port {port}: {o}");
+                    assert!(
+                        o["inode"].as_u64().is_some_and(|i| i > 0),
+                        "port {port}: {o}"
+                    );
                     assert_eq!(o["uid"], 0, "port {port}: {o}");
                 }
             }
@@ -956,11 +969,18 @@ fn a_walk_over_many_runs_is_complete_and_equal_to_one_run() {
     let ns = PrivateNetns::new().expect("private netns");
     let path = netns_path(&ns);
     let _keep = ns
-        .run(|| (0..N).map(|i| bound("127.0.0.1", 40000 + i, i % 2 == 0, false)).collect::<Vec<_>>())
+        .run(|| {
+            (0..N)
+                .map(|i| bound("127.0.0.1", 40000 + i, i % 2 == 0, false))
+                .collect::<Vec<_>>()
+        })
         .expect("netns thread");
     let one_run = dump_json(&["--netns", &path]);
     assert_eq!(one_run.len(), usize::from(N), "every port has its bucket");
-    for extra in [&["--snapshot-ring-bytes", "4096"][..], &["--walk-driver", "bounded"][..]] {
+    for extra in [
+        &["--snapshot-ring-bytes", "4096"][..],
+        &["--walk-driver", "bounded"][..],
+    ] {
         let mut args = vec!["--netns", path.as_str()];
         args.extend_from_slice(extra);
         let (code, out, err) = {
@@ -971,7 +991,11 @@ fn a_walk_over_many_runs_is_complete_and_equal_to_one_run() {
         assert_eq!(code, 0, "dump {args:?}: {err}");
         assert!(!err.contains("INCOMPLETE"), "dump {args:?}: {err}");
         let rows: Value = serde_json::from_str(&out).expect("dump JSON");
-        assert_eq!(rows, Value::Array(one_run.clone()), "dump {args:?} equals the one-run dump");
+        assert_eq!(
+            rows,
+            Value::Array(one_run.clone()),
+            "dump {args:?} equals the one-run dump"
+        );
     }
 }
 

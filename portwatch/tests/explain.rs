@@ -10,12 +10,12 @@ mod common;
 use common::{listener, netns_path, require_root, run_portwatch, tcp, v4};
 use portwatch::{
     backend::{ProbeSession, SessionOptions},
-    netns::PrivateNetns,
     explain::{
         judge::{self, Options},
         observe::observe,
         variant::{KernelVersion, Variant},
     },
+    netns::PrivateNetns,
 };
 use serde_json::Value;
 
@@ -38,9 +38,13 @@ fn generated_cases_agree_with_the_kernel() {
     let version = KernelVersion::running().expect("kernel release");
     // Each dated rule observed by its own experiment must match the table's row for this
     // release; the generated cases then run with the observed rules.
-    let (variant, observations) = observe(version).unwrap_or_else(|e| panic!("observing the rules: {e}"));
+    let (variant, observations) =
+        observe(version).unwrap_or_else(|e| panic!("observing the rules: {e}"));
     for o in &observations {
-        eprintln!("row {}: observed {}, table says {}", o.row, o.observed, o.expected);
+        eprintln!(
+            "row {}: observed {}, table says {}",
+            o.row, o.observed, o.expected
+        );
     }
     assert_eq!(variant, Variant::for_version(version), "the variant table's rows for {version} differ from what this kernel does: {observations:?}");
     let opts = Options {
@@ -55,7 +59,11 @@ fn generated_cases_agree_with_the_kernel() {
         .unwrap_or_else(|e| panic!("judge run failed: {e}"));
     eprintln!(
         "kernel {version} (rows: {}): {}",
-        variant.rows().map(|r| r.name).collect::<Vec<_>>().join(", "),
+        variant
+            .rows()
+            .map(|r| r.name)
+            .collect::<Vec<_>>()
+            .join(", "),
         tally.summary(opts.seed, started.elapsed().as_secs_f64())
     );
     for d in &tally.disagreements {
@@ -102,23 +110,43 @@ fn explain_bind_and_connect_name_the_owner_rule_and_fix() {
     let s1 = tcp(&ns);
     s1.bind(&v4("127.0.0.1", 60000)).expect("s1 bind");
     s1.connect(&v4("127.8.8.8", 1234)).expect("s1 connect");
-    let (code, out, err) = run_portwatch(&["explain", "bind", "127.0.0.1:60000", "--netns", &path, "--json"]);
+    let (code, out, err) = run_portwatch(&[
+        "explain",
+        "bind",
+        "127.0.0.1:60000",
+        "--netns",
+        &path,
+        "--json",
+    ]);
     assert_eq!(code, 1, "a refused bind exits 1: {err}");
     let v: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["verdict"], "EADDRINUSE", "{v}");
     assert_eq!(v["port"], 60000, "{v}");
     let c = &v["conflicts"][0];
-    assert_eq!((c["local"].as_str(), c["state"].as_str()), (Some("127.0.0.1:60000"), Some("ESTABLISHED")), "{v}");
-    assert_eq!((c["reuseaddr"].as_bool(), c["reuseport"].as_bool()), (Some(false), Some(false)), "{v}");
+    assert_eq!(
+        (c["local"].as_str(), c["state"].as_str()),
+        (Some("127.0.0.1:60000"), Some("ESTABLISHED")),
+        "{v}"
+    );
+    assert_eq!(
+        (c["reuseaddr"].as_bool(), c["reuseport"].as_bool()),
+        (Some(false), Some(false)),
+        "{v}"
+    );
     assert_eq!(c["pid"].as_u64(), Some(me), "{v}");
     assert!(c["comm"].is_string(), "{v}");
     assert_eq!(c["rule"], "same_address", "{v}");
     // The article's fix: SO_REUSEADDR on both sockets.
     assert!(
-        v["fixes"].as_array().expect("fixes").iter().any(|f| f["kind"] == "candidate_and_owners" && f["change"]["reuseaddr"] == true),
+        v["fixes"]
+            .as_array()
+            .expect("fixes")
+            .iter()
+            .any(|f| f["kind"] == "candidate_and_owners" && f["change"]["reuseaddr"] == true),
         "{v}"
     );
-    let (code, text, err) = run_portwatch(&["explain", "bind", "127.0.0.1:60000", "--netns", &path]);
+    let (code, text, err) =
+        run_portwatch(&["explain", "bind", "127.0.0.1:60000", "--netns", &path]);
     assert_eq!(code, 1, "{err}");
     for part in [
         "bind 127.0.0.1:60000",
@@ -131,7 +159,8 @@ fn explain_bind_and_connect_name_the_owner_rule_and_fix() {
         assert!(text.contains(part), "missing {part:?} in\n{text}");
     }
     // Another address of the port is free to bind: exit 0.
-    let (code, text, err) = run_portwatch(&["explain", "bind", "127.0.0.2:60000", "--netns", &path]);
+    let (code, text, err) =
+        run_portwatch(&["explain", "bind", "127.0.0.2:60000", "--netns", &path]);
     assert_eq!(code, 0, "{text}{err}");
     assert!(text.contains(": ok"), "{text}");
     drop(s1);
@@ -143,17 +172,31 @@ fn explain_bind_and_connect_name_the_owner_rule_and_fix() {
     let s1 = tcp(&ns);
     s1.bind(&v4("127.1.1.1", 0)).expect("s1 bind");
     s1.connect(&v4("127.9.9.9", 1234)).expect("s1 connect");
-    let (code, out, err) = run_portwatch(&["explain", "connect", "127.9.9.9:1234", "--netns", &path, "--json"]);
+    let (code, out, err) = run_portwatch(&[
+        "explain",
+        "connect",
+        "127.9.9.9:1234",
+        "--netns",
+        &path,
+        "--json",
+    ]);
     assert_eq!(code, 1, "{err}");
     let v: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["verdict"], "EADDRNOTAVAIL", "{v}");
     assert_eq!(v["range"], serde_json::json!([60000, 60000]), "{v}");
-    for (k, n) in [("reserved", 0), ("free", 0), ("shared_usable", 0), ("used_to_destination", 0), ("blocked", 1)] {
+    for (k, n) in [
+        ("reserved", 0),
+        ("free", 0),
+        ("shared_usable", 0),
+        ("used_to_destination", 0),
+        ("blocked", 1),
+    ] {
         assert_eq!(v[k].as_u64(), Some(n), "{k}: {v}");
     }
     assert_eq!(v["blocked_by"][0]["local"], "127.1.1.1:60000", "{v}");
     assert_eq!(v["blocked_by"][0]["pid"].as_u64(), Some(me), "{v}");
-    let (code, text, _) = run_portwatch(&["explain", "connect", "127.9.9.9:1234", "--netns", &path]);
+    let (code, text, _) =
+        run_portwatch(&["explain", "connect", "127.9.9.9:1234", "--netns", &path]);
     assert_eq!(code, 1);
     for part in [
         "connect to 127.9.9.9:1234 from 127.0.0.1",
@@ -168,9 +211,22 @@ fn explain_bind_and_connect_name_the_owner_rule_and_fix() {
     ns.run(|| std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "60000"))
         .expect("netns thread")
         .expect("reserving 60000 inside the namespace");
-    let (_, out, _) = run_portwatch(&["explain", "connect", "127.9.9.9:1234", "--netns", &path, "--json", "--from", "127.0.0.1"]);
+    let (_, out, _) = run_portwatch(&[
+        "explain",
+        "connect",
+        "127.9.9.9:1234",
+        "--netns",
+        &path,
+        "--json",
+        "--from",
+        "127.0.0.1",
+    ]);
     let v: Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!((v["reserved"].as_u64(), v["blocked"].as_u64()), (Some(1), Some(0)), "{v}");
+    assert_eq!(
+        (v["reserved"].as_u64(), v["blocked"].as_u64()),
+        (Some(1), Some(0)),
+        "{v}"
+    );
     drop(s1);
 }
 
@@ -180,8 +236,12 @@ fn bad_input_exits_2_and_changes_nothing() {
     if !require_root("bad_input_exits_2_and_changes_nothing") {
         return;
     }
-    let sysctls = ["ip_local_port_range", "ip_local_reserved_ports", "tcp_tw_reuse"]
-        .map(|f| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).expect("sysctl"));
+    let sysctls = [
+        "ip_local_port_range",
+        "ip_local_reserved_ports",
+        "tcp_tw_reuse",
+    ]
+    .map(|f| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).expect("sysctl"));
     let gone = {
         let ns = PrivateNetns::new().expect("private netns");
         netns_path(&ns)
@@ -190,14 +250,35 @@ fn bad_input_exits_2_and_changes_nothing() {
         (&["explain", "bind", "127.0.0.1"], "no `:PORT`"),
         (&["explain", "bind", "300.0.0.1:80"], "is not an IP address"),
         (&["explain", "bind", "::1:80"], "in brackets"),
-        (&["explain", "bind", "203.0.113.9:80"], "is not a local address"),
+        (
+            &["explain", "bind", "203.0.113.9:80"],
+            "is not a local address",
+        ),
         (&["explain", "bind", "[fe80::1]:80"], "without a scope"),
         (&["explain", "bind", "127.0.0.1:0"], "port 0"),
-        (&["explain", "bind", "127.0.0.1:80", "--netns", "4194304"], "no process with pid 4194304"),
-        (&["explain", "bind", "127.0.0.1:80", "--netns", &gone], "does not exist"),
-        (&["explain", "bind", "127.0.0.1:80", "--netns", "all"], "one network namespace"),
+        (
+            &["explain", "bind", "127.0.0.1:80", "--netns", "4194304"],
+            "no process with pid 4194304",
+        ),
+        (
+            &["explain", "bind", "127.0.0.1:80", "--netns", &gone],
+            "does not exist",
+        ),
+        (
+            &["explain", "bind", "127.0.0.1:80", "--netns", "all"],
+            "one network namespace",
+        ),
         (&["explain", "connect", "127.0.0.1"], "no `:PORT`"),
-        (&["explain", "connect", "127.0.0.1:80", "--from", "203.0.113.9"], "is not a local address"),
+        (
+            &[
+                "explain",
+                "connect",
+                "127.0.0.1:80",
+                "--from",
+                "203.0.113.9",
+            ],
+            "is not a local address",
+        ),
         (&["explain", "connect", "[fe80::2]:80"], "without a scope"),
     ];
     for (args, want) in cases {
@@ -206,7 +287,11 @@ fn bad_input_exits_2_and_changes_nothing() {
         assert!(err.contains(want), "{args:?}: stderr lacks {want:?}: {err}");
         assert!(out.is_empty(), "{args:?}: {out}");
     }
-    let after = ["ip_local_port_range", "ip_local_reserved_ports", "tcp_tw_reuse"]
-        .map(|f| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).expect("sysctl"));
+    let after = [
+        "ip_local_port_range",
+        "ip_local_reserved_ports",
+        "tcp_tw_reuse",
+    ]
+    .map(|f| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).expect("sysctl"));
     assert_eq!(after, sysctls);
 }

@@ -15,7 +15,10 @@ use std::{
 use common::{require_root, Running};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A tool from Debian's `prometheus` package, or a failure naming the fix.
@@ -30,20 +33,39 @@ fn prometheus_tool(name: &str) -> PathBuf {
 }
 
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
 /// The series names the exporter serves (families plus the suffixes their types add).
 fn exported_series() -> Vec<String> {
     use portwatch::export::exposition::names::*;
-    let mut v: Vec<String> = [EPHEMERAL_RANGE_PORTS, EPHEMERAL_PORTS, BIND_BUCKETS, SCRAPE_DURATION]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    v.extend([BIND_ERRORS, CONNECT_ERRORS, ERRORS_OVERFLOW, EVENTS_LOST].iter().map(|s| format!("{s}_total")));
+    let mut v: Vec<String> = [
+        EPHEMERAL_RANGE_PORTS,
+        EPHEMERAL_PORTS,
+        BIND_BUCKETS,
+        SCRAPE_DURATION,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.extend(
+        [BIND_ERRORS, CONNECT_ERRORS, ERRORS_OVERFLOW, EVENTS_LOST]
+            .iter()
+            .map(|s| format!("{s}_total")),
+    );
     v.extend([BUILD, NETNS_NAME].iter().map(|s| format!("{s}_info")));
     v
 }
@@ -54,7 +76,9 @@ fn metric_names_in(text: &str) -> Vec<String> {
     let mut rest = text;
     while let Some(i) = rest.find("portwatch_") {
         let tail = &rest[i..];
-        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
         out.push(tail[..end].to_string());
         rest = &tail[end..];
     }
@@ -65,14 +89,26 @@ fn metric_names_in(text: &str) -> Vec<String> {
 fn alerting_rules_pass_promtool() {
     let dir = repo_root().join("contrib/prometheus");
     let promtool = prometheus_tool("promtool");
-    let out = run_ok(Command::new(&promtool).arg("check").arg("rules").arg(dir.join("portwatch-rules.yml")));
+    let out = run_ok(
+        Command::new(&promtool)
+            .arg("check")
+            .arg("rules")
+            .arg(dir.join("portwatch-rules.yml")),
+    );
     assert!(out.contains("SUCCESS"), "{out}");
-    let out = run_ok(Command::new(&promtool).current_dir(&dir).args(["test", "rules", "portwatch-rules.test.yml"]));
+    let out = run_ok(Command::new(&promtool).current_dir(&dir).args([
+        "test",
+        "rules",
+        "portwatch-rules.test.yml",
+    ]));
     assert!(out.contains("SUCCESS"), "{out}");
     let rules = std::fs::read_to_string(dir.join("portwatch-rules.yml")).unwrap();
     let known = exported_series();
     for name in metric_names_in(&rules) {
-        assert!(known.contains(&name), "portwatch-rules.yml uses {name}, which the exporter does not serve");
+        assert!(
+            known.contains(&name),
+            "portwatch-rules.yml uses {name}, which the exporter does not serve"
+        );
     }
 }
 
@@ -89,35 +125,63 @@ fn dashboard_queries_only_exported_metrics() {
         for t in p["targets"].as_array().expect("targets") {
             let expr = t["expr"].as_str().expect("expr");
             for name in metric_names_in(expr) {
-                assert!(known.contains(&name), "panel {:?} queries {name}, which the exporter does not serve", p["title"]);
+                assert!(
+                    known.contains(&name),
+                    "panel {:?} queries {name}, which the exporter does not serve",
+                    p["title"]
+                );
                 used.push(name);
             }
         }
     }
-    for name in ["portwatch_ephemeral_ports", "portwatch_bind_errors_total", "portwatch_connect_errors_total"] {
+    for name in [
+        "portwatch_ephemeral_ports",
+        "portwatch_bind_errors_total",
+        "portwatch_connect_errors_total",
+    ] {
         assert!(used.iter().any(|u| u == name), "no panel shows {name}");
     }
 }
 
 #[test]
 fn systemd_unit_is_valid_and_not_root() {
-    let unit = std::fs::read_to_string(repo_root().join("contrib/systemd/portwatch-export.service")).unwrap();
-    let value = |key: &str| unit.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).map(str::trim);
+    let unit =
+        std::fs::read_to_string(repo_root().join("contrib/systemd/portwatch-export.service"))
+            .unwrap();
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::trim)
+    };
     assert_eq!(value("DynamicUser"), Some("yes"));
     assert_eq!(value("User"), None, "runs as a dynamic user, never root");
     let ambient = value("AmbientCapabilities").expect("AmbientCapabilities");
-    assert_eq!(ambient, value("CapabilityBoundingSet").expect("CapabilityBoundingSet"));
+    assert_eq!(
+        ambient,
+        value("CapabilityBoundingSet").expect("CapabilityBoundingSet")
+    );
     for cap in ["CAP_BPF", "CAP_PERFMON"] {
         assert!(ambient.split_whitespace().any(|c| c == cap), "{ambient}");
     }
     assert!(!ambient.contains("CAP_SYS_ADMIN"), "{ambient}");
     assert_eq!(value("NoNewPrivileges"), Some("yes"));
-    assert!(value("ExecStart").is_some_and(|e| e.contains(" export")), "{unit}");
+    assert!(
+        value("ExecStart").is_some_and(|e| e.contains(" export")),
+        "{unit}"
+    );
     // The binary where the Debian package (which ships this unit) installs it.
     let manifest = std::fs::read_to_string(repo_root().join("portwatch/Cargo.toml")).unwrap();
-    assert!(manifest.contains(r#"["target/release/portwatch", "usr/sbin/", "755"]"#), "the package's binary moved");
-    assert!(manifest.contains(r#"["../contrib/systemd/portwatch-export.service", "usr/lib/systemd/system/", "644"]"#));
-    assert!(value("ExecStart").is_some_and(|e| e.starts_with("/usr/sbin/portwatch ")), "{unit}");
+    assert!(
+        manifest.contains(r#"["target/release/portwatch", "usr/sbin/", "755"]"#),
+        "the package's binary moved"
+    );
+    assert!(manifest.contains(
+        r#"["../contrib/systemd/portwatch-export.service", "usr/lib/systemd/system/", "644"]"#
+    ));
+    assert!(
+        value("ExecStart").is_some_and(|e| e.starts_with("/usr/sbin/portwatch ")),
+        "{unit}"
+    );
     let Ok(analyze) = which("systemd-analyze") else {
         eprintln!("SKIPPED systemd-analyze verify: systemd-analyze not installed");
         return;
@@ -128,44 +192,78 @@ fn systemd_unit_is_valid_and_not_root() {
     let exec = unit
         .lines()
         .map(|l| match l.strip_prefix("ExecStart=") {
-            Some(rest) => format!("ExecStart={}{}", common::bin(), &rest[rest.find(' ').unwrap_or(rest.len())..]),
+            Some(rest) => format!(
+                "ExecStart={}{}",
+                common::bin(),
+                &rest[rest.find(' ').unwrap_or(rest.len())..]
+            ),
             None => l.to_string(),
         })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&copy, exec).unwrap();
-    let out = Command::new(analyze).args(["verify", "--man=no"]).arg(&copy).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !text.contains("portwatch-export.service:"), "systemd-analyze verify:\n{text}");
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("portwatch-export.service:"),
+        "systemd-analyze verify:\n{text}"
+    );
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.exists()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+        })
         .ok_or(())
 }
 
 /// A loopback port nobody listens on right now.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `GET path` over HTTP/1.0 with extra header lines: (status, headers, body).
 fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").as_bytes()).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").as_bytes())
+        .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, head.to_string(), body.to_string())
 }
 
 fn url_encode(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -194,7 +292,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -202,7 +303,11 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("starting prometheus");
-        let mut p = Prometheus { child, addr, _dir: dir };
+        let mut p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
         p.wait_ready();
         p
     }
@@ -217,19 +322,29 @@ impl Prometheus {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("prometheus exited with {status}:\n{}", self.log());
             }
-            if TcpStream::connect(self.addr).is_ok() && http_get(self.addr, "/-/ready", "").0 == 200 {
+            if TcpStream::connect(self.addr).is_ok() && http_get(self.addr, "/-/ready", "").0 == 200
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "prometheus not ready after 60 s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready after 60 s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
     /// The result vector of an instant query.
     fn query(&self, q: &str) -> Vec<serde_json::Value> {
-        let (status, _, body) = http_get(self.addr, &format!("/api/v1/query?query={}", url_encode(q)), "");
+        let (status, _, body) = http_get(
+            self.addr,
+            &format!("/api/v1/query?query={}", url_encode(q)),
+            "",
+        );
         assert_eq!(status, 200, "query {q}: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {q}: {e}: {body}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {q}: {e}: {body}"));
         assert_eq!(v["status"], "success", "{body}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
@@ -238,7 +353,10 @@ impl Prometheus {
     fn value_of(&self, q: &str) -> f64 {
         let r = self.query(q);
         assert_eq!(r.len(), 1, "{q}: expected one series, got {r:?}");
-        r[0]["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{q}: {r:?}"))
+        r[0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{q}: {r:?}"))
     }
 
     /// Waits until `q` returns at least one series.
@@ -249,7 +367,11 @@ impl Prometheus {
             if !r.is_empty() {
                 return r;
             }
-            assert!(Instant::now() < deadline, "{q} returned nothing within {within:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{q} returned nothing within {within:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -291,18 +413,32 @@ fn prometheus_scrapes_the_exporter() {
     let info = prom.wait_for("portwatch_build_info", Duration::from_secs(10));
     let labels = &info[0]["metric"];
     assert_eq!(labels["version"], env!("CARGO_PKG_VERSION"));
-    assert!(["fentry", "kprobe", "tracepoint"].contains(&labels["backend"].as_str().unwrap_or("")), "{labels}");
-    let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    assert!(
+        ["fentry", "kprobe", "tracepoint"].contains(&labels["backend"].as_str().unwrap_or("")),
+        "{labels}"
+    );
+    let release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
     assert_eq!(labels["kernel"], release.as_str());
     // The last scrape used OpenMetrics (Prometheus asks for it first): its info type made it.
-    assert_eq!(prom.value_of(r#"portwatch_events_lost_total{job="portwatch"}"#), 0.0);
+    assert_eq!(
+        prom.value_of(r#"portwatch_events_lost_total{job="portwatch"}"#),
+        0.0
+    );
     let took = prom.value_of(r#"portwatch_scrape_duration_seconds{job="portwatch"}"#);
     assert!(took > 0.0 && took < 1.0, "{took}");
 
     // The classic text format passes promtool's linter.
     let (status, head, body) = http_get(addr, "/metrics", "");
     assert_eq!(status, 200, "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
     let mut lint = Command::new(prometheus_tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -310,7 +446,11 @@ fn prometheus_scrapes_the_exporter() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    lint.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = lint.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -323,10 +463,19 @@ fn prometheus_scrapes_the_exporter() {
     let scrapes = |p: &Prometheus| p.value_of(r#"count_over_time(up{job="portwatch"}[10m])"#);
     let before = scrapes(&prom);
     assert_eq!(http_get(addr, "/nope", "").0, 404);
-    assert_eq!(http_get(addr, "/metrics", &format!("X-Big: {}\r\n", "a".repeat(64 * 1024))).0, 431);
+    assert_eq!(
+        http_get(
+            addr,
+            "/metrics",
+            &format!("X-Big: {}\r\n", "a".repeat(64 * 1024))
+        )
+        .0,
+        431
+    );
     {
         let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
         assert!(text.starts_with("HTTP/1.1 405"), "{text}");
@@ -335,7 +484,10 @@ fn prometheus_scrapes_the_exporter() {
     let _stalled = TcpStream::connect(addr).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while scrapes(&prom) < before + 3.0 {
-        assert!(Instant::now() < deadline, "Prometheus stopped scraping after the bad requests");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus stopped scraping after the bad requests"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(prom.value_of(r#"up{job="portwatch"}"#), 1.0);
@@ -344,7 +496,11 @@ fn prometheus_scrapes_the_exporter() {
     let host = portwatch::export::caps::Host::current();
     let kept = portwatch::export::caps::kept_after_attach(host);
     let want: u64 = kept.iter().map(|k| 1u64 << k.cap.index()).sum();
-    assert_eq!(cap_eff(exporter.pid()), want, "capabilities after attach (kept: {kept:?})");
+    assert_eq!(
+        cap_eff(exporter.pid()),
+        want,
+        "capabilities after attach (kept: {kept:?})"
+    );
 
     drop(prom);
     let (code, _out, err) = exporter.stop();
@@ -355,14 +511,18 @@ fn prometheus_scrapes_the_exporter() {
 
 /// A TCP socket of `ns` bound to 127.0.0.1:`port` (0: any), or the bind's error.
 fn bound(ns: &portwatch::netns::PrivateNetns, port: u16) -> std::io::Result<socket2::Socket> {
-    let s = ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket in the private netns");
+    let s = ns
+        .socket(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a socket in the private netns");
     s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
     Ok(s)
 }
 
 /// A TCP socket of `ns` connected to 127.0.0.1:`port` from an ephemeral port, or the error.
 fn connected(ns: &portwatch::netns::PrivateNetns, port: u16) -> std::io::Result<socket2::Socket> {
-    let s = ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket in the private netns");
+    let s = ns
+        .socket(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a socket in the private netns");
     s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
     Ok(s)
 }
@@ -396,7 +556,10 @@ fn prometheus_sees_exact_port_pressure_and_failures() {
     let clients1: Vec<_> = (0..2).map(|_| connected(&ns1, 5000).unwrap()).collect();
     for c in &clients1 {
         let port = c.local_addr().unwrap().as_socket().unwrap().port();
-        assert!((40003..=40009).contains(&port), "connect() took {port}, outside the free part of the range");
+        assert!(
+            (40003..=40009).contains(&port),
+            "connect() took {port}, outside the free part of the range"
+        );
     }
     let refused = bound(&ns1, 40001).err().and_then(|e| e.raw_os_error());
     assert_eq!(refused, Some(libc::EADDRINUSE));
@@ -416,24 +579,78 @@ fn prometheus_sees_exact_port_pressure_and_failures() {
     prom.wait_for(r#"up{job="portwatch"} == 1"#, Duration::from_secs(30));
     let (n1, n2, n3) = (ns1.inode(), ns2.inode(), ns3.inode());
     let expected: Vec<(String, f64)> = [
-        (format!(r#"portwatch_ephemeral_range_ports{{netns="{n1}"}}"#), 10.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="free"}}"#), 5.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="shared"}}"#), 2.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="blocked"}}"#), 3.0),
-        (format!(r#"portwatch_bind_buckets{{netns="{n1}",fastreuse="-1"}}"#), 2.0),
-        (format!(r#"portwatch_bind_buckets{{netns="{n1}",fastreuse="0"}}"#), 4.0),
-        (format!(r#"portwatch_bind_errors_total{{netns="{n1}",errno="EADDRINUSE"}}"#), 1.0),
-        (format!(r#"count(portwatch_bind_errors_total{{netns="{n1}"}})"#), 1.0),
-        (format!(r#"count(portwatch_connect_errors_total{{netns="{n1}"}}) or vector(0)"#), 0.0),
-        (format!(r#"portwatch_ephemeral_range_ports{{netns="{n2}"}}"#), 1.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="free"}}"#), 0.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="shared"}}"#), 0.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="blocked"}}"#), 1.0),
-        (format!(r#"portwatch_connect_errors_total{{netns="{n2}",errno="EADDRNOTAVAIL"}}"#), 1.0),
-        (format!(r#"count(portwatch_connect_errors_total{{netns="{n2}"}})"#), 1.0),
-        (format!(r#"count(portwatch_bind_errors_total{{netns="{n2}"}}) or vector(0)"#), 0.0),
-        (format!(r#"portwatch_ephemeral_range_ports{{netns="{n3}"}}"#), 9.0),
-        (format!(r#"portwatch_ephemeral_ports{{netns="{n3}",state="free"}}"#), 9.0),
+        (
+            format!(r#"portwatch_ephemeral_range_ports{{netns="{n1}"}}"#),
+            10.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="free"}}"#),
+            5.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="shared"}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n1}",state="blocked"}}"#),
+            3.0,
+        ),
+        (
+            format!(r#"portwatch_bind_buckets{{netns="{n1}",fastreuse="-1"}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"portwatch_bind_buckets{{netns="{n1}",fastreuse="0"}}"#),
+            4.0,
+        ),
+        (
+            format!(r#"portwatch_bind_errors_total{{netns="{n1}",errno="EADDRINUSE"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"count(portwatch_bind_errors_total{{netns="{n1}"}})"#),
+            1.0,
+        ),
+        (
+            format!(r#"count(portwatch_connect_errors_total{{netns="{n1}"}}) or vector(0)"#),
+            0.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_range_ports{{netns="{n2}"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="free"}}"#),
+            0.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="shared"}}"#),
+            0.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n2}",state="blocked"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"portwatch_connect_errors_total{{netns="{n2}",errno="EADDRNOTAVAIL"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"count(portwatch_connect_errors_total{{netns="{n2}"}})"#),
+            1.0,
+        ),
+        (
+            format!(r#"count(portwatch_bind_errors_total{{netns="{n2}"}}) or vector(0)"#),
+            0.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_range_ports{{netns="{n3}"}}"#),
+            9.0,
+        ),
+        (
+            format!(r#"portwatch_ephemeral_ports{{netns="{n3}",state="free"}}"#),
+            9.0,
+        ),
         (r#"portwatch_errors_overflow_total"#.to_string(), 0.0),
     ]
     .into_iter()
@@ -446,22 +663,43 @@ fn prometheus_sees_exact_port_pressure_and_failures() {
             .iter()
             .map(|(q, _)| {
                 let r = prom.query(q);
-                (r.len() == 1).then(|| r[0]["value"][1].as_str().and_then(|s| s.parse().ok())).flatten()
+                (r.len() == 1)
+                    .then(|| r[0]["value"][1].as_str().and_then(|s| s.parse().ok()))
+                    .flatten()
             })
             .collect();
-        if got.iter().zip(&expected).all(|(g, (_, want))| *g == Some(*want)) || Instant::now() > deadline {
+        if got
+            .iter()
+            .zip(&expected)
+            .all(|(g, (_, want))| *g == Some(*want))
+            || Instant::now() > deadline
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let table: Vec<String> =
-        expected.iter().zip(&got).map(|((q, want), g)| format!("{q}: expected {want}, got {g:?}")).collect();
-    assert!(got.iter().zip(&expected).all(|(g, (_, want))| *g == Some(*want)), "{}", table.join("\n"));
+    let table: Vec<String> = expected
+        .iter()
+        .zip(&got)
+        .map(|((q, want), g)| format!("{q}: expected {want}, got {g:?}"))
+        .collect();
+    assert!(
+        got.iter()
+            .zip(&expected)
+            .all(|(g, (_, want))| *g == Some(*want)),
+        "{}",
+        table.join("\n")
+    );
 
     // The exposition with every family filled passes promtool's linter.
     let (status, _, body) = http_get(addr, "/metrics", "");
     assert_eq!(status, 200);
-    assert!(body.contains(&format!(r#"portwatch_connect_errors_total{{netns="{n2}",errno="EADDRNOTAVAIL"}} 1"#)), "{body}");
+    assert!(
+        body.contains(&format!(
+            r#"portwatch_connect_errors_total{{netns="{n2}",errno="EADDRNOTAVAIL"}} 1"#
+        )),
+        "{body}"
+    );
     let mut lint = Command::new(prometheus_tool("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -469,7 +707,11 @@ fn prometheus_sees_exact_port_pressure_and_failures() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    lint.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = lint.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -478,7 +720,9 @@ fn prometheus_sees_exact_port_pressure_and_failures() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    drop((listener1, blocked1, clients1, listener2, blocked2, listener3));
+    drop((
+        listener1, blocked1, clients1, listener2, blocked2, listener3,
+    ));
     drop(prom);
     let (code, _out, err) = exporter.stop();
     assert_eq!(code, 0, "{err}");

@@ -21,8 +21,8 @@ use std::{
 };
 
 use common::{
-    bin, held_prog_ids, loaded_progs, max_prog_id, netns_path, orphan_progs_after, require_root, run_portwatch,
-    v4, wait_progs_gone, Ended, Running,
+    bin, held_prog_ids, loaded_progs, max_prog_id, netns_path, orphan_progs_after, require_root,
+    run_portwatch, v4, wait_progs_gone, Ended, Running,
 };
 use portwatch::netns::PrivateNetns;
 
@@ -31,7 +31,12 @@ const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn assert_no_pid_references(pid: u32) {
     for p in loaded_progs() {
-        assert!(!p.pids.contains(&pid), "program {} ({}) still lists the dead pid {pid}", p.id, p.name);
+        assert!(
+            !p.pids.contains(&pid),
+            "program {} ({}) still lists the dead pid {pid}",
+            p.id,
+            p.name
+        );
     }
 }
 
@@ -41,10 +46,19 @@ fn assert_no_pid_references(pid: u32) {
 fn stop_and_check_clean(run: Running, what: &str, signal: i32, must_have: &[&str]) -> Ended {
     let pid = run.pid();
     let ids = held_prog_ids(pid);
-    assert!(!ids.is_empty(), "{what}: /proc/{pid}/fdinfo shows no BPF program while it runs");
-    let listed: Vec<_> = loaded_progs().into_iter().filter(|p| ids.contains(&p.id)).collect();
+    assert!(
+        !ids.is_empty(),
+        "{what}: /proc/{pid}/fdinfo shows no BPF program while it runs"
+    );
+    let listed: Vec<_> = loaded_progs()
+        .into_iter()
+        .filter(|p| ids.contains(&p.id))
+        .collect();
     let listed_ids: BTreeSet<u32> = listed.iter().map(|p| p.id).collect();
-    assert_eq!(listed_ids, ids, "{what}: bpftool lists every program the process holds");
+    assert_eq!(
+        listed_ids, ids,
+        "{what}: bpftool lists every program the process holds"
+    );
     for name in must_have {
         // The kernel keeps 15 characters of a program name; bpftool shows the full one
         // when the program has BTF.
@@ -57,26 +71,49 @@ fn stop_and_check_clean(run: Running, what: &str, signal: i32, must_have: &[&str
     }
     if listed.iter().any(|p| !p.pids.is_empty()) {
         for p in &listed {
-            assert!(p.pids.contains(&pid), "{what}: bpftool names pid {pid} for program {} ({})", p.id, p.name);
+            assert!(
+                p.pids.contains(&pid),
+                "{what}: bpftool names pid {pid} for program {} ({})",
+                p.id,
+                p.name
+            );
         }
     } else {
         eprintln!("{what}: bpftool gives no `pids` here (it needs BPF iterators); checked through /proc/{pid}/fdinfo");
     }
     let end = run.end_with(Some(signal));
-    assert!(!end.stderr.contains("panicked"), "{what}: panicked: {}", end.stderr);
-    assert_eq!(end.code, Some(0), "{what}: exit code after signal {signal}; stderr: {}", end.stderr);
+    assert!(
+        !end.stderr.contains("panicked"),
+        "{what}: panicked: {}",
+        end.stderr
+    );
+    assert_eq!(
+        end.code,
+        Some(0),
+        "{what}: exit code after signal {signal}; stderr: {}",
+        end.stderr
+    );
     let left = wait_progs_gone(&ids, FREE_TIMEOUT);
-    assert!(left.is_empty(), "{what}: programs left behind after signal {signal}: {left:?}");
+    assert!(
+        left.is_empty(),
+        "{what}: programs left behind after signal {signal}: {left:?}"
+    );
     assert_no_pid_references(pid);
     end
 }
 
 fn trace_args(path: &str) -> Vec<String> {
-    ["trace", "--json", "--netns", path].iter().map(|s| s.to_string()).collect()
+    ["trace", "--json", "--netns", path]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn top_args(path: &str) -> Vec<String> {
-    ["top", "--netns", path, "--interval", "0.2"].iter().map(|s| s.to_string()).collect()
+    ["top", "--netns", path, "--interval", "0.2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn start(args: &[String]) -> Running {
@@ -98,8 +135,17 @@ fn trace_leaves_nothing_behind_after_sigint_and_sigterm() {
         s.bind(&v4("127.0.0.1", 4321)).expect("bind");
         drop(s);
         std::thread::sleep(Duration::from_millis(200));
-        let end = stop_and_check_clean(run, &format!("trace, {name}"), sig, &["sys_enter_bind", "sys_exit_close"]);
-        assert!(end.stdout.contains("\"bucket_created\""), "trace, {name}: events before the signal are printed: {}", end.stdout);
+        let end = stop_and_check_clean(
+            run,
+            &format!("trace, {name}"),
+            sig,
+            &["sys_enter_bind", "sys_exit_close"],
+        );
+        assert!(
+            end.stdout.contains("\"bucket_created\""),
+            "trace, {name}: events before the signal are printed: {}",
+            end.stdout
+        );
     }
 }
 
@@ -120,7 +166,11 @@ fn top_plain_leaves_nothing_behind_after_sigint_and_sigterm() {
             sig,
             &["sys_enter_bind", "snapshot_trigger"],
         );
-        assert!(end.stdout.contains("1234"), "top (not a TTY), {name}: the table shows the listener: {}", end.stdout);
+        assert!(
+            end.stdout.contains("1234"),
+            "top (not a TTY), {name}: the table shows the listener: {}",
+            end.stdout
+        );
     }
 }
 
@@ -158,14 +208,33 @@ fn trace_panic_after_attach_exits_non_zero_and_leaves_nothing_behind() {
     }
     let out = child.wait_with_output().expect("output");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(ready.exists(), "it attached (wrote the ready file) before the panic: {stderr}");
-    assert!(!out.status.success(), "a panic is a failure exit: {:?}", out.status);
-    assert!(stderr.contains("induced panic after attaching"), "the panic is the induced one: {stderr}");
-    assert!(!seen.is_empty(), "programs were seen in /proc/{pid}/fdinfo while it loaded");
+    assert!(
+        ready.exists(),
+        "it attached (wrote the ready file) before the panic: {stderr}"
+    );
+    assert!(
+        !out.status.success(),
+        "a panic is a failure exit: {:?}",
+        out.status
+    );
+    assert!(
+        stderr.contains("induced panic after attaching"),
+        "the panic is the induced one: {stderr}"
+    );
+    assert!(
+        !seen.is_empty(),
+        "programs were seen in /proc/{pid}/fdinfo while it loaded"
+    );
     let left = wait_progs_gone(&seen, FREE_TIMEOUT);
-    assert!(left.is_empty(), "programs left behind after the panic: {left:?}");
+    assert!(
+        left.is_empty(),
+        "programs left behind after the panic: {left:?}"
+    );
     let orphans = orphan_progs_after(before, FREE_TIMEOUT);
-    assert!(orphans.is_empty(), "programs without any holder left behind after the panic: {orphans:?}");
+    assert!(
+        orphans.is_empty(),
+        "programs without any holder left behind after the panic: {orphans:?}"
+    );
     assert_no_pid_references(pid);
 }
 
@@ -176,13 +245,19 @@ fn trace_panic_after_attach_exits_non_zero_and_leaves_nothing_behind() {
 fn fails_with(args: &[&str], expect: &str) {
     let (code, _out, err) = run_portwatch(args);
     assert_ne!(code, 0, "portwatch {args:?} must fail; stderr: {err}");
-    assert!(err.contains(expect), "portwatch {args:?}: stderr names the problem ({expect:?}): {err}");
+    assert!(
+        err.contains(expect),
+        "portwatch {args:?}: stderr names the problem ({expect:?}): {err}"
+    );
 }
 
 #[test]
 fn invalid_cli_values_fail_with_a_clear_message() {
     // Argument errors come before any privilege check: no root needed.
-    fails_with(&["trace", "--port", "0"], "invalid port `0`: expected a number from 1 to 65535");
+    fails_with(
+        &["trace", "--port", "0"],
+        "invalid port `0`: expected a number from 1 to 65535",
+    );
     fails_with(&["trace", "--port", "65536"], "invalid port `65536`");
     fails_with(&["trace", "--port", "abc"], "invalid port `abc`");
     fails_with(&["trace", "--port", "80,0"], "invalid port `0`");
@@ -190,9 +265,18 @@ fn invalid_cli_values_fail_with_a_clear_message() {
     fails_with(&["top", "--port", "abc"], "invalid port `abc`");
     fails_with(&["top", "--interval", "0"], "invalid interval `0`");
     fails_with(&["top", "--interval", "abc"], "invalid interval `abc`");
-    fails_with(&["trace", "--probe", "bogus"], "invalid value 'bogus' for '--probe");
-    fails_with(&["top", "--probe", "bogus"], "possible values: auto, fentry, kprobe, tracepoint");
-    fails_with(&["trace", "--ring-bytes", "1000"], "invalid ring size `1000`");
+    fails_with(
+        &["trace", "--probe", "bogus"],
+        "invalid value 'bogus' for '--probe",
+    );
+    fails_with(
+        &["top", "--probe", "bogus"],
+        "possible values: auto, fentry, kprobe, tracepoint",
+    );
+    fails_with(
+        &["trace", "--ring-bytes", "1000"],
+        "invalid ring size `1000`",
+    );
     fails_with(&["quiz", "99"], "unknown quiz `99`");
     fails_with(&["trace", "--no-such-flag"], "--no-such-flag");
 }
@@ -201,8 +285,14 @@ fn invalid_cli_values_fail_with_a_clear_message() {
 fn netns_that_is_not_a_netns_or_missing_fails_with_a_clear_message() {
     for sub in ["trace", "dump", "top"] {
         fails_with(&[sub, "--netns", "/tmp"], "/tmp is not a network namespace");
-        fails_with(&[sub, "--netns", "/proc/self/ns/uts"], "/proc/self/ns/uts is not a network namespace");
-        fails_with(&[sub, "--netns", "/nonexistent/portwatch-test"], "/nonexistent/portwatch-test does not exist");
+        fails_with(
+            &[sub, "--netns", "/proc/self/ns/uts"],
+            "/proc/self/ns/uts is not a network namespace",
+        );
+        fails_with(
+            &[sub, "--netns", "/nonexistent/portwatch-test"],
+            "/nonexistent/portwatch-test does not exist",
+        );
     }
 }
 
@@ -230,12 +320,22 @@ fn help_of_every_subcommand_works_as_nobody() {
     if !require_root("help_of_every_subcommand_works_as_nobody (needs root to become nobody)") {
         return;
     }
-    for sub in [&[][..], &["trace"], &["dump"], &["top"], &["quiz"], &["probes"]] {
+    for sub in [
+        &[][..],
+        &["trace"],
+        &["dump"],
+        &["top"],
+        &["quiz"],
+        &["probes"],
+    ] {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");
         let (code, out, err) = setpriv(&AS_NOBODY, &args);
         assert_eq!(code, 0, "portwatch {args:?} as nobody: {err}");
-        assert!(out.contains("Usage: portwatch"), "portwatch {args:?} prints usage: {out}");
+        assert!(
+            out.contains("Usage: portwatch"),
+            "portwatch {args:?} prints usage: {out}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -246,11 +346,23 @@ fn without_capabilities_trace_dump_top_probes_name_cap_bpf_and_cap_perfmon() {
         return;
     }
     let before = max_prog_id();
-    for (how, prefix) in [("as nobody", &AS_NOBODY[..]), ("as root without capabilities", &NO_CAPS[..])] {
-        for args in [&["trace"][..], &["trace", "--json", "--port", "80"], &["dump"], &["top", "--once"], &["probes"]] {
+    for (how, prefix) in [
+        ("as nobody", &AS_NOBODY[..]),
+        ("as root without capabilities", &NO_CAPS[..]),
+    ] {
+        for args in [
+            &["trace"][..],
+            &["trace", "--json", "--port", "80"],
+            &["dump"],
+            &["top", "--once"],
+            &["probes"],
+        ] {
             let (code, _out, err) = setpriv(prefix, args);
             assert_ne!(code, 0, "portwatch {args:?} {how} must fail: {err}");
-            assert!(!err.contains("panicked"), "portwatch {args:?} {how} panicked: {err}");
+            assert!(
+                !err.contains("panicked"),
+                "portwatch {args:?} {how} panicked: {err}"
+            );
             assert!(
                 err.contains("CAP_BPF") && err.contains("CAP_PERFMON"),
                 "portwatch {args:?} {how}: the message names CAP_BPF and CAP_PERFMON: {err}"
@@ -258,7 +370,10 @@ fn without_capabilities_trace_dump_top_probes_name_cap_bpf_and_cap_perfmon() {
         }
     }
     let orphans = orphan_progs_after(before, FREE_TIMEOUT);
-    assert!(orphans.is_empty(), "unprivileged runs left programs behind: {orphans:?}");
+    assert!(
+        orphans.is_empty(),
+        "unprivileged runs left programs behind: {orphans:?}"
+    );
 }
 
 // ---- backends --------------------------------------------------------------------------
@@ -266,9 +381,12 @@ fn without_capabilities_trace_dump_top_probes_name_cap_bpf_and_cap_perfmon() {
 /// Whether this kernel offers kprobes (tracefs has kprobe_events), independently of
 /// portwatch.
 fn host_has_kprobes() -> bool {
-    ["/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events"]
-        .iter()
-        .any(|p| Path::new(p).exists())
+    [
+        "/sys/kernel/tracing/kprobe_events",
+        "/sys/kernel/debug/tracing/kprobe_events",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
 }
 
 /// Whether this kernel loads TRACING programs (fentry), per `bpftool feature probe`.
@@ -279,7 +397,10 @@ fn host_allows_tracing_progs() -> bool {
         .output()
         .expect("running bpftool feature probe kernel");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("program_type tracing"), "bpftool feature probe names the tracing type: {text}");
+    assert!(
+        text.contains("program_type tracing"),
+        "bpftool feature probe names the tracing type: {text}"
+    );
     !text.contains("program_type tracing is NOT available")
 }
 
@@ -289,15 +410,24 @@ fn check_forced_backend(ns_path: &str, backend: &str, allowed: bool, reason: &st
     if allowed {
         let run = Running::start(&["trace", "--json", "--probe", backend, "--netns", ns_path]);
         let (code, _out, err) = run.stop();
-        assert_eq!(code, 0, "--probe {backend} on a kernel that allows it: {err}");
+        assert_eq!(
+            code, 0,
+            "--probe {backend} on a kernel that allows it: {err}"
+        );
         assert!(err.contains(&format!("backend: {backend}")), "{err}");
     } else {
         let before = max_prog_id();
         let (code, _out, err) = run_portwatch(&["trace", "--probe", backend, "--netns", ns_path]);
         assert_ne!(code, 0, "--probe {backend} must fail here: {err}");
-        assert!(err.contains(reason), "--probe {backend}: the message names the reason ({reason:?}): {err}");
+        assert!(
+            err.contains(reason),
+            "--probe {backend}: the message names the reason ({reason:?}): {err}"
+        );
         let orphans = orphan_progs_after(before, FREE_TIMEOUT);
-        assert!(orphans.is_empty(), "--probe {backend} left programs behind: {orphans:?}");
+        assert!(
+            orphans.is_empty(),
+            "--probe {backend} left programs behind: {orphans:?}"
+        );
     }
 }
 
@@ -315,22 +445,40 @@ fn forced_backends_fail_with_the_reason_and_probes_lists_them() {
 
     let (code, out, err) = run_portwatch(&["probes"]);
     assert_eq!(code, 0, "probes: {err}");
-    let line = |b: &str| out.lines().find(|l| l.trim_start().starts_with(b)).unwrap_or_else(|| panic!("probes lists {b}: {out}"));
+    let line = |b: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(b))
+            .unwrap_or_else(|| panic!("probes lists {b}: {out}"))
+    };
     if !fentry {
-        assert!(line("fentry").contains("refused") && line("fentry").contains("EPERM"), "{out}");
+        assert!(
+            line("fentry").contains("refused") && line("fentry").contains("EPERM"),
+            "{out}"
+        );
     }
     if !kprobes {
-        assert!(line("kprobe").contains("refused: kernel has no kprobes"), "{out}");
+        assert!(
+            line("kprobe").contains("refused: kernel has no kprobes"),
+            "{out}"
+        );
     }
     if !fentry && !kprobes {
         let tp = line("tracepoint");
-        assert!(tp.contains("tracepoint") && tp.contains("ok (chosen)"), "{out}");
+        assert!(
+            tp.contains("tracepoint") && tp.contains("ok (chosen)"),
+            "{out}"
+        );
     }
     let (code, json, err) = run_portwatch(&["probes", "--json"]);
     assert_eq!(code, 0, "probes --json: {err}");
     let v: serde_json::Value = serde_json::from_str(&json).expect("probes --json is JSON");
     let attempts = v["attempts"].as_array().expect("attempts");
-    let refused = |b: &str| attempts.iter().find(|a| a["backend"] == b).map(|a| !a["refused"].is_null());
+    let refused = |b: &str| {
+        attempts
+            .iter()
+            .find(|a| a["backend"] == b)
+            .map(|a| !a["refused"].is_null())
+    };
     if !kprobes {
         assert_eq!(refused("kprobe"), Some(true), "{json}");
     }
@@ -357,7 +505,15 @@ fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
     let ready = dir.path().join("ready");
     let out_path = dir.path().join("stdout");
     let child = Command::new(bin())
-        .args(["trace", "--json", "--ring-bytes", "4096", "--netns", &path, "--ready-file"])
+        .args([
+            "trace",
+            "--json",
+            "--ring-bytes",
+            "4096",
+            "--netns",
+            &path,
+            "--ready-file",
+        ])
         .arg(&ready)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
@@ -374,7 +530,10 @@ fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
     let produced = ns
         .run(|| {
             let socks: Vec<socket2::Socket> = (0..N)
-                .map(|_| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket"))
+                .map(|_| {
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket")
+                })
                 .collect();
             let mut binds = 0u64;
             for (i, s) in socks.iter().enumerate() {
@@ -387,12 +546,21 @@ fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
             binds + closes
         })
         .expect("netns thread");
-    assert_eq!(produced, 2 * u64::from(N), "every bind succeeds in a fresh netns");
+    assert_eq!(
+        produced,
+        2 * u64::from(N),
+        "every bind succeeds in a fresh netns"
+    );
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: kill on the pid of the child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     common::wait_exit(child, Duration::from_secs(20));
-    let res = guard.0.take().expect("child").wait_with_output().expect("output");
+    let res = guard
+        .0
+        .take()
+        .expect("child")
+        .wait_with_output()
+        .expect("output");
     let err = String::from_utf8_lossy(&res.stderr).into_owned();
     let out = std::fs::read_to_string(&out_path).expect("stdout file");
     assert!(!err.contains("panicked"), "{err}");
@@ -402,12 +570,28 @@ fn drops_are_reported_and_delivered_plus_dropped_equals_produced() {
     let lines = common::json_lines(&out);
     // The transitions events delivered: not the resync records, nor the corrections
     // (op `rescan`) that follow them.
-    let delivered = lines.iter().filter(|l| l["kind"] != "resync" && l["op"] != "rescan").count() as u64;
-    let resynced: u64 = lines.iter().filter(|l| l["kind"] == "resync").map(|l| l["dropped"].as_u64().expect("dropped")).sum();
+    let delivered = lines
+        .iter()
+        .filter(|l| l["kind"] != "resync" && l["op"] != "rescan")
+        .count() as u64;
+    let resynced: u64 = lines
+        .iter()
+        .filter(|l| l["kind"] == "resync")
+        .map(|l| l["dropped"].as_u64().expect("dropped"))
+        .sum();
     eprintln!("produced {produced}, delivered {delivered} transitions, dropped {dropped}, skipped runs {skipped}");
-    assert!(dropped > 0, "a 4096-byte ring loses part of a {produced}-event burst; stderr: {err}");
-    assert!(err.contains(&format!("{dropped} events dropped in total")), "{err}");
-    assert_eq!(resynced, dropped, "the resync records account for every dropped event");
+    assert!(
+        dropped > 0,
+        "a 4096-byte ring loses part of a {produced}-event burst; stderr: {err}"
+    );
+    assert!(
+        err.contains(&format!("{dropped} events dropped in total")),
+        "{err}"
+    );
+    assert_eq!(
+        resynced, dropped,
+        "the resync records account for every dropped event"
+    );
     if skipped == 0 {
         assert_eq!(
             delivered + dropped,

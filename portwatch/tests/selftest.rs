@@ -11,12 +11,23 @@ fn selftest_scenarios_pass_with_the_auto_backend() {
     if !require_root("selftest_scenarios_pass_with_the_auto_backend") {
         return;
     }
-    let out = Command::new(bin()).args(["selftest", "--json"]).output().expect("selftest");
+    let out = Command::new(bin())
+        .args(["selftest", "--json"])
+        .output()
+        .expect("selftest");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    assert!(out.status.success(), "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    );
     let scenarios = v["scenarios"].as_array().expect("scenarios");
-    let names: Vec<&str> = scenarios.iter().filter_map(|s| s["name"].as_str()).collect();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
     assert_eq!(
         names,
         [
@@ -48,8 +59,13 @@ fn selftest_scenarios_pass_with_the_bounded_walk_driver() {
         .output()
         .expect("selftest");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    assert!(out.status.success(), "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    );
     for s in v["scenarios"].as_array().expect("scenarios") {
         assert_eq!(s["failures"].as_array().map(|f| f.len()), Some(0), "{s}");
     }
@@ -59,22 +75,39 @@ fn selftest_scenarios_pass_with_the_bounded_walk_driver() {
         .output()
         .expect("probes");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let walk = &v["walk"];
     assert_eq!(walk["driver"], "bounded", "{walk}");
-    assert_eq!(walk["reason"], "requested with --walk-driver bounded", "{walk}");
+    assert_eq!(
+        walk["reason"], "requested with --walk-driver bounded",
+        "{walk}"
+    );
     for budget in ["owner_steps", "chain_steps", "snap_steps"] {
-        assert!(walk[budget].as_u64().is_some_and(|n| n > 0), "{budget}: {walk}");
+        assert!(
+            walk[budget].as_u64().is_some_and(|n| n > 0),
+            "{budget}: {walk}"
+        );
     }
-    let out = Command::new(bin()).args(["probes"]).output().expect("probes");
+    let out = Command::new(bin())
+        .args(["probes"])
+        .output()
+        .expect("probes");
     let text = String::from_utf8_lossy(&out.stdout);
     let bpf_loop_row = v["variants"]
         .as_array()
         .and_then(|vs| vs.iter().find(|x| x["id"] == "bpf-loop").cloned())
         .expect("the compatibility table has a bpf_loop row");
     if bpf_loop_row["present"] == true {
-        assert!(text.contains("walks driven by bpf_loop (the kernel has it (5.17+))"), "{text}");
+        assert!(
+            text.contains("walks driven by bpf_loop (the kernel has it (5.17+))"),
+            "{text}"
+        );
     } else {
         assert!(text.contains("walks driven by bounded loops"), "{text}");
     }
@@ -85,19 +118,33 @@ fn probes_reports_each_backend_and_kprobe_programs_pass_the_verifier_here() {
     if !require_root("probes_reports_each_backend_and_kprobe_programs_pass_the_verifier_here") {
         return;
     }
-    let out = Command::new(bin()).args(["probes", "--json"]).output().expect("probes");
+    let out = Command::new(bin())
+        .args(["probes", "--json"])
+        .output()
+        .expect("probes");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let attempts = v["attempts"].as_array().expect("attempts");
-    let order: Vec<&str> = attempts.iter().filter_map(|a| a["backend"].as_str()).collect();
+    let order: Vec<&str> = attempts
+        .iter()
+        .filter_map(|a| a["backend"].as_str())
+        .collect();
     // auto tries the best first and stops at the first that works.
     assert_eq!(order.first(), Some(&"fentry"), "{v}");
     let chosen = v["chosen"].as_str().expect("a backend is chosen");
     assert_eq!(order.last(), Some(&chosen));
     for a in attempts {
         if a["backend"] != chosen {
-            assert!(a["refused"].as_str().is_some_and(|r| !r.is_empty()), "a refusal names its reason: {a}");
+            assert!(
+                a["refused"].as_str().is_some_and(|r| !r.is_empty()),
+                "a refusal names its reason: {a}"
+            );
         }
     }
     let kprobe = attempts.iter().find(|a| a["backend"] == "kprobe");

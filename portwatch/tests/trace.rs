@@ -13,7 +13,14 @@ use serde_json::Value;
 fn traced(range: (u16, u16), extra: &[&str], workload: impl FnOnce(&PrivateNetns)) -> Vec<Value> {
     let ns = PrivateNetns::with_port_range(range.0, range.1).expect("private netns");
     let path = netns_path(&ns);
-    let mut args = vec!["trace", "--json", "--probe", "auto", "--netns", path.as_str()];
+    let mut args = vec![
+        "trace",
+        "--json",
+        "--probe",
+        "auto",
+        "--netns",
+        path.as_str(),
+    ];
     args.extend_from_slice(extra);
     let run = Running::start(&args);
     workload(&ns);
@@ -23,19 +30,31 @@ fn traced(range: (u16, u16), extra: &[&str], workload: impl FnOnce(&PrivateNetns
     assert!(err.contains("backend: "), "stderr names the backend: {err}");
     let lines = json_lines(&out);
     for l in &lines {
-        assert_eq!(l["netns"].as_u64(), Some(ns.inode() as u64), "only our netns: {l}");
+        assert_eq!(
+            l["netns"].as_u64(),
+            Some(ns.inode() as u64),
+            "only our netns: {l}"
+        );
     }
     lines
 }
 
 fn find<'a>(lines: &'a [Value], kind: &str, port: u64) -> Vec<&'a Value> {
-    lines.iter().filter(|l| l["kind"] == kind && l["port"] == port).collect()
+    lines
+        .iter()
+        .filter(|l| l["kind"] == kind && l["port"] == port)
+        .collect()
 }
 
 fn summary(lines: &[Value]) -> String {
     lines
         .iter()
-        .map(|l| format!("{} {} {} fr={} owners={} errno={}", l["port"], l["kind"], l["op"], l["fastreuse"], l["owners"], l["errno"]))
+        .map(|l| {
+            format!(
+                "{} {} {} fr={} owners={} errno={}",
+                l["port"], l["kind"], l["op"], l["fastreuse"], l["owners"], l["errno"]
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -50,7 +69,8 @@ fn connect_creates_minus_one_plain_bind_moves_to_zero_last_close_destroys() {
         let s1 = tcp(ns);
         s1.connect(&v4("127.0.0.1", 1234)).expect("connect");
         let s2 = tcp(ns);
-        s2.bind(&v4("127.2.2.2", 60000)).expect("plain bind of another address on 60000");
+        s2.bind(&v4("127.2.2.2", 60000))
+            .expect("plain bind of another address on 60000");
         let (c, _) = l.accept().expect("accept");
         drop(c);
         drop(s1);
@@ -83,7 +103,12 @@ fn connect_creates_minus_one_plain_bind_moves_to_zero_last_close_destroys() {
     assert_eq!(destroyed[0]["owners"], 0, "{s}");
     assert_eq!(destroyed[0]["fastreuse"], Value::Null, "{s}");
     // The destruction comes after the creation.
-    let pos = |k: &str| lines.iter().position(|l| l["kind"] == k && l["port"] == 60000).unwrap_or(usize::MAX);
+    let pos = |k: &str| {
+        lines
+            .iter()
+            .position(|l| l["kind"] == k && l["port"] == 60000)
+            .unwrap_or(usize::MAX)
+    };
     assert!(pos("bucket_created") < pos("owner_added"), "{s}");
     assert!(pos("owner_added") < pos("bucket_destroyed"), "{s}");
 }
@@ -97,7 +122,9 @@ fn bind_conflict_is_bind_failed_with_eaddrinuse() {
         let a = tcp(ns);
         a.bind(&v4("127.0.0.1", 5000)).expect("first bind");
         let b = tcp(ns);
-        let err = b.bind(&v4("127.0.0.1", 5000)).expect_err("second bind must conflict");
+        let err = b
+            .bind(&v4("127.0.0.1", 5000))
+            .expect_err("second bind must conflict");
         assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
         // The owner in the way stays a moment, as it would in real life: the failure is
         // explained from the bucket read after the event arrives.
@@ -125,8 +152,15 @@ fn bind_conflict_is_bind_failed_with_eaddrinuse() {
     let c = &why["conflicts"][0];
     assert_eq!(c["local"], "127.0.0.1:5000", "{why}");
     assert_eq!(c["rule"], "same_address", "{why}");
-    assert_eq!(c["pid"].as_u64(), Some(u64::from(std::process::id())), "{why}");
-    assert!(why["drift"].is_null(), "read while the owner was still there: {why}");
+    assert_eq!(
+        c["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{why}"
+    );
+    assert!(
+        why["drift"].is_null(),
+        "read while the owner was still there: {why}"
+    );
     // Successful transitions carry none.
     for l in lines.iter().filter(|l| l["errno"] == 0) {
         assert!(l["explanation"].is_null(), "{l}");
@@ -144,7 +178,9 @@ fn quiz3_connect_fails_with_eaddrnotavail_on_60000() {
         s1.bind(&v4("127.1.1.1", 0)).expect("s1 bind");
         s1.connect(&v4("127.9.9.9", 1234)).expect("s1 connect");
         let s2 = tcp(ns);
-        let err = s2.connect(&v4("127.9.9.9", 1234)).expect_err("s2 connect must fail");
+        let err = s2
+            .connect(&v4("127.9.9.9", 1234))
+            .expect_err("s2 connect must fail");
         assert_eq!(err.raw_os_error(), Some(libc::EADDRNOTAVAIL));
         std::thread::sleep(Duration::from_millis(500));
         let (c, _) = l.accept().expect("accept");
@@ -176,11 +212,22 @@ fn quiz3_connect_fails_with_eaddrnotavail_on_60000() {
     assert_eq!(why["call"], "connect", "{}", failed[0]);
     assert_eq!(why["verdict"], "EADDRNOTAVAIL", "{why}");
     assert_eq!(why["range"], serde_json::json!([60000, 60000]), "{why}");
-    assert_eq!((why["free"].as_u64(), why["blocked"].as_u64()), (Some(0), Some(1)), "{why}");
-    assert_eq!(why["source"], "127.0.0.1", "routing's source toward 127.9.9.9: {why}");
+    assert_eq!(
+        (why["free"].as_u64(), why["blocked"].as_u64()),
+        (Some(0), Some(1)),
+        "{why}"
+    );
+    assert_eq!(
+        why["source"], "127.0.0.1",
+        "routing's source toward 127.9.9.9: {why}"
+    );
     let holder = &why["blocked_by"][0];
     assert_eq!(holder["local"], "127.1.1.1:60000", "{why}");
-    assert_eq!(holder["pid"].as_u64(), Some(u64::from(std::process::id())), "{why}");
+    assert_eq!(
+        holder["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{why}"
+    );
 }
 
 #[test]
@@ -215,7 +262,10 @@ fn human_output_has_a_header_and_one_line_per_transition() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("TIME(UTC)"), "{out}");
     assert_eq!(lines.len(), 3, "header, created, destroyed: {out}");
-    assert!(lines[1].contains("bucket_created") && lines[1].contains("7000"), "{out}");
+    assert!(
+        lines[1].contains("bucket_created") && lines[1].contains("7000"),
+        "{out}"
+    );
     assert!(lines[2].contains("bucket_destroyed"), "{out}");
 }
 
@@ -224,9 +274,16 @@ fn ipv6_sockets_are_traced_with_their_addresses() {
     if !require_root("ipv6_sockets_are_traced_with_their_addresses") {
         return;
     }
-    let v6 = |a: &str| -> socket2::SockAddr { a.parse::<std::net::SocketAddr>().expect("v6 literal").into() };
+    let v6 = |a: &str| -> socket2::SockAddr {
+        a.parse::<std::net::SocketAddr>()
+            .expect("v6 literal")
+            .into()
+    };
     let lines = traced((32768, 60999), &["--port", "7777"], |ns| {
-        let tcp6 = || ns.socket(socket2::Domain::IPV6, socket2::Type::STREAM, None).expect("v6 socket");
+        let tcp6 = || {
+            ns.socket(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                .expect("v6 socket")
+        };
         let l = tcp6();
         l.bind(&v6("[::1]:7777")).expect("bind [::1]:7777");
         l.listen(8).expect("listen");
@@ -247,7 +304,10 @@ fn ipv6_sockets_are_traced_with_their_addresses() {
     assert_eq!(created[0]["local"], "[::1]:7777", "{s}");
     let accepted = find(&lines, "owner_added", 7777);
     assert!(
-        accepted.iter().any(|l| l["op"] == "accept" && l["remote"].as_str().is_some_and(|r| r.starts_with("[::1]:"))),
+        accepted.iter().any(|l| l["op"] == "accept"
+            && l["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("[::1]:"))),
         "{s}"
     );
     let failed = find(&lines, "bind_failed", 7777);
@@ -269,7 +329,9 @@ fn a_port_held_at_process_exit_is_released_and_traced() {
                 let addr = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: 7400u16.to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: the child makes only async-signal-safe calls (socket, bind,
@@ -292,7 +354,10 @@ fn a_port_held_at_process_exit_is_released_and_traced() {
                 // SAFETY: waits for the child forked above.
                 let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
                 assert_eq!(waited, pid);
-                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child's bind failed: {status}");
+                assert!(
+                    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                    "the child's bind failed: {status}"
+                );
                 pid as u32
             })
             .expect("netns thread");
@@ -303,13 +368,20 @@ fn a_port_held_at_process_exit_is_released_and_traced() {
     assert_eq!(created[0]["op"], "bind", "{s}");
     let destroyed = find(&lines, "bucket_destroyed", 7400);
     assert_eq!(destroyed.len(), 1, "the release at exit is traced: {s}");
-    assert_eq!(destroyed[0]["pid"].as_u64(), Some(u64::from(child_pid)), "{s}");
+    assert_eq!(
+        destroyed[0]["pid"].as_u64(),
+        Some(u64::from(child_pid)),
+        "{s}"
+    );
     assert_eq!(destroyed[0]["owners"], 0, "{s}");
 }
 
 /// Whether the running kernel has compatibility-table row `id`, as `probes --json` says.
 fn kernel_has(id: &str) -> bool {
-    let out = std::process::Command::new(common::bin()).args(["probes", "--json"]).output().expect("probes");
+    let out = std::process::Command::new(common::bin())
+        .args(["probes", "--json"])
+        .output()
+        .expect("probes");
     let v: Value = serde_json::from_slice(&out.stdout).expect("probes JSON");
     v["variants"]
         .as_array()
@@ -326,8 +398,11 @@ fn trace_shows_what_the_kernel_records_per_socket() {
     if !require_root("trace_shows_what_the_kernel_records_per_socket") {
         return;
     }
-    let (connect_bind, own_range, addr_state) =
-        (kernel_has("connect-bind"), kernel_has("socket-port-range"), kernel_has("tb2-fastreuse"));
+    let (connect_bind, own_range, addr_state) = (
+        kernel_has("connect-bind"),
+        kernel_has("socket-port-range"),
+        kernel_has("tb2-fastreuse"),
+    );
     let lines = traced((40000, 40009), &[], |ns| {
         let l = listener(ns, 1234);
         let c = tcp(ns);
@@ -336,9 +411,20 @@ fn trace_shows_what_the_kernel_records_per_socket() {
             let v: u32 = 40005 | 40009 << 16;
             // SAFETY: setsockopt reads size_of::<u32>() bytes from a live u32.
             let rc = unsafe {
-                libc::setsockopt(c.as_raw_fd(), libc::IPPROTO_IP, 51, (&v as *const u32).cast(), 4)
+                libc::setsockopt(
+                    c.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    51,
+                    (&v as *const u32).cast(),
+                    4,
+                )
             };
-            assert_eq!(rc, 0, "IP_LOCAL_PORT_RANGE: {}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "IP_LOCAL_PORT_RANGE: {}",
+                std::io::Error::last_os_error()
+            );
         }
         c.connect(&v4("127.0.0.1", 1234)).expect("connect");
         let b = tcp(ns);
@@ -351,7 +437,12 @@ fn trace_shows_what_the_kernel_records_per_socket() {
     let created = |port: Option<u64>| {
         lines
             .iter()
-            .find(|l| l["kind"] == "bucket_created" && l["op"] != "rescan" && port.is_none_or(|p| l["port"] == p) && l["port"] != 1234)
+            .find(|l| {
+                l["kind"] == "bucket_created"
+                    && l["op"] != "rescan"
+                    && port.is_none_or(|p| l["port"] == p)
+                    && l["port"] != 1234
+            })
             .unwrap_or_else(|| panic!("bucket_created: {s}"))
     };
     let by_connect = created(None);
@@ -364,15 +455,33 @@ fn trace_shows_what_the_kernel_records_per_socket() {
         assert_eq!(by_connect["connect_bound"], Value::Null, "{by_connect}");
     }
     if own_range {
-        assert_eq!(by_connect["local_port_range"], serde_json::json!({"lo": 40005, "hi": 40009}), "{by_connect}");
+        assert_eq!(
+            by_connect["local_port_range"],
+            serde_json::json!({"lo": 40005, "hi": 40009}),
+            "{by_connect}"
+        );
         let port = by_connect["port"].as_u64().expect("port");
         assert!((40005..=40009).contains(&port), "{by_connect}");
     }
     assert_eq!(by_bind["local_port_range"], Value::Null, "{by_bind}");
     if addr_state {
         // connect() creates its address's bucket at -1/-1 too; a plain bind() at 0/0.
-        assert_eq!((by_connect["addr_fastreuse"].as_i64(), by_connect["addr_fastreuseport"].as_i64()), (Some(-1), Some(-1)), "{by_connect}");
-        assert_eq!((by_bind["addr_fastreuse"].as_i64(), by_bind["addr_fastreuseport"].as_i64()), (Some(0), Some(0)), "{by_bind}");
+        assert_eq!(
+            (
+                by_connect["addr_fastreuse"].as_i64(),
+                by_connect["addr_fastreuseport"].as_i64()
+            ),
+            (Some(-1), Some(-1)),
+            "{by_connect}"
+        );
+        assert_eq!(
+            (
+                by_bind["addr_fastreuse"].as_i64(),
+                by_bind["addr_fastreuseport"].as_i64()
+            ),
+            (Some(0), Some(0)),
+            "{by_bind}"
+        );
     } else {
         assert_eq!(by_bind["addr_fastreuse"], Value::Null, "{by_bind}");
     }
@@ -394,7 +503,16 @@ fn lost_events_are_resynced_and_the_final_state_equals_a_fresh_dump() {
     let ready = dir.path().join("ready");
     let out_path = dir.path().join("stdout");
     let child = std::process::Command::new(common::bin())
-        .args(["trace", "--json", "--state-at-exit", "--ring-bytes", "4096", "--netns", &path, "--ready-file"])
+        .args([
+            "trace",
+            "--json",
+            "--state-at-exit",
+            "--ring-bytes",
+            "4096",
+            "--netns",
+            &path,
+            "--ready-file",
+        ])
         .arg(&ready)
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
@@ -448,7 +566,12 @@ fn lost_events_are_resynced_and_the_final_state_equals_a_fresh_dump() {
     // SAFETY: kill on the pid of the child we spawned and have not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     common::wait_exit(child, Duration::from_secs(30));
-    let res = guard.0.take().expect("child").wait_with_output().expect("output");
+    let res = guard
+        .0
+        .take()
+        .expect("child")
+        .wait_with_output()
+        .expect("output");
     let err = String::from_utf8_lossy(&res.stderr).into_owned();
     assert_eq!(res.status.code(), Some(0), "trace exit code; stderr: {err}");
     let (code, dump_out, dump_err) = common::run_portwatch(&["dump", "--json", "--netns", &path]);
@@ -457,37 +580,80 @@ fn lost_events_are_resynced_and_the_final_state_equals_a_fresh_dump() {
 
     let lines = json_lines(&std::fs::read_to_string(&out_path).expect("stdout file"));
     let dropped = common::dropped_total(&err);
-    assert!(dropped > 0, "a 4096-byte ring loses events of this churn; stderr: {err}");
+    assert!(
+        dropped > 0,
+        "a 4096-byte ring loses events of this churn; stderr: {err}"
+    );
     let resyncs: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "resync").collect();
-    assert!(!resyncs.is_empty(), "no resync record after {dropped} lost events; stderr: {err}");
-    let reported: u64 = resyncs.iter().map(|r| r["dropped"].as_u64().expect("dropped")).sum();
-    let corrections: u64 = resyncs.iter().map(|r| r["corrections"].as_u64().expect("corrections")).sum();
-    eprintln!("{dropped} events dropped, {} resync records, {corrections} corrections", resyncs.len());
-    assert_eq!(reported, dropped, "the resync records account for every dropped event: {resyncs:?}");
+    assert!(
+        !resyncs.is_empty(),
+        "no resync record after {dropped} lost events; stderr: {err}"
+    );
+    let reported: u64 = resyncs
+        .iter()
+        .map(|r| r["dropped"].as_u64().expect("dropped"))
+        .sum();
+    let corrections: u64 = resyncs
+        .iter()
+        .map(|r| r["corrections"].as_u64().expect("corrections"))
+        .sum();
+    eprintln!(
+        "{dropped} events dropped, {} resync records, {corrections} corrections",
+        resyncs.len()
+    );
+    assert_eq!(
+        reported, dropped,
+        "the resync records account for every dropped event: {resyncs:?}"
+    );
     for r in &resyncs {
-        let lost = r["dropped"].as_u64().expect("dropped") + r["skipped"].as_u64().expect("skipped");
+        let lost =
+            r["dropped"].as_u64().expect("dropped") + r["skipped"].as_u64().expect("skipped");
         match (&r["reread"]["ports"], &r["reread"]["scope"]) {
             (Value::Array(ports), Value::Null) => {
-                assert!(!ports.is_empty() || lost == 0, "a loss names the buckets read again: {r}");
+                assert!(
+                    !ports.is_empty() || lost == 0,
+                    "a loss names the buckets read again: {r}"
+                );
                 for p in ports {
                     assert_eq!(p["netns"].as_u64(), Some(inode), "{r}");
-                    assert!((30000..30000 + u64::from(PORTS)).contains(&p["port"].as_u64().expect("port")), "{r}");
+                    assert!(
+                        (30000..30000 + u64::from(PORTS))
+                            .contains(&p["port"].as_u64().expect("port")),
+                        "{r}"
+                    );
                 }
             }
-            (Value::Null, Value::Object(scope)) => assert_eq!(scope["netns"].as_u64(), Some(inode), "{r}"),
+            (Value::Null, Value::Object(scope)) => {
+                assert_eq!(scope["netns"].as_u64(), Some(inode), "{r}")
+            }
             _ => panic!("reread is either ports or a scope: {r}"),
         }
-        assert_eq!(r["complete"], true, "every lost bucket could be read again: {r}");
+        assert_eq!(
+            r["complete"], true,
+            "every lost bucket could be read again: {r}"
+        );
     }
     // Corrections come right after their resync record, as op `rescan`.
-    let first = lines.iter().position(|l| l["kind"] == "resync").expect("a resync");
+    let first = lines
+        .iter()
+        .position(|l| l["kind"] == "resync")
+        .expect("a resync");
     assert!(lines[first + 1..]
         .iter()
         .take(resyncs[0]["corrections"].as_u64().expect("corrections") as usize)
         .all(|l| l["op"] == "rescan"));
     let state = lines.last().expect("a last line");
-    assert_eq!(state["kind"], "state", "the stream ends with the state: {state}");
+    assert_eq!(
+        state["kind"], "state",
+        "the stream ends with the state: {state}"
+    );
     let dumped: Value = serde_json::from_str(&dump_out).expect("dump JSON");
-    assert!(dumped.as_array().is_some_and(|rows| !rows.is_empty()), "the kept sockets hold buckets");
-    assert_eq!(state["buckets"], dumped, "after the resync the stream's state equals a fresh dump");
+    assert!(
+        dumped.as_array().is_some_and(|rows| !rows.is_empty()),
+        "the kept sockets hold buckets"
+    );
+    assert_eq!(
+        state["buckets"], dumped,
+        "after the resync the stream's state equals a fresh dump"
+    );
 }

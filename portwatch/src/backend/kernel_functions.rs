@@ -167,9 +167,15 @@ pub fn present_hooks(
             .map_or(Verdict::Usable, |s| s.verdict(h.func, backend == "fentry"));
         if let Verdict::Unusable(reason) = verdict {
             if h.required {
-                return Err(Refusal::HookSite { func: h.func, reason });
+                return Err(Refusal::HookSite {
+                    func: h.func,
+                    reason,
+                });
             }
-            warnings.push(format!("{backend}: {}: changes it makes are not seen", reason));
+            warnings.push(format!(
+                "{backend}: {}: changes it makes are not seen",
+                reason
+            ));
             continue;
         }
         hooks.push(h);
@@ -208,7 +214,8 @@ mod tests {
             assert_eq!(arg_positions(&r).hashdance_sk, 1);
         }
         // fexit reads the return value after the parameters: their counts come from BTF.
-        for (kernel, hash_connect) in [(FakeKernel::linux_6_18(), 5), (FakeKernel::linux_6_1(), 4)] {
+        for (kernel, hash_connect) in [(FakeKernel::linux_6_18(), 5), (FakeKernel::linux_6_1(), 4)]
+        {
             let r = layout_from_btf_bytes(&kernel.encode(), "fake").expect("layout");
             let a = arg_positions(&r);
             assert_eq!(
@@ -242,19 +249,36 @@ mod tests {
 
     #[test]
     fn hooks_not_where_btf_says_refuse_or_warn() {
-        let mut r = layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
+        let mut r =
+            layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
         let whole = |f: &str| format!("ffffffff81000000 T {f}\n");
         let mut text: String = TRACKED_FUNCTIONS.iter().map(|f| whole(f)).collect();
         // Nothing read (BTF from a file): BTF decides alone.
         assert!(present_hooks(&r, "fentry", &mut Vec::new()).is_ok());
-        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        r.sites = Some(crate::kernel::symbols::sites(
+            &TRACKED_FUNCTIONS,
+            &text,
+            None,
+        ));
         let mut warnings = Vec::new();
-        assert_eq!(present_hooks(&r, "fentry", &mut warnings).expect("all whole").len(), 6);
+        assert_eq!(
+            present_hooks(&r, "fentry", &mut warnings)
+                .expect("all whole")
+                .len(),
+            6
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
 
         // A required function split by partial inlining refuses the backend.
-        text = text.replace(" T __inet_hash_connect\n", " t __inet_hash_connect.part.0\n");
-        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        text = text.replace(
+            " T __inet_hash_connect\n",
+            " t __inet_hash_connect.part.0\n",
+        );
+        r.sites = Some(crate::kernel::symbols::sites(
+            &TRACKED_FUNCTIONS,
+            &text,
+            None,
+        ));
         let err = present_hooks(&r, "kprobe", &mut Vec::new()).unwrap_err();
         assert!(
             matches!(&err, Refusal::HookSite { func: "__inet_hash_connect", reason } if reason.contains(".part.0")),
@@ -268,7 +292,11 @@ mod tests {
             .filter(|f| **f != "inet_twsk_bind_unhash")
             .map(|f| whole(f))
             .collect::<String>();
-        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, None));
+        r.sites = Some(crate::kernel::symbols::sites(
+            &TRACKED_FUNCTIONS,
+            &text,
+            None,
+        ));
         let mut warnings = Vec::new();
         let hooks = present_hooks(&r, "kprobe", &mut warnings).expect("optional");
         assert!(!hooks.iter().any(|h| h.func == "inet_twsk_bind_unhash"));
@@ -276,11 +304,22 @@ mod tests {
 
         // Not ftrace-able: fentry refuses, kprobe does not care.
         let text: String = TRACKED_FUNCTIONS.iter().map(|f| whole(f)).collect();
-        let ff: String = TRACKED_FUNCTIONS.iter().filter(|f| **f != "inet_put_port").map(|f| format!("{f}\n")).collect();
-        r.sites = Some(crate::kernel::symbols::sites(&TRACKED_FUNCTIONS, &text, Some(&ff)));
+        let ff: String = TRACKED_FUNCTIONS
+            .iter()
+            .filter(|f| **f != "inet_put_port")
+            .map(|f| format!("{f}\n"))
+            .collect();
+        r.sites = Some(crate::kernel::symbols::sites(
+            &TRACKED_FUNCTIONS,
+            &text,
+            Some(&ff),
+        ));
         assert!(matches!(
             present_hooks(&r, "fentry", &mut Vec::new()),
-            Err(Refusal::HookSite { func: "inet_put_port", .. })
+            Err(Refusal::HookSite {
+                func: "inet_put_port",
+                ..
+            })
         ));
         assert!(present_hooks(&r, "kprobe", &mut Vec::new()).is_ok());
     }
@@ -288,7 +327,8 @@ mod tests {
     #[test]
     fn probes_report_sites_only_of_functions_btf_has() {
         // 6.18 has inet_twsk_hashdance_schedule, not its pre-6.11 name.
-        let mut r = layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
+        let mut r =
+            layout_from_btf_bytes(&FakeKernel::linux_6_18().encode(), "fake").expect("layout");
         assert!(!r.has_function("inet_twsk_hashdance"));
         r.sites = Some(crate::kernel::symbols::sites(
             &TRACKED_FUNCTIONS,
@@ -298,6 +338,9 @@ mod tests {
         let sites = r.report_json()["sites"].clone();
         assert!(sites.get("inet_twsk_hashdance").is_none(), "{sites}");
         assert_eq!(sites["inet_put_port"]["symbol"], true, "{sites}");
-        assert_eq!(sites["inet_twsk_hashdance_schedule"]["symbol"], false, "{sites}");
+        assert_eq!(
+            sites["inet_twsk_hashdance_schedule"]["symbol"], false,
+            "{sites}"
+        );
     }
 }

@@ -25,8 +25,7 @@ use thiserror::Error;
 pub use self::{
     refusal::Refusal,
     session::{
-        Losses, ProbeSession, SessionOptions, DRAIN_INTERVAL, EXPLAIN_RING_BYTES,
-        LOOKUP_RING_BYTES,
+        Losses, ProbeSession, SessionOptions, DRAIN_INTERVAL, EXPLAIN_RING_BYTES, LOOKUP_RING_BYTES,
     },
     walk::{WalkDriver, WalkDriverChoice, WalkReport},
 };

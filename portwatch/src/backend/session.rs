@@ -189,7 +189,9 @@ impl ProbeSession {
                 Err(Failure::Backend(BackendError::Refused { refusal, .. })) => {
                     too_complex(std::iter::once(refusal))
                 }
-                Err(Failure::Snapshot(SnapshotError::Refused(r))) => too_complex(std::iter::once(r)),
+                Err(Failure::Snapshot(SnapshotError::Refused(r))) => {
+                    too_complex(std::iter::once(r))
+                }
                 Err(_) => None,
             };
             if complex.is_some_and(|r| plan.too_complex(r)) {
@@ -342,7 +344,9 @@ impl ProbeSession {
     /// Re-reads the one bucket of (`net`, `port`), `net` being the kernel address of a
     /// `struct net` the programs recorded.
     pub fn lookup(&mut self, net: u64, port: u16) -> Result<Lookup, BackendError> {
-        Ok(self.snapshots.lookup(&mut self.ebpf, net, port, self.max_owners)?)
+        Ok(self
+            .snapshots
+            .lookup(&mut self.ebpf, net, port, self.max_owners)?)
     }
 
     /// A racy snapshot of the bind table (see `snapshot`).
@@ -353,7 +357,11 @@ impl ProbeSession {
     /// A namespace's NET record (port range, reserved ports, `tcp_tw_reuse`) read from
     /// its `struct net` (see [`Snapshotter::net_info`]); `None` when it is gone or not the
     /// namespace `expect`ed.
-    pub fn net_info(&mut self, ask: NetAsk, expect: Option<u32>) -> Result<Option<NetInfo>, BackendError> {
+    pub fn net_info(
+        &mut self,
+        ask: NetAsk,
+        expect: Option<u32>,
+    ) -> Result<Option<NetInfo>, BackendError> {
         Ok(self.snapshots.net_info(&mut self.ebpf, ask, expect)?)
     }
 
@@ -404,11 +412,7 @@ enum Failure {
 
 /// Attaches the backends `opts` asks for (the first the kernel accepts) and the snapshot
 /// trigger to a freshly loaded object.
-fn attach(
-    mut ebpf: Ebpf,
-    resolved: &Resolved,
-    opts: &SessionOptions,
-) -> Result<Attached, Failure> {
+fn attach(mut ebpf: Ebpf, resolved: &Resolved, opts: &SessionOptions) -> Result<Attached, Failure> {
     write_config(&mut ebpf, opts).map_err(Failure::Backend)?;
     let mut warnings = Vec::new();
     let mut attempts = Vec::new();
@@ -487,7 +491,10 @@ fn load_object(
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
-    loader.map_max_entries("SNAP_RB", opts.snapshot_ring_bytes.unwrap_or(WALK_RING_BYTES));
+    loader.map_max_entries(
+        "SNAP_RB",
+        opts.snapshot_ring_bytes.unwrap_or(WALK_RING_BYTES),
+    );
     if opts.probe.is_none() {
         // Snapshot only: the event maps are never used; keep their creation cheap.
         let page = 4096;
@@ -518,7 +525,9 @@ fn write_config(ebpf: &mut Ebpf, opts: &SessionOptions) -> Result<(), BackendErr
     arr.set(0, cfg, 0).map_err(bpf::access("CONFIG"))?;
     // The slot for failures that find the counter map full, made while there is room.
     let mut errors: HashMap<_, ErrorKey, u64> = bpf::map_mut(ebpf, "ERRORS")?;
-    errors.insert(ErrorKey::MAP_FULL, 0, 0).map_err(bpf::access("ERRORS"))?;
+    errors
+        .insert(ErrorKey::MAP_FULL, 0, 0)
+        .map_err(bpf::access("ERRORS"))?;
     if !opts.ports.is_empty() {
         let mut ports: HashMap<_, u16, u8> = bpf::map_mut(ebpf, "PORTS")?;
         for p in &opts.ports {

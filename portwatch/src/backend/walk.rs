@@ -274,13 +274,17 @@ mod tests {
         );
         let p = WalkPlan::new(WalkDriverChoice::Bounded, true);
         assert_eq!(p.next(), Load::Bounded(BUDGETS[0]));
-        assert!(p.report().limits().is_some_and(|l| l.contains("up to 16 steps")));
+        assert!(p
+            .report()
+            .limits()
+            .is_some_and(|l| l.contains("up to 16 steps")));
     }
 
     #[test]
     fn a_refused_probe_falls_back_unless_bpf_loop_was_asked_for() {
         let mut p = WalkPlan::new(WalkDriverChoice::Auto, true);
-        p.bpf_loop_refused(verifier(libc::EINVAL)).expect("falls back");
+        p.bpf_loop_refused(verifier(libc::EINVAL))
+            .expect("falls back");
         assert_eq!(p.next(), Load::Bounded(BUDGETS[0]));
         assert!(p.report().reason.starts_with("the kernel's BTF has bpf_loop but its verifier refused it: sys_exit_bind: BPF_PROG_LOAD EINVAL"), "{}", p.report().reason);
         let mut p = WalkPlan::new(WalkDriverChoice::BpfLoop, false);
@@ -301,11 +305,18 @@ mod tests {
         }
         assert_eq!(
             seen,
-            BUDGETS.iter().map(|b| Load::Bounded(*b)).collect::<Vec<_>>()
+            BUDGETS
+                .iter()
+                .map(|b| Load::Bounded(*b))
+                .collect::<Vec<_>>()
         );
         let r = p.report();
         assert_eq!(r.refused_budgets.len(), BUDGETS.len() - 1);
-        assert!(r.refused_budgets[0].starts_with("16/8/16 (sys_exit_bind: BPF_PROG_LOAD E2BIG"), "{:?}", r.refused_budgets);
+        assert!(
+            r.refused_budgets[0].starts_with("16/8/16 (sys_exit_bind: BPF_PROG_LOAD E2BIG"),
+            "{:?}",
+            r.refused_budgets
+        );
         assert!(r.to_string().contains("; refused: 8/4/8"), "{r}");
         // bpf_loop has no budget to shrink.
         let mut p = WalkPlan::new(WalkDriverChoice::Auto, true);
@@ -320,7 +331,10 @@ mod tests {
             assert!(w[1].snap_steps < w[0].snap_steps);
         }
         for b in BUDGETS {
-            assert!(b.owner_steps >= 2 && b.chain_steps >= 1 && b.snap_steps >= 2, "{b:?}");
+            assert!(
+                b.owner_steps >= 2 && b.chain_steps >= 1 && b.snap_steps >= 2,
+                "{b:?}"
+            );
         }
     }
 }

@@ -69,9 +69,14 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
         serde_json::to_writer_pretty(&mut out, &render::json::dump(&snap, a.verbose))
             .context("writing the JSON dump to stdout")?;
-        writeln!(out).and_then(|()| out.flush()).context("writing the JSON dump to stdout")?;
+        writeln!(out)
+            .and_then(|()| out.flush())
+            .context("writing the JSON dump to stdout")?;
     } else {
-        print!("{}", render::table::dump(&snap, netns.inode().is_none(), a.verbose));
+        print!(
+            "{}",
+            render::table::dump(&snap, netns.inode().is_none(), a.verbose)
+        );
     }
     if !snap.complete {
         eprintln!(

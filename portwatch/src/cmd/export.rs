@@ -47,7 +47,8 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let netns = super::netns_arg(a.netns.as_deref(), "all")?;
     // Bound before anything else: a port in use fails at once, before any attach.
-    let listener = std::net::TcpListener::bind(a.listen).with_context(|| format!("listening on {}", a.listen))?;
+    let listener = std::net::TcpListener::bind(a.listen)
+        .with_context(|| format!("listening on {}", a.listen))?;
     let session = super::open_session(&SessionOptions {
         probe: Some(a.probe),
         netns: netns.inode().unwrap_or(0),
@@ -62,7 +63,10 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         .unwrap_or_default();
     let build = BuildInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        backend: session.backend.map(|b| b.as_str().to_string()).unwrap_or_default(),
+        backend: session
+            .backend
+            .map(|b| b.as_str().to_string())
+            .unwrap_or_default(),
         kernel,
     };
     // While the process still may look into every /proc/PID.
@@ -70,11 +74,19 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
 
     // Before any other thread exists: later threads inherit the reduced sets.
     let keep = kept_after_attach(Host::current());
-    drop_all_but(&keep.iter().map(|k| k.cap).collect::<Vec<_>>()).context("dropping capabilities after attach")?;
+    drop_all_but(&keep.iter().map(|k| k.cap).collect::<Vec<_>>())
+        .context("dropping capabilities after attach")?;
     let now = effective_summary();
     eprintln!("portwatch: capabilities after attach: {now}");
-    for k in keep.iter().filter(|k| now.split(',').any(|c| c == k.cap.to_string().to_lowercase())) {
-        eprintln!("portwatch:   kept {}: {}", k.cap.to_string().to_lowercase(), k.why);
+    for k in keep.iter().filter(|k| {
+        now.split(',')
+            .any(|c| c == k.cap.to_string().to_lowercase())
+    }) {
+        eprintln!(
+            "portwatch:   kept {}: {}",
+            k.cap.to_string().to_lowercase(),
+            k.why
+        );
     }
 
     let config = CollectorConfig {
@@ -82,13 +94,19 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         rescan_interval: Duration::from_secs_f64(a.interval),
         build,
     };
-    let (handle, collector) = Collector::new(session, walk_session, config, namer).spawn().context("starting the collector thread")?;
-    let local = listener.local_addr().context("reading the listen address")?;
+    let (handle, collector) = Collector::new(session, walk_session, config, namer)
+        .spawn()
+        .context("starting the collector thread")?;
+    let local = listener
+        .local_addr()
+        .context("reading the listen address")?;
     eprintln!("portwatch: serving http://{local}/metrics");
     super::write_ready_file(a.ready_file.as_deref())?;
     serve_until_signal(listener, handle).context("serving HTTP")?;
     // Every handle is gone with the server: the collector ends and detaches everything.
-    collector.join().map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
+    collector
+        .join()
+        .map_err(|_| anyhow::anyhow!("the collector thread panicked"))?;
     eprintln!("portwatch: stopped; every program detached");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! One module per subcommand: argument parsing and wiring; the logic lives in the library.
 pub mod dump;
-pub mod export;
 pub mod explain;
+pub mod export;
 pub mod generate;
 pub mod probes;
 pub mod quiz;
@@ -22,7 +22,9 @@ use portwatch::{
 pub fn parse_port(s: &str) -> Result<u16, String> {
     match s.trim().parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        _ => Err(format!("invalid port `{s}`: expected a number from 1 to 65535")),
+        _ => Err(format!(
+            "invalid port `{s}`: expected a number from 1 to 65535"
+        )),
     }
 }
 
@@ -59,7 +61,9 @@ pub fn open_session(opts: &SessionOptions) -> Result<ProbeSession> {
 pub fn explainer() -> Option<portwatch::explain::live::Explainer> {
     use portwatch::explain::variant::{KernelVersion, Variant};
     match KernelVersion::running() {
-        Ok(v) => Some(portwatch::explain::live::Explainer::new(Variant::for_version(v))),
+        Ok(v) => Some(portwatch::explain::live::Explainer::new(
+            Variant::for_version(v),
+        )),
         Err(e) => {
             eprintln!("portwatch: failures will not be explained: reading the kernel release: {e}");
             None

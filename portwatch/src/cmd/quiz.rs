@@ -56,7 +56,11 @@ pub fn run(a: QuizArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let states = if a.states || a.all { Some(run_states(&mut obs).context("replaying the state checks")?) } else { None };
+    let states = if a.states || a.all {
+        Some(run_states(&mut obs).context("replaying the state checks")?)
+    } else {
+        None
+    };
     let report = QuizRunReport {
         backend: session.backend.map(|b| b.as_str().to_owned()),
         quizzes,
@@ -72,15 +76,26 @@ pub fn run(a: QuizArgs) -> Result<ExitCode> {
             print!("{}", render_states(s));
         }
         if report.quizzes.is_some() && report.states.is_some() {
-            println!("{}", summary_line(report.quizzes.as_ref(), report.states.as_ref()));
+            println!(
+                "{}",
+                summary_line(report.quizzes.as_ref(), report.states.as_ref())
+            );
         }
     }
-    Ok(exit_code(report.quizzes.as_ref(), report.states.as_ref(), a.strict))
+    Ok(exit_code(
+        report.quizzes.as_ref(),
+        report.states.as_ref(),
+        a.strict,
+    ))
 }
 
 /// 1 when a replay could not run, 3 with `--strict` when the kernel differs from the
 /// article, else 0.
-fn exit_code(quizzes: Option<&QuizReport>, states: Option<&StatesReport>, strict: bool) -> ExitCode {
+fn exit_code(
+    quizzes: Option<&QuizReport>,
+    states: Option<&StatesReport>,
+    strict: bool,
+) -> ExitCode {
     let all_ran = quizzes.is_none_or(|q| q.all_ran()) && states.is_none_or(|s| s.all_ran());
     let differs = quizzes.is_some_and(|q| !q.differences().is_empty())
         || states.is_some_and(|s| !s.differences().is_empty());

@@ -33,5 +33,9 @@ pub fn run(a: SelftestArgs) -> Result<ExitCode> {
     } else {
         print!("{}", portwatch::render::selftest::report(&report));
     }
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

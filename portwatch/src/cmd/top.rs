@@ -62,7 +62,10 @@ impl TopSource for SessionSource {
         // The rescan re-reads every bucket in scope, those of lost events included: take
         // the record of lost buckets out of the kernel so it never fills up.
         self.session.losses().context("reading the loss counters")?;
-        let snap = self.session.snapshot(&self.snap).context("rescanning the bind table")?;
+        let snap = self
+            .session
+            .snapshot(&self.snap)
+            .context("rescanning the bind table")?;
         Ok(snap)
     }
 
@@ -75,8 +78,10 @@ impl TopSource for SessionSource {
 
     fn events(&mut self) -> Result<Vec<SocketEvent>> {
         let raw = self.session.drain()?;
-        let mut events: Vec<SocketEvent> =
-            raw.iter().map(decode::socket_event).collect::<Result<_, _>>()?;
+        let mut events: Vec<SocketEvent> = raw
+            .iter()
+            .map(decode::socket_event)
+            .collect::<Result<_, _>>()?;
         if let Some(x) = self.explainer.as_mut() {
             x.annotate(&mut self.session, &mut events);
         }
@@ -91,12 +96,21 @@ impl TopSource for SessionSource {
             Some(p) if netns == self.header_netns => p.clone(),
             _ => netns_path_for_inode(netns)?,
         };
-        let ns = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let ns =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let read = self
             .session
-            .net_info(NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&ns)), Some(netns))
+            .net_info(
+                NetAsk::Fd(std::os::fd::AsRawFd::as_raw_fd(&ns)),
+                Some(netns),
+            )
             .with_context(|| format!("reading the ephemeral port range of netns {netns}"))?;
-        read.with_context(|| format!("netns {netns} is gone (its nsfs file {} names another)", path.display()))
+        read.with_context(|| {
+            format!(
+                "netns {netns} is gone (its nsfs file {} names another)",
+                path.display()
+            )
+        })
     }
 
     fn header_netns(&self) -> u32 {
@@ -117,9 +131,19 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     let (filter, header_netns, header_path, label) = match &netns {
         NetnsFilter::All => {
             let me = current_netns_inode().context("reading this process's netns")?;
-            (0, me, Some(PathBuf::from("/proc/self/ns/net")), "all".to_string())
+            (
+                0,
+                me,
+                Some(PathBuf::from("/proc/self/ns/net")),
+                "all".to_string(),
+            )
         }
-        NetnsFilter::One { inode, path } => (*inode, *inode, Some(path.clone()), format!("{inode} ({})", path.display())),
+        NetnsFilter::One { inode, path } => (
+            *inode,
+            *inode,
+            Some(path.clone()),
+            format!("{inode} ({})", path.display()),
+        ),
     };
     let session = super::open_session(&SessionOptions {
         probe: Some(a.probe),
@@ -134,7 +158,11 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     let mut src = SessionSource {
         session,
         explainer: super::explainer(),
-        snap: SnapOptions { netns: filter, port: a.port.unwrap_or(0), ..SnapOptions::default() },
+        snap: SnapOptions {
+            netns: filter,
+            port: a.port.unwrap_or(0),
+            ..SnapOptions::default()
+        },
         header_netns,
         header_path,
         summary,

@@ -65,7 +65,9 @@ pub(super) fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let page = 4096u32;
     match s.parse::<u32>() {
         Ok(n) if n >= page && n.is_power_of_two() => Ok(n),
-        _ => Err(format!("invalid ring size `{s}`: a power of two of at least {page} bytes")),
+        _ => Err(format!(
+            "invalid ring size `{s}`: a power of two of at least {page} bytes"
+        )),
     }
 }
 
@@ -92,7 +94,8 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
     eprintln!("portwatch: {}", session.backend_summary());
     eprintln!(
         "portwatch: kernel {}, owners counted {}",
-        session.resolved.kernel_release, session.resolved.owners_mode()
+        session.resolved.kernel_release,
+        session.resolved.owners_mode()
     );
     let clock = Clock::new().context("reading the clocks")?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -106,7 +109,9 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
     match rt.block_on(stream(&mut session, &a, &clock, &scope)) {
         Ok(()) => {}
         // `portwatch trace | head`: the reader left; that ends the stream, not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
         Err(e) => return Err(e),
     }
     // Dropping the session detaches every program.
@@ -115,7 +120,12 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
 }
 
 /// Writes one transition line.
-fn write_transition(out: &mut impl std::io::Write, t: &portwatch::model::Transition, json_out: bool, clock: &Clock) -> Result<()> {
+fn write_transition(
+    out: &mut impl std::io::Write,
+    t: &portwatch::model::Transition,
+    json_out: bool,
+    clock: &Clock,
+) -> Result<()> {
     if json_out {
         writeln!(out, "{}", json::transition_line(t, clock)?)?;
     } else {
@@ -139,8 +149,8 @@ fn resync(
         return Ok(false);
     }
     let ts_ns = monotonic_now_ns().context("reading the time of the re-read")?;
-    let (record, corrections) =
-        repair::resync(session, reducer, scope, &losses, ts_ns).context("re-reading the buckets of lost events")?;
+    let (record, corrections) = repair::resync(session, reducer, scope, &losses, ts_ns)
+        .context("re-reading the buckets of lost events")?;
     if json_out {
         writeln!(out, "{}", json::resync_line(&record, clock)?)?;
     } else {
@@ -153,15 +163,24 @@ fn resync(
     Ok(true)
 }
 
-async fn stream(session: &mut ProbeSession, a: &TraceArgs, clock: &Clock, scope: &StreamScope) -> Result<()> {
-    let fd = session.events_fd().context("no event ring buffer (no backend attached)")?;
+async fn stream(
+    session: &mut ProbeSession,
+    a: &TraceArgs,
+    clock: &Clock,
+    scope: &StreamScope,
+) -> Result<()> {
+    let fd = session
+        .events_fd()
+        .context("no event ring buffer (no backend attached)")?;
     // SAFETY: the fd belongs to the session's ring buffer, which stays open (and the same
     // file description) for as long as `afd` lives: `afd` is dropped at the end of this
     // function, while `session` outlives it.
     let afd = unsafe { AsyncFd::register(Fd(fd)) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     // The programs wake us only when the ring is filling up: drain on a timer.
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
@@ -261,11 +280,20 @@ mod tests {
     fn count_must_be_at_least_one() {
         let err = Cli::try_parse_from(["trace", "--count", "0"]).expect_err("0 is refused");
         let msg = err.to_string();
-        assert!(msg.contains("invalid count `0`") && msg.contains("at least 1"), "{msg}");
+        assert!(
+            msg.contains("invalid count `0`") && msg.contains("at least 1"),
+            "{msg}"
+        );
         assert!(Cli::try_parse_from(["trace", "--count", "-1"]).is_err());
         assert!(Cli::try_parse_from(["trace", "--count", "x"]).is_err());
         let ok = Cli::try_parse_from(["trace", "--count", "1"]).expect("1 is fine");
         assert_eq!(ok.trace.count, Some(1));
-        assert_eq!(Cli::try_parse_from(["trace"]).expect("no count").trace.count, None);
+        assert_eq!(
+            Cli::try_parse_from(["trace"])
+                .expect("no count")
+                .trace
+                .count,
+            None
+        );
     }
 }

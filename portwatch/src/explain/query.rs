@@ -106,7 +106,11 @@ fn bucket_state(b: &BucketRow) -> BucketState {
 fn owners_of(b: &BucketRow) -> Vec<(Owner, &OwnerRow)> {
     b.addresses
         .iter()
-        .flat_map(|a| a.owners.iter().map(move |o| (o.bucket_family.or(a.family), o)))
+        .flat_map(|a| {
+            a.owners
+                .iter()
+                .map(move |o| (o.bucket_family.or(a.family), o))
+        })
         .filter_map(|(fam, o)| owner_of(o, fam).map(|owner| (owner, o)))
         .collect()
 }

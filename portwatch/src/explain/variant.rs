@@ -7,8 +7,8 @@
 
 use serde::Serialize;
 
-pub use crate::kernel::KernelVersion;
 use crate::kernel::compat::{self, Id};
+pub use crate::kernel::KernelVersion;
 
 /// One kernel change that alters a port-sharing rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -151,6 +151,8 @@ mod tests {
         for r in ROWS {
             assert!(!r.variant().commits.is_empty(), "{}", r.name);
         }
-        assert!(ROWS.windows(2).all(|w| w[0].variant().since <= w[1].variant().since));
+        assert!(ROWS
+            .windows(2)
+            .all(|w| w[0].variant().since <= w[1].variant().since));
     }
 }

@@ -11,7 +11,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum CapsError {
     #[error("dropping capabilities ({step}) failed: {source}")]
-    Drop { step: &'static str, source: caps::errors::CapsError },
+    Drop {
+        step: &'static str,
+        source: caps::errors::CapsError,
+    },
     #[error("prctl(PR_SET_NO_NEW_PRIVS) failed: {0}")]
     NoNewPrivs(std::io::Error),
 }
@@ -48,7 +51,10 @@ impl Host {
         let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
             .map(|s| s.trim() != "0")
             .unwrap_or(false);
-        Host { kernel: kernel_version(&release).unwrap_or((0, 0)), unprivileged_bpf_disabled: disabled }
+        Host {
+            kernel: kernel_version(&release).unwrap_or((0, 0)),
+            unprivileged_bpf_disabled: disabled,
+        }
     }
 }
 
@@ -81,20 +87,38 @@ pub fn kept_after_attach(host: Host) -> Vec<Kept> {
 /// no_new_privs. Capabilities `keep` names that the thread does not have stay absent.
 pub fn drop_all_but(keep: &[Capability]) -> Result<(), CapsError> {
     let keep: CapsHashSet = keep.iter().copied().collect();
-    let permitted = caps::read(None, CapSet::Permitted).map_err(|source| CapsError::Drop { step: "reading the permitted set", source })?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|source| CapsError::Drop {
+        step: "reading the permitted set",
+        source,
+    })?;
     let keep: CapsHashSet = keep.intersection(&permitted).copied().collect();
     // The bounding set needs CAP_SETPCAP to shrink: first, while it is still there.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
         for cap in caps::all() {
             if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-                caps::drop(None, CapSet::Bounding, cap).map_err(|source| CapsError::Drop { step: "bounding set", source })?;
+                caps::drop(None, CapSet::Bounding, cap).map_err(|source| CapsError::Drop {
+                    step: "bounding set",
+                    source,
+                })?;
             }
         }
     }
-    caps::clear(None, CapSet::Ambient).map_err(|source| CapsError::Drop { step: "ambient set", source })?;
-    caps::clear(None, CapSet::Inheritable).map_err(|source| CapsError::Drop { step: "inheritable set", source })?;
-    caps::set(None, CapSet::Effective, &keep).map_err(|source| CapsError::Drop { step: "effective set", source })?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(|source| CapsError::Drop { step: "permitted set", source })?;
+    caps::clear(None, CapSet::Ambient).map_err(|source| CapsError::Drop {
+        step: "ambient set",
+        source,
+    })?;
+    caps::clear(None, CapSet::Inheritable).map_err(|source| CapsError::Drop {
+        step: "inheritable set",
+        source,
+    })?;
+    caps::set(None, CapSet::Effective, &keep).map_err(|source| CapsError::Drop {
+        step: "effective set",
+        source,
+    })?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(|source| CapsError::Drop {
+        step: "permitted set",
+        source,
+    })?;
     // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only and changes no memory.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if rc != 0 {
@@ -107,7 +131,11 @@ pub fn drop_all_but(keep: &[Capability]) -> Result<(), CapsError> {
 /// `none` when empty.
 pub fn effective_summary() -> String {
     let mut names: Vec<String> = caps::read(None, CapSet::Effective)
-        .map(|set| set.into_iter().map(|c| c.to_string().to_lowercase()).collect())
+        .map(|set| {
+            set.into_iter()
+                .map(|c| c.to_string().to_lowercase())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     if names.is_empty() {
@@ -132,12 +160,27 @@ mod tests {
     #[test]
     fn what_is_kept() {
         let caps_of = |v: Vec<Kept>| v.into_iter().map(|k| k.cap).collect::<Vec<_>>();
-        assert!(kept_after_attach(Host { kernel: (6, 1), unprivileged_bpf_disabled: true }).is_empty());
-        assert!(kept_after_attach(Host { kernel: (5, 19), unprivileged_bpf_disabled: true }).is_empty());
-        let old = kept_after_attach(Host { kernel: (5, 10), unprivileged_bpf_disabled: true });
+        assert!(kept_after_attach(Host {
+            kernel: (6, 1),
+            unprivileged_bpf_disabled: true
+        })
+        .is_empty());
+        assert!(kept_after_attach(Host {
+            kernel: (5, 19),
+            unprivileged_bpf_disabled: true
+        })
+        .is_empty());
+        let old = kept_after_attach(Host {
+            kernel: (5, 10),
+            unprivileged_bpf_disabled: true,
+        });
         assert_eq!(caps_of(old.clone()), vec![Capability::CAP_BPF]);
         assert!(old[0].why.contains("5.19"));
-        assert!(kept_after_attach(Host { kernel: (5, 18), unprivileged_bpf_disabled: false }).is_empty());
+        assert!(kept_after_attach(Host {
+            kernel: (5, 18),
+            unprivileged_bpf_disabled: false
+        })
+        .is_empty());
     }
 
     #[test]
@@ -149,7 +192,9 @@ mod tests {
         std::thread::spawn(|| {
             drop_all_but(&[Capability::CAP_SYS_PTRACE, Capability::CAP_NET_BIND_SERVICE]).unwrap();
             let eff = caps::read(None, CapSet::Effective).unwrap();
-            let want: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_NET_BIND_SERVICE].into_iter().collect();
+            let want: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_NET_BIND_SERVICE]
+                .into_iter()
+                .collect();
             assert_eq!(eff, want);
             assert_eq!(caps::read(None, CapSet::Permitted).unwrap(), want);
             assert!(caps::read(None, CapSet::Ambient).unwrap().is_empty());

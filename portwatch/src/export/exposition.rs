@@ -10,12 +10,7 @@ use std::{sync::Arc, time::Duration};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{
-        counter::ConstCounter,
-        gauge::ConstGauge,
-        info::Info,
-        MetricType,
-    },
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info, MetricType},
     registry::Registry,
 };
 
@@ -112,7 +107,8 @@ pub enum Format {
 }
 
 /// `Content-Type` of the OpenMetrics text format as served.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 impl Format {
     pub fn content_type(self) -> &'static str {
@@ -127,11 +123,15 @@ impl Format {
     /// text format, the text format otherwise, including without a header, for `*/*`,
     /// and when nothing listed is served here (as the Go client library does).
     pub fn negotiate(accept: Option<&str>) -> Format {
-        let Some(accept) = accept else { return Format::PrometheusText };
+        let Some(accept) = accept else {
+            return Format::PrometheusText;
+        };
         let mut best_om: f32 = 0.0;
         let mut best_text: f32 = 0.0;
         for range in accept.split(',') {
-            let Ok(m) = range.trim().parse::<mime::Mime>() else { continue };
+            let Ok(m) = range.trim().parse::<mime::Mime>() else {
+                continue;
+            };
             let q = m
                 .get_param("q")
                 .and_then(|q| q.as_str().parse::<f32>().ok())
@@ -139,7 +139,9 @@ impl Format {
                 .unwrap_or(1.0);
             let version = m.get_param("version").map(|v| v.as_str().to_owned());
             match (m.type_().as_str(), m.subtype().as_str()) {
-                ("application", "openmetrics-text") if version.as_deref().is_none_or(|v| v == "1.0.0") => {
+                ("application", "openmetrics-text")
+                    if version.as_deref().is_none_or(|v| v == "1.0.0") =>
+                {
                     best_om = best_om.max(q);
                 }
                 ("text", "plain") if version.as_deref().is_none_or(|v| v == "0.0.4") => {
@@ -162,7 +164,9 @@ pub fn encode(sample: &Sample, format: Format) -> Result<String, std::fmt::Error
     registry.register_collector(Box::new(SampleCollector(Arc::new(sample.clone()))));
     let mut out = String::with_capacity(4096);
     match format {
-        Format::PrometheusText => prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?,
+        Format::PrometheusText => {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?
+        }
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, &registry)?,
     }
     Ok(out)
@@ -233,7 +237,11 @@ impl Collector for SampleCollector {
             )?;
             for ns in s.namespaces.iter() {
                 if let Some(p) = ns.ports {
-                    for (state, v) in [("free", p.free), ("shared", p.shared), ("blocked", p.blocked)] {
+                    for (state, v) in [
+                        ("free", p.free),
+                        ("shared", p.shared),
+                        ("blocked", p.blocked),
+                    ] {
                         let labels = [netns_label(ns), ("state", state.to_owned())];
                         ConstGauge::new(i64::from(v)).encode(m.encode_family(&labels)?)?;
                     }
@@ -314,16 +322,27 @@ mod tests {
 
     fn sample() -> Sample {
         Sample {
-            build: BuildInfo { version: "0.1.0".into(), backend: "tracepoint".into(), kernel: "6.18.44".into() },
+            build: BuildInfo {
+                version: "0.1.0".into(),
+                backend: "tracepoint".into(),
+                kernel: "6.18.44".into(),
+            },
             events_lost: 3,
             errors_unslotted: 0,
             duration: Duration::from_millis(2),
             namespaces: vec![
                 NetnsSample {
                     netns: 4026531840,
-                    name: Some(NetnsLabel { name: "host".into(), source: "host" }),
+                    name: Some(NetnsLabel {
+                        name: "host".into(),
+                        source: "host",
+                    }),
                     range_ports: Some(10),
-                    ports: Some(PortStates { free: 5, shared: 2, blocked: 3 }),
+                    ports: Some(PortStates {
+                        free: 5,
+                        shared: 2,
+                        blocked: 3,
+                    }),
                     buckets: vec![("-1".into(), 2), ("0".into(), 3), ("+1".into(), 0)],
                     bind_errors: vec![("EADDRINUSE".into(), 1)],
                     connect_errors: vec![],
@@ -349,7 +368,10 @@ mod tests {
         assert_eq!(Format::negotiate(Some("text/plain")), PrometheusText);
         assert_eq!(Format::negotiate(Some("application/json")), PrometheusText);
         assert_eq!(Format::negotiate(Some("garbage;;;,")), PrometheusText);
-        assert_eq!(Format::negotiate(Some("application/openmetrics-text")), OpenMetrics);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text")),
+            OpenMetrics
+        );
         // What Prometheus 2.x sends.
         assert_eq!(
             Format::negotiate(Some(
@@ -359,11 +381,19 @@ mod tests {
         );
         // A client that prefers the text format, or asks for an OpenMetrics version not served.
         assert_eq!(
-            Format::negotiate(Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5")),
+            Format::negotiate(Some(
+                "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"
+            )),
             PrometheusText
         );
-        assert_eq!(Format::negotiate(Some("application/openmetrics-text; version=0.0.1")), PrometheusText);
-        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), PrometheusText);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; version=0.0.1")),
+            PrometheusText
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0")),
+            PrometheusText
+        );
     }
 
     #[test]
@@ -386,12 +416,21 @@ mod tests {
             "portwatch_errors_overflow_total 0",
             "portwatch_scrape_duration_seconds 0.002",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
         assert!(!text.contains("# EOF"), "{text}");
         // A namespace without a name or a readable range has no such series.
-        assert!(!text.contains(r#"portwatch_netns_name_info{netns="4026532300""#), "{text}");
-        assert!(!text.contains(r#"portwatch_ephemeral_range_ports{netns="4026532300"}"#), "{text}");
+        assert!(
+            !text.contains(r#"portwatch_netns_name_info{netns="4026532300""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"portwatch_ephemeral_range_ports{netns="4026532300"}"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -405,14 +444,20 @@ mod tests {
             r#"portwatch_bind_errors_total{netns="4026531840",errno="EADDRINUSE"} 1"#,
             r#"portwatch_ephemeral_ports{netns="4026531840",state="shared"} 2"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
     }
 
     #[test]
     fn label_values_are_escaped() {
         let mut s = sample();
-        s.namespaces[0].name = Some(NetnsLabel { name: "we\"ird\\name\n".into(), source: "comm" });
+        s.namespaces[0].name = Some(NetnsLabel {
+            name: "we\"ird\\name\n".into(),
+            source: "comm",
+        });
         let text = encode(&s, Format::PrometheusText).unwrap();
         assert!(text.contains(r#"name="we\"ird\\name\n""#), "{text}");
     }

@@ -99,7 +99,10 @@ type Body = Full<Bytes>;
 fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(text.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -107,33 +110,51 @@ async fn handle(req: Request<Incoming>, scrape: ScrapeFn) -> Result<Response<Bod
     let path = req.uri().path();
     let known = matches!(path, "/" | "/metrics");
     if !known {
-        return Ok(plain(StatusCode::NOT_FOUND, format!("404 not found: {path}; metrics are at /metrics\n")));
+        return Ok(plain(
+            StatusCode::NOT_FOUND,
+            format!("404 not found: {path}; metrics are at /metrics\n"),
+        ));
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("405 method not allowed: {} {path}; use GET\n", req.method()),
         );
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(r);
     }
     if path == "/" {
         let mut r = Response::new(Full::new(Bytes::from_static(HELP_PAGE.as_bytes())));
-        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         return Ok(r);
     }
     let format = Format::negotiate(req.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
     let sample = match scrape().await {
         Ok(s) => s,
-        Err(e) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("500 scrape failed: {e}\n"))),
+        Err(e) => {
+            return Ok(plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("500 scrape failed: {e}\n"),
+            ))
+        }
     };
     match encode(&sample, format) {
         Ok(text) => {
             let mut r = Response::new(Full::new(Bytes::from(text)));
-            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
             Ok(r)
         }
-        Err(_) => Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "500 encoding the metrics failed\n")),
+        Err(_) => Ok(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 encoding the metrics failed\n",
+        )),
     }
 }
 
@@ -165,11 +186,20 @@ mod tests {
 
     /// A server on an ephemeral loopback port with a fixed sample; returns its address and
     /// a sender that stops it.
-    fn start(fail: bool) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+    fn start(
+        fail: bool,
+    ) -> (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
@@ -179,7 +209,11 @@ mod tests {
                             Err("collector gone".to_string())
                         } else {
                             Ok(Sample {
-                                build: BuildInfo { version: "9.9.9".into(), backend: "tracepoint".into(), kernel: "6.1.0".into() },
+                                build: BuildInfo {
+                                    version: "9.9.9".into(),
+                                    backend: "tracepoint".into(),
+                                    kernel: "6.1.0".into(),
+                                },
                                 ..Sample::default()
                             })
                         }
@@ -206,7 +240,11 @@ mod tests {
     }
 
     fn get(addr: SocketAddr, method: &str, path: &str, extra: &str) -> String {
-        raw(addr, format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").as_bytes())
+        raw(
+            addr,
+            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n")
+                .as_bytes(),
+        )
     }
 
     #[test]
@@ -215,13 +253,31 @@ mod tests {
 
         let r = get(addr, "GET", "/metrics", "");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{r}");
-        assert!(r.contains(r#"portwatch_build_info{version="9.9.9",backend="tracepoint",kernel="6.1.0"} 1"#), "{r}");
+        assert!(
+            r.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                r#"portwatch_build_info{version="9.9.9",backend="tracepoint",kernel="6.1.0"} 1"#
+            ),
+            "{r}"
+        );
         assert!(!r.contains("# EOF"), "{r}");
 
-        let r = get(addr, "GET", "/metrics?x=1", "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n");
+        let r = get(
+            addr,
+            "GET",
+            "/metrics?x=1",
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+        );
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-        assert!(r.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"), "{r}");
+        assert!(
+            r.contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"
+            ),
+            "{r}"
+        );
         assert!(r.trim_end().ends_with("# EOF"), "{r}");
 
         let r = get(addr, "HEAD", "/metrics", "");
@@ -229,7 +285,12 @@ mod tests {
         assert!(!r.contains("portwatch_build_info"), "HEAD has no body: {r}");
 
         let r = get(addr, "GET", "/", "");
-        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("text/html") && r.contains("/metrics"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\r\n")
+                && r.contains("text/html")
+                && r.contains("/metrics"),
+            "{r}"
+        );
 
         let r = get(addr, "GET", "/nope", "");
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
@@ -240,7 +301,10 @@ mod tests {
 
         let big = format!("X-Big: {}\r\n", "a".repeat(MAX_HEADER_BYTES * 2));
         let r = get(addr, "GET", "/metrics", &big);
-        assert!(r.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{r}"
+        );
 
         let r = raw(addr, b"this is not http\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r}");
@@ -257,7 +321,10 @@ mod tests {
     fn failed_scrape_is_a_500() {
         let (addr, stop, thread) = start(true);
         let r = get(addr, "GET", "/metrics", "");
-        assert!(r.starts_with("HTTP/1.1 500 Internal Server Error\r\n"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{r}"
+        );
         assert!(r.contains("collector gone"), "{r}");
         stop.send(()).unwrap();
         thread.join().unwrap();

@@ -23,9 +23,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:10083";
 
 /// Serves `listener` with scrapes from `handle` until SIGINT or SIGTERM, on a
 /// single-threaded tokio runtime started here.
-pub fn serve_until_signal(listener: std::net::TcpListener, handle: collector::ScrapeHandle) -> std::io::Result<()> {
+pub fn serve_until_signal(
+    listener: std::net::TcpListener,
+    handle: collector::ScrapeHandle,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -46,6 +51,7 @@ pub fn serve_until_signal(listener: std::net::TcpListener, handle: collector::Sc
 
 /// The address `--listen` gave, checked.
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("invalid --listen `{s}`: expected ADDR:PORT, e.g. 127.0.0.1:10083 or [::]:10083"))
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid --listen `{s}`: expected ADDR:PORT, e.g. 127.0.0.1:10083 or [::]:10083")
+    })
 }

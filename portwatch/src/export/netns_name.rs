@@ -40,7 +40,9 @@ pub fn cgroup_owner(cgroup: &str) -> Option<NetnsLabel> {
             Some((id == "0", it.next()?))
         })
         .partition(|(is_v2, _)| *is_v2);
-    v2.into_iter().chain(v1).find_map(|(_, path)| owner_of_path(path))
+    v2.into_iter()
+        .chain(v1)
+        .find_map(|(_, path)| owner_of_path(path))
 }
 
 fn owner_of_path(path: &str) -> Option<NetnsLabel> {
@@ -52,7 +54,10 @@ fn owner_of_path(path: &str) -> Option<NetnsLabel> {
     if in_kubepods {
         for part in parts.iter().rev() {
             if let Some(uid) = pod_uid(part) {
-                return Some(NetnsLabel { name: format!("pod/{uid}"), source: "kubernetes" });
+                return Some(NetnsLabel {
+                    name: format!("pod/{uid}"),
+                    source: "kubernetes",
+                });
             }
         }
     }
@@ -63,9 +68,15 @@ fn owner_of_path(path: &str) -> Option<NetnsLabel> {
             ("crio-", "crio"),
             ("libpod-", "podman"),
         ] {
-            if let Some(id) = part.strip_prefix(prefix).and_then(|r| r.strip_suffix(".scope")) {
+            if let Some(id) = part
+                .strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(".scope"))
+            {
                 if is_container_id(id) {
-                    return Some(NetnsLabel { name: format!("{source}/{}", &id[..SHORT_ID]), source });
+                    return Some(NetnsLabel {
+                        name: format!("{source}/{}", &id[..SHORT_ID]),
+                        source,
+                    });
                 }
             }
         }
@@ -77,7 +88,10 @@ fn owner_of_path(path: &str) -> Option<NetnsLabel> {
                 _ => None,
             };
             if let Some(source) = source {
-                return Some(NetnsLabel { name: format!("{source}/{}", &part[..SHORT_ID]), source });
+                return Some(NetnsLabel {
+                    name: format!("{source}/{}", &part[..SHORT_ID]),
+                    source,
+                });
             }
         }
     }
@@ -86,7 +100,10 @@ fn owner_of_path(path: &str) -> Option<NetnsLabel> {
         .iter()
         .rev()
         .find(|p| p.ends_with(".service"))
-        .map(|unit| NetnsLabel { name: (*unit).to_owned(), source: "systemd" })
+        .map(|unit| NetnsLabel {
+            name: (*unit).to_owned(),
+            source: "systemd",
+        })
 }
 
 /// `kubepods-besteffort-pod<uid>.slice` (uid with `_`), `kubepods-pod<uid>.slice`, or
@@ -110,7 +127,9 @@ fn pod_uid(part: &str) -> Option<String> {
 
 /// A full container id: 64 lowercase hex digits.
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Names namespaces, caching what it found.
@@ -134,7 +153,10 @@ impl NetnsNamer {
             _ => 1,
         };
         let host = netns_of_pid(host_pid);
-        let mut namer = NetnsNamer { host, ..NetnsNamer::default() };
+        let mut namer = NetnsNamer {
+            host,
+            ..NetnsNamer::default()
+        };
         namer.scan_proc(Instant::now());
         namer
     }
@@ -164,38 +186,71 @@ impl NetnsNamer {
 
     fn look_up(&mut self, netns: u32, now: Instant) -> Option<NetnsLabel> {
         if Some(netns) == self.host {
-            return Some(NetnsLabel { name: "host".into(), source: "host" });
+            return Some(NetnsLabel {
+                name: "host".into(),
+                source: "host",
+            });
         }
         if let Some(name) = run_netns_name(netns) {
-            return Some(NetnsLabel { name, source: "netns" });
+            return Some(NetnsLabel {
+                name,
+                source: "netns",
+            });
         }
-        let pid = match self.pids.get(&netns).copied().filter(|p| still_in_netns(*p, netns)) {
+        let pid = match self
+            .pids
+            .get(&netns)
+            .copied()
+            .filter(|p| still_in_netns(*p, netns))
+        {
             Some(p) => Some(p),
             None => {
                 self.pids.remove(&netns);
-                if self.last_proc_scan.is_none_or(|t| now.saturating_duration_since(t) >= PROC_SCAN_EVERY) {
+                if self
+                    .last_proc_scan
+                    .is_none_or(|t| now.saturating_duration_since(t) >= PROC_SCAN_EVERY)
+                {
                     self.scan_proc(now);
                 }
                 self.pids.get(&netns).copied()
             }
         }?;
-        if let Some(owner) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().and_then(|c| cgroup_owner(&c)) {
+        if let Some(owner) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|c| cgroup_owner(&c))
+        {
             return Some(owner);
         }
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         let comm = comm.trim_end();
-        (!comm.is_empty()).then(|| NetnsLabel { name: comm.to_owned(), source: "comm" })
+        (!comm.is_empty()).then(|| NetnsLabel {
+            name: comm.to_owned(),
+            source: "comm",
+        })
     }
 
     /// Maps every namespace it may stat in `/proc/*/ns/net` to its lowest pid.
     fn scan_proc(&mut self, now: Instant) {
         self.last_proc_scan = Some(now);
-        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
         let mut found: HashMap<u32, u32> = HashMap::new();
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            let Some(ino) = netns_of_pid(pid) else { continue };
-            found.entry(ino).and_modify(|p| *p = (*p).min(pid)).or_insert(pid);
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(ino) = netns_of_pid(pid) else {
+                continue;
+            };
+            found
+                .entry(ino)
+                .and_modify(|p| *p = (*p).min(pid))
+                .or_insert(pid);
         }
         for (ino, pid) in found {
             self.pids.insert(ino, pid);
@@ -213,7 +268,9 @@ fn netns_of_pid(pid: u32) -> Option<u32> {
 fn still_in_netns(pid: u32, netns: u32) -> bool {
     match std::fs::metadata(format!("/proc/{pid}/ns/net")) {
         Ok(m) => m.ino() == u64::from(netns),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Path::new(&format!("/proc/{pid}")).exists(),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Path::new(&format!("/proc/{pid}")).exists()
+        }
         Err(_) => false,
     }
 }
@@ -255,23 +312,43 @@ mod tests {
         let systemd = format!(
             "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod0d9a1c7e_5b2f_4c1a_9e3d_7f8a6b5c4d3e.slice/cri-containerd-{ID}.scope\n"
         );
-        assert_eq!(owner(&systemd), Some(("pod/0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e".into(), "kubernetes")));
+        assert_eq!(
+            owner(&systemd),
+            Some((
+                "pod/0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e".into(),
+                "kubernetes"
+            ))
+        );
         // Guaranteed QoS has no QoS slice.
         let guaranteed = format!(
             "0::/kubepods.slice/kubepods-pod0d9a1c7e_5b2f_4c1a_9e3d_7f8a6b5c4d3e.slice/crio-{ID}.scope\n"
         );
-        assert_eq!(owner(&guaranteed), Some(("pod/0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e".into(), "kubernetes")));
+        assert_eq!(
+            owner(&guaranteed),
+            Some((
+                "pod/0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e".into(),
+                "kubernetes"
+            ))
+        );
         // cgroupfs driver, cgroup v1.
         let cgroupfs = format!(
             "10:cpuset:/kubepods/burstable/pod0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e/{ID}\n0::/\n"
         );
-        assert_eq!(owner(&cgroupfs), Some(("pod/0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e".into(), "kubernetes")));
+        assert_eq!(
+            owner(&cgroupfs),
+            Some((
+                "pod/0d9a1c7e-5b2f-4c1a-9e3d-7f8a6b5c4d3e".into(),
+                "kubernetes"
+            ))
+        );
     }
 
     #[test]
     fn other_runtimes_and_units() {
         assert_eq!(
-            owner(&format!("0::/system.slice/containerd.service/cri-containerd-{ID}.scope\n")),
+            owner(&format!(
+                "0::/system.slice/containerd.service/cri-containerd-{ID}.scope\n"
+            )),
             Some(("containerd/3f4e8a1b2c9d".into(), "containerd"))
         );
         assert_eq!(
@@ -279,7 +356,9 @@ mod tests {
             Some(("podman/3f4e8a1b2c9d".into(), "podman"))
         );
         assert_eq!(
-            owner(&format!("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n")),
+            owner(&format!(
+                "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope\n"
+            )),
             Some(("podman/3f4e8a1b2c9d".into(), "podman"))
         );
         assert_eq!(
@@ -291,11 +370,17 @@ mod tests {
     #[test]
     fn nothing_to_name() {
         assert_eq!(owner("0::/\n"), None);
-        assert_eq!(owner("0::/user.slice/user-1000.slice/session-3.scope\n"), None);
+        assert_eq!(
+            owner("0::/user.slice/user-1000.slice/session-3.scope\n"),
+            None
+        );
         assert_eq!(owner(""), None);
         // Not a full container id, nor a pod uid.
         assert_eq!(owner("0::/system.slice/docker-abc.scope\n"), None);
-        assert_eq!(owner("0::/kubepods.slice/kubepods-podnotauid.slice\n"), None);
+        assert_eq!(
+            owner("0::/kubepods.slice/kubepods-podnotauid.slice\n"),
+            None
+        );
         assert_eq!(owner(&format!("0::/elsewhere/{ID}\n")), None);
     }
 
@@ -303,9 +388,17 @@ mod tests {
     fn own_namespace_is_named() {
         let mut namer = NetnsNamer::new();
         let me = crate::netns::current_netns_inode().unwrap();
-        let label = namer.name(me, Instant::now()).expect("the test's own netns has a name");
+        let label = namer
+            .name(me, Instant::now())
+            .expect("the test's own netns has a name");
         if namer.host == Some(me) {
-            assert_eq!(label, NetnsLabel { name: "host".into(), source: "host" });
+            assert_eq!(
+                label,
+                NetnsLabel {
+                    name: "host".into(),
+                    source: "host"
+                }
+            );
         } else {
             assert!(!label.name.is_empty());
         }

@@ -394,9 +394,10 @@ fn socket_port_range(btf: &KernelBtf) -> Result<u32, LayoutError> {
     const S: &str = "inet_sock";
     const M: &str = "local_port_range";
     let f = btf.field(S, M)?;
-    let lo_hi = btf.int_offset(S, "local_port_range.lo", &[2]).ok().zip(
-        btf.int_offset(S, "local_port_range.hi", &[2]).ok(),
-    );
+    let lo_hi = btf
+        .int_offset(S, "local_port_range.lo", &[2])
+        .ok()
+        .zip(btf.int_offset(S, "local_port_range.hi", &[2]).ok());
     match (btf.int_size(f.tid), lo_hi) {
         (Some(4), _) => btf.byte_offset(S, M, f),
         (_, Some(((lo, _), (hi, _)))) if hi == lo + 2 => Ok(lo),

@@ -95,7 +95,11 @@ impl HookSite {
 /// The sites of `funcs` in a kallsyms text and, when readable, an
 /// `available_filter_functions` text. Only text symbols of vmlinux count (modules are
 /// named in brackets; TCP is built in).
-pub fn sites(funcs: &[&str], kallsyms: &str, filter_functions: Option<&str>) -> BTreeMap<String, HookSite> {
+pub fn sites(
+    funcs: &[&str],
+    kallsyms: &str,
+    filter_functions: Option<&str>,
+) -> BTreeMap<String, HookSite> {
     let mut out: BTreeMap<String, HookSite> = funcs
         .iter()
         .map(|f| {
@@ -122,7 +126,10 @@ pub fn sites(funcs: &[&str], kallsyms: &str, filter_functions: Option<&str>) -> 
         };
         if name == base {
             site.symbol = true;
-        } else if CALLER_CLONES.iter().any(|c| name[base.len()..].starts_with(c)) {
+        } else if CALLER_CLONES
+            .iter()
+            .any(|c| name[base.len()..].starts_with(c))
+        {
             site.clones.push(name.to_owned());
         } else if name[base.len()..].starts_with(".cold") {
             site.cold.push(name.to_owned());
@@ -151,9 +158,9 @@ pub fn sites(funcs: &[&str], kallsyms: &str, filter_functions: Option<&str>) -> 
 /// The sites of `funcs` in the running kernel; `None` when /proc/kallsyms cannot be read.
 pub fn host_sites(funcs: &[&str], tracefs_roots: &[&str]) -> Option<BTreeMap<String, HookSite>> {
     let kallsyms = std::fs::read_to_string(KALLSYMS).ok()?;
-    let ff = tracefs_roots
-        .iter()
-        .find_map(|r| std::fs::read_to_string(Path::new(r).join("available_filter_functions")).ok());
+    let ff = tracefs_roots.iter().find_map(|r| {
+        std::fs::read_to_string(Path::new(r).join("available_filter_functions")).ok()
+    });
     Some(sites(funcs, &kallsyms, ff.as_deref()))
 }
 
@@ -175,7 +182,8 @@ ffffffffc0001000 t inet_csk_get_port [some_module]
 ffffffff82067e70 T inet_csk_get_portal
 ";
 
-    const FILTER: &str = "inet_put_port\n__inet_inherit_port\ninet_csk_update_fastreuse\ninet_twsk_bind_unhash\n";
+    const FILTER: &str =
+        "inet_put_port\n__inet_inherit_port\ninet_csk_update_fastreuse\ninet_twsk_bind_unhash\n";
 
     fn all() -> BTreeMap<String, HookSite> {
         sites(
@@ -196,19 +204,34 @@ ffffffff82067e70 T inet_csk_get_portal
     fn whole_functions_are_usable_by_both_backends() {
         let s = all();
         let put = &s["inet_put_port"];
-        assert_eq!(put, &HookSite { symbol: true, ftrace: Some(true), ..HookSite::default() });
+        assert_eq!(
+            put,
+            &HookSite {
+                symbol: true,
+                ftrace: Some(true),
+                ..HookSite::default()
+            }
+        );
         assert_eq!(put.verdict("inet_put_port", true), Verdict::Usable);
         assert_eq!(put.describe(), "text symbol, ftrace-able");
         // A local (t) symbol counts as well.
-        assert_eq!(s["__inet_inherit_port"].verdict("__inet_inherit_port", true), Verdict::Usable);
+        assert_eq!(
+            s["__inet_inherit_port"].verdict("__inet_inherit_port", true),
+            Verdict::Usable
+        );
     }
 
     #[test]
     fn a_cold_part_is_only_noted() {
         let s = &all()["inet_csk_update_fastreuse"];
         assert_eq!(s.cold, ["inet_csk_update_fastreuse.cold"]);
-        assert_eq!(s.verdict("inet_csk_update_fastreuse", true), Verdict::Usable);
-        assert!(s.describe().contains("cold part inet_csk_update_fastreuse.cold"));
+        assert_eq!(
+            s.verdict("inet_csk_update_fastreuse", true),
+            Verdict::Usable
+        );
+        assert!(s
+            .describe()
+            .contains("cold part inet_csk_update_fastreuse.cold"));
     }
 
     #[test]
@@ -224,7 +247,10 @@ ffffffff82067e70 T inet_csk_get_portal
         // The function and an .isra clone: some callers call the clone.
         let tw = &s["inet_twsk_bind_unhash"];
         assert!(tw.symbol);
-        assert!(matches!(tw.verdict("inet_twsk_bind_unhash", false), Verdict::Unusable(_)));
+        assert!(matches!(
+            tw.verdict("inet_twsk_bind_unhash", false),
+            Verdict::Unusable(_)
+        ));
     }
 
     #[test]
@@ -243,23 +269,39 @@ ffffffff82067e70 T inet_csk_get_portal
         let put = &s["inet_put_port"];
         assert_eq!(put.ftrace, Some(false));
         assert_eq!(put.verdict("inet_put_port", false), Verdict::Usable);
-        assert!(matches!(put.verdict("inet_put_port", true), Verdict::Unusable(_)));
+        assert!(matches!(
+            put.verdict("inet_put_port", true),
+            Verdict::Unusable(_)
+        ));
         // An unreadable list (function tracing locked down) is not a refusal.
         let s = sites(&["inet_put_port"], KALLSYMS_TEXT, None);
         assert_eq!(s["inet_put_port"].ftrace, None);
-        assert_eq!(s["inet_put_port"].verdict("inet_put_port", true), Verdict::Usable);
-        assert!(s["inet_put_port"].describe().ends_with("available_filter_functions unreadable"));
+        assert_eq!(
+            s["inet_put_port"].verdict("inet_put_port", true),
+            Verdict::Usable
+        );
+        assert!(s["inet_put_port"]
+            .describe()
+            .ends_with("available_filter_functions unreadable"));
     }
 
     #[test]
     fn the_running_kernel_has_every_hooked_function_whole() {
         // On the kernels checked (5.10 to 7.3 and this host), every hooked function is a
         // plain text symbol; a build that inlines or splits one shows here first.
-        let Some(s) = host_sites(&crate::kernel::TRACKED_FUNCTIONS, &crate::backend::tracefs::CANDIDATES) else {
+        let Some(s) = host_sites(
+            &crate::kernel::TRACKED_FUNCTIONS,
+            &crate::backend::tracefs::CANDIDATES,
+        ) else {
             eprintln!("skipping: {KALLSYMS} unreadable");
             return;
         };
-        for f in ["inet_csk_get_port", "__inet_hash_connect", "inet_put_port", "__inet_inherit_port"] {
+        for f in [
+            "inet_csk_get_port",
+            "__inet_hash_connect",
+            "inet_put_port",
+            "__inet_inherit_port",
+        ] {
             assert!(s[f].symbol && s[f].clones.is_empty(), "{f}: {:?}", s[f]);
         }
     }

@@ -51,7 +51,10 @@ pub struct OwnerCount {
 impl OwnerCount {
     /// An exact count.
     pub const fn exact(n: u32) -> OwnerCount {
-        OwnerCount { n, truncated: false }
+        OwnerCount {
+            n,
+            truncated: false,
+        }
     }
 
     /// A lower bound (the walk stopped after `n` owners).
@@ -113,7 +116,10 @@ mod tests {
         BucketInfo {
             fastreuse: Fastreuse(fr),
             fastreuseport: Fastreuse(frp),
-            owners: OwnerCount { n: owners, truncated },
+            owners: OwnerCount {
+                n: owners,
+                truncated,
+            },
         }
     }
 
@@ -122,10 +128,16 @@ mod tests {
         assert_eq!(PortRange::from_packed(0), None);
         assert_eq!(
             PortRange::from_packed(40009 << 16 | 40000),
-            Some(PortRange { lo: 40000, hi: 40009 })
+            Some(PortRange {
+                lo: 40000,
+                hi: 40009
+            })
         );
         // Only an upper bound set: lo 0 means the netns's lower bound.
-        assert_eq!(PortRange::from_packed(50000 << 16), Some(PortRange { lo: 0, hi: 50000 }));
+        assert_eq!(
+            PortRange::from_packed(50000 << 16),
+            Some(PortRange { lo: 0, hi: 50000 })
+        );
     }
 
     #[test]

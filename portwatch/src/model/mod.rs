@@ -23,6 +23,8 @@ pub use explanation::{
 };
 pub use failures::{FailureCount, FailureCounts};
 pub use resync::{Reread, Resync};
-pub use snapshot::{AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot};
+pub use snapshot::{
+    AddrRow, BucketRow, Family, FastPath, Holder, NetInfo, OwnerRow, Scope, Snapshot,
+};
 pub use tcp_state::TcpState;
 pub use transition::{Op, SockOpts, Task, Transition, TransitionKind};

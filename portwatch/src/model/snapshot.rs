@@ -118,7 +118,9 @@ pub struct NetInfo {
 impl NetInfo {
     /// Whether `port` is reserved.
     pub fn is_reserved(&self, port: u16) -> bool {
-        self.reserved.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+        self.reserved
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&port))
     }
 
     /// Ports of `ip_local_port_range` (reserved ones included); 0 for an inverted range.
@@ -193,7 +195,10 @@ pub struct Scope {
 
 impl Scope {
     /// Every bucket of every namespace.
-    pub const ALL: Scope = Scope { netns: None, port: None };
+    pub const ALL: Scope = Scope {
+        netns: None,
+        port: None,
+    };
 
     /// Whether the walk covered `key`.
     pub fn contains(&self, key: &BucketKey) -> bool {
@@ -207,22 +212,58 @@ mod tests {
 
     #[test]
     fn net_info_counts_reserved_ports_inside_the_range() {
-        let n = NetInfo { netns: 1, range: (60000, 60009), reserved: vec![(60000, 60000), (60003, 60005)], tw_reuse: 2 };
+        let n = NetInfo {
+            netns: 1,
+            range: (60000, 60009),
+            reserved: vec![(60000, 60000), (60003, 60005)],
+            tw_reuse: 2,
+        };
         assert_eq!((n.size(), n.reserved_count(), n.usable()), (10, 4, 6));
         assert!(n.is_reserved(60004) && !n.is_reserved(60006));
-        let inverted = NetInfo { range: (10, 5), reserved: vec![], ..n.clone() };
+        let inverted = NetInfo {
+            range: (10, 5),
+            reserved: vec![],
+            ..n.clone()
+        };
         assert_eq!((inverted.size(), inverted.usable()), (0, 0));
-        let all = NetInfo { range: (0, 65535), reserved: vec![(0, 65535)], ..n };
-        assert_eq!((all.size(), all.reserved_count(), all.usable()), (65536, 65536, 0));
+        let all = NetInfo {
+            range: (0, 65535),
+            reserved: vec![(0, 65535)],
+            ..n
+        };
+        assert_eq!(
+            (all.size(), all.reserved_count(), all.usable()),
+            (65536, 65536, 0)
+        );
     }
 
     #[test]
     fn scope_covers_its_netns_and_port() {
-        let k = BucketKey { netns: 7, l3mdev: 3, port: 80 };
+        let k = BucketKey {
+            netns: 7,
+            l3mdev: 3,
+            port: 80,
+        };
         assert!(Scope::ALL.contains(&k));
-        assert!(Scope { netns: Some(7), port: None }.contains(&k));
-        assert!(!Scope { netns: Some(8), port: None }.contains(&k));
-        assert!(Scope { netns: Some(7), port: Some(80) }.contains(&k));
-        assert!(!Scope { netns: None, port: Some(81) }.contains(&k));
+        assert!(Scope {
+            netns: Some(7),
+            port: None
+        }
+        .contains(&k));
+        assert!(!Scope {
+            netns: Some(8),
+            port: None
+        }
+        .contains(&k));
+        assert!(Scope {
+            netns: Some(7),
+            port: Some(80)
+        }
+        .contains(&k));
+        assert!(!Scope {
+            netns: None,
+            port: Some(81)
+        }
+        .contains(&k));
     }
 }

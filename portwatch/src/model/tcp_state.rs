@@ -55,13 +55,19 @@ impl TcpState {
     pub fn kernel_value(self) -> u8 {
         match self {
             TcpState::Other(v) => v,
-            s => TABLE.iter().find(|(_, t, _)| *t == s).map_or(0, |(n, _, _)| *n),
+            s => TABLE
+                .iter()
+                .find(|(_, t, _)| *t == s)
+                .map_or(0, |(n, _, _)| *n),
         }
     }
 
     /// The kernel's name without `TCP_`; `None` for `Other`.
     pub fn name(self) -> Option<&'static str> {
-        TABLE.iter().find(|(_, t, _)| *t == self).map(|(_, _, name)| *name)
+        TABLE
+            .iter()
+            .find(|(_, t, _)| *t == self)
+            .map(|(_, _, name)| *name)
     }
 }
 
@@ -131,7 +137,10 @@ mod tests {
             let j = serde_json::to_value(s).expect("json");
             assert_eq!(serde_json::from_value::<TcpState>(j).ok(), Some(s));
         }
-        assert_eq!(serde_json::to_value(TcpState::TimeWait).expect("json"), "TIME_WAIT");
+        assert_eq!(
+            serde_json::to_value(TcpState::TimeWait).expect("json"),
+            "TIME_WAIT"
+        );
         assert_eq!(serde_json::to_value(TcpState::Other(77)).expect("json"), 77);
     }
 }

@@ -77,7 +77,10 @@ impl TransitionKind {
 
     /// A failed bind()/listen() or connect().
     pub fn is_failure(self) -> bool {
-        matches!(self, TransitionKind::BindFailed | TransitionKind::ConnectFailed)
+        matches!(
+            self,
+            TransitionKind::BindFailed | TransitionKind::ConnectFailed
+        )
     }
 }
 
@@ -125,7 +128,10 @@ impl From<TaskFields> for Task {
         if f.pid == 0 && f.comm.is_empty() {
             Task::Kernel
         } else {
-            Task::Process { pid: f.pid, comm: f.comm }
+            Task::Process {
+                pid: f.pid,
+                comm: f.comm,
+            }
         }
     }
 }
@@ -133,7 +139,10 @@ impl From<TaskFields> for Task {
 impl From<Task> for TaskFields {
     fn from(t: Task) -> TaskFields {
         match t {
-            Task::Kernel => TaskFields { pid: 0, comm: String::new() },
+            Task::Kernel => TaskFields {
+                pid: 0,
+                comm: String::new(),
+            },
             Task::Process { pid, comm } => TaskFields { pid, comm },
         }
     }
@@ -221,7 +230,11 @@ mod tests {
             ts_ns: 7,
             kind: TransitionKind::FastreuseChanged,
             op: Op::Bind,
-            key: BucketKey { netns: 1, l3mdev: 0, port: 80 },
+            key: BucketKey {
+                netns: 1,
+                l3mdev: 0,
+                port: 80,
+            },
             before: Some(info(-1)),
             after: Some(info(0)),
             errno: None,
@@ -239,13 +252,19 @@ mod tests {
     fn change_comes_from_before_and_after() {
         let t = sample(Task::Kernel);
         assert_eq!(t.change(), Some((Fastreuse(-1), Fastreuse(0))));
-        let t = Transition { kind: TransitionKind::OwnerAdded, ..t };
+        let t = Transition {
+            kind: TransitionKind::OwnerAdded,
+            ..t
+        };
         assert_eq!(t.change(), None);
     }
 
     #[test]
     fn json_keeps_pid_comm_errno_and_addresses_flat_and_round_trips() {
-        let t = sample(Task::Process { pid: 42, comm: "nc".into() });
+        let t = sample(Task::Process {
+            pid: 42,
+            comm: "nc".into(),
+        });
         let v = serde_json::to_value(&t).expect("json");
         assert_eq!(v["pid"], 42);
         assert_eq!(v["comm"], "nc");

@@ -125,8 +125,9 @@ pub fn compare_fastreuse(article: Fastreuse, observed: Option<Fastreuse>) -> Sta
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::net::Ipv4Addr;
+
+    use super::*;
 
     fn a(ip: [u8; 4], port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(ip), port)
@@ -218,10 +219,13 @@ mod tests {
         assert_eq!(f["call"], "connect");
         assert_eq!(f["errno"], 99);
         // Reports are read back (xtask): the JSON round-trips.
-        assert_eq!(serde_json::from_value::<Outcome>(f).ok(), Some(Outcome::Failed {
-            call: Call::Connect,
-            errno: Errno::EADDRNOTAVAIL,
-        }));
+        assert_eq!(
+            serde_json::from_value::<Outcome>(f).ok(),
+            Some(Outcome::Failed {
+                call: Call::Connect,
+                errno: Errno::EADDRNOTAVAIL,
+            })
+        );
         assert_eq!(serde_json::from_value::<Outcome>(j).ok(), Some(ok));
     }
 }

@@ -3,8 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::expect::{Outcome, StateVerdict, Verdict};
-use super::scenarios::{QuizKind, Sock};
+use super::{
+    expect::{Outcome, StateVerdict, Verdict},
+    scenarios::{QuizKind, Sock},
+};
 use crate::model::{BucketInfo, Errno, Fastreuse, Transition};
 
 /// Transitions the observer reported after one step.

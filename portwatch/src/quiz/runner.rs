@@ -1,24 +1,31 @@
 //! Runs quizzes and state checks with real sockets, each in a fresh private netns.
 
-use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+};
 
 use anyhow::Context;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::expect::{compare, compare_fastreuse, Call, Outcome, StateVerdict, Verdict};
-use super::results::{
-    Observed, QuizReport, QuizResult, SocketResult, StateCheckResult, StateStepResult,
-    StatesReport, TimelineEntry,
+use super::{
+    expect::{compare, compare_fastreuse, Call, Outcome, StateVerdict, Verdict},
+    kernel_release,
+    results::{
+        Observed, QuizReport, QuizResult, SocketResult, StateCheckResult, StateStepResult,
+        StatesReport, TimelineEntry,
+    },
+    scenarios::{
+        Action, Quiz, Sock, SocketStep, StateCheck, LISTEN_PORT, QUIZZES, QUIZ_PORT,
+        STATES_BASE_PORT, STATE_CHECKS,
+    },
+    Observer,
 };
-use super::scenarios::{
-    Action, Quiz, Sock, SocketStep, StateCheck, LISTEN_PORT, QUIZZES, QUIZ_PORT, STATES_BASE_PORT,
-    STATE_CHECKS,
+use crate::{
+    model::{Errno, Transition},
+    netns::PrivateNetns,
 };
-use super::{kernel_release, Observer};
-use crate::model::{Errno, Transition};
-use crate::netns::PrivateNetns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuizError {
@@ -472,14 +479,14 @@ fn run_check(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::model::{
-        BucketInfo, BucketKey, Fastreuse, Op, OwnerCount, SockOpts, Task, TransitionKind,
-    };
-    use crate::netns::tests::root_or_skip;
-    use crate::netns::PORT_RANGE_SYSCTL;
-    use crate::quiz::NullObserver;
     use std::collections::HashSet;
+
+    use super::*;
+    use crate::{
+        model::{BucketInfo, BucketKey, Fastreuse, Op, OwnerCount, SockOpts, Task, TransitionKind},
+        netns::{tests::root_or_skip, PORT_RANGE_SYSCTL},
+        quiz::NullObserver,
+    };
 
     #[test]
     fn select_ids() {

@@ -3,8 +3,10 @@
 //! Source: the article "The quantum state of a TCP port" (Cloudflare blog, 2023).
 //! Every quiz runs with exactly one ephemeral port (60000) and a listener on *:1234.
 
-use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -720,8 +722,9 @@ impl StateCheck {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::collections::HashSet;
+
+    use super::*;
 
     fn quiz(id: &str) -> &'static Quiz {
         QUIZZES.iter().find(|q| q.id == id).unwrap()

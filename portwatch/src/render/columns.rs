@@ -83,7 +83,10 @@ impl Column {
 
     /// Right-aligned (the bucket's values) rather than left-aligned (its identity).
     pub fn numeric(self) -> bool {
-        matches!(self, Column::Fastreuse | Column::Fastreuseport | Column::Owners)
+        matches!(
+            self,
+            Column::Fastreuse | Column::Fastreuseport | Column::Owners
+        )
     }
 
     /// Part of the bucket's identity (highlighted as a whole when a bucket is new).
@@ -212,7 +215,10 @@ mod tests {
             owners: OwnerCount::at_least(3),
             ..old
         };
-        let differ: Vec<Column> = Column::ALL.into_iter().filter(|c| c.differs(&old, &new)).collect();
+        let differ: Vec<Column> = Column::ALL
+            .into_iter()
+            .filter(|c| c.differs(&old, &new))
+            .collect();
         assert_eq!(differ, [Column::Owners], "a lower bound is another value");
         assert!(Column::ALL.iter().all(|c| !c.differs(&old, &old)));
         assert_eq!(
@@ -223,7 +229,11 @@ mod tests {
     }
 
     fn k(netns: u32, l3mdev: i32, port: u16) -> BucketKey {
-        BucketKey { netns, l3mdev, port }
+        BucketKey {
+            netns,
+            l3mdev,
+            port,
+        }
     }
 
     #[test]
@@ -239,8 +249,17 @@ mod tests {
         assert_eq!(shown(&[]), (false, false));
         assert!(Shown::for_keys([a], true).netns);
         assert_eq!(
-            Column::shown(Shown { netns: true, l3mdev: false }),
-            [Column::Netns, Column::Port, Column::Fastreuse, Column::Fastreuseport, Column::Owners]
+            Column::shown(Shown {
+                netns: true,
+                l3mdev: false
+            }),
+            [
+                Column::Netns,
+                Column::Port,
+                Column::Fastreuse,
+                Column::Fastreuseport,
+                Column::Owners
+            ]
         );
     }
 }

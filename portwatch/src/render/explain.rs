@@ -99,20 +99,22 @@ pub fn rule(c: &Conflict, e: &BindExplanation) -> String {
                     with a listener"
                 .to_owned()
         }
-        ConflictRule::ReuseportOtherUid => return match c.sharing {
-            Rule::ReuseportOtherUid {
-                candidate_uid,
-                owner_uid,
-            } if candidate_uid != u32::MAX => format!(
+        ConflictRule::ReuseportOtherUid => {
+            return match c.sharing {
+                Rule::ReuseportOtherUid {
+                    candidate_uid,
+                    owner_uid,
+                } if candidate_uid != u32::MAX => format!(
                 "both set SO_REUSEPORT, but SO_REUSEPORT shares only within one uid: the owner's \
                      is {owner_uid}, this socket's {candidate_uid}"
             ),
-            Rule::ReuseportOtherUid { owner_uid, .. } => format!(
+                Rule::ReuseportOtherUid { owner_uid, .. } => format!(
                 "both set SO_REUSEPORT, but SO_REUSEPORT shares only within one uid: the owner's \
                      is {owner_uid}, this socket's is not known"
             ),
-            _ => "SO_REUSEPORT shares only within one uid".to_owned(),
-        },
+                _ => "SO_REUSEPORT shares only within one uid".to_owned(),
+            }
+        }
     };
     match c.sharing {
         Rule::NotShared {

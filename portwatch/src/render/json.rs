@@ -220,10 +220,15 @@ fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S:
 
 /// The JSON object (one line) of the state a stream ended with (`trace --state-at-exit`):
 /// `{"kind":"state","buckets":[..]}`, each bucket an object of `dump --json`, in its order.
-pub fn state_line<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a BucketInfo)>) -> serde_json::Result<String> {
+pub fn state_line<'a>(
+    buckets: impl Iterator<Item = (&'a BucketKey, &'a BucketInfo)>,
+) -> serde_json::Result<String> {
     let mut rows: Vec<(&BucketKey, &BucketInfo)> = buckets.collect();
     rows.sort_by_key(|(k, _)| (k.netns, k.port, k.l3mdev));
-    let items: Vec<BucketJson> = rows.into_iter().map(|(k, i)| BucketJson::new(k, i, None)).collect();
+    let items: Vec<BucketJson> = rows
+        .into_iter()
+        .map(|(k, i)| BucketJson::new(k, i, None))
+        .collect();
     serde_json::to_string(&json!({"kind": "state", "buckets": items}))
 }
 
@@ -233,7 +238,10 @@ pub fn state_line<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a BucketIn
 /// `serde_json::to_writer_pretty`): a table of many thousand buckets is never held as a
 /// JSON tree in memory.
 pub fn dump(snap: &Snapshot, verbose: bool) -> DumpJson<'_> {
-    DumpJson { rows: sorted_buckets(snap), verbose }
+    DumpJson {
+        rows: sorted_buckets(snap),
+        verbose,
+    }
 }
 
 /// See [`dump`].
@@ -246,9 +254,9 @@ impl Serialize for DumpJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let verbose = self.verbose;
         s.collect_seq(
-            self.rows
-                .iter()
-                .map(|b| BucketJson::new(&b.key, &b.info, verbose.then_some(b.addresses.as_slice()))),
+            self.rows.iter().map(|b| {
+                BucketJson::new(&b.key, &b.info, verbose.then_some(b.addresses.as_slice()))
+            }),
         )
     }
 }
@@ -343,13 +351,21 @@ mod tests {
     #[test]
     fn json_what_newer_kernels_record_per_socket() {
         let m = parse(&fr_changed());
-        for k in ["connect_bound", "local_port_range", "addr_fastreuse", "addr_fastreuseport"] {
+        for k in [
+            "connect_bound",
+            "local_port_range",
+            "addr_fastreuse",
+            "addr_fastreuseport",
+        ] {
             assert_eq!(m[k], Value::Null, "{k}: not recorded, not set");
         }
         let t = Transition {
             opts: crate::model::SockOpts {
                 connect_bound: Some(false),
-                local_port_range: Some(PortRange { lo: 40000, hi: 40009 }),
+                local_port_range: Some(PortRange {
+                    lo: 40000,
+                    hi: 40009,
+                }),
                 ..Default::default()
             },
             addr: Some(crate::model::AddrState {
@@ -360,10 +376,23 @@ mod tests {
         };
         let m = parse(&t);
         assert_eq!(m["connect_bound"], false);
-        assert_eq!(m["local_port_range"], serde_json::json!({"lo": 40000, "hi": 40009}));
-        assert_eq!((m["addr_fastreuse"].as_i64(), m["addr_fastreuseport"].as_i64()), (Some(0), Some(-1)));
+        assert_eq!(
+            m["local_port_range"],
+            serde_json::json!({"lo": 40000, "hi": 40009})
+        );
+        assert_eq!(
+            (
+                m["addr_fastreuse"].as_i64(),
+                m["addr_fastreuseport"].as_i64()
+            ),
+            (Some(0), Some(-1))
+        );
         let line = crate::render::transition::trace_line(&t, &clock());
-        for part in ["bind()-bound", "range 40000-40009", "addr bucket fr 0 frp -1"] {
+        for part in [
+            "bind()-bound",
+            "range 40000-40009",
+            "addr bucket fr 0 frp -1",
+        ] {
             assert!(line.contains(part), "missing {part:?} in {line}");
         }
     }
@@ -444,7 +473,8 @@ mod tests {
 
     #[test]
     fn verbose_dump_json_has_addresses_and_owners() {
-        let v = serde_json::to_value(dump(&snap(vec![verbose_bucket()]), true)).expect("serialises");
+        let v =
+            serde_json::to_value(dump(&snap(vec![verbose_bucket()]), true)).expect("serialises");
         let addrs = &v[0]["addresses"];
         assert_eq!(addrs.as_array().map(Vec::len), Some(2));
         assert_eq!(addrs[0]["address"], json!("127.0.0.1"));
@@ -471,7 +501,10 @@ mod tests {
         assert_eq!(addrs[0]["owners"][1]["local_port_range"], Value::Null);
         assert_eq!(addrs[1]["fastreuse"], Value::Null);
         assert_eq!(addrs[1]["owners"], json!([]));
-        assert_eq!(serde_json::to_value(dump(&snap(vec![]), true)).expect("serialises"), json!([]));
+        assert_eq!(
+            serde_json::to_value(dump(&snap(vec![]), true)).expect("serialises"),
+            json!([])
+        );
     }
 
     fn resync(reread: Reread) -> Resync {
@@ -487,15 +520,32 @@ mod tests {
 
     #[test]
     fn resync_line_names_the_gap_and_what_was_read_again() {
-        let line = resync_line(&resync(Reread::Ports(vec![(7, 80), (7, 443)])), &clock()).expect("serialises");
+        let line = resync_line(&resync(Reread::Ports(vec![(7, 80), (7, 443)])), &clock())
+            .expect("serialises");
         assert!(!line.contains('\n'));
         let v: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["kind"], "resync");
-        assert_eq!((v["dropped"].as_u64(), v["skipped"].as_u64()), (Some(12), Some(1)));
-        assert_eq!(v["reread"], json!({"ports": [{"netns": 7, "port": 80}, {"netns": 7, "port": 443}]}));
-        assert_eq!((v["complete"].as_bool(), v["corrections"].as_u64()), (Some(true), Some(3)));
+        assert_eq!(
+            (v["dropped"].as_u64(), v["skipped"].as_u64()),
+            (Some(12), Some(1))
+        );
+        assert_eq!(
+            v["reread"],
+            json!({"ports": [{"netns": 7, "port": 80}, {"netns": 7, "port": 443}]})
+        );
+        assert_eq!(
+            (v["complete"].as_bool(), v["corrections"].as_u64()),
+            (Some(true), Some(3))
+        );
         assert!(v["time"].is_string());
-        let line = resync_line(&resync(Reread::Scope { netns: None, ports: vec![] }), &clock()).expect("serialises");
+        let line = resync_line(
+            &resync(Reread::Scope {
+                netns: None,
+                ports: vec![],
+            }),
+            &clock(),
+        )
+        .expect("serialises");
         let v: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["reread"], json!({"scope": {"netns": null, "ports": []}}));
     }
@@ -504,10 +554,12 @@ mod tests {
     fn state_line_holds_dump_rows_in_dump_order() {
         let a = bucket(2, 80, 0, -1, 1);
         let b = bucket(1, 443, 1, 1, 2);
-        let line = state_line([(&a.key, &a.info), (&b.key, &b.info)].into_iter()).expect("serialises");
+        let line =
+            state_line([(&a.key, &a.info), (&b.key, &b.info)].into_iter()).expect("serialises");
         let v: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["kind"], "state");
-        let rows = serde_json::to_value(dump(&snap(vec![a.clone(), b.clone()]), false)).expect("serialises");
+        let rows = serde_json::to_value(dump(&snap(vec![a.clone(), b.clone()]), false))
+            .expect("serialises");
         assert_eq!(v["buckets"], rows);
     }
 }

@@ -301,15 +301,20 @@ pub fn summary_line(quizzes: Option<&QuizReport>, states: Option<&StatesReport>)
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::model::{
-        BucketInfo, BucketKey, Errno, Fastreuse, Op, OwnerCount, SockOpts, Task, Transition,
-        TransitionKind,
-    };
-    use crate::quiz::expect::Call;
-    use crate::quiz::results::{SocketResult, StateStepResult, TimelineEntry};
-    use crate::quiz::scenarios::{Sock, QUIZZES};
     use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+    use crate::{
+        model::{
+            BucketInfo, BucketKey, Errno, Fastreuse, Op, OwnerCount, SockOpts, Task, Transition,
+            TransitionKind,
+        },
+        quiz::{
+            expect::Call,
+            results::{SocketResult, StateStepResult, TimelineEntry},
+            scenarios::{Sock, QUIZZES},
+        },
+    };
 
     fn tr(kind: TransitionKind, after: Option<(i8, u32)>) -> Transition {
         Transition {
@@ -570,7 +575,8 @@ mod tests {
                 },
             )],
         };
-        let v: serde_json::Value = serde_json::from_str(&serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string_pretty(&report).unwrap()).unwrap();
         let q = &v["quizzes"][0];
         assert_eq!(q["id"], "5");
         assert_eq!(q["verdict"], "same");

@@ -7,12 +7,21 @@ use crate::selftest::SelftestReport;
 
 /// One line per scenario with PASS/FAIL, then its transitions, failures, observations.
 pub fn report(r: &SelftestReport) -> String {
-    let mut s = format!("selftest on kernel {} with the {} backend\n", r.kernel, r.backend);
+    let mut s = format!(
+        "selftest on kernel {} with the {} backend\n",
+        r.kernel, r.backend
+    );
     for sc in &r.scenarios {
-        let verdict = if sc.failures.is_empty() { "PASS" } else { "FAIL" };
+        let verdict = if sc.failures.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        };
         let _ = writeln!(s, "  {verdict} {}", sc.name);
         for st in &sc.steps {
-            let fastreuse = st.fastreuse.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            let fastreuse = st
+                .fastreuse
+                .map_or_else(|| "-".to_owned(), |v| v.to_string());
             let _ = write!(
                 s,
                 "      port {} {} ({}) fastreuse {fastreuse} owners {}",
@@ -99,7 +108,10 @@ mod tests {
                                "fastreuseport": 0, "owners": 1, "errno": 98})
         );
         assert_eq!(v["scenarios"][0]["steps"][0]["errno"], 0);
-        let other_op = ScenarioTransition { op: Op::Close, ..r.scenarios[0].steps[0].clone() };
+        let other_op = ScenarioTransition {
+            op: Op::Close,
+            ..r.scenarios[0].steps[0].clone()
+        };
         assert!(other_op.agrees_with(&r.scenarios[0].steps[0]));
         assert!(!r.scenarios[0].steps[1].agrees_with(&r.scenarios[0].steps[0]));
     }

@@ -35,7 +35,11 @@ pub fn plain_table(titles: &[&str], right_aligned: &[usize]) -> Table {
 
 /// A plain table of bucket `columns` followed by `extra` titles (left-aligned).
 pub fn bucket_table(columns: &[Column], extra: &[&str]) -> Table {
-    let titles: Vec<&str> = columns.iter().map(|c| c.title()).chain(extra.iter().copied()).collect();
+    let titles: Vec<&str> = columns
+        .iter()
+        .map(|c| c.title())
+        .chain(extra.iter().copied())
+        .collect();
     let right: Vec<usize> = columns
         .iter()
         .enumerate()
@@ -113,12 +117,22 @@ pub fn dump(snap: &Snapshot, show_netns: bool, verbose: bool) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
         // Line 0 is the header; row r is line r + 1.
-        for extra in i.checked_sub(1).and_then(|r| under.get(r)).into_iter().flatten() {
+        for extra in i
+            .checked_sub(1)
+            .and_then(|r| under.get(r))
+            .into_iter()
+            .flatten()
+        {
             out.push_str(extra);
             out.push('\n');
         }
     }
-    footer(&mut out, rows.is_empty(), snap.owners_truncated, snap.complete);
+    footer(
+        &mut out,
+        rows.is_empty(),
+        snap.owners_truncated,
+        snap.complete,
+    );
     out
 }
 
@@ -264,7 +278,10 @@ pub(crate) mod tests {
                             },
                         ],
                         connect_bound: Some(false),
-                        local_port_range: Some(crate::model::PortRange { lo: 40000, hi: 40009 }),
+                        local_port_range: Some(crate::model::PortRange {
+                            lo: 40000,
+                            hi: 40009,
+                        }),
                     },
                     OwnerRow {
                         local: Some(lo),

@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 
 /// A clock could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("clock_gettime({clock}) failed: {source}; the tool needs CLOCK_REALTIME and CLOCK_MONOTONIC")]
+#[error(
+    "clock_gettime({clock}) failed: {source}; the tool needs CLOCK_REALTIME and CLOCK_MONOTONIC"
+)]
 pub struct ClockError {
     clock: &'static str,
     #[source]
@@ -72,7 +74,9 @@ impl Clock {
     }
 
     fn utc(&self, ts_ns: u64) -> DateTime<Utc> {
-        let ns = self.unix_ns(ts_ns).clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+        let ns = self
+            .unix_ns(ts_ns)
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX));
         DateTime::from_timestamp_nanos(ns as i64)
     }
 
@@ -130,10 +134,16 @@ pub(crate) mod tests {
     #[test]
     fn civil_dates() {
         assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(at(T0 * NS_PER_SEC + 347_000_000), "2024-05-01T14:02:11.347Z");
+        assert_eq!(
+            at(T0 * NS_PER_SEC + 347_000_000),
+            "2024-05-01T14:02:11.347Z"
+        );
         // Leap day and end of year.
         assert_eq!(at(951_782_400 * NS_PER_SEC), "2000-02-29T00:00:00.000Z");
-        assert_eq!(at(1_704_067_199_999 * 1_000_000), "2023-12-31T23:59:59.999Z");
+        assert_eq!(
+            at(1_704_067_199_999 * 1_000_000),
+            "2023-12-31T23:59:59.999Z"
+        );
         // Before the epoch rounds towards the past.
         assert_eq!(at(-1), "1969-12-31T23:59:59.999Z");
     }

@@ -89,7 +89,10 @@ pub fn trace_line(t: &Transition, clock: &Clock) -> String {
         sock.push(format!("range {r}"));
     }
     if let Some(a) = t.addr {
-        sock.push(format!("addr bucket fr {} frp {}", a.fastreuse, a.fastreuseport));
+        sock.push(format!(
+            "addr bucket fr {} frp {}",
+            a.fastreuse, a.fastreuseport
+        ));
     }
     if t.port_from_range {
         sock.push("(only port of the ephemeral range)".to_string());
@@ -136,7 +139,11 @@ pub fn resync_line(r: &Resync, clock: &Clock) -> String {
                 .iter()
                 .map(|(ns, list)| {
                     let list: Vec<String> = list.iter().map(u16::to_string).collect();
-                    format!("ns:{ns} port{} {}", if list.len() == 1 { "" } else { "s" }, list.join(","))
+                    format!(
+                        "ns:{ns} port{} {}",
+                        if list.len() == 1 { "" } else { "s" },
+                        list.join(",")
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join("; ");
@@ -217,7 +224,10 @@ fn state_change(old: &BucketInfo, new: &BucketInfo) -> String {
         parts.push(format!("fastreuse {}→{}", old.fastreuse, new.fastreuse));
     }
     if old.fastreuseport != new.fastreuseport {
-        parts.push(format!("fastreuseport {}→{}", old.fastreuseport, new.fastreuseport));
+        parts.push(format!(
+            "fastreuseport {}→{}",
+            old.fastreuseport, new.fastreuseport
+        ));
     }
     if old.owners != new.owners {
         parts.push(format!("owners {}→{}", old.owners, new.owners));
@@ -242,12 +252,13 @@ pub fn describe(t: &Transition) -> String {
         (Some(o), Some(a)) => format!("owners {}→{} ({op})", o.owners, a.owners),
         _ => format!("{what} ({op})"),
     };
-    let field_move = |name: &str, field: fn(&BucketInfo) -> crate::model::Fastreuse| {
-        match (t.before.as_ref().map(field), t.after.as_ref().map(field)) {
-            (Some(f), Some(v)) => format!("{name} {f}→{v} ({op})"),
-            (None, Some(v)) => format!("{name} →{v} ({op})"),
-            _ => format!("{name} changed ({op})"),
-        }
+    let field_move = |name: &str, field: fn(&BucketInfo) -> crate::model::Fastreuse| match (
+        t.before.as_ref().map(field),
+        t.after.as_ref().map(field),
+    ) {
+        (Some(f), Some(v)) => format!("{name} {f}→{v} ({op})"),
+        (None, Some(v)) => format!("{name} →{v} ({op})"),
+        _ => format!("{name} changed ({op})"),
     };
     match t.kind {
         TransitionKind::BucketCreated => match t.after {
@@ -399,13 +410,23 @@ pub(crate) mod tests {
             ..fr_changed()
         };
         let l = trace_line(&t, &clock());
-        for part in ["  lookup_truncated  ", "EADDRINUSE (98)", "unknown (hash chain walk cut short)"] {
+        for part in [
+            "  lookup_truncated  ",
+            "EADDRINUSE (98)",
+            "unknown (hash chain walk cut short)",
+        ] {
             assert!(l.contains(part), "missing {part:?} in {l}");
         }
         assert!(!l.contains("no bucket"), "{l}");
         let tl = timeline_line(&t);
-        assert!(tl.contains("(bucket state unknown)") && tl.contains("EADDRINUSE"), "{tl}");
-        assert_eq!(describe(&t), "state unknown, lookup truncated (bind failed EADDRINUSE)");
+        assert!(
+            tl.contains("(bucket state unknown)") && tl.contains("EADDRINUSE"),
+            "{tl}"
+        );
+        assert_eq!(
+            describe(&t),
+            "state unknown, lookup truncated (bind failed EADDRINUSE)"
+        );
     }
 
     #[test]
@@ -546,10 +567,19 @@ pub(crate) mod tests {
         if let Some(a) = trunc.after.as_mut() {
             a.owners.truncated = true;
         }
-        assert!(timeline_line(&trunc).ends_with("owners ≥64"), "{}", timeline_line(&trunc));
+        assert!(
+            timeline_line(&trunc).ends_with("owners ≥64"),
+            "{}",
+            timeline_line(&trunc)
+        );
     }
 
-    fn tr(kind: TransitionKind, op: Op, before: Option<BucketInfo>, after: Option<BucketInfo>) -> Transition {
+    fn tr(
+        kind: TransitionKind,
+        op: Op,
+        before: Option<BucketInfo>,
+        after: Option<BucketInfo>,
+    ) -> Transition {
         Transition {
             kind,
             op,
@@ -565,7 +595,12 @@ pub(crate) mod tests {
 
     #[test]
     fn descriptions() {
-        let created = tr(TransitionKind::BucketCreated, Op::Connect, None, Some(info(-1, -1, 1)));
+        let created = tr(
+            TransitionKind::BucketCreated,
+            Op::Connect,
+            None,
+            Some(info(-1, -1, 1)),
+        );
         assert_eq!(describe(&created), "created -1/-1 (connect)");
         let frp = tr(
             TransitionKind::FastreuseportChanged,
@@ -579,7 +614,10 @@ pub(crate) mod tests {
             ..frp
         };
         assert_eq!(describe(&frp), "fastreuseport 0→+1 (listen)");
-        let frp = Transition { before: None, ..frp };
+        let frp = Transition {
+            before: None,
+            ..frp
+        };
         assert_eq!(describe(&frp), "fastreuseport →+1 (listen)");
         let rm = tr(
             TransitionKind::OwnerRemoved,
@@ -592,7 +630,12 @@ pub(crate) mod tests {
         assert_eq!(describe(&rm), "owner removed (release)");
         let d = tr(TransitionKind::BucketDestroyed, Op::Timewait, None, None);
         assert_eq!(describe(&d), "destroyed (timewait)");
-        let mut f = tr(TransitionKind::BindFailed, Op::Bind, None, Some(info(0, -1, 1)));
+        let mut f = tr(
+            TransitionKind::BindFailed,
+            Op::Bind,
+            None,
+            Some(info(0, -1, 1)),
+        );
         f.errno = Errno::new(-98);
         assert_eq!(describe(&f), "bind failed EADDRINUSE (nc)");
         f.kind = TransitionKind::ConnectFailed;
@@ -606,17 +649,32 @@ pub(crate) mod tests {
             Some(info(-1, -1, 1)),
         );
         assert_eq!(describe(&rescan), "fastreuse 0→-1, owners 2→1 (rescan)");
-        let appeared = tr(TransitionKind::BucketCreated, Op::Rescan, None, Some(info(0, 0, 1)));
+        let appeared = tr(
+            TransitionKind::BucketCreated,
+            Op::Rescan,
+            None,
+            Some(info(0, 0, 1)),
+        );
         assert_eq!(describe(&appeared), "appeared (rescan)");
         let mut trunc = info(0, -1, 64);
         trunc.owners.truncated = true;
-        let grew = tr(TransitionKind::OwnerAdded, Op::Rescan, Some(info(0, -1, 2)), Some(trunc));
+        let grew = tr(
+            TransitionKind::OwnerAdded,
+            Op::Rescan,
+            Some(info(0, -1, 2)),
+            Some(trunc),
+        );
         assert_eq!(describe(&grew), "owners 2→≥64 (rescan)");
     }
 
     #[test]
     fn recent_lines() {
-        let mut t = tr(TransitionKind::BucketCreated, Op::Connect, None, Some(info(-1, -1, 1)));
+        let mut t = tr(
+            TransitionKind::BucketCreated,
+            Op::Connect,
+            None,
+            Some(info(-1, -1, 1)),
+        );
         t.remote = Some("127.9.9.9:1234".parse().expect("literal"));
         t.port_from_range = true;
         t.key.port = 60000;
@@ -630,7 +688,10 @@ pub(crate) mod tests {
         let l = recent_line(&t, Duration::from_secs(42), true);
         assert!(l.starts_with("   42s  4026532000  :60000  created"), "{l}");
         assert!(!l.contains("pid"), "{l}");
-        assert!(l.contains("  127.0.0.1:60000 → 127.9.9.9:1234  [REUSEADDR]"), "{l}");
+        assert!(
+            l.contains("  127.0.0.1:60000 → 127.9.9.9:1234  [REUSEADDR]"),
+            "{l}"
+        );
     }
 
     /// A failure carries its explanation into `top`'s recent pane and `trace`'s line,
@@ -665,7 +726,10 @@ pub(crate) mod tests {
         t.explanation = Some(e);
         let l = recent_line(&t, Duration::from_secs(1), false);
         assert!(l.ends_with(&format!("  why: {why}")), "{l}");
-        assert!(why.starts_with("EADDRNOTAVAIL: range 60000-60000, free 0"), "{why}");
+        assert!(
+            why.starts_with("EADDRNOTAVAIL: range 60000-60000, free 0"),
+            "{why}"
+        );
         let l = trace_line(&t, &clock());
         assert!(l.ends_with(&format!("  why: {why}")), "{l}");
         // Other transitions have none.
@@ -690,11 +754,19 @@ pub(crate) mod tests {
             ),
             "{line}"
         );
-        r.reread = Reread::Scope { netns: Some(7), ports: vec![] };
+        r.reread = Reread::Scope {
+            netns: Some(7),
+            ports: vec![],
+        };
         r.corrections = 1;
         r.complete = false;
         let line = resync_line(&r, &clock());
-        assert!(line.contains("re-read every bucket of ns:7; 1 correction follows (op rescan); INCOMPLETE"), "{line}");
+        assert!(
+            line.contains(
+                "re-read every bucket of ns:7; 1 correction follows (op rescan); INCOMPLETE"
+            ),
+            "{line}"
+        );
         r.reread = Reread::Ports((0..40).map(|p| (1, p)).collect());
         assert!(resync_line(&r, &clock()).contains("(+8 more)"));
     }

@@ -19,7 +19,13 @@ impl fmt::Display for Fastreuse {
 /// `lo-hi`; a bound the socket left unset (0) is shown as `*`.
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bound = |v: u16| if v == 0 { "*".to_owned() } else { v.to_string() };
+        let bound = |v: u16| {
+            if v == 0 {
+                "*".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
         write!(f, "{}-{}", bound(self.lo), bound(self.hi))
     }
 }

@@ -38,7 +38,13 @@ pub fn port_release_reset(obs: &mut SessionObserver<'_>, resets: bool) -> Scenar
         // Closing s1 and s3 leaves TIME-WAIT sockets on the port: the scenario ends here.
         drop((s3, s1, l));
 
-        let common = [K::BucketCreated, K::OwnerAdded, K::FastreuseChanged, K::FastreuseportChanged, K::OwnerRemoved];
+        let common = [
+            K::BucketCreated,
+            K::OwnerAdded,
+            K::FastreuseChanged,
+            K::FastreuseportChanged,
+            K::OwnerRemoved,
+        ];
         if resets {
             let mut want = common.to_vec();
             want.extend([K::FastreuseChanged, K::FastreuseportChanged, K::OwnerAdded]);
@@ -50,7 +56,10 @@ pub fn port_release_reset(obs: &mut SessionObserver<'_>, resets: bool) -> Scenar
                      tw_connect_bind): expected -1/-1 after the release, saw {after_release:?}"
                 ),
             );
-            c.check(r.is_ok(), format!("connect() must share the reset bucket, got {r:?}"));
+            c.check(
+                r.is_ok(),
+                format!("connect() must share the reset bucket, got {r:?}"),
+            );
         } else {
             let mut want = common.to_vec();
             want.push(K::ConnectFailed);
@@ -68,7 +77,12 @@ pub fn port_release_reset(obs: &mut SessionObserver<'_>, resets: bool) -> Scenar
             );
         }
         // How each socket got its port, where the kernel records it.
-        let bound = |kind: K| c.seen.iter().find(|t| t.key.port == PORT && t.kind == kind).map(|t| t.opts.connect_bound);
+        let bound = |kind: K| {
+            c.seen
+                .iter()
+                .find(|t| t.key.port == PORT && t.kind == kind)
+                .map(|t| t.opts.connect_bound)
+        };
         let (by_connect, by_bind) = (bound(K::BucketCreated), bound(K::FastreuseChanged));
         let want = |v: bool| Some(resets.then_some(v));
         c.check(
@@ -80,7 +94,9 @@ pub fn port_release_reset(obs: &mut SessionObserver<'_>, resets: bool) -> Scenar
                 want(false)
             ),
         );
-        let state = |s: Option<(Fastreuse, Fastreuse)>| s.map_or_else(|| "no bucket".to_owned(), |(a, b)| format!("{a}/{b}"));
+        let state = |s: Option<(Fastreuse, Fastreuse)>| {
+            s.map_or_else(|| "no bucket".to_owned(), |(a, b)| format!("{a}/{b}"))
+        };
         Ok(vec![
             (observation::RELEASE.to_owned(), state(after_release)),
             (observation::RECONNECT.to_owned(), reconnect),

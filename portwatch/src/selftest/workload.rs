@@ -25,7 +25,10 @@ use crate::{
 /// The namespace's ephemeral range.
 const RANGE: (u16, u16) = (40000, 40009);
 /// The range one socket sets for itself with IP_LOCAL_PORT_RANGE.
-const OWN_RANGE: PortRange = PortRange { lo: 40005, hi: 40009 };
+const OWN_RANGE: PortRange = PortRange {
+    lo: 40005,
+    hi: 40009,
+};
 /// `IP_LOCAL_PORT_RANGE` (include/uapi/linux/in.h).
 const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
 
@@ -78,13 +81,27 @@ fn local(s: &Socket) -> anyhow::Result<SocketAddr> {
 }
 
 impl Workload {
-    fn add(&mut self, s: &Socket, state: TcpState, reuseaddr: bool, by_connect: bool, range: Option<PortRange>) -> anyhow::Result<()> {
+    fn add(
+        &mut self,
+        s: &Socket,
+        state: TcpState,
+        reuseaddr: bool,
+        by_connect: bool,
+        range: Option<PortRange>,
+    ) -> anyhow::Result<()> {
         let a = local(s)?;
         self.add_at(a, state, reuseaddr, by_connect, range);
         Ok(())
     }
 
-    fn add_at(&mut self, a: SocketAddr, state: TcpState, reuseaddr: bool, by_connect: bool, range: Option<PortRange>) {
+    fn add_at(
+        &mut self,
+        a: SocketAddr,
+        state: TcpState,
+        reuseaddr: bool,
+        by_connect: bool,
+        range: Option<PortRange>,
+    ) {
         self.want.entry(a.port()).or_default().push(Want {
             local: a.to_string(),
             state: state.to_string(),
@@ -95,7 +112,12 @@ impl Workload {
     }
 
     fn build(ns: &PrivateNetns, records: Records) -> anyhow::Result<Workload> {
-        let mut w = Workload { want: BTreeMap::new(), by_connect: BTreeSet::new(), keep: Vec::new(), records };
+        let mut w = Workload {
+            want: BTreeMap::new(),
+            by_connect: BTreeSet::new(),
+            keep: Vec::new(),
+            records,
+        };
         let sock = |reuse: bool| -> anyhow::Result<Socket> {
             let s = tcp(ns)?;
             s.set_reuse_address(reuse)?;
@@ -205,7 +227,11 @@ fn got(snap: &Snapshot) -> BTreeMap<u16, Vec<Want>> {
     snap.buckets
         .iter()
         .map(|b| {
-            let mut owners: Vec<Want> = b.addresses.iter().flat_map(|a| a.owners.iter().map(Want::of)).collect();
+            let mut owners: Vec<Want> = b
+                .addresses
+                .iter()
+                .flat_map(|a| a.owners.iter().map(Want::of))
+                .collect();
             owners.sort();
             (b.key.port, owners)
         })
@@ -234,13 +260,20 @@ pub fn dump_workload(obs: &mut SessionObserver<'_>, records: Records) -> Scenari
         let seen = got(&snap);
         for (port, want) in &w.want {
             match seen.get(port) {
-                None => failures.push(format!("port {port}: not in the dump; created {} owner(s)", want.len())),
-                Some(have) if have != want => failures.push(format!("port {port}: dump shows {have:?}, created {want:?}")),
+                None => failures.push(format!(
+                    "port {port}: not in the dump; created {} owner(s)",
+                    want.len()
+                )),
+                Some(have) if have != want => failures.push(format!(
+                    "port {port}: dump shows {have:?}, created {want:?}"
+                )),
                 Some(_) => {}
             }
         }
         for port in seen.keys().filter(|p| !w.want.contains_key(p)) {
-            failures.push(format!("port {port}: in the dump, but the workload made no socket on it"));
+            failures.push(format!(
+                "port {port}: in the dump, but the workload made no socket on it"
+            ));
         }
         if !snap.complete {
             failures.push("the walk did not cover the whole table".to_owned());
@@ -251,7 +284,10 @@ pub fn dump_workload(obs: &mut SessionObserver<'_>, records: Records) -> Scenari
         for b in &snap.buckets {
             let owners = w.want.get(&b.key.port).map_or(0, Vec::len) as u32;
             if b.info.owners.n != owners || b.info.owners.truncated {
-                failures.push(format!("port {}: owner count {}, created {owners}", b.key.port, b.info.owners));
+                failures.push(format!(
+                    "port {}: owner count {}, created {owners}",
+                    b.key.port, b.info.owners
+                ));
             }
             // Ports only connect() took are shared by connect() alone: -1/-1 on every kernel.
             if w.by_connect.contains(&b.key.port)
@@ -269,7 +305,10 @@ pub fn dump_workload(obs: &mut SessionObserver<'_>, records: Records) -> Scenari
                 _ => None,
             };
             if let Some(l) = label {
-                observations.push((l.to_owned(), format!("{}/{}", b.info.fastreuse, b.info.fastreuseport)));
+                observations.push((
+                    l.to_owned(),
+                    format!("{}/{}", b.info.fastreuse, b.info.fastreuseport),
+                ));
             }
         }
         drop(w.keep);
@@ -278,6 +317,10 @@ pub fn dump_workload(obs: &mut SessionObserver<'_>, records: Records) -> Scenari
     if let Err(e) = run {
         failures.push(format!("could not run: {e:#}"));
     }
-    ScenarioResult { name: name.to_owned(), steps: Vec::new(), failures, observations }
+    ScenarioResult {
+        name: name.to_owned(),
+        steps: Vec::new(),
+        failures,
+        observations,
+    }
 }
-

@@ -16,10 +16,15 @@ pub fn require_root(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+    if std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+    {
         panic!("{test}: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN for namespaces); CI must run tests as root");
     }
-    eprintln!("SKIPPED {test}: needs root (run `cargo xtask test`, which runs these tests as root)");
+    eprintln!(
+        "SKIPPED {test}: needs root (run `cargo xtask test`, which runs these tests as root)"
+    );
     false
 }
 
@@ -41,7 +46,9 @@ impl Running {
         let ready = dir.path().join("ready");
         let mut cmd = Command::new(bin());
         cmd.args(args).arg("--ready-file").arg(&ready);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawning portwatch");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
@@ -52,10 +59,17 @@ impl Running {
                 }
                 panic!("portwatch {args:?} exited early with {status}: {err}");
             }
-            assert!(Instant::now() < deadline, "portwatch {args:?} not ready after 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "portwatch {args:?} not ready after 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Running { child: Some(child), ready, _dir: dir }
+        Running {
+            child: Some(child),
+            ready,
+            _dir: dir,
+        }
     }
 
     /// Sends SIGINT, waits for exit, returns (exit code, stdout, stderr).
@@ -103,11 +117,12 @@ pub fn json_lines(s: &str) -> Vec<serde_json::Value> {
 /// The path of a netns by inode that a child process can open: the netns thread's
 /// /proc/PID/task/TID/ns/net.
 pub fn netns_path(ns: &portwatch::netns::PrivateNetns) -> String {
-    let tid = ns.run(|| {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::gettid() }
-    })
-    .expect("netns thread");
+    let tid = ns
+        .run(|| {
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() }
+        })
+        .expect("netns thread");
     format!("/proc/{}/task/{}/ns/net", std::process::id(), tid)
 }
 
@@ -118,7 +133,8 @@ pub fn v4(a: &str, port: u16) -> socket2::SockAddr {
 
 /// A TCP socket inside `ns`.
 pub fn tcp(ns: &portwatch::netns::PrivateNetns) -> socket2::Socket {
-    ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket")
+    ns.socket(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("socket")
 }
 
 /// A listener on 0.0.0.0:port inside `ns`.
@@ -138,8 +154,15 @@ pub fn run_portwatch(args: &[&str]) -> (i32, String, String) {
         .output()
         .unwrap_or_else(|e| panic!("running portwatch {args:?}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "portwatch {args:?} panicked: {stderr}");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    assert!(
+        !stderr.contains("panicked"),
+        "portwatch {args:?} panicked: {stderr}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
 }
 
 /// Runs `PROG ARGS` inside the network namespace at `netns_path` with
@@ -152,7 +175,9 @@ pub fn run_in_netns(netns_path: &str, prog: &str, args: &[&str]) -> (i32, String
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("running nsenter (util-linux) for {prog} {args:?}: {e}; install util-linux"));
+        .unwrap_or_else(|e| {
+            panic!("running nsenter (util-linux) for {prog} {args:?}: {e}; install util-linux")
+        });
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -163,16 +188,30 @@ pub fn run_in_netns(netns_path: &str, prog: &str, args: &[&str]) -> (i32, String
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit and returns the new soft
 /// limit. Panics (naming the fix) when even the hard limit is below `need`.
 pub fn raise_nofile_limit(need: u64) -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into `lim`, a valid, exclusively borrowed rlimit.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    assert_eq!(rc, 0, "getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "getrlimit(RLIMIT_NOFILE): {}",
+        std::io::Error::last_os_error()
+    );
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: setrlimit only reads `lim`; raising the soft limit up to the hard limit
         // needs no privilege.
         let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-        assert_eq!(rc, 0, "setrlimit(RLIMIT_NOFILE, {}): {}", lim.rlim_max, std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "setrlimit(RLIMIT_NOFILE, {}): {}",
+            lim.rlim_max,
+            std::io::Error::last_os_error()
+        );
     }
     let soft: u64 = lim.rlim_cur;
     assert!(
@@ -197,7 +236,10 @@ pub struct Ended {
 impl Running {
     /// The child's pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).expect("child still owned")
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("child still owned")
     }
 
     /// Sends `signal` (None: none, just wait, e.g. for a child that ends by itself) and
@@ -248,12 +290,17 @@ pub fn loaded_progs() -> Vec<LoadedProg> {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("running bpftool: {e}; install it (`apt-get install bpftool`, or `cargo xtask setup`)"));
-    assert!(out.status.success(), "bpftool -j prog show: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool -j prog show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = if text.trim().is_empty() {
         serde_json::Value::Array(Vec::new())
     } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bpftool output is not JSON: {e}: {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bpftool output is not JSON: {e}: {text}"))
     };
     v.as_array()
         .expect("bpftool prog show: a JSON array")
@@ -263,7 +310,12 @@ pub fn loaded_progs() -> Vec<LoadedProg> {
             name: p["name"].as_str().unwrap_or("").to_owned(),
             pids: p["pids"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x["pid"].as_u64()).map(|x| x as u32).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x["pid"].as_u64())
+                        .map(|x| x as u32)
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
         .collect()
@@ -304,10 +356,16 @@ pub fn prog_holders() -> std::collections::HashMap<u32, Vec<u32>> {
 
 /// Waits up to `timeout` until none of `ids` is loaded any more (the kernel frees
 /// programs shortly after the last reference goes); returns those still loaded.
-pub fn wait_progs_gone(ids: &std::collections::BTreeSet<u32>, timeout: Duration) -> Vec<LoadedProg> {
+pub fn wait_progs_gone(
+    ids: &std::collections::BTreeSet<u32>,
+    timeout: Duration,
+) -> Vec<LoadedProg> {
     let deadline = Instant::now() + timeout;
     loop {
-        let left: Vec<LoadedProg> = loaded_progs().into_iter().filter(|p| ids.contains(&p.id)).collect();
+        let left: Vec<LoadedProg> = loaded_progs()
+            .into_iter()
+            .filter(|p| ids.contains(&p.id))
+            .collect();
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
@@ -316,7 +374,13 @@ pub fn wait_progs_gone(ids: &std::collections::BTreeSet<u32>, timeout: Duration)
 }
 
 /// Names (as the kernel truncates them, 15 characters) that portwatch's programs start with.
-pub const PORTWATCH_PROG_PREFIXES: [&str; 5] = ["sys_enter_", "sys_exit_", "inet_sock_set_s", "snapshot_trigge", "inet_"];
+pub const PORTWATCH_PROG_PREFIXES: [&str; 5] = [
+    "sys_enter_",
+    "sys_exit_",
+    "inet_sock_set_s",
+    "snapshot_trigge",
+    "inet_",
+];
 
 /// The highest program id loaded now (0 when none): programs loaded later have larger ids.
 pub fn max_prog_id() -> u32 {
@@ -332,7 +396,11 @@ pub fn orphan_progs_after(after: u32, timeout: Duration) -> Vec<LoadedProg> {
     let orphans: std::collections::BTreeSet<u32> = loaded_progs()
         .into_iter()
         .filter(|p| p.id > after && !holders.contains_key(&p.id))
-        .filter(|p| PORTWATCH_PROG_PREFIXES.iter().any(|pre| p.name.starts_with(pre)))
+        .filter(|p| {
+            PORTWATCH_PROG_PREFIXES
+                .iter()
+                .any(|pre| p.name.starts_with(pre))
+        })
         .map(|p| p.id)
         .collect();
     wait_progs_gone(&orphans, timeout)
@@ -380,8 +448,15 @@ pub fn wait_exit(child: &mut Child, limit: Duration) {
 pub fn dropped_total(stderr: &str) -> u64 {
     stderr
         .lines()
-        .find_map(|l| l.strip_prefix("portwatch: ")?.strip_suffix(" events dropped in total"))
-        .map(|n| n.trim().parse().unwrap_or_else(|e| panic!("drop count `{n}`: {e}")))
+        .find_map(|l| {
+            l.strip_prefix("portwatch: ")?
+                .strip_suffix(" events dropped in total")
+        })
+        .map(|n| {
+            n.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("drop count `{n}`: {e}"))
+        })
         .unwrap_or(0)
 }
 
@@ -390,7 +465,14 @@ pub fn dropped_total(stderr: &str) -> u64 {
 pub fn skipped_total(stderr: &str) -> u64 {
     stderr
         .lines()
-        .find_map(|l| l.strip_prefix("portwatch: ")?.split_once(" program runs skipped by the kernel in total"))
-        .map(|(n, _)| n.trim().parse().unwrap_or_else(|e| panic!("skip count `{n}`: {e}")))
+        .find_map(|l| {
+            l.strip_prefix("portwatch: ")?
+                .split_once(" program runs skipped by the kernel in total")
+        })
+        .map(|(n, _)| {
+            n.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("skip count `{n}`: {e}"))
+        })
         .unwrap_or(0)
 }

@@ -220,7 +220,10 @@ pub fn render(r: &Report) -> String {
                 let _ = writeln!(
                     s,
                     "   scraped every {} s: {:.2} % of one core over {:.1} s ({} ticks)",
-                    x.idle_scrape_every_s, x.idle_cpu_pct_one_core, x.idle_seconds, x.idle_cpu_ticks
+                    x.idle_scrape_every_s,
+                    x.idle_cpu_pct_one_core,
+                    x.idle_seconds,
+                    x.idle_cpu_ticks
                 );
             }
             Fig::NotAvailable { not_available } => {

@@ -462,7 +462,10 @@ mod tests {
         // A loss: the resync record is no transition, its corrections are not events'.
         t.add_line(r#"{"complete":true,"corrections":1,"dropped":4,"kind":"resync","reread":{"ports":[]},"skipped":0}"#);
         t.add_line(r#"{"ts_ns":4,"netns":5,"port":81,"kind":"bucket_destroyed","op":"rescan"}"#);
-        assert_eq!((t.unparsed, t.transitions(), t.event_transitions()), (2, 4, 3));
+        assert_eq!(
+            (t.unparsed, t.transitions(), t.event_transitions()),
+            (2, 4, 3)
+        );
         assert_eq!(t.by_op_kind["close/bucket_destroyed"], 2);
         assert_eq!(json_str_field(r#"{"a":"b","op":"x"}"#, "op"), Some("x"));
         assert_eq!(json_str_field(r#"{"op":null}"#, "op"), None);

@@ -50,7 +50,9 @@ pub fn parse_series(series: &str) -> Result<(u32, u32)> {
         return Ok((maj, u32::MAX));
     }
     let (maj, min) = series.split_once('.').with_context(|| {
-        format!("kernel series {series:?} is not of the form MAJOR.MINOR (e.g. 6.12) or MAJOR (e.g. 7)")
+        format!(
+            "kernel series {series:?} is not of the form MAJOR.MINOR (e.g. 6.12) or MAJOR (e.g. 7)"
+        )
     })?;
     let maj = maj
         .parse::<u32>()
@@ -65,7 +67,9 @@ pub fn parse_series(series: &str) -> Result<(u32, u32)> {
 pub fn apt_regex(series: &str) -> Result<String> {
     let (maj, min) = parse_series(series)?;
     if min == u32::MAX {
-        return Ok(format!("^{PKG_PREFIX}{maj}\\.[0-9]+\\.[0-9].*{PKG_SUFFIX}$"));
+        return Ok(format!(
+            "^{PKG_PREFIX}{maj}\\.[0-9]+\\.[0-9].*{PKG_SUFFIX}$"
+        ));
     }
     Ok(format!("^{PKG_PREFIX}{maj}\\.{min}\\.[0-9].*{PKG_SUFFIX}$"))
 }
@@ -148,7 +152,10 @@ fn prepare_apt(cache: &Path) -> Result<PrivateApt> {
 
 /// `Depends:` of the newest version of `package`.
 fn depends(apt: &PrivateApt, package: &str) -> Result<Vec<String>> {
-    let out = cmd::output(apt.command("apt-cache").args(["show", "--no-all-versions", package]))?;
+    let out = cmd::output(
+        apt.command("apt-cache")
+            .args(["show", "--no-all-versions", package]),
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
@@ -220,7 +227,12 @@ fn fetch_package(apt: &PrivateApt, cache: &Path, package: &str) -> Result<(PathB
 }
 
 /// Downloads `package` (unless its .deb is cached) and unpacks it into `unpacked`.
-fn fetch_one(apt: &PrivateApt, cache: &Path, package: &str, unpacked: &Path) -> Result<(PathBuf, String)> {
+fn fetch_one(
+    apt: &PrivateApt,
+    cache: &Path,
+    package: &str,
+    unpacked: &Path,
+) -> Result<(PathBuf, String)> {
     if let Ok(found) = find_vmlinuz(unpacked) {
         eprintln!("vm: {package}: cached in {}", unpacked.display());
         return Ok(found);
@@ -489,11 +501,17 @@ linux-image-6.19.14+deb13-cloud-amd64 - Linux 6.19 for x86-64 cloud (signed)
 
     #[test]
     fn private_sources_list_every_kernel_suite_signed() {
-        let list = private_sources("http://m.example/debian", "http://m.example/debian-security");
+        let list = private_sources(
+            "http://m.example/debian",
+            "http://m.example/debian-security",
+        );
         assert!(list.contains("http://m.example/debian trixie-backports main"));
         assert!(list.contains("http://m.example/debian bullseye main"));
         assert!(list.contains("http://m.example/debian-security bullseye-security main"));
-        assert_eq!(list.lines().count(), MAIN_SUITES.len() + SECURITY_SUITES.len());
+        assert_eq!(
+            list.lines().count(),
+            MAIN_SUITES.len() + SECURITY_SUITES.len()
+        );
         assert!(list.lines().all(|l| l.starts_with("deb [signed-by=")));
     }
 

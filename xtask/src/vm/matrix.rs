@@ -53,11 +53,21 @@ pub fn matrix_cmds() -> Vec<GuestCmd> {
         QUIZ,
         ["portwatch", "quiz", "--all", "--json"],
     ));
-    let (bind, connect) = (EXPLAIN_BIND_CASES.to_string(), EXPLAIN_CONNECT_CASES.to_string());
+    let (bind, connect) = (
+        EXPLAIN_BIND_CASES.to_string(),
+        EXPLAIN_CONNECT_CASES.to_string(),
+    );
     c.push(GuestCmd::new(
         EXPLAIN,
         [
-            "portwatch", "explain", "selftest", "--bind", &bind, "--connect", &connect, "--json",
+            "portwatch",
+            "explain",
+            "selftest",
+            "--bind",
+            &bind,
+            "--connect",
+            &connect,
+            "--json",
         ],
     ));
     c
@@ -305,7 +315,12 @@ pub fn kernel_row(input: &KernelInput) -> KernelRow {
     }
     let observations = passed
         .first()
-        .map(|st| st.scenarios.iter().flat_map(|s| s.observations.iter().cloned()).collect())
+        .map(|st| {
+            st.scenarios
+                .iter()
+                .flat_map(|s| s.observations.iter().cloned())
+                .collect()
+        })
         .unwrap_or_default();
     let records = probes.as_ref().map_or_else(Records::default, |p| Records {
         connect_bound: p.has("connect-bind"),

@@ -12,7 +12,9 @@ use std::{
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use crate::{
-    model::{BucketInfo, BucketKey, NetInfo, Scope, Snapshot, SocketEvent, Transition, TransitionKind},
+    model::{
+        BucketInfo, BucketKey, NetInfo, Scope, Snapshot, SocketEvent, Transition, TransitionKind,
+    },
     pressure::{pressure, Pressure},
     reducer::Reducer,
     render::columns::Column,
@@ -192,7 +194,11 @@ pub fn sort_keys(
     let base = |a: &BucketKey, b: &BucketKey| {
         (a.netns, a.port, a.l3mdev).cmp(&(b.netns, b.port, b.l3mdev))
     };
-    let changed_at = |k: &BucketKey| meta.get(k).and_then(|m| m.last_change.as_ref()).map(|c| c.at);
+    let changed_at = |k: &BucketKey| {
+        meta.get(k)
+            .and_then(|m| m.last_change.as_ref())
+            .map(|c| c.at)
+    };
     keys.sort_unstable_by(|a, b| {
         let (ia, ib) = (buckets.get(a), buckets.get(b));
         let primary = match (sort, ia, ib) {
@@ -350,7 +356,10 @@ impl TopApp {
                 if self.recent.len() == RECENT_CAPACITY {
                     self.recent.pop_front();
                 }
-                self.recent.push_back(RecentEntry { at: now, transition: t });
+                self.recent.push_back(RecentEntry {
+                    at: now,
+                    transition: t,
+                });
             }
         }
         self.view_dirty = true;
@@ -404,7 +413,10 @@ impl TopApp {
                     let meta = self.meta.entry(t.key).or_default();
                     meta.changed = Changed::between(t.before.as_ref(), &after);
                     meta.changed_at = Some(now);
-                    meta.last_change = Some(LastChange { at: now, transition: t });
+                    meta.last_change = Some(LastChange {
+                        at: now,
+                        transition: t,
+                    });
                 }
                 Some(_) => {}
             }
@@ -448,7 +460,13 @@ impl TopApp {
                     .map(|(k, _)| *k)
                     .filter(|k| matches_filter(k, filter)),
             );
-            sort_keys(&mut self.view, &self.buckets, &self.meta, self.sort, self.reverse);
+            sort_keys(
+                &mut self.view,
+                &self.buckets,
+                &self.meta,
+                self.sort,
+                self.reverse,
+            );
             self.view_dirty = false;
         }
         self.clamp_scroll();
@@ -596,7 +614,8 @@ mod tests {
     fn sorting_by_each_key_and_reverse() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        rescan(&mut app, 
+        rescan(
+            &mut app,
             snap(&[
                 (key(2, 80), info(0, -1, 1)),
                 (key(1, 443), info(1, -1, 5)),
@@ -620,11 +639,11 @@ mod tests {
         assert_eq!(ports(&app), [22, 80, 443]);
         // Last change: change 80 then 443; 22 never changed.
         app.apply_events(
-                vec![ev(Op::Accept, key(2, 80), Some(info(0, -1, 2)))],
+            vec![ev(Op::Accept, key(2, 80), Some(info(0, -1, 2)))],
             t0 + Duration::from_secs(1),
         );
         app.apply_events(
-                vec![ev(Op::Accept, key(1, 443), Some(info(1, -1, 6)))],
+            vec![ev(Op::Accept, key(1, 443), Some(info(1, -1, 6)))],
             t0 + Duration::from_secs(2),
         );
         app.sort = SortKey::LastChange;
@@ -679,20 +698,14 @@ mod tests {
         );
         let r = app.row(&key(1, 60000)).expect("created");
         assert_eq!(r.info, info(-1, -1, 2));
-        assert_eq!(
-            what(&r).as_deref(),
-            Some("owners 1→2 (connect)")
-        );
+        assert_eq!(what(&r).as_deref(), Some("owners 1→2 (connect)"));
         assert!(r.highlight(t1).column(Column::Owners));
         assert!(!r.highlight(t1 + HIGHLIGHT_FOR).any(), "highlight expires");
 
         // A plain bind(): one more owner, and -1 -> 0.
         app.apply_events(vec![ev(Op::Bind, key(1, 60000), Some(info(0, -1, 3)))], t1);
         let r = app.row(&key(1, 60000)).expect("row");
-        assert_eq!(
-            what(&r).as_deref(),
-            Some("fastreuse -1→0 (bind)")
-        );
+        assert_eq!(what(&r).as_deref(), Some("fastreuse -1→0 (bind)"));
         let h = r.highlight(t1);
         assert!(
             h.column(Column::Fastreuse)
@@ -701,10 +714,7 @@ mod tests {
                 && !h.new
         );
 
-        app.apply_events(
-                vec![ev(Op::Close, key(1, 60000), None)],
-            t1,
-        );
+        app.apply_events(vec![ev(Op::Close, key(1, 60000), None)], t1);
         assert!(app.row(&key(1, 60000)).is_none());
         assert_eq!(app.len(), 1);
         assert_eq!(app.recent_len(), 5);
@@ -736,10 +746,7 @@ mod tests {
         app.apply_events(vec![t, miss], t0);
         let r = app.row(&key(1, 60000)).expect("row");
         assert_eq!(r.info, info(0, -1, 1));
-        assert_eq!(
-            what(&r).as_deref(),
-            Some("bind failed EADDRINUSE (nc)")
-        );
+        assert_eq!(what(&r).as_deref(), Some("bind failed EADDRINUSE (nc)"));
         assert!(
             app.row(&key(1, 5)).is_none(),
             "no bucket invented for a failure"
@@ -751,7 +758,8 @@ mod tests {
     fn rescan_replaces_rows_and_reports_what_events_missed() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        rescan(&mut app, 
+        rescan(
+            &mut app,
             snap(&[
                 (key(1, 80), info(0, -1, 3)),
                 (key(1, 60000), info(-1, -1, 1)),
@@ -766,20 +774,18 @@ mod tests {
         assert!(app.row(&key(1, 60000)).is_none());
         let r = app.row(&key(1, 80)).expect("80");
         assert_eq!(r.info.owners.n, 2);
-        assert_eq!(
-            what(&r).as_deref(),
-            Some("owners 3→2 (rescan)")
-        );
+        assert_eq!(what(&r).as_deref(), Some("owners 3→2 (rescan)"));
         let r = app.row(&key(1, 9000)).expect("9000");
         assert!(r.highlight(t1).new);
-        assert_eq!(
-            what(&r).as_deref(),
-            Some("appeared (rescan)")
-        );
+        assert_eq!(what(&r).as_deref(), Some("appeared (rescan)"));
         assert!(app.truncated);
         assert_eq!(app.scans, 2);
         // An unchanged rescan keeps the last change and does not re-highlight.
-        rescan(&mut app, snap(&[(key(1, 80), info(0, -1, 2))]), t1 + HIGHLIGHT_FOR);
+        rescan(
+            &mut app,
+            snap(&[(key(1, 80), info(0, -1, 2))]),
+            t1 + HIGHLIGHT_FOR,
+        );
         let r = app.row(&key(1, 80)).expect("80");
         assert_eq!(r.last_change().map(|c| c.at), Some(t1));
         assert!(!r.highlight(t1 + HIGHLIGHT_FOR).any());
@@ -791,10 +797,7 @@ mod tests {
         let mut app = TopApp::new(1, String::new());
         let cap = app.recent.capacity();
         for i in 0..(RECENT_CAPACITY as u16 + 50) {
-            app.apply_events(
-                vec![ev(Op::Bind, key(1, i), Some(info(0, -1, 1)))],
-                t0,
-            );
+            app.apply_events(vec![ev(Op::Bind, key(1, i), Some(info(0, -1, 1)))], t0);
         }
         assert_eq!(app.recent_len(), RECENT_CAPACITY);
         assert_eq!(app.recent.capacity(), cap, "ring must not reallocate");
@@ -829,7 +832,8 @@ mod tests {
     fn filter_input_keys() {
         let t0 = Instant::now();
         let mut app = TopApp::new(1, String::new());
-        rescan(&mut app, 
+        rescan(
+            &mut app,
             snap(&[
                 (key(1, 80), info(0, -1, 1)),
                 (key(1, 8080), info(0, -1, 1)),

@@ -6,11 +6,20 @@ use crate::model::{
 
 /// The NET record of a namespace with ephemeral range `lo..=hi` and no reserved port.
 pub fn net(lo: u16, hi: u16) -> NetInfo {
-    NetInfo { netns: 1, range: (lo, hi), reserved: vec![], tw_reuse: 0 }
+    NetInfo {
+        netns: 1,
+        range: (lo, hi),
+        reserved: vec![],
+        tw_reuse: 0,
+    }
 }
 
 pub fn key(netns: u32, port: u16) -> BucketKey {
-    BucketKey { netns, l3mdev: 0, port }
+    BucketKey {
+        netns,
+        l3mdev: 0,
+        port,
+    }
 }
 
 pub fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
@@ -23,7 +32,15 @@ pub fn info(fr: i8, frp: i8, owners: u32) -> BucketInfo {
 
 pub fn snap(rows: &[(BucketKey, BucketInfo)]) -> Snapshot {
     Snapshot {
-        buckets: rows.iter().map(|(k, i)| BucketRow { key: *k, info: *i, addresses: vec![], fast: None }).collect(),
+        buckets: rows
+            .iter()
+            .map(|(k, i)| BucketRow {
+                key: *k,
+                info: *i,
+                addresses: vec![],
+                fast: None,
+            })
+            .collect(),
         complete: true,
         owners_truncated: false,
         slots: 65536,
@@ -40,10 +57,17 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
         op,
         netns: k.netns,
         port: k.port,
-        bucket: after.map(|info| SeenBucket { id: 0, l3mdev: k.l3mdev, info }),
+        bucket: after.map(|info| SeenBucket {
+            id: 0,
+            l3mdev: k.l3mdev,
+            info,
+        }),
         errno: None,
         had_port: matches!(op, Op::Close | Op::Release | Op::Timewait),
-        task: Task::Process { pid: 42, comm: "nc".into() },
+        task: Task::Process {
+            pid: 42,
+            comm: "nc".into(),
+        },
         local: Some(std::net::SocketAddr::from(([127, 0, 0, 1], k.port))),
         remote: None,
         opts: SockOpts::default(),
@@ -61,5 +85,8 @@ pub fn ev(op: Op, k: BucketKey, after: Option<BucketInfo>) -> SocketEvent {
 
 /// As [`ev`], for a call that failed with `errno`.
 pub fn failed(op: Op, k: BucketKey, after: Option<BucketInfo>, errno: i32) -> SocketEvent {
-    SocketEvent { errno: Errno::new(errno), ..ev(op, k, after) }
+    SocketEvent {
+        errno: Errno::new(errno),
+        ..ev(op, k, after)
+    }
 }

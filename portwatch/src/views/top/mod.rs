@@ -173,7 +173,12 @@ pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
     out.push_str(&ui::status_line(app));
     out.push('\n');
     out.push_str(&table_to_string(&table));
-    footer(&mut out, app.view_len() == 0, app.truncated, !app.incomplete);
+    footer(
+        &mut out,
+        app.view_len() == 0,
+        app.truncated,
+        !app.incomplete,
+    );
     out
 }
 
@@ -329,8 +334,10 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::{fixtures::info, *};
-    use crate::render::table::{EMPTY_MESSAGE, TRUNCATED_FOOTER};
-    use crate::model::{BucketInfo, BucketKey, Op, Task};
+    use crate::{
+        model::{BucketInfo, BucketKey, Op, Task},
+        render::table::{EMPTY_MESSAGE, TRUNCATED_FOOTER},
+    };
 
     const NS: u32 = 4026532000;
 

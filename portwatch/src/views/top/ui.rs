@@ -56,7 +56,11 @@ impl Columns {
 
     /// Cell texts of one row, matching [`Columns::titles`].
     pub fn cells(&self, row: &TopRow<'_>, now: Instant) -> Vec<String> {
-        let mut v: Vec<String> = self.bucket.iter().map(|c| c.cell(&row.key, &row.info)).collect();
+        let mut v: Vec<String> = self
+            .bucket
+            .iter()
+            .map(|c| c.cell(&row.key, &row.info))
+            .collect();
         match row.last_change() {
             Some(c) => {
                 v.push(age(now.saturating_duration_since(c.at)));

@@ -24,14 +24,22 @@ impl ExplainSummary {
         if !self.ran {
             return "not run".to_owned();
         }
-        let verdict = if self.problems.is_empty() { "pass" } else { "FAIL" };
+        let verdict = if self.problems.is_empty() {
+            "pass"
+        } else {
+            "FAIL"
+        };
         let t = self.secs.map(|s| format!(" {s:.1}s")).unwrap_or_default();
         format!(
             "{verdict}{t} ({} bind + {} connect cases, {} disagreements{})",
             self.bind_cases,
             self.connect_cases,
             self.disagreements,
-            if self.table_matches { "" } else { ", rules differ from the table" }
+            if self.table_matches {
+                ""
+            } else {
+                ", rules differ from the table"
+            }
         )
     }
 }
@@ -45,13 +53,17 @@ pub fn explain_summary(r: Option<&CmdResult>) -> ExplainSummary {
     };
     s.secs = r.secs;
     let Some(rc) = r.rc else {
-        s.problems.push(format!("{EXPLAIN} did not finish: {}", tail(&r.output, 3)));
+        s.problems
+            .push(format!("{EXPLAIN} did not finish: {}", tail(&r.output, 3)));
         return s;
     };
     let out = match extract_json::<ExplainOut>(&r.output) {
         Ok(o) => o,
         Err(e) => {
-            s.problems.push(format!("{EXPLAIN} exited with rc {rc} and {e}: {}", tail(&r.output, 3)));
+            s.problems.push(format!(
+                "{EXPLAIN} exited with rc {rc} and {e}: {}",
+                tail(&r.output, 3)
+            ));
             return s;
         }
     };
@@ -74,10 +86,14 @@ pub fn explain_summary(r: Option<&CmdResult>) -> ExplainSummary {
         ));
     }
     if !out.table_matches {
-        s.problems.push(format!("{EXPLAIN}: the rules the kernel showed differ from the engine's table for its version"));
+        s.problems.push(format!(
+            "{EXPLAIN}: the rules the kernel showed differ from the engine's table for its version"
+        ));
     }
     if rc != 0 && s.problems.is_empty() {
-        s.problems.push(format!("{EXPLAIN} exited with rc {rc} without a disagreement"));
+        s.problems.push(format!(
+            "{EXPLAIN} exited with rc {rc} without a disagreement"
+        ));
     }
     s
 }

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use portwatch::backend::WalkDriver;
+use portwatch::{
+    backend::WalkDriver,
+    selftest::observation::{RECONNECT as RECONNECT_OBSERVATION, RELEASE as RELEASE_OBSERVATION},
+};
 
-use super::{BackendCell, BackendStatus, KernelRow, Matrix, REUSEADDR_OBSERVATION, BACKENDS};
-
-use portwatch::selftest::observation::{RECONNECT as RECONNECT_OBSERVATION, RELEASE as RELEASE_OBSERVATION};
+use super::{BackendCell, BackendStatus, KernelRow, Matrix, BACKENDS, REUSEADDR_OBSERVATION};
 
 pub fn backend_text(c: &BackendCell) -> String {
     match &c.status {
@@ -173,7 +174,12 @@ pub fn article_differences(r: &KernelRow) -> Vec<String> {
             s.article
         ));
     }
-    let obs = |k: &str| r.observations.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let obs = |k: &str| {
+        r.observations
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     if let Some(v) = obs(REUSEADDR_OBSERVATION).filter(|v| *v != "+1") {
         out.push(format!(
             "a bind() with SO_REUSEADDR creates its bucket at fastreuse {v} (article: +1)"

@@ -264,7 +264,9 @@ fn matrix_cmds_are_valid_unique_and_json() {
     assert_eq!(names.len(), c.len());
     assert_eq!(c.len(), 6);
     assert!(c.iter().all(|c| c.argv.iter().any(|a| a == "--json")));
-    assert!(c.iter().any(|c| c.name == EXPLAIN && c.argv[..3] == ["portwatch", "explain", "selftest"]));
+    assert!(c
+        .iter()
+        .any(|c| c.name == EXPLAIN && c.argv[..3] == ["portwatch", "explain", "selftest"]));
     assert!(c
         .iter()
         .any(|c| c.argv == ["portwatch", "selftest", "--probe", "kprobe", "--json"]));
@@ -608,15 +610,28 @@ fn md_table_escapes_pipes() {
 fn explain_disagreements_and_a_table_mismatch_are_failures() {
     let mut input = all_pass_61();
     let row = kernel_row(&input);
-    assert!(row.explain.ran && row.explain.problems.is_empty(), "{:?}", row.explain);
-    assert_eq!(row.explain.text(), "pass 1.5s (60 bind + 20 connect cases, 0 disagreements)");
+    assert!(
+        row.explain.ran && row.explain.problems.is_empty(),
+        "{:?}",
+        row.explain
+    );
+    assert_eq!(
+        row.explain.text(),
+        "pass 1.5s (60 bind + 20 connect cases, 0 disagreements)"
+    );
     let bad = EXPLAIN_OK
-        .replace(r#""disagreements":[]"#, r#""disagreements":[{"case":"bind 7","what":"kernel EADDRINUSE, engine ok"}]"#)
+        .replace(
+            r#""disagreements":[]"#,
+            r#""disagreements":[{"case":"bind 7","what":"kernel EADDRINUSE, engine ok"}]"#,
+        )
         .replace(r#""table_matches":true"#, r#""table_matches":false"#);
     input.results[5] = res(EXPLAIN, Some(1), &bad);
     let row = kernel_row(&input);
     assert_eq!(row.failures.len(), 2, "{:?}", row.failures);
-    assert!(row.failures[0].contains("disagreed with the rules engine in 1 case(s)") && row.failures[0].contains("bind 7"));
+    assert!(
+        row.failures[0].contains("disagreed with the rules engine in 1 case(s)")
+            && row.failures[0].contains("bind 7")
+    );
     assert!(row.failures[1].contains("differ from the engine's table"));
     input.results.truncate(5);
     assert_eq!(kernel_row(&input).failures, ["explain never ran"]);
@@ -647,13 +662,24 @@ fn kernel_table_and_what_differs_from_the_article() {
     let t = kernel_table(&m);
     assert_eq!(t[1][..6], ["5.10", "bounded loops 16/8/16", "inet_csk_update_fastreuse: text symbol, cold part inet_csk_update_fastreuse.cold, ftrace-able", "no", "no", "no"]);
     let d = article_differences(&m.rows[0]);
-    assert!(d.iter().any(|x| x.starts_with("state check +1/reuseaddr-bind")), "{d:?}");
     assert!(
-        d.iter().any(|x| x.contains("resets the bucket to -1/-1") && x.ends_with("then connect() reused the port")),
+        d.iter()
+            .any(|x| x.starts_with("state check +1/reuseaddr-bind")),
+        "{d:?}"
+    );
+    assert!(
+        d.iter().any(|x| x.contains("resets the bucket to -1/-1")
+            && x.ends_with("then connect() reused the port")),
         "{d:?}"
     );
     // fastreuse +1 after an SO_REUSEADDR bind is what the article says: not listed.
-    assert!(!d.iter().any(|x| x.contains("SO_REUSEADDR creates")), "{d:?}");
+    assert!(
+        !d.iter().any(|x| x.contains("SO_REUSEADDR creates")),
+        "{d:?}"
+    );
     let md = render_markdown(&m, "x");
-    assert!(md.contains("- **5.10** (5.10.0-46-cloud-amd64):\n  - state check"), "{md}");
+    assert!(
+        md.contains("- **5.10** (5.10.0-46-cloud-amd64):\n  - state check"),
+        "{md}"
+    );
 }
