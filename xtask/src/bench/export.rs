@@ -162,23 +162,7 @@ pub fn sum_of(exposition: &str, family: &str, label: &str) -> Option<f64> {
 pub fn export(ctx: &Ctx) -> Result<ExportFig> {
     let n = ctx.args.export_sockets;
     eprintln!("bench: export: holding {n} listening sockets");
-    let mut churn = Churn::start(
-        ctx.bins,
-        &[
-            "--mode",
-            "hold",
-            "--base",
-            "10000",
-            "--count",
-            &n.to_string(),
-        ]
-        .map(String::from),
-    )?;
-    churn.go()?;
-    let held = churn.result()?;
-    if held.held != u64::from(n) {
-        bail!("churn holds {} sockets, not {n}", held.held);
-    }
+    let churn = Churn::hold(ctx.bins, 10000, n)?;
     let mut exporter = Exporter::start(ctx, &churn.ready.netns_path)?;
     let (_, first) = exporter.scrape()?;
     let label = format!("netns=\"{}\"", churn.ready.netns_inode);

@@ -177,6 +177,27 @@ impl Churn {
         Ok(c)
     }
 
+    /// A churn holding `count` listening sockets on ports from `base`, once they all
+    /// listen.
+    pub fn hold(bins: &Bins, base: u16, count: u32) -> Result<Churn> {
+        let args = [
+            "--mode",
+            "hold",
+            "--base",
+            &base.to_string(),
+            "--count",
+            &count.to_string(),
+        ]
+        .map(String::from);
+        let mut churn = Churn::start(bins, &args)?;
+        churn.go()?;
+        let held = churn.result()?;
+        if held.held != u64::from(count) {
+            bail!("churn holds {} sockets, not {count}", held.held);
+        }
+        Ok(churn)
+    }
+
     fn read_line(&mut self) -> Result<String> {
         let mut line = String::new();
         let n = self

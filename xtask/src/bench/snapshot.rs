@@ -50,23 +50,7 @@ pub fn timed_output(cmd: &mut Command) -> Result<(f64, std::process::Output)> {
 pub fn snapshot(ctx: &Ctx) -> Result<SnapshotFig> {
     let n = ctx.args.sockets;
     eprintln!("bench: snapshot: holding {n} listening sockets");
-    let mut churn = Churn::start(
-        ctx.bins,
-        &[
-            "--mode",
-            "hold",
-            "--base",
-            "10000",
-            "--count",
-            &n.to_string(),
-        ]
-        .map(String::from),
-    )?;
-    churn.go()?;
-    let held = churn.result()?;
-    if held.held != u64::from(n) {
-        bail!("churn holds {} sockets, not {n}", held.held);
-    }
+    let churn = Churn::hold(ctx.bins, 10000, n)?;
     let path = churn.ready.netns_path.clone();
     let mut fig = SnapshotFig {
         sockets: n,

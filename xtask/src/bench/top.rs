@@ -40,23 +40,7 @@ pub struct TopFig {
 pub fn top(ctx: &Ctx) -> Vec<TopRow> {
     let n = ctx.args.top_buckets;
     eprintln!("bench: top: holding {n} listening sockets");
-    let churn = (|| -> Result<Churn> {
-        let mut c = Churn::start(
-            ctx.bins,
-            &[
-                "--mode",
-                "hold",
-                "--base",
-                "20000",
-                "--count",
-                &n.to_string(),
-            ]
-            .map(String::from),
-        )?;
-        c.go()?;
-        c.result()?;
-        Ok(c)
-    })();
+    let churn = Churn::hold(ctx.bins, 20000, n);
     let churn = match churn {
         Ok(c) => c,
         Err(e) => {
