@@ -13,8 +13,27 @@ const MAX_ERRNO: i32 = 4095;
 /// Counts one failure of `which` (`op::BIND` or `op::CONNECT`; others are not counted)
 /// with positive `errno` in netns `netns`. A failure that finds the map full is counted in
 /// the `ErrorKey::MAP_FULL` slot instead.
+///
+/// The count runs in a global BPF function: since 5.6 the verifier checks one once, on
+/// its own, and treats a call of it as returning some integer. Inlined after a failed
+/// call's report, the count was checked again for every path through the report, which
+/// on 5.10 took the bounded build's exit programs past the verifier's limit.
 #[inline(always)]
 pub fn count_failure(netns: u32, which: u8, errno: i32) {
+    let _ = portwatch_count_failure(netns, u32::from(which), errno);
+}
+
+/// [`count_failure`] as a global function (scalar arguments only, as the verifier of
+/// global functions requires).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn portwatch_count_failure(netns: u32, which: u32, errno: i32) -> i64 {
+    count(netns, which as u8, errno);
+    0
+}
+
+#[inline(always)]
+fn count(netns: u32, which: u8, errno: i32) {
     if (which != op::BIND && which != op::CONNECT) || errno <= 0 || errno > MAX_ERRNO {
         return;
     }
