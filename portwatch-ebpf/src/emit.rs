@@ -10,7 +10,7 @@ use portwatch_common::{flag, lost, op, BucketState, Config, Event, LostPort};
 use crate::{
     compat::{self, port_range},
     kernel::{held_bucket, net_inum, sock_info, tb_net_port, SockHead},
-    maps::{Attribution, CONFIG, DROPS, EVENTS, LOST, PORTS, SOCKS},
+    maps::{Attribution, Pending, CONFIG, DROPS, EVENTS, LOST, PORTS, SOCKS},
     walk::{bucket_state, find_bucket, Found},
 };
 
@@ -55,6 +55,26 @@ pub struct Subject<'a> {
     pub flags: u16,
     /// Not caused by the current task (timer/softirq context): no pid/comm.
     pub anon: bool,
+}
+
+impl Subject<'_> {
+    /// A release of the port `p` recorded, by a socket that is not to be read any more
+    /// (freed, or its port already cleared).
+    #[inline(always)]
+    pub fn released(op: u8, hook: u8, p: &Pending, anon: bool) -> Subject<'static> {
+        Subject {
+            op,
+            hook,
+            sk: 0,
+            head: None,
+            net: p.net,
+            netns: p.netns,
+            port: p.port,
+            errno: 0,
+            flags: flag::HAD_PORT,
+            anon,
+        }
+    }
 }
 
 /// Writes one field of the event in the ring (`e`: `*mut Event` to reserved memory).
@@ -153,16 +173,7 @@ pub fn send_asked(cfg: &Config, s: &Subject, asked: Option<Asked>) {
             | ((addr_known as u16) * flag::ADDR_STATE)
             | (((si.v6only != 0) as u16) * flag::V6ONLY);
     } else {
-        put!(e.family = 0);
-        put!(e.sk_state = 0);
-        put!(e.laddr = [0; 16]);
-        put!(e.raddr = [0; 16]);
-        put!(e.rport = 0);
-        put!(e.uid = 0);
-        put!(e.bound_dev = 0);
-        put!(e.local_port_range = 0);
-        put!(e.addr_fastreuse = 0);
-        put!(e.addr_fastreuseport = 0);
+        no_socket(e);
     }
     put!(e._pad2 = [0; 2]);
     match asked {
@@ -182,6 +193,21 @@ pub fn send_asked(cfg: &Config, s: &Subject, asked: Option<Asked>) {
     }
     put!(e.flags = flags | sock_flags);
     submit(cfg, entry);
+}
+
+/// Writes the fields read from the socket itself as unknown (no socket to read).
+#[inline(always)]
+fn no_socket(e: *mut Event) {
+    put!(e.family = 0);
+    put!(e.sk_state = 0);
+    put!(e.laddr = [0; 16]);
+    put!(e.raddr = [0; 16]);
+    put!(e.rport = 0);
+    put!(e.uid = 0);
+    put!(e.bound_dev = 0);
+    put!(e.local_port_range = 0);
+    put!(e.addr_fastreuse = 0);
+    put!(e.addr_fastreuseport = 0);
 }
 
 /// Commits an event. Waking the consumer costs an irq_work (a self-IPI, which traps on
@@ -265,22 +291,14 @@ pub fn send_known(cfg: &Config, op: u8, hook: u8, sk: u64, k: &Attribution, flag
     put!(e.tid = 0);
     put!(e.netns = k.netns);
     put!(e.errno = 0);
-    put!(e.family = k.family);
     put!(e.port = k.port);
-    put!(e.laddr = [0; 16]);
-    put!(e.raddr = [0; 16]);
-    put!(e.rport = 0);
+    no_socket(e);
+    put!(e.family = k.family);
     put!(e.flags = flags);
     put!(e.op = op);
-    put!(e.sk_state = 0);
     put!(e.hook = hook);
     put!(e._pad = [0; 1]);
     put!(e.comm = k.comm);
-    put!(e.uid = 0);
-    put!(e.bound_dev = 0);
-    put!(e.local_port_range = 0);
-    put!(e.addr_fastreuse = 0);
-    put!(e.addr_fastreuseport = 0);
     put!(e._pad2 = [0; 2]);
     submit(cfg, entry);
 }

@@ -263,19 +263,7 @@ pub fn put_port_return(hook: u8) {
 /// An owner left, with no task to blame and the socket not to be read any more.
 #[inline(always)]
 fn release_anon(cfg: &portwatch_common::Config, hook: u8, p: &Pending) {
-    let s = Subject {
-        op: op::RELEASE,
-        hook,
-        sk: 0,
-        head: None,
-        net: p.net,
-        netns: p.netns,
-        port: p.port,
-        errno: 0,
-        flags: flag::HAD_PORT,
-        anon: true,
-    };
-    send(cfg, &s);
+    send(cfg, &Subject::released(op::RELEASE, hook, p, true));
 }
 
 // inet_twsk_hashdance[_schedule]: the TIME-WAIT socket joins the closing socket's bucket.

@@ -435,20 +435,11 @@ fn close_exit() -> Option<()> {
     let p = unsafe { *PENDING.get(k)? };
     let _ = PENDING.remove(k);
     let cfg = config();
-    let s = Subject {
-        op: op::CLOSE,
-        hook: hook::TRACEPOINT,
-        // Freed by now: not to be read.
-        sk: 0,
-        head: None,
-        net: p.net,
-        netns: p.netns,
-        port: p.port,
-        errno: 0,
-        flags: flag::HAD_PORT,
-        anon: false,
-    };
-    send(&cfg, &s);
+    // Freed by now: not to be read.
+    send(
+        &cfg,
+        &Subject::released(op::CLOSE, hook::TRACEPOINT, &p, false),
+    );
     Some(())
 }
 
