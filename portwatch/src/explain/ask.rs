@@ -322,6 +322,27 @@ pub fn rtnetlink_route_source(dst: IpAddr) -> io::Result<IpAddr> {
     }
 }
 
+/// A verbose snapshot of `port` (0: every port) in `target`, with the namespace's range
+/// and reserved ports read from its `struct net` and the processes holding each owner.
+fn verbose_snapshot(
+    session: &mut ProbeSession,
+    target: &Target,
+    port: u16,
+) -> Result<crate::model::Snapshot, AskError> {
+    let ns = target.open()?;
+    let procs = ProcessTable::scan();
+    let mut snap = session.snapshot(&SnapOptions {
+        netns: target.inode,
+        port,
+        verbose: true,
+        net: NetAsk::Fd(ns.as_raw_fd()),
+        ..SnapOptions::default()
+    })?;
+    drop(ns);
+    holders(procs, &mut snap);
+    Ok(snap)
+}
+
 /// Fills in the holders of `snap`'s owners from `procs`, scanned before the walk (an owner
 /// that closes during the walk is still in it), scanning again for sockets made since.
 fn holders(procs: ProcessTable, snap: &mut crate::model::Snapshot) {
@@ -358,17 +379,7 @@ pub fn bind(
         return Err(AskError::PortZero);
     }
     let scope = check_local(target, ep)?;
-    let ns = target.open()?;
-    let procs = ProcessTable::scan();
-    let mut snap = session.snapshot(&SnapOptions {
-        netns: target.inode,
-        port: ep.port,
-        verbose: true,
-        net: NetAsk::Fd(ns.as_raw_fd()),
-        ..SnapOptions::default()
-    })?;
-    drop(ns);
-    holders(procs, &mut snap);
+    let snap = verbose_snapshot(session, target, ep.port)?;
     let q = BindQuery {
         addr: socket_addr(ep.ip, ep.port, 0),
         reuseaddr: opts.reuseaddr,
@@ -442,16 +453,7 @@ pub fn connect_report(
         }
         None => route_source(target, destination)?,
     };
-    let ns = target.open()?;
-    let procs = ProcessTable::scan();
-    let mut snap = session.snapshot(&SnapOptions {
-        netns: target.inode,
-        verbose: true,
-        net: NetAsk::Fd(ns.as_raw_fd()),
-        ..SnapOptions::default()
-    })?;
-    drop(ns);
-    holders(procs, &mut snap);
+    let snap = verbose_snapshot(session, target, 0)?;
     let q = ConnectQuery {
         source,
         destination,
