@@ -37,6 +37,22 @@ pub struct TopFig {
     pub output_lines: u64,
 }
 
+impl TopFig {
+    /// The figure of `ticks` CPU ticks (`hz` per second) over `seconds`.
+    fn new(ctx: &Ctx, ticks: u64, hz: u64, seconds: f64, output_lines: u64) -> TopFig {
+        let pct = ticks as f64 / hz as f64 / seconds * 100.0;
+        TopFig {
+            buckets: ctx.args.top_buckets,
+            seconds,
+            cpu_ticks: ticks,
+            clk_tck: hz,
+            cpu_pct_one_core: pct,
+            goal_under_2pct: pct < 2.0,
+            output_lines,
+        }
+    }
+}
+
 pub fn top(ctx: &Ctx) -> Vec<TopRow> {
     let n = ctx.args.top_buckets;
     eprintln!("bench: top: holding {n} listening sockets");
@@ -129,16 +145,7 @@ pub fn top_plain(ctx: &Ctx, path: &str) -> Result<TopFig> {
     if output_lines == 0 {
         bail!("portwatch top printed nothing: {}", stderr.trim());
     }
-    let pct = ticks as f64 / hz as f64 / el * 100.0;
-    Ok(TopFig {
-        buckets: ctx.args.top_buckets,
-        seconds: el,
-        cpu_ticks: ticks,
-        clk_tck: hz,
-        cpu_pct_one_core: pct,
-        goal_under_2pct: pct < 2.0,
-        output_lines,
-    })
+    Ok(TopFig::new(ctx, ticks, hz, el, output_lines))
 }
 
 /// The pid of a descendant of `root` whose executable is `exe`, if any.
@@ -212,14 +219,5 @@ pub fn top_tty(ctx: &Ctx, path: &str) -> Result<TopFig> {
         );
     }
     let (ticks, hz, el) = res?;
-    let pct = ticks as f64 / hz as f64 / el * 100.0;
-    Ok(TopFig {
-        buckets: ctx.args.top_buckets,
-        seconds: el,
-        cpu_ticks: ticks,
-        clk_tck: hz,
-        cpu_pct_one_core: pct,
-        goal_under_2pct: pct < 2.0,
-        output_lines: 0,
-    })
+    Ok(TopFig::new(ctx, ticks, hz, el, 0))
 }
