@@ -193,6 +193,11 @@ layout_struct! {
     /// bucket a socket holds, so an event after a successful bind/connect/listen/accept
     /// reads it without searching the chain.
     sk_bind_hash: u32,
+    /// `struct pt_regs` members holding a syscall's first and second arguments (`di`,
+    /// `si` on x86_64), read at a syscall's exit through `bpf_task_pt_regs()`; `NO_FIELD`
+    /// where that helper is missing (before 5.15) or the architecture is not known.
+    regs_arg0: u32,
+    regs_arg1: u32,
     /// 1 when this layout was filled in by user space (the eBPF side refuses to run on
     /// the compiled-in placeholder).
     valid: u32,

@@ -8,22 +8,47 @@
 //! space into the one `BitField` `inet_bind_address_no_port`; `inet_twsk_hashdance`
 //! becoming `inet_twsk_hashdance_schedule` (b334b924c9b7, 6.11) only decides which
 //! fentry program attaches; moved members (such as `ns_common.inum`) are offsets.
+use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
 use portwatch_common::{NO_FIELD, OWNERS_ON_TB2};
 
-use crate::read::{field, layout, zbits, zfield};
+use crate::read::{field, layout, zbits, zfield, Window};
 
 const AF_INET6: u16 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 
-/// `sk_protocol`: a `u16` since "sock: Make sk_protocol a 16-bit value" (bf9765145b85,
-/// 5.6); user space refuses the older bit field, so only the width varies here.
+/// `sk_protocol`, from a copy of the socket that holds it when it does (`w`). A `u16`
+/// since "sock: Make sk_protocol a 16-bit value" (bf9765145b85, 5.6); user space refuses
+/// the older bit field, so only the width varies here.
 #[inline(always)]
-pub fn sk_protocol(sk: u64) -> Option<u16> {
+pub fn sk_protocol<const N: usize>(w: &Window<N>) -> u16 {
     if layout!(sk_protocol_size) == 1 {
-        field::<u8>(sk, layout!(sk_protocol)).map(u16::from)
+        u16::from(w.get::<u8>(layout!(sk_protocol)))
     } else {
-        field::<u16>(sk, layout!(sk_protocol))
+        w.get::<u16>(layout!(sk_protocol))
     }
+}
+
+/// Whether [`syscall_args`] can read a syscall's arguments at its exit.
+#[inline(always)]
+pub fn syscall_args_at_exit() -> bool {
+    layout!(regs_arg0) != NO_FIELD && layout!(regs_arg1) != NO_FIELD
+}
+
+/// The current syscall's first two arguments, read from the task's saved user
+/// registers at the syscall's exit tracepoint, whose record holds only the return value.
+/// "bpf: Add bpf_task_pt_regs() helper" (dd6e10fbd9fb, 5.15); before it the enter
+/// tracepoint keeps them (user space leaves `regs_arg0` unset and attaches it).
+#[inline(always)]
+pub fn syscall_args() -> Option<(u64, u64)> {
+    if !syscall_args_at_exit() {
+        return None;
+    }
+    // SAFETY: both helpers only return pointers to the current task and its registers;
+    // the registers are then read with fault-tolerant probe reads.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let arg0: u64 = field(regs, layout!(regs_arg0))?;
+    let arg1: u64 = field(regs, layout!(regs_arg1))?;
+    Some((arg0, arg1))
 }
 
 /// The netns's ephemeral port range `(lo, hi)`. "Use READ/WRITE_ONCE() for IP

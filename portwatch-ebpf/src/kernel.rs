@@ -33,11 +33,13 @@ fn file_of_fd(fd: i64) -> Option<u64> {
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = field(task, layout!(task_files))?;
     let fdt: u64 = field(files, layout!(files_fdt))?;
-    let max_fds: u32 = field(fdt, layout!(fdt_max_fds))?;
+    // `max_fds` and `fd` are neighbours: one copy reads both.
+    let w = Window::<16>::around(fdt, layout!(fdt_max_fds), layout!(fdt_fd));
+    let max_fds: u32 = w.get(layout!(fdt_max_fds));
     if fd as u64 >= max_fds as u64 {
         return None;
     }
-    let fd_array: u64 = field(fdt, layout!(fdt_fd))?;
+    let fd_array: u64 = w.get(layout!(fdt_fd));
     rd(fd_array + (fd as u64) * 8)
 }
 
@@ -47,12 +49,17 @@ pub fn sock_from_fd(fd: i64) -> Option<u64> {
     let file = file_of_fd(fd)?;
     let socket: u64 = field(file, layout!(file_private_data))?;
     // A socket's file points back at it and its sock points back at the socket: this
-    // rejects files whose private_data is something else.
-    let back: u64 = field(socket, layout!(socket_file))?;
-    if back != file {
+    // rejects files whose private_data is something else. `file` and `sk` are
+    // neighbours in `struct socket`: one copy reads both.
+    let w = Window::<16>::around(socket, layout!(socket_file), layout!(socket_sk));
+    let back: u64 = w.get(layout!(socket_file));
+    if back == 0 || back != file {
         return None;
     }
-    let sk: u64 = field(socket, layout!(socket_sk))?;
+    let sk: u64 = w.get(layout!(socket_sk));
+    if sk == 0 {
+        return None;
+    }
     let sk_socket: u64 = field(sk, layout!(sk_socket))?;
     if sk_socket != socket {
         return None;
@@ -98,11 +105,10 @@ pub fn is_tcp(sk: u64, head: &SockHead) -> bool {
     if family != AF_INET && family != AF_INET6 {
         return false;
     }
-    let Some(protocol) = compat::sk_protocol(sk) else {
-        return false;
-    };
-    let ty: u16 = field(sk, layout!(sk_type)).unwrap_or(0);
-    protocol == IPPROTO_TCP && ty == SOCK_STREAM
+    // `sk_protocol` and `sk_type` are neighbours: one copy reads both.
+    let w = Window::<8>::around(sk, layout!(sk_protocol), layout!(sk_type));
+    let ty: u16 = w.get(layout!(sk_type));
+    compat::sk_protocol(&w) == IPPROTO_TCP && ty == SOCK_STREAM
 }
 
 #[inline(always)]

@@ -97,42 +97,69 @@ pub fn zbits(base: u64, bf: BitField) -> u64 {
 
 /// `N` bytes of a kernel struct copied with one helper call: fields inside the copy are
 /// taken from it, fields beyond it (or missing) are read one by one as `zfield` would.
-/// One call for a struct's first bytes costs about as much as one call per field, so
-/// this divides the cost of reading several fields of one struct.
+/// One call for several bytes costs about as much as one call per field, so this
+/// divides the cost of reading several fields of one struct that lie close together.
 pub struct Window<const N: usize> {
     base: u64,
+    /// Offset in the struct of the first byte copied.
+    start: u32,
     bytes: [u8; N],
 }
 
 impl<const N: usize> Window<N> {
-    /// Copies `N` bytes at `base` (zeroes when the read faults).
+    /// Copies the first `N` bytes of the struct at `base` (zeroes when the read faults).
     #[inline(always)]
     pub fn read(base: u64) -> Self {
+        Self::read_from(base, 0)
+    }
+
+    /// Copies `N` bytes from offset `start` of the struct at `base` (zeroes when the read
+    /// faults; nothing is read for `NO_FIELD`, every field then read one by one).
+    #[inline(always)]
+    pub fn read_from(base: u64, start: u32) -> Self {
         let mut bytes = core::mem::MaybeUninit::<[u8; N]>::uninit();
-        // SAFETY: the helper writes exactly N bytes into `bytes`: the copy, or zeroes
-        // when the read faults; any source address is allowed.
-        unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                bytes.as_mut_ptr() as *mut c_void,
-                N as u32,
-                base as *const c_void,
-            );
+        if start != NO_FIELD {
+            // SAFETY: the helper writes exactly N bytes into `bytes`: the copy, or zeroes
+            // when the read faults; any source address is allowed.
+            unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    bytes.as_mut_ptr() as *mut c_void,
+                    N as u32,
+                    (base + start as u64) as *const c_void,
+                );
+            }
+        } else {
+            bytes = core::mem::MaybeUninit::zeroed();
         }
         Window {
             base,
-            // SAFETY: fully written by the helper above.
+            start,
+            // SAFETY: fully written by the helper or zeroed above.
             bytes: unsafe { bytes.assume_init() },
         }
+    }
+
+    /// Copies the `N` bytes from the lower of two field offsets, to read both fields
+    /// with one call when they lie within `N` bytes of each other.
+    #[inline(always)]
+    pub fn around(base: u64, a: u32, b: u32) -> Self {
+        Self::read_from(base, if a < b { a } else { b })
     }
 
     /// The `T` at byte `off` of the struct (`NO_FIELD`: zero).
     #[inline(always)]
     pub fn get<T: Copy>(&self, off: u32) -> T {
         let size = core::mem::size_of::<T>();
-        if off != NO_FIELD && size <= N && (off as usize) <= N - size {
-            // SAFETY: `off + size <= N` (checked above): inside the copy; `T` is a plain
+        if off != NO_FIELD
+            && self.start != NO_FIELD
+            && off >= self.start
+            && size <= N
+            && ((off - self.start) as usize) <= N - size
+        {
+            let at = (off - self.start) as usize;
+            // SAFETY: `at + size <= N` (checked above): inside the copy; `T` is a plain
             // integer or integer array, valid for any bytes.
-            unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(off as usize) as *const T) }
+            unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(at) as *const T) }
         } else {
             zfield(self.base, off)
         }

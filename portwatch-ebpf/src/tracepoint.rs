@@ -5,7 +5,10 @@
 //!
 //! bind/connect/listen: the enter hook resolves the fd to its socket and remembers what
 //! it saw; the exit hook counts a failed bind()/connect() (`errors.rs`) and reports the
-//! bucket of the port involved, looked up in the bind hash table.
+//! bucket of the port involved, looked up in the bind hash table. From 5.15 bind() is
+//! read at its exit alone, its arguments taken from the task's registers: one program
+//! run and no hash-map entry per call, and after a successful call the socket's own port
+//! (the filter's key) is known before anything else is read.
 //!
 //! close: `tcp_destroy_sock` fires only for TCP sockets, before `inet_put_port()`, with
 //! the socket and its port in the record, so the port filter applies before anything is
@@ -23,7 +26,7 @@ use aya_ebpf::{
 use portwatch_common::{flag, hook, op, Config, NO_FIELD};
 
 use crate::{
-    compat::port_range,
+    compat::{self, port_range},
     emit::{
         config, count_lost, netns_wanted, port_wanted, remember, send, send_asked, send_known,
         Asked, Subject,
@@ -70,37 +73,59 @@ fn ret(ctx: &TracePointContext) -> Option<i64> {
     unsafe { ctx.read_at::<i64>(off as usize).ok() }
 }
 
-/// Enter side shared by bind/connect/listen: remember the socket of `fd`.
+/// Enter side shared by bind/connect/listen: remember what the call is about for the
+/// exit. bind() needs no enter side where its arguments can be read at the exit (see
+/// `compat::syscall_args`); user space then leaves `sys_enter_bind` unattached.
 #[inline(always)]
 fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     if !layout_ready() {
         return None;
     }
     let cfg = config();
+    let fd = arg(ctx, 0)?;
+    let uaddr = if which == op::LISTEN { 0 } else { arg(ctx, 1)? };
+    let p = called(&cfg, which, fd, uaddr, false)?;
+    let key = bpf_get_current_pid_tgid();
+    if PENDING.insert(key, p, 0).is_err() {
+        // The exit hook will find nothing: this operation's event is lost.
+        if p.sk != 0 {
+            let port = if p.port != 0 { p.port } else { sk_num(p.sk) };
+            count_lost(p.net, p.netns, port);
+        }
+        return None;
+    }
+    Some(())
+}
+
+/// What a bind()/connect()/listen() on `fd` is about (`uaddr`: the address bind() and
+/// connect() pass), `None` when it is not a TCP socket of a wanted netns. A bind() to an
+/// explicit port the filter rejects keeps only the fd (`sk` 0): its failure is still
+/// counted, and only then is the socket looked up. `bound`: read after a bind() that
+/// succeeded, whose port is the socket's own: the address it asked for is not needed
+/// (it is reported only for a failure) and an unwanted port ends the search early.
+#[inline(always)]
+fn called(cfg: &Config, which: u8, fd: u64, uaddr: u64, bound: bool) -> Option<Pending> {
     let mut port = 0u16;
     let mut asked = [0u8; 16];
     let mut asked_family = 0u16;
     let mut asked_port = 0u16;
-    if which == op::BIND || which == op::CONNECT {
-        // struct sockaddr_in / sockaddr_in6: family (u16) then port (be16) for both.
-        // Read first: an explicit bind() port the filter rejects ends here, before the
-        // walk from the fd to the socket (the costly part for the busy, unwanted case).
-        let uaddr = arg(ctx, 1)?;
-        // SAFETY: a fault-tolerant read of user memory passed to the syscall.
-        let hdr: [u8; 4] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 4]).ok()? };
+    if (which == op::BIND && !bound) || which == op::CONNECT {
+        // struct sockaddr_in / sockaddr_in6: family (u16) and port (be16) for both, then
+        // sin_addr at 4 (sin6_addr at 8). Read first: an explicit bind() port the filter
+        // rejects ends here, before the walk from the fd to the socket (the costly part
+        // for the busy, unwanted case).
+        let (hdr, full) = read_sockaddr_head(uaddr)?;
         let family = u16::from_ne_bytes([hdr[0], hdr[1]]);
         if family == AF_INET || family == AF_INET6 {
             asked_port = u16::from_be_bytes([hdr[2], hdr[3]]);
         }
         if which == op::BIND {
             port = asked_port;
-            if port != 0 && !port_wanted(&cfg, port) {
-                // No event wanted, but a failure is still counted: keep only the fd,
-                // whose socket the exit resolves if the call failed.
-                let p = Pending {
+            if port != 0 && !port_wanted(cfg, port) {
+                return Some(Pending {
                     sk: 0,
                     net: 0,
-                    aux: arg(ctx, 0)?,
+                    aux: fd,
                     netns: 0,
                     port,
                     op: which,
@@ -109,57 +134,64 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
                     asked_family: 0,
                     asked_port: 0,
                     _pad: [0; 4],
-                };
-                return PENDING.insert(bpf_get_current_pid_tgid(), p, 0).ok();
+                });
             }
         }
-        // The address (sin_addr at 4, sin6_addr at 8), reported if the call fails.
-        if family == AF_INET {
-            // SAFETY: as above.
-            if let Ok(a) = unsafe { bpf_probe_read_user((uaddr + 4) as *const [u8; 4]) } {
-                asked[..4].copy_from_slice(&a);
-                asked_family = family;
-            }
+        // The address, reported if the call fails.
+        if family == AF_INET && full {
+            asked[..4].copy_from_slice(&hdr[4..8]);
+            asked_family = family;
         } else if family == AF_INET6 {
-            // SAFETY: as above.
+            // SAFETY: a fault-tolerant read of user memory passed to the syscall.
             if let Ok(a) = unsafe { bpf_probe_read_user((uaddr + 8) as *const [u8; 16]) } {
                 asked = a;
                 asked_family = family;
             }
         }
     }
-    let fd = arg(ctx, 0)? as i64;
-    let sk = sock_from_fd(fd)?;
+    let sk = sock_from_fd(fd as i64)?;
     let head = SockHead::read(sk);
+    if bound {
+        port = head.num();
+        if port != 0 && !port_wanted(cfg, port) {
+            return None;
+        }
+    }
     if !is_tcp(sk, &head) {
         return None;
     }
     let net = head.net();
     let netns = net_inum(net);
-    if !netns_wanted(&cfg, netns) {
+    if !netns_wanted(cfg, netns) {
         return None;
     }
-    let cur = head.num();
-    let p = Pending {
+    Some(Pending {
         sk,
         net,
         aux: 0,
         netns,
         port,
         op: which,
-        had_port: (cur != 0) as u8,
+        had_port: (head.num() != 0) as u8,
         asked,
         asked_family,
         asked_port,
         _pad: [0; 4],
-    };
-    let key = bpf_get_current_pid_tgid();
-    if PENDING.insert(key, p, 0).is_err() {
-        // The exit hook will find nothing: this operation's event is lost.
-        count_lost(net, netns, if port != 0 { port } else { cur });
-        return None;
+    })
+}
+
+/// The first 8 bytes of a sockaddr in user memory (family, port and an IPv4 address)
+/// with one read, and whether all 8 were read: a shorter buffer at the end of a mapping
+/// still gives family and port.
+#[inline(always)]
+fn read_sockaddr_head(uaddr: u64) -> Option<([u8; 8], bool)> {
+    // SAFETY: fault-tolerant reads of user memory passed to the syscall.
+    if let Ok(h) = unsafe { bpf_probe_read_user(uaddr as *const [u8; 8]) } {
+        return Some((h, true));
     }
-    Some(())
+    // SAFETY: as above.
+    let h: [u8; 4] = unsafe { bpf_probe_read_user(uaddr as *const [u8; 4]).ok()? };
+    Some(([h[0], h[1], h[2], h[3], 0, 0, 0, 0], false))
 }
 
 /// Exit side: report the bucket of the port involved, then count a failure. The count
@@ -167,16 +199,31 @@ fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
 /// (older verifiers prune too little for that).
 #[inline(always)]
 fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copy out the value; the entry is removed right after.
-    let p = unsafe { *PENDING.get(key)? };
-    let _ = PENDING.remove(key);
-    if p.op != which {
-        return None;
-    }
     let rc = ret(ctx)?;
-    let cfg = config();
     let ok = rc == 0 || (which == op::CONNECT && rc == -EINPROGRESS);
+    let cfg = config();
+    let p = if which == op::BIND && compat::syscall_args_at_exit() {
+        if !layout_ready() {
+            return None;
+        }
+        let (fd, uaddr) = compat::syscall_args()?;
+        let mut p = called(&cfg, which, fd, uaddr, ok)?;
+        // bind() refuses a socket that holds a port and leaves it as it was: after a
+        // successful call the socket held none before.
+        if ok {
+            p.had_port = 0;
+        }
+        p
+    } else {
+        let key = bpf_get_current_pid_tgid();
+        // SAFETY: copy out the value; the entry is removed right after.
+        let p = unsafe { *PENDING.get(key)? };
+        let _ = PENDING.remove(key);
+        if p.op != which {
+            return None;
+        }
+        p
+    };
     let errno = if ok { 0 } else { (-rc) as i32 };
     // `sk` 0: a bind() only counted (its port is filtered out).
     if p.sk != 0 {

@@ -17,7 +17,7 @@ use crate::kernel::{compat::VARIANTS, host_layout, LayoutError, Resolved, OSRELE
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 /// Bump when `Resolved` or `Layout` change shape.
-const FORMAT: u32 = 5;
+const FORMAT: u32 = 6;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug, Clone)]
 struct Key {

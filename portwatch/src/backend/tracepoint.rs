@@ -19,45 +19,57 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     fix_up: Some(observe_releases),
 };
 
-/// (program, category, tracepoint, required).
-const TRACEPOINTS: [(&str, &str, &str, bool); 12] = [
-    ("sys_enter_bind", "syscalls", "sys_enter_bind", true),
-    ("sys_exit_bind", "syscalls", "sys_exit_bind", true),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect", true),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect", true),
-    ("sys_enter_listen", "syscalls", "sys_enter_listen", true),
-    ("sys_exit_listen", "syscalls", "sys_exit_listen", true),
-    ("sys_enter_close", "syscalls", "sys_enter_close", true),
-    ("sys_exit_close", "syscalls", "sys_exit_close", true),
-    ("sys_exit_accept", "syscalls", "sys_exit_accept", false),
-    ("sys_exit_accept4", "syscalls", "sys_exit_accept4", true),
-    ("inet_sock_set_state", "sock", "inet_sock_set_state", true),
-    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock", true),
+/// When a tracepoint is attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    /// Attached where the kernel has it; its absence is a warning.
+    Optional,
+    /// Only where bind()'s arguments cannot be read at `sys_exit_bind` (kernels before
+    /// 5.15, see `Resolved::syscall_args_at_exit`): there `sys_enter_bind` keeps them.
+    UnlessArgsAtExit,
+}
+
+/// (tracepoint and program name, category, when).
+const TRACEPOINTS: [(&str, &str, Need); 12] = [
+    ("sys_enter_bind", "syscalls", Need::UnlessArgsAtExit),
+    ("sys_exit_bind", "syscalls", Need::Required),
+    ("sys_enter_connect", "syscalls", Need::Required),
+    ("sys_exit_connect", "syscalls", Need::Required),
+    ("sys_enter_listen", "syscalls", Need::Required),
+    ("sys_exit_listen", "syscalls", Need::Required),
+    ("sys_enter_close", "syscalls", Need::Required),
+    ("sys_exit_close", "syscalls", Need::Required),
+    ("sys_exit_accept", "syscalls", Need::Optional),
+    ("sys_exit_accept4", "syscalls", Need::Required),
+    ("inet_sock_set_state", "sock", Need::Required),
+    ("tcp_destroy_sock", "tcp", Need::Required),
 ];
 
 fn programs() -> Vec<&'static str> {
     TRACEPOINTS.iter().map(|t| t.0).collect()
 }
 
-fn attach(
-    ebpf: &mut Ebpf,
-    _resolved: &Resolved,
-    warnings: &mut Vec<String>,
-) -> Result<(), Refusal> {
-    for (prog, category, name, required) in TRACEPOINTS {
+fn attach(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), Refusal> {
+    for (prog, category, need) in TRACEPOINTS {
+        if need == Need::UnlessArgsAtExit && resolved.syscall_args_at_exit() {
+            continue;
+        }
         let result = (|| -> Result<(), Refusal> {
             let p: &mut TracePoint = bpf::program(ebpf, prog)?;
             p.load().map_err(|e| Refusal::from_load(prog, &e))?;
-            p.attach(category, name).map_err(|e| Refusal::Attach {
+            p.attach(category, prog).map_err(|e| Refusal::Attach {
                 program: prog.to_string(),
-                target: format!("{category}:{name}"),
+                target: format!("{category}:{prog}"),
                 reason: error_chain(&e),
             })?;
             Ok(())
         })();
         match result {
             Ok(()) => {}
-            Err(e) if !required => warnings.push(format!("optional tracepoint skipped: {e}")),
+            Err(e) if need == Need::Optional => {
+                warnings.push(format!("optional tracepoint skipped: {e}"))
+            }
             Err(e) => return Err(e),
         }
     }

@@ -22,6 +22,7 @@ use super::{
 pub enum Id {
     SkProtocolU16,
     TcpSysctlsU8,
+    TaskPtRegs,
     BpfLoop,
     Bhash2,
     Tb2Deathrow,
@@ -135,6 +136,17 @@ pub const VARIANTS: &[Variant] = &[
         detect: Detect::IntMember("net", "ipv4.sysctl_tcp_tw_reuse", 1),
         with: "explain connect reads tcp_tw_reuse as a byte",
         without: "explain connect reads tcp_tw_reuse as an int",
+    },
+    Variant {
+        id: Id::TaskPtRegs,
+        change: "the bpf_task_pt_regs helper: a task's user registers, so a syscall's arguments, readable at the syscall's exit",
+        since: release(5, 15),
+        commits: &["dd6e10fbd9fb"],
+        backports: &[],
+        until: None,
+        detect: Detect::Func("bpf_task_pt_regs"),
+        with: "tracepoint backend: bind() is read at sys_exit_bind alone, its fd and address taken from the registers (sys_enter_bind is not attached)",
+        without: "tracepoint backend: sys_enter_bind keeps bind()'s fd and address for sys_exit_bind in a hash map",
     },
     Variant {
         id: Id::BpfLoop,

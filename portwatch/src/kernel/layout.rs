@@ -82,6 +82,12 @@ impl Resolved {
         self.variants.get(&id).copied().unwrap_or(false)
     }
 
+    /// Whether the programs read a syscall's first two arguments at its exit (row
+    /// [`Id::TaskPtRegs`] on an architecture whose registers for them are known).
+    pub fn syscall_args_at_exit(&self) -> bool {
+        self.layout.regs_arg0 != NO_FIELD && self.layout.regs_arg1 != NO_FIELD
+    }
+
     /// Whether `name` exists as a BTF FUNC (only for [`TRACKED_FUNCTIONS`]).
     pub fn has_function(&self, name: &str) -> bool {
         matches!(self.functions.get(name), Some(Some(_)))
@@ -271,6 +277,12 @@ pub fn build(btf: &KernelBtf) -> Result<Resolved, LayoutError> {
     }
 
     explain_fields(btf, &mut l)?;
+    if has(Id::TaskPtRegs) {
+        if let Some([a0, a1]) = SYSCALL_ARG_REGS {
+            l.regs_arg0 = btf.int_offset("pt_regs", a0, &[8])?.0;
+            l.regs_arg1 = btf.int_offset("pt_regs", a1, &[8])?.0;
+        }
+    }
 
     l.owners_mode = owners_mode(btf, &l)?;
     l.valid = 1;
@@ -387,6 +399,13 @@ fn bind_address_no_port(btf: &KernelBtf, inet_flags: bool) -> Result<BitField, L
 /// `SOCK_CONNECT_BIND`: a `#define` in include/net/sock.h (d57f4b874946), so not in BTF;
 /// its presence is told by `tw_connect_bind` (row [`Id::ConnectBind`]).
 pub const SOCK_CONNECT_BIND: u32 = 16;
+
+/// The `struct pt_regs` members that hold a syscall's first two arguments on this
+/// architecture (the x86_64 syscall convention: rdi, rsi), `None` where not known.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_ARG_REGS: Option<[&str; 2]> = Some(["di", "si"]);
+#[cfg(not(target_arch = "x86_64"))]
+const SYSCALL_ARG_REGS: Option<[&str; 2]> = None;
 
 /// `inet_sock.local_port_range`: a u32 (lo | hi << 16) since 6.8, a `{ u16 lo, hi }`
 /// struct before; both are the same four bytes.
@@ -534,6 +553,9 @@ mod tests {
             tw_tb2: NO_FIELD,
             owners_mode: OWNERS_ON_TB2,
             sk_bind_hash: 1032,
+            // pt_regs.di and .si: bpf_task_pt_regs is there (5.15+).
+            regs_arg0: 14 * 8,
+            regs_arg1: 13 * 8,
             valid: 1,
         }
     }
