@@ -194,15 +194,17 @@ fn read_sockaddr_head(uaddr: u64) -> Option<([u8; 8], bool)> {
     Some(([h[0], h[1], h[2], h[3], 0, 0, 0, 0], false))
 }
 
-/// Exit side: report the bucket of the port involved, then count a failure. The count
-/// comes last so that the verifier does not explore the report once per path through it
-/// (older verifiers prune too little for that).
+/// Exit side: report the bucket of the port involved, then count a failure.
 #[inline(always)]
 fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
     let rc = ret(ctx)?;
     let ok = rc == 0 || (which == op::CONNECT && rc == -EINPROGRESS);
     let cfg = config();
-    let p = if which == op::BIND && compat::syscall_args_at_exit() {
+    // Each way of learning the call ends in its own copy of `finish`: one value merged
+    // from both would be a stack slot that the way the verifier follows (the other is
+    // dead code on a given kernel) fills only in part, and 5.10's verifier refuses to
+    // read it.
+    if which == op::BIND && compat::syscall_args_at_exit() {
         if !layout_ready() {
             return None;
         }
@@ -213,7 +215,7 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         if ok {
             p.had_port = 0;
         }
-        p
+        finish(&cfg, &p, which, ok, rc)
     } else {
         let key = bpf_get_current_pid_tgid();
         // SAFETY: copy out the value; the entry is removed right after.
@@ -222,18 +224,25 @@ fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
         if p.op != which {
             return None;
         }
-        p
-    };
+        finish(&cfg, &p, which, ok, rc)
+    }
+}
+
+/// Reports a finished call, then counts a failure. The count comes last so that the
+/// verifier does not explore the report once per path through it (older verifiers
+/// prune too little for that).
+#[inline(always)]
+fn finish(cfg: &Config, p: &Pending, which: u8, ok: bool, rc: i64) -> Option<()> {
     let errno = if ok { 0 } else { (-rc) as i32 };
     // `sk` 0: a bind() only counted (its port is filtered out).
     if p.sk != 0 {
-        let _ = report(&cfg, &p, which, ok, errno);
+        let _ = report(cfg, p, which, ok, errno);
     }
     if !ok {
         if p.sk != 0 {
             count_failure(p.netns, which, errno);
         } else {
-            let _ = count_unresolved(&cfg, p.aux as i64, which, errno);
+            let _ = count_unresolved(cfg, p.aux as i64, which, errno);
         }
     }
     Some(())
