@@ -75,7 +75,7 @@ fn ret(ctx: &TracePointContext) -> Option<i64> {
 
 /// Enter side shared by bind/connect/listen: remember what the call is about for the
 /// exit. bind() needs no enter side where its arguments can be read at the exit (see
-/// `compat::syscall_args`); user space then leaves `sys_enter_bind` unattached.
+/// `bind_exit_alone`).
 #[inline(always)]
 fn enter(ctx: &TracePointContext, which: u8) -> Option<()> {
     if !layout_ready() {
@@ -197,35 +197,38 @@ fn read_sockaddr_head(uaddr: u64) -> Option<([u8; 8], bool)> {
 /// Exit side: report the bucket of the port involved, then count a failure.
 #[inline(always)]
 fn exit(ctx: &TracePointContext, which: u8) -> Option<()> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copy out the value; the entry is removed right after.
+    let p = unsafe { *PENDING.get(key)? };
+    let _ = PENDING.remove(key);
+    if p.op != which {
+        return None;
+    }
     let rc = ret(ctx)?;
     let ok = rc == 0 || (which == op::CONNECT && rc == -EINPROGRESS);
-    let cfg = config();
-    // Each way of learning the call ends in its own copy of `finish`: one value merged
-    // from both would be a stack slot that the way the verifier follows (the other is
-    // dead code on a given kernel) fills only in part, and 5.10's verifier refuses to
-    // read it.
-    if which == op::BIND && compat::syscall_args_at_exit() {
-        if !layout_ready() {
-            return None;
-        }
-        let (fd, uaddr) = compat::syscall_args()?;
-        let mut p = called(&cfg, which, fd, uaddr, ok)?;
-        // bind() refuses a socket that holds a port and leaves it as it was: after a
-        // successful call the socket held none before.
-        if ok {
-            p.had_port = 0;
-        }
-        finish(&cfg, &p, which, ok, rc)
-    } else {
-        let key = bpf_get_current_pid_tgid();
-        // SAFETY: copy out the value; the entry is removed right after.
-        let p = unsafe { *PENDING.get(key)? };
-        let _ = PENDING.remove(key);
-        if p.op != which {
-            return None;
-        }
-        finish(&cfg, &p, which, ok, rc)
+    finish(&config(), &p, which, ok, rc)
+}
+
+/// bind() seen at its exit alone: its fd and address read from the task's registers
+/// (`compat::syscall_args`, 5.15+). A program of its own, attached to
+/// `syscalls:sys_exit_bind` in place of the `sys_enter_bind`/`sys_exit_bind` pair, so
+/// that each kernel verifies only the one it runs.
+#[inline(always)]
+fn bind_exit_alone(ctx: &TracePointContext) -> Option<()> {
+    if !layout_ready() {
+        return None;
     }
+    let rc = ret(ctx)?;
+    let ok = rc == 0;
+    let (fd, uaddr) = compat::syscall_args()?;
+    let cfg = config();
+    let mut p = called(&cfg, op::BIND, fd, uaddr, ok)?;
+    // bind() refuses a socket that holds a port and leaves it as it was: after a
+    // successful call the socket held none before.
+    if ok {
+        p.had_port = 0;
+    }
+    finish(&cfg, &p, op::BIND, ok, rc)
 }
 
 /// Reports a finished call, then counts a failure. The count comes last so that the
@@ -335,6 +338,12 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
     let _ = exit(&ctx, op::BIND);
+    0
+}
+
+#[tracepoint]
+pub fn bind_from_regs(ctx: TracePointContext) -> u32 {
+    let _ = bind_exit_alone(&ctx);
     0
 }
 

@@ -139,7 +139,7 @@ fn trace_leaves_nothing_behind_after_sigint_and_sigterm() {
             run,
             &format!("trace, {name}"),
             sig,
-            &["sys_exit_bind", "sys_exit_close"],
+            &["sys_enter_connect", "sys_exit_close"],
         );
         assert!(
             end.stdout.contains("\"bucket_created\""),
@@ -164,7 +164,7 @@ fn top_plain_leaves_nothing_behind_after_sigint_and_sigterm() {
             run,
             &format!("top (not a TTY), {name}"),
             sig,
-            &["sys_exit_bind", "snapshot_trigger"],
+            &["sys_enter_connect", "snapshot_trigger"],
         );
         assert!(
             end.stdout.contains("1234"),

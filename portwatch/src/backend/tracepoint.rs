@@ -19,55 +19,87 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     fix_up: Some(observe_releases),
 };
 
-/// When a tracepoint is attached.
+/// When a program is attached.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Need {
     Required,
-    /// Attached where the kernel has it; its absence is a warning.
+    /// Attached where the kernel has the tracepoint; its absence is a warning.
     Optional,
-    /// Only where bind()'s arguments cannot be read at `sys_exit_bind` (kernels before
-    /// 5.15, see `Resolved::syscall_args_at_exit`): there `sys_enter_bind` keeps them.
-    UnlessArgsAtExit,
+    /// Where a syscall's arguments can be read at its exit (`bpf_task_pt_regs`, 5.15+;
+    /// see `Resolved::syscall_args_at_exit`).
+    ArgsAtExit,
+    /// Where they cannot: an enter program keeps them for the exit.
+    ArgsAtEnter,
 }
 
-/// (tracepoint and program name, category, when).
-const TRACEPOINTS: [(&str, &str, Need); 12] = [
-    ("sys_enter_bind", "syscalls", Need::UnlessArgsAtExit),
-    ("sys_exit_bind", "syscalls", Need::Required),
-    ("sys_enter_connect", "syscalls", Need::Required),
-    ("sys_exit_connect", "syscalls", Need::Required),
-    ("sys_enter_listen", "syscalls", Need::Required),
-    ("sys_exit_listen", "syscalls", Need::Required),
-    ("sys_enter_close", "syscalls", Need::Required),
-    ("sys_exit_close", "syscalls", Need::Required),
-    ("sys_exit_accept", "syscalls", Need::Optional),
-    ("sys_exit_accept4", "syscalls", Need::Required),
-    ("inet_sock_set_state", "sock", Need::Required),
-    ("tcp_destroy_sock", "tcp", Need::Required),
+/// A program and the tracepoint it is attached to.
+struct Hook {
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    need: Need,
+}
+
+/// A program named after its tracepoint.
+const fn tp(name: &'static str, category: &'static str, need: Need) -> Hook {
+    Hook {
+        program: name,
+        category,
+        tracepoint: name,
+        need,
+    }
+}
+
+const TRACEPOINTS: [Hook; 13] = [
+    tp("sys_enter_bind", "syscalls", Need::ArgsAtEnter),
+    tp("sys_exit_bind", "syscalls", Need::ArgsAtEnter),
+    Hook {
+        program: "bind_from_regs",
+        category: "syscalls",
+        tracepoint: "sys_exit_bind",
+        need: Need::ArgsAtExit,
+    },
+    tp("sys_enter_connect", "syscalls", Need::Required),
+    tp("sys_exit_connect", "syscalls", Need::Required),
+    tp("sys_enter_listen", "syscalls", Need::Required),
+    tp("sys_exit_listen", "syscalls", Need::Required),
+    tp("sys_enter_close", "syscalls", Need::Required),
+    tp("sys_exit_close", "syscalls", Need::Required),
+    tp("sys_exit_accept", "syscalls", Need::Optional),
+    tp("sys_exit_accept4", "syscalls", Need::Required),
+    tp("inet_sock_set_state", "sock", Need::Required),
+    tp("tcp_destroy_sock", "tcp", Need::Required),
 ];
 
 fn programs() -> Vec<&'static str> {
-    TRACEPOINTS.iter().map(|t| t.0).collect()
+    TRACEPOINTS.iter().map(|t| t.program).collect()
 }
 
 fn attach(ebpf: &mut Ebpf, resolved: &Resolved, warnings: &mut Vec<String>) -> Result<(), Refusal> {
-    for (prog, category, need) in TRACEPOINTS {
-        if need == Need::UnlessArgsAtExit && resolved.syscall_args_at_exit() {
+    let at_exit = resolved.syscall_args_at_exit();
+    for h in &TRACEPOINTS {
+        let wanted = match h.need {
+            Need::ArgsAtExit => at_exit,
+            Need::ArgsAtEnter => !at_exit,
+            Need::Required | Need::Optional => true,
+        };
+        if !wanted {
             continue;
         }
         let result = (|| -> Result<(), Refusal> {
-            let p: &mut TracePoint = bpf::program(ebpf, prog)?;
-            p.load().map_err(|e| Refusal::from_load(prog, &e))?;
-            p.attach(category, prog).map_err(|e| Refusal::Attach {
-                program: prog.to_string(),
-                target: format!("{category}:{prog}"),
-                reason: error_chain(&e),
-            })?;
+            let p: &mut TracePoint = bpf::program(ebpf, h.program)?;
+            p.load().map_err(|e| Refusal::from_load(h.program, &e))?;
+            p.attach(h.category, h.tracepoint)
+                .map_err(|e| Refusal::Attach {
+                    program: h.program.to_string(),
+                    target: format!("{}:{}", h.category, h.tracepoint),
+                    reason: error_chain(&e),
+                })?;
             Ok(())
         })();
         match result {
             Ok(()) => {}
-            Err(e) if need == Need::Optional => {
+            Err(e) if h.need == Need::Optional => {
                 warnings.push(format!("optional tracepoint skipped: {e}"))
             }
             Err(e) => return Err(e),

@@ -145,8 +145,8 @@ pub const VARIANTS: &[Variant] = &[
         backports: &[],
         until: None,
         detect: Detect::Func("bpf_task_pt_regs"),
-        with: "tracepoint backend: bind() is read at sys_exit_bind alone, its fd and address taken from the registers (sys_enter_bind is not attached)",
-        without: "tracepoint backend: sys_enter_bind keeps bind()'s fd and address for sys_exit_bind in a hash map",
+        with: "tracepoint backend: bind() is read at sys_exit_bind alone (program bind_from_regs), its fd and address taken from the registers; sys_enter_bind is not attached",
+        without: "tracepoint backend: sys_enter_bind keeps bind()'s fd and address for sys_exit_bind in a hash map (two program runs and a map entry per call)",
     },
     Variant {
         id: Id::BpfLoop,
