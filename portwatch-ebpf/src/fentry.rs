@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{hook::FENTRY, NO_ARG};
 
-use crate::{kernel_functions as hooks, maps::ARGS};
+use crate::{kernel_functions as hooks, maps::ARGS, read::idle};
 
 macro_rules! argpos {
     ($f:ident) => {
@@ -70,6 +70,9 @@ fn ret(ctx: &FExitContext, nargs: u32) -> i64 {
 
 #[fentry(function = "inet_csk_get_port")]
 pub fn fe_get_port(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let (s, n) = (argpos!(get_port_sk), argpos!(get_port_snum));
     if s != NO_ARG && n != NO_ARG {
         if let (Some(sk), Some(snum)) = (arg::<2>(&ctx, s), arg::<2>(&ctx, n)) {
@@ -81,12 +84,18 @@ pub fn fe_get_port(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_csk_get_port")]
 pub fn fx_get_port(ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::get_port_return(FENTRY, ret(&ctx, argpos!(get_port_nargs)));
     0
 }
 
 #[fentry(function = "__inet_hash_connect")]
 pub fn fe_hash_connect(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg::<4>(&ctx, argpos!(hash_connect_sk)) {
         hooks::hash_connect_entry(sk);
     }
@@ -95,12 +104,18 @@ pub fn fe_hash_connect(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "__inet_hash_connect")]
 pub fn fx_hash_connect(ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::hash_connect_return(FENTRY, ret(&ctx, argpos!(hash_connect_nargs)));
     0
 }
 
 #[fentry(function = "__inet_inherit_port")]
 pub fn fe_inherit(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let (Some(l), Some(c)) = (
         arg::<2>(&ctx, argpos!(inherit_sk)),
         arg::<2>(&ctx, argpos!(inherit_child)),
@@ -112,12 +127,18 @@ pub fn fe_inherit(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "__inet_inherit_port")]
 pub fn fx_inherit(ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::inherit_return(FENTRY, ret(&ctx, argpos!(inherit_nargs)));
     0
 }
 
 #[fentry(function = "inet_put_port")]
 pub fn fe_put_port(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg::<1>(&ctx, argpos!(put_port_sk)) {
         hooks::put_port_entry(sk);
     }
@@ -126,6 +147,9 @@ pub fn fe_put_port(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_put_port")]
 pub fn fx_put_port(_ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::put_port_return(FENTRY);
     0
 }
@@ -136,6 +160,9 @@ pub fn fx_put_port(_ctx: FExitContext) -> u32 {
 // user space attaches the one the running kernel has.
 #[fentry(function = "inet_twsk_hashdance_schedule")]
 pub fn fe_hashdance_schedule(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg::<3>(&ctx, argpos!(hashdance_sk)) {
         hooks::hashdance_entry(sk);
     }
@@ -144,12 +171,18 @@ pub fn fe_hashdance_schedule(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_twsk_hashdance_schedule")]
 pub fn fx_hashdance_schedule(_ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::hashdance_return(FENTRY);
     0
 }
 
 #[fentry(function = "inet_twsk_hashdance")]
 pub fn fe_hashdance(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg::<3>(&ctx, argpos!(hashdance_sk)) {
         hooks::hashdance_entry(sk);
     }
@@ -158,12 +191,18 @@ pub fn fe_hashdance(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_twsk_hashdance")]
 pub fn fx_hashdance(_ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::hashdance_return(FENTRY);
     0
 }
 
 #[fentry(function = "inet_twsk_bind_unhash")]
 pub fn fe_tw_unhash(ctx: FEntryContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(tw) = arg::<2>(&ctx, argpos!(bind_unhash_tw)) {
         hooks::tw_unhash_entry(tw);
     }
@@ -172,6 +211,9 @@ pub fn fe_tw_unhash(ctx: FEntryContext) -> u32 {
 
 #[fexit(function = "inet_twsk_bind_unhash")]
 pub fn fx_tw_unhash(_ctx: FExitContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::tw_unhash_return(FENTRY);
     0
 }

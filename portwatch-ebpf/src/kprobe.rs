@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{hook::KPROBE, NO_ARG};
 
-use crate::{kernel_functions as hooks, maps::ARGS};
+use crate::{kernel_functions as hooks, maps::ARGS, read::idle};
 
 /// Reads one field of the global `ARGS` (see `layout!`).
 macro_rules! argpos {
@@ -43,6 +43,9 @@ fn ret(ctx: &RetProbeContext) -> i64 {
 
 #[kprobe]
 pub fn kp_get_port(ctx: ProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let (s, n) = (argpos!(get_port_sk), argpos!(get_port_snum));
     if s != NO_ARG && n != NO_ARG {
         if let (Some(sk), Some(snum)) = (arg(&ctx, s), arg(&ctx, n)) {
@@ -54,12 +57,18 @@ pub fn kp_get_port(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_get_port(ctx: RetProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::get_port_return(KPROBE, ret(&ctx));
     0
 }
 
 #[kprobe]
 pub fn kp_hash_connect(ctx: ProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg(&ctx, argpos!(hash_connect_sk)) {
         hooks::hash_connect_entry(sk);
     }
@@ -68,12 +77,18 @@ pub fn kp_hash_connect(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_hash_connect(ctx: RetProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::hash_connect_return(KPROBE, ret(&ctx));
     0
 }
 
 #[kprobe]
 pub fn kp_inherit(ctx: ProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let (Some(l), Some(c)) = (
         arg(&ctx, argpos!(inherit_sk)),
         arg(&ctx, argpos!(inherit_child)),
@@ -85,12 +100,18 @@ pub fn kp_inherit(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_inherit(ctx: RetProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::inherit_return(KPROBE, ret(&ctx));
     0
 }
 
 #[kprobe]
 pub fn kp_put_port(ctx: ProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg(&ctx, argpos!(put_port_sk)) {
         hooks::put_port_entry(sk);
     }
@@ -99,12 +120,18 @@ pub fn kp_put_port(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_put_port(_ctx: RetProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::put_port_return(KPROBE);
     0
 }
 
 #[kprobe]
 pub fn kp_hashdance(ctx: ProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(sk) = arg(&ctx, argpos!(hashdance_sk)) {
         hooks::hashdance_entry(sk);
     }
@@ -113,12 +140,18 @@ pub fn kp_hashdance(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_hashdance(_ctx: RetProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::hashdance_return(KPROBE);
     0
 }
 
 #[kprobe]
 pub fn kp_tw_unhash(ctx: ProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(tw) = arg(&ctx, argpos!(bind_unhash_tw)) {
         hooks::tw_unhash_entry(tw);
     }
@@ -127,6 +160,9 @@ pub fn kp_tw_unhash(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn krp_tw_unhash(_ctx: RetProbeContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     hooks::tw_unhash_return(KPROBE);
     0
 }

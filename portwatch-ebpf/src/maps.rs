@@ -20,6 +20,11 @@ pub static TP: TpOffsets = TpOffsets::UNSET;
 #[no_mangle]
 pub static ARGS: ArgPos = ArgPos::UNSET;
 
+/// 1: every event program returns at once, attached but doing nothing (the hidden
+/// `trace --idle-programs`, for `cargo xtask bench`: what the attach points cost alone).
+#[no_mangle]
+pub static IDLE: u32 = 0;
+
 /// Step budgets of the bounded-loop walk driver (`drive.rs`), chosen by user space when
 /// it loads the object.
 #[no_mangle]

@@ -25,6 +25,14 @@ pub fn layout_ready() -> bool {
     unsafe { core::ptr::read_volatile(&LAYOUT.valid) == 1 }
 }
 
+/// True when user space loaded the event programs idle (`IDLE`): a constant the
+/// verifier knows, so an idle program is verified as an empty one.
+#[inline(always)]
+pub fn idle() -> bool {
+    // SAFETY: IDLE is a plain static in .rodata.
+    unsafe { core::ptr::read_volatile(&crate::maps::IDLE) == 1 }
+}
+
 /// Reads a `T` at a kernel address.
 #[inline(always)]
 pub fn rd<T>(addr: u64) -> Option<T> {

@@ -34,7 +34,7 @@ use crate::{
     errors::count_failure,
     kernel::{is_tcp, net_inum, sk_net, sk_num, sock_from_fd, SockHead, AF_INET, AF_INET6},
     maps::{Pending, CLOSING, PENDING, SOCKS, TP},
-    read::layout_ready,
+    read::{idle, layout_ready},
 };
 
 /// Tag of a destroyed socket's entry in `PENDING` (key `pid_tgid ^ CLOSE_TAG`), apart
@@ -331,42 +331,63 @@ fn count_unresolved(cfg: &Config, fd: i64, which: u8, errno: i32) -> Option<()> 
 
 #[tracepoint]
 pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = enter(&ctx, op::BIND);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = exit(&ctx, op::BIND);
     0
 }
 
 #[tracepoint]
 pub fn bind_from_regs(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = bind_exit_alone(&ctx);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = enter(&ctx, op::CONNECT);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = exit(&ctx, op::CONNECT);
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = enter(&ctx, op::LISTEN);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = exit(&ctx, op::LISTEN);
     0
 }
@@ -374,6 +395,9 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 /// Marks this CPU's thread as being in close(); reads nothing.
 #[tracepoint]
 pub fn sys_enter_close(_ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     if let Some(m) = CLOSING.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; tracing programs do not nest on one CPU.
         unsafe {
@@ -475,6 +499,9 @@ fn destroyed(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint]
 pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = destroyed(&ctx);
     0
 }
@@ -510,6 +537,9 @@ fn close_exit() -> Option<()> {
 
 #[tracepoint]
 pub fn sys_exit_close(_ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = close_exit();
     0
 }
@@ -555,12 +585,18 @@ fn accepted(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = accepted(&ctx);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = accepted(&ctx);
     0
 }
@@ -609,6 +645,9 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if idle() {
+        return 0;
+    }
     let _ = set_state(&ctx);
     0
 }

@@ -68,6 +68,9 @@ pub struct SessionOptions {
     pub snapshot_ring_bytes: Option<u32>,
     /// Which walk driver to load (`--walk-driver`).
     pub walk_driver: WalkDriverChoice,
+    /// Attach the event programs idle: each returns at its first instruction (for
+    /// benchmarks: what the attach points alone cost; no events).
+    pub idle_programs: bool,
 }
 
 impl Default for SessionOptions {
@@ -80,6 +83,7 @@ impl Default for SessionOptions {
             ring_bytes: None,
             snapshot_ring_bytes: None,
             walk_driver: WalkDriverChoice::Auto,
+            idle_programs: false,
         }
     }
 }
@@ -487,7 +491,8 @@ fn load_object(
         .override_global("LAYOUT", layout, true)
         .override_global("TP", tp, true)
         .override_global("ARGS", args, true)
-        .override_global("WALK", budget, true);
+        .override_global("WALK", budget, true)
+        .override_global("IDLE", &u32::from(opts.idle_programs), true);
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }

@@ -46,6 +46,10 @@ pub struct TraceArgs {
     /// for tests and benchmarks that provoke loss.
     #[arg(long, hide = true, value_parser = parse_ring_bytes)]
     ring_bytes: Option<u32>,
+    /// Attach every program of the backend idle (each returns at once, nothing is
+    /// traced); for benchmarks: what the attach points alone cost.
+    #[arg(long, hide = true)]
+    idle_programs: bool,
     /// At exit, print the bucket state the stream ends with as one JSON line
     /// (`{"kind":"state","buckets":[..]}`, rows as in `dump --json`); for tests.
     #[arg(long, hide = true, requires = "json")]
@@ -88,6 +92,7 @@ pub fn run(a: TraceArgs) -> Result<ExitCode> {
         ports: a.port.clone(),
         ring_bytes: a.ring_bytes,
         snapshot_ring_bytes: Some(EXPLAIN_RING_BYTES),
+        idle_programs: a.idle_programs,
         ..SessionOptions::default()
     };
     let mut session = super::open_session(&opts)?;
