@@ -483,6 +483,7 @@ fn load_object(
     args: &ArgPos,
     opts: &SessionOptions,
 ) -> Result<Ebpf, BackendError> {
+    let idle = u32::from(opts.idle_programs);
     let mut loader = EbpfLoader::new();
     // No CO-RE relocations to apply (offsets come from our own BTF reading), so aya need
     // not parse the kernel's BTF again (~70 ms); fentry attachment loads it when needed.
@@ -492,7 +493,7 @@ fn load_object(
         .override_global("TP", tp, true)
         .override_global("ARGS", args, true)
         .override_global("WALK", budget, true)
-        .override_global("IDLE", &u32::from(opts.idle_programs), true);
+        .override_global("IDLE", &idle, true);
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
