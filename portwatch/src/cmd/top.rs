@@ -11,7 +11,7 @@ use portwatch::{
     model::{NetInfo, Scope, Snapshot, SocketEvent},
     netns::{current_netns_inode, netns_path_for_inode, NetnsFilter},
     snapshot::{NetAsk, SnapOptions},
-    views::top::{run_top, TopOptions, TopSource},
+    views::top::{run_top, Rescan, TopOptions, TopSource},
 };
 
 /// The table is a racy lock-free snapshot (like the article's drgn script) kept current
@@ -26,13 +26,25 @@ pub struct TopArgs {
     /// Only this port.
     #[arg(long, value_parser = super::parse_port)]
     port: Option<u16>,
-    /// Seconds between rescans.
+    /// Seconds between refreshes: a new table every interval when stdout is not a
+    /// terminal, and the shortest time between two walks of the whole bind table.
     #[arg(long, default_value = "1", value_parser = parse_interval)]
     interval: f64,
-    /// Print the table once and exit (also what happens, every interval, when stdout is
-    /// not a terminal).
+    /// Seconds between walks of the whole bind table, which catch what the event stream
+    /// cannot see (TIME-WAIT expiry under the tracepoint backend, lost events). `auto`:
+    /// every interval, spaced out so that walks take at most 0.5 % of one core (a walk of
+    /// 10,000 buckets costs 10-30 ms: one every 2-6 s), and every interval again after
+    /// events were lost. The status line shows the spacing and the cost of a walk.
+    #[arg(long, default_value = "auto", value_name = "SECS|auto", value_parser = parse_rescan)]
+    rescan: Rescan,
+    /// Print the table once and exit.
     #[arg(long)]
     once: bool,
+    /// When stdout is not a terminal: print every row every interval (like `top -b`).
+    /// Without it the first table has every row and each later one only the rows that
+    /// changed since the previous table (a bucket gone shows `-` for its values).
+    #[arg(long)]
+    all_rows: bool,
     /// Probe backend; `auto` tries fentry, then kprobe, then tracepoint.
     #[arg(long, value_enum, default_value = "auto")]
     probe: ProbeChoice,
@@ -45,6 +57,18 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
         _ => Err(format!("invalid interval `{s}`: seconds from 0.05 to 3600")),
+    }
+}
+
+fn parse_rescan(s: &str) -> Result<Rescan, String> {
+    if s == "auto" {
+        return Ok(Rescan::Auto);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(Rescan::Every(Duration::from_secs_f64(v))),
+        _ => Err(format!(
+            "invalid rescan `{s}`: `auto` or seconds from 0.05 to 3600"
+        )),
     }
 }
 
@@ -170,6 +194,8 @@ pub fn run(a: TopArgs) -> Result<ExitCode> {
     super::write_ready_file(a.ready_file.as_deref())?;
     let opts = TopOptions {
         interval: Duration::from_secs_f64(a.interval),
+        rescan: a.rescan,
+        all_rows: a.all_rows,
         once: a.once,
         netns_label: label,
         port: a.port,

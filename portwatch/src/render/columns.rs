@@ -107,12 +107,21 @@ impl Column {
     /// The cell of a bucket.
     pub fn cell(self, key: &BucketKey, info: &BucketInfo) -> String {
         match self {
-            Column::Netns => key.netns.to_string(),
-            Column::Port => key.port.to_string(),
-            Column::L3mdev => key.l3mdev.to_string(),
             Column::Fastreuse => info.fastreuse.to_string(),
             Column::Fastreuseport => info.fastreuseport.to_string(),
             Column::Owners => info.owners.to_string(),
+            Column::Netns | Column::Port | Column::L3mdev => self.key_cell(key).unwrap_or_default(),
+        }
+    }
+
+    /// The cell of an identity column, from the key alone (a bucket `top` saw go away);
+    /// `None` for the value columns.
+    pub fn key_cell(self, key: &BucketKey) -> Option<String> {
+        match self {
+            Column::Netns => Some(key.netns.to_string()),
+            Column::Port => Some(key.port.to_string()),
+            Column::L3mdev => Some(key.l3mdev.to_string()),
+            Column::Fastreuse | Column::Fastreuseport | Column::Owners => None,
         }
     }
 

@@ -44,6 +44,13 @@ pub fn monotonic_now_ns() -> Result<u64, ClockError> {
     Ok(u64::try_from(ns).unwrap_or(0))
 }
 
+/// CPU time this thread has used, kernel time included (what a BPF program run by
+/// `BPF_PROG_TEST_RUN` costs lands here: it runs in the caller's context).
+pub fn thread_cpu_time() -> Result<Duration, ClockError> {
+    let ns = now_ns(libc::CLOCK_THREAD_CPUTIME_ID, "CLOCK_THREAD_CPUTIME_ID")?;
+    Ok(Duration::from_nanos(u64::try_from(ns).unwrap_or(0)))
+}
+
 /// Maps kernel monotonic timestamps to wall-clock (UTC) time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Clock {

@@ -180,7 +180,7 @@ pub fn render(r: &Report) -> String {
     if !r.top.is_empty() {
         let _ = writeln!(
             s,
-            "\n4. top CPU with {} buckets, --interval 1 (goal: < 2 % of one core)",
+            "\n4. top CPU with {} buckets, --interval 1 (goal: < 1 % of one core)",
             r.config.top_buckets
         );
         for t in &r.top {

@@ -199,22 +199,24 @@ pub fn sort_keys(
             .and_then(|m| m.last_change.as_ref())
             .map(|c| c.at)
     };
+    // Bucket states are looked up only by the orders that read them: sorting 10,000 keys
+    // by port costs no map lookup.
+    let by_state = |a: &BucketKey, b: &BucketKey| match (buckets.get(a), buckets.get(b)) {
+        (Some(x), Some(y)) if sort == SortKey::Owners => y.owners.n.cmp(&x.owners.n),
+        (Some(x), Some(y)) => (x.fastreuse, x.fastreuseport).cmp(&(y.fastreuse, y.fastreuseport)),
+        _ => Ordering::Equal,
+    };
     keys.sort_unstable_by(|a, b| {
-        let (ia, ib) = (buckets.get(a), buckets.get(b));
-        let primary = match (sort, ia, ib) {
-            (SortKey::Port, _, _) => (a.port, a.netns, a.l3mdev).cmp(&(b.port, b.netns, b.l3mdev)),
-            (SortKey::Netns, _, _) => Ordering::Equal,
-            (SortKey::Owners, Some(x), Some(y)) => y.owners.n.cmp(&x.owners.n),
-            (SortKey::Fastreuse, Some(x), Some(y)) => {
-                (x.fastreuse, x.fastreuseport).cmp(&(y.fastreuse, y.fastreuseport))
-            }
-            (SortKey::LastChange, _, _) => match (changed_at(a), changed_at(b)) {
+        let primary = match sort {
+            SortKey::Port => (a.port, a.netns, a.l3mdev).cmp(&(b.port, b.netns, b.l3mdev)),
+            SortKey::Netns => Ordering::Equal,
+            SortKey::Owners | SortKey::Fastreuse => by_state(a, b),
+            SortKey::LastChange => match (changed_at(a), changed_at(b)) {
                 (Some(p), Some(q)) => q.cmp(&p),
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => Ordering::Equal,
             },
-            _ => Ordering::Equal,
         };
         let ord = primary.then_with(|| base(a, b));
         if reverse {
@@ -252,6 +254,9 @@ pub struct TopApp {
     /// The bucket states: the one owner of them.
     buckets: Reducer,
     meta: HashMap<BucketKey, RowMeta>,
+    /// The buckets changed since the last plain frame, with their latest change (kept
+    /// only when the plain output prints changed rows: see [`TopApp::track_changes`]).
+    changes: Option<HashMap<BucketKey, LastChange>>,
     view: Vec<BucketKey>,
     view_dirty: bool,
     pub sort: SortKey,
@@ -274,12 +279,18 @@ pub struct TopApp {
     pub header_netns: u32,
     pub backend: String,
     pub dropped: u64,
+    /// `dropped` as the last walk left it (a walk after a loss repairs the table).
+    pub dropped_at_walk: u64,
     /// The last walk cut some owner list short (owner counts are lower bounds).
     pub truncated: bool,
     /// The last walk did not cover its whole scope: buckets may be missing.
     pub incomplete: bool,
     pub scans: u64,
     pub last_scan: Option<Instant>,
+    /// CPU time of the last walk (walk, decode, reconcile), set by the run loop.
+    pub walk_cost: Option<Duration>,
+    /// Time between walks, as last scheduled (none with `--once`).
+    pub rescan_every: Option<Duration>,
 }
 
 impl TopApp {
@@ -287,6 +298,7 @@ impl TopApp {
         TopApp {
             buckets: Reducer::new(),
             meta: HashMap::with_capacity(1024),
+            changes: None,
             view: Vec::with_capacity(1024),
             view_dirty: true,
             sort: SortKey::Port,
@@ -304,10 +316,47 @@ impl TopApp {
             header_netns,
             backend,
             dropped: 0,
+            dropped_at_walk: 0,
             truncated: false,
             incomplete: false,
             scans: 0,
             last_scan: None,
+            walk_cost: None,
+            rescan_every: None,
+        }
+    }
+
+    /// Starts keeping the buckets changed between plain frames (see
+    /// [`TopApp::take_changes`]).
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(HashMap::new);
+    }
+
+    /// The buckets changed since the previous call (or since [`TopApp::track_changes`]),
+    /// each with its latest change, in the view's order (sort and filter); a bucket gone
+    /// since has no row in the reducer any more and its change says how it went.
+    pub fn take_changes(&mut self) -> Vec<(BucketKey, LastChange)> {
+        let Some(changes) = self.changes.as_mut() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<BucketKey> = changes
+            .keys()
+            .filter(|k| matches_filter(k, &self.filter))
+            .copied()
+            .collect();
+        sort_keys(&mut keys, &self.buckets, &self.meta, self.sort, self.reverse);
+        let out = keys
+            .into_iter()
+            .filter_map(|k| changes.get(&k).map(|c| (k, c.clone())))
+            .collect();
+        changes.clear();
+        out
+    }
+
+    /// Records a change of `key` for the next plain frame, when changes are kept.
+    fn remember(&mut self, key: BucketKey, change: &LastChange) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.insert(key, change.clone());
         }
     }
 
@@ -368,23 +417,24 @@ impl TopApp {
 
     /// Records `t` in the metadata of its row (the reducer already applied it).
     fn note(&mut self, t: &Transition, now: Instant) {
+        let change = LastChange {
+            at: now,
+            transition: t.clone(),
+        };
         let Some(after) = t.after else {
             if t.kind == TransitionKind::BucketDestroyed {
                 self.meta.remove(&t.key);
+                self.remember(t.key, &change);
             } else if self.buckets.get(&t.key).is_some() {
-                self.meta.entry(t.key).or_default().last_change = Some(LastChange {
-                    at: now,
-                    transition: t.clone(),
-                });
+                self.remember(t.key, &change);
+                self.meta.entry(t.key).or_default().last_change = Some(change);
             }
             return;
         };
+        self.remember(t.key, &change);
         let changed = Changed::between(t.before.as_ref(), &after);
         let meta = self.meta.entry(t.key).or_default();
-        meta.last_change = Some(LastChange {
-            at: now,
-            transition: t.clone(),
-        });
+        meta.last_change = Some(change);
         if changed.any() {
             meta.changed = changed;
             meta.changed_at = Some(now);
@@ -401,6 +451,7 @@ impl TopApp {
         // A bucket corrected in several fields has one correction per field, each with the
         // whole state before and after: the first one says it all.
         let mut done: HashSet<BucketKey> = HashSet::with_capacity(corrections.len());
+        let changed = first || !corrections.is_empty();
         for t in corrections {
             if !done.insert(t.key) {
                 continue;
@@ -408,15 +459,26 @@ impl TopApp {
             match t.after {
                 None => {
                     self.meta.remove(&t.key);
+                    if !first {
+                        self.remember(
+                            t.key,
+                            &LastChange {
+                                at: now,
+                                transition: t,
+                            },
+                        );
+                    }
                 }
                 Some(after) if !first => {
-                    let meta = self.meta.entry(t.key).or_default();
-                    meta.changed = Changed::between(t.before.as_ref(), &after);
-                    meta.changed_at = Some(now);
-                    meta.last_change = Some(LastChange {
+                    let change = LastChange {
                         at: now,
                         transition: t,
-                    });
+                    };
+                    self.remember(change.transition.key, &change);
+                    let meta = self.meta.entry(change.transition.key).or_default();
+                    meta.changed = Changed::between(change.transition.before.as_ref(), &after);
+                    meta.changed_at = Some(now);
+                    meta.last_change = Some(change);
                 }
                 Some(_) => {}
             }
@@ -425,8 +487,11 @@ impl TopApp {
         self.incomplete = !snap.complete;
         self.scans += 1;
         self.last_scan = Some(now);
-        self.view_dirty = true;
-        self.update_pressure();
+        // A walk that corrected nothing leaves the view and the pressure as they are.
+        if changed {
+            self.view_dirty = true;
+            self.update_pressure();
+        }
     }
 
     pub fn set_port_range(&mut self, range: RangeState) {
@@ -479,6 +544,11 @@ impl TopApp {
 
     pub fn view_len(&self) -> usize {
         self.view.len()
+    }
+
+    /// The keys of the sorted, filtered rows.
+    pub fn view_keys(&self) -> &[BucketKey] {
+        &self.view
     }
 
     /// The rows on screen: `page` rows from `offset`.
@@ -789,6 +859,86 @@ mod tests {
         let r = app.row(&key(1, 80)).expect("80");
         assert_eq!(r.last_change().map(|c| c.at), Some(t1));
         assert!(!r.highlight(t1 + HIGHLIGHT_FOR).any());
+    }
+
+    #[test]
+    fn changes_between_plain_frames_are_kept_only_when_asked() {
+        let t0 = Instant::now();
+        let mut app = TopApp::new(1, String::new());
+        let three = snap(&[
+            (key(1, 80), info(0, -1, 1)),
+            (key(1, 443), info(0, -1, 1)),
+            (key(1, 8080), info(0, -1, 1)),
+        ]);
+        rescan(&mut app, three, t0);
+        app.apply_events(vec![ev(Op::Bind, key(1, 80), Some(info(0, -1, 2)))], t0);
+        assert!(app.take_changes().is_empty(), "not kept unless asked");
+
+        app.track_changes();
+        let t1 = t0 + Duration::from_secs(1);
+        app.apply_events(
+            vec![
+                ev(Op::Bind, key(1, 9000), Some(info(0, -1, 1))),
+                ev(Op::Bind, key(1, 80), Some(info(0, -1, 3))),
+                ev(Op::Close, key(1, 443), None),
+            ],
+            t1,
+        );
+        // The rescan corrects 8080 (an owner gone unseen); 80 and 9000 are as walked.
+        let s = snap(&[
+            (key(1, 80), info(0, -1, 3)),
+            (key(1, 8080), info(0, -1, 2)),
+            (key(1, 9000), info(0, -1, 1)),
+        ]);
+        rescan(&mut app, s.clone(), t1);
+        let changes = app.take_changes();
+        let got: Vec<(u16, String)> = changes
+            .iter()
+            .map(|(k, c)| (k.port, describe(&c.transition)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (80, "owners 2→3 (bind)".to_owned()),
+                (443, "destroyed (close)".to_owned()),
+                (8080, "owners 1→2 (rescan)".to_owned()),
+                (9000, "created 0/-1 (bind)".to_owned()),
+            ],
+            "in the view's order, the latest change of each"
+        );
+        assert!(app.row(&key(1, 443)).is_none());
+        assert!(app.take_changes().is_empty(), "taken once");
+
+        // A walk that corrects nothing changes nothing, and the filter applies.
+        rescan(&mut app, s, t1);
+        assert!(app.take_changes().is_empty());
+        app.filter = "9000".into();
+        app.apply_events(
+            vec![
+                ev(Op::Bind, key(1, 9000), Some(info(0, -1, 2))),
+                ev(Op::Bind, key(1, 80), Some(info(0, -1, 4))),
+            ],
+            t1,
+        );
+        let ports: Vec<u16> = app.take_changes().iter().map(|(k, _)| k.port).collect();
+        assert_eq!(ports, [9000]);
+    }
+
+    #[test]
+    fn a_walk_that_corrects_nothing_leaves_the_view_alone() {
+        let t0 = Instant::now();
+        let mut app = TopApp::new(1, String::new());
+        let s = snap(&[(key(1, 80), info(0, -1, 1)), (key(1, 22), info(0, -1, 1))]);
+        rescan(&mut app, s.clone(), t0);
+        app.refresh_view();
+        assert!(!app.view_dirty);
+        rescan(&mut app, s, t0);
+        assert!(!app.view_dirty, "nothing to sort again");
+        assert_eq!(app.scans, 2);
+        rescan(&mut app, snap(&[(key(1, 80), info(0, -1, 1))]), t0);
+        assert!(app.view_dirty);
+        app.refresh_view();
+        assert_eq!(ports(&app), [80]);
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! rescans reconcile it: one owner of bucket state.
 //!
 //! - On a terminal: a ratatui TUI ([`run_tui`]) that pulls events every tick
-//!   ([`TICK`]) and rescans every `interval`.
-//! - With `--once`, or when stdout is not a terminal: the same columns as a plain table,
-//!   once or every interval ([`run_plain`]), until SIGINT/SIGTERM.
+//!   ([`TICK`]), draws when something changed (and once a second for ages), and walks
+//!   the whole table again when its [`Schedule`] says so.
+//! - With `--once`, or when stdout is not a terminal: the same columns as a plain table
+//!   ([`run_plain`]): once, or every interval until SIGINT/SIGTERM: the whole table first,
+//!   then only the rows that changed since the previous table (every row with
+//!   `--all-rows`).
 
 pub mod app;
 #[cfg(test)]
 mod fixtures;
+pub mod schedule;
 pub mod term;
 pub mod ui;
 
@@ -24,12 +28,13 @@ use anyhow::Context as _;
 use crossterm::event::Event;
 use ratatui::{backend::Backend, layout::Rect, Terminal};
 
-use self::app::{KeyOutcome, RangeState, TopApp};
+pub use self::schedule::{Rescan, Schedule};
+use self::app::{KeyOutcome, LastChange, RangeState, TopApp};
 use crate::{
-    model::{NetInfo, Scope, Snapshot, SocketEvent},
+    model::{BucketKey, NetInfo, Scope, Snapshot, SocketEvent},
     render::{
         table::{bucket_table, footer, table_to_string},
-        time::monotonic_now_ns,
+        time::{monotonic_now_ns, thread_cpu_time},
     },
 };
 
@@ -57,8 +62,14 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Options of `portwatch top` that the view needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopOptions {
-    /// Rescan interval (`--interval`, default 1 s).
+    /// Refresh interval (`--interval`, default 1 s): a plain table every interval, and
+    /// the shortest time between walks.
     pub interval: Duration,
+    /// When to walk the whole table again (`--rescan`).
+    pub rescan: Rescan,
+    /// Without a terminal, print every row every interval (`--all-rows`) rather than the
+    /// rows that changed since the previous table.
+    pub all_rows: bool,
     /// `--once`: print the table once and exit.
     pub once: bool,
     /// What `--netns` selected, for the header, e.g. "all" or "4026531840 (pid 1)".
@@ -74,6 +85,8 @@ impl Default for TopOptions {
     fn default() -> Self {
         TopOptions {
             interval: Duration::from_secs(1),
+            rescan: Rescan::Auto,
+            all_rows: false,
             once: false,
             netns_label: "self".to_owned(),
             port: None,
@@ -134,9 +147,16 @@ pub fn run_top(src: &mut dyn TopSource, opts: &TopOptions) -> anyhow::Result<()>
     result
 }
 
-/// Pulls a snapshot and the port range into `app`. Events are pulled first so the walk
-/// has the last word.
-fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Result<()> {
+/// Pulls a snapshot and the port range into `app` and tells `schedule` what the walk cost
+/// (CPU time of this thread, the kernel's walk included; wall time if that clock cannot
+/// be read). Events are pulled first so the walk has the last word.
+fn rescan(
+    app: &mut TopApp,
+    src: &mut dyn TopSource,
+    schedule: &mut Schedule,
+    now: Instant,
+) -> anyhow::Result<()> {
+    let cpu0 = thread_cpu_time().ok();
     let snap = src.snapshot().context("walking the bind hash table")?;
     let ts_ns = monotonic_now_ns().context("reading the time of the walk")?;
     app.apply_snapshot(snap, src.scope(), ts_ns, now);
@@ -146,6 +166,17 @@ fn rescan(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyhow::Re
         Err(e) => RangeState::Failed(format!("{e:#}")),
     });
     app.dropped = src.dropped_events();
+    let cost = match (cpu0, thread_cpu_time().ok()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => now.elapsed(),
+    };
+    // Events lost since the last walk (counted before or during this one): the next
+    // walk repairs what this one may have raced with.
+    let lost = app.dropped != app.dropped_at_walk;
+    app.dropped_at_walk = app.dropped;
+    schedule.walked(now, cost, lost);
+    app.walk_cost = schedule.cost();
+    app.rescan_every = Some(schedule.period());
     Ok(())
 }
 
@@ -158,13 +189,8 @@ fn pull_events(app: &mut TopApp, src: &mut dyn TopSource, now: Instant) -> anyho
     Ok(n)
 }
 
-/// One plain frame: the three header lines, then the table with the TUI's columns.
-pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
-    let cols = ui::Columns::for_app(app, opts);
-    let mut table = bucket_table(&cols.bucket, &ui::META_TITLES);
-    for row in app.view() {
-        table.add_row(cols.cells(&row, now));
-    }
+/// The three header lines of a plain frame.
+fn plain_header(app: &TopApp, opts: &TopOptions) -> String {
     let mut out = String::new();
     out.push_str(&ui::title_line(app, opts));
     out.push('\n');
@@ -172,6 +198,17 @@ pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
     out.push('\n');
     out.push_str(&ui::status_line(app));
     out.push('\n');
+    out
+}
+
+/// One plain frame: the three header lines, then the table with the TUI's columns.
+pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
+    let cols = ui::Columns::for_app(app, opts);
+    let mut table = bucket_table(&cols.bucket, &ui::META_TITLES);
+    for row in app.view() {
+        table.add_row(cols.cells(&row, now));
+    }
+    let mut out = plain_header(app, opts);
     out.push_str(&table_to_string(&table));
     footer(
         &mut out,
@@ -182,9 +219,50 @@ pub fn render_plain(app: &TopApp, opts: &TopOptions, now: Instant) -> String {
     out
 }
 
-/// Plain output: one table with `opts.once`, else a table every interval (events are
-/// pulled every [`TICK`] in between, so LAST CHANGE is filled) until `stop` is set.
-/// A closed pipe (`| head`) ends the loop quietly.
+/// Printed in a plain frame when no bucket changed since the previous table.
+pub const NO_CHANGE_MESSAGE: &str = "no bucket changed since the previous table";
+
+/// A plain frame after the first: the three header lines, then the rows of the buckets
+/// that changed since the previous frame (`changes`, from [`TopApp::take_changes`]), a
+/// bucket gone since with `-` for its values. Unchanged rows are not repeated: the first
+/// table and these frames give the state at every frame.
+pub fn render_changes(
+    app: &TopApp,
+    opts: &TopOptions,
+    changes: &[(BucketKey, LastChange)],
+    now: Instant,
+) -> String {
+    let mut out = plain_header(app, opts);
+    if changes.is_empty() {
+        out.push_str(NO_CHANGE_MESSAGE);
+        out.push('\n');
+    } else {
+        let n = changes.len();
+        out.push_str(&format!(
+            "{n} bucket{} changed since the previous table ({} now; unchanged rows are not \
+             repeated, --all-rows prints every row)\n",
+            if n == 1 { "" } else { "s" },
+            app.len()
+        ));
+        let cols = ui::Columns::for_app(app, opts);
+        let mut table = bucket_table(&cols.bucket, &ui::META_TITLES);
+        for (key, change) in changes {
+            table.add_row(match app.row(key) {
+                Some(row) => cols.cells(&row, now),
+                None => cols.gone_cells(key, change, now),
+            });
+        }
+        out.push_str(&table_to_string(&table));
+    }
+    footer(&mut out, false, app.truncated, !app.incomplete);
+    out
+}
+
+/// Plain output: one table with `opts.once`, else a frame every interval (events are
+/// pulled every [`TICK`] in between, so LAST CHANGE is filled) until `stop` is set: the
+/// whole table first, then the rows changed since the previous frame (every row with
+/// `opts.all_rows`). Walks come when the [`Schedule`] says. A closed pipe (`| head`)
+/// ends the loop quietly.
 pub fn run_plain(
     src: &mut dyn TopSource,
     opts: &TopOptions,
@@ -193,19 +271,34 @@ pub fn run_plain(
 ) -> anyhow::Result<()> {
     let mut app = TopApp::new(src.header_netns(), src.backend_summary());
     let interval = opts.interval.max(TICK);
+    let mut schedule = Schedule::new(opts.rescan, interval);
+    let deltas = !opts.once && !opts.all_rows;
+    if deltas {
+        app.track_changes();
+    }
     let mut first = true;
     loop {
         let now = Instant::now();
         if !opts.once {
             pull_events(&mut app, src, now)?;
         }
-        rescan(&mut app, src, now)?;
+        if schedule.due(now) {
+            rescan(&mut app, src, &mut schedule, now)?;
+        }
+        if opts.once {
+            app.rescan_every = None;
+        }
         app.refresh_view();
         let mut frame = String::new();
         if !first {
             frame.push('\n');
         }
-        frame.push_str(&render_plain(&app, opts, now));
+        let changes = app.take_changes();
+        if first || !deltas {
+            frame.push_str(&render_plain(&app, opts, now));
+        } else {
+            frame.push_str(&render_changes(&app, opts, &changes, now));
+        }
         first = false;
         match out.write_all(frame.as_bytes()).and_then(|()| out.flush()) {
             Ok(()) => {}
@@ -243,7 +336,7 @@ pub fn run_tui<B: Backend>(
 ) -> anyhow::Result<()> {
     let mut app = TopApp::new(src.header_netns(), src.backend_summary());
     let interval = opts.interval.max(TICK);
-    let mut next_scan = Instant::now();
+    let mut schedule = Schedule::new(opts.rescan, interval);
     let mut next_tick = Instant::now();
     // Sorting, filtering and drawing happen only when something changed, and once a
     // second for ages and fading highlights: an idle screen costs next to nothing.
@@ -269,9 +362,10 @@ pub fn run_tui<B: Backend>(
                 if pull_events(&mut app, src, now)? > 0 {
                     dirty = true;
                 }
-                if now >= next_scan {
-                    rescan(&mut app, src, now)?;
-                    next_scan = now + interval;
+                if schedule.due(now) {
+                    rescan(&mut app, src, &mut schedule, now)?;
+                    // The status line counts walks; the view is sorted again only if the
+                    // walk corrected something.
                     dirty = true;
                 }
             }
@@ -310,8 +404,8 @@ pub fn run_tui<B: Backend>(
                         break;
                     }
                     KeyOutcome::Resume => {
-                        next_scan = Instant::now();
-                        next_tick = next_scan;
+                        schedule.now();
+                        next_tick = Instant::now();
                         dirty = true;
                         break;
                     }
@@ -560,6 +654,154 @@ mod tests {
             &AtomicBool::new(false),
         )
         .expect("broken pipe is a normal end");
+    }
+
+    /// Runs the plain loop for about `ms` milliseconds; returns the frames printed.
+    fn plain_frames(src: &mut FakeSource, opts: &TopOptions, ms: u64) -> Vec<String> {
+        let stop = AtomicBool::new(false);
+        let mut out = Vec::new();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(ms));
+                stop.store(true, Ordering::SeqCst);
+            });
+            run_plain(src, opts, &mut out, &stop).expect("run");
+        });
+        let text = String::from_utf8(out).expect("utf8");
+        text.split("\n\nportwatch top │")
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The table rows of a frame whose first cell is `port`.
+    fn rows_of(frame: &str, port: u16) -> Vec<&str> {
+        frame
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(&*port.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn plain_frames_after_the_first_print_only_changed_rows() {
+        // Events only (one walk): 60000 created, 80 gains an owner, later.
+        let mut src = FakeSource::new(
+            vec![snap(&[(80, info(0, -1, 1)), (443, info(0, -1, 1))])],
+            vec![
+                vec![],
+                vec![created(60000, info(-1, -1, 1))],
+                vec![],
+                vec![created(80, info(0, -1, 2))],
+            ],
+        );
+        let opts = TopOptions {
+            interval: Duration::from_millis(100),
+            rescan: Rescan::Every(Duration::from_secs(60)),
+            ..TopOptions::default()
+        };
+        let frames = plain_frames(&mut src, &opts, 650);
+        let all = frames.join("\n----\n");
+        assert!(frames.len() >= 4, "{all}");
+        assert_eq!(rows_of(&frames[0], 80).len(), 1, "{all}");
+        assert_eq!(rows_of(&frames[0], 443).len(), 1, "{all}");
+        for f in &frames[1..] {
+            assert!(
+                f.contains(NO_CHANGE_MESSAGE) || f.contains("changed since the previous table"),
+                "{all}"
+            );
+        }
+        // Each change shows once, in the frame after it; unchanged rows never again.
+        let later = |port| -> Vec<&str> {
+            frames[1..].iter().flat_map(|f| rows_of(f, port)).collect()
+        };
+        let created_rows = later(60000);
+        assert_eq!(created_rows.len(), 1, "{all}");
+        assert!(created_rows[0].contains("created -1/-1 (connect)"), "{all}");
+        assert_eq!(later(80).len(), 1, "{all}");
+        assert!(later(80)[0].contains("owners 1→2 (connect)"), "{all}");
+        assert!(later(443).is_empty(), "{all}");
+        assert!(frames.iter().any(|f| f.contains(NO_CHANGE_MESSAGE)), "{all}");
+
+        // Walks: the third finds 443 gone and 80 with two owners.
+        let mut src = FakeSource::new(
+            vec![
+                snap(&[(80, info(0, -1, 1)), (443, info(0, -1, 1))]),
+                snap(&[(80, info(0, -1, 1)), (443, info(0, -1, 1))]),
+                snap(&[(80, info(0, -1, 2))]),
+            ],
+            vec![],
+        );
+        let opts = TopOptions {
+            rescan: Rescan::Every(Duration::from_millis(100)),
+            ..opts
+        };
+        let frames = plain_frames(&mut src, &opts, 450);
+        let all = frames.join("\n----\n");
+        let later = |port| -> Vec<Vec<&str>> {
+            frames[1..]
+                .iter()
+                .flat_map(|f| rows_of(f, port))
+                .map(|r| r.split_whitespace().collect())
+                .collect()
+        };
+        assert_eq!(
+            later(443),
+            [["443", "-", "-", "-", "0.0s", "gone", "(rescan)"]],
+            "a bucket gone shows `-` for its values: {all}"
+        );
+        assert_eq!(
+            later(80),
+            [["80", "0", "-1", "2", "0.0s", "owners", "1→2", "(rescan)"]],
+            "{all}"
+        );
+        assert!(
+            all.contains("2 buckets changed since the previous table (1 now;"),
+            "{all}"
+        );
+
+        // --all-rows: every row in every frame.
+        let mut src = FakeSource::new(vec![snap(&[(80, info(0, -1, 1))])], vec![]);
+        let opts = TopOptions {
+            all_rows: true,
+            ..opts
+        };
+        let frames = plain_frames(&mut src, &opts, 350);
+        assert!(frames.len() >= 2);
+        assert!(
+            frames.iter().all(|f| rows_of(f, 80).len() == 1),
+            "{}",
+            frames.join("\n----\n")
+        );
+    }
+
+    #[test]
+    fn walks_follow_the_schedule() {
+        // A fixed rescan of 10 s with a 100 ms interval: one walk in the first 400 ms.
+        let mut src = FakeSource::new(vec![snap(&[(80, info(0, -1, 1))])], vec![]);
+        let opts = TopOptions {
+            interval: Duration::from_millis(100),
+            rescan: Rescan::Every(Duration::from_secs(10)),
+            ..TopOptions::default()
+        };
+        let frames = plain_frames(&mut src, &opts, 400);
+        assert!(frames.len() >= 3, "{frames:?}");
+        assert_eq!(src.snapshot_calls, 1);
+        assert!(
+            frames[0].contains("scans: 1 (every 10s, "),
+            "the status line says how often and at what cost: {}",
+            frames[0]
+        );
+        // --once: one walk, its cost, no spacing.
+        let mut src = FakeSource::new(vec![snap(&[(80, info(0, -1, 1))])], vec![]);
+        let frames = plain_frames(
+            &mut src,
+            &TopOptions {
+                once: true,
+                ..TopOptions::default()
+            },
+            0,
+        );
+        assert!(frames[0].contains("scans: 1 ("), "{}", frames[0]);
+        assert!(!frames[0].contains("(every"), "{}", frames[0]);
     }
 
     /// Scripted input; `None` waits out the timeout like a real idle terminal. When the

@@ -2,7 +2,7 @@
 //! changed cells, recent-transitions pane and key footer. Pure drawing: reads a
 //! [`TopApp`], does no I/O. The text helpers are shared with the plain (non-TTY) output.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ratatui::{
     layout::{Constraint, Layout, Rect},
@@ -13,11 +13,11 @@ use ratatui::{
 };
 
 use super::{
-    app::{RangeState, TopApp, TopRow, RECENT_CAPACITY},
+    app::{LastChange, RangeState, TopApp, TopRow, RECENT_CAPACITY},
     TopOptions,
 };
 use crate::{
-    model::TransitionKind,
+    model::{BucketKey, TransitionKind},
     render::{
         columns::{Column, Shown},
         time::{age, interval},
@@ -39,7 +39,7 @@ impl Columns {
     /// NETNS when asked for (`--netns all`) or when rows of several namespaces are shown;
     /// L3MDEV when any row belongs to a VRF.
     pub fn for_app(app: &TopApp, opts: &TopOptions) -> Columns {
-        let shown = Shown::for_keys(app.view().map(|r| r.key), opts.show_netns);
+        let shown = Shown::for_keys(app.view_keys().iter().copied(), opts.show_netns);
         Columns {
             bucket: Column::shown(shown),
         }
@@ -71,6 +71,19 @@ impl Columns {
                 v.push(String::new());
             }
         }
+        v
+    }
+
+    /// Cell texts of a bucket gone since (its last change says how it went): its identity,
+    /// `-` for the values it no longer has.
+    pub fn gone_cells(&self, key: &BucketKey, change: &LastChange, now: Instant) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .bucket
+            .iter()
+            .map(|c| c.key_cell(key).unwrap_or_else(|| "-".to_owned()))
+            .collect();
+        v.push(age(now.saturating_duration_since(change.at)));
+        v.push(describe(&change.transition));
         v
     }
 
@@ -140,6 +153,16 @@ pub fn status_line(app: &TopApp) -> String {
         app.len(),
         app.scans
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match (app.walk_cost, app.rescan_every) {
+        (Some(cost), Some(every)) => s.push_str(&format!(
+            " (every {}, {:.1} ms of CPU each)",
+            interval(every),
+            ms(cost)
+        )),
+        (Some(cost), None) => s.push_str(&format!(" ({:.1} ms of CPU)", ms(cost))),
+        _ => {}
+    }
     if app.paused {
         s.push_str(" │ PAUSED");
     }
@@ -336,7 +359,6 @@ fn draw_pane(frame: &mut Frame, app: &TopApp, netns: bool, area: Rect, now: Inst
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use ratatui::{backend::TestBackend, buffer::Buffer, Terminal};
 
