@@ -266,6 +266,10 @@ fn invalid_cli_values_fail_with_a_clear_message() {
     fails_with(&["top", "--interval", "0"], "invalid interval `0`");
     fails_with(&["top", "--interval", "abc"], "invalid interval `abc`");
     fails_with(
+        &["top", "--rescan", "0"],
+        "invalid rescan `0`: `auto` or seconds from 0.05 to 3600",
+    );
+    fails_with(
         &["trace", "--probe", "bogus"],
         "invalid value 'bogus' for '--probe",
     );
