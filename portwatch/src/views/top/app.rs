@@ -344,7 +344,13 @@ impl TopApp {
             .filter(|k| matches_filter(k, &self.filter))
             .copied()
             .collect();
-        sort_keys(&mut keys, &self.buckets, &self.meta, self.sort, self.reverse);
+        sort_keys(
+            &mut keys,
+            &self.buckets,
+            &self.meta,
+            self.sort,
+            self.reverse,
+        );
         let out = keys
             .into_iter()
             .filter_map(|k| changes.get(&k).map(|c| (k, c.clone())))

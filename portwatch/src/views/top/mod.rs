@@ -28,8 +28,8 @@ use anyhow::Context as _;
 use crossterm::event::Event;
 use ratatui::{backend::Backend, layout::Rect, Terminal};
 
-pub use self::schedule::{Rescan, Schedule};
 use self::app::{KeyOutcome, LastChange, RangeState, TopApp};
+pub use self::schedule::{Rescan, Schedule};
 use crate::{
     model::{BucketKey, NetInfo, Scope, Snapshot, SocketEvent},
     render::{
@@ -710,16 +710,18 @@ mod tests {
             );
         }
         // Each change shows once, in the frame after it; unchanged rows never again.
-        let later = |port| -> Vec<&str> {
-            frames[1..].iter().flat_map(|f| rows_of(f, port)).collect()
-        };
+        let later =
+            |port| -> Vec<&str> { frames[1..].iter().flat_map(|f| rows_of(f, port)).collect() };
         let created_rows = later(60000);
         assert_eq!(created_rows.len(), 1, "{all}");
         assert!(created_rows[0].contains("created -1/-1 (connect)"), "{all}");
         assert_eq!(later(80).len(), 1, "{all}");
         assert!(later(80)[0].contains("owners 1→2 (connect)"), "{all}");
         assert!(later(443).is_empty(), "{all}");
-        assert!(frames.iter().any(|f| f.contains(NO_CHANGE_MESSAGE)), "{all}");
+        assert!(
+            frames.iter().any(|f| f.contains(NO_CHANGE_MESSAGE)),
+            "{all}"
+        );
 
         // Walks: the third finds 443 gone and 80 with two owners.
         let mut src = FakeSource::new(

@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn a_fixed_rescan_ignores_the_cost() {
         let t0 = Instant::now();
-        let mut s = Schedule::new(Rescan::Every(Duration::from_secs(2)), Duration::from_secs(1));
+        let mut s = Schedule::new(
+            Rescan::Every(Duration::from_secs(2)),
+            Duration::from_secs(1),
+        );
         s.walked(t0, 100 * MS, false);
         assert_eq!(s.period(), Duration::from_secs(2));
         s.walked(t0, MS, true);
