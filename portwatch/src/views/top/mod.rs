@@ -656,18 +656,39 @@ mod tests {
         .expect("broken pipe is a normal end");
     }
 
-    /// Runs the plain loop for about `ms` milliseconds; returns the frames printed.
-    fn plain_frames(src: &mut FakeSource, opts: &TopOptions, ms: u64) -> Vec<String> {
+    /// Keeps what the plain loop writes and sets `stop` once `n` frames were flushed (one
+    /// flush per frame): a number of frames whatever the machine's load.
+    struct Frames<'a> {
+        buf: Vec<u8>,
+        flushed: usize,
+        n: usize,
+        stop: &'a AtomicBool,
+    }
+    impl Write for Frames<'_> {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.buf.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushed += 1;
+            if self.flushed >= self.n {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    }
+
+    /// Runs the plain loop for `n` frames; returns them.
+    fn plain_frames(src: &mut FakeSource, opts: &TopOptions, n: usize) -> Vec<String> {
         let stop = AtomicBool::new(false);
-        let mut out = Vec::new();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(ms));
-                stop.store(true, Ordering::SeqCst);
-            });
-            run_plain(src, opts, &mut out, &stop).expect("run");
-        });
-        let text = String::from_utf8(out).expect("utf8");
+        let mut out = Frames {
+            buf: Vec::new(),
+            flushed: 0,
+            n,
+            stop: &stop,
+        };
+        run_plain(src, opts, &mut out, &stop).expect("run");
+        let text = String::from_utf8(out.buf).expect("utf8");
         text.split("\n\nportwatch top │")
             .map(str::to_owned)
             .collect()
@@ -698,9 +719,9 @@ mod tests {
             rescan: Rescan::Every(Duration::from_secs(60)),
             ..TopOptions::default()
         };
-        let frames = plain_frames(&mut src, &opts, 650);
+        let frames = plain_frames(&mut src, &opts, 8);
         let all = frames.join("\n----\n");
-        assert!(frames.len() >= 4, "{all}");
+        assert_eq!(frames.len(), 8, "{all}");
         assert_eq!(rows_of(&frames[0], 80).len(), 1, "{all}");
         assert_eq!(rows_of(&frames[0], 443).len(), 1, "{all}");
         for f in &frames[1..] {
@@ -736,7 +757,7 @@ mod tests {
             rescan: Rescan::Every(Duration::from_millis(100)),
             ..opts
         };
-        let frames = plain_frames(&mut src, &opts, 450);
+        let frames = plain_frames(&mut src, &opts, 5);
         let all = frames.join("\n----\n");
         let later = |port| -> Vec<Vec<&str>> {
             frames[1..]
@@ -766,8 +787,8 @@ mod tests {
             all_rows: true,
             ..opts
         };
-        let frames = plain_frames(&mut src, &opts, 350);
-        assert!(frames.len() >= 2);
+        let frames = plain_frames(&mut src, &opts, 3);
+        assert_eq!(frames.len(), 3);
         assert!(
             frames.iter().all(|f| rows_of(f, 80).len() == 1),
             "{}",
@@ -777,15 +798,15 @@ mod tests {
 
     #[test]
     fn walks_follow_the_schedule() {
-        // A fixed rescan of 10 s with a 100 ms interval: one walk in the first 400 ms.
+        // A fixed rescan of 10 s with a 100 ms interval: one walk in 4 frames (0.3 s).
         let mut src = FakeSource::new(vec![snap(&[(80, info(0, -1, 1))])], vec![]);
         let opts = TopOptions {
             interval: Duration::from_millis(100),
             rescan: Rescan::Every(Duration::from_secs(10)),
             ..TopOptions::default()
         };
-        let frames = plain_frames(&mut src, &opts, 400);
-        assert!(frames.len() >= 3, "{frames:?}");
+        let frames = plain_frames(&mut src, &opts, 4);
+        assert_eq!(frames.len(), 4, "{frames:?}");
         assert_eq!(src.snapshot_calls, 1);
         assert!(
             frames[0].contains("scans: 1 (every 10s, "),
@@ -800,7 +821,7 @@ mod tests {
                 once: true,
                 ..TopOptions::default()
             },
-            0,
+            1,
         );
         assert!(frames[0].contains("scans: 1 ("), "{}", frames[0]);
         assert!(!frames[0].contains("(every"), "{}", frames[0]);
