@@ -70,7 +70,7 @@ Needs CAP_BPF and CAP_PERFMON (root).";
 const TOP_NOTE: &str =
     "Keys: q/Esc quit, s next sort column, r reverse, / or f filter (a port, or part of a \
 netns id), p pause, j/k or arrows move, PgUp/PgDn, g/G first/last. Rows come from a racy \
-lock-free snapshot every --interval, kept current by the event stream in between. The header \
+lock-free snapshot, kept current by the event stream and walked again every --rescan. The header \
 shows, for the selected netns, how many ports of ip_local_port_range are free, shared by \
 connect() (bucket -1/-1) or blocked for connect(). Needs CAP_BPF and CAP_PERFMON (root).";
 
