@@ -35,7 +35,7 @@
 
 mod capture;
 mod export;
-mod overhead;
+pub mod overhead;
 pub mod procs;
 mod report;
 mod snapshot;

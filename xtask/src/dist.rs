@@ -8,6 +8,9 @@
 //!    A new shipped file (a systemd unit, a rules file) is one line there and lands in
 //!    both artefacts.
 //!
+//! 4. Not shipped: the churn workload (examples/churn.rs), static too, for the tracing
+//!    overhead rounds `cargo xtask vm` runs inside its guests ([`vm_churn`]).
+//!
 //! Both artefacts are reproducible: SOURCE_DATE_EPOCH is the commit's time, tar entries
 //! are sorted with a fixed owner, mode and mtime, gzip runs with `-n`, and cargo-deb
 //! honours SOURCE_DATE_EPOCH.
@@ -60,6 +63,11 @@ pub fn dist_dir() -> Result<PathBuf> {
 /// The static binary cargo builds (before stripping it in place).
 fn musl_release_dir() -> Result<PathBuf> {
     Ok(build::target_dir()?.join(TARGET).join("release"))
+}
+
+/// The static churn workload (examples/churn.rs) built by [`build_all`] for the VM guests.
+pub fn vm_churn() -> Result<PathBuf> {
+    Ok(musl_release_dir()?.join("examples").join("churn"))
 }
 
 /// The commit time of HEAD (seconds since the epoch): the timestamp of every file in the
@@ -162,6 +170,23 @@ pub fn build_all() -> Result<Dist> {
     let tarball = dist.join(format!("portwatch-{version}-x86_64-linux-musl.tar.gz"));
     tarball::write(&list, &version, epoch, &tarball)?;
     let deb = debian_package(&dist, epoch)?;
+
+    // 4. The churn workload for the VM guests: a cargo invocation of its own, so the
+    // example's dev-dependencies cannot change the features the shipped binary is built
+    // with.
+    let mut churn = cmd::cargo();
+    churn.env("SOURCE_DATE_EPOCH", epoch.to_string()).args([
+        "build",
+        "--release",
+        "-p",
+        "portwatch",
+        "--target",
+        TARGET,
+        "--example",
+        "churn",
+    ]);
+    println!("dist: {}", cmd::describe(&churn));
+    cmd::checked(&mut churn).context("building the static churn workload for the VM guests")?;
     println!(
         "dist: built in {:.1} s (SOURCE_DATE_EPOCH={epoch})",
         started.elapsed().as_secs_f64()

@@ -26,7 +26,7 @@ mod serial;
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -47,7 +47,7 @@ pub struct VmArgs {
     #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12,6.18,7")]
     pub kernels: Vec<String>,
     /// Seconds before a guest is killed and reported as failed.
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Keep the work directories (initramfs) under target/vm-work/.
     #[arg(long)]
@@ -75,15 +75,18 @@ pub struct VmArgs {
     /// `<!-- vm-matrix:end -->` with the matrix (adds the section if absent).
     #[arg(long, conflicts_with = "cmds")]
     pub update_readme: bool,
+    /// Rounds of each churn variant (untraced, and traced per backend) in every guest
+    /// and on the host; the medians are taken over them.
+    #[arg(long, default_value_t = matrix::ChurnPlan::default().rounds)]
+    pub churn_rounds: usize,
+    /// Also time `trace --port 9` (a filter matching nothing) in the churn rounds: one
+    /// more tracer start per backend and round, a few seconds each under TCG.
+    #[arg(long)]
+    pub churn_port9: bool,
     /// Leave out the host row (by default the same commands run on this machine, as
     /// root, with the same static target/dist/portwatch).
     #[arg(long)]
     pub no_host: bool,
-}
-
-/// The default guest commands: the backend matrix's (see [`matrix::matrix_cmds`]).
-pub fn default_cmds() -> Vec<GuestCmd> {
-    matrix::matrix_cmds()
 }
 
 /// Newest Debian cloud kernel of each series (e.g. `["6.1", "6.12"]`), downloaded and
@@ -195,7 +198,7 @@ fn guest_inputs(runs: &[GuestRun], cmds: &[GuestCmd]) -> Vec<matrix::KernelInput
 fn host_input(
     args: &VmArgs,
     cmds: &[GuestCmd],
-    binary: &Path,
+    opts: &BootOptions,
 ) -> Result<std::result::Result<matrix::KernelInput, String>> {
     if args.no_host {
         return Ok(Err("host row left out (--no-host)".to_owned()));
@@ -207,6 +210,15 @@ fn host_input(
                 .to_owned(),
         ));
     }
+    let binary = opts
+        .files
+        .first()
+        .map(|f| f.host.clone())
+        .context("no portwatch binary configured for the guests")?;
+    let bin_dir = opts
+        .work_dir
+        .join(format!("host-bin-{}", std::process::id()));
+    host::bin_dir(&opts.files, &bin_dir)?;
     let release = host::release()?;
     eprintln!(
         "vm: host {release}: running the matrix commands with {}",
@@ -215,7 +227,12 @@ fn host_input(
     let started = Instant::now();
     let mut results = Vec::new();
     for c in cmds {
-        let r = host::run_one(c, binary, Duration::from_secs(args.timeout))?;
+        let r = host::run_one(
+            c,
+            &binary,
+            Some(&bin_dir),
+            Duration::from_secs(args.timeout),
+        )?;
         eprintln!(
             "vm: host {}: rc {} in {:.1} s",
             c.name,
@@ -224,6 +241,7 @@ fn host_input(
         );
         results.push(r);
     }
+    let _ = fs::remove_dir_all(&bin_dir);
     Ok(Ok(matrix::KernelInput {
         label: format!("host ({})", host::series_of(&release)),
         host: true,
@@ -267,7 +285,14 @@ pub fn run(args: &VmArgs) -> Result<()> {
             .map(|c| GuestCmd::parse(c))
             .collect::<Result<Vec<_>>>()?
     } else {
-        default_cmds()
+        if args.churn_rounds == 0 {
+            bail!("--churn-rounds must be at least 1");
+        }
+        matrix::matrix_cmds(&matrix::ChurnPlan {
+            rounds: args.churn_rounds,
+            port9: args.churn_port9,
+            ..matrix::ChurnPlan::default()
+        })
     };
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = cmds.iter().find(|c| !seen.insert(c.name.as_str())) {
@@ -289,12 +314,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let host = if custom {
         None
     } else {
-        let binary = opts
-            .files
-            .first()
-            .map(|f| f.host.clone())
-            .context("no portwatch binary configured for the guests")?;
-        Some(host_input(args, &cmds, &binary)?)
+        Some(host_input(args, &cmds, &opts)?)
     };
 
     eprintln!(
@@ -577,7 +597,7 @@ mod tests {
 
     #[test]
     fn guest_runs_become_matrix_rows() {
-        let cmds = default_cmds();
+        let cmds = matrix::matrix_cmds(&matrix::ChurnPlan::default());
         let ok = grun(
             "6.1",
             "6.1.0-56-cloud-amd64",
@@ -613,7 +633,7 @@ mod tests {
 
     #[test]
     fn default_cmds_are_valid_and_unique() {
-        let c = default_cmds();
+        let c = matrix::matrix_cmds(&matrix::ChurnPlan::default());
         assert!(c.iter().all(|c| c.validate().is_ok()));
         let names: std::collections::HashSet<_> = c.iter().map(|c| &c.name).collect();
         assert_eq!(names.len(), c.len());

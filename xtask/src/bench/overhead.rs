@@ -1,5 +1,9 @@
 //! Part 1, overhead: churn cycles/s without portwatch vs with `portwatch trace --json
 //! --netns all` for every usable backend, with no port filter and with `--port 9`.
+//!
+//! The rounds run here on the host; the VM matrix runs the same variants inside each
+//! guest and hands what they measured to [`Samples::rows`], so both report one kind of
+//! row computed one way.
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -10,7 +14,7 @@ use super::{
     Ctx,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct OverheadRow {
     pub workload: &'static str,
     pub backend: String,
@@ -29,23 +33,126 @@ pub struct OverheadRow {
     pub errors: Vec<String>,
 }
 
+/// A traced variant: `portwatch trace --json --netns all --probe BACKEND [--port 9]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Traced {
+    pub backend: String,
+    /// With `--port 9`, a filter that matches nothing the workload does.
+    pub port9: bool,
+}
+
+impl Traced {
+    /// "none" or "--port 9".
+    pub fn filter(&self) -> &'static str {
+        if self.port9 {
+            "--port 9"
+        } else {
+            "none"
+        }
+    }
+
+    /// The arguments of `portwatch trace` (stdout goes to /dev/null).
+    pub fn trace_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = ["--json", "--netns", "all", "--probe", &self.backend]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if self.port9 {
+            a.extend(["--port".to_string(), "9".to_string()]);
+        }
+        a
+    }
+}
+
+/// The variants of one workload's rounds: `None` (the baseline, no tracer) first, then per
+/// backend the unfiltered trace and, with `port9`, the `--port 9` one.
+pub fn variants(backends: &[String], port9: bool) -> Vec<Option<Traced>> {
+    let mut v = vec![None];
+    for b in backends {
+        for p in [false, true] {
+            if p && !port9 {
+                continue;
+            }
+            v.push(Some(Traced {
+                backend: b.clone(),
+                port9: p,
+            }));
+        }
+    }
+    v
+}
+
+/// What the rounds of one workload measured, per variant (indices of [`variants`]).
+#[derive(Clone, Debug)]
+pub struct Samples {
+    pub variants: Vec<Option<Traced>>,
+    /// Cycles/s of each round.
+    pub rates: Vec<Vec<f64>>,
+    /// The tracer's drop total of each traced round.
+    pub drops: Vec<Vec<u64>>,
+    /// Rounds that measured nothing, and why.
+    pub errors: Vec<Vec<String>>,
+}
+
+impl Samples {
+    pub fn new(variants: Vec<Option<Traced>>) -> Self {
+        let n = variants.len();
+        Self {
+            variants,
+            rates: vec![Vec::new(); n],
+            drops: vec![Vec::new(); n],
+            errors: vec![Vec::new(); n],
+        }
+    }
+
+    /// One row per traced variant: medians of the rounds, traced / baseline.
+    pub fn rows(&self, w: Workload) -> Vec<OverheadRow> {
+        let Some(base_rates) = self.rates.first() else {
+            return Vec::new();
+        };
+        let base = median(base_rates);
+        let mut rows = Vec::new();
+        for (vi, v) in self.variants.iter().enumerate().skip(1) {
+            let Some(t) = v else { continue };
+            let traced = median(&self.rates[vi]);
+            let (ratio_v, slow) = match (base, traced) {
+                (Some(b0), Some(t)) => (ratio(t, b0), slowdown_pct(b0, t)),
+                _ => (None, None),
+            };
+            let mut errs = self.errors[0].clone();
+            errs.extend(self.errors[vi].iter().cloned());
+            rows.push(OverheadRow {
+                workload: w.name(),
+                backend: t.backend.clone(),
+                filter: t.filter(),
+                baseline_ops_s: base,
+                traced_ops_s: traced,
+                ratio: ratio_v,
+                slowdown_pct: slow,
+                within_goal_5pct: slow.map(|s| s <= 5.0),
+                baseline_rounds: base_rates.clone(),
+                traced_rounds: self.rates[vi].clone(),
+                dropped: self.drops[vi].clone(),
+                errors: errs,
+            });
+        }
+        rows
+    }
+}
+
 /// One churn round, optionally with a tracer (`--netns all`, stdout to /dev/null).
 pub fn overhead_round(
     ctx: &Ctx,
     w: Workload,
-    trace: Option<(&str, bool)>,
+    trace: Option<&Traced>,
 ) -> Result<(f64, Option<u64>)> {
     let tracer = match trace {
-        Some((backend, port9)) => {
-            let mut a: Vec<String> = ["--json", "--netns", "all", "--probe", backend]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            if port9 {
-                a.extend(["--port".to_string(), "9".to_string()]);
-            }
-            Some(Tracer::start(ctx.bins, &a, TraceSink::Null, ctx.scratch)?)
-        }
+        Some(t) => Some(Tracer::start(
+            ctx.bins,
+            &t.trace_args(),
+            TraceSink::Null,
+            ctx.scratch,
+        )?),
         None => None,
     };
     let mut churn = Churn::start(ctx.bins, &ctx.churn_args(&w.churn_args()))?;
@@ -61,64 +168,71 @@ pub fn overhead_round(
 }
 
 pub fn overhead(ctx: &Ctx, w: Workload, backends: &[String]) -> Vec<OverheadRow> {
-    // Variant 0: baseline; then (backend, no filter), (backend, --port 9) per backend.
-    let mut variants: Vec<Option<(String, bool)>> = vec![None];
-    for b in backends {
-        variants.push(Some((b.clone(), false)));
-        variants.push(Some((b.clone(), true)));
-    }
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-    let mut drops: Vec<Vec<u64>> = vec![Vec::new(); variants.len()];
-    let mut errors: Vec<Vec<String>> = vec![Vec::new(); variants.len()];
+    let mut s = Samples::new(variants(backends, true));
+    let n = s.variants.len();
     for r in 0..ctx.args.rounds {
-        for vi in rotation(r, variants.len()) {
-            let v = &variants[vi];
+        for vi in rotation(r, n) {
+            let v = s.variants[vi].clone();
             eprintln!(
                 "bench: overhead {} round {}/{}: {}",
                 w.name(),
                 r + 1,
                 ctx.args.rounds,
-                match v {
+                match &v {
                     None => "baseline".to_string(),
-                    Some((b, p)) => format!("trace {b}{}", if *p { " --port 9" } else { "" }),
+                    Some(t) => format!(
+                        "trace {}{}",
+                        t.backend,
+                        if t.port9 { " --port 9" } else { "" }
+                    ),
                 }
             );
-            match overhead_round(ctx, w, v.as_ref().map(|(b, p)| (b.as_str(), *p))) {
+            match overhead_round(ctx, w, v.as_ref()) {
                 Ok((rate, d)) => {
-                    rates[vi].push(rate);
+                    s.rates[vi].push(rate);
                     if let Some(d) = d {
-                        drops[vi].push(d);
+                        s.drops[vi].push(d);
                     }
                 }
-                Err(e) => errors[vi].push(format!("{e:#}")),
+                Err(e) => s.errors[vi].push(format!("{e:#}")),
             }
         }
     }
-    let base = median(&rates[0]);
-    let mut rows = Vec::new();
-    for (vi, v) in variants.iter().enumerate().skip(1) {
-        let Some((b, port9)) = v else { continue };
-        let traced = median(&rates[vi]);
-        let (ratio_v, slow) = match (base, traced) {
-            (Some(b0), Some(t)) => (ratio(t, b0), slowdown_pct(b0, t)),
-            _ => (None, None),
-        };
-        let mut errs = errors[0].clone();
-        errs.extend(errors[vi].iter().cloned());
-        rows.push(OverheadRow {
-            workload: w.name(),
-            backend: b.clone(),
-            filter: if *port9 { "--port 9" } else { "none" },
-            baseline_ops_s: base,
-            traced_ops_s: traced,
-            ratio: ratio_v,
-            slowdown_pct: slow,
-            within_goal_5pct: slow.map(|s| s <= 5.0),
-            baseline_rounds: rates[0].clone(),
-            traced_rounds: rates[vi].clone(),
-            dropped: drops[vi].clone(),
-            errors: errs,
-        });
+    s.rows(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_and_rows() {
+        let v = variants(&["kprobe".to_string(), "tracepoint".to_string()], true);
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0], None);
+        assert_eq!(v[2].as_ref().map(Traced::filter), Some("--port 9"));
+        assert_eq!(variants(&["kprobe".to_string()], false).len(), 2);
+        assert_eq!(
+            v[1].as_ref().unwrap().trace_args(),
+            ["--json", "--netns", "all", "--probe", "kprobe"]
+        );
+        let mut s = Samples::new(v);
+        s.rates[0] = vec![100.0, 120.0, 110.0];
+        s.rates[1] = vec![50.0, 60.0, 55.0];
+        s.drops[1] = vec![0, 3, 0];
+        s.errors[3].push("tracer not ready".to_string());
+        let rows = s.rows(Workload::Bind);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            (rows[0].backend.as_str(), rows[0].filter),
+            ("kprobe", "none")
+        );
+        assert_eq!(rows[0].baseline_ops_s, Some(110.0));
+        assert_eq!(rows[0].traced_ops_s, Some(55.0));
+        assert_eq!(rows[0].ratio, Some(0.5));
+        assert_eq!(rows[0].dropped, vec![0, 3, 0]);
+        assert_eq!(rows[1].traced_ops_s, None);
+        assert_eq!(rows[1].ratio, None);
+        assert_eq!(rows[2].errors, vec!["tracer not ready".to_string()]);
     }
-    rows
 }

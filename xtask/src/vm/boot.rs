@@ -97,8 +97,8 @@ pub struct BootOptions {
 
 impl BootOptions {
     /// Defaults for this repository: the static target/dist/portwatch (what `cargo xtask
-    /// dist` ships) as /usr/bin/portwatch, logs in target/vm-results, scratch in
-    /// target/vm-work.
+    /// dist` ships) as /usr/bin/portwatch and the static churn workload as /usr/bin/churn,
+    /// logs in target/vm-results, scratch in target/vm-work.
     pub fn for_repo(timeout: Duration) -> Result<Self> {
         let target = crate::build::target_dir()?;
         let pw = crate::dist::dist_dir()?.join("portwatch");
@@ -108,12 +108,25 @@ impl BootOptions {
                 pw.display()
             );
         }
+        let churn = crate::dist::vm_churn()?;
+        if !churn.is_file() {
+            anyhow::bail!(
+                "{} is missing: `cargo xtask dist` builds it (or drop --no-build)",
+                churn.display()
+            );
+        }
         Ok(Self {
             timeout,
-            files: vec![GuestFile {
-                host: pw,
-                guest: "/usr/bin/portwatch".into(),
-            }],
+            files: vec![
+                GuestFile {
+                    host: pw,
+                    guest: "/usr/bin/portwatch".into(),
+                },
+                GuestFile {
+                    host: churn,
+                    guest: format!("/usr/bin/{}", super::matrix::CHURN_PROGRAM),
+                },
+            ],
             results_dir: target.join("vm-results"),
             work_dir: target.join("vm-work"),
             keep: false,

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{CmdResult, GuestCmd};
+use super::{CmdResult, GuestCmd, GuestFile};
 use crate::cmd::ChildGuard;
 
 /// The host command line for a guest command: `portwatch` becomes `binary`.
@@ -24,6 +24,24 @@ pub fn host_argv(cmd: &GuestCmd, binary: &Path) -> Vec<String> {
     argv
 }
 
+/// A directory of symbolic links, one per guest file, named as the guest's own copy
+/// (`/usr/bin/churn` -> `DIR/churn`): first in PATH, the host runs what the guest runs.
+pub fn bin_dir(files: &[GuestFile], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for f in files {
+        let name = Path::new(&f.guest)
+            .file_name()
+            .with_context(|| format!("guest file {} has no file name", f.guest))?;
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        let target = std::path::absolute(&f.host)
+            .with_context(|| format!("resolving {}", f.host.display()))?;
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+    }
+    Ok(())
+}
+
 fn read_all(mut r: impl Read) -> Vec<u8> {
     let mut v = Vec::new();
     let _ = r.read_to_end(&mut v);
@@ -32,14 +50,28 @@ fn read_all(mut r: impl Read) -> Vec<u8> {
 
 /// Runs one command with a timeout. The result's output is stderr then stdout, the
 /// order the guest's serial console usually shows them in; `rc` is `None` when the
-/// command was killed at the timeout.
-pub fn run_one(cmd: &GuestCmd, binary: &Path, timeout: Duration) -> Result<CmdResult> {
+/// command was killed at the timeout. `bin_dir` (see [`bin_dir`]) goes first in PATH.
+pub fn run_one(
+    cmd: &GuestCmd,
+    binary: &Path,
+    bin_dir: Option<&Path>,
+    timeout: Duration,
+) -> Result<CmdResult> {
     let argv = host_argv(cmd, binary);
     let (prog, args) = argv
         .split_first()
         .with_context(|| format!("host command {} has no program", cmd.name))?;
     let start = Instant::now();
-    let child = Command::new(prog)
+    let mut command = Command::new(prog);
+    if let Some(dir) = bin_dir {
+        let mut path = std::ffi::OsString::from(dir);
+        if let Some(old) = std::env::var_os("PATH") {
+            path.push(":");
+            path.push(old);
+        }
+        command.env("PATH", path);
+    }
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -119,6 +151,26 @@ mod tests {
     }
 
     #[test]
+    fn bin_dir_puts_the_guest_files_first_in_path() {
+        let dir = std::env::temp_dir().join(format!("pw-vm-bin-{}", std::process::id()));
+        let files = [GuestFile {
+            host: "/bin/sh".into(),
+            guest: "/usr/bin/pwshell".into(),
+        }];
+        bin_dir(&files, &dir).unwrap();
+        let c = GuestCmd::new("p", ["pwshell", "-c", "echo in-path"]);
+        let r = run_one(
+            &c,
+            Path::new("/unused"),
+            Some(&dir),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((r.rc, r.output.as_str()), (Some(0), "in-path"));
+    }
+
+    #[test]
     fn series_from_release() {
         assert_eq!(series_of("6.18.44-fc-v669"), "6.18");
         assert_eq!(series_of("6.1.0-56-cloud-amd64"), "6.1");
@@ -128,11 +180,11 @@ mod tests {
     #[test]
     fn run_one_captures_both_streams_rc_and_timeout() {
         let c = GuestCmd::new("sh", ["sh", "-c", "echo err >&2; echo '{\"a\":1}'; exit 3"]);
-        let r = run_one(&c, Path::new("/unused"), Duration::from_secs(10)).unwrap();
+        let r = run_one(&c, Path::new("/unused"), None, Duration::from_secs(10)).unwrap();
         assert_eq!(r.rc, Some(3));
         assert_eq!(r.output, "err\n{\"a\":1}");
         let c = GuestCmd::new("slow", ["sleep", "5"]);
-        let r = run_one(&c, Path::new("/unused"), Duration::from_millis(200)).unwrap();
+        let r = run_one(&c, Path::new("/unused"), None, Duration::from_millis(200)).unwrap();
         assert_eq!(r.rc, None);
         assert!(r.secs.unwrap() < 4.0);
         assert!(r.output.contains("killed after"));

@@ -7,6 +7,7 @@
 //! canned JSON; no root, no qemu.
 
 mod agree;
+mod churn;
 mod explain;
 mod outputs;
 mod quiz;
@@ -17,7 +18,7 @@ mod tests;
 use portwatch::model::Fastreuse;
 use serde::Serialize;
 
-pub use self::{agree::*, explain::*, outputs::*, quiz::*, render::*};
+pub use self::{agree::*, churn::*, explain::*, outputs::*, quiz::*, render::*};
 use super::{CmdResult, GuestCmd};
 
 /// The probe backends, in the order portwatch tries them.
@@ -41,7 +42,7 @@ pub fn selftest_name(backend: &str) -> String {
 }
 
 /// The commands behind the matrix, run in every guest and on the host.
-pub fn matrix_cmds() -> Vec<GuestCmd> {
+pub fn matrix_cmds(churn: &ChurnPlan) -> Vec<GuestCmd> {
     let mut c = vec![GuestCmd::new(PROBES, ["portwatch", "probes", "--json"])];
     for b in BACKENDS {
         c.push(GuestCmd::new(
@@ -70,6 +71,7 @@ pub fn matrix_cmds() -> Vec<GuestCmd> {
             "--json",
         ],
     ));
+    c.push(GuestCmd::new(CHURN, ["sh", "-c", &churn.script()]));
     c
 }
 
@@ -132,6 +134,8 @@ pub struct KernelRow {
     pub backends: Vec<BackendCell>,
     pub disagreements: Vec<Disagreement>,
     pub quiz: QuizSummary,
+    /// Single-worker churn untraced vs traced per backend (ratios; see [`TCG_CAVEAT`]).
+    pub churn: ChurnSummary,
     /// Everything that makes this kernel's row a failure.
     pub failures: Vec<String>,
 }
@@ -313,6 +317,17 @@ pub fn kernel_row(input: &KernelInput) -> KernelRow {
     if !covered(EXPLAIN) {
         failures.extend(explain.problems.iter().cloned());
     }
+    let churn = ChurnSummary::new(
+        input
+            .results
+            .iter()
+            .find(|r| r.name == CHURN)
+            .map(|r| r.output.as_str()),
+        &backends,
+    );
+    if !covered(CHURN) {
+        failures.extend(churn.problems.iter().map(|p| format!("churn: {p}")));
+    }
     let observations = passed
         .first()
         .map(|st| {
@@ -354,6 +369,7 @@ pub fn kernel_row(input: &KernelInput) -> KernelRow {
         backends,
         disagreements,
         quiz,
+        churn,
         failures,
     }
 }

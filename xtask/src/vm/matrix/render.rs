@@ -8,7 +8,10 @@ use portwatch::{
     selftest::observation::{RECONNECT as RECONNECT_OBSERVATION, RELEASE as RELEASE_OBSERVATION},
 };
 
-use super::{BackendCell, BackendStatus, KernelRow, Matrix, BACKENDS, REUSEADDR_OBSERVATION};
+use super::{
+    BackendCell, BackendStatus, ChurnPlan, KernelRow, Matrix, BACKENDS, CHURN_WORKLOADS,
+    REUSEADDR_OBSERVATION, TCG_CAVEAT,
+};
 
 pub fn backend_text(c: &BackendCell) -> String {
     match &c.status {
@@ -273,6 +276,107 @@ pub fn state_table_rows(m: &Matrix) -> Vec<Vec<String>> {
     rows
 }
 
+/// The churn plan of the matrix: the first kernel's that ran (one run uses one plan).
+fn churn_plan(m: &Matrix) -> Option<ChurnPlan> {
+    m.rows.iter().find_map(|r| r.churn.plan)
+}
+
+/// The churn table: per kernel, backend and workload, the medians of the untraced and
+/// traced rounds, their ratio and the tracer's drops (summed over the traced rounds), and
+/// with `--port 9` timed, that filter's rate and ratio; a refused backend shows its reason.
+pub fn churn_table(m: &Matrix) -> Vec<Vec<String>> {
+    let port9 = churn_plan(m).is_some_and(|p| p.port9);
+    let mut header: Vec<String> = [
+        "kernel",
+        "backend",
+        "workload",
+        "untraced/s",
+        "traced/s",
+        "ratio",
+        "dropped",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if port9 {
+        header.extend(["traced/s --port 9".to_owned(), "ratio --port 9".to_owned()]);
+    }
+    let width = header.len();
+    let mut rows = vec![header];
+    let rate = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
+    let ratio = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    let pad = |mut row: Vec<String>| {
+        row.resize(width, "-".to_owned());
+        row
+    };
+    for r in &m.rows {
+        let c = &r.churn;
+        if !c.ran {
+            rows.push(pad(vec![
+                r.label.clone(),
+                "-".to_owned(),
+                "not run".to_owned(),
+            ]));
+            continue;
+        }
+        for b in BACKENDS {
+            if let Some(why) = c.refused.iter().find(|x| x.backend == b) {
+                rows.push(pad(vec![
+                    r.label.clone(),
+                    b.to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                    format!("refused: {}", why.reason),
+                ]));
+                continue;
+            }
+            for w in CHURN_WORKLOADS {
+                let plain = c.row(w, b, "none");
+                let dropped = plain.filter(|p| !p.dropped.is_empty()).map_or_else(
+                    || "-".to_owned(),
+                    |p| p.dropped.iter().sum::<u64>().to_string(),
+                );
+                let mut row = vec![
+                    r.label.clone(),
+                    b.to_owned(),
+                    w.name().to_owned(),
+                    rate(plain.and_then(|p| p.baseline_ops_s)),
+                    rate(plain.and_then(|p| p.traced_ops_s)),
+                    ratio(plain.and_then(|p| p.ratio)),
+                    dropped,
+                ];
+                if port9 {
+                    let p9 = c.row(w, b, "--port 9");
+                    row.push(rate(p9.and_then(|p| p.traced_ops_s)));
+                    row.push(ratio(p9.and_then(|p| p.ratio)));
+                }
+                rows.push(row);
+            }
+        }
+    }
+    rows
+}
+
+/// How the churn table was measured, with its caveat.
+pub fn churn_note(m: &Matrix) -> String {
+    let Some(p) = churn_plan(m) else {
+        return "no kernel ran the churn rounds".to_owned();
+    };
+    format!(
+        "one churn worker (examples/churn.rs) in a private netns, {} s per round, untraced vs \
+         `portwatch trace --json --netns all --probe B > /dev/null`{}, the variants \
+         interleaved in rotation, medians of {} rounds; ratio = traced / untraced, dropped = \
+         the tracer's drop totals summed over its rounds. {TCG_CAVEAT}.",
+        p.seconds,
+        if p.port9 {
+            " (and with `--port 9`, a filter matching nothing)"
+        } else {
+            ""
+        },
+        p.rounds
+    )
+}
+
 /// GitHub-flavoured markdown table.
 pub fn md_table(rows: &[Vec<String>]) -> String {
     let esc = |s: &str| s.replace('|', "\\|");
@@ -312,6 +416,8 @@ pub fn render_text(m: &Matrix) -> String {
     out.push_str(&crate::table::text(&state_table_rows(m)));
     out.push_str("\nKernels (`portwatch probes`, `portwatch explain selftest`):\n");
     out.push_str(&crate::table::text(&kernel_table(m)));
+    out.push_str(&format!("\nTracing overhead ({}):\n", churn_note(m)));
+    out.push_str(&crate::table::text(&churn_table(m)));
     out.push_str("\nWhat differs from the article:\n");
     for r in &m.rows {
         let d = article_differences(r);
@@ -367,6 +473,11 @@ pub fn render_markdown(m: &Matrix, produced_by: &str) -> String {
          the kernel (`portwatch explain selftest`).\n\n",
     );
     out.push_str(&md_table(&kernel_table(m)));
+    out.push_str(&format!(
+        "\nTracing overhead per backend: {} The host row is this machine, not emulated.\n\n",
+        churn_note(m)
+    ));
+    out.push_str(&md_table(&churn_table(m)));
     out.push_str("\nWhat each kernel does differently from the article:\n\n");
     for r in &m.rows {
         let d = article_differences(r);

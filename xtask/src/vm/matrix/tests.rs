@@ -252,18 +252,88 @@ fn all_pass_61() -> KernelInput {
             ),
             res(QUIZ, Some(0), &quiz_json(1, "same", false)),
             res(EXPLAIN, Some(0), EXPLAIN_OK),
+            res(CHURN, Some(0), &churn_output(&[])),
         ],
     )
 }
 
+/// The churn plan of the tests: the default one, with `--port 9`.
+fn churn_plan() -> ChurnPlan {
+    ChurnPlan {
+        port9: true,
+        ..ChurnPlan::default()
+    }
+}
+
+/// The churn counters line for `cycles` in one second.
+fn churn_done(cycles: u64) -> String {
+    format!(
+        r#"{{"done":true,"elapsed_s":1.0,"cycles":{cycles},"binds_ok":{cycles},"binds_failed":0,"listens_ok":0,"connects_ok":0,"connects_failed":0,"accepts_ok":0,"closes_bound":{cycles},"closes_released":0,"held":0}}"#
+    )
+}
+
+/// What the churn script prints, round by round: untraced 1000 cycles/s (+ the round),
+/// fentry 900, kprobe 800, tracepoint 500 with 7 drops per round, `--port 9` 990. The
+/// tracer of a backend in `fails` does not start, and is skipped afterwards.
+fn churn_output(fails: &[&str]) -> String {
+    let plan = churn_plan();
+    let vs = plan.variants();
+    let mut out = format!("portwatch: something on stderr first\n{}\n", plan.header());
+    let mut dead: Vec<&str> = Vec::new();
+    for r in plan.plan() {
+        let mode = r.workload.churn_args()[1];
+        out.push_str(&format!(
+            "@@CHURN round={} mode={mode} variant={}@@\r\n",
+            r.round, r.variant
+        ));
+        let ready = "{\"ready\":true,\"netns_path\":\"/proc/1/ns/net\",\"netns_inode\":1}\n";
+        match &vs[r.variant] {
+            None => out.push_str(&format!(
+                "{ready}{}\n@@CHURN-END churn=0@@\n",
+                churn_done(1000 + r.round as u64)
+            )),
+            Some(t) if dead.contains(&t.backend.as_str()) => {
+                out.push_str("@@CHURN-END skipped@@\n")
+            }
+            Some(t) if fails.contains(&t.backend.as_str()) => {
+                dead.push(fails.iter().find(|b| **b == t.backend).copied().unwrap());
+                out.push_str(&format!(
+                    "portwatch: error: the {} backend cannot run here\n@@CHURN-END trace=2 ready=no@@\n",
+                    t.backend
+                ));
+            }
+            Some(t) => {
+                let (rate, drops) = match (t.backend.as_str(), t.port9) {
+                    (_, true) => (990, ""),
+                    ("fentry", _) => (900, ""),
+                    ("kprobe", _) => (800, ""),
+                    _ => (500, "portwatch: 7 events dropped in total\n"),
+                };
+                out.push_str(&format!(
+                    "{ready}{}\nportwatch: backend: {}\n{drops}@@CHURN-END churn=0 trace=0@@\n",
+                    churn_done(rate),
+                    t.backend
+                ));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn matrix_cmds_are_valid_unique_and_json() {
-    let c = matrix_cmds();
+    let c = matrix_cmds(&ChurnPlan::default());
     assert!(c.iter().all(|c| c.validate().is_ok()));
     let names: std::collections::HashSet<_> = c.iter().map(|c| &c.name).collect();
     assert_eq!(names.len(), c.len());
-    assert_eq!(c.len(), 6);
-    assert!(c.iter().all(|c| c.argv.iter().any(|a| a == "--json")));
+    assert_eq!(c.len(), 7);
+    assert!(c
+        .iter()
+        .filter(|c| c.name != CHURN)
+        .all(|c| c.argv.iter().any(|a| a == "--json")));
+    let churn = c.iter().find(|c| c.name == CHURN).unwrap();
+    assert_eq!(churn.argv[..2], ["sh", "-c"]);
+    assert!(churn.argv[2].contains("portwatch trace \"$@\""));
     assert!(c
         .iter()
         .any(|c| c.name == EXPLAIN && c.argv[..3] == ["portwatch", "explain", "selftest"]));
@@ -330,6 +400,7 @@ fn host_refused_backends_are_not_failures() {
             ),
             res(QUIZ, Some(0), &quiz_json(0, "same", false)),
             res(EXPLAIN, Some(0), EXPLAIN_OK),
+            res(CHURN, Some(0), &churn_output(&["fentry", "kprobe"])),
         ],
     };
     let row = kernel_row(&input);
@@ -384,6 +455,7 @@ fn a_backend_that_is_not_refused_and_fails_is_a_failure() {
         ),
         res(QUIZ, Some(0), &quiz_json(1, "same", false)),
         res(EXPLAIN, Some(0), EXPLAIN_OK),
+        res(CHURN, Some(0), &churn_output(&[])),
     ];
     let row = kernel_row(&input);
     assert!(
@@ -633,7 +705,7 @@ fn explain_disagreements_and_a_table_mismatch_are_failures() {
             && row.failures[0].contains("bind 7")
     );
     assert!(row.failures[1].contains("differ from the engine's table"));
-    input.results.truncate(5);
+    input.results.retain(|r| r.name != EXPLAIN);
     assert_eq!(kernel_row(&input).failures, ["explain never ran"]);
 }
 
@@ -682,4 +754,203 @@ fn kernel_table_and_what_differs_from_the_article() {
         md.contains("- **5.10** (5.10.0-46-cloud-amd64):\n  - state check"),
         "{md}"
     );
+}
+
+#[test]
+fn churn_rows_are_the_medians_of_what_the_guest_measured() {
+    let row = kernel_row(&all_pass_61());
+    assert!(row.failures.is_empty(), "{:?}", row.failures);
+    let c = &row.churn;
+    assert!(c.ran && c.refused.is_empty());
+    // 2 workloads x 3 backends x (no filter, --port 9).
+    assert_eq!(c.rows.len(), 12);
+    for w in CHURN_WORKLOADS {
+        let tp = c.row(w, "tracepoint", "none").unwrap();
+        // Untraced rounds 1000, 1001, 1002: median 1001.
+        assert_eq!(tp.baseline_ops_s, Some(1001.0));
+        assert_eq!(tp.traced_ops_s, Some(500.0));
+        assert_eq!(tp.ratio, Some(500.0 / 1001.0));
+        assert_eq!(tp.dropped, vec![7; churn_plan().rounds]);
+        assert_eq!(tp.traced_rounds.len(), churn_plan().rounds);
+        let k = c.row(w, "kprobe", "--port 9").unwrap();
+        assert_eq!(k.ratio, Some(990.0 / 1001.0));
+        assert_eq!(k.dropped, vec![0; churn_plan().rounds]);
+        assert_eq!(
+            c.row(w, "fentry", "none").unwrap().traced_ops_s,
+            Some(900.0)
+        );
+    }
+    let m = Matrix::new(&[all_pass_61()], vec![]);
+    let t = crate::table::text(&churn_table(&m));
+    assert!(t.contains("connect+accept+close"), "{t}");
+    assert!(t.contains("0.50"), "{t}");
+    assert!(t.contains("21"), "7 drops in each of 3 rounds: {t}");
+    let md = render_markdown(&m, "Produced by `cargo xtask vm`.");
+    assert!(
+        md.contains("Tracing overhead per backend") && md.contains("TCG"),
+        "{md}"
+    );
+}
+
+#[test]
+fn churn_of_a_refused_backend_shows_the_reason() {
+    let k = "6.18.44";
+    let mut input = all_pass_61();
+    input.label = "host (6.18)".into();
+    input.host = true;
+    input.release = Some(k.into());
+    input.results = vec![
+        res(PROBES, Some(0), PROBES_HOST),
+        res("selftest-fentry", Some(2), "portwatch: error: EPERM"),
+        res("selftest-kprobe", Some(2), "portwatch: error: no kprobes"),
+        res(
+            "selftest-tracepoint",
+            Some(0),
+            &selftest(k, "tracepoint", "close", 1, false),
+        ),
+        res(QUIZ, Some(0), &quiz_json(1, "same", false)),
+        res(EXPLAIN, Some(0), EXPLAIN_OK),
+        res(CHURN, Some(0), &churn_output(&["fentry", "kprobe"])),
+    ];
+    let row = kernel_row(&input);
+    assert!(row.failures.is_empty(), "{:?}", row.failures);
+    let c = &row.churn;
+    assert_eq!(
+        c.refused
+            .iter()
+            .map(|r| r.backend.as_str())
+            .collect::<Vec<_>>(),
+        ["fentry", "kprobe"]
+    );
+    assert!(c.rows.iter().all(|r| r.backend == "tracepoint"));
+    assert_eq!(c.rows.len(), 4);
+    let m = Matrix::new(&[input], vec![]);
+    let t = crate::table::text(&churn_table(&m));
+    assert!(t.contains("refused: kernel has no kprobes"), "{t}");
+}
+
+#[test]
+fn a_backend_that_attaches_without_a_churn_measurement_fails() {
+    // kprobe passes its selftest but its tracer never started in the churn rounds.
+    let mut input = all_pass_61();
+    input.results.pop();
+    input
+        .results
+        .push(res(CHURN, Some(0), &churn_output(&["kprobe"])));
+    let row = kernel_row(&input);
+    assert_eq!(row.failures.len(), 4, "{:?}", row.failures);
+    for f in &row.failures {
+        assert!(
+            f.contains("backend kprobe attaches on this kernel but produced no churn measurement"),
+            "{f}"
+        );
+    }
+    assert!(
+        row.failures[0].contains("did not start (rc 2)"),
+        "{:?}",
+        row.failures
+    );
+    // The measurements of the other backends stay.
+    assert_eq!(
+        row.churn
+            .row(crate::bench::stats::Workload::Bind, "tracepoint", "none")
+            .unwrap()
+            .traced_ops_s,
+        Some(500.0)
+    );
+    // Rounds cut short (a guest killed mid-run): the missing rounds are failures too.
+    let full = churn_output(&[]);
+    let cut = &full[..full.len() / 2];
+    input.results.pop();
+    input.results.push(res(CHURN, None, cut));
+    let row = kernel_row(&input);
+    assert!(
+        row.failures
+            .iter()
+            .any(|f| f.contains("connect+accept+close: 0 of 3 rounds of the untraced baseline ran")),
+        "{:?}",
+        row.failures
+    );
+    // No churn command at all.
+    input.results.pop();
+    assert_eq!(kernel_row(&input).failures, ["churn: churn never ran"]);
+}
+
+/// The churn script itself, run by busybox sh (the guest's shell) with stand-ins for
+/// portwatch (fentry refused; SIGTERM prints a drop total) and churn.
+#[test]
+fn churn_script_runs_every_round_and_frames_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let busybox = crate::vm::initramfs::find_busybox()
+        .expect("a static busybox (cargo xtask setup installs busybox-static)");
+    let dir = std::env::temp_dir().join(format!("pw-churn-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    fake(
+        "portwatch",
+        r#"#!/bin/sh
+probe=; ready=
+while [ $# -gt 0 ]; do
+    case "$1" in --probe) probe=$2; shift;; --ready-file) ready=$2; shift;; esac
+    shift
+done
+if [ "$probe" = fentry ]; then echo "portwatch: error: fentry refused" >&2; exit 2; fi
+trap 'echo "portwatch: 4 events dropped in total" >&2; exit 0' TERM
+: > "$ready"
+while :; do sleep 0.05; done
+"#,
+    );
+    fake(
+        "churn",
+        &format!(
+            "#!/bin/sh\nread -r go\necho '{{\"ready\":true}}'\n[ \"$go\" = go ] && echo '{}'\n",
+            churn_done(2000)
+        ),
+    );
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new(&busybox)
+        .args(["sh", "-c", &churn_plan().script()])
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("@@CHURN round=").count(),
+        churn_plan().plan().len()
+    );
+    assert_eq!(
+        text.matches("@@CHURN-END").count(),
+        churn_plan().plan().len()
+    );
+    // fentry fails once, then is skipped in its other 11 rounds.
+    assert_eq!(text.matches("ready=no@@").count(), 1, "{text}");
+    assert_eq!(text.matches("@@CHURN-END skipped@@").count(), 11, "{text}");
+    let cells = [
+        BackendCell {
+            backend: "fentry".into(),
+            status: BackendStatus::Refused("EPERM".into()),
+            reuseaddr_fastreuse: None,
+            secs: None,
+        },
+        BackendCell {
+            backend: "kprobe".into(),
+            status: BackendStatus::Pass,
+            reuseaddr_fastreuse: None,
+            secs: None,
+        },
+    ];
+    let c = ChurnSummary::new(Some(&text), &cells);
+    assert!(c.problems.is_empty(), "{:?}\n{text}", c.problems);
+    assert_eq!(c.rows.len(), 8);
+    for r in &c.rows {
+        assert_eq!(r.ratio, Some(1.0), "{r:?}");
+        assert_eq!(r.dropped, vec![4; churn_plan().rounds], "{r:?}");
+    }
 }
