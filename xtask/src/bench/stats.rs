@@ -221,6 +221,21 @@ pub fn dropped_total(stderr: &str) -> Option<u64> {
     })
 }
 
+/// The sum of `portwatch: N events dropped (ring buffer full)...`, the losses trace
+/// reports while it runs (at most every 500 ms), in a part of its stderr.
+pub fn dropped_reported(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("portwatch: ")?;
+            let (n, what) = rest.split_once(' ')?;
+            what.starts_with("events dropped (ring buffer full)")
+                .then(|| n.parse::<u64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// `walk_ms=<float>` printed by `dump --timing` on stderr.
 pub fn walk_ms(stderr: &str) -> Option<f64> {
     stderr
@@ -476,6 +491,9 @@ mod tests {
         let err = "portwatch: backend: tracepoint\nportwatch: 12 events dropped (ring buffer full); transitions may be missing\nportwatch: 1234 events dropped in total\n";
         assert_eq!(dropped_total(err), Some(1234));
         assert_eq!(dropped_total("portwatch: backend: tracepoint\n"), None);
+        let running = "portwatch: 5 events dropped (ring buffer full); their buckets were re-read (see the resync record)\nportwatch: backend: x\nportwatch: 7 events dropped (ring buffer full); their buckets were re-read\nportwatch: 12 events dropped in total\n";
+        assert_eq!(dropped_reported(running), 12);
+        assert_eq!(dropped_reported("portwatch: backend: tracepoint\n"), 0);
         assert_eq!(walk_ms("portwatch: x\nwalk_ms=3.250\n"), Some(3.25));
         assert_eq!(walk_ms("nothing"), None);
     }

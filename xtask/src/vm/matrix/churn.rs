@@ -5,9 +5,15 @@
 //!
 //! The guest has no xtask: the rounds run from a shell script written here
 //! ([`ChurnPlan::script`]: the round order from [`rotation`], the trace arguments from
-//! [`Traced::trace_args`]), which
-//! frames every round between `@@CHURN ...@@` markers; the host parses those blocks back
-//! into [`Samples`] and lets the bench compute the rows ([`Samples::rows`]).
+//! [`Traced::trace_args`]), which frames every workload run between `@@CHURN ...@@`
+//! markers; the host parses those blocks back into [`Samples`] and lets the bench compute
+//! the rows ([`Samples::rows`]).
+//!
+//! Starting a tracer (loading and verifying its programs) takes seconds to tens of
+//! seconds under TCG, so one tracer covers both workloads of a round: the drops of the
+//! first workload are the ones trace reported (every 500 ms) before the script cut its
+//! stderr a second after that workload ended, the second workload's are the rest of the
+//! tracer's total.
 //!
 //! Under qemu TCG the guest CPU is emulated (tens of times slower than the host), so only
 //! the ratio of interleaved rounds means something, never the absolute rates.
@@ -17,7 +23,7 @@ use serde::Serialize;
 use super::{tail, BackendCell, BackendStatus, BACKENDS};
 use crate::bench::{
     overhead::{variants, OverheadRow, Samples, Traced},
-    stats::{dropped_total, rotation, Counters, Workload},
+    stats::{dropped_reported, dropped_total, rotation, Counters, Workload},
 };
 
 /// Name of the churn benchmark command.
@@ -35,14 +41,14 @@ pub const TCG_CAVEAT: &str = "qemu TCG emulates the guest CPU (tens of times slo
      the host): the rates are not the kernel's speed on hardware, only the ratio traced / \
      untraced of interleaved rounds means something";
 
-/// How much churn each kernel runs. A tracer is started for every traced round (its drop
-/// count is then exactly that round's), which costs a few seconds per start under TCG:
-/// the `--port 9` variants double that, so they are optional.
+/// How much churn each kernel runs. Every traced variant costs one tracer start per
+/// round (seconds to tens of seconds under TCG): the `--port 9` variants double that, so
+/// they are optional.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ChurnPlan {
     /// Rounds per variant (the medians are taken over them).
     pub rounds: usize,
-    /// Seconds of churn per round.
+    /// Seconds of churn per workload run.
     pub seconds: f64,
     /// Also time `--port 9`, a filter that matches nothing the workload does.
     pub port9: bool,
@@ -58,7 +64,7 @@ impl Default for ChurnPlan {
     }
 }
 
-/// One round of one workload and variant, in the order they run.
+/// One run of one workload in one round of one variant, in the order they run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Round {
     pub round: usize,
@@ -74,13 +80,13 @@ impl ChurnPlan {
         variants(&backends, self.port9)
     }
 
-    /// Every round: per workload, `rounds` rounds of every variant in rotation.
+    /// Every run: per round, the variants in rotation, each running every workload.
     pub fn plan(&self) -> Vec<Round> {
         let n = self.variants().len();
         let mut plan = Vec::new();
-        for w in CHURN_WORKLOADS {
-            for r in 0..self.rounds {
-                for v in rotation(r, n) {
+        for r in 0..self.rounds {
+            for v in rotation(r, n) {
+                for w in CHURN_WORKLOADS {
                     plan.push(Round {
                         round: r,
                         workload: w,
@@ -122,30 +128,48 @@ impl ChurnPlan {
 d=$(mktemp -d) || exit 1
 dead=' '
 alive() {{ [ -r /proc/$1/stat ] && ! grep -q '^[0-9]* ([^)]*) Z' /proc/$1/stat; }}
-base() {{
+run() {{
     echo go | {churn} --workers 1 --seconds {secs} "$@" 2>&1
+}}
+base() {{
+    run "$@"
     echo "@@CHURN-END churn=$?@@"
 }}
-traced() {{
+start() {{
     b=$1; shift
-    case "$dead" in *" $b "*) echo '@@CHURN-END skipped@@'; return;; esac
+    tp=
+    case "$dead" in *" $b "*) return;; esac
     rm -f "$d/ready"
-    portwatch trace "$@" --ready-file "$d/ready" >/dev/null 2>"$d/err" </dev/null &
+    : > "$d/err"
+    portwatch trace "$@" --ready-file "$d/ready" >/dev/null 2>>"$d/err" </dev/null &
     tp=$!
     i=0
     while [ ! -e "$d/ready" ]; do
         if ! alive $tp || [ $i -ge {ready} ]; then
             kill -TERM $tp 2>/dev/null; wait $tp; trc=$?
-            cat "$d/err"; dead="$dead$b "
-            echo "@@CHURN-END trace=$trc ready=no@@"; return
+            cat "$d/err"; dead="$dead$b "; tp=
+            echo "@@CHURN-NOTREADY trace=$trc@@"; return
         fi
         i=$((i+1)); sleep 0.1
     done
-    echo go | {churn} --workers 1 --seconds {secs} $CHURN_ARGS 2>&1
+}}
+traced() {{
+    last=$1; shift
+    if [ -z "$tp" ]; then echo '@@CHURN-END skipped@@'; return; fi
+    run "$@"
     crc=$?
+    if [ "$last" = 0 ]; then
+        sleep 1
+        if alive $tp; then trc=running; else wait $tp; trc=$?; fi
+        cat "$d/err"; : > "$d/err"
+        echo "@@CHURN-END churn=$crc trace=$trc@@"
+        [ "$trc" = running ] || tp=
+        return
+    fi
     kill -TERM $tp; wait $tp; trc=$?
     cat "$d/err"
     echo "@@CHURN-END churn=$crc trace=$trc@@"
+    tp=
 }}
 "#,
             header = self.header(),
@@ -153,26 +177,34 @@ traced() {{
             secs = self.seconds,
             ready = READY_TENTHS,
         );
-        for r in self.plan() {
-            // Plain words (`--mode bind`): no quoting needed, even inside CHURN_ARGS='...'.
-            let args = r.workload.churn_args();
+        let plan = self.plan();
+        for (i, r) in plan.iter().enumerate() {
+            let first = i == 0 || plan[i - 1].round != r.round || plan[i - 1].variant != r.variant;
+            let last = plan
+                .get(i + 1)
+                .is_none_or(|n| n.round != r.round || n.variant != r.variant);
+            let traced = vs[r.variant].as_ref();
             s.push_str(&format!(
                 "echo '@@CHURN round={} mode={} variant={}@@'\n",
                 r.round,
                 mode(r.workload),
                 r.variant
             ));
-            match &vs[r.variant] {
-                None => s.push_str(&format!("base {}\n", args.join(" "))),
-                Some(t) => {
-                    let targs: Vec<String> = t.trace_args().iter().map(|a| sh_quote(a)).collect();
-                    s.push_str(&format!(
-                        "CHURN_ARGS='{}' traced {} {}\n",
-                        args.join(" "),
-                        sh_quote(&t.backend),
-                        targs.join(" ")
-                    ));
-                }
+            // Inside the first workload's block: a tracer that does not start is that
+            // block's error.
+            if let (true, Some(t)) = (first, traced) {
+                let targs: Vec<String> = t.trace_args().iter().map(|a| sh_quote(a)).collect();
+                s.push_str(&format!(
+                    "start {} {}\n",
+                    sh_quote(&t.backend),
+                    targs.join(" ")
+                ));
+            }
+            // Plain words (`--mode bind`): no quoting needed.
+            let args = r.workload.churn_args().join(" ");
+            match traced {
+                None => s.push_str(&format!("base {args}\n")),
+                Some(_) => s.push_str(&format!("traced {} {args}\n", u8::from(last))),
             }
         }
         s.push_str("rm -rf \"$d\"\n");
@@ -197,6 +229,7 @@ fn workload_of(mode_name: &str) -> Option<Workload> {
 /// One framed round as the guest printed it.
 #[derive(Debug, Clone, PartialEq)]
 struct Block {
+    round: usize,
     workload: Workload,
     variant: usize,
     lines: Vec<String>,
@@ -235,11 +268,13 @@ fn blocks(output: &str) -> (Option<ChurnPlan>, Vec<Block>, Vec<String>) {
             if let Some(b) = cur.take() {
                 out.push(b);
             }
+            let r = field(body, "round").and_then(|v| v.parse().ok());
             let w = field(body, "mode").and_then(workload_of);
             let v = field(body, "variant").and_then(|v| v.parse().ok());
-            match (w, v) {
-                (Some(workload), Some(variant)) => {
+            match (r, w, v) {
+                (Some(round), Some(workload), Some(variant)) => {
                     cur = Some(Block {
+                        round,
                         workload,
                         variant,
                         lines: Vec::new(),
@@ -258,8 +293,17 @@ fn blocks(output: &str) -> (Option<ChurnPlan>, Vec<Block>, Vec<String>) {
     (plan, out, problems)
 }
 
-/// What one framed round measured: a rate and the tracer's drops, or why not.
-fn judge(b: &Block, traced: Option<&Traced>) -> Result<(f64, Option<u64>), String> {
+/// The drops a traced block accounts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drops {
+    /// A workload before the round's last: what trace reported while it ran.
+    Reported(u64),
+    /// The round's last workload: the tracer's total at exit (for the whole round).
+    Total(u64),
+}
+
+/// What one framed workload run measured: a rate and the tracer's drops, or why not.
+fn judge(b: &Block, traced: Option<&Traced>) -> Result<(f64, Option<Drops>), String> {
     let what = match traced {
         None => "untraced churn".to_owned(),
         Some(t) => format!("churn under trace --probe {} ({})", t.backend, t.filter()),
@@ -268,17 +312,21 @@ fn judge(b: &Block, traced: Option<&Traced>) -> Result<(f64, Option<u64>), Strin
     let Some(end) = &b.end else {
         return Err(format!("{what} did not finish: {}", tail(&text, 3)));
     };
-    if end == "skipped" {
+    let notready = b
+        .lines
+        .iter()
+        .find_map(|l| marker(l, "@@CHURN-NOTREADY"))
+        .map(|body| field(body, "trace").unwrap_or("?").to_owned());
+    if let Some(rc) = notready {
         return Err(format!(
-            "{what} not run: the tracer did not start in an earlier round"
+            "portwatch trace --probe {} did not start (rc {rc}): {}",
+            traced.map_or("?", |t| t.backend.as_str()),
+            tail(&text, 3)
         ));
     }
-    if field(end, "ready") == Some("no") {
+    if end == "skipped" {
         return Err(format!(
-            "portwatch trace --probe {} did not start (rc {}): {}",
-            traced.map_or("?", |t| t.backend.as_str()),
-            field(end, "trace").unwrap_or("?"),
-            tail(&text, 3)
+            "{what} not run: the tracer did not start or did not last the round"
         ));
     }
     if field(end, "churn") != Some("0") {
@@ -299,11 +347,12 @@ fn judge(b: &Block, traced: Option<&Traced>) -> Result<(f64, Option<u64>), Strin
             tail(&text, 3)
         ));
     };
-    let dropped = match traced {
+    let drops = match traced {
         None => None,
         Some(_) => match field(end, "trace") {
+            Some("running") => Some(Drops::Reported(dropped_reported(&text))),
             // trace prints its drop total at exit only when it is not zero.
-            Some("0") => Some(dropped_total(&text).unwrap_or(0)),
+            Some("0") => Some(Drops::Total(dropped_total(&text).unwrap_or(0))),
             rc => {
                 return Err(format!(
                     "{what}: portwatch trace exited with rc {}: {}",
@@ -313,7 +362,7 @@ fn judge(b: &Block, traced: Option<&Traced>) -> Result<(f64, Option<u64>), Strin
             }
         },
     };
-    Ok((rate, dropped))
+    Ok((rate, drops))
 }
 
 /// A backend the kernel refuses, in the churn table.
@@ -374,17 +423,32 @@ impl ChurnSummary {
         for w in CHURN_WORKLOADS {
             let mut samples = Samples::new(vs.clone());
             let mut seen = vec![0usize; vs.len()];
-            for b in blocks.iter().filter(|b| b.workload == w) {
+            // Drops reported during the earlier workloads of each (round, variant).
+            let mut reported: std::collections::BTreeMap<(usize, usize), u64> = Default::default();
+            for b in &blocks {
                 let Some(v) = vs.get(b.variant) else {
                     s.problems
                         .push(format!("churn: round of unknown variant {}", b.variant));
                     continue;
                 };
+                let judged = judge(b, v.as_ref());
+                let before = reported.entry((b.round, b.variant)).or_insert(0);
+                let drops = match judged {
+                    Ok((_, Some(Drops::Reported(n)))) => {
+                        *before += n;
+                        Some(n)
+                    }
+                    Ok((_, Some(Drops::Total(n)))) => Some(n.saturating_sub(*before)),
+                    _ => None,
+                };
+                if b.workload != w {
+                    continue;
+                }
                 seen[b.variant] += 1;
-                match judge(b, v.as_ref()) {
-                    Ok((rate, d)) => {
+                match judged {
+                    Ok((rate, _)) => {
                         samples.rates[b.variant].push(rate);
-                        samples.drops[b.variant].extend(d);
+                        samples.drops[b.variant].extend(drops);
                     }
                     Err(e) => samples.errors[b.variant].push(e),
                 }
@@ -404,15 +468,25 @@ impl ChurnSummary {
                     ));
                 }
             }
-            for row in samples.rows(w) {
+            // A round of the baseline or of a backend that attaches must not fail: its
+            // errors are failures even when other rounds gave a median.
+            if !samples.errors[0].is_empty() {
+                s.problems.push(format!(
+                    "{}: untraced rounds failed: {}",
+                    w.name(),
+                    samples.errors[0].join("; ")
+                ));
+            }
+            // `rows()` yields one row per traced variant, in the order of `vs[1..]`.
+            for (row, errors) in samples.rows(w).into_iter().zip(&samples.errors[1..]) {
                 if refused(&row.backend) {
                     continue;
                 }
                 if row.ratio.is_none() {
-                    let why = if row.errors.is_empty() {
+                    let why = if errors.is_empty() {
                         "no round measured".to_owned()
                     } else {
-                        row.errors.join("; ")
+                        errors.join("; ")
                     };
                     s.problems.push(format!(
                         "{}: backend {} attaches on this kernel but produced no churn \
@@ -420,6 +494,15 @@ impl ChurnSummary {
                         w.name(),
                         row.backend,
                         row.filter
+                    ));
+                } else if !errors.is_empty() {
+                    s.problems.push(format!(
+                        "{}: backend {} ({}): {} of its rounds failed: {}",
+                        w.name(),
+                        row.backend,
+                        row.filter,
+                        errors.len(),
+                        errors.join("; ")
                     ));
                 }
                 s.rows.push(row);
