@@ -293,6 +293,7 @@ pub fn churn_table(m: &Matrix) -> Vec<Vec<String>> {
         "untraced/s",
         "traced/s",
         "ratio",
+        "rounds: untraced; traced",
         "dropped",
     ]
     .map(str::to_owned)
@@ -343,6 +344,10 @@ pub fn churn_table(m: &Matrix) -> Vec<Vec<String>> {
                     rate(plain.and_then(|p| p.baseline_ops_s)),
                     rate(plain.and_then(|p| p.traced_ops_s)),
                     ratio(plain.and_then(|p| p.ratio)),
+                    plain.map_or_else(
+                        || "-".to_owned(),
+                        |p| format!("{}; {}", span(&p.baseline_rounds), span(&p.traced_rounds)),
+                    ),
                     dropped,
                 ];
                 if port9 {
@@ -357,6 +362,17 @@ pub fn churn_table(m: &Matrix) -> Vec<Vec<String>> {
     rows
 }
 
+/// "MIN-MAX" of some rates (how far the rounds behind a median spread), "-" for none.
+fn span(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if min.is_finite() && max.is_finite() {
+        format!("{min:.0}-{max:.0}")
+    } else {
+        "-".to_owned()
+    }
+}
+
 /// How the churn table was measured, with its caveat.
 pub fn churn_note(m: &Matrix) -> String {
     let Some(p) = churn_plan(m) else {
@@ -365,8 +381,9 @@ pub fn churn_note(m: &Matrix) -> String {
     format!(
         "one churn worker (examples/churn.rs) in a private netns, {} s per round, untraced vs \
          `portwatch trace --json --netns all --probe B > /dev/null`{}, the variants \
-         interleaved in rotation, medians of {} rounds; ratio = traced / untraced, dropped = \
-         the tracer's drop totals summed over its rounds. {TCG_CAVEAT}.",
+         interleaved in rotation, medians of {} rounds (the rounds' lowest and highest rates \
+         alongside: how far apart they are is the noise of the run); ratio = traced / \
+         untraced, dropped = the tracer's drop totals summed over its rounds. {TCG_CAVEAT}.",
         p.seconds,
         if p.port9 {
             " (and with `--port 9`, a filter matching nothing)"

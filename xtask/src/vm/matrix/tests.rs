@@ -789,6 +789,8 @@ fn churn_rows_are_the_medians_of_what_the_guest_measured() {
     let t = crate::table::text(&churn_table(&m));
     assert!(t.contains("connect+accept+close"), "{t}");
     assert!(t.contains("0.50"), "{t}");
+    // The spread of the rounds behind the medians: untraced 1000..1002, traced 500.
+    assert!(t.contains("1000-1002; 500-500"), "{t}");
     assert!(
         t.contains(" 9 ") && t.contains(" 12 "),
         "3 and 4 drops in each of 3 rounds: {t}"
