@@ -203,13 +203,20 @@ pub fn bhash_chain_head(net: u64, port: u16) -> Option<u64> {
     let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
     let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
     let size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+    let slot = bhash_slot(net, port, size)?;
+    let bucket = bhash + slot as u64 * layout!(bind_hashbucket_size) as u64;
+    field(bucket, layout!(bind_hashbucket_chain))
+}
+
+/// The slot of a `bhash` of `size` slots where (net, port) lives (`inet_bhashfn()`);
+/// `None` when `size` is not a power of two.
+#[inline(always)]
+pub fn bhash_slot(net: u64, port: u16, size: u32) -> Option<u32> {
     if size == 0 || size & (size - 1) != 0 {
         return None;
     }
     let mix: u32 = field(net, layout!(net_hash_mix)).unwrap_or(0);
-    let slot = (port as u32).wrapping_add(mix) & (size - 1);
-    let bucket = bhash + slot as u64 * layout!(bind_hashbucket_size) as u64;
-    field(bucket, layout!(bind_hashbucket_chain))
+    Some((port as u32).wrapping_add(mix) & (size - 1))
 }
 
 /// The bucket whose `node` member is at `node` (`container_of`).
