@@ -466,7 +466,8 @@ pub struct SnapRequest {
     pub port: u16,
     /// 1 = also emit ADDR and OWNER records.
     pub verbose: u8,
-    /// `SNAP_WALK` (the whole table) or `SNAP_LOOKUP` (the one bucket of (`net`, `port`)).
+    /// `SNAP_WALK` (the whole table), `SNAP_LOOKUP` (the one bucket of (`net`, `port`))
+    /// or `SNAP_CHAIN` (the one hash chain where `port` of the namespace asked for lives).
     pub mode: u8,
     /// Bounds: at most this many buckets in one chain and owners per bucket.
     pub max_chain: u32,
@@ -487,6 +488,11 @@ pub struct SnapRequest {
 
 pub const SNAP_WALK: u8 = 0;
 pub const SNAP_LOOKUP: u8 = 1;
+/// The walk of `SNAP_WALK` (same filters, records and bounds) over one slot of `bhash`:
+/// the one where `port` of the namespace asked for with `with_net` hashes
+/// (`inet_bhashfn()`), when that namespace is `netns`; the whole table when it is not or
+/// cannot be read.
+pub const SNAP_CHAIN: u8 = 2;
 
 /// Key of the `ERRORS` hash map: failed bind()/connect() calls counted in the kernel per
 /// network namespace, syscall and errno, whatever the event stream and the port filter do.

@@ -30,15 +30,16 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use portwatch_common::{
-    rec, snapdetail, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_LOOKUP,
+    rec, snapdetail, snapflag, SnapRecord, SnapRequest, WalkBudget, NO_FIELD, SNAP_CHAIN,
+    SNAP_LOOKUP,
 };
 
 use crate::{
     compat,
     drive::{drive, out_of_line_step, Walk},
     kernel::{
-        current_net, fill_fast, fill_owner, net_inum, net_of_nsfs_fd, reserved_ports,
-        sk_of_bind_node, tb_of_node, tb_state, AF_INET6,
+        bhash_slot, current_net, fill_fast, fill_owner, net_inum, net_of_nsfs_fd,
+        reserved_ports, sk_of_bind_node, tb_of_node, tb_state, AF_INET6,
     },
     maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
     read::{field, layout, layout_ready, rd, zbits, zfield, zread_into},
@@ -76,7 +77,9 @@ pub struct TableWalk {
     /// Next and end chunk of `reserved` to emit (`RESERVED_CHUNK` ports each).
     res_next: u32,
     res_end: u32,
+    /// Next slot, first slot and end slot of the walk.
     slot: u32,
+    first: u32,
     size: u32,
     bucket_size: u32,
     chain_off: u32,
@@ -456,13 +459,30 @@ fn triggered() -> Option<()> {
     serve(req)
 }
 
+/// The namespace asked for (`with_net`) and what the walk emits of it.
+struct Asked {
+    /// Its `struct net`, 0 when not asked or not found.
+    net: u64,
+    netns: u32,
+    /// Its reserved-ports bitmap (0: none), and the first and end chunk to emit.
+    reserved: u64,
+    res_next: u32,
+    res_end: u32,
+}
+
 /// The namespace asked for (`with_net`): its NET record, and the walk's reserved-ports
-/// chunks within its range. Returns (netns inode, reserved bitmap, first chunk, end
-/// chunk), zeroes when not asked or not found.
+/// chunks within its range; zeroes when not asked or not found.
 #[inline(always)]
-fn asked_net(req: &SnapRequest) -> (u32, u64, u32, u32) {
+fn asked_net(req: &SnapRequest) -> Asked {
+    let mut a = Asked {
+        net: 0,
+        netns: 0,
+        reserved: 0,
+        res_next: 0,
+        res_end: 0,
+    };
     if req.with_net == 0 {
-        return (0, 0, 0, 0);
+        return a;
     }
     let target = if req.net != 0 {
         Some(req.net)
@@ -470,19 +490,18 @@ fn asked_net(req: &SnapRequest) -> (u32, u64, u32, u32) {
         net_of_nsfs_fd(req.netns_fd as i64)
     };
     let Some(target) = target else {
-        return (0, 0, 0, 0);
+        return a;
     };
     let (netns, lo, hi) = emit_net(target);
+    a.net = target;
+    a.netns = netns;
     let reserved = reserved_ports(target);
-    if reserved == 0 || lo > hi {
-        return (netns, 0, 0, 0);
+    if reserved != 0 && lo <= hi {
+        a.reserved = reserved;
+        a.res_next = lo as u32 / RESERVED_CHUNK;
+        a.res_end = hi as u32 / RESERVED_CHUNK + 1;
     }
-    (
-        netns,
-        reserved,
-        lo as u32 / RESERVED_CHUNK,
-        hi as u32 / RESERVED_CHUNK + 1,
-    )
+    a
 }
 
 /// Answers one request: a lookup, or one run of a whole-table walk (or of a verbose
@@ -494,18 +513,27 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         return None;
     }
     if req.mode == SNAP_LOOKUP && req.verbose == 0 {
-        asked_net(req);
+        let _ = asked_net(req);
         lookup(req);
         return Some(());
     }
     let p = TableWalk::state()?;
     // SAFETY: the walk state is used only by the one thread that triggers walks.
     if unsafe { (*p).seq } != req.seq {
-        let (asked_netns, reserved, res_next, res_end) = asked_net(req);
+        let asked = asked_net(req);
         let net = current_net()?;
         let hashinfo: u64 = field(net, layout!(net_hashinfo))?;
         let bhash: u64 = field(hashinfo, layout!(hashinfo_bhash))?;
         let mut size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
+        // One port of one namespace lives in one slot: walk that slot alone.
+        let mut first = 0u32;
+        if req.mode == SNAP_CHAIN && asked.net != 0 && asked.netns == req.netns && req.port != 0
+        {
+            if let Some(slot) = bhash_slot(asked.net, req.port, size) {
+                first = slot;
+                size = slot + 1;
+            }
+        }
         // A verbose lookup walks the one bucket of (net, port) with its owners.
         let mut node = 0u64;
         let single = (req.mode == SNAP_LOOKUP) as u8;
@@ -522,15 +550,16 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         // first adds to the frame the verifier bounds.
         let w0 = unsafe { &mut *p };
         w0.bhash = bhash;
-        w0.reserved = reserved;
+        w0.reserved = asked.reserved;
         w0.node = node;
         w0.tb = 0;
         w0.cur_net = 0;
         w0.seq = req.seq;
         w0.owners = OwnerCursor::EMPTY;
-        w0.res_next = res_next;
-        w0.res_end = res_end;
-        w0.slot = 0;
+        w0.res_next = asked.res_next;
+        w0.res_end = asked.res_end;
+        w0.slot = first;
+        w0.first = first;
         w0.size = size;
         w0.bucket_size = layout!(bind_hashbucket_size);
         w0.chain_off = layout!(bind_hashbucket_chain);
@@ -539,7 +568,7 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         w0.max_chain = req.max_chain;
         w0.chain_len = 0;
         w0.buckets = 0;
-        w0.cur_netns = asked_netns;
+        w0.cur_netns = asked.netns;
         w0.cur_l3mdev = 0;
         w0.port_filter = req.port;
         w0.cur_port = 0;
@@ -573,11 +602,11 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
     let flags = (w.truncated != 0) as u8 * snapflag::WALK_TRUNCATED
         | (w.done == 0 && w.ring_full == 0) as u8 * snapflag::WALK_MORE
         | (w.lookup_truncated != 0) as u8 * snapflag::LOOKUP_TRUNCATED;
-    let (seq, slot, buckets) = (w.seq, w.slot, w.buckets);
+    let (seq, slots, buckets) = (w.seq, w.slot - w.first, w.buckets);
     // If even END does not fit, user space sees no END and reports the walk as lost.
     emit(|r| {
         r.addr = seq;
-        r.netns = slot;
+        r.netns = slots;
         r.owners = buckets;
         r.kind = rec::END;
         r.flags = flags;

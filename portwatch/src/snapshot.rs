@@ -17,7 +17,9 @@ use aya::{
     programs::{RawTracePoint, RawTracePointRunOptions, TestRun as _},
     Ebpf,
 };
-use portwatch_common::{rec, snapflag, SnapRecord, SnapRequest, SNAP_LOOKUP, SNAP_WALK};
+use portwatch_common::{
+    rec, snapflag, SnapRecord, SnapRequest, SNAP_CHAIN, SNAP_LOOKUP, SNAP_WALK,
+};
 
 use crate::{
     backend::Refusal,
@@ -141,13 +143,15 @@ impl Snapshotter {
         Ok(Snapshotter { rb, seq: 0 })
     }
 
-    /// Runs one walk and collects its records.
+    /// Runs one walk and collects its records. One port of one namespace whose NET
+    /// record is asked for (`opts.net`) is looked for in its own hash chain only.
     pub fn take(&mut self, ebpf: &mut Ebpf, opts: &SnapOptions) -> Result<Snapshot, SnapshotError> {
+        let one_chain = opts.port != 0 && opts.netns != 0 && opts.net != NetAsk::None;
         let mut req = SnapRequest {
             netns: opts.netns,
             port: opts.port,
             verbose: opts.verbose as u8,
-            mode: SNAP_WALK,
+            mode: if one_chain { SNAP_CHAIN } else { SNAP_WALK },
             max_chain: opts.max_chain,
             max_owners: opts.max_owners,
             netns_fd: -1,

@@ -1,14 +1,24 @@
 //! `portwatch dump`: the bind hash table once, like the article's dump_bhash.py.
-use std::{io::Write as _, process::ExitCode};
+use std::{io::Write as _, os::fd::AsRawFd as _, process::ExitCode};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use portwatch::{backend::SessionOptions, procs::ProcessTable, render, snapshot::SnapOptions};
+use portwatch::{
+    backend::SessionOptions,
+    netns::NetnsFilter,
+    procs::ProcessTable,
+    render,
+    snapshot::{NetAsk, SnapOptions},
+};
 
 /// Exit status of a walk that did not cover its whole scope (a hash chain cut short or
 /// unreadable, a chain that changed between two runs of a resumed walk): the table is
 /// printed, but buckets may be missing from it.
 pub const EXIT_INCOMPLETE: u8 = 4;
+
+/// The snapshot ring of `dump --port` in one namespace: one hash chain's buckets fit, and
+/// a bucket with more owners than fit (verbose) takes further program runs.
+const PORT_RING_BYTES: u32 = 1 << 18;
 
 /// The walk takes no kernel locks (like the drgn script it replaces): a bucket changing
 /// during the walk may show either state. A walk that could not cover every chain says so
@@ -41,8 +51,16 @@ pub struct DumpArgs {
 
 pub fn run(a: DumpArgs) -> Result<ExitCode> {
     let netns = super::netns_arg(a.netns.as_deref(), "/proc/self/ns/net")?;
+    // One port of one namespace: the walk reads the one hash chain where the port lives,
+    // found from the namespace's `struct net` (asked for by its nsfs file).
+    let ns_file = match (&netns, a.port) {
+        (NetnsFilter::One { path, .. }, Some(_)) => Some(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+        ),
+        _ => None,
+    };
     let mut session = super::open_session(&SessionOptions {
-        snapshot_ring_bytes: a.snapshot_ring_bytes,
+        snapshot_ring_bytes: a.snapshot_ring_bytes.or(ns_file.as_ref().map(|_| PORT_RING_BYTES)),
         ..SessionOptions::default()
     })?;
     let started = std::time::Instant::now();
@@ -51,9 +69,13 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
             netns: netns.inode().unwrap_or(0),
             port: a.port.unwrap_or(0),
             verbose: a.verbose,
+            net: ns_file
+                .as_ref()
+                .map_or(NetAsk::None, |f| NetAsk::Fd(f.as_raw_fd())),
             ..SnapOptions::default()
         })
         .context("walking the bind hash table")?;
+    drop(ns_file);
     if a.timing {
         eprintln!("walk_ms={:.3}", started.elapsed().as_secs_f64() * 1e3);
     }
