@@ -69,12 +69,13 @@ pub fn port_range(net: u64) -> (u16, u16) {
 /// one of them 0. "tcp: Link bhash2 to bhash." (822fb91fc724) and "tcp: Unlink sk from
 /// bhash." (b2cb9f9ef240), 6.8: owners left `tb->owners` for the `owners` list of each
 /// per-address bucket on `tb->bhash2`.
+/// `field` reads the bucket's pointer at an offset (0 when absent or unreadable).
 #[inline(always)]
-pub fn owner_lists(tb: u64) -> (u64, u64) {
+pub fn owner_lists(field: impl Fn(u32) -> u64) -> (u64, u64) {
     if layout!(owners_mode) == OWNERS_ON_TB2 {
-        (field::<u64>(tb, layout!(tb_bhash2)).unwrap_or(0), 0)
+        (field(layout!(tb_bhash2)), 0)
     } else {
-        (0, field::<u64>(tb, layout!(tb_owners)).unwrap_or(0))
+        (0, field(layout!(tb_owners)))
     }
 }
 

@@ -241,13 +241,54 @@ pub fn sk_of_bind_node(node: u64) -> u64 {
 /// fastreuse pair lead the struct on every kernel portwatch supports.
 const TB_HEAD: usize = 16;
 
+/// Bytes of `struct inet_bind_bucket` the snapshot walk copies at once: on the kernels
+/// portwatch supports, everything it reads of a bucket (the above, the fast-path fields
+/// and the head of its owner list) lies within them. A field beyond is read on its own.
+pub const TB_SPAN: usize = 72;
+
 /// The start of a bind bucket, read with one helper call.
-pub struct TbHead(Window<TB_HEAD>);
+pub struct TbHead<const N: usize = TB_HEAD>(Window<N>);
 
 impl TbHead {
     #[inline(always)]
     pub fn read(tb: u64) -> TbHead {
         TbHead(Window::read(tb))
+    }
+}
+
+impl<const N: usize> TbHead<N> {
+    /// Copies the start of bucket `tb` into this one where it is (map memory).
+    #[inline(always)]
+    pub fn fill(&mut self, tb: u64) {
+        self.0.fill(tb)
+    }
+
+    /// The bucket's netns (`struct net` address).
+    #[inline(always)]
+    pub fn net(&self) -> u64 {
+        self.0.get(layout!(tb_net))
+    }
+
+    /// Where the bucket's owner walk starts (see `compat::owner_lists`).
+    #[inline(always)]
+    pub fn owner_lists(&self) -> (u64, u64) {
+        compat::owner_lists(|off| self.0.get(off))
+    }
+
+    /// Fills in the fast-path fields that `sk_reuseport_match()` reads: `fastuid`
+    /// (`uid`), the fast address (`laddr`, IPv4 in the first four bytes) with its family;
+    /// returns `fast_ipv6_only`.
+    #[inline(always)]
+    pub fn fill_fast(&self, r: &mut SnapRecord) -> u8 {
+        r.family = self.0.get(layout!(tb_fast_sk_family));
+        if r.family == AF_INET6 {
+            r.laddr = self.0.get(layout!(tb_fast_v6_rcv_saddr));
+        } else {
+            let a: [u8; 4] = self.0.get(layout!(tb_fast_rcv_saddr));
+            r.laddr[..4].copy_from_slice(&a);
+        }
+        r.uid = self.0.get(layout!(tb_fastuid));
+        self.0.get(layout!(tb_fast_ipv6_only))
     }
 
     /// The bucket's netns (`struct net` address) and port, for matching a chain entry.

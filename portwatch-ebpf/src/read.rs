@@ -154,6 +154,15 @@ impl<const N: usize> Window<N> {
         Self::read_from(base, if a < b { a } else { b })
     }
 
+    /// Copies `N` bytes at `base` into this window where it is (map memory, such as a
+    /// walk's state): no copy on the stack.
+    #[inline(always)]
+    pub fn fill(&mut self, base: u64) {
+        self.base = base;
+        self.start = 0;
+        zread_into(self.bytes.as_mut_ptr(), N as u32, base, 0);
+    }
+
     /// The `T` at byte `off` of the struct (`NO_FIELD`: zero).
     #[inline(always)]
     pub fn get<T: Copy>(&self, off: u32) -> T {

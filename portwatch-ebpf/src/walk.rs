@@ -61,7 +61,15 @@ impl OwnerCursor {
     /// A walk over the owners of bucket `tb`, counting at most `max`.
     #[inline(always)]
     pub fn start(tb: u64, max: u32) -> OwnerCursor {
-        let (tb2_node, owner) = compat::owner_lists(tb);
+        OwnerCursor::of_lists(
+            compat::owner_lists(|off| field::<u64>(tb, off).unwrap_or(0)),
+            max,
+        )
+    }
+
+    /// A walk over the owner lists `compat::owner_lists` gave, counting at most `max`.
+    #[inline(always)]
+    pub fn of_lists((tb2_node, owner): (u64, u64), max: u32) -> OwnerCursor {
         OwnerCursor {
             tb2_node,
             owner,
