@@ -377,21 +377,6 @@ pub fn fill_owner(r: &mut SnapRecord, sk: u64) -> u64 {
     zbits(sk, layout!(sk_ipv6only))
 }
 
-/// Fills in the fast-path fields of bucket `tb` that `sk_reuseport_match()` reads:
-/// `fastuid` (`uid`), the fast address (`laddr`, IPv4 in the first four bytes) with its
-/// family; returns `fast_ipv6_only`. Read straight into the record, as in [`fill_owner`].
-#[inline(always)]
-pub fn fill_fast(r: &mut SnapRecord, tb: u64) -> u8 {
-    r.family = zfield(tb, layout!(tb_fast_sk_family));
-    if r.family == AF_INET6 {
-        zread_into(r.laddr.as_mut_ptr(), 16, tb, layout!(tb_fast_v6_rcv_saddr));
-    } else {
-        zread_into(r.laddr.as_mut_ptr(), 4, tb, layout!(tb_fast_rcv_saddr));
-    }
-    r.uid = zfield(tb, layout!(tb_fastuid));
-    zfield(tb, layout!(tb_fast_ipv6_only))
-}
-
 /// `net->ipv4.sysctl_local_reserved_ports`: the bitmap of reserved ports (0 when absent).
 #[inline(always)]
 pub fn reserved_ports(net: u64) -> u64 {

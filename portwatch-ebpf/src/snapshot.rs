@@ -38,8 +38,8 @@ use crate::{
     compat,
     drive::{drive, out_of_line_step, Walk},
     kernel::{
-        bhash_slot, current_net, fill_fast, fill_owner, net_inum, net_of_nsfs_fd,
-        reserved_ports, sk_of_bind_node, tb_of_node, tb_state, AF_INET6,
+        bhash_slot, current_net, fill_owner, net_inum, net_of_nsfs_fd, reserved_ports,
+        sk_of_bind_node, tb_of_node, TbHead, AF_INET6, TB_SPAN,
     },
     maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
     read::{field, layout, layout_ready, rd, zbits, zfield, zread_into},
@@ -72,8 +72,15 @@ pub struct TableWalk {
     seq: u64,
     /// While `verifying`: the chain node being compared with `node`.
     verify: u64,
+    /// The snapshot ring's size, read once per run.
+    ring_size: u64,
     /// The current bucket's owners.
     owners: OwnerCursor,
+    /// The start of the current bucket, copied with one read at its first step.
+    head: TbHead<TB_SPAN>,
+    /// The `struct net` whose inode is `cur_netns` (0: none yet in this run): the
+    /// buckets of a chain mostly share one.
+    inum_net: u64,
     /// Next and end chunk of `reserved` to emit (`RESERVED_CHUNK` ports each).
     res_next: u32,
     res_end: u32,
@@ -120,10 +127,16 @@ const RECORD_BYTES: u64 = core::mem::size_of::<SnapRecord>() as u64 + 8;
 /// Room a run keeps free: a step writes at most one record, and END must still fit.
 const RESERVE_BYTES: u64 = 4 * RECORD_BYTES;
 
-/// Whether the snapshot ring has room for one more step and the run's END record.
+/// The snapshot ring's size in bytes.
 #[inline(always)]
-fn ring_has_room() -> bool {
-    let size = SNAP_RB.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64);
+fn ring_size() -> u64 {
+    SNAP_RB.query(aya_ebpf::bindings::BPF_RB_RING_SIZE as u64)
+}
+
+/// Whether the snapshot ring (of `size` bytes) has room for one more step and the run's
+/// END record.
+#[inline(always)]
+fn ring_has_room(size: u64) -> bool {
     let waiting = SNAP_RB.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64);
     waiting + RESERVE_BYTES <= size
 }
@@ -171,11 +184,15 @@ fn sent(w: &mut TableWalk, ok: bool) {
 #[inline(always)]
 fn begin_bucket(w: &mut TableWalk) {
     let tb = tb_of_node(w.node);
-    let st = tb_state(tb);
-    let net: u64 = zfield(tb, layout!(tb_net));
+    w.head.fill(tb);
+    let st = w.head.state(tb);
+    let net = w.head.net();
     w.tb = tb;
     w.cur_net = net;
-    w.cur_netns = net_inum(net);
+    if net == 0 || net != w.inum_net {
+        w.cur_netns = net_inum(net);
+        w.inum_net = net;
+    }
     w.cur_port = st.port;
     w.cur_l3mdev = st.l3mdev;
     w.cur_fr = st.fastreuse;
@@ -185,7 +202,7 @@ fn begin_bucket(w: &mut TableWalk) {
     w.owners = if w.skip != 0 {
         OwnerCursor::EMPTY
     } else {
-        OwnerCursor::start(tb, w.max_owners)
+        OwnerCursor::of_lists(w.head.owner_lists(), w.max_owners)
     };
 }
 
@@ -205,7 +222,7 @@ fn end_bucket(w: &mut TableWalk) {
                 r.kind = rec::BUCKET;
                 r.flags = ((w.owners.truncated != 0) as u8) * snapflag::OWNERS_TRUNCATED;
                 r.net = w.cur_net;
-                let v6only = fill_fast(r, w.tb);
+                let v6only = w.head.fill_fast(r);
                 r.detail = ((v6only != 0) as u8) * snapdetail::V6ONLY;
                 send(r)
             }
@@ -432,7 +449,7 @@ impl Walk for TableWalk {
         if self.ring_full != 0 {
             return false;
         }
-        if !ring_has_room() {
+        if !ring_has_room(self.ring_size) {
             self.paused = 1;
             return false;
         }
@@ -556,6 +573,8 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         w0.cur_net = 0;
         w0.seq = req.seq;
         w0.owners = OwnerCursor::EMPTY;
+        w0.inum_net = 0;
+        w0.ring_size = ring_size();
         w0.res_next = asked.res_next;
         w0.res_end = asked.res_end;
         w0.slot = first;
@@ -589,6 +608,8 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         // SAFETY: as above.
         let w = unsafe { &mut *p };
         w.paused = 0;
+        w.inum_net = 0;
+        w.ring_size = ring_size();
         // Resuming inside a chain: make sure the walk's place in it still exists.
         if w.node != 0 && w.slot > 0 {
             w.verify = next_node(w, chain_head(w, w.slot - 1));
