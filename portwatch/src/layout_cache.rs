@@ -57,9 +57,19 @@ fn schema() -> String {
     )
 }
 
-/// Where the cache lives.
+/// Where the cache lives: one file per schema (see [`Key::schema`]), so binaries of
+/// different versions on one host (a CLI beside an exporter) do not overwrite each
+/// other's cache at every start.
 pub fn cache_path() -> PathBuf {
-    PathBuf::from("/run/portwatch/layout.json")
+    PathBuf::from(format!("/run/portwatch/layout-{:016x}.json", fnv1a(schema().as_bytes())))
+}
+
+/// FNV-1a, 64 bits: a name for the schema that stays the same across builds and Rust
+/// versions (unlike `std`'s hasher); the file's key is still checked in full.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn read(path: &Path, key: &Key) -> Option<Resolved> {
@@ -152,6 +162,9 @@ mod tests {
             None,
             "another binary's cache is not used"
         );
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert!(cache_path().to_string_lossy().starts_with("/run/portwatch/layout-"));
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read(&path, &key), None, "garbage is ignored");
         assert_eq!(host_layout_cached_at(&path).expect("rebuilt"), fresh);
