@@ -274,41 +274,56 @@ fn reserved_ranges(chunks: &[(u16, [u8; 16])], range: (u16, u16)) -> Vec<(u16, u
     out
 }
 
-/// Groups the records of one walk into a [`Snapshot`] sorted by key. A NET record (and
-/// its RESERVED records) comes first when the namespace was asked for. ADDR and OWNER
-/// records precede the BUCKET record they belong to (the walker learns the owner count
-/// only at the end of a bucket). ADDR records carry their family: AF_INET6 (v4-mapped
-/// for IPv4) on kernels that store every per-address bucket as IPv6, else the bucket's.
-/// Every record carries its bucket's address: records of a bucket the walk left without
-/// its BUCKET record (the bucket left its chain between two runs of the walk) are not
-/// given to the next bucket.
+/// Groups the records of one walk into a [`Snapshot`] sorted by key (see
+/// [`SnapshotDecoder`]).
 pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
-    let mut snap = Snapshot::default();
-    let mut addrs: Vec<AddrRow> = Vec::new();
-    let mut reserved: Vec<(u16, [u8; 16])> = Vec::new();
-    // Owners seen before any ADDR record (kernels whose owners hang off the bucket).
-    let mut loose: Vec<(Option<IpAddr>, OwnerRow)> = Vec::new();
-    // The bucket the pending ADDR/OWNER records belong to.
-    let mut pending_of = 0u64;
+    let mut d = SnapshotDecoder::default();
     for r in records {
-        if matches!(r.kind, rec::ADDR | rec::OWNER | rec::BUCKET) && r.addr != pending_of {
-            addrs.clear();
-            loose.clear();
-            pending_of = r.addr;
+        d.push(r);
+    }
+    d.finish()
+}
+
+/// Groups the records of one walk into a [`Snapshot`] as they arrive, so a walk's
+/// records need not be kept. A NET record (and its RESERVED records) comes first when
+/// the namespace was asked for. ADDR and OWNER records precede the BUCKET record they
+/// belong to (the walker learns the owner count only at the end of a bucket). ADDR
+/// records carry their family: AF_INET6 (v4-mapped for IPv4) on kernels that store every
+/// per-address bucket as IPv6, else the bucket's. Every record carries its bucket's
+/// address: records of a bucket the walk left without its BUCKET record (the bucket left
+/// its chain between two runs of the walk) are not given to the next bucket.
+#[derive(Default)]
+pub struct SnapshotDecoder {
+    snap: Snapshot,
+    addrs: Vec<AddrRow>,
+    reserved: Vec<(u16, [u8; 16])>,
+    /// Owners seen before any ADDR record (kernels whose owners hang off the bucket).
+    loose: Vec<(Option<IpAddr>, OwnerRow)>,
+    /// The bucket the pending ADDR/OWNER records belong to.
+    pending_of: u64,
+}
+
+impl SnapshotDecoder {
+    /// Takes the next record of the walk.
+    pub fn push(&mut self, r: &SnapRecord) {
+        if matches!(r.kind, rec::ADDR | rec::OWNER | rec::BUCKET) && r.addr != self.pending_of {
+            self.addrs.clear();
+            self.loose.clear();
+            self.pending_of = r.addr;
         }
         match r.kind {
             rec::NET => {
-                snap.net = Some(NetInfo {
+                self.snap.net = Some(NetInfo {
                     netns: r.netns,
                     range: (r.port, r.rport),
                     reserved: Vec::new(),
                     tw_reuse: r.state,
                 });
             }
-            rec::RESERVED => reserved.push((r.port, r.laddr)),
+            rec::RESERVED => self.reserved.push((r.port, r.laddr)),
             rec::ADDR => {
                 let has_state = r.owners != 0;
-                addrs.push(AddrRow {
+                self.addrs.push(AddrRow {
                     address: ip(r.family, &r.laddr),
                     family: if r.detail & snapdetail::TB2_FAMILY != 0 {
                         family(r.family)
@@ -322,16 +337,16 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
             }
             rec::OWNER => {
                 let owner = owner_row(r);
-                match addrs.last_mut() {
+                match self.addrs.last_mut() {
                     Some(a) => a.owners.push(owner),
-                    None => loose.push((ip(r.family, &r.laddr), owner)),
+                    None => self.loose.push((ip(r.family, &r.laddr), owner)),
                 }
             }
             rec::BUCKET => {
-                for (address, owner) in loose.drain(..) {
-                    match addrs.iter_mut().find(|a| a.address == address) {
+                for (address, owner) in self.loose.drain(..) {
+                    match self.addrs.iter_mut().find(|a| a.address == address) {
                         Some(a) => a.owners.push(owner),
-                        None => addrs.push(AddrRow {
+                        None => self.addrs.push(AddrRow {
                             address,
                             family: None,
                             fastreuse: None,
@@ -341,11 +356,11 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                     }
                 }
                 let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
-                snap.owners_truncated |= truncated;
+                self.snap.owners_truncated |= truncated;
                 if r.net != 0 {
-                    snap.nets.insert(r.netns, r.net);
+                    self.snap.nets.insert(r.netns, r.net);
                 }
-                snap.buckets.push(BucketRow {
+                self.snap.buckets.push(BucketRow {
                     key: BucketKey {
                         netns: r.netns,
                         l3mdev: r.l3mdev,
@@ -359,18 +374,22 @@ pub fn snapshot(records: &[SnapRecord]) -> Snapshot {
                             truncated,
                         },
                     },
-                    addresses: std::mem::take(&mut addrs),
+                    addresses: std::mem::take(&mut self.addrs),
                     fast: fast_path(r),
                 });
             }
             _ => {}
         }
     }
-    if let Some(net) = snap.net.as_mut() {
-        net.reserved = reserved_ranges(&reserved, net.range);
+
+    /// The snapshot, sorted by key.
+    pub fn finish(mut self) -> Snapshot {
+        if let Some(net) = self.snap.net.as_mut() {
+            net.reserved = reserved_ranges(&self.reserved, net.range);
+        }
+        self.snap.buckets.sort_by_key(|b| b.key);
+        self.snap
     }
-    snap.buckets.sort_by_key(|b| b.key);
-    snap
 }
 
 /// The failure counts of the `ERRORS` map's entries. Entries of another op or errno 0

@@ -24,7 +24,7 @@ use portwatch_common::{
 use crate::{
     backend::Refusal,
     bpf::{self, MapError, ProgramLookupError},
-    decode::{decode_snap_record, DecodeError},
+    decode::{decode_snap_record, DecodeError, SnapshotDecoder},
     model::{NetInfo, Snapshot},
 };
 
@@ -158,8 +158,10 @@ impl Snapshotter {
             ..SnapRequest::default()
         };
         net_fields(&mut req, opts.net);
-        let (records, end) = self.request(ebpf, req)?;
-        let mut snap = crate::decode::snapshot(&records);
+        // Decoded as each run's records are read: a large table's records are not kept.
+        let mut decoder = SnapshotDecoder::default();
+        let end = self.request(ebpf, req, |r| decoder.push(&r))?;
+        let mut snap = decoder.finish();
         snap.slots = end.netns;
         snap.complete = end.flags & snapflag::WALK_TRUNCATED == 0;
         Ok(snap)
@@ -182,8 +184,13 @@ impl Snapshotter {
             netns_fd: -1,
             ..SnapRequest::default()
         };
-        let (records, end) = self.request(ebpf, req)?;
-        Ok(match records.into_iter().find(|r| r.kind == rec::BUCKET) {
+        let mut bucket = None;
+        let end = self.request(ebpf, req, |r| {
+            if r.kind == rec::BUCKET && bucket.is_none() {
+                bucket = Some(r);
+            }
+        })?;
+        Ok(match bucket {
             Some(r) => Lookup::Bucket(r),
             None if end.flags & snapflag::LOOKUP_TRUNCATED != 0 => Lookup::Unknown,
             None => Lookup::Absent,
@@ -215,8 +222,9 @@ impl Snapshotter {
         if with_net {
             req.with_net = 1;
         }
-        let (records, end) = self.request(ebpf, req)?;
-        let mut snap = crate::decode::snapshot(&records);
+        let mut decoder = SnapshotDecoder::default();
+        let end = self.request(ebpf, req, |r| decoder.push(&r))?;
+        let mut snap = decoder.finish();
         // A search that gave up found no bucket without knowing there is none.
         snap.complete = end.flags & (snapflag::WALK_TRUNCATED | snapflag::LOOKUP_TRUNCATED) == 0;
         Ok(snap)
@@ -240,17 +248,20 @@ impl Snapshotter {
             ..SnapRequest::default()
         };
         net_fields(&mut req, ask);
-        let (records, _) = self.request(ebpf, req)?;
-        let net = crate::decode::snapshot(&records).net;
+        let mut decoder = SnapshotDecoder::default();
+        self.request(ebpf, req, |r| decoder.push(&r))?;
+        let net = decoder.finish().net;
         Ok(net.filter(|n| n.netns != 0 && expect.is_none_or(|e| e == n.netns)))
     }
 
-    /// Writes the request, runs the walk program, collects the records up to END.
+    /// Writes the request, runs the walk program, hands each record up to END to `each`
+    /// and returns END.
     fn request(
         &mut self,
         ebpf: &mut Ebpf,
         mut req: SnapRequest,
-    ) -> Result<(Vec<SnapRecord>, SnapRecord), SnapshotError> {
+        mut each: impl FnMut(SnapRecord),
+    ) -> Result<SnapRecord, SnapshotError> {
         // Records of an earlier, abandoned walk must not mix into this one.
         while self.rb.next().is_some() {}
         self.seq += 1;
@@ -262,7 +273,6 @@ impl Snapshotter {
         // Each run is synchronous inside BPF_PROG_TEST_RUN, in this thread; a run that
         // ends with WALK_MORE is followed by another.
         let prog: &mut RawTracePoint = bpf::program(ebpf, PROGRAM)?;
-        let mut records = Vec::new();
         for _ in 0..MAX_RUNS {
             prog.test_run(RawTracePointRunOptions::new())
                 .map_err(|e| SnapshotError::Run(bpf::error_chain(&e)))?;
@@ -275,11 +285,11 @@ impl Snapshotter {
                     }
                     break;
                 }
-                records.push(r);
+                each(r);
             }
             match end {
                 Some(e) if e.flags & snapflag::WALK_MORE != 0 => continue,
-                Some(e) => return Ok((records, e)),
+                Some(e) => return Ok(e),
                 None => return Err(SnapshotError::NoReply),
             }
         }
