@@ -393,8 +393,9 @@ fn emit_net(net: u64) -> (u32, u16, u16) {
 /// Advances the walk by one node: the next chunk of reserved ports, the next slot, the
 /// next bucket of a chain, or the next per-address bucket or owner of the current
 /// bucket. False once the walk is over.
+/// `FULL`: with the ADDR and OWNER records of verbose walks (see [`BriefWalk`]).
 #[inline(always)]
-pub fn table_step(w: &mut TableWalk) -> bool {
+pub fn table_step<const FULL: bool>(w: &mut TableWalk) -> bool {
     if w.res_next < w.res_end {
         emit_reserved(w);
         return true;
@@ -419,12 +420,12 @@ pub fn table_step(w: &mut TableWalk) -> bool {
     }
     match owner_step(&mut w.owners) {
         OwnerStep::Owner(node) => {
-            if w.verbose != 0 {
+            if FULL && w.verbose != 0 {
                 emit_owner(w, node);
             }
         }
         OwnerStep::Addr(tb2) => {
-            if w.verbose != 0 {
+            if FULL && w.verbose != 0 {
                 emit_addr(w, tb2);
             }
         }
@@ -446,14 +447,7 @@ impl Walk for TableWalk {
 
     #[inline(always)]
     fn step(&mut self) -> bool {
-        if self.ring_full != 0 {
-            return false;
-        }
-        if !ring_has_room(self.ring_size) {
-            self.paused = 1;
-            return false;
-        }
-        table_step(self)
+        self.step_with::<true>()
     }
 
     #[cfg(feature = "bounded")]
@@ -463,17 +457,64 @@ impl Walk for TableWalk {
     }
 }
 
+impl TableWalk {
+    /// One step, unless the ring is full or nearly full (then the run ends).
+    #[inline(always)]
+    fn step_with<const FULL: bool>(&mut self) -> bool {
+        if self.ring_full != 0 {
+            return false;
+        }
+        if !ring_has_room(self.ring_size) {
+            self.paused = 1;
+            return false;
+        }
+        table_step::<FULL>(self)
+    }
+}
+
 out_of_line_step!(walk_table_step, TableWalk);
+
+/// The walk of `snapshot_brief`: a [`TableWalk`] (same state, same map slot) that counts
+/// owners without describing them, i.e. without the ADDR and OWNER records of verbose
+/// walks. Its program is a third smaller for the verifier to check, which every start of
+/// `dump` pays.
+#[repr(transparent)]
+pub struct BriefWalk(TableWalk);
+
+impl Walk for BriefWalk {
+    #[inline(always)]
+    fn state() -> Option<*mut Self> {
+        SNAP_WALK.get_ptr_mut(0).map(|p| p.cast())
+    }
+
+    #[inline(always)]
+    fn budget(b: &WalkBudget) -> u32 {
+        b.snap_steps
+    }
+
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        self.0.step_with::<false>()
+    }
+
+    #[cfg(feature = "bounded")]
+    #[inline(always)]
+    fn step_out_of_line() -> bool {
+        walk_brief_step() != 0
+    }
+}
+
+out_of_line_step!(walk_brief_step, BriefWalk);
 
 /// A request from the tool's own thread (the one named in `SNAP_REQ`).
 #[inline(always)]
-fn triggered() -> Option<()> {
+fn request() -> Option<&'static SnapRequest> {
     let req: &SnapRequest = SNAP_REQ.get(0)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     if req.tid == 0 || req.tid != tid {
         return None;
     }
-    serve(req)
+    Some(req)
 }
 
 /// The namespace asked for (`with_net`) and what the walk emits of it.
@@ -534,6 +575,32 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         lookup(req);
         return Some(());
     }
+    walk_run::<true>(req)
+}
+
+/// Answers a whole-table or one-chain walk as [`serve`] does, without ADDR and OWNER
+/// records (see [`BriefWalk`]). Lookups are not served: their END says so
+/// (`LOOKUP_TRUNCATED`, `WALK_TRUNCATED`), never an empty answer.
+#[inline(always)]
+fn serve_brief(req: &SnapRequest) -> Option<()> {
+    if !layout_ready() {
+        return None;
+    }
+    if req.mode == SNAP_LOOKUP {
+        let seq = req.seq;
+        emit(|r| {
+            r.addr = seq;
+            r.kind = rec::END;
+            r.flags = snapflag::LOOKUP_TRUNCATED | snapflag::WALK_TRUNCATED;
+        });
+        return Some(());
+    }
+    walk_run::<false>(req)
+}
+
+/// One run of a walk, driven as a [`TableWalk`] (`FULL`) or a [`BriefWalk`].
+#[inline(always)]
+fn walk_run<const FULL: bool>(req: &SnapRequest) -> Option<()> {
     let p = TableWalk::state()?;
     // SAFETY: the walk state is used only by the one thread that triggers walks.
     if unsafe { (*p).seq } != req.seq {
@@ -555,7 +622,7 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
         let mut node = 0u64;
         let single = (req.mode == SNAP_LOOKUP) as u8;
         let mut lookup_truncated = 0u8;
-        if single != 0 {
+        if FULL && single != 0 {
             size = 0;
             match find_bucket(req.net, req.port) {
                 Found::Bucket(tb) => node = tb + layout!(tb_node) as u64,
@@ -617,7 +684,11 @@ pub fn serve(req: &SnapRequest) -> Option<()> {
             w.verifying = 1;
         }
     }
-    drive::<TableWalk>(RUN_STEPS);
+    if FULL {
+        drive::<TableWalk>(RUN_STEPS);
+    } else {
+        drive::<BriefWalk>(RUN_STEPS);
+    }
     // SAFETY: as above.
     let w = unsafe { &*p };
     let flags = (w.truncated != 0) as u8 * snapflag::WALK_TRUNCATED
@@ -674,6 +745,14 @@ fn lookup(req: &SnapRequest) {
 /// Attached nowhere: the tool runs it with `BPF_PROG_TEST_RUN` (raw tracepoints since 5.10).
 #[raw_tracepoint]
 pub fn snapshot_trigger(_ctx: RawTracePointContext) -> i32 {
-    let _ = triggered();
+    let _ = request().and_then(serve);
+    0
+}
+
+/// `snapshot_trigger` for walks without ADDR and OWNER records only (see [`BriefWalk`]),
+/// run the same way: what `dump` without `-v` loads.
+#[raw_tracepoint]
+pub fn snapshot_brief(_ctx: RawTracePointContext) -> i32 {
+    let _ = request().and_then(serve_brief);
     0
 }
