@@ -32,6 +32,9 @@ use crate::{
 /// `BPF_PROG_TEST_RUN` in the calling thread (no attach, so no detach and none of the
 /// RCU grace period that closing a tracepoint link waits for).
 const PROGRAM: &str = "snapshot_trigger";
+/// The same walk without ADDR and OWNER records, lookups or verbose lookups: a smaller
+/// program for the verifier, for sessions that only take non-verbose walks (`dump`).
+const BRIEF: &str = "snapshot_brief";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -45,8 +48,8 @@ pub enum SnapshotError {
     #[error(transparent)]
     Decode(#[from] DecodeError),
     /// `BPF_PROG_TEST_RUN` of the walk program failed.
-    #[error("snapshot: running `{PROGRAM}` with BPF_PROG_TEST_RUN failed: {0}")]
-    Run(String),
+    #[error("snapshot: running `{0}` with BPF_PROG_TEST_RUN failed: {1}")]
+    Run(&'static str, String),
     #[error("snapshot: the walk did not report back (was the ring buffer full?)")]
     NoReply,
     #[error("snapshot: the walk did not finish in {0} program runs")]
@@ -131,16 +134,22 @@ fn net_fields(req: &mut SnapRequest, ask: NetAsk) {
 pub struct Snapshotter {
     rb: RingBuf<MapData>,
     seq: u64,
+    /// `snapshot_trigger` is loaded (else only `snapshot_brief`).
+    full: bool,
 }
 
 impl Snapshotter {
-    /// Loads `snapshot_trigger` (it is run, never attached).
-    pub fn new(ebpf: &mut Ebpf) -> Result<Snapshotter, SnapshotError> {
-        let prog: &mut RawTracePoint = bpf::program(ebpf, PROGRAM)?;
-        prog.load()
-            .map_err(|e| SnapshotError::Refused(Refusal::from_load(PROGRAM, &e)))?;
+    /// Loads the walk program (it is run, never attached): `snapshot_trigger`, or with
+    /// `brief` the smaller `snapshot_brief`, for non-verbose walks only; a session that
+    /// asks for more then loads `snapshot_trigger` too.
+    pub fn new(ebpf: &mut Ebpf, brief: bool) -> Result<Snapshotter, SnapshotError> {
+        load(ebpf, if brief { BRIEF } else { PROGRAM })?;
         let rb = bpf::take_map(ebpf, "SNAP_RB")?;
-        Ok(Snapshotter { rb, seq: 0 })
+        Ok(Snapshotter {
+            rb,
+            seq: 0,
+            full: !brief,
+        })
     }
 
     /// Runs one walk and collects its records. One port of one namespace whose NET
@@ -262,6 +271,12 @@ impl Snapshotter {
         mut req: SnapRequest,
         mut each: impl FnMut(SnapRecord),
     ) -> Result<SnapRecord, SnapshotError> {
+        let brief = req.mode != SNAP_LOOKUP && req.verbose == 0;
+        if !brief && !self.full {
+            load(ebpf, PROGRAM)?;
+            self.full = true;
+        }
+        let name = if self.full { PROGRAM } else { BRIEF };
         // Records of an earlier, abandoned walk must not mix into this one.
         while self.rb.next().is_some() {}
         self.seq += 1;
@@ -272,10 +287,10 @@ impl Snapshotter {
         arr.set(0, req, 0).map_err(bpf::access("SNAP_REQ"))?;
         // Each run is synchronous inside BPF_PROG_TEST_RUN, in this thread; a run that
         // ends with WALK_MORE is followed by another.
-        let prog: &mut RawTracePoint = bpf::program(ebpf, PROGRAM)?;
+        let prog: &mut RawTracePoint = bpf::program(ebpf, name)?;
         for _ in 0..MAX_RUNS {
             prog.test_run(RawTracePointRunOptions::new())
-                .map_err(|e| SnapshotError::Run(bpf::error_chain(&e)))?;
+                .map_err(|e| SnapshotError::Run(name, bpf::error_chain(&e)))?;
             let mut end = None;
             while let Some(item) = self.rb.next() {
                 let r = decode_snap_record(&item)?;
@@ -295,4 +310,11 @@ impl Snapshotter {
         }
         Err(SnapshotError::TooManyRuns(MAX_RUNS))
     }
+}
+
+/// Loads walk program `name`.
+fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<(), SnapshotError> {
+    let prog: &mut RawTracePoint = bpf::program(ebpf, name)?;
+    prog.load()
+        .map_err(|e| SnapshotError::Refused(Refusal::from_load(name, &e)))
 }

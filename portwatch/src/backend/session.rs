@@ -71,6 +71,10 @@ pub struct SessionOptions {
     /// Attach the event programs idle: each returns at its first instruction (for
     /// benchmarks: what the attach points alone cost; no events).
     pub idle_programs: bool,
+    /// The session takes non-verbose walks only (`dump` without `-v`): load the smaller
+    /// walk program that makes no ADDR/OWNER records (anything else loads the full one
+    /// when first asked for).
+    pub brief_walks: bool,
 }
 
 impl Default for SessionOptions {
@@ -84,6 +88,7 @@ impl Default for SessionOptions {
             snapshot_ring_bytes: None,
             walk_driver: WalkDriverChoice::Auto,
             idle_programs: false,
+            brief_walks: false,
         }
     }
 }
@@ -455,7 +460,7 @@ fn attach(mut ebpf: Ebpf, resolved: &Resolved, opts: &SessionOptions) -> Result<
             return Err(Failure::Backend(BackendError::NoneWorks(attempts)));
         }
     }
-    let snapshots = Snapshotter::new(&mut ebpf).map_err(Failure::Snapshot)?;
+    let snapshots = Snapshotter::new(&mut ebpf, opts.brief_walks).map_err(Failure::Snapshot)?;
     Ok(Attached {
         ebpf,
         backend,

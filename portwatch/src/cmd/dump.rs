@@ -61,6 +61,7 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     };
     let mut session = super::open_session(&SessionOptions {
         snapshot_ring_bytes: a.snapshot_ring_bytes.or(ns_file.as_ref().map(|_| PORT_RING_BYTES)),
+        brief_walks: !a.verbose,
         ..SessionOptions::default()
     })?;
     let started = std::time::Instant::now();
