@@ -34,11 +34,12 @@ pub const LOOKUP_RING_BYTES: u32 = 1 << 16;
 /// 47,000 records; a walk that does not fit is reported as cut short).
 pub const EXPLAIN_RING_BYTES: u32 = 1 << 22;
 
-/// The snapshot ring of sessions that walk whole tables (`dump`, `top`): 65,536 records
-/// (64 bytes each with their header), a table of 50,000 listeners in one program run.
-/// Larger walks go on in further runs (`WALK_MORE`). The kernel allocates and zeroes the
-/// whole ring when the map is created, so a larger ring costs every start.
-pub const WALK_RING_BYTES: u32 = 1 << 22;
+/// The snapshot ring of sessions that walk whole tables (`dump`, `top`): about 9,400
+/// records (112 bytes each with their header). Larger walks go on in further runs
+/// (`WALK_MORE`), each run's records decoded before the next: a run costs one syscall, a
+/// larger ring costs every start (the kernel allocates and zeroes the whole ring when the
+/// map is created, and its pages count in the process's memory once read).
+pub const WALK_RING_BYTES: u32 = 1 << 20;
 
 /// How often a consumer drains the event ring: the programs do not wake it per event (see
 /// `Config::wakeup_bytes`), so it must drain on its own at least this often. Short enough
