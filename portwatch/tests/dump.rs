@@ -951,6 +951,71 @@ fn port_filter_netns_all_and_default_netns() {
     drop(keep);
 }
 
+/// `dump --port P` in one namespace walks only the hash chain where P lives: for ports
+/// with a bucket (a listener with an accepted connection, bound-only sockets, a shared
+/// port) and without one, in a namespace of 1,200 ports, its rows equal the whole-table
+/// walk's rows of P, verbose or not, with either walk driver and with a ring so small
+/// that the walk of one bucket takes several runs; from inside the namespace (no
+/// --netns) too.
+#[test]
+fn port_walks_one_chain_and_equals_the_whole_table() {
+    if !require_root("port_walks_one_chain_and_equals_the_whole_table") {
+        return;
+    }
+    const N: u16 = 1200;
+    raise_nofile_limit(u64::from(N) + 200);
+    // The connecting socket's port: 50000.
+    let ns = PrivateNetns::with_port_range(50000, 50000).expect("private netns");
+    let path = netns_path(&ns);
+    let _keep = ns
+        .run(|| {
+            let mut keep: Vec<Socket> = (0..N)
+                .map(|i| bound("127.0.0.1", 40000 + i, i % 2 == 0, false))
+                .collect();
+            let l = listening("0.0.0.0", 7100, true, false);
+            let (c, a) = connected(&l, "127.0.0.1", 7100);
+            keep.extend([l, c, a]);
+            keep.extend((0..40).map(|_| bound("127.0.0.1", 7200, true, true)));
+            keep
+        })
+        .expect("netns thread");
+    for verbose in [false, true] {
+        let v: &[&str] = if verbose { &["-v"] } else { &[] };
+        let mut args = vec!["--netns", path.as_str()];
+        args.extend_from_slice(v);
+        let whole = dump_json(&args);
+        assert_eq!(whole.len(), usize::from(N) + 3, "every port has its bucket");
+        for port in [7100u16, 7200, 50000, 40000, 40001, 40599, 41199, 41200, 7199] {
+            let want: Vec<Value> = whole
+                .iter()
+                .filter(|r| r["port"].as_u64() == Some(u64::from(port)))
+                .cloned()
+                .collect();
+            let p = port.to_string();
+            for extra in [
+                &[][..],
+                &["--walk-driver", "bounded"][..],
+                &["--snapshot-ring-bytes", "4096"][..],
+            ] {
+                let mut a = args.clone();
+                a.extend_from_slice(&["--port", &p]);
+                a.extend_from_slice(extra);
+                assert_eq!(
+                    dump_json(&a),
+                    want,
+                    "dump {a:?} equals the whole table's rows of port {port}"
+                );
+            }
+            let mut inside = vec!["dump", "--json", "--port", &p];
+            inside.extend_from_slice(v);
+            let (code, out, err) = run_in_netns(&path, common::bin(), &inside);
+            assert_eq!(code, 0, "{inside:?}: {err}");
+            let rows: Value = serde_json::from_str(&out).expect("dump JSON");
+            assert_eq!(rows, Value::Array(want), "{inside:?} inside the namespace");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Errors: non-zero exit, a message naming the problem, no panic.
 
