@@ -611,8 +611,7 @@ fn walk_run<const FULL: bool>(req: &SnapRequest) -> Option<()> {
         let mut size: u32 = field(hashinfo, layout!(hashinfo_bhash_size))?;
         // One port of one namespace lives in one slot: walk that slot alone.
         let mut first = 0u32;
-        if req.mode == SNAP_CHAIN && asked.net != 0 && asked.netns == req.netns && req.port != 0
-        {
+        if req.mode == SNAP_CHAIN && asked.net != 0 && asked.netns == req.netns && req.port != 0 {
             if let Some(slot) = bhash_slot(asked.net, req.port, size) {
                 first = slot;
                 size = slot + 1;

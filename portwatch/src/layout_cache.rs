@@ -61,7 +61,10 @@ fn schema() -> String {
 /// different versions on one host (a CLI beside an exporter) do not overwrite each
 /// other's cache at every start.
 pub fn cache_path() -> PathBuf {
-    PathBuf::from(format!("/run/portwatch/layout-{:016x}.json", fnv1a(schema().as_bytes())))
+    PathBuf::from(format!(
+        "/run/portwatch/layout-{:016x}.json",
+        fnv1a(schema().as_bytes())
+    ))
 }
 
 /// FNV-1a, 64 bits: a name for the schema that stays the same across builds and Rust
@@ -164,7 +167,9 @@ mod tests {
         );
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert!(cache_path().to_string_lossy().starts_with("/run/portwatch/layout-"));
+        assert!(cache_path()
+            .to_string_lossy()
+            .starts_with("/run/portwatch/layout-"));
         fs::write(&path, "garbage").expect("write");
         assert_eq!(read(&path, &key), None, "garbage is ignored");
         assert_eq!(host_layout_cached_at(&path).expect("rebuilt"), fresh);

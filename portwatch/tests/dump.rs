@@ -985,7 +985,9 @@ fn port_walks_one_chain_and_equals_the_whole_table() {
         args.extend_from_slice(v);
         let whole = dump_json(&args);
         assert_eq!(whole.len(), usize::from(N) + 3, "every port has its bucket");
-        for port in [7100u16, 7200, 50000, 40000, 40001, 40599, 41199, 41200, 7199] {
+        for port in [
+            7100u16, 7200, 50000, 40000, 40001, 40599, 41199, 41200, 7199,
+        ] {
             let want: Vec<Value> = whole
                 .iter()
                 .filter(|r| r["port"].as_u64() == Some(u64::from(port)))

@@ -54,13 +54,15 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     // One port of one namespace: the walk reads the one hash chain where the port lives,
     // found from the namespace's `struct net` (asked for by its nsfs file).
     let ns_file = match (&netns, a.port) {
-        (NetnsFilter::One { path, .. }, Some(_)) => Some(
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
-        ),
+        (NetnsFilter::One { path, .. }, Some(_)) => {
+            Some(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?)
+        }
         _ => None,
     };
     let mut session = super::open_session(&SessionOptions {
-        snapshot_ring_bytes: a.snapshot_ring_bytes.or(ns_file.as_ref().map(|_| PORT_RING_BYTES)),
+        snapshot_ring_bytes: a
+            .snapshot_ring_bytes
+            .or(ns_file.as_ref().map(|_| PORT_RING_BYTES)),
         brief_walks: !a.verbose,
         ..SessionOptions::default()
     })?;
