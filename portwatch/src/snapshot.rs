@@ -143,13 +143,14 @@ impl Snapshotter {
     /// `brief` the smaller `snapshot_brief`, for non-verbose walks only; a session that
     /// asks for more then loads `snapshot_trigger` too.
     pub fn new(ebpf: &mut Ebpf, brief: bool) -> Result<Snapshotter, SnapshotError> {
-        load(ebpf, if brief { BRIEF } else { PROGRAM })?;
+        // A kernel that refuses the brief program gets the full one (which it may then
+        // refuse too, with the verifier's reason).
+        let full = !brief || load(ebpf, BRIEF).is_err();
+        if full {
+            load(ebpf, PROGRAM)?;
+        }
         let rb = bpf::take_map(ebpf, "SNAP_RB")?;
-        Ok(Snapshotter {
-            rb,
-            seq: 0,
-            full: !brief,
-        })
+        Ok(Snapshotter { rb, seq: 0, full })
     }
 
     /// Runs one walk and collects its records. One port of one namespace whose NET
