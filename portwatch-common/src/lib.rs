@@ -591,14 +591,15 @@ pub struct TpOffsets {
     pub sys_enter_args: u32,
     /// `syscalls:sys_exit_*`: offset of `ret`.
     pub sys_exit_ret: u32,
-    /// `sock:inet_sock_set_state`: offsets of `skaddr`, `newstate` and `protocol`.
+    /// `sock:inet_sock_set_state`: offsets of `skaddr`, `newstate`, `protocol` and `sport`
+    /// (host order).
     pub set_state_skaddr: u32,
     pub set_state_newstate: u32,
     pub set_state_protocol: u32,
+    pub set_state_sport: u32,
     /// `tcp:tcp_destroy_sock`: offsets of `skaddr` and `sport` (host order).
     pub destroy_skaddr: u32,
     pub destroy_sport: u32,
-    pub _pad: u32,
 }
 
 impl TpOffsets {
@@ -608,9 +609,9 @@ impl TpOffsets {
         set_state_skaddr: NO_FIELD,
         set_state_newstate: NO_FIELD,
         set_state_protocol: NO_FIELD,
+        set_state_sport: NO_FIELD,
         destroy_skaddr: NO_FIELD,
         destroy_sport: NO_FIELD,
-        _pad: 0,
     };
 }
 

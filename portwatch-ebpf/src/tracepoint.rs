@@ -602,8 +602,11 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 }
 
 /// `->TCP_CLOSE` fires after `tcp_set_state()` released the port of a socket that did
-/// not bind it explicitly (the kernel has cleared the socket's port by then, hence the
-/// saved attribution): connections closed by close(), RST or timeout, in any context.
+/// not bind it explicitly (the kernel has cleared the socket's port by then): connections
+/// closed by close(), RST or timeout, in any context. A socket whose bind/connect/accept
+/// these programs saw is reported with the attribution saved then; one from before they
+/// were attached has none, and is reported from the record's `sport` (`inet_put_port()`
+/// clears `inet_num`, not `inet_sport`) without a process.
 #[inline(always)]
 fn set_state(ctx: &TracePointContext) -> Option<()> {
     if !layout_ready() {
@@ -627,19 +630,57 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     }
     // SAFETY: as above.
     let sk: u64 = unsafe { ctx.read_at(off_sk as usize).ok()? };
-    // SAFETY: copy out the value; the entry is removed right after.
-    let k = unsafe { *SOCKS.get(sk)? };
     // A port bound explicitly (SOCK_BINDPORT_LOCK, inherited by accepted sockets) stays
     // until the socket is destroyed: `tcp_destroy_sock` reports that release.
     if sk_num(sk) != 0 {
         return None;
     }
-    let _ = SOCKS.remove(sk);
     let cfg = config();
-    if !netns_wanted(&cfg, k.netns) || !port_wanted(&cfg, k.port) {
+    // SAFETY: copy out the value; the entry is removed right after.
+    if let Some(k) = unsafe { SOCKS.get(sk).copied() } {
+        let _ = SOCKS.remove(sk);
+        if !netns_wanted(&cfg, k.netns) || !port_wanted(&cfg, k.port) {
+            return None;
+        }
+        send_known(&cfg, op::RELEASE, hook::TRACEPOINT, sk, &k, 0);
+        return Some(());
+    }
+    released_unknown(ctx, &cfg, sk)
+}
+
+/// The release of a port by a socket these programs have no attribution for.
+#[inline(always)]
+fn released_unknown(ctx: &TracePointContext, cfg: &Config, sk: u64) -> Option<()> {
+    let off_sport = tp_off!(set_state_sport);
+    if off_sport == NO_FIELD {
         return None;
     }
-    send_known(&cfg, op::RELEASE, hook::TRACEPOINT, sk, &k, 0);
+    // SAFETY: a read of the tracepoint record at an offset taken from its format.
+    let port: u16 = unsafe { ctx.read_at(off_sport as usize).ok()? };
+    if port == 0 || !port_wanted(cfg, port) {
+        return None;
+    }
+    let net = sk_net(sk)?;
+    let netns = net_inum(net);
+    if !netns_wanted(cfg, netns) {
+        return None;
+    }
+    send(
+        cfg,
+        &Subject {
+            op: op::RELEASE,
+            hook: hook::TRACEPOINT,
+            sk: 0,
+            head: None,
+            net,
+            netns,
+            port,
+            errno: 0,
+            flags: flag::HAD_PORT,
+            // Any context (softirq for a reset or a timer): no process to name.
+            anon: true,
+        },
+    );
     Some(())
 }
 

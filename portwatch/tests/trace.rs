@@ -11,7 +11,19 @@ use serde_json::Value;
 /// Runs `workload` in a fresh netns (port range `range`) with `portwatch trace --json`
 /// attached to it, returns the transitions.
 fn traced(range: (u16, u16), extra: &[&str], workload: impl FnOnce(&PrivateNetns)) -> Vec<Value> {
+    traced_after(range, extra, |_| (), |ns, ()| workload(ns))
+}
+
+/// As [`traced`], with what `setup` makes in the namespace before the tracer starts
+/// handed to the workload.
+fn traced_after<S>(
+    range: (u16, u16),
+    extra: &[&str],
+    setup: impl FnOnce(&PrivateNetns) -> S,
+    workload: impl FnOnce(&PrivateNetns, S),
+) -> Vec<Value> {
     let ns = PrivateNetns::with_port_range(range.0, range.1).expect("private netns");
+    let before = setup(&ns);
     let path = netns_path(&ns);
     let mut args = vec![
         "trace",
@@ -23,7 +35,7 @@ fn traced(range: (u16, u16), extra: &[&str], workload: impl FnOnce(&PrivateNetns
     ];
     args.extend_from_slice(extra);
     let run = Running::start(&args);
-    workload(&ns);
+    workload(&ns, before);
     std::thread::sleep(Duration::from_millis(200));
     let (code, out, err) = run.stop();
     assert_eq!(code, 0, "trace exit code; stderr: {err}");
@@ -57,6 +69,40 @@ fn summary(lines: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[test]
+fn a_connection_from_before_the_tracer_is_released_and_traced() {
+    if !require_root("a_connection_from_before_the_tracer_is_released_and_traced") {
+        return;
+    }
+    // The client's port comes from a one-port range: 60000.
+    let lines = traced_after(
+        (60000, 60000),
+        &[],
+        |ns| {
+            let l = listener(ns, 1234);
+            let client = tcp(ns);
+            client
+                .connect(&v4("127.0.0.1", 1234))
+                .expect("connect before the tracer");
+            let (server, _) = l.accept().expect("accept");
+            (l, client, server)
+        },
+        |_, (l, client, server)| {
+            // The server closes first (its side goes to TIME-WAIT on 1234), so the
+            // client's close ends in LAST_ACK -> CLOSE, which releases port 60000.
+            drop(server);
+            std::thread::sleep(Duration::from_millis(100));
+            drop(client);
+            std::thread::sleep(Duration::from_millis(200));
+            drop(l);
+        },
+    );
+    let s = summary(&lines);
+    let gone = find(&lines, "bucket_destroyed", 60000);
+    assert_eq!(gone.len(), 1, "the client's port is released once: {s}");
+    assert_eq!(gone[0]["op"], "release", "{s}");
 }
 
 #[test]

@@ -403,9 +403,9 @@ fn tp_offsets(root: &Path) -> Result<TpOffsets, BackendError> {
         set_state_skaddr: tracefs::field_offset(root, "sock", "inet_sock_set_state", "skaddr")?,
         set_state_newstate: tracefs::field_offset(root, "sock", "inet_sock_set_state", "newstate")?,
         set_state_protocol: tracefs::field_offset(root, "sock", "inet_sock_set_state", "protocol")?,
+        set_state_sport: tracefs::field_offset(root, "sock", "inet_sock_set_state", "sport")?,
         destroy_skaddr: tracefs::field_offset(root, "tcp", "tcp_destroy_sock", "skaddr")?,
         destroy_sport: tracefs::field_offset(root, "tcp", "tcp_destroy_sock", "sport")?,
-        _pad: 0,
     })
 }
 
