@@ -117,6 +117,16 @@ pub fn run(args: &DistArgs) -> Result<()> {
     Ok(())
 }
 
+/// `cargo build --release -p portwatch --target TARGET` and `extra`, with the
+/// SOURCE_DATE_EPOCH that makes the build reproducible.
+fn musl_build(epoch: u64, extra: &[&str]) -> std::process::Command {
+    let mut c = cmd::cargo();
+    c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .args(["build", "--release", "-p", "portwatch", "--target", TARGET])
+        .args(extra);
+    c
+}
+
 /// Builds the binary and both artefacts.
 pub fn build_all() -> Result<Dist> {
     let started = Instant::now();
@@ -126,15 +136,7 @@ pub fn build_all() -> Result<Dist> {
     let dist = dist_dir()?;
 
     // 1. The static binary.
-    let mut build = cmd::cargo();
-    build.env("SOURCE_DATE_EPOCH", epoch.to_string()).args([
-        "build",
-        "--release",
-        "-p",
-        "portwatch",
-        "--target",
-        TARGET,
-    ]);
+    let mut build = musl_build(epoch, &[]);
     println!("dist: {}", cmd::describe(&build));
     cmd::checked(&mut build).context(
         "building the static portwatch failed (`cargo xtask setup --for dist` installs the musl target)",
@@ -174,17 +176,7 @@ pub fn build_all() -> Result<Dist> {
     // 4. The churn workload for the VM guests: a cargo invocation of its own, so the
     // example's dev-dependencies cannot change the features the shipped binary is built
     // with.
-    let mut churn = cmd::cargo();
-    churn.env("SOURCE_DATE_EPOCH", epoch.to_string()).args([
-        "build",
-        "--release",
-        "-p",
-        "portwatch",
-        "--target",
-        TARGET,
-        "--example",
-        "churn",
-    ]);
+    let mut churn = musl_build(epoch, &["--example", "churn"]);
     println!("dist: {}", cmd::describe(&churn));
     cmd::checked(&mut churn).context("building the static churn workload for the VM guests")?;
     println!(
