@@ -17,4 +17,5 @@ pub mod render;
 pub mod repair;
 pub mod selftest;
 pub mod snapshot;
+pub mod sockopt;
 pub mod views;

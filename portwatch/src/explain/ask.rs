@@ -212,21 +212,7 @@ pub fn check_local(target: &Target, ep: &Endpoint) -> Result<u32, AskError> {
         let s = Socket::new(domain(ip), Type::DGRAM, None).map_err(|e| (false, e))?;
         // Validate the address only: with IP_BIND_ADDRESS_NO_PORT a bind to port 0 takes
         // no port (the range may be full or reserved).
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt reads size_of::<c_int>() bytes from `one`, a live local; the
-        // descriptor is open for the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err((false, io::Error::last_os_error()));
-        }
+        crate::sockopt::set_bind_address_no_port(&s).map_err(|e| (false, e))?;
         s.bind(&SockAddr::from(socket_addr(ip, 0, index)))
             .map_err(|e| (false, e))?;
         Ok(index)

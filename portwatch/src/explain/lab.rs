@@ -28,9 +28,6 @@ pub enum LabError {
     Ask(#[from] super::ask::AskError),
 }
 
-/// `IP_BIND_ADDRESS_NO_PORT` (`SOL_IP`).
-const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
-
 /// What an owner does after bind().
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -522,23 +519,8 @@ impl Lab {
     ) -> Result<Socket, LabError> {
         let s = self.socket(family_of, false, false, 0, false)?;
         if let Some(src) = src {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&one`, a live local;
-            // the fd is open for the duration of the call.
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_IP,
-                    IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io_err("setsockopt(IP_BIND_ADDRESS_NO_PORT)")(
-                    io::Error::last_os_error(),
-                ));
-            }
+            crate::sockopt::set_bind_address_no_port(&s)
+                .map_err(io_err("setsockopt(IP_BIND_ADDRESS_NO_PORT)"))?;
             Self::bind(&s, src, 0).map_err(io_err(format!(
                 "binding {src}:0 with IP_BIND_ADDRESS_NO_PORT"
             )))?;

@@ -3,7 +3,6 @@
 use std::{
     io,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
 };
 
 use anyhow::Context;
@@ -25,6 +24,7 @@ use super::{
 use crate::{
     model::{Errno, Transition},
     netns::PrivateNetns,
+    sockopt,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,33 +95,13 @@ pub fn run_states(obs: &mut dyn Observer) -> anyhow::Result<StatesReport> {
     })
 }
 
-fn set_bind_address_no_port(s: &Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: the fd is open (borrowed from `s`), the option value points to a live c_int
-    // and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast::<libc::c_void>(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Apply a socket option, bind() or connect() to an existing socket.
 fn apply(sock: &Socket, action: Action, port_under_test: u16) -> io::Result<()> {
     match action {
         // Sockets are created by the replay, inside the private netns.
         Action::Socket => Ok(()),
         Action::ReuseAddr => sock.set_reuse_address(true),
-        Action::BindAddressNoPort => set_bind_address_no_port(sock),
+        Action::BindAddressNoPort => sockopt::set_bind_address_no_port(sock),
         Action::Bind(a) => sock.bind(&SockAddr::from(a.resolve(port_under_test))),
         Action::Connect(a) => sock.connect(&SockAddr::from(a.resolve(port_under_test))),
         // Sockets are closed by the replay, which drops them.
