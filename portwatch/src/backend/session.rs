@@ -156,8 +156,15 @@ impl ProbeSession {
     /// Resolves the layout, loads the object and attaches what `opts` asks for.
     pub fn open(opts: &SessionOptions) -> Result<ProbeSession, BackendError> {
         let resolved = crate::layout_cache::host_layout_cached()?;
-        let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
-        let tp = tp_offsets(&tracefs_root)?;
+        // Only attached programs read tracepoint records: a snapshot-only session needs
+        // no tracefs (nor mounts it).
+        let (tp, mounted) = match opts.probe {
+            Some(_) => {
+                let (root, mounted) = tracefs::ensure_mounted()?;
+                (Some(tp_offsets(&root)?), mounted.then_some(root))
+            }
+            None => (None, None),
+        };
         let args = kernel_functions::arg_positions(&resolved);
         let mut plan = WalkPlan::new(opts.walk_driver, resolved.has(Id::BpfLoop));
         let a = loop {
@@ -167,7 +174,7 @@ impl ProbeSession {
                         object::Object::BpfLoop,
                         &walk::BPF_LOOP_BUDGET,
                         &resolved.layout,
-                        &tp,
+                        tp.as_ref(),
                         &args,
                         opts,
                     )?;
@@ -183,7 +190,7 @@ impl ProbeSession {
                     object::Object::Bounded,
                     &budget,
                     &resolved.layout,
-                    &tp,
+                    tp.as_ref(),
                     &args,
                     opts,
                 )?,
@@ -214,10 +221,10 @@ impl ProbeSession {
             }
         };
         let mut warnings = Vec::new();
-        if mounted {
+        if let Some(root) = mounted {
             warnings.push(format!(
                 "mounted tracefs at {} (it was not mounted)",
-                tracefs_root.display()
+                root.display()
             ));
         }
         warnings.extend(a.warnings);
@@ -485,7 +492,7 @@ fn load_object(
     object: object::Object,
     budget: &WalkBudget,
     layout: &Layout,
-    tp: &TpOffsets,
+    tp: Option<&TpOffsets>,
     args: &ArgPos,
     opts: &SessionOptions,
 ) -> Result<Ebpf, BackendError> {
@@ -496,10 +503,14 @@ fn load_object(
     loader
         .btf(None)
         .override_global("LAYOUT", layout, true)
-        .override_global("TP", tp, true)
         .override_global("ARGS", args, true)
         .override_global("WALK", budget, true)
         .override_global("IDLE", &idle, true);
+    if let Some(tp) = tp {
+        // Unset (the object's placeholder) in snapshot-only sessions, which attach no
+        // program that reads it.
+        loader.override_global("TP", tp, true);
+    }
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
