@@ -92,9 +92,8 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
     if a.json {
         // Rows go straight to a buffered stdout: no JSON tree or string of the whole table.
         let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-        serde_json::to_writer_pretty(&mut out, &render::json::dump(&snap, a.verbose))
-            .context("writing the JSON dump to stdout")?;
-        writeln!(out)
+        render::json::dump(&snap, a.verbose)
+            .write_lines(&mut out)
             .and_then(|()| out.flush())
             .context("writing the JSON dump to stdout")?;
     } else {
