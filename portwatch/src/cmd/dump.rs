@@ -97,10 +97,10 @@ pub fn run(a: DumpArgs) -> Result<ExitCode> {
             .and_then(|()| out.flush())
             .context("writing the JSON dump to stdout")?;
     } else {
-        print!(
-            "{}",
-            render::table::dump(&snap, netns.inode().is_none(), a.verbose)
-        );
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        render::table::write_dump(&mut out, &snap, netns.inode().is_none(), a.verbose)
+            .and_then(|()| out.flush())
+            .context("writing the dump table to stdout")?;
     }
     if !snap.complete {
         eprintln!(

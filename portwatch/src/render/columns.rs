@@ -106,23 +106,46 @@ impl Column {
 
     /// The cell of a bucket.
     pub fn cell(self, key: &BucketKey, info: &BucketInfo) -> String {
-        match self {
-            Column::Fastreuse => info.fastreuse.to_string(),
-            Column::Fastreuseport => info.fastreuseport.to_string(),
-            Column::Owners => info.owners.to_string(),
-            Column::Netns | Column::Port | Column::L3mdev => self.key_cell(key).unwrap_or_default(),
-        }
+        let mut s = String::new();
+        self.write_cell(key, info, &mut s);
+        s
+    }
+
+    /// Appends the cell of a bucket to `out` (the text [`Column::cell`] returns, without
+    /// a `String` per cell: `dump` writes tens of thousands of rows).
+    pub fn write_cell(self, key: &BucketKey, info: &BucketInfo, out: &mut String) {
+        use std::fmt::Write as _;
+        // Writing into a String cannot fail.
+        let _ = match self {
+            Column::Fastreuse => write!(out, "{}", info.fastreuse),
+            Column::Fastreuseport => write!(out, "{}", info.fastreuseport),
+            Column::Owners => write!(out, "{}", info.owners),
+            Column::Netns | Column::Port | Column::L3mdev => {
+                self.write_key_cell(key, out);
+                Ok(())
+            }
+        };
     }
 
     /// The cell of an identity column, from the key alone (a bucket `top` saw go away);
     /// `None` for the value columns.
     pub fn key_cell(self, key: &BucketKey) -> Option<String> {
-        match self {
-            Column::Netns => Some(key.netns.to_string()),
-            Column::Port => Some(key.port.to_string()),
-            Column::L3mdev => Some(key.l3mdev.to_string()),
-            Column::Fastreuse | Column::Fastreuseport | Column::Owners => None,
-        }
+        let mut s = String::new();
+        self.write_key_cell(key, &mut s).then_some(s)
+    }
+
+    /// Appends the cell of an identity column to `out`; false (nothing written) for the
+    /// value columns.
+    fn write_key_cell(self, key: &BucketKey, out: &mut String) -> bool {
+        use std::fmt::Write as _;
+        // Writing into a String cannot fail.
+        let _ = match self {
+            Column::Netns => write!(out, "{}", key.netns),
+            Column::Port => write!(out, "{}", key.port),
+            Column::L3mdev => write!(out, "{}", key.l3mdev),
+            Column::Fastreuse | Column::Fastreuseport | Column::Owners => return false,
+        };
+        true
     }
 
     /// Whether this column's value differs between two states of a bucket (the cells
