@@ -301,6 +301,8 @@ pub struct SnapshotDecoder {
     loose: Vec<(Option<IpAddr>, OwnerRow)>,
     /// The bucket the pending ADDR/OWNER records belong to.
     pending_of: u64,
+    /// The (netns, struct net) last put in `snap.nets`.
+    last_net: (u32, u64),
 }
 
 impl SnapshotDecoder {
@@ -357,8 +359,11 @@ impl SnapshotDecoder {
                 }
                 let truncated = r.flags & snapflag::OWNERS_TRUNCATED != 0;
                 self.snap.owners_truncated |= truncated;
-                if r.net != 0 {
+                // Consecutive buckets mostly share their namespace (all of them in a walk
+                // of one namespace): one map insert per change, not one per bucket.
+                if r.net != 0 && self.last_net != (r.netns, r.net) {
                     self.snap.nets.insert(r.netns, r.net);
+                    self.last_net = (r.netns, r.net);
                 }
                 self.snap.buckets.push(BucketRow {
                     key: BucketKey {

@@ -526,7 +526,8 @@ fn load_object(
             .map_max_entries("ERRORS", 1)
             .map_max_entries("PENDING", 1)
             .map_max_entries("SOCKS", 1)
-            .map_max_entries("PORTS", 1);
+            .map_max_entries("PORTS", 1)
+            .map_max_entries("LOST", 1);
     }
     let object = object::bytes(object).map_err(|e| BackendError::Load(e.to_string()))?;
     loader
