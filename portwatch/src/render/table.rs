@@ -91,10 +91,10 @@ pub fn sorted_buckets(snap: &Snapshot) -> Vec<&BucketRow> {
 /// VRF.
 ///
 /// Laid out like [`plain_table`] (two spaces after each column, the value columns
-/// right-aligned, no trailing blanks), but streamed: the column widths come from a first
-/// pass over the rows, then each line is formatted into one reused buffer. A comfy table
-/// of 50,000 buckets held every cell as a `String` and took 4x the time and memory of the
-/// whole walk.
+/// right-aligned, no trailing blanks), but without a comfy table, which holds every cell
+/// as a `String` and took 4x the time and memory of the whole walk for 50,000 buckets:
+/// the cells are formatted once into one string (the column widths need all of them
+/// before the first line), then each line is built in one reused buffer.
 pub fn write_dump<W: Write>(
     mut out: W,
     snap: &Snapshot,
@@ -107,29 +107,27 @@ pub fn write_dump<W: Write>(
         l3mdev: Shown::for_keys(rows.iter().map(|b| b.key), false).l3mdev,
     };
     let columns = Column::shown(shown);
-    let mut lines = Lines {
-        columns: &columns,
-        widths: columns.iter().map(|c| width(c.title())).collect(),
-        cell: String::new(),
-        line: String::new(),
-    };
-    for pass in [Pass::Measure, Pass::Write] {
-        if pass == Pass::Write {
-            lines.row(&mut out, pass, |c, s| s.push_str(c.title()))?;
+    let mut cells = Cells::new(&columns);
+    for b in &rows {
+        cells.push_row(|c, s| c.write_cell(&b.key, &b.info, s));
+        for a in b.addresses.iter().filter(|_| verbose) {
+            cells.push_row(|c, s| s.push_str(&c.addr_cell(a)));
         }
-        for b in &rows {
-            lines.row(&mut out, pass, |c, s| c.write_cell(&b.key, &b.info, s))?;
-            if !verbose {
-                continue;
-            }
-            for a in &b.addresses {
-                lines.row(&mut out, pass, |c, s| s.push_str(&c.addr_cell(a)))?;
-                // Owner sockets are lines of their own under their address's row, outside
-                // the table's columns (a socket with its peer and processes is wider than
-                // a port).
-                for o in a.owners.iter().filter(|_| pass == Pass::Write) {
-                    writeln!(out, "{}", Column::Port.owner_cell(o))?;
-                }
+    }
+    let mut line = String::new();
+    cells.write_line(&mut out, &mut line, columns.iter().map(|c| c.title()))?;
+    let mut row = 0;
+    for b in &rows {
+        cells.write_row(&mut out, &mut line, row)?;
+        row += 1;
+        for a in b.addresses.iter().filter(|_| verbose) {
+            cells.write_row(&mut out, &mut line, row)?;
+            row += 1;
+            // Owner sockets are lines of their own under their address's row, outside
+            // the table's columns (a socket with its peer and processes is wider than a
+            // port).
+            for o in &a.owners {
+                writeln!(out, "{}", Column::Port.owner_cell(o))?;
             }
         }
     }
@@ -143,63 +141,89 @@ pub fn write_dump<W: Write>(
     out.write_all(tail.as_bytes())
 }
 
-/// The two passes of [`write_dump`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    /// Widen each column to its widest cell.
-    Measure,
-    /// Write each line, cells padded to their column's width.
-    Write,
-}
-
-/// The lines of [`write_dump`]: its columns, their widths, and reused buffers.
-struct Lines<'a> {
+/// The cells of [`write_dump`]'s rows, row after row, in one string; and the width of
+/// each column (its widest cell or title).
+struct Cells<'a> {
     columns: &'a [Column],
     widths: Vec<usize>,
-    cell: String,
-    line: String,
+    text: String,
+    /// Where each cell ends in `text`.
+    ends: Vec<usize>,
 }
 
-impl Lines<'_> {
-    /// One row, its cells made by `cell` (which appends a column's cell to the string).
-    fn row<W: Write>(
-        &mut self,
-        out: &mut W,
-        pass: Pass,
-        mut cell: impl FnMut(Column, &mut String),
-    ) -> io::Result<()> {
-        self.line.clear();
+impl<'a> Cells<'a> {
+    fn new(columns: &'a [Column]) -> Self {
+        Cells {
+            columns,
+            widths: columns.iter().map(|c| width(c.title())).collect(),
+            text: String::new(),
+            ends: Vec::new(),
+        }
+    }
+
+    /// Adds a row, its cells made by `cell` (which appends a column's cell to the string).
+    fn push_row(&mut self, mut cell: impl FnMut(Column, &mut String)) {
         for (c, w) in self.columns.iter().zip(self.widths.iter_mut()) {
-            self.cell.clear();
-            cell(*c, &mut self.cell);
-            let n = width(&self.cell);
-            if pass == Pass::Measure {
-                *w = (*w).max(n);
-                continue;
-            }
-            let fill = *w - n.min(*w);
+            let start = self.text.len();
+            cell(*c, &mut self.text);
+            *w = (*w).max(width(&self.text[start..]));
+            self.ends.push(self.text.len());
+        }
+    }
+
+    /// Writes the `row`th row added.
+    fn write_row<W: Write>(&self, out: &mut W, line: &mut String, row: usize) -> io::Result<()> {
+        let n = self.columns.len();
+        let cells = (row * n..(row + 1) * n).map(|i| {
+            let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
+            &self.text[start..self.ends[i]]
+        });
+        self.write_line(out, line, cells)
+    }
+
+    /// Writes one line of `cells`, each padded to its column's width.
+    fn write_line<'c, W: Write>(
+        &self,
+        out: &mut W,
+        line: &mut String,
+        cells: impl Iterator<Item = &'c str>,
+    ) -> io::Result<()> {
+        line.clear();
+        for ((c, w), cell) in self.columns.iter().zip(&self.widths).zip(cells) {
+            let fill = w.saturating_sub(width(cell));
             if c.numeric() {
-                self.line.extend(std::iter::repeat_n(' ', fill));
-                self.line.push_str(&self.cell);
+                pad(line, fill);
+                line.push_str(cell);
             } else {
-                self.line.push_str(&self.cell);
-                self.line.extend(std::iter::repeat_n(' ', fill));
+                line.push_str(cell);
+                pad(line, fill);
             }
-            self.line.push_str("  ");
+            line.push_str("  ");
         }
-        if pass == Pass::Measure {
-            return Ok(());
-        }
-        self.line.truncate(self.line.trim_end().len());
-        self.line.push('\n');
-        out.write_all(self.line.as_bytes())
+        line.truncate(line.trim_end().len());
+        line.push('\n');
+        out.write_all(line.as_bytes())
+    }
+}
+
+/// Appends `n` spaces.
+fn pad(line: &mut String, mut n: usize) {
+    const SPACES: &str = "                                ";
+    while n > 0 {
+        let k = n.min(SPACES.len());
+        line.push_str(&SPACES[..k]);
+        n -= k;
     }
 }
 
 /// The width of a cell in columns: its characters (cells hold ASCII and `≥`, each one
 /// column wide).
 fn width(cell: &str) -> usize {
-    cell.chars().count()
+    if cell.is_ascii() {
+        cell.len()
+    } else {
+        cell.chars().count()
+    }
 }
 
 #[cfg(test)]
