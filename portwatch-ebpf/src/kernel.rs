@@ -257,10 +257,18 @@ impl TbHead {
 }
 
 impl<const N: usize> TbHead<N> {
-    /// Copies the start of bucket `tb` into this one where it is (map memory).
+    /// Copies the start of bucket `tb` into this one where it is (map memory); false
+    /// when it could not be read.
     #[inline(always)]
-    pub fn fill(&mut self, tb: u64) {
+    pub fn fill(&mut self, tb: u64) -> bool {
         self.0.fill(tb)
+    }
+
+    /// The next bucket's `node` in the bhash chain (`node.next`, the first word of the
+    /// bucket's `node`), 0 at the end of the chain.
+    #[inline(always)]
+    pub fn chain_next(&self) -> u64 {
+        self.0.get(layout!(tb_node))
     }
 
     /// The bucket's netns (`struct net` address).

@@ -8,6 +8,25 @@ use portwatch_common::{
     EVENT_RING_BYTES,
 };
 
+/// Zeroes the `T` at `p` with one 8-byte store per word. `write_bytes` of a large
+/// struct compiles to a call of the byte-by-byte `memset` subprogram; volatile stores
+/// are kept as they are.
+///
+/// # Safety
+/// `p` points to a writable, 8-byte aligned `T` (a map value) whose size is a multiple
+/// of 8.
+#[inline(always)]
+pub unsafe fn zero_words<T>(p: *mut T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    let w = p as *mut u64;
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: word `i` lies inside the `T` (the caller's contract).
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        i += 1;
+    }
+}
+
 /// Kernel layout, resolved from BTF by user space (`EbpfLoader::override_global`).
 #[no_mangle]
 pub static LAYOUT: Layout = Layout::UNSET;

@@ -81,15 +81,22 @@ pub fn zfield<T: Copy>(base: u64, off: u32) -> T {
 #[inline(always)]
 pub fn zread_into(dst: *mut u8, len: u32, base: u64, off: u32) {
     if off != NO_FIELD {
-        // SAFETY: the caller passes `len` writable bytes at `dst`; the helper writes at
-        // most that many, and any source address is allowed.
-        unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                dst as *mut c_void,
-                len,
-                (base + off as u64) as *const c_void,
-            );
-        }
+        read_into(dst, len, base + off as u64);
+    }
+}
+
+/// Copies `len` bytes at kernel address `src` into `dst` (map memory); false when the
+/// read faulted (the helper then zero-fills `dst`).
+#[inline(always)]
+pub fn read_into(dst: *mut u8, len: u32, src: u64) -> bool {
+    // SAFETY: the caller passes `len` writable bytes at `dst`; the helper writes at most
+    // that many, and any source address is allowed.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst as *mut c_void,
+            len,
+            src as *const c_void,
+        ) == 0
     }
 }
 
@@ -155,12 +162,12 @@ impl<const N: usize> Window<N> {
     }
 
     /// Copies `N` bytes at `base` into this window where it is (map memory, such as a
-    /// walk's state): no copy on the stack.
+    /// walk's state): no copy on the stack. False when the read faulted (zeroes).
     #[inline(always)]
-    pub fn fill(&mut self, base: u64) {
+    pub fn fill(&mut self, base: u64) -> bool {
         self.base = base;
         self.start = 0;
-        zread_into(self.bytes.as_mut_ptr(), N as u32, base, 0);
+        read_into(self.bytes.as_mut_ptr(), N as u32, base)
     }
 
     /// The `T` at byte `off` of the struct (`NO_FIELD`: zero).

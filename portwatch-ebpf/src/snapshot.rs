@@ -41,8 +41,8 @@ use crate::{
         bhash_slot, current_net, fill_owner, net_inum, net_of_nsfs_fd, reserved_ports,
         sk_of_bind_node, tb_of_node, TbHead, AF_INET6, TB_SPAN,
     },
-    maps::{SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
-    read::{field, layout, layout_ready, rd, zbits, zfield, zread_into},
+    maps::{zero_words, SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
+    read::{field, layout, layout_ready, rd, read_into, zbits, zfield, zread_into},
     walk::{find_bucket, lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
 };
 
@@ -78,12 +78,23 @@ pub struct TableWalk {
     owners: OwnerCursor,
     /// The start of the current bucket, copied with one read at its first step.
     head: TbHead<TB_SPAN>,
+    /// Chain heads of consecutive slots copied with one read (see [`next_chain`]): the
+    /// head of slot `batch_first + i` is the `u64` at byte `i * bucket_size`.
+    heads: [u8; HEADS_BYTES],
+    /// A per-address bucket's `bhash_node` and `owners` copied with one read (see
+    /// [`tb2_links`]).
+    links: [u64; 3],
     /// The `struct net` whose inode is `cur_netns` (0: none yet in this run): the
     /// buckets of a chain mostly share one.
     inum_net: u64,
     /// Next and end chunk of `reserved` to emit (`RESERVED_CHUNK` ports each).
     res_next: u32,
     res_end: u32,
+    /// First slot in `heads` and how many slots it holds (0: none; refilled from `slot`).
+    batch_first: u32,
+    batch_slots: u32,
+    /// Slots one full copy of `heads` holds for this kernel's `bucket_size`.
+    batch_per: u32,
     /// Next slot, first slot and end slot of the walk.
     slot: u32,
     first: u32,
@@ -121,10 +132,19 @@ pub struct TableWalk {
     _pad: [u8; 1],
 }
 
+/// Bytes of `bhash` one read copies while looking for the next non-empty slot: the
+/// chain heads of up to `MAX_BATCH` slots. Most slots of a large table are empty, and one
+/// copy costs about as much as one 8-byte read, so the walk reads 16 slots (16-byte
+/// buckets) per helper call instead of one.
+const HEADS_BYTES: usize = 256;
+/// Bound on the slots one copy of `heads` holds (16-byte buckets, the smallest).
+const MAX_BATCH: u32 = 16;
+
 /// Bytes one record takes in the ring (its 8-byte header included).
 const RECORD_BYTES: u64 = core::mem::size_of::<SnapRecord>() as u64 + 8;
 
-/// Room a run keeps free: a step writes at most one record, and END must still fit.
+/// Room a run keeps free: a step writes at most two records (the last OWNER of a bucket
+/// and its BUCKET), and END must still fit.
 const RESERVE_BYTES: u64 = 4 * RECORD_BYTES;
 
 /// The snapshot ring's size in bytes.
@@ -148,10 +168,11 @@ fn ring_has_room(size: u64) -> bool {
 #[inline(always)]
 fn slot() -> Option<&'static mut SnapRecord> {
     let p = SNAP_REC.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot; tracing programs do not nest on one CPU. Zeroed in
-    // place (no zero record built on the stack first).
+    // SAFETY: this CPU's scratch slot, a map value (8-byte aligned, 104 bytes); tracing
+    // programs do not nest on one CPU. Zeroed in place (no zero record built on the stack
+    // first).
     unsafe {
-        core::ptr::write_bytes(p, 0, 1);
+        zero_words(p);
         Some(&mut *p)
     }
 }
@@ -184,7 +205,12 @@ fn sent(w: &mut TableWalk, ok: bool) {
 #[inline(always)]
 fn begin_bucket(w: &mut TableWalk) {
     let tb = tb_of_node(w.node);
-    w.head.fill(tb);
+    if !w.head.fill(tb) {
+        // An unreadable bucket: neither it nor the rest of its chain is known.
+        w.truncated = 1;
+        w.node = 0;
+        return;
+    }
     let st = w.head.state(tb);
     let net = w.head.net();
     w.tb = tb;
@@ -233,8 +259,9 @@ fn end_bucket(w: &mut TableWalk) {
     }
     w.tb = 0;
     w.chain_len += 1;
-    // A verbose lookup ends with its one bucket.
-    w.node = next_node(w, w.node) * ((w.single == 0) as u64);
+    // The next bucket of the chain, from the copy of this one's start (its `node`
+    // lies within it). A verbose lookup ends with its one bucket.
+    w.node = w.head.chain_next() * ((w.single == 0) as u64);
     if w.node != 0 && w.chain_len >= w.max_chain {
         w.truncated = 1;
         w.node = 0;
@@ -258,6 +285,91 @@ fn next_node(w: &mut TableWalk, at: u64) -> u64 {
 #[inline(always)]
 fn chain_head(w: &TableWalk, slot: u32) -> u64 {
     w.bhash + slot as u64 * w.bucket_size as u64 + w.chain_off as u64
+}
+
+/// The head of per-address bucket `tb2`'s owner list and its `bhash_node.next`. Where
+/// `owners` follows `bhash_node` (an `hlist_node`), as on the kernels whose owners hang
+/// off per-address buckets (6.8+), both come from one read into `links` (map memory: the
+/// event programs that share the owner walk have no stack to spare for it); else from
+/// two. A read that faults gives 0, as `owner_step` does.
+#[inline(always)]
+fn tb2_links(w: &mut TableWalk, tb2: u64) -> (u64, u64) {
+    let (node, owners) = (layout!(tb2_bhash_node), layout!(tb2_owners));
+    if node != NO_FIELD && owners == node.wrapping_add(16) {
+        read_into(w.links.as_mut_ptr() as *mut u8, 24, tb2 + node as u64);
+        return (w.links[2], w.links[0]);
+    }
+    (
+        field::<u64>(tb2, owners).unwrap_or(0),
+        field::<u64>(tb2, node).unwrap_or(0),
+    )
+}
+
+/// The chain head of the next non-empty slot among those in `heads` (refilled first
+/// when it holds none of `slot`), advancing `slot` past it; 0 when the slots looked at
+/// in this step were all empty. A step looks at `MAX_BATCH` slots at most.
+#[inline(always)]
+fn next_chain(w: &mut TableWalk) -> u64 {
+    if w.slot < w.batch_first || w.slot - w.batch_first >= w.batch_slots {
+        refill_heads(w);
+    }
+    let mut node = 0u64;
+    let mut i = 0u32;
+    while i < MAX_BATCH {
+        let at = w.slot - w.batch_first;
+        if at >= w.batch_slots {
+            break;
+        }
+        let off = at * w.bucket_size;
+        if off as usize > HEADS_BYTES - 8 {
+            // Not reached (`batch_per` keeps every head inside `heads`): a refill.
+            w.batch_slots = 0;
+            break;
+        }
+        // SAFETY: `off + 8 <= HEADS_BYTES` (checked above): inside `heads`.
+        node =
+            unsafe { core::ptr::read_unaligned(w.heads.as_ptr().add(off as usize) as *const u64) };
+        w.slot += 1;
+        i += 1;
+        if node != 0 {
+            break;
+        }
+    }
+    node
+}
+
+/// Copies the chain heads from slot `slot` on into `heads`: `batch_per` slots with one
+/// read where the copy ends inside `bhash`, else the one slot. A copy that faults leaves
+/// zeroes (empty slots) and marks the walk as not covering its scope.
+#[inline(always)]
+fn refill_heads(w: &mut TableWalk) {
+    let left = (w.size - w.slot) as u64;
+    let full = left * w.bucket_size as u64 >= w.chain_off as u64 + HEADS_BYTES as u64;
+    let (len, slots) = if full {
+        (HEADS_BYTES as u32, w.batch_per)
+    } else {
+        (8, 1)
+    };
+    if !read_into(w.heads.as_mut_ptr(), len, chain_head(w, w.slot)) {
+        w.truncated = 1;
+    }
+    w.batch_first = w.slot;
+    w.batch_slots = slots;
+}
+
+/// Slots one full copy of `heads` holds when buckets take `bucket_size` bytes: the
+/// head of the last one must end inside the copy.
+#[inline(always)]
+fn batch_per(bucket_size: u32) -> u32 {
+    if bucket_size == 0 {
+        return 1;
+    }
+    let n = 1 + (HEADS_BYTES as u32 - 8) / bucket_size;
+    if n > MAX_BATCH {
+        MAX_BATCH
+    } else {
+        n
+    }
 }
 
 /// One step of looking for `node` again from its chain's head (see the module docs).
@@ -405,23 +517,37 @@ pub fn table_step<const FULL: bool>(w: &mut TableWalk) -> bool {
         return true;
     }
     if w.tb == 0 {
-        if w.node != 0 {
-            begin_bucket(w);
-            return true;
+        if w.node == 0 {
+            if w.slot >= w.size {
+                w.done = 1;
+                return false;
+            }
+            w.node = next_chain(w);
+            w.chain_len = 0;
+            if w.node == 0 {
+                return true;
+            }
         }
-        if w.slot >= w.size {
-            w.done = 1;
-            return false;
+        begin_bucket(w);
+        return true;
+    }
+    let tb2 = w.owners.next_addr();
+    if tb2 != 0 {
+        let (owner, next) = tb2_links(w, tb2);
+        w.owners.enter_addr(owner, next);
+        if FULL && w.verbose != 0 {
+            emit_addr(w, tb2);
         }
-        w.node = next_node(w, chain_head(w, w.slot));
-        w.chain_len = 0;
-        w.slot += 1;
         return true;
     }
     match owner_step(&mut w.owners) {
         OwnerStep::Owner(node) => {
             if FULL && w.verbose != 0 {
                 emit_owner(w, node);
+            }
+            // The bucket's last owner: its BUCKET record in the same step.
+            if w.owners.finished() {
+                end_bucket(w);
             }
         }
         OwnerStep::Addr(tb2) => {
@@ -458,13 +584,16 @@ impl Walk for TableWalk {
 }
 
 impl TableWalk {
-    /// One step, unless the ring is full or nearly full (then the run ends).
+    /// One step, unless the ring is full or nearly full (then the run ends). Only
+    /// steps between buckets look at the ring (a helper call): the one record a
+    /// bucket sends without ADDR and OWNER records, at its end, then has room
+    /// (`RESERVE_BYTES`), since nothing else writes to the snapshot ring meanwhile.
     #[inline(always)]
     fn step_with<const FULL: bool>(&mut self) -> bool {
         if self.ring_full != 0 {
             return false;
         }
-        if !ring_has_room(self.ring_size) {
+        if (self.tb == 0 || (FULL && self.verbose != 0)) && !ring_has_room(self.ring_size) {
             self.paused = 1;
             return false;
         }
@@ -647,6 +776,9 @@ fn walk_run<const FULL: bool>(req: &SnapRequest) -> Option<()> {
         w0.first = first;
         w0.size = size;
         w0.bucket_size = layout!(bind_hashbucket_size);
+        w0.batch_per = batch_per(w0.bucket_size);
+        w0.batch_first = 0;
+        w0.batch_slots = 0;
         w0.chain_off = layout!(bind_hashbucket_chain);
         w0.netns_filter = req.netns;
         w0.max_owners = req.max_owners;
@@ -676,6 +808,8 @@ fn walk_run<const FULL: bool>(req: &SnapRequest) -> Option<()> {
         w.paused = 0;
         w.inum_net = 0;
         w.ring_size = ring_size();
+        // Chain heads copied in an earlier run may be stale: read them again.
+        w.batch_slots = 0;
         // Resuming inside a chain: make sure the walk's place in it still exists.
         if w.node != 0 && w.slot > 0 {
             w.verify = next_node(w, chain_head(w, w.slot - 1));

@@ -85,6 +85,25 @@ impl OwnerCursor {
     pub fn finished(&self) -> bool {
         self.owner == 0 && self.tb2_node == 0
     }
+
+    /// The per-address bucket the next step enters (0: the next step is not that), for
+    /// a caller that reads its links itself (see [`OwnerCursor::enter_addr`]).
+    #[inline(always)]
+    pub fn next_addr(&self) -> u64 {
+        if self.owner == 0 && self.tb2_node != 0 {
+            tb2_of_bhash_node(self.tb2_node)
+        } else {
+            0
+        }
+    }
+
+    /// The step into the per-address bucket [`OwnerCursor::next_addr`] named, given the
+    /// head of its owner list and its `bhash_node.next`.
+    #[inline(always)]
+    pub fn enter_addr(&mut self, owner: u64, next: u64) {
+        self.owner = owner;
+        self.tb2_node = next;
+    }
 }
 
 /// Advances an owner walk by one node. hlist_node.next is the first word of a node.
