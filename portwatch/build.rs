@@ -1,8 +1,9 @@
 //! Builds the eBPF programs (crate `portwatch-ebpf`) with the nightly toolchain and
-//! bpf-linker when the `ebpf` feature is on, twice: with the `bpf_loop` walk driver
-//! (kernels 5.17+) and with the bounded-loop driver (feature `bounded`, older kernels).
-//! Both objects are embedded into the binary (see `src/backend/object.rs`); the loader
-//! picks one at run time. Also records, for `portwatch --version`, the git commit the
+//! bpf-linker when the `ebpf` feature is on: with the `bpf_loop` walk driver (kernels
+//! 5.17+) and with the bounded-loop driver (feature `bounded`, older kernels), each with
+//! every program and with the snapshot walk alone (feature `walk_only`, for sessions
+//! that attach nothing). The four objects are embedded into the binary (see
+//! `src/backend/object.rs`); the loader picks one at run time. Also records, for `portwatch --version`, the git commit the
 //! binary is built from and the aya version it links.
 use std::{
     path::{Path, PathBuf},
@@ -27,9 +28,11 @@ fn main() -> anyhow::Result<()> {
 
 /// (features of `portwatch-ebpf`, name of the object in OUT_DIR)
 #[cfg(feature = "ebpf")]
-const OBJECTS: [(&[&str], &str); 2] = [
+const OBJECTS: [(&[&str], &str); 4] = [
     (&[], "portwatch-bpf-loop"),
     (&["bounded"], "portwatch-bounded"),
+    (&["walk_only"], "portwatch-walk-bpf-loop"),
+    (&["bounded", "walk_only"], "portwatch-walk-bounded"),
 ];
 
 #[cfg(feature = "ebpf")]

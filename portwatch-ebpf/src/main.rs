@@ -2,7 +2,8 @@
 //! - `tracepoint.rs`: syscall enter/exit tracepoints and `sock:inet_sock_set_state`;
 //! - `kprobe.rs`, `fentry.rs`: kprobe/kretprobe and fentry/fexit pairs on the kernel
 //!   functions that change bind buckets, sharing their logic in `kernel_functions.rs`;
-//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool.
+//! - `snapshot.rs`: the in-kernel walk of the bind hash table, triggered by the tool
+//!   (with feature `walk_only`, the object holds it alone, with the `bpf_loop` probe).
 //!
 //! Shared by them:
 //! - `read.rs`: reading kernel memory through the BTF-derived `LAYOUT`;
@@ -16,24 +17,33 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // The atomic add of `errors.rs` (core has no atomic read-modify-write types for BPF).
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+#![cfg_attr(
+    all(target_arch = "bpf", not(feature = "walk_only")),
+    feature(core_intrinsics)
+)]
+#![cfg_attr(
+    all(target_arch = "bpf", not(feature = "walk_only")),
+    allow(internal_features)
+)]
+// The walk-only object (feature `walk_only`) leaves out the event programs, and with them
+// the users of some shared accessors.
+#![cfg_attr(feature = "walk_only", allow(dead_code))]
 
 #[cfg(target_arch = "bpf")]
 mod compat;
 #[cfg(target_arch = "bpf")]
 mod drive;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "walk_only")))]
 mod emit;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "walk_only")))]
 mod errors;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "walk_only")))]
 mod fentry;
 #[cfg(target_arch = "bpf")]
 mod kernel;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "walk_only")))]
 mod kernel_functions;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "walk_only")))]
 mod kprobe;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -41,7 +51,7 @@ mod maps;
 mod read;
 #[cfg(target_arch = "bpf")]
 mod snapshot;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "walk_only")))]
 mod tracepoint;
 #[cfg(target_arch = "bpf")]
 mod walk;

@@ -1,6 +1,6 @@
 //! The eBPF objects built by `build.rs` from the `portwatch-ebpf` crate and embedded in the
 //! binary, and what they hold: the same programs with two walk drivers (see
-//! [`super::walk`]). Without the cargo feature `ebpf` (e.g. the library as xtask uses it)
+//! [`super::walk`]), each also as the snapshot walk alone. Without the cargo feature `ebpf` (e.g. the library as xtask uses it)
 //! nothing is embedded and loading fails with an error naming the feature.
 
 use std::collections::BTreeMap;
@@ -14,23 +14,46 @@ static BPF_LOOP: &[u8] =
 /// Walks driven by bounded loops (kernels without `bpf_loop`).
 #[cfg(feature = "ebpf")]
 static BOUNDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-bounded"));
+/// The snapshot walk alone, driven by `bpf_loop`.
+#[cfg(feature = "ebpf")]
+static WALK_BPF_LOOP: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-walk-bpf-loop"));
+/// The snapshot walk alone, driven by bounded loops.
+#[cfg(feature = "ebpf")]
+static WALK_BOUNDED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-walk-bounded"));
 #[cfg(not(feature = "ebpf"))]
 static BPF_LOOP: &[u8] = &[];
 #[cfg(not(feature = "ebpf"))]
 static BOUNDED: &[u8] = &[];
+#[cfg(not(feature = "ebpf"))]
+static WALK_BPF_LOOP: &[u8] = &[];
+#[cfg(not(feature = "ebpf"))]
+static WALK_BOUNDED: &[u8] = &[];
 
-/// Which of the two objects.
+/// Which walk driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Object {
     BpfLoop,
     Bounded,
 }
 
+/// Which programs: every one, or the snapshot walk alone (with the `bpf_loop` probe and
+/// every map), for a session that attaches nothing: aya parses and relocates every
+/// program of an object at load, and the walk is a fraction of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programs {
+    All,
+    WalkOnly,
+}
+
 impl Object {
-    fn embedded(self) -> &'static [u8] {
-        match self {
-            Object::BpfLoop => BPF_LOOP,
-            Object::Bounded => BOUNDED,
+    fn embedded(self, programs: Programs) -> &'static [u8] {
+        match (self, programs) {
+            (Object::BpfLoop, Programs::All) => BPF_LOOP,
+            (Object::Bounded, Programs::All) => BOUNDED,
+            (Object::BpfLoop, Programs::WalkOnly) => WALK_BPF_LOOP,
+            (Object::Bounded, Programs::WalkOnly) => WALK_BOUNDED,
         }
     }
 }
@@ -43,8 +66,8 @@ impl Object {
 pub struct NotEmbedded;
 
 /// The embedded object, or why there is none.
-pub fn bytes(object: Object) -> Result<&'static [u8], NotEmbedded> {
-    let b = object.embedded();
+pub fn bytes(object: Object, programs: Programs) -> Result<&'static [u8], NotEmbedded> {
+    let b = object.embedded(programs);
     if b.is_empty() {
         Err(NotEmbedded)
     } else {

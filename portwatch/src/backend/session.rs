@@ -529,7 +529,13 @@ fn load_object(
             .map_max_entries("PORTS", 1)
             .map_max_entries("LOST", 1);
     }
-    let object = object::bytes(object).map_err(|e| BackendError::Load(e.to_string()))?;
+    // A session that attaches nothing loads the object of the snapshot walk alone.
+    let programs = match opts.probe {
+        Some(_) => object::Programs::All,
+        None => object::Programs::WalkOnly,
+    };
+    let object =
+        object::bytes(object, programs).map_err(|e| BackendError::Load(e.to_string()))?;
     loader
         .load(object)
         .map_err(|e| BackendError::Load(error_chain(&e)))
