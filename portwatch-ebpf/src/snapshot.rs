@@ -132,10 +132,9 @@ pub struct TableWalk {
     _pad: [u8; 1],
 }
 
-/// Bytes of `bhash` one read copies while looking for the next non-empty slot: the
-/// chain heads of up to `MAX_BATCH` slots. Most slots of a large table are empty, and one
-/// copy costs about as much as one 8-byte read, so the walk reads 16 slots (16-byte
-/// buckets) per helper call instead of one.
+/// Bytes of `bhash` one read copies: the chain heads of up to `MAX_BATCH` slots. Most
+/// slots of a large table are empty, and one copy costs about as much as one 8-byte read,
+/// so the walk reads 16 slots (16-byte buckets) per helper call instead of one.
 const HEADS_BYTES: usize = 256;
 /// Bound on the slots one copy of `heads` holds (16-byte buckets, the smallest).
 const MAX_BATCH: u32 = 16;
@@ -305,37 +304,23 @@ fn tb2_links(w: &mut TableWalk, tb2: u64) -> (u64, u64) {
     )
 }
 
-/// The chain head of the next non-empty slot among those in `heads` (refilled first
-/// when it holds none of `slot`), advancing `slot` past it; 0 when the slots looked at
-/// in this step were all empty. A step looks at `MAX_BATCH` slots at most.
+/// The chain head of slot `slot`, from `heads` (refilled first when it does not hold
+/// that slot), advancing `slot`. One slot per step: a loop over several slots in one step
+/// would be verified once per iteration, for a walk no faster.
 #[inline(always)]
 fn next_chain(w: &mut TableWalk) -> u64 {
     if w.slot < w.batch_first || w.slot - w.batch_first >= w.batch_slots {
         refill_heads(w);
     }
-    let mut node = 0u64;
-    let mut i = 0u32;
-    while i < MAX_BATCH {
-        let at = w.slot - w.batch_first;
-        if at >= w.batch_slots {
-            break;
-        }
-        let off = at * w.bucket_size;
-        if off as usize > HEADS_BYTES - 8 {
-            // Not reached (`batch_per` keeps every head inside `heads`): a refill.
-            w.batch_slots = 0;
-            break;
-        }
-        // SAFETY: `off + 8 <= HEADS_BYTES` (checked above): inside `heads`.
-        node =
-            unsafe { core::ptr::read_unaligned(w.heads.as_ptr().add(off as usize) as *const u64) };
-        w.slot += 1;
-        i += 1;
-        if node != 0 {
-            break;
-        }
+    let off = (w.slot - w.batch_first) * w.bucket_size;
+    w.slot += 1;
+    if off as usize > HEADS_BYTES - 8 {
+        // Not reached (`batch_per` keeps every head inside `heads`): the slot is not known.
+        w.truncated = 1;
+        return 0;
     }
-    node
+    // SAFETY: `off + 8 <= HEADS_BYTES` (checked above): inside `heads`.
+    unsafe { core::ptr::read_unaligned(w.heads.as_ptr().add(off as usize) as *const u64) }
 }
 
 /// Copies the chain heads from slot `slot` on into `heads`: `batch_per` slots with one
