@@ -160,7 +160,9 @@ mod tests {
         let b = built_with();
         assert_eq!(b.ebpf, cfg!(feature = "ebpf"));
         for o in [Object::BpfLoop, Object::Bounded] {
-            assert_eq!(bytes(o).is_ok(), cfg!(feature = "ebpf"));
+            for p in [Programs::All, Programs::WalkOnly] {
+                assert_eq!(bytes(o, p).is_ok(), cfg!(feature = "ebpf"));
+            }
         }
         if cfg!(feature = "ebpf") {
             assert!(b.error.is_none(), "{b:?}");
@@ -172,10 +174,42 @@ mod tests {
                 );
             }
         } else {
-            assert!(bytes(Object::Bounded)
+            assert!(bytes(Object::Bounded, Programs::All)
                 .unwrap_err()
                 .to_string()
                 .contains("cargo feature `ebpf`"));
+        }
+    }
+
+    /// The programs of an embedded object by name, with their section kind.
+    #[cfg(feature = "ebpf")]
+    fn programs(object: Object, programs: Programs) -> BTreeMap<String, String> {
+        let obj =
+            aya_obj::Object::parse(bytes(object, programs).expect("embedded")).expect("parses");
+        obj.programs
+            .iter()
+            .map(|(name, p)| (name.clone(), section_kind(&p.section)))
+            .collect()
+    }
+
+    #[test]
+    #[cfg(feature = "ebpf")]
+    fn walk_only_objects_hold_the_walk_and_no_event_program() {
+        for o in [Object::BpfLoop, Object::Bounded] {
+            let all = programs(o, Programs::All);
+            let walk = programs(o, Programs::WalkOnly);
+            for name in ["snapshot_trigger", "snapshot_brief"] {
+                assert_eq!(walk.get(name).map(String::as_str), Some("raw_tracepoint"));
+            }
+            // The bpf_loop probe is the walk-only object's one tracepoint program.
+            for (name, kind) in &walk {
+                assert_eq!(all.get(name), Some(kind), "{o:?}: {name}");
+                assert!(
+                    kind == "raw_tracepoint" || name == "probe_bpf_loop",
+                    "{o:?}: {name} ({kind})"
+                );
+            }
+            assert!(all.len() > walk.len() + 10, "{o:?}: {all:?}");
         }
     }
 }

@@ -534,8 +534,7 @@ fn load_object(
         Some(_) => object::Programs::All,
         None => object::Programs::WalkOnly,
     };
-    let object =
-        object::bytes(object, programs).map_err(|e| BackendError::Load(e.to_string()))?;
+    let object = object::bytes(object, programs).map_err(|e| BackendError::Load(e.to_string()))?;
     loader
         .load(object)
         .map_err(|e| BackendError::Load(error_chain(&e)))
