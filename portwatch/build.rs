@@ -3,8 +3,9 @@
 //! 5.17+) and with the bounded-loop driver (feature `bounded`, older kernels), each with
 //! every program and with the snapshot walk alone (feature `walk_only`, for sessions
 //! that attach nothing). The four objects are embedded into the binary (see
-//! `src/backend/object.rs`); the loader picks one at run time. Also records, for `portwatch --version`, the git commit the
-//! binary is built from and the aya version it links.
+//! `src/backend/object.rs`); the loader picks one at run time. Also records, for
+//! `portwatch --version`, the git commit the binary is built from and the aya version it
+//! links.
 use std::{
     path::{Path, PathBuf},
     process::Command,

@@ -43,7 +43,7 @@ use crate::{
     },
     maps::{zero_words, SNAP_RB, SNAP_REC, SNAP_REQ, SNAP_WALK},
     read::{field, layout, layout_ready, rd, read_into, zbits, zfield, zread_into},
-    walk::{find_bucket, lookup_bucket, owner_step, Found, OwnerCursor, OwnerStep},
+    walk::{find_bucket, lookup_bucket, owner_step_with, tb2_links, Found, OwnerCursor, OwnerStep},
 };
 
 /// Steps of one run of the `bpf_loop` driver (the kernel's BPF_MAX_LOOPS); the bounded
@@ -82,7 +82,7 @@ pub struct TableWalk {
     /// head of slot `batch_first + i` is the `u64` at byte `i * bucket_size`.
     heads: [u8; HEADS_BYTES],
     /// A per-address bucket's `bhash_node` and `owners` copied with one read (see
-    /// [`tb2_links`]).
+    /// [`tb2_links_copied`]).
     links: [u64; 3],
     /// The `struct net` whose inode is `cur_netns` (0: none yet in this run): the
     /// buckets of a chain mostly share one.
@@ -286,22 +286,18 @@ fn chain_head(w: &TableWalk, slot: u32) -> u64 {
     w.bhash + slot as u64 * w.bucket_size as u64 + w.chain_off as u64
 }
 
-/// The head of per-address bucket `tb2`'s owner list and its `bhash_node.next`. Where
-/// `owners` follows `bhash_node` (an `hlist_node`), as on the kernels whose owners hang
-/// off per-address buckets (6.8+), both come from one read into `links` (map memory: the
-/// event programs that share the owner walk have no stack to spare for it); else from
-/// two. A read that faults gives 0, as `owner_step` does.
+/// [`walk::tb2_links`] with one read into `links` (map memory: the event programs that
+/// share the owner walk have no stack to spare for it) where `owners` follows
+/// `bhash_node` (an `hlist_node`), as on the kernels whose owners hang off per-address
+/// buckets (6.8+). A read that faults gives 0, as the reads one by one do.
 #[inline(always)]
-fn tb2_links(w: &mut TableWalk, tb2: u64) -> (u64, u64) {
+fn tb2_links_copied(links: &mut [u64; 3], tb2: u64) -> (u64, u64) {
     let (node, owners) = (layout!(tb2_bhash_node), layout!(tb2_owners));
     if node != NO_FIELD && owners == node.wrapping_add(16) {
-        read_into(w.links.as_mut_ptr() as *mut u8, 24, tb2 + node as u64);
-        return (w.links[2], w.links[0]);
+        read_into(links.as_mut_ptr() as *mut u8, 24, tb2 + node as u64);
+        return (links[2], links[0]);
     }
-    (
-        field::<u64>(tb2, owners).unwrap_or(0),
-        field::<u64>(tb2, node).unwrap_or(0),
-    )
+    tb2_links(tb2)
 }
 
 /// The chain head of slot `slot`, from `heads` (refilled first when it does not hold
@@ -516,16 +512,8 @@ pub fn table_step<const FULL: bool>(w: &mut TableWalk) -> bool {
         begin_bucket(w);
         return true;
     }
-    let tb2 = w.owners.next_addr();
-    if tb2 != 0 {
-        let (owner, next) = tb2_links(w, tb2);
-        w.owners.enter_addr(owner, next);
-        if FULL && w.verbose != 0 {
-            emit_addr(w, tb2);
-        }
-        return true;
-    }
-    match owner_step(&mut w.owners) {
+    let links = &mut w.links;
+    match owner_step_with(&mut w.owners, |tb2| tb2_links_copied(links, tb2)) {
         OwnerStep::Owner(node) => {
             if FULL && w.verbose != 0 {
                 emit_owner(w, node);
@@ -598,7 +586,7 @@ pub struct BriefWalk(TableWalk);
 impl Walk for BriefWalk {
     #[inline(always)]
     fn state() -> Option<*mut Self> {
-        SNAP_WALK.get_ptr_mut(0).map(|p| p.cast())
+        TableWalk::state().map(|p| p.cast())
     }
 
     #[inline(always)]

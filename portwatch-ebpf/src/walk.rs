@@ -85,30 +85,28 @@ impl OwnerCursor {
     pub fn finished(&self) -> bool {
         self.owner == 0 && self.tb2_node == 0
     }
+}
 
-    /// The per-address bucket the next step enters (0: the next step is not that), for
-    /// a caller that reads its links itself (see [`OwnerCursor::enter_addr`]).
-    #[inline(always)]
-    pub fn next_addr(&self) -> u64 {
-        if self.owner == 0 && self.tb2_node != 0 {
-            tb2_of_bhash_node(self.tb2_node)
-        } else {
-            0
-        }
-    }
-
-    /// The step into the per-address bucket [`OwnerCursor::next_addr`] named, given the
-    /// head of its owner list and its `bhash_node.next`.
-    #[inline(always)]
-    pub fn enter_addr(&mut self, owner: u64, next: u64) {
-        self.owner = owner;
-        self.tb2_node = next;
-    }
+/// The head of per-address bucket `tb2`'s owner list and its `bhash_node.next` (the
+/// next per-address bucket of its bucket), read one by one; 0 when unreadable.
+#[inline(always)]
+pub fn tb2_links(tb2: u64) -> (u64, u64) {
+    (
+        field::<u64>(tb2, layout!(tb2_owners)).unwrap_or(0),
+        field::<u64>(tb2, layout!(tb2_bhash_node)).unwrap_or(0),
+    )
 }
 
 /// Advances an owner walk by one node. hlist_node.next is the first word of a node.
 #[inline(always)]
 pub fn owner_step(c: &mut OwnerCursor) -> OwnerStep {
+    owner_step_with(c, tb2_links)
+}
+
+/// [`owner_step`] with the links of a per-address bucket read by `links` (as
+/// [`tb2_links`] gives them): the snapshot walk reads both with one copy into its state.
+#[inline(always)]
+pub fn owner_step_with(c: &mut OwnerCursor, links: impl FnOnce(u64) -> (u64, u64)) -> OwnerStep {
     if c.owner != 0 {
         if c.count >= c.max {
             c.truncated = 1;
@@ -123,8 +121,7 @@ pub fn owner_step(c: &mut OwnerCursor) -> OwnerStep {
     }
     if c.tb2_node != 0 {
         let tb2 = tb2_of_bhash_node(c.tb2_node);
-        c.owner = field::<u64>(tb2, layout!(tb2_owners)).unwrap_or(0);
-        c.tb2_node = rd::<u64>(c.tb2_node).unwrap_or(0);
+        (c.owner, c.tb2_node) = links(tb2);
         return OwnerStep::Addr(tb2);
     }
     OwnerStep::Done
